@@ -1,0 +1,42 @@
+//! jobq producer: the job contract and enqueueing.
+//!
+//! This crate is the light half of jobq: it owns the schema ([`MIGRATOR`]), the job states and
+//! the [`Job`] trait, and inserts jobs over a `MySqlPool` or inside the caller's own transaction.
+//! The worker runtime lives in `jobq-worker` and depends on this crate, never the reverse.
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::MySqlPool) -> Result<(), jobq_producer::Error> {
+//! use jobq_producer::{Job, NewJob, Producer};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct SendEmail { to: String }
+//! impl Job for SendEmail { const KIND: &'static str = "send_email"; }
+//!
+//! let producer = Producer::new(pool.clone());
+//! // One job, typed.
+//! let id = producer.enqueue(NewJob::new(&SendEmail { to: "a@example.com".into() })?).await?;
+//! // Inside your own transaction: the job exists only if you commit.
+//! let mut tx = pool.begin().await?;
+//! producer.enqueue_in(&mut tx, NewJob::json("audit", serde_json::json!({"id": 1})).queue("low")).await?;
+//! tx.commit().await?;
+//! # let _ = id; Ok(()) }
+//! ```
+//!
+//! Guarantees: validation (names, JSON, size) happens before any write, and every enqueue call
+//! is atomic — all of its jobs and their `enqueued` history rows are written, or none.
+
+mod error;
+mod job;
+mod producer;
+mod store;
+
+pub use error::{Error, Result};
+pub use job::{validate_kind, validate_queue, Job, JobId, JobState, DEFAULT_QUEUE};
+pub use producer::{NewJob, Producer, ProducerOptions};
+
+/// The jobq schema (the `migrations/` folder at the repository root), embedded.
+///
+/// Apply with `MIGRATOR.run(&pool)`, `jobq migrate`, or `jobq_worker::migrate`. sqlx serialises
+/// concurrent runs with a named lock, so several processes may migrate at once.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

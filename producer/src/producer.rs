@@ -1,0 +1,331 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlConnection, MySqlPool};
+
+use crate::error::{Error, Result};
+use crate::job::{validate_kind, validate_queue, Job, JobId, DEFAULT_QUEUE};
+use crate::store;
+
+/// Limits and defaults of a [`Producer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerOptions {
+    /// Largest payload accepted, in bytes of JSON text. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// Attempts a job gets unless it says otherwise. Default 25.
+    pub default_max_attempts: u32,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        ProducerOptions {
+            max_payload_bytes: 1 << 20,
+            default_max_attempts: 25,
+        }
+    }
+}
+
+/// When a new job may first run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum When {
+    #[default]
+    Now,
+    Delay(Duration),
+    At(DateTime<Utc>),
+}
+
+/// A job to enqueue: kind, JSON payload and options.
+///
+/// Build it with [`NewJob::new`] (typed), [`NewJob::json`] or [`NewJob::raw`] (untyped), then
+/// chain options. Nothing is checked until it is enqueued.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    kind: String,
+    payload: Payload,
+    queue: Option<String>,
+    priority: i16,
+    when: When,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+enum Payload {
+    /// Serialised by us: known to be JSON.
+    Json(String),
+    /// Given as text: must be parsed to be checked.
+    Raw(String),
+    /// A typed job failed to serialise; reported at enqueue.
+    Failed(String),
+}
+
+impl NewJob {
+    /// A typed job, in `J::QUEUE`.
+    pub fn new<J: Job>(job: &J) -> Result<Self> {
+        let text = serde_json::to_string(job).map_err(|source| Error::Serialize {
+            kind: J::KIND.to_owned(),
+            source,
+        })?;
+        Ok(NewJob::with_payload(J::KIND, Payload::Json(text)).queue(J::QUEUE))
+    }
+
+    /// An untyped job from a JSON value.
+    pub fn json(kind: impl Into<String>, payload: serde_json::Value) -> Self {
+        let payload = match serde_json::to_string(&payload) {
+            Ok(text) => Payload::Json(text),
+            Err(e) => Payload::Failed(e.to_string()),
+        };
+        NewJob::with_payload(kind, payload)
+    }
+
+    /// An untyped job from JSON text; the text is checked to be JSON at enqueue.
+    pub fn raw(kind: impl Into<String>, payload: impl Into<String>) -> Self {
+        NewJob::with_payload(kind, Payload::Raw(payload.into()))
+    }
+
+    fn with_payload(kind: impl Into<String>, payload: Payload) -> Self {
+        NewJob {
+            kind: kind.into(),
+            payload,
+            queue: None,
+            priority: 0,
+            when: When::Now,
+            max_attempts: None,
+        }
+    }
+
+    /// The queue. Default `"default"` (or `J::QUEUE` for typed jobs).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Priority: lower runs first. Default 0.
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Run no earlier than `delay` from now (database clock).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.when = When::Delay(delay);
+        self
+    }
+
+    /// Run no earlier than `at`.
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.when = When::At(at);
+        self
+    }
+
+    /// Attempts before the job is discarded. Default: the producer's `default_max_attempts`.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    /// The kind name.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn check(self, opts: &ProducerOptions) -> Result<store::JobInsert> {
+        validate_kind(&self.kind)?;
+        let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+        validate_queue(&queue)?;
+        let payload = match self.payload {
+            Payload::Json(text) => text,
+            Payload::Raw(text) => {
+                serde_json::from_str::<&serde_json::value::RawValue>(&text)
+                    .map_err(Error::InvalidJson)?;
+                text
+            }
+            Payload::Failed(message) => {
+                return Err(Error::Serialize {
+                    kind: self.kind,
+                    source: serde_json::Error::io(std::io::Error::other(message)),
+                })
+            }
+        };
+        if payload.len() > opts.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                limit: opts.max_payload_bytes,
+            });
+        }
+        let max_attempts = self.max_attempts.unwrap_or(opts.default_max_attempts);
+        if max_attempts == 0 {
+            return Err(Error::Invalid {
+                field: "max_attempts",
+                message: "must be at least 1".to_owned(),
+            });
+        }
+        let (run_at, delay_us) = match self.when {
+            When::Now => (None, 0),
+            When::Delay(d) => {
+                let us = i64::try_from(d.as_micros())
+                    .ok()
+                    .filter(|us| *us <= 100 * 365 * 86_400 * 1_000_000)
+                    .ok_or_else(|| Error::Invalid {
+                        field: "delay",
+                        message: format!("{d:?} is too long; use at most 100 years"),
+                    })?;
+                (None, us)
+            }
+            When::At(at) => {
+                // DATETIME(6) holds years 1000..=9999; before 1970 is surely a mistake.
+                use chrono::Datelike;
+                if !(1970..=9999).contains(&at.year()) {
+                    return Err(Error::Invalid {
+                        field: "run_at",
+                        message: format!("{at} is out of range (years 1970 to 9999)"),
+                    });
+                }
+                (Some(at), 0)
+            }
+        };
+        Ok(store::JobInsert {
+            queue,
+            kind: self.kind,
+            payload,
+            priority: self.priority,
+            run_at,
+            delay_us,
+            max_attempts,
+        })
+    }
+}
+
+/// Inserts jobs. Cheap to clone (it holds a pool handle).
+#[derive(Clone, Debug)]
+pub struct Producer {
+    pool: MySqlPool,
+    opts: ProducerOptions,
+}
+
+impl Producer {
+    /// A producer over `pool` with default options.
+    pub fn new(pool: MySqlPool) -> Self {
+        Producer::with_options(pool, ProducerOptions::default())
+    }
+
+    /// A producer with explicit limits and defaults.
+    pub fn with_options(pool: MySqlPool, opts: ProducerOptions) -> Self {
+        Producer { pool, opts }
+    }
+
+    /// The pool this producer writes to.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// Inserts one job in its own transaction and returns its id.
+    pub async fn enqueue(&self, job: NewJob) -> Result<JobId> {
+        let ids = self.enqueue_many(vec![job]).await?;
+        Ok(ids[0])
+    }
+
+    /// Inserts many jobs with multi-row INSERTs (chunked) in one transaction: all or none.
+    /// Returns the ids in input order.
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let rows = self.check_all(jobs)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let ids = store::insert_jobs(&mut tx, &rows).await?;
+        tx.commit().await?;
+        record_enqueued(&rows);
+        Ok(ids)
+    }
+
+    /// Inserts one job through the caller's connection, usually `&mut *tx` of the caller's own
+    /// transaction: the job exists only if the caller commits.
+    pub async fn enqueue_in(&self, conn: &mut MySqlConnection, job: NewJob) -> Result<JobId> {
+        let ids = self.enqueue_many_in(conn, vec![job]).await?;
+        Ok(ids[0])
+    }
+
+    /// Inserts many jobs through the caller's connection (see [`Producer::enqueue_in`]).
+    ///
+    /// Outside a transaction each chunk commits on its own; inside one, nothing is visible
+    /// until the caller commits. Validation still happens before the first write.
+    pub async fn enqueue_many_in(
+        &self,
+        conn: &mut MySqlConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
+        let rows = self.check_all(jobs)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = store::insert_jobs(conn, &rows).await?;
+        record_enqueued(&rows);
+        Ok(ids)
+    }
+
+    /// Validates `jobs` against `opts` without writing anything: the checks every enqueue makes
+    /// first (names, JSON, size, attempts, run-at).
+    pub fn validate(jobs: &[NewJob], opts: &ProducerOptions) -> Result<()> {
+        for j in jobs {
+            j.clone().check(opts)?;
+        }
+        Ok(())
+    }
+
+    fn check_all(&self, jobs: Vec<NewJob>) -> Result<Vec<store::JobInsert>> {
+        jobs.into_iter().map(|j| j.check(&self.opts)).collect()
+    }
+}
+
+fn record_enqueued(rows: &[store::JobInsert]) {
+    let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for r in rows {
+        *counts.entry((&r.queue, &r.kind)).or_default() += 1;
+    }
+    for ((queue, kind), n) in counts {
+        metrics::counter!("jobq_jobs_enqueued_total", "queue" => queue.to_owned(), "kind" => kind.to_owned())
+            .increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(job: NewJob) -> Result<store::JobInsert> {
+        job.check(&ProducerOptions::default())
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(matches!(
+            check(NewJob::raw("k", "{not json")),
+            Err(Error::InvalidJson(_))
+        ));
+        assert!(matches!(
+            check(NewJob::raw("", "{}")),
+            Err(Error::Invalid { field: "kind", .. })
+        ));
+        assert!(matches!(
+            check(NewJob::raw("k", "{}").queue("a b")),
+            Err(Error::Invalid { field: "queue", .. })
+        ));
+        assert!(matches!(
+            check(NewJob::raw("k", "{}").max_attempts(0)),
+            Err(Error::Invalid {
+                field: "max_attempts",
+                ..
+            })
+        ));
+        let big = format!("\"{}\"", "x".repeat(1 << 20));
+        assert!(matches!(
+            check(NewJob::raw("k", big)),
+            Err(Error::PayloadTooLarge { .. })
+        ));
+        let ok = check(NewJob::raw("k", " {\"a\": 1} ").priority(-3)).unwrap();
+        assert_eq!(ok.queue, "default");
+        assert_eq!(ok.priority, -3);
+        assert_eq!(ok.max_attempts, 25);
+    }
+}

@@ -1,0 +1,104 @@
+//! Built-in job kinds, so jobq can be tried, benchmarked and deployment-tested without writing
+//! Rust: `noop`, `sleep`, `fail`, `panic`, `record`.
+
+use std::time::Duration;
+
+use jobq_producer::Job;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::handler::{JobContext, JobError};
+use crate::registry::Registry;
+use crate::store;
+
+/// `noop`: does nothing. Any JSON object payload is accepted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Noop {}
+impl Job for Noop {
+    const KIND: &'static str = "noop";
+}
+
+/// `sleep {"ms": N}`: sleeps N milliseconds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sleep {
+    /// Milliseconds.
+    pub ms: u64,
+}
+impl Job for Sleep {
+    const KIND: &'static str = "sleep";
+}
+
+/// `fail {"times": N}`: fails its first N attempts, then succeeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fail {
+    /// Attempts that fail.
+    pub times: u32,
+}
+impl Job for Fail {
+    const KIND: &'static str = "fail";
+}
+
+/// `panic`: panics (every attempt).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Panic {}
+impl Job for Panic {
+    const KIND: &'static str = "panic";
+}
+
+/// `record {"ms": N?, "key": S?}`: optionally sleeps, then inserts a row into
+/// `jobq_demo_effects` (key defaults to the job id) in the transaction that completes the job,
+/// so a completed job has exactly one effect row however often it ran.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Record {
+    /// Milliseconds to sleep first.
+    #[serde(default)]
+    pub ms: Option<u64>,
+    /// Effect key.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+impl Job for Record {
+    const KIND: &'static str = "record";
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("failing on purpose: attempt {attempt} of the first {times}")]
+struct PlannedFailure {
+    attempt: u32,
+    times: u32,
+}
+
+/// Registers the built-in kinds.
+pub fn register(r: &mut Registry) -> Result<()> {
+    r.register::<Noop, _>(|_: Noop, _ctx: JobContext| async { Ok(()) })?;
+    r.register::<Sleep, _>(|job: Sleep, _ctx: JobContext| async move {
+        tokio::time::sleep(Duration::from_millis(job.ms)).await;
+        Ok(())
+    })?;
+    r.register::<Fail, _>(|job: Fail, ctx: JobContext| async move {
+        if ctx.attempt() <= job.times {
+            return Err(JobError::retry(PlannedFailure {
+                attempt: ctx.attempt(),
+                times: job.times,
+            }));
+        }
+        Ok(())
+    })?;
+    r.register::<Panic, _>(|_: Panic, ctx: JobContext| async move {
+        panic!(
+            "panic kind: panicking on purpose (job {}, attempt {})",
+            ctx.id(),
+            ctx.attempt()
+        );
+    })?;
+    r.register::<Record, _>(|job: Record, ctx: JobContext| async move {
+        if let Some(ms) = job.ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let key = job.key.unwrap_or_else(|| ctx.id().to_string());
+        let mut tx = ctx.tx().await?;
+        store::insert_effect(&mut tx, ctx.id().0, ctx.attempt(), ctx.worker_id(), &key).await?;
+        Ok(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,196 @@
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobq_producer::JobId;
+use sqlx::{MySql, MySqlPool, Transaction};
+use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
+use tokio_util::sync::CancellationToken;
+
+/// A boxed error kept as the source of a handler outcome.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a handler returns when a job did not simply succeed.
+///
+/// Any `std::error::Error` converts into [`JobError::Retry`], so `?` retries with the configured
+/// exponential backoff. The other variants are explicit decisions. The error's text (with its
+/// source chain) is stored in the job's history and `last_error`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JobError {
+    /// Failed; run again after the backoff (`retryable`), or `discarded` once attempts are used up.
+    Retry(BoxError),
+    /// Failed; run again after exactly this delay (still bounded by max attempts).
+    RetryAfter(BoxError, Duration),
+    /// Failed for good: `discarded` now, whatever attempts remain.
+    Discard(BoxError),
+    /// Not a failure: run again after this delay without using up an attempt (`scheduled`).
+    Snooze(Duration),
+    /// Stop for good: `cancelled`.
+    Cancel(BoxError),
+}
+
+impl JobError {
+    /// [`JobError::Retry`].
+    pub fn retry(e: impl Into<BoxError>) -> Self {
+        JobError::Retry(e.into())
+    }
+    /// [`JobError::RetryAfter`].
+    pub fn retry_after(e: impl Into<BoxError>, delay: Duration) -> Self {
+        JobError::RetryAfter(e.into(), delay)
+    }
+    /// [`JobError::Discard`].
+    pub fn discard(e: impl Into<BoxError>) -> Self {
+        JobError::Discard(e.into())
+    }
+    /// [`JobError::Snooze`].
+    pub fn snooze(delay: Duration) -> Self {
+        JobError::Snooze(delay)
+    }
+    /// [`JobError::Cancel`].
+    pub fn cancel(e: impl Into<BoxError>) -> Self {
+        JobError::Cancel(e.into())
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(e: E) -> Self {
+        JobError::Retry(Box::new(e))
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Retry(e)
+            | JobError::RetryAfter(e, _)
+            | JobError::Discard(e)
+            | JobError::Cancel(e) => write_chain(f, e.as_ref()),
+            JobError::Snooze(d) => write!(f, "snoozed for {}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+/// `error: cause: cause`, the way the chain is stored.
+pub(crate) fn write_chain(
+    f: &mut impl fmt::Write,
+    e: &(dyn std::error::Error + 'static),
+) -> fmt::Result {
+    write!(f, "{e}")?;
+    let mut src = e.source();
+    while let Some(s) = src {
+        write!(f, ": {s}")?;
+        src = s.source();
+    }
+    Ok(())
+}
+
+/// The completion transaction, borrowed from the job's context by [`JobContext::tx`]. Derefs to
+/// `sqlx::Transaction`; pass `&mut **tx` (or `&mut *tx` where a `&mut MySqlConnection` is
+/// inferred) to queries.
+pub type JobTx =
+    OwnedMappedMutexGuard<Option<Transaction<'static, MySql>>, Transaction<'static, MySql>>;
+
+pub(crate) type TxSlot = Arc<Mutex<Option<Transaction<'static, MySql>>>>;
+
+/// What a handler knows about the job it runs, and its way to the database.
+///
+/// [`JobContext::tx`] opens (once, lazily) the transaction in which jobq will also mark the job
+/// `completed`: the handler's writes and the completion commit together, exactly once, or not at
+/// all (a failed handler's transaction is rolled back).
+#[derive(Clone)]
+pub struct JobContext {
+    pub(crate) id: JobId,
+    pub(crate) queue: Arc<str>,
+    pub(crate) kind: Arc<str>,
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) worker_id: Arc<str>,
+    pub(crate) pool: MySqlPool,
+    pub(crate) tx: TxSlot,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("kind", &self.kind)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+    /// The queue the job was claimed from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+    /// The job's kind.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+    /// This attempt's number, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    /// Attempts allowed before the job is discarded.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+    /// The id of the worker process running the job.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+    /// The worker's pool, for reads and for writes that must not wait for completion.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// The completion transaction, begun on first use. Use it as `&mut **tx`:
+    ///
+    /// ```ignore
+    /// let mut tx = ctx.tx().await?;
+    /// sqlx::query("INSERT INTO orders_sent (order_id) VALUES (?)").bind(7).execute(&mut **tx).await?;
+    /// ```
+    pub async fn tx(&self) -> Result<JobTx, sqlx::Error> {
+        let mut slot = self.tx.clone().lock_owned().await;
+        if slot.is_none() {
+            *slot = Some(self.pool.begin().await?);
+        }
+        Ok(OwnedMutexGuard::map(slot, |s| {
+            s.as_mut().expect("transaction was just begun")
+        }))
+    }
+
+    /// Resolves when the job is being cancelled (shutdown past its timeout, or the lease was
+    /// lost). The handler's future is dropped right after; this lets it stop cleanly first.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+}
+
+/// A job handler for payload type `J`.
+///
+/// Implemented for every `Fn(J, JobContext) -> impl Future<Output = Result<(), JobError>>`, so a
+/// closure or an `async fn` works as well as a struct that holds its own dependencies.
+pub trait Handler<J>: Send + Sync + 'static {
+    /// Runs one attempt of a job.
+    fn handle(&self, job: J, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+impl<J, F, Fut> Handler<J> for F
+where
+    F: Fn(J, JobContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    fn handle(&self, job: J, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send {
+        self(job, ctx)
+    }
+}

@@ -1,0 +1,39 @@
+//! `jobq`: migrate, enqueue, work, inspect, demo. The commands live in `cli.rs`; this file only
+//! maps the outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jobq: error: {}", chain(&e));
+            if e.downcast_ref::<jobq_config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// `error: cause: cause`, leaving out a cause whose text the previous message already contains
+/// (sqlx and this crate's wrappers repeat their source in their own message).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if last.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
+}

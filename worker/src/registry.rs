@@ -1,0 +1,130 @@
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use jobq_producer::{validate_kind, Job};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::handler::{Handler, JobContext, JobError};
+
+/// Decodes a payload and starts the handler. Type-erased so the registry can hold every kind.
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn start(
+        &self,
+        payload: &str,
+        ctx: JobContext,
+    ) -> Result<BoxFuture<'static, Result<(), JobError>>, serde_json::Error>;
+}
+
+struct Typed<J, H> {
+    handler: Arc<H>,
+    _job: PhantomData<fn() -> J>,
+}
+
+impl<J, H> ErasedHandler for Typed<J, H>
+where
+    J: DeserializeOwned + Send + 'static,
+    H: Handler<J>,
+{
+    fn start(
+        &self,
+        payload: &str,
+        ctx: JobContext,
+    ) -> Result<BoxFuture<'static, Result<(), JobError>>, serde_json::Error> {
+        let job: J = serde_json::from_str(payload)?;
+        let handler = self.handler.clone();
+        Ok(Box::pin(async move { handler.handle(job, ctx).await }))
+    }
+}
+
+/// Handlers by kind. A worker claims only the kinds registered here.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: BTreeMap<String, Arc<dyn ErasedHandler>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.handlers.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Registers `handler` for `J::KIND`. A second handler for one kind is an error.
+    pub fn register<J: Job, H: Handler<J>>(&mut self, handler: H) -> Result<&mut Self> {
+        self.insert::<J, H>(J::KIND, handler)
+    }
+
+    /// Registers an untyped handler receiving the payload as a JSON value.
+    pub fn register_json<H: Handler<serde_json::Value>>(
+        &mut self,
+        kind: &str,
+        handler: H,
+    ) -> Result<&mut Self> {
+        self.insert::<serde_json::Value, H>(kind, handler)
+    }
+
+    fn insert<J, H>(&mut self, kind: &str, handler: H) -> Result<&mut Self>
+    where
+        J: DeserializeOwned + Send + 'static,
+        H: Handler<J>,
+    {
+        validate_kind(kind).map_err(Error::InvalidKind)?;
+        if self.handlers.contains_key(kind) {
+            return Err(Error::DuplicateKind(kind.to_owned()));
+        }
+        self.handlers.insert(
+            kind.to_owned(),
+            Arc::new(Typed::<J, H> {
+                handler: Arc::new(handler),
+                _job: PhantomData,
+            }),
+        );
+        Ok(self)
+    }
+
+    /// Registered kinds, sorted.
+    pub fn kinds(&self) -> Vec<String> {
+        self.handlers.keys().cloned().collect()
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn ErasedHandler>> {
+        self.handlers.get(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Ping;
+    impl Job for Ping {
+        const KIND: &'static str = "ping";
+    }
+
+    #[test]
+    fn duplicate_and_invalid_kinds_are_errors() {
+        let mut r = Registry::new();
+        r.register::<Ping, _>(|_: Ping, _ctx: JobContext| async { Ok(()) })
+            .unwrap();
+        assert!(matches!(
+            r.register::<Ping, _>(|_: Ping, _ctx: JobContext| async { Ok(()) }),
+            Err(Error::DuplicateKind(k)) if k == "ping"
+        ));
+        assert!(matches!(
+            r.register_json("bad kind", |_: serde_json::Value, _ctx: JobContext| async {
+                Ok(())
+            }),
+            Err(Error::InvalidKind(_))
+        ));
+        assert_eq!(r.kinds(), vec!["ping"]);
+    }
+}

@@ -1,0 +1,325 @@
+//! Knowing the server: flavor and version checks, session settings, pools, migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use jobq_config::{ClaimMode, Settings};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, MySqlConnection, MySqlPool};
+
+use crate::error::{Error, Result};
+
+/// Which server family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// Oracle MySQL (or a compatible fork reporting a MySQL version).
+    MySql,
+    /// MariaDB.
+    MariaDb,
+}
+
+/// What jobq learned about the server at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Family.
+    pub flavor: Flavor,
+    /// `(major, minor, patch)`.
+    pub version: (u32, u32, u32),
+    /// `SELECT VERSION()` as reported.
+    pub version_string: String,
+    /// Galera replication is on (`wsrep_on = ON`).
+    pub galera: bool,
+}
+
+impl ServerInfo {
+    /// Parses `VERSION()` output such as `8.0.36` or `10.11.19-MariaDB-0+deb12u1`.
+    pub fn parse(version: &str, galera: bool) -> Option<ServerInfo> {
+        let flavor = if version.to_ascii_lowercase().contains("mariadb") {
+            Flavor::MariaDb
+        } else {
+            Flavor::MySql
+        };
+        let core = version
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+        let major = parts.next()??;
+        let minor = parts.next().flatten().unwrap_or(0);
+        let patch = parts.next().flatten().unwrap_or(0);
+        Some(ServerInfo {
+            flavor,
+            version: (major, minor, patch),
+            version_string: version.to_owned(),
+            galera,
+        })
+    }
+
+    /// `SELECT … FOR UPDATE SKIP LOCKED`: MySQL 8.0.1+, MariaDB 10.6+.
+    pub fn supports_skip_locked(&self) -> bool {
+        match self.flavor {
+            Flavor::MySql => self.version >= (8, 0, 1),
+            Flavor::MariaDb => self.version >= (10, 6, 0),
+        }
+    }
+
+    /// Fails, saying why and what to do, when the server cannot run what the settings ask for.
+    pub fn check(&self, modes: impl IntoIterator<Item = ClaimMode>) -> Result<()> {
+        let supported = match self.flavor {
+            Flavor::MySql => self.version >= (8, 0, 0),
+            Flavor::MariaDb => self.version >= (10, 6, 0),
+        };
+        if !supported {
+            return Err(Error::UnsupportedServer(format!(
+                "{} is too old; jobq needs MySQL 8.0+ or MariaDB 10.6+",
+                self.version_string
+            )));
+        }
+        for mode in modes {
+            match mode {
+                ClaimMode::SkipLocked if !self.supports_skip_locked() => {
+                    return Err(Error::UnsupportedServer(format!(
+                        "{} has no SELECT … SKIP LOCKED (needs MySQL 8.0.1+ or MariaDB 10.6+); \
+                         upgrade or set claim_mode = \"named-lock\"",
+                        self.version_string
+                    )))
+                }
+                ClaimMode::NamedLock if self.galera => {
+                    return Err(Error::UnsupportedServer(format!(
+                        "{} runs Galera (wsrep_on=ON), where GET_LOCK is unsupported or node-local; \
+                         use claim_mode = \"skip-locked\"",
+                        self.version_string
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks the server what it is.
+pub async fn detect(pool: &MySqlPool) -> Result<ServerInfo> {
+    // language=MySQL
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(pool)
+        .await?;
+    // language=MySQL
+    // The variable exists only on wsrep builds; no row means no Galera.
+    let wsrep: Option<(String, String)> = sqlx::query_as("SHOW VARIABLES LIKE 'wsrep_on'")
+        .fetch_optional(pool)
+        .await?;
+    let galera = wsrep.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON"));
+    ServerInfo::parse(&version, galera).ok_or_else(|| {
+        Error::UnsupportedServer(format!("cannot read the server version from {version:?}"))
+    })
+}
+
+/// Session settings of every jobq connection:
+/// - READ COMMITTED: locking reads take no gap locks, so claims do not block producers' inserts
+///   or deadlock with them, and a drained queue's purge backlog is not locked (MYSQL-NOTES §1.7);
+/// - UTC session time zone; strict mode, so an oversized value is an error, not a truncation;
+/// - a short `innodb_lock_wait_timeout`: nothing jobq does should wait long on a row lock.
+async fn setup_session(conn: &mut MySqlConnection, lock_wait_secs: u32) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    let sql = format!(
+        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+         SET SESSION time_zone = '+00:00', \
+             sql_mode = CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES'), \
+             innodb_lock_wait_timeout = {lock_wait_secs}"
+    );
+    conn.execute(sqlx::raw_sql(&sql)).await?;
+    Ok(())
+}
+
+/// Connect options for `url`, quiet about slow statements.
+pub fn connect_options(url: &str) -> Result<MySqlConnectOptions> {
+    let opts = MySqlConnectOptions::from_str(url)?
+        .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1))
+        .statement_cache_capacity(512);
+    Ok(opts)
+}
+
+/// A pool of `max_connections` worker sessions (see [`setup_session`]).
+pub async fn connect(settings: &Settings, max_connections: u32) -> Result<MySqlPool> {
+    let opts = connect_options(&settings.database_url)?;
+    let lock_wait = settings.database.lock_wait_timeout_secs;
+    let pool = MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(settings.database.connect_timeout)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move { setup_session(conn, lock_wait).await })
+        })
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
+
+/// One connection outside the pool, set up like the pool's (for named locks, which belong to a
+/// session and must never go back to a pool).
+pub async fn dedicated(
+    pool: &MySqlPool,
+    lock_wait_secs: u32,
+) -> Result<MySqlConnection, sqlx::Error> {
+    let mut conn = pool.connect_options().connect().await?;
+    setup_session(&mut conn, lock_wait_secs).await?;
+    Ok(conn)
+}
+
+/// Creates the database of `url` if missing and applies the migrations. Idempotent and safe to
+/// run from several processes at once (`CREATE DATABASE IF NOT EXISTS`; sqlx serialises the
+/// migrations themselves with a named lock).
+pub async fn migrate(url: &str) -> Result<()> {
+    let opts = connect_options(url)?;
+    if let Some(db) = opts.get_database() {
+        let db = db.to_owned();
+        if db.is_empty() || db.contains('`') || db.contains('\0') {
+            return Err(Error::UnsupportedServer(format!(
+                "database name {db:?} in the URL is not usable"
+            )));
+        }
+        let mut conn = MySqlConnectOptions::from_str(&server_url(url))?
+            .connect()
+            .await?;
+        // language=MySQL
+        conn.execute(sqlx::raw_sql(&format!(
+            "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )))
+        .await?;
+        conn.close().await?;
+    }
+    let mut conn = opts.connect().await?;
+    // sqlx's own migration lock is GET_LOCK(name, -1): "wait forever" on MySQL, but NULL at
+    // once on MariaDB, which leaves concurrent runs unserialised there. Take our own lock with a
+    // positive timeout on the same session first (named locks are re-entrant per session).
+    // language=MySQL
+    let locked: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())), 300)")
+            .fetch_one(&mut conn)
+            .await;
+    let locked =
+        match locked {
+            Ok(Some(1)) => true,
+            Ok(_) => return Err(Error::UnsupportedServer(
+                "could not take the migration lock within 300 s; is another `jobq migrate` stuck?"
+                    .into(),
+            )),
+            // Galera refuses named locks (1235): run unserialised, as sqlx would.
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some(crate::codes::NOT_SUPPORTED_YET) =>
+            {
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let result = jobq_producer::MIGRATOR.run(&mut conn).await;
+    if locked {
+        // language=MySQL
+        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())))")
+            .execute(&mut conn)
+            .await;
+    }
+    conn.close().await?;
+    result?;
+    Ok(())
+}
+
+/// `url` without its database path (keeps the query string).
+fn server_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/?{q}"),
+        None => format!("{base}/"),
+    }
+}
+
+/// Fails with [`Error::NotMigrated`] unless every migration of this build is applied.
+pub async fn check_migrated(pool: &MySqlPool) -> Result<()> {
+    let newest = jobq_producer::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    // language=MySQL
+    let applied: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(pool)
+            .await;
+    match applied {
+        Ok(Some(v)) if v >= newest => Ok(()),
+        Ok(v) => Err(Error::NotMigrated(format!(
+            "newest applied migration is {}, this build needs {newest}",
+            v.map_or("none".to_owned(), |v| v.to_string())
+        ))),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42S02") => {
+            Err(Error::NotMigrated("no _sqlx_migrations table".to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let table = [
+            (
+                "10.11.19-MariaDB-0+deb12u1",
+                Flavor::MariaDb,
+                (10, 11, 19),
+                true,
+            ),
+            ("10.5.2-MariaDB", Flavor::MariaDb, (10, 5, 2), false),
+            ("10.6.0-MariaDB-log", Flavor::MariaDb, (10, 6, 0), true),
+            ("8.0.36", Flavor::MySql, (8, 0, 36), true),
+            ("8.0.0-dmr", Flavor::MySql, (8, 0, 0), false),
+            ("5.7.44-log", Flavor::MySql, (5, 7, 44), false),
+        ];
+        for (s, flavor, version, skip) in table {
+            let i = ServerInfo::parse(s, false).unwrap();
+            assert_eq!(
+                (i.flavor, i.version, i.supports_skip_locked()),
+                (flavor, version, skip),
+                "{s}"
+            );
+        }
+        assert!(ServerInfo::parse("garbage", false).is_none());
+    }
+
+    #[test]
+    fn checks() {
+        let old = ServerInfo::parse("5.7.44", false).unwrap();
+        assert!(old.check([ClaimMode::NamedLock]).is_err());
+        let maria105 = ServerInfo::parse("10.5.9-MariaDB", false).unwrap();
+        assert!(maria105.check([]).is_err());
+        let galera = ServerInfo::parse("10.11.3-MariaDB", true).unwrap();
+        galera.check([ClaimMode::SkipLocked]).unwrap();
+        let e = galera
+            .check([ClaimMode::NamedLock])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Galera"), "{e}");
+    }
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(
+            server_url("mysql://root@127.0.0.1:3306/jobq"),
+            "mysql://root@127.0.0.1:3306/"
+        );
+        assert_eq!(
+            server_url("mysql://u:p@h/db?ssl-mode=disabled"),
+            "mysql://u:p@h/?ssl-mode=disabled"
+        );
+        assert_eq!(server_url("mysql://h"), "mysql://h/");
+    }
+}

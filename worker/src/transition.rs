@@ -1,0 +1,398 @@
+//! The job state machine, pure: no I/O, no clock. Given how an attempt ended, it decides the
+//! next state, the delay before the job may run again, and what is recorded.
+
+use std::time::Duration;
+
+use jobq_producer::JobState;
+
+/// Why a transition happened; stored in `jobq_transitions.event`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Inserted by a producer.
+    Enqueued,
+    /// A due `scheduled`/`retryable` job became `available`.
+    Promoted,
+    /// A worker claimed it.
+    Claimed,
+    /// The handler succeeded.
+    Completed,
+    /// The attempt failed and the job will run again.
+    Failed,
+    /// The job failed for good.
+    Discarded,
+    /// The handler asked to run again later, without using an attempt.
+    Snoozed,
+    /// The handler cancelled the job.
+    Cancelled,
+    /// Its lease expired (the worker died or lost the database); taken back by maintenance.
+    Rescued,
+    /// Put back by a worker shutting down (not counted as a failure).
+    Released,
+}
+
+impl Event {
+    /// Database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Enqueued => "enqueued",
+            Event::Promoted => "promoted",
+            Event::Claimed => "claimed",
+            Event::Completed => "completed",
+            Event::Failed => "failed",
+            Event::Discarded => "discarded",
+            Event::Snoozed => "snoozed",
+            Event::Cancelled => "cancelled",
+            Event::Rescued => "rescued",
+            Event::Released => "released",
+        }
+    }
+}
+
+/// How one attempt ended, as seen by the executor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The handler returned `Ok`.
+    Success,
+    /// The handler returned an error to retry (optionally after a fixed delay).
+    Error {
+        /// Stored message.
+        message: String,
+        /// `JobError::RetryAfter`'s delay; `None` means exponential backoff.
+        retry_after: Option<Duration>,
+    },
+    /// The handler panicked (treated as an error).
+    Panic(String),
+    /// The attempt ran past its timeout (treated as an error).
+    Timeout(Duration),
+    /// The payload does not decode into the handler's type: retrying cannot help.
+    Undecodable(String),
+    /// The handler asked to be discarded.
+    Discard(String),
+    /// The handler asked to run again after a delay without using an attempt.
+    Snooze(Duration),
+    /// The handler cancelled the job.
+    Cancel(String),
+    /// The worker is shutting down and gave up waiting for the handler.
+    Released,
+}
+
+/// Backoff parameters of one (queue, kind).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    pub base: Duration,
+    /// Upper bound.
+    pub max: Duration,
+}
+
+/// What to write for an attempt's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The job's next state.
+    pub to: JobState,
+    /// Recorded event.
+    pub event: Event,
+    /// For `retryable`/`scheduled`: how long from now until it may run.
+    pub delay: Option<Duration>,
+    /// Recorded error, also stored as `last_error`.
+    pub error: Option<String>,
+    /// Whether `max_attempts` grows by one so this attempt does not count (snooze, release).
+    pub refund_attempt: bool,
+}
+
+/// `base × 2^(attempt-1)` capped at `max`, scaled by `jitter` (0.75..=1.25 in production,
+/// fixed in tests) and capped again.
+pub fn backoff(attempt: u32, b: Backoff, jitter: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(62);
+    let raw = b.base.as_secs_f64() * 2f64.powi(exp as i32);
+    let capped = raw.min(b.max.as_secs_f64());
+    Duration::from_secs_f64((capped * jitter).min(b.max.as_secs_f64()))
+}
+
+/// Decides the transition for an attempt that ended with `outcome`. `attempt` is the number of
+/// the attempt that just ran (1-based).
+pub fn decide(
+    outcome: &Outcome,
+    attempt: u32,
+    max_attempts: u32,
+    b: Backoff,
+    jitter: f64,
+) -> Decision {
+    let retry_or_discard = |message: String, delay: Duration| {
+        if attempt >= max_attempts {
+            Decision {
+                to: JobState::Discarded,
+                event: Event::Discarded,
+                delay: None,
+                error: Some(format!(
+                    "{message} (attempt {attempt} of {max_attempts}, no attempts left)"
+                )),
+                refund_attempt: false,
+            }
+        } else {
+            Decision {
+                to: JobState::Retryable,
+                event: Event::Failed,
+                delay: Some(delay),
+                error: Some(message),
+                refund_attempt: false,
+            }
+        }
+    };
+    match outcome {
+        Outcome::Success => Decision {
+            to: JobState::Completed,
+            event: Event::Completed,
+            delay: None,
+            error: None,
+            refund_attempt: false,
+        },
+        Outcome::Error {
+            message,
+            retry_after,
+        } => retry_or_discard(
+            message.clone(),
+            retry_after.unwrap_or_else(|| backoff(attempt, b, jitter)),
+        ),
+        Outcome::Panic(m) => retry_or_discard(
+            format!("handler panicked: {m}"),
+            backoff(attempt, b, jitter),
+        ),
+        Outcome::Timeout(d) => retry_or_discard(
+            format!("timed out after {}", humantime::format_duration(*d)),
+            backoff(attempt, b, jitter),
+        ),
+        Outcome::Undecodable(m) => Decision {
+            to: JobState::Discarded,
+            event: Event::Discarded,
+            delay: None,
+            error: Some(format!("payload does not decode: {m}")),
+            refund_attempt: false,
+        },
+        Outcome::Discard(m) => Decision {
+            to: JobState::Discarded,
+            event: Event::Discarded,
+            delay: None,
+            error: Some(m.clone()),
+            refund_attempt: false,
+        },
+        Outcome::Snooze(d) => Decision {
+            to: JobState::Scheduled,
+            event: Event::Snoozed,
+            delay: Some(*d),
+            error: None,
+            refund_attempt: true,
+        },
+        Outcome::Cancel(m) => Decision {
+            to: JobState::Cancelled,
+            event: Event::Cancelled,
+            delay: None,
+            error: Some(m.clone()),
+            refund_attempt: false,
+        },
+        Outcome::Released => Decision {
+            to: JobState::Available,
+            event: Event::Released,
+            delay: None,
+            error: Some("worker shut down before the job finished".to_owned()),
+            refund_attempt: true,
+        },
+    }
+}
+
+/// Whether `from → to` is an edge of the state machine (`from = None`: insertion).
+pub fn is_valid(from: Option<JobState>, to: JobState) -> bool {
+    use JobState::*;
+    match from {
+        None => matches!(to, Available | Scheduled),
+        Some(Available) => matches!(to, Running),
+        Some(Scheduled | Retryable) => matches!(to, Available),
+        Some(Running) => matches!(
+            to,
+            Completed | Retryable | Discarded | Cancelled | Scheduled | Available
+        ),
+        Some(Completed | Discarded | Cancelled) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use JobState::*;
+
+    const B: Backoff = Backoff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let table = [
+            (1, 1.0),
+            (2, 2.0),
+            (3, 4.0),
+            (6, 32.0),
+            (7, 60.0),
+            (40, 60.0),
+            (u32::MAX, 60.0),
+        ];
+        for (attempt, secs) in table {
+            assert_eq!(
+                backoff(attempt, B, 1.0),
+                Duration::from_secs_f64(secs),
+                "attempt {attempt}"
+            );
+        }
+        assert_eq!(backoff(2, B, 0.75), Duration::from_secs_f64(1.5));
+        assert_eq!(
+            backoff(7, B, 1.25),
+            Duration::from_secs(60),
+            "jitter never exceeds the cap"
+        );
+    }
+
+    #[test]
+    fn decisions() {
+        let err = |m: &str| Outcome::Error {
+            message: m.into(),
+            retry_after: None,
+        };
+        // (outcome, attempt, max) → (state, event, delay, refund)
+        type Row = (Outcome, u32, u32, JobState, Event, Option<Duration>, bool);
+        let table: Vec<Row> = vec![
+            (
+                Outcome::Success,
+                1,
+                3,
+                Completed,
+                Event::Completed,
+                None,
+                false,
+            ),
+            (
+                err("x"),
+                1,
+                3,
+                Retryable,
+                Event::Failed,
+                Some(Duration::from_secs(1)),
+                false,
+            ),
+            (
+                err("x"),
+                2,
+                3,
+                Retryable,
+                Event::Failed,
+                Some(Duration::from_secs(2)),
+                false,
+            ),
+            (err("x"), 3, 3, Discarded, Event::Discarded, None, false),
+            (
+                Outcome::Error {
+                    message: "x".into(),
+                    retry_after: Some(Duration::from_secs(9)),
+                },
+                1,
+                3,
+                Retryable,
+                Event::Failed,
+                Some(Duration::from_secs(9)),
+                false,
+            ),
+            (
+                Outcome::Panic("p".into()),
+                1,
+                2,
+                Retryable,
+                Event::Failed,
+                Some(Duration::from_secs(1)),
+                false,
+            ),
+            (
+                Outcome::Timeout(Duration::from_secs(5)),
+                2,
+                2,
+                Discarded,
+                Event::Discarded,
+                None,
+                false,
+            ),
+            (
+                Outcome::Undecodable("bad".into()),
+                1,
+                25,
+                Discarded,
+                Event::Discarded,
+                None,
+                false,
+            ),
+            (
+                Outcome::Discard("no".into()),
+                1,
+                25,
+                Discarded,
+                Event::Discarded,
+                None,
+                false,
+            ),
+            (
+                Outcome::Snooze(Duration::from_secs(30)),
+                25,
+                25,
+                Scheduled,
+                Event::Snoozed,
+                Some(Duration::from_secs(30)),
+                true,
+            ),
+            (
+                Outcome::Cancel("c".into()),
+                1,
+                25,
+                Cancelled,
+                Event::Cancelled,
+                None,
+                false,
+            ),
+            (
+                Outcome::Released,
+                25,
+                25,
+                Available,
+                Event::Released,
+                None,
+                true,
+            ),
+        ];
+        for (outcome, attempt, max, to, event, delay, refund) in table {
+            let d = decide(&outcome, attempt, max, B, 1.0);
+            assert_eq!(
+                (d.to, d.event, d.delay, d.refund_attempt),
+                (to, event, delay, refund),
+                "{outcome:?}"
+            );
+            assert!(is_valid(Some(Running), d.to), "{outcome:?}");
+            assert_eq!(
+                d.error.is_some(),
+                !matches!(outcome, Outcome::Success | Outcome::Snooze(_))
+            );
+        }
+        let last = decide(&err("boom"), 3, 3, B, 1.0);
+        assert!(last.error.unwrap().starts_with("boom"));
+    }
+
+    #[test]
+    fn graph() {
+        assert!(is_valid(None, Available));
+        assert!(is_valid(None, Scheduled));
+        assert!(!is_valid(None, Running));
+        assert!(is_valid(Some(Available), Running));
+        assert!(!is_valid(Some(Available), Completed));
+        assert!(is_valid(Some(Retryable), Available));
+        for fin in [Completed, Discarded, Cancelled] {
+            for to in JobState::ALL {
+                assert!(!is_valid(Some(fin), to));
+            }
+        }
+    }
+}

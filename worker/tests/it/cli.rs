@@ -1,0 +1,230 @@
+//! The `jobq` binary from a shell's point of view.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use sqlx::MySqlPool;
+
+use crate::common::*;
+
+fn jobq(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobq"));
+    cmd.args(args)
+        .env("JOBQ_DATABASE_URL", url)
+        .env("JOBQ_LOG__LEVEL", "warn")
+        .env("JOBQ_WORKER__POLL_INTERVAL", "20ms")
+        .env("JOBQ_MAINTENANCE__INTERVAL", "100ms")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn jobq");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn enqueue_work_stats_job(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let o = jobq(&url, &["migrate"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = jobq(
+        &url,
+        &[
+            "enqueue",
+            "record",
+            "--count",
+            "3",
+            "--priority",
+            "2",
+            "--max-attempts",
+            "4",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<u64> = stdout(&o).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    let o = jobq(
+        &url,
+        &["enqueue", "sleep", "--queue", "other", "--payload", "-"],
+        Some("{\"ms\": 5}"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sleep_id: u64 = stdout(&o).trim().parse().unwrap();
+    let o = jobq(&url, &["enqueue", "noop", "--delay", "1h"], None);
+    let later: u64 = stdout(&o).trim().parse().unwrap();
+    assert_eq!(state_of(&db, later).await, "scheduled");
+
+    let o = jobq(
+        &url,
+        &[
+            "work",
+            "--queues",
+            "default,other",
+            "--concurrency",
+            "2",
+            "--claim-mode",
+            "named-lock",
+            "--drain",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "work --drain: {}", stderr(&o));
+    for id in ids.iter().chain([&sleep_id]) {
+        assert_eq!(state_of(&db, *id).await, "completed");
+    }
+    assert_eq!(state_of(&db, later).await, "scheduled");
+
+    let o = jobq(&url, &["stats", "--json"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["totals"]["completed"], 4);
+    assert_eq!(v["totals"]["scheduled"], 1);
+    assert_eq!(v["totals"]["discarded"], 0);
+    assert_eq!(v["queues"]["other"]["states"]["completed"], 1);
+    let o = jobq(&url, &["stats"], None);
+    assert!(stdout(&o).contains("TOTAL"), "{}", stdout(&o));
+
+    let o = jobq(&url, &["job", &ids[0].to_string()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("state completed") && text.contains("running -> completed"),
+        "{text}"
+    );
+    let o = jobq(&url, &["job", &ids[0].to_string(), "--json"], None);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["job"]["priority"], 2);
+    assert_eq!(v["job"]["max_attempts"], 4);
+    assert_eq!(v["history"].as_array().unwrap().len(), 3);
+    let o = jobq(&url, &["job", "999999"], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn bad_enqueue_exits_non_zero_and_inserts_nothing(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let long = "q".repeat(300);
+    let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
+        (
+            vec!["enqueue", "noop", "--payload", "{oops"],
+            None,
+            "payload",
+        ),
+        (
+            vec!["enqueue", "noop", "--payload", "-"],
+            Some("not json"),
+            "payload",
+        ),
+        (
+            vec!["enqueue", "noop", "--queue", "x'; DROP TABLE jobq_jobs; --"],
+            None,
+            "queue",
+        ),
+        (vec!["enqueue", "noop", "--queue", &long], None, "queue"),
+        (vec!["enqueue", "noop", "--queue", ""], None, "queue"),
+        (vec!["enqueue", ""], None, "kind"),
+        (vec!["enqueue", "noop", "--delay", "soon"], None, "500ms"),
+        (
+            vec!["enqueue", "noop", "--run-at", "tomorrow"],
+            None,
+            "RFC 3339",
+        ),
+        (vec!["enqueue", "noop", "--count", "0"], None, "count"),
+        (
+            vec!["enqueue", "noop", "--max-attempts", "0"],
+            None,
+            "max_attempts",
+        ),
+        (vec!["work", "--claim-mode", "fastest"], None, "claim mode"),
+    ];
+    for (args, input, needle) in cases {
+        let o = jobq(&url, &args, input);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
+    // A payload over producer.max_payload_bytes.
+    let big = format!("\"{}\"", "x".repeat(2048));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobq"));
+    let o = cmd
+        .args(["enqueue", "noop", "--payload", &big])
+        .env("JOBQ_DATABASE_URL", &url)
+        .env("JOBQ_PRODUCER__MAX_PAYLOAD_BYTES", "1024")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("max_payload_bytes"), "{}", stderr(&o));
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
+    // Invalid config names the key and exits 2.
+    let o = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["stats"])
+        .env("JOBQ_DATABASE_URL", &url)
+        .env("JOBQ_WORKER__CONCURRENCY", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("worker.concurrency"), "{}", stderr(&o));
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn migrate_is_idempotent_and_concurrent(db: MySqlPool) {
+    // A database that does not exist yet, created by `jobq migrate` run four times at once.
+    let url = url_of(&db).await;
+    let server = &url[..url.rfind('/').unwrap()];
+    let fresh = format!(
+        "{server}/jobq_fresh_{}_{}",
+        std::process::id(),
+        rand_suffix()
+    );
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_jobq"))
+                .arg("migrate")
+                .env("JOBQ_DATABASE_URL", &fresh)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = jobq(&fresh, &["migrate"], None);
+    assert!(o.status.success());
+    let o = jobq(&fresh, &["stats", "--json"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let db_name = fresh.rsplit('/').next().unwrap().to_owned();
+    sqlx::query(&format!("DROP DATABASE `{db_name}`"))
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}

@@ -1,0 +1,190 @@
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use jobq_config::{ClaimMode, Settings};
+use jobq_worker::{builtin, Registry, Shutdown, Stopped, Worker};
+use sqlx::MySqlPool;
+use tokio::task::JoinHandle;
+
+/// The URL of the database `pool` (a `#[sqlx::test]` database) points at.
+pub async fn url_of(pool: &MySqlPool) -> String {
+    let db: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/mysql".into());
+    let server = match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |s| s + 2) => &base[..i],
+        _ => base.as_str(),
+    };
+    format!("{server}/{db}")
+}
+
+/// Settings for the test database with timings suited to tests.
+pub async fn settings(pool: &MySqlPool, mode: ClaimMode) -> Settings {
+    let mut s = Settings {
+        database_url: url_of(pool).await,
+        ..Default::default()
+    };
+    s.worker.claim_mode = mode;
+    s.worker.poll_interval = Duration::from_millis(20);
+    s.worker.backoff_base = Duration::from_millis(100);
+    s.worker.backoff_max = Duration::from_secs(1);
+    s.maintenance.interval = Duration::from_millis(100);
+    s
+}
+
+/// A worker pool (session settings applied) for `settings`.
+pub async fn pool(settings: &Settings) -> MySqlPool {
+    jobq_worker::connect(settings).await.unwrap()
+}
+
+pub fn builtins() -> Registry {
+    let mut r = Registry::new();
+    builtin::register(&mut r).unwrap();
+    r
+}
+
+pub struct Running {
+    pub shutdown: Shutdown,
+    pub handle: JoinHandle<jobq_worker::Result<Stopped>>,
+}
+
+impl Running {
+    pub async fn stop(self) -> Stopped {
+        self.shutdown.stop();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("worker did not stop within 60 s")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+pub fn start(pool: MySqlPool, registry: Registry, settings: &Settings) -> Running {
+    let (shutdown, signal) = Shutdown::new();
+    let handle = tokio::spawn(Worker::new(pool, registry, settings).run(signal));
+    Running { shutdown, handle }
+}
+
+/// Polls `check` until it returns true, failing the test after `limit`.
+#[track_caller]
+pub fn wait_for<'a, F, Fut>(
+    limit: Duration,
+    what: &'a str,
+    mut check: F,
+) -> impl Future<Output = ()> + 'a
+where
+    F: FnMut() -> Fut + 'a,
+    Fut: Future<Output = bool> + 'a,
+{
+    let caller = std::panic::Location::caller();
+    async move {
+        let start = Instant::now();
+        loop {
+            if check().await {
+                return;
+            }
+            if start.elapsed() > limit {
+                panic!("timed out after {limit:?} waiting for {what} (at {caller})");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+pub async fn count(pool: &MySqlPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+pub async fn state_of(pool: &MySqlPool, id: u64) -> String {
+    sqlx::query_scalar("SELECT CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every job's history as `from>to:attempt` joined by `,` (`-` for the insert).
+pub async fn histories(pool: &MySqlPool) -> Vec<(u64, String)> {
+    sqlx::query_as(
+        "SELECT job_id, CAST(GROUP_CONCAT(CONCAT(COALESCE(from_state, '-'), '>', to_state, ':', attempt) ORDER BY id) AS CHAR) \
+         FROM jobq_transitions GROUP BY job_id ORDER BY job_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Checks the invariants every finished test run must satisfy: each transition is an edge of
+/// the state machine and starts where the previous one ended, claims number attempts 1, 2, 3…,
+/// and the last transition equals the job's state. No transaction is left open.
+pub async fn assert_consistent(pool: &MySqlPool) {
+    let rows: Vec<(u64, Option<String>, String, u32)> = sqlx::query_as(
+        "SELECT job_id, CAST(from_state AS CHAR), CAST(to_state AS CHAR), attempt FROM jobq_transitions ORDER BY job_id, id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let states: std::collections::HashMap<u64, (String, u32)> =
+        sqlx::query_as::<_, (u64, String, u32)>(
+            "SELECT id, CAST(state AS CHAR), attempt FROM jobq_jobs",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, s, a)| (id, (s, a)))
+        .collect();
+    let mut i = 0;
+    while i < rows.len() {
+        let job = rows[i].0;
+        let mut prev: Option<String> = None;
+        let mut claims = 0;
+        while i < rows.len() && rows[i].0 == job {
+            let (_, from, to, attempt) = &rows[i];
+            assert_eq!(
+                from, &prev,
+                "job {job}: transition starts where the last ended"
+            );
+            let parse = |s: &str| s.parse::<jobq_worker::JobState>().unwrap();
+            assert!(
+                jobq_worker::is_valid(from.as_deref().map(parse), parse(to)),
+                "job {job}: {from:?} -> {to} is not an edge"
+            );
+            if to == "running" {
+                claims += 1;
+                assert_eq!(*attempt, claims, "job {job}: attempts grow by one per run");
+            }
+            prev = Some(to.clone());
+            i += 1;
+        }
+        let (state, attempt) = &states[&job];
+        assert_eq!(
+            prev.as_deref(),
+            Some(state.as_str()),
+            "job {job}: last transition equals state"
+        );
+        assert_eq!(
+            *attempt, claims,
+            "job {job}: attempt equals the number of claims"
+        );
+    }
+    assert_eq!(
+        states.len(),
+        rows.iter()
+            .map(|r| r.0)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    );
+    let open: i64 = count(
+        pool,
+        "SELECT COUNT(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p \
+         ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID()",
+    )
+    .await;
+    assert_eq!(open, 0, "no transaction left open");
+}

@@ -1,0 +1,486 @@
+//! The core path: enqueue → claim (both modes) → handlers → recorded transitions.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobq_config::ClaimMode;
+use jobq_worker::{Job, JobContext, JobError, NewJob, Producer, ProducerOptions, Registry};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::MySqlPool;
+
+use crate::common::*;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Greet {
+    name: String,
+}
+impl Job for Greet {
+    const KIND: &'static str = "greet";
+}
+
+fn greet_registry(seen: Arc<std::sync::Mutex<Vec<(String, u32)>>>) -> Registry {
+    let mut r = Registry::new();
+    r.register::<Greet, _>(move |job: Greet, ctx: JobContext| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push((job.name, ctx.attempt()));
+            Ok::<(), JobError>(())
+        }
+    })
+    .unwrap();
+    let untyped = Arc::new(AtomicU32::new(0));
+    r.register_json("untyped", move |v: serde_json::Value, _ctx: JobContext| {
+        let untyped = untyped.clone();
+        async move {
+            assert_eq!(v["n"], 7);
+            untyped.fetch_add(1, Ordering::SeqCst);
+            Ok::<(), JobError>(())
+        }
+    })
+    .unwrap();
+    r
+}
+
+async fn round_trip(db: MySqlPool, mode: ClaimMode) {
+    let s = settings(&db, mode).await;
+    let pool = pool(&s).await;
+    let producer = Producer::new(pool.clone());
+    let typed = producer
+        .enqueue(NewJob::new(&Greet { name: "ada".into() }).unwrap())
+        .await
+        .unwrap();
+    let untyped = producer
+        .enqueue(NewJob::json("untyped", json!({"n": 7})).priority(-1))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&db, typed.0).await, "available");
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let w = start(pool.clone(), greet_registry(seen.clone()), &s);
+    wait_for(Duration::from_secs(20), "both jobs completed", || async {
+        state_of(&db, typed.0).await == "completed" && state_of(&db, untyped.0).await == "completed"
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(*seen.lock().unwrap(), vec![("ada".to_owned(), 1)]);
+    let (job, history) = jobq_worker::job_with_history(&db, typed.0).await.unwrap();
+    assert_eq!(job.attempt, 1);
+    assert!(job.finalized_at.is_some());
+    let path: Vec<(Option<String>, String, String)> = history
+        .iter()
+        .map(|t| (t.from.clone(), t.to.clone(), t.event.clone()))
+        .collect();
+    assert_eq!(
+        path,
+        vec![
+            (None, "available".into(), "enqueued".into()),
+            (Some("available".into()), "running".into(), "claimed".into()),
+            (
+                Some("running".into()),
+                "completed".into(),
+                "completed".into()
+            ),
+        ]
+    );
+    assert!(history[1].worker_id.is_some());
+    assert_consistent(&db).await;
+    // The worker row is removed on a clean stop.
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_workers").await, 0);
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn round_trip_skip_locked(db: MySqlPool) {
+    round_trip(db, ClaimMode::SkipLocked).await;
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn round_trip_named_lock(db: MySqlPool) {
+    round_trip(db, ClaimMode::NamedLock).await;
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn enqueue_in_callers_transaction(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let producer = Producer::new(pool.clone());
+
+    let mut tx = pool.begin().await.unwrap();
+    let rolled = producer
+        .enqueue_in(&mut tx, NewJob::json("record", json!({})))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let kept = producer
+        .enqueue_many_in(
+            &mut tx,
+            vec![NewJob::json("record", json!({"key": "committed"}))],
+        )
+        .await
+        .unwrap();
+    // Not visible to others before the commit.
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
+    tx.commit().await.unwrap();
+
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM jobq_jobs WHERE id = {}", rolled.0)
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_transitions").await, 1);
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(20), "committed job done", || async {
+        state_of(&db, kept[0].0).await == "completed"
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_demo_effects WHERE effect_key = 'committed'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_demo_effects").await,
+        1
+    );
+    assert_consistent(&db).await;
+}
+
+/// 5,000 `record` jobs, 16 claimers in two pools (8 workers each), one claim mode: every job
+/// completes exactly once, with exactly one effect row and the history
+/// enqueued → claimed (attempt 1) → completed.
+async fn contention(db: MySqlPool, mode: ClaimMode) {
+    const JOBS: usize = 5000;
+    let mut s = settings(&db, mode).await;
+    s.worker.concurrency = 4;
+    s.database.max_connections = 24;
+    let producer = Producer::new(db.clone());
+    let jobs: Vec<NewJob> = (0..JOBS)
+        .map(|_| NewJob::json("record", json!({})))
+        .collect();
+    let ids = producer.enqueue_many(jobs).await.unwrap();
+    assert_eq!(ids.len(), JOBS);
+
+    let pools = [pool(&s).await, pool(&s).await];
+    let mut workers = Vec::new();
+    for p in &pools {
+        for _ in 0..8 {
+            workers.push(start(p.clone(), builtins(), &s));
+        }
+    }
+    wait_for(Duration::from_secs(240), "all jobs completed", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+        )
+        .await
+            == JOBS as i64
+    })
+    .await;
+    for w in workers {
+        w.stop().await;
+    }
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_demo_effects").await,
+        JOBS as i64
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(DISTINCT job_id) FROM jobq_demo_effects").await,
+        JOBS as i64
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed' AND attempt = 1"
+        )
+        .await,
+        JOBS as i64
+    );
+    let hist = histories(&db).await;
+    assert_eq!(hist.len(), JOBS);
+    for (job, path) in hist {
+        assert_eq!(
+            path, "->available:0,available>running:1,running>completed:1",
+            "job {job}"
+        );
+    }
+    // The work was really spread over many workers.
+    let workers_used = count(&db, "SELECT COUNT(DISTINCT worker) FROM jobq_demo_effects").await;
+    assert!(workers_used >= 8, "only {workers_used} workers did work");
+    assert_consistent(&db).await;
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn contention_skip_locked(db: MySqlPool) {
+    contention(db, ClaimMode::SkipLocked).await;
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn contention_named_lock(db: MySqlPool) {
+    contention(db, ClaimMode::NamedLock).await;
+}
+
+/// A completion written with a stale claim token changes nothing: after the job was taken back
+/// and claimed again, the old holder's late completion must not touch the new claim.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn stale_token_changes_nothing(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let id = Producer::new(pool.clone())
+        .enqueue(NewJob::json("noop", json!({})))
+        .await
+        .unwrap();
+    // Claim it as a worker would, keeping the token.
+    let stale: Vec<u8> = vec![7u8; 16];
+    sqlx::query("UPDATE jobq_jobs SET state = 'running', attempt = 1, claim_token = ?, worker_id = 'old' WHERE id = ?")
+        .bind(&stale)
+        .bind(id.0)
+        .execute(&db)
+        .await
+        .unwrap();
+    // It was rescued and claimed again by someone else with a new token.
+    sqlx::query(
+        "UPDATE jobq_jobs SET attempt = 2, claim_token = ?, worker_id = 'new' WHERE id = ?",
+    )
+    .bind(vec![9u8; 16])
+    .bind(id.0)
+    .execute(&db)
+    .await
+    .unwrap();
+    let before: (String, u32, String) = sqlx::query_as(
+        "SELECT CAST(state AS CHAR), attempt, CAST(worker_id AS CHAR) FROM jobq_jobs WHERE id = ?",
+    )
+    .bind(id.0)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let transitions_before = count(&db, "SELECT COUNT(*) FROM jobq_transitions").await;
+
+    let written = jobq_worker::testing::complete_with_token(&pool, id.0, &stale, 1)
+        .await
+        .unwrap();
+    assert!(!written, "stale completion reported as written");
+    let batch = jobq_worker::testing::complete_batch_with_token(&pool, id.0, &stale)
+        .await
+        .unwrap();
+    assert_eq!(batch, 0);
+    let after: (String, u32, String) = sqlx::query_as(
+        "SELECT CAST(state AS CHAR), attempt, CAST(worker_id AS CHAR) FROM jobq_jobs WHERE id = ?",
+    )
+    .bind(id.0)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(before, after);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_transitions").await,
+        transitions_before
+    );
+    // The current holder's token still works.
+    assert!(
+        jobq_worker::testing::complete_with_token(&pool, id.0, &[9u8; 16], 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(state_of(&db, id.0).await, "completed");
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn bad_input_is_a_typed_error_and_writes_nothing(db: MySqlPool) {
+    use jobq_producer::Error;
+    let producer = Producer::with_options(
+        db.clone(),
+        ProducerOptions {
+            max_payload_bytes: 1024,
+            ..Default::default()
+        },
+    );
+    let long = "q".repeat(300);
+    let cases: Vec<(NewJob, &str)> = vec![
+        (NewJob::raw("noop", "{not json"), "payload"),
+        (NewJob::raw("noop", "{\"a\": 1} trailing"), "payload"),
+        (
+            NewJob::raw("noop", format!("\"{}\"", "x".repeat(2000))),
+            "payload",
+        ),
+        (
+            NewJob::raw("noop", "{}").queue("x'; DROP TABLE jobq_jobs; --"),
+            "queue",
+        ),
+        (NewJob::raw("noop", "{}").queue(long.clone()), "queue"),
+        (NewJob::raw("noop", "{}").queue(""), "queue"),
+        (NewJob::raw("k' OR '1'='1", "{}"), "kind"),
+        (NewJob::raw(long.clone(), "{}"), "kind"),
+        (NewJob::raw("", "{}"), "kind"),
+        (NewJob::raw("noop", "{}").max_attempts(0), "max_attempts"),
+    ];
+    for (job, field) in cases {
+        let e = producer.enqueue(job.clone()).await.unwrap_err();
+        let named = match &e {
+            Error::Invalid { field, .. } => *field,
+            Error::InvalidJson(_) | Error::PayloadTooLarge { .. } => "payload",
+            other => panic!("unexpected error {other:?}"),
+        };
+        assert_eq!(named, field, "{e}");
+        assert!(
+            e.to_string().contains(field),
+            "message names the field: {e}"
+        );
+        // One bad job in a batch: the good ones are not written either.
+        let batch = vec![NewJob::json("noop", json!({})), job];
+        assert!(producer.enqueue_many(batch).await.is_err());
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_transitions").await, 0);
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn claim_uses_its_index_without_filesort(db: MySqlPool) {
+    // Some rows so the optimiser has statistics to weigh.
+    let producer = Producer::new(db.clone());
+    let jobs: Vec<NewJob> = (0..500)
+        .map(|i| {
+            NewJob::json(if i % 2 == 0 { "noop" } else { "record" }, json!({}))
+                .queue(if i % 3 == 0 { "a" } else { "default" })
+        })
+        .collect();
+    producer.enqueue_many(jobs).await.unwrap();
+    sqlx::query("ANALYZE TABLE jobq_jobs")
+        .execute(&db)
+        .await
+        .unwrap();
+    let kinds = vec!["noop".to_owned(), "record".to_owned()];
+    for skip_locked in [true, false] {
+        let plan = jobq_worker::explain_claim(&db, "default", &kinds, skip_locked)
+            .await
+            .unwrap();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        let (key, extra) = &plan[0];
+        assert_eq!(key.as_deref(), Some("jobq_jobs_claim"), "{plan:?}");
+        let extra = extra.clone().unwrap_or_default();
+        assert!(!extra.contains("filesort"), "claim filesorts: {extra}");
+        assert!(
+            !extra.contains("temporary"),
+            "claim uses a temporary table: {extra}"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn delayed_and_prioritised(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let producer = Producer::new(pool.clone());
+    let later = producer
+        .enqueue(NewJob::json("noop", json!({})).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let soon = producer
+        .enqueue(NewJob::json("noop", json!({})).delay(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let at = producer
+        .enqueue(
+            NewJob::json("noop", json!({})).run_at(chrono::Utc::now() + chrono::Duration::hours(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state_of(&db, later.0).await, "scheduled");
+    assert_eq!(state_of(&db, soon.0).await, "scheduled");
+    assert_eq!(state_of(&db, at.0).await, "scheduled");
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(20), "the due job ran", || async {
+        state_of(&db, soon.0).await == "completed"
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(state_of(&db, later.0).await, "scheduled");
+    let (_, h) = jobq_worker::job_with_history(&db, soon.0).await.unwrap();
+    let events: Vec<&str> = h.iter().map(|t| t.event.as_str()).collect();
+    assert_eq!(events, vec!["enqueued", "promoted", "claimed", "completed"]);
+    assert_consistent(&db).await;
+
+    // Priority: with one slot, lower numbers run first.
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut r = Registry::new();
+    let o = order.clone();
+    r.register_json("prio", move |v: serde_json::Value, _ctx: JobContext| {
+        let o = o.clone();
+        async move {
+            o.lock().unwrap().push(v["p"].as_i64().unwrap());
+            Ok::<(), JobError>(())
+        }
+    })
+    .unwrap();
+    let jobs = [5i16, -2, 9, 0, 3]
+        .iter()
+        .map(|p| NewJob::json("prio", json!({"p": p})).priority(*p))
+        .collect();
+    producer.enqueue_many(jobs).await.unwrap();
+    let mut s1 = s.clone();
+    s1.worker.concurrency = 1;
+    s1.worker.max_batch = 1;
+    let w = start(pool.clone(), r, &s1);
+    wait_for(Duration::from_secs(20), "prio jobs done", || async {
+        order.lock().unwrap().len() == 5
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(*order.lock().unwrap(), vec![-2, 0, 3, 5, 9]);
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn undecodable_payload_is_discarded_with_the_error(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let id = Producer::new(pool.clone())
+        .enqueue(NewJob::json("sleep", json!({"ms": "soon"})))
+        .await
+        .unwrap();
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(20), "job discarded", || async {
+        state_of(&db, id.0).await == "discarded"
+    })
+    .await;
+    w.stop().await;
+    let (job, h) = jobq_worker::job_with_history(&db, id.0).await.unwrap();
+    assert_eq!(job.attempt, 1);
+    let err = job.last_error.unwrap();
+    assert!(
+        err.contains("payload does not decode") && err.contains("invalid type"),
+        "{err}"
+    );
+    assert_eq!(h.last().unwrap().error.as_deref(), Some(err.as_str()));
+    assert_consistent(&db).await;
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn only_registered_kinds_are_claimed(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let producer = Producer::new(pool.clone());
+    let foreign = producer
+        .enqueue(NewJob::json("someone_elses", json!({})))
+        .await
+        .unwrap();
+    let mine = producer
+        .enqueue(NewJob::json("noop", json!({})))
+        .await
+        .unwrap();
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(20), "own job done", || async {
+        state_of(&db, mine.0).await == "completed"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.stop().await;
+    assert_eq!(state_of(&db, foreign.0).await, "available");
+}
