@@ -169,8 +169,8 @@ impl JobContext {
         }))
     }
 
-    /// Resolves when the job is being cancelled (shutdown past its timeout, or the lease was
-    /// lost). The handler's future is dropped right after; this lets it stop cleanly first.
+    /// Resolves when the job is cancelled because its lease was lost. The handler's own future
+    /// is dropped at that moment; this is for tasks the handler spawned, so they can stop too.
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await
     }

@@ -4,3 +4,7 @@
 mod cli;
 mod common;
 mod core;
+mod crash;
+mod outcomes;
+mod procs;
+mod restart;

@@ -1,0 +1,125 @@
+//! A database crash and restart in the middle of a run, on a private server
+//! (`../shared/tools/throwaway-mariadb`) so the machine's own server is never touched.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use jobq_worker::{NewJob, Producer};
+use serde_json::json;
+use sqlx::mysql::MySqlPoolOptions;
+
+use crate::common::*;
+use crate::procs::WorkerProc;
+
+fn tool() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/throwaway-mariadb");
+    p.exists().then_some(p)
+}
+
+fn run(tool: &PathBuf, args: &[&str]) -> String {
+    let o = Command::new("bash").arg(tool).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "throwaway-mariadb {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    tool: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.tool)
+            .args(["destroy", self.dir.path().to_str().unwrap()])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn database_restart_mid_run() {
+    let Some(tool) = tool() else {
+        eprintln!("database_restart_mid_run: ../shared/tools/throwaway-mariadb not found; see scripts/ for the manual run");
+        return;
+    };
+    const N: usize = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server {
+        tool: tool.clone(),
+        dir,
+    };
+    let d = server.dir.path().to_str().unwrap().to_owned();
+    let base = run(&tool, &["start", &d, &free_port().to_string()]);
+    let url = format!("{base}/jobq_restart");
+    jobq_worker::migrate(&url).await.unwrap();
+    let db = MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let jobs = (0..N)
+        .map(|_| NewJob::json("record", json!({"ms": 5})))
+        .collect();
+    Producer::new(db.clone()).enqueue_many(jobs).await.unwrap();
+
+    let mut w = WorkerProc::spawn(&url, &["--concurrency", "8"], &[]);
+    wait_for(Duration::from_secs(60), "progress", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+        )
+        .await
+            >= 300
+    })
+    .await;
+    run(&tool, &["kill9", &d]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run(&tool, &["restart", &d]);
+    let done = || async {
+        matches!(
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'").fetch_one(&db).await,
+            Ok(n) if n == N as i64
+        )
+    };
+    wait_for(
+        Duration::from_secs(120),
+        "all jobs completed after the restart",
+        done,
+    )
+    .await;
+    assert!(w.alive(), "worker died:\n{}", w.log_text());
+    w.signal("TERM");
+    assert_eq!(
+        w.wait(Duration::from_secs(30)).0,
+        Some(0),
+        "{}",
+        w.log_text()
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_demo_effects").await,
+        N as i64
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(DISTINCT job_id) FROM jobq_demo_effects").await,
+        N as i64
+    );
+    assert_consistent(&db).await;
+    let log = w.log_text();
+    assert!(
+        log.contains("failed") || log.contains("error"),
+        "the outage went unnoticed in the log"
+    );
+}
