@@ -28,11 +28,30 @@ impl Job for Sleep {
     const KIND: &'static str = "sleep";
 }
 
-/// `fail {"times": N}`: fails its first N attempts, then succeeds.
+/// `fail {"times": N, "with": W?}`: its first N attempts end with outcome W, then it succeeds.
+/// W is `error` (the default: retried with backoff), `discard`, `cancel` or `snooze` (100 ms).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fail {
     /// Attempts that fail.
     pub times: u32,
+    /// How they fail.
+    #[serde(default)]
+    pub with: FailWith,
+}
+
+/// How a `fail` job's failing attempts end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailWith {
+    /// An error: retried with backoff.
+    #[default]
+    Error,
+    /// Discarded at once.
+    Discard,
+    /// Cancelled.
+    Cancel,
+    /// Snoozed for 100 ms (the attempt does not count).
+    Snooze,
 }
 impl Job for Fail {
     const KIND: &'static str = "fail";
@@ -76,13 +95,19 @@ pub fn register(r: &mut Registry) -> Result<()> {
         Ok(())
     })?;
     r.register::<Fail, _>(|job: Fail, ctx: JobContext| async move {
-        if ctx.attempt() <= job.times {
-            return Err(JobError::retry(PlannedFailure {
-                attempt: ctx.attempt(),
-                times: job.times,
-            }));
+        if ctx.attempt() > job.times {
+            return Ok(());
         }
-        Ok(())
+        let e = PlannedFailure {
+            attempt: ctx.attempt(),
+            times: job.times,
+        };
+        Err(match job.with {
+            FailWith::Error => JobError::retry(e),
+            FailWith::Discard => JobError::discard(e),
+            FailWith::Cancel => JobError::cancel(e),
+            FailWith::Snooze => JobError::snooze(Duration::from_millis(100)),
+        })
     })?;
     r.register::<Panic, _>(|_: Panic, ctx: JobContext| async move {
         panic!(

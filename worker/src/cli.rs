@@ -280,7 +280,14 @@ async fn work(mut settings: Settings, a: WorkArgs) -> Result<ExitCode> {
             .for_each(|q| q.claim_mode = None);
     }
     settings.validate()?;
+    let recorder = match settings.metrics.listen {
+        Some(_) => Some(crate::serve::install_recorder()?),
+        None => None,
+    };
     let pool = connected(&settings).await?;
+    if let (Some(addr), Some(handle)) = (settings.metrics.listen, recorder) {
+        crate::serve::spawn(addr, handle, pool.clone()).await?;
+    }
     let (shutdown, signal) = Shutdown::new();
     forward_signals(shutdown)?;
     let worker = Worker::new(pool, builtin_registry()?, &settings).drain(a.drain);

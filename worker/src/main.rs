@@ -2,6 +2,7 @@
 //! maps the outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
 mod cli;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -13,7 +13,8 @@ pub const CLAIMED: &str = "jobq_jobs_claimed_total";
 /// Counter: attempts that ended, by outcome (`completed`, `retried`, `discarded`, `cancelled`,
 /// `snoozed`, `released`, `lease_lost`).
 pub const FINISHED: &str = "jobq_jobs_finished_total";
-/// Counter: jobs rescued from expired leases (`outcome` = `available` or `discarded`).
+/// Counter: jobs rescued from expired leases, by queue (`outcome` = `available` or
+/// `discarded`). Recorded by the maintenance leader.
 pub const RESCUED: &str = "jobq_jobs_rescued_total";
 /// Histogram: handler run time, by outcome.
 pub const RUN_SECONDS: &str = "jobq_job_run_duration_seconds";
@@ -66,4 +67,187 @@ pub(crate) fn db_error(e: &sqlx::Error, retried: bool) {
 pub(crate) fn slots(queue: &str, in_flight: usize, free: usize) {
     gauge!(IN_FLIGHT, "queue" => queue.to_owned()).set(in_flight as f64);
     gauge!(FREE_SLOTS, "queue" => queue.to_owned()).set(free as f64);
+}
+/// Gauge: jobs per queue in each non-final state, sampled by the maintenance leader
+/// (`jobq_queue_available_jobs`, `…_scheduled_jobs`, `…_running_jobs`, `…_retryable_jobs`).
+pub const DEPTH_PREFIX: &str = "jobq_queue_";
+/// Gauge: age of the oldest `available` job per queue (now − run_at), sampled by the leader.
+pub const OLDEST_AVAILABLE: &str = "jobq_queue_oldest_available_age_seconds";
+/// Gauge: worker processes whose heartbeat is recent, sampled by the leader.
+pub const WORKERS_ALIVE: &str = "jobq_workers_alive";
+/// Counter: jobs ever inserted by any producer (the table's highest id), sampled by the leader,
+/// so enqueue rates show even for producers that export no metrics.
+pub const INSERTED: &str = "jobq_jobs_inserted_total";
+/// Gauge: 1 in the process that currently runs maintenance, else 0.
+pub const LEADER: &str = "jobq_maintenance_leader";
+
+/// States sampled as depth gauges.
+pub const DEPTH_STATES: [&str; 4] = ["available", "scheduled", "running", "retryable"];
+
+/// The depth gauge name of `state`.
+pub fn depth_name(state: &str) -> String {
+    format!("{DEPTH_PREFIX}{state}_jobs")
+}
+
+/// Histogram buckets (seconds) for job run time.
+pub const RUN_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0,
+];
+/// Histogram buckets (seconds) for queue wait.
+pub const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0, 21600.0,
+];
+/// Histogram buckets (seconds) for claim round trips and named-lock waits.
+pub const CLAIM_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Histogram buckets for claim batch sizes.
+pub const BATCH_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+
+/// Describes every metric (help text and unit) to the installed recorder.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(ENQUEUED, "Jobs inserted by producers in this process");
+    describe_counter!(CLAIMED, "Jobs claimed by this process");
+    describe_counter!(
+        FINISHED,
+        "Attempts that ended, by outcome: completed, retried, discarded, cancelled, snoozed, released, lease_lost"
+    );
+    describe_counter!(
+        RESCUED,
+        "Running jobs whose lease expired, taken back (outcome: available or discarded)"
+    );
+    describe_histogram!(
+        RUN_SECONDS,
+        Unit::Seconds,
+        "Handler run time per attempt, by outcome"
+    );
+    describe_histogram!(
+        WAIT_SECONDS,
+        Unit::Seconds,
+        "Time from a job's run_at to its claim"
+    );
+    describe_histogram!(
+        CLAIM_SECONDS,
+        Unit::Seconds,
+        "Claim round trip (transaction, excluding named-lock wait)"
+    );
+    describe_histogram!(CLAIM_BATCH, "Jobs returned per claim");
+    describe_histogram!(
+        LOCK_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time spent in GET_LOCK per claim (named-lock mode)"
+    );
+    describe_counter!(
+        LOCK_TIMEOUTS,
+        "GET_LOCK calls that timed out (named-lock mode)"
+    );
+    describe_counter!(
+        DB_RETRIES,
+        "Transient database errors retried (outcome = server error code)"
+    );
+    describe_counter!(
+        DB_ERRORS,
+        "Database errors that were not transient (outcome = error code or 'connection')"
+    );
+    describe_gauge!(IN_FLIGHT, "Jobs running in this process, per queue");
+    describe_gauge!(FREE_SLOTS, "Free job slots in this process, per queue");
+    describe_counter!(HEARTBEATS, "Lease heartbeats written (outcome ok or error)");
+    for s in DEPTH_STATES {
+        describe_gauge!(
+            depth_name(s),
+            format!("Jobs in state {s} per queue (sampled by the maintenance leader)")
+        );
+    }
+    describe_gauge!(
+        OLDEST_AVAILABLE,
+        Unit::Seconds,
+        "Age of the oldest available job per queue (leader)"
+    );
+    describe_gauge!(
+        WORKERS_ALIVE,
+        "Worker processes with a recent heartbeat (leader)"
+    );
+    describe_gauge!(LEADER, "1 in the process running maintenance");
+    describe_counter!(
+        INSERTED,
+        "Jobs ever inserted by any producer: the highest job id (leader)"
+    );
+}
+
+/// Registers the counters this process can produce at zero, so rates and alerts see a series
+/// from the start instead of "no data".
+pub(crate) fn init_series(queues: &[String], named_lock: &[String], kinds: &[String]) {
+    for q in named_lock {
+        counter!(LOCK_TIMEOUTS, "queue" => q.clone()).increment(0);
+    }
+    for q in queues {
+        gauge!(IN_FLIGHT, "queue" => q.clone()).set(0.0);
+        for k in kinds {
+            let (q, k) = (q.clone(), k.clone());
+            counter!(CLAIMED, "queue" => q.clone(), "kind" => k.clone()).increment(0);
+            for o in [
+                "completed",
+                "retried",
+                "discarded",
+                "cancelled",
+                "snoozed",
+                "released",
+                "lease_lost",
+            ] {
+                counter!(FINISHED, "queue" => q.clone(), "kind" => k.clone(), "outcome" => o)
+                    .increment(0);
+            }
+        }
+    }
+    counter!(DB_RETRIES, "outcome" => crate::error::codes::DEADLOCK).increment(0);
+    counter!(DB_ERRORS, "outcome" => "connection").increment(0);
+    counter!(HEARTBEATS, "outcome" => "error").increment(0);
+}
+
+/// Leader sample: depth per queue and state, oldest available age, live workers.
+pub(crate) fn depth(
+    samples: &[(String, String, i64)],
+    oldest: &[(String, f64)],
+    known: &mut std::collections::BTreeSet<String>,
+    workers: i64,
+    max_id: u64,
+) {
+    counter!(INSERTED).absolute(max_id);
+    for (q, _, _) in samples {
+        known.insert(q.clone());
+    }
+    for (q, _) in oldest {
+        known.insert(q.clone());
+    }
+    for q in known.iter() {
+        // Rescue counters exist from the first sample of a queue on, so the first rescue is an
+        // increase, not a new series.
+        for o in ["available", "discarded"] {
+            counter!(RESCUED, "queue" => q.clone(), "outcome" => o).increment(0);
+        }
+        for s in DEPTH_STATES {
+            let n = samples
+                .iter()
+                .find(|(sq, ss, _)| sq == q && ss == s)
+                .map_or(0, |x| x.2);
+            gauge!(depth_name(s), "queue" => q.clone()).set(n as f64);
+        }
+        let age = oldest.iter().find(|(oq, _)| oq == q).map_or(0.0, |x| x.1);
+        gauge!(OLDEST_AVAILABLE, "queue" => q.clone()).set(age);
+    }
+    gauge!(WORKERS_ALIVE).set(workers as f64);
+}
+
+/// A process that stops leading zeroes its samples so only the leader's values stand.
+pub(crate) fn clear_depth(known: &std::collections::BTreeSet<String>) {
+    for q in known {
+        for s in DEPTH_STATES {
+            gauge!(depth_name(s), "queue" => q.clone()).set(0.0);
+        }
+        gauge!(OLDEST_AVAILABLE, "queue" => q.clone()).set(0.0);
+    }
+    gauge!(WORKERS_ALIVE).set(0.0);
 }

@@ -738,6 +738,57 @@ pub(crate) async fn pending(
 // ---------------------------------------------------------------------------------------------
 // Inspection (CLI, demo, tests)
 
+/// Leader sample for the depth gauges: (queue, state, count) for non-final states, the oldest
+/// available age per queue, and the number of workers beaten within `alive`.
+#[allow(clippy::type_complexity)]
+pub(crate) async fn sample_depth(
+    pool: &MySqlPool,
+    alive: Duration,
+) -> Result<(Vec<(String, String, i64)>, Vec<(String, f64)>, i64, u64), sqlx::Error> {
+    // language=MySQL
+    // An index-only scan of jobq_jobs_claim (queue, state, …); final states are filtered out
+    // but still scanned, which is why the leader samples this only every few seconds.
+    let rows = sqlx::query(
+        "SELECT queue, CAST(state AS CHAR) AS state, COUNT(*) AS n FROM jobq_jobs \
+         WHERE state IN ('available', 'scheduled', 'running', 'retryable') GROUP BY queue, state",
+    )
+    .fetch_all(pool)
+    .await?;
+    let depth = rows
+        .into_iter()
+        .map(|r| Ok((text(&r, "queue")?, text(&r, "state")?, r.try_get("n")?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // language=MySQL
+    let rows = sqlx::query(
+        "SELECT queue, TIMESTAMPDIFF(MICROSECOND, MIN(run_at), UTC_TIMESTAMP(6)) / 1e6 AS age \
+         FROM jobq_jobs WHERE state = 'available' GROUP BY queue",
+    )
+    .fetch_all(pool)
+    .await?;
+    let oldest = rows
+        .into_iter()
+        .map(|r| {
+            Ok((
+                text(&r, "queue")?,
+                r.try_get::<Option<f64>, _>("age")?.unwrap_or(0.0),
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // language=MySQL
+    let workers: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobq_workers WHERE last_heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
+    )
+    .bind(micros(alive))
+    .fetch_one(pool)
+    .await?;
+    // language=MySQL
+    // The end of the primary key: O(1).
+    let max_id: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM jobq_jobs")
+        .fetch_one(pool)
+        .await?;
+    Ok((depth, oldest, workers, max_id.unwrap_or(0)))
+}
+
 /// Count of jobs per (queue, state).
 pub(crate) async fn counts(pool: &MySqlPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
     // language=MySQL

@@ -116,7 +116,12 @@ struct Shared {
     completions: mpsc::UnboundedSender<Completion>,
     /// Fired when shutdown gives up waiting: running jobs are released.
     release: CancellationToken,
+    /// Per queue: its slots, for the in-flight / free-slot gauges.
+    slots: Mutex<Vec<QueueSlots>>,
 }
+
+/// A queue's name, its slot semaphore and the number of slots.
+type QueueSlots = (Arc<str>, Arc<Semaphore>, u32);
 
 impl Shared {
     fn forget(&self, fence: Fence) {
@@ -213,16 +218,26 @@ impl Worker {
             in_flight: Mutex::new(HashMap::new()),
             completions: ctx,
             release: CancellationToken::new(),
+            slots: Mutex::new(Vec::new()),
         });
 
+        let named: Vec<String> = queues
+            .iter()
+            .filter(|q| q.claim_mode == ClaimMode::NamedLock)
+            .map(|q| q.name.clone())
+            .collect();
+        metrics::init_series(&shared.settings.worker.queues, &named, &shared.kinds);
         let stop_claiming = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let jobs = TaskTracker::new();
         let claimers = TaskTracker::new();
-        let mut slots = Vec::new();
         for q in &queues {
             let sem = Arc::new(Semaphore::new(q.concurrency as usize));
-            slots.push((sem.clone(), q.concurrency));
+            shared.slots.lock().expect("slots poisoned").push((
+                Arc::from(q.name.as_str()),
+                sem.clone(),
+                q.concurrency,
+            ));
             claimers.spawn(claimer(
                 shared.clone(),
                 q.clone(),
@@ -841,6 +856,10 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
+        for (queue, sem, total) in shared.slots.lock().expect("slots poisoned").iter() {
+            let free = sem.available_permits();
+            metrics::slots(queue, *total as usize - free, free);
+        }
         let fences: Vec<Fence> = {
             let map = shared.in_flight.lock().expect("in-flight map poisoned");
             map.iter()
@@ -924,6 +943,7 @@ async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading = false;
     let mut ticks: u64 = 0;
+    let mut known_queues = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -934,8 +954,12 @@ async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
             Ok(now_leading) => {
                 if now_leading != leading {
                     info!(worker = %shared.id, leading = now_leading, "maintenance leadership changed");
+                    if !now_leading {
+                        metrics::clear_depth(&known_queues);
+                    }
                 }
                 leading = now_leading;
+                ::metrics::gauge!(metrics::LEADER).set(if leading { 1.0 } else { 0.0 });
             }
             Err(e) => {
                 debug!(error = %e, "leader election failed");
@@ -944,6 +968,15 @@ async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
         }
         if !leading {
             continue;
+        }
+        // Depth gauges every few seconds (the query scans the claim index).
+        if ticks % 5 == 1 {
+            match store::sample_depth(&shared.pool, shared.settings.worker.lease_ttl * 2).await {
+                Ok((depth, oldest, workers, max_id)) => {
+                    metrics::depth(&depth, &oldest, &mut known_queues, workers, max_id)
+                }
+                Err(e) => debug!(error = %e, "depth sample failed"),
+            }
         }
         if let Err(e) = maintain(&shared, ticks).await {
             if is_transient(&e) {
@@ -956,6 +989,8 @@ async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
     }
     if leading {
         let _ = store::resign(&shared.pool, &shared.id).await;
+        metrics::clear_depth(&known_queues);
+        ::metrics::gauge!(metrics::LEADER).set(0.0);
     }
 }
 
@@ -976,7 +1011,8 @@ async fn maintain(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
             "available"
         };
         warn!(queue = %r.queue, kind = %r.kind, outcome, "rescued a job whose lease expired");
-        ::metrics::counter!(metrics::RESCUED, "queue" => r.queue, "kind" => r.kind, "outcome" => outcome).increment(1);
+        ::metrics::counter!(metrics::RESCUED, "queue" => r.queue, "outcome" => outcome)
+            .increment(1);
     }
     // Retention and worker-row pruning about every 30 passes.
     if ticks % 30 == 1 {

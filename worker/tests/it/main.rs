@@ -5,6 +5,8 @@ mod cli;
 mod common;
 mod core;
 mod crash;
+mod http;
 mod outcomes;
 mod procs;
+mod prom;
 mod restart;

@@ -75,7 +75,16 @@ async fn database_restart_mid_run() {
         .collect();
     Producer::new(db.clone()).enqueue_many(jobs).await.unwrap();
 
-    let mut w = WorkerProc::spawn(&url, &["--concurrency", "8"], &[]);
+    let port = crate::http::free_port();
+    let mut w = WorkerProc::spawn(
+        &url,
+        &["--concurrency", "8"],
+        &[("JOBQ_METRICS__LISTEN", &format!("127.0.0.1:{port}"))],
+    );
+    let ready = |want: u16| async move {
+        matches!(crate::http::get(port, "/readyz"), Ok((s, _)) if s == want)
+    };
+    wait_for(Duration::from_secs(20), "/readyz ready", || ready(200)).await;
     wait_for(Duration::from_secs(60), "progress", || async {
         count(
             &db,
@@ -86,8 +95,23 @@ async fn database_restart_mid_run() {
     })
     .await;
     run(&tool, &["kill9", &d]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for(
+        Duration::from_secs(20),
+        "/readyz unready while the database is down",
+        || ready(503),
+    )
+    .await;
+    assert_eq!(
+        crate::http::get(port, "/healthz").unwrap().0,
+        200,
+        "the process itself is healthy"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     run(&tool, &["restart", &d]);
+    wait_for(Duration::from_secs(30), "/readyz ready again", || {
+        ready(200)
+    })
+    .await;
     let done = || async {
         matches!(
             sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'").fetch_one(&db).await,
