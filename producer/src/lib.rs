@@ -28,11 +28,13 @@
 
 mod error;
 mod job;
+mod notify;
 mod producer;
 mod store;
 
 pub use error::{Error, Result};
 pub use job::{validate_kind, validate_queue, Job, JobId, JobState, DEFAULT_QUEUE};
+pub use notify::{subscribe, Subscription};
 pub use producer::{NewJob, Producer, ProducerOptions};
 
 /// The jobq schema (the `migrations/` folder at the repository root), embedded.

@@ -279,6 +279,11 @@ impl Producer {
 }
 
 fn record_enqueued(rows: &[store::JobInsert]) {
+    crate::notify::notify(
+        rows.iter()
+            .filter(|r| r.run_at.is_none() && r.delay_us == 0)
+            .map(|r| r.queue.as_str()),
+    );
     let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for r in rows {
         *counts.entry((&r.queue, &r.kind)).or_default() += 1;

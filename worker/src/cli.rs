@@ -46,6 +46,8 @@ enum Command {
     },
     /// Migrate, enqueue a mix of built-in jobs, run a worker pool until all are done, summarise.
     Demo(DemoArgs),
+    /// Measure throughput and latency against the server (own database `<db>_bench`).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,7 +106,7 @@ struct DemoArgs {
     concurrency: u32,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; write durations like 500ms, 10s, 1h"))
 }
 
@@ -133,6 +135,7 @@ pub fn run() -> Result<ExitCode> {
             Command::Stats { json } => stats(&settings, json).await,
             Command::Job { id, json } => job(&settings, id, json).await,
             Command::Demo(a) => demo(settings, a).await,
+            Command::Bench(a) => crate::bench::run(&settings, a).await,
         }
     })
 }

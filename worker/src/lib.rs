@@ -76,10 +76,37 @@ pub fn producer(pool: sqlx::MySqlPool, settings: &jobq_config::Settings) -> Prod
     )
 }
 
-/// Fenced writes exposed for the integration tests. Not part of the API.
+/// Fenced writes and benchmark SQL exposed for the integration tests and `jobq bench`. Not part
+/// of the API.
 #[doc(hidden)]
 pub mod testing {
     use crate::store::{self, Fence};
+    pub use crate::store::{
+        bench_finish_all, bench_reset, ceiling_batch, completed_in, pickup_latencies, run_span,
+        server_counters,
+    };
+
+    /// One claim of up to `n` jobs of `kinds` in `queue`, as a worker makes it (skip-locked).
+    pub async fn claim_once(
+        pool: &sqlx::MySqlPool,
+        queue: &str,
+        kinds: &[String],
+        n: u32,
+    ) -> Result<usize, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        let (jobs, _) = store::claim(
+            &mut conn,
+            queue,
+            kinds,
+            n,
+            "bench",
+            Duration::from_secs(60),
+            true,
+            None,
+        )
+        .await?;
+        Ok(jobs.len())
+    }
     use crate::transition::{decide, Backoff, Outcome};
     use std::time::Duration;
 

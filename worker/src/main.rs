@@ -1,6 +1,7 @@
 //! `jobq`: migrate, enqueue, work, inspect, demo. The commands live in `cli.rs`; this file only
 //! maps the outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
+mod bench;
 mod cli;
 mod serve;
 

@@ -101,11 +101,104 @@ fn micros(d: Duration) -> i64 {
 // ---------------------------------------------------------------------------------------------
 // Claim
 
-/// Claims up to `limit` available jobs of `queue` whose kind is in `kinds`, in one transaction.
+/// Quotes `s` as a string literal. Used only for names jobq validated itself (queues, kinds,
+/// worker ids: `[A-Za-z0-9_.:-]`), in the multi-statement round trips below; it escapes anyway.
+fn lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn hex(t: &Token) -> String {
+    let mut out = String::from("X'");
+    for b in t {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out.push('\'');
+    out
+}
+
+fn id_list(ids: impl Iterator<Item = u64>) -> String {
+    let mut out = String::new();
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out
+}
+
+/// Runs a multi-statement text query; returns its rows and the affected-row counts of each
+/// statement in order. One round trip however many statements.
+/// Rows of a multi-statement query and the affected-row count of each statement.
+type Batch = (Vec<MySqlRow>, Vec<u64>);
+
+fn batch<'a>(
+    conn: &'a mut MySqlConnection,
+    sql: &'a str,
+) -> futures::future::BoxFuture<'a, Result<Batch, sqlx::Error>> {
+    // Boxed with explicit lifetimes: an `async fn` here trips rustc's higher-ranked lifetime
+    // inference for sqlx's `Executor` when the caller's future must be `Send`.
+    Box::pin(async move {
+        use futures::TryStreamExt;
+        use sqlx::Executor;
+        let mut rows = Vec::new();
+        let mut counts = Vec::new();
+        let mut stream = conn.fetch_many(sqlx::raw_sql(sql));
+        while let Some(item) = stream.try_next().await? {
+            match item {
+                sqlx::Either::Left(done) => counts.push(done.rows_affected()),
+                sqlx::Either::Right(row) => rows.push(row),
+            }
+        }
+        Ok((rows, counts))
+    })
+}
+
+/// Ends an open transaction after an error (1205 leaves it open and holding its locks).
+async fn rollback(conn: &mut MySqlConnection) {
+    // language=MySQL
+    let _ = batch(conn, "ROLLBACK").await;
+}
+
+/// Whether the `RELEASE_LOCK` at the end of a claim round trip released the lock (true when
+/// none was asked for).
+fn was_released(release: Option<&str>, rows: &[MySqlRow]) -> bool {
+    match release {
+        None => true,
+        Some(_) => {
+            rows.iter()
+                .rev()
+                .find_map(|r| r.try_get::<Option<i64>, _>("released").ok())
+                .flatten()
+                == Some(1)
+        }
+    }
+}
+
+/// Claims up to `limit` available jobs of `queue` whose kind is in `kinds`, in one transaction
+/// of two round trips:
+///
+/// 1. `START TRANSACTION; SELECT … FOR UPDATE [SKIP LOCKED]` — lock the batch in index order;
+/// 2. `UPDATE … SET state = 'running', claim_token = <fresh token>, lease …; INSERT INTO
+///    jobq_transitions … SELECT … WHERE claim_token = <token>; COMMIT` (+ `RELEASE_LOCK` in
+///    named-lock mode: strictly after the commit).
 ///
 /// `skip_locked`: rows locked by another claimer are skipped (claim mode `skip-locked`). Without
 /// it (claim mode `named-lock`) the caller holds the queue's named lock, so no other jobq claimer
-/// competes and a plain `FOR UPDATE` only guards against foreign writers.
+/// competes and a plain `FOR UPDATE` only guards against foreign writers. `release`: the named
+/// lock to release after the commit; the returned flag says whether it was released.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn claim(
     conn: &mut MySqlConnection,
     queue: &str,
@@ -114,61 +207,27 @@ pub(crate) async fn claim(
     worker_id: &str,
     lease: Duration,
     skip_locked: bool,
-) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    release: Option<&str>,
+) -> Result<(Vec<ClaimedJob>, bool), sqlx::Error> {
     if kinds.is_empty() || limit == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), release.is_none()));
     }
-    let mut tx = conn.begin().await?;
-    match claim_in(&mut tx, queue, kinds, limit, worker_id, lease, skip_locked).await {
-        Ok(jobs) => {
-            tx.commit().await?;
-            Ok(jobs)
-        }
+    let kinds_lit: Vec<String> = kinds.iter().map(|k| lit(k)).collect();
+    let select = claim_select(&lit(queue), &kinds_lit, &limit.to_string(), skip_locked);
+    let release_sql =
+        release.map(|name| format!("; SELECT RELEASE_LOCK({}) AS released", lit(name)));
+    let (rows, _) = match batch(conn, &format!("START TRANSACTION; {select}")).await {
+        Ok(r) => r,
         Err(e) => {
-            // Explicit: after 1205 the transaction is still open and holds its locks.
-            let _ = tx.rollback().await;
-            Err(e)
+            rollback(conn).await;
+            return Err(e);
         }
-    }
-}
-
-/// The claim's locking read.
-fn claim_select_sql(kinds: usize, skip_locked: bool) -> String {
-    // language=MySQL
-    // The WHERE and ORDER BY match jobq_jobs_claim (queue, state, priority, run_at, id) exactly:
-    // the index is read in order, the scan stops after `limit` matching rows, nothing is
-    // filesorted, and only returned rows are locked. FORCE INDEX keeps it so on tiny tables,
-    // where the optimiser would otherwise prefer a scan (which locks every row it reads).
-    // `kind IN (…)`: a worker claims only the kinds it can run.
-    format!(
-        "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, \
-                TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us \
-         FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
-         WHERE queue = ? AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) AND kind IN ({}) \
-         ORDER BY priority, run_at, id \
-         LIMIT ? FOR UPDATE{}",
-        marks(kinds),
-        if skip_locked { " SKIP LOCKED" } else { "" }
-    )
-}
-
-async fn claim_in(
-    conn: &mut MySqlConnection,
-    queue: &str,
-    kinds: &[String],
-    limit: u32,
-    worker_id: &str,
-    lease: Duration,
-    skip_locked: bool,
-) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    let sql = claim_select_sql(kinds.len(), skip_locked);
-    let mut q = sqlx::query(&sql).bind(queue);
-    for k in kinds {
-        q = q.bind(k);
-    }
-    let rows = q.bind(limit).fetch_all(&mut *conn).await?;
+    };
     if rows.is_empty() {
-        return Ok(Vec::new());
+        // language=MySQL
+        let sql = format!("COMMIT{}", release_sql.as_deref().unwrap_or(""));
+        let (rows, _) = batch(conn, &sql).await?;
+        return Ok((Vec::new(), was_released(release, &rows)));
     }
     let token: Token = rand::random();
     let mut jobs = Vec::with_capacity(rows.len());
@@ -183,42 +242,62 @@ async fn claim_in(
             token,
         });
     }
-    let ids = marks(jobs.len());
+    let ids = id_list(jobs.iter().map(|j| j.id));
+    let tok = hex(&token);
     // language=MySQL
-    // Guarded by state = 'available' and checked by count: with the rows locked above this
-    // always matches; if it ever does not, the transaction is rolled back, not half-applied.
+    // The UPDATE is guarded by state = 'available' (always true under the locks just taken);
+    // the transitions are written for exactly the rows that now carry this claim's token.
     let sql = format!(
-        "UPDATE jobq_jobs SET state = 'running', attempt = attempt + 1, claim_token = ?, \
-                worker_id = ?, attempted_at = UTC_TIMESTAMP(6), \
-                lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-         WHERE id IN ({ids}) AND state = 'available'"
-    );
-    let mut q = sqlx::query(&sql)
-        .bind(&token[..])
-        .bind(worker_id)
-        .bind(micros(lease));
-    for j in &jobs {
-        q = q.bind(j.id);
-    }
-    let updated = q.execute(&mut *conn).await?.rows_affected();
-    if updated != jobs.len() as u64 {
-        return Err(sqlx::Error::Protocol(format!(
-            "claim matched {} rows but updated {updated}; rolled back",
-            jobs.len()
-        )));
-    }
-    // language=MySQL
-    let sql = format!(
-        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
+        "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempt = attempt + 1, claim_token = {tok}, \
+                worker_id = {worker}, attempted_at = UTC_TIMESTAMP(6), \
+                lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND \
+         WHERE id IN ({ids}) AND state = 'available'; \
+         INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
          SELECT id, 'available', 'running', 'claimed', attempt, worker_id, attempted_at \
-         FROM jobq_jobs WHERE id IN ({ids})"
+         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND claim_token = {tok}; \
+         COMMIT{release}",
+        worker = lit(worker_id),
+        lease_us = micros(lease),
+        release = release_sql.as_deref().unwrap_or(""),
     );
-    let mut q = sqlx::query(&sql);
-    for j in &jobs {
-        q = q.bind(j.id);
+    let (rows, counts) = match batch(conn, &sql).await {
+        Ok(r) => r,
+        Err(e) => {
+            rollback(conn).await;
+            return Err(e);
+        }
+    };
+    let updated = counts.first().copied().unwrap_or(0);
+    if updated != jobs.len() as u64 {
+        // Cannot happen under the row locks; if it ever does, the jobs not updated carry no
+        // token of ours, so their handlers' writes would be fenced off. Say so loudly.
+        tracing::error!(
+            expected = jobs.len(),
+            updated,
+            "claim updated fewer rows than it locked"
+        );
     }
-    q.execute(&mut *conn).await?;
-    Ok(jobs)
+    Ok((jobs, was_released(release, &rows)))
+}
+
+/// The claim's locking read, with the queue, kinds and limit given as SQL (literals or `?`).
+fn claim_select(queue: &str, kinds: &[String], limit: &str, skip_locked: bool) -> String {
+    // language=MySQL
+    // The WHERE and ORDER BY match jobq_jobs_claim (queue, state, priority, run_at, id) exactly:
+    // the index is read in order, the scan stops after `limit` matching rows, nothing is
+    // filesorted, and only returned rows are locked. FORCE INDEX keeps it so on tiny tables,
+    // where the optimiser would otherwise prefer a scan (which locks every row it reads).
+    // `kind IN (…)`: a worker claims only the kinds it can run.
+    format!(
+        "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, \
+                TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us \
+         FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
+         WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) AND kind IN ({}) \
+         ORDER BY priority, run_at, id \
+         LIMIT {limit} FOR UPDATE{}",
+        kinds.join(","),
+        if skip_locked { " SKIP LOCKED" } else { "" }
+    )
 }
 
 /// The named-lock name of a queue: `jobq:` + SHA1(schema, 0x00, queue), 45 ASCII bytes.
@@ -269,49 +348,43 @@ pub(crate) async fn release_lock(
 // ---------------------------------------------------------------------------------------------
 // Finishing attempts
 
-/// Marks many jobs `completed` in one transaction: one UPDATE, one INSERT … SELECT of their
-/// transitions. Jobs whose fence no longer matches (rescued meanwhile) are left alone.
-/// Returns how many were completed.
+/// Marks many jobs `completed` in one transaction and one round trip: one UPDATE fenced per
+/// job by `(id, claim_token)`, one INSERT … SELECT of their transitions, COMMIT. Jobs whose
+/// fence no longer matches (rescued meanwhile) are left alone. Returns how many were completed.
 pub(crate) async fn complete_batch(pool: &MySqlPool, fences: &[Fence]) -> Result<u64, sqlx::Error> {
     if fences.is_empty() {
         return Ok(0);
     }
-    let mut tx = pool.begin().await?;
-    let clause = fence_clause(fences.len());
-    // language=MySQL
-    // claim_token is kept on the finished row: the INSERT below finds exactly the rows this
-    // statement completed by the same fence.
-    let sql = format!(
-        "UPDATE jobq_jobs SET state = 'completed', finalized_at = UTC_TIMESTAMP(6), lease_expires_at = NULL \
-         WHERE {clause} AND state = 'running'"
-    );
-    let done = match bind_fences(sqlx::query(&sql), fences)
-        .execute(&mut *tx)
-        .await
-    {
-        Ok(r) => r.rows_affected(),
-        Err(e) => {
-            let _ = tx.rollback().await;
-            return Err(e);
+    let ids = id_list(fences.iter().map(|f| f.id));
+    let mut pairs = String::new();
+    for (i, f) in fences.iter().enumerate() {
+        if i > 0 {
+            pairs.push(',');
         }
-    };
-    if done > 0 {
-        // language=MySQL
-        let sql = format!(
-            "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
-             SELECT id, 'running', 'completed', 'completed', attempt, worker_id, finalized_at \
-             FROM jobq_jobs WHERE {clause} AND state = 'completed'"
-        );
-        if let Err(e) = bind_fences(sqlx::query(&sql), fences)
-            .execute(&mut *tx)
-            .await
-        {
-            let _ = tx.rollback().await;
-            return Err(e);
+        pairs.push_str(&format!("({},{})", f.id, hex(&f.token)));
+    }
+    // language=MySQL
+    // `id IN (…)` gives a primary-key range on every server; `(id, claim_token) IN (…)` fences
+    // each job by its own token. claim_token stays on the finished row, so the INSERT finds
+    // exactly the rows this UPDATE completed.
+    let sql = format!(
+        "START TRANSACTION; \
+         UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = UTC_TIMESTAMP(6), lease_expires_at = NULL \
+         WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running'; \
+         INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
+         SELECT id, 'running', 'completed', 'completed', attempt, worker_id, finalized_at \
+         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'completed'; \
+         COMMIT"
+    );
+    let mut conn = pool.acquire().await?;
+    match batch(&mut conn, &sql).await {
+        // Counts: START TRANSACTION, UPDATE, INSERT, COMMIT.
+        Ok((_, counts)) => Ok(counts.get(1).copied().unwrap_or(0)),
+        Err(e) => {
+            rollback(&mut conn).await;
+            Err(e)
         }
     }
-    tx.commit().await?;
-    Ok(done)
 }
 
 /// Applies `decision` to one running job through `conn` (the handler's transaction for a
@@ -402,7 +475,7 @@ pub(crate) async fn extend_leases(
     for chunk in fences.chunks(500) {
         // language=MySQL
         let sql = format!(
-            "UPDATE jobq_jobs SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
              WHERE {} AND state = 'running'",
             fence_clause(chunk.len())
         );
@@ -416,7 +489,7 @@ pub(crate) async fn extend_leases(
         // Rare: find out which ones are no longer ours.
         // language=MySQL
         let sql = format!(
-            "SELECT id FROM jobq_jobs WHERE {} AND state = 'running'",
+            "SELECT id FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE {} AND state = 'running'",
             fence_clause(chunk.len())
         );
         let still: Vec<u64> = bind_fences(sqlx::query(&sql), chunk)
@@ -547,7 +620,7 @@ pub(crate) async fn promote_due(
     let list = marks(ids.len());
     // language=MySQL
     let sql =
-        format!("UPDATE jobq_jobs SET state = 'available' WHERE id IN ({list}) AND state = ?");
+        format!("UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'available' WHERE id IN ({list}) AND state = ?");
     let mut q = sqlx::query(&sql);
     for id in &ids {
         q = q.bind(id);
@@ -560,7 +633,7 @@ pub(crate) async fn promote_due(
     // language=MySQL
     let sql = format!(
         "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
-         SELECT id, ?, 'available', 'promoted', attempt, UTC_TIMESTAMP(6) FROM jobq_jobs WHERE id IN ({list})"
+         SELECT id, ?, 'available', 'promoted', attempt, UTC_TIMESTAMP(6) FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list})"
     );
     let mut q = sqlx::query(&sql).bind(from.as_str());
     for id in &ids {
@@ -587,12 +660,13 @@ pub(crate) async fn rescue_expired(
 ) -> Result<Vec<Rescued>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // language=MySQL
-    // jobq_jobs_lease (state, lease_expires_at). SKIP LOCKED: a row locked right now belongs to
-    // a worker finishing it; it is looked at again next tick.
+    // The `running` range of jobq_jobs_due (state, run_at, id): at most the slots of all
+    // workers, filtered on the lease. SKIP LOCKED: a row locked right now belongs to a worker
+    // finishing it; it is looked at again next tick.
     let rows = sqlx::query(
-        "SELECT id, queue, kind, attempt, max_attempts, worker_id FROM jobq_jobs FORCE INDEX (jobq_jobs_lease) \
+        "SELECT id, queue, kind, attempt, max_attempts, worker_id FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
          WHERE state = 'running' AND lease_expires_at < UTC_TIMESTAMP(6) \
-         ORDER BY lease_expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
+         ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut *tx)
@@ -683,7 +757,7 @@ pub(crate) async fn prune(
     let list = marks(ids.len());
     for table_sql in [
         format!("DELETE FROM jobq_transitions WHERE job_id IN ({list})"),
-        format!("DELETE FROM jobq_jobs WHERE id IN ({list})"),
+        format!("DELETE FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list})"),
     ] {
         let mut q = sqlx::query(&table_sql);
         for id in &ids {
@@ -975,7 +1049,8 @@ pub async fn explain_claim(
     kinds: &[String],
     skip_locked: bool,
 ) -> Result<Vec<(Option<String>, Option<String>)>, sqlx::Error> {
-    let sql = format!("EXPLAIN {}", claim_select_sql(kinds.len(), skip_locked));
+    let marks_k: Vec<String> = kinds.iter().map(|_| "?".to_owned()).collect();
+    let sql = format!("EXPLAIN {}", claim_select("?", &marks_k, "?", skip_locked));
     let mut q = sqlx::query(&sql).bind(queue);
     for k in kinds {
         q = q.bind(k);
@@ -990,4 +1065,161 @@ pub async fn explain_claim(
             )
         })
         .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark support (`jobq bench`)
+
+/// Empties the job tables (the bench's own database only).
+pub async fn bench_reset(pool: &MySqlPool) -> Result<(), sqlx::Error> {
+    for t in [
+        "jobq_jobs",
+        "jobq_transitions",
+        "jobq_workers",
+        "jobq_demo_effects",
+    ] {
+        // language=MySQL
+        sqlx::query(&format!("TRUNCATE TABLE {t}"))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Server-wide statement and row-write counters (SHOW GLOBAL STATUS).
+pub async fn server_counters(pool: &MySqlPool) -> Result<(u64, u64), sqlx::Error> {
+    // language=MySQL
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN \
+         ('Questions', 'Handler_write', 'Handler_update', 'Handler_delete')",
+    )
+    .fetch_all(pool)
+    .await?;
+    let get = |n: &str| {
+        rows.iter()
+            .find(|(k, _)| k == n)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((
+        get("Questions"),
+        get("Handler_write") + get("Handler_update") + get("Handler_delete"),
+    ))
+}
+
+/// Completed jobs in `queue`.
+pub async fn completed_in(pool: &MySqlPool, queue: &str) -> Result<i64, sqlx::Error> {
+    // language=MySQL
+    sqlx::query_scalar("SELECT COUNT(*) FROM jobq_jobs WHERE queue = ? AND state = 'completed'")
+        .bind(queue)
+        .fetch_one(pool)
+        .await
+}
+
+/// Seconds from the first claim to the last completion, and the number of claim transactions
+/// (one token each).
+pub async fn run_span(pool: &MySqlPool, queue: &str) -> Result<(f64, i64), sqlx::Error> {
+    // language=MySQL
+    let (span, claims): (Option<f64>, i64) = sqlx::query_as(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(attempted_at), MAX(finalized_at)) / 1e6, COUNT(DISTINCT claim_token) \
+         FROM jobq_jobs WHERE queue = ?",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await?;
+    Ok((span.unwrap_or(0.0), claims))
+}
+
+/// run_at → claim, in microseconds, of every job of `queue` (for pickup-latency percentiles).
+pub async fn pickup_latencies(pool: &MySqlPool, queue: &str) -> Result<Vec<i64>, sqlx::Error> {
+    // language=MySQL
+    sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, run_at, attempted_at) FROM jobq_jobs \
+         WHERE queue = ? AND attempted_at IS NOT NULL",
+    )
+    .bind(queue)
+    .fetch_all(pool)
+    .await
+}
+
+/// The ceiling: the least SQL that claims and finishes a batch with no framework around it
+/// (no tokens, no history, no leases): claim up to `limit` rows and mark them running in one
+/// transaction, then one autocommit UPDATE marks the batch done. `named_lock`: serialised by
+/// `GET_LOCK` instead of SKIP LOCKED. Returns how many rows it processed.
+pub async fn ceiling_batch(
+    conn: &mut MySqlConnection,
+    queue: &str,
+    limit: u32,
+    lock: Option<&str>,
+) -> Result<usize, sqlx::Error> {
+    if let Some(name) = lock {
+        // language=MySQL
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 5)")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got != Some(1) {
+            return Ok(0);
+        }
+    }
+    let mut tx = conn.begin().await?;
+    // language=MySQL
+    let sql = format!(
+        "SELECT id FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) WHERE queue = ? AND state = 'available' \
+         AND run_at <= UTC_TIMESTAMP(6) ORDER BY priority, run_at, id LIMIT ? FOR UPDATE{}",
+        if lock.is_some() { "" } else { " SKIP LOCKED" }
+    );
+    let ids: Vec<u64> = sqlx::query_scalar(&sql)
+        .bind(queue)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    if !ids.is_empty() {
+        // language=MySQL
+        let sql = format!("UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempted_at = UTC_TIMESTAMP(6) WHERE id IN ({})", marks(ids.len()));
+        let mut q = sqlx::query(&sql);
+        for id in &ids {
+            q = q.bind(id);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    if let Some(name) = lock {
+        // language=MySQL
+        sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !ids.is_empty() {
+        // language=MySQL
+        let sql = format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = UTC_TIMESTAMP(6) WHERE id IN ({})",
+            marks(ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &ids {
+            q = q.bind(id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(ids.len())
+}
+
+/// Marks every job of `queue` completed, in chunks (for the "1M finished jobs" scaling figure).
+pub async fn bench_finish_all(pool: &MySqlPool, queue: &str) -> Result<(), sqlx::Error> {
+    loop {
+        // language=MySQL
+        let n = sqlx::query(
+            "UPDATE jobq_jobs SET state = 'completed', finalized_at = UTC_TIMESTAMP(6) \
+             WHERE queue = ? AND state = 'available' LIMIT 20000",
+        )
+        .bind(queue)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(());
+        }
+    }
 }

@@ -149,7 +149,16 @@ impl Worker {
     /// A worker over `pool` (see [`crate::connect`]) running `registry`'s handlers with
     /// `settings` (queues, concurrency, claim modes, timings).
     pub fn new(pool: MySqlPool, registry: Registry, settings: &Settings) -> Self {
-        let host = hostname();
+        let host: String = hostname()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         let suffix: u32 = rand::thread_rng().gen();
         let mut id = format!("{host}-{}-{suffix:08x}", std::process::id());
         if id.len() > 64 {
@@ -227,6 +236,19 @@ impl Worker {
             .map(|q| q.name.clone())
             .collect();
         metrics::init_series(&shared.settings.worker.queues, &named, &shared.kinds);
+        // Same-process producers wake the claimer of a queue at once.
+        let wakers: Arc<HashMap<String, Arc<tokio::sync::Notify>>> = Arc::new(
+            queues
+                .iter()
+                .map(|q| (q.name.clone(), Arc::new(tokio::sync::Notify::new())))
+                .collect(),
+        );
+        let w = wakers.clone();
+        let _wake_subscription = jobq_producer::subscribe(move |queue| {
+            if let Some(n) = w.get(queue) {
+                n.notify_one();
+            }
+        });
         let stop_claiming = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let jobs = TaskTracker::new();
@@ -244,6 +266,7 @@ impl Worker {
                 sem,
                 stop_claiming.clone(),
                 jobs.clone(),
+                wakers[&q.name].clone(),
             ));
         }
         claimers.close();
@@ -385,11 +408,18 @@ async fn claimer(
     sem: Arc<Semaphore>,
     stop: CancellationToken,
     jobs: TaskTracker,
+    wake: Arc<tokio::sync::Notify>,
 ) {
     let queue: Arc<str> = Arc::from(q.name.as_str());
+    // Adaptive polling: after a claim that found jobs but less than asked for, poll again after
+    // MIN_POLL, doubling on every empty poll up to poll_interval. A busy queue is polled often
+    // (low pickup latency), an idle one every poll_interval.
+    const MIN_POLL: Duration = Duration::from_millis(1);
+    let mut idle_wait = MIN_POLL;
     let mut lock: Option<LockSession> = None;
     let mut retry = Retry::new();
     let lease = shared.settings.worker.lease_ttl;
+    let mut last_full = false;
     loop {
         // Wait for a free slot. Only this task takes permits, so every permit seen free below
         // stays free until taken here.
@@ -397,22 +427,34 @@ async fn claimer(
             p = sem.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = stop.cancelled() => break,
         };
+        // After a full batch the slots come back one by one as jobs end; claiming at the first
+        // free slot would make every claim tiny. Give the jobs just started a few scheduler turns
+        // to finish and return their slots (cheap: no sleep), so one round trip serves many.
+        if last_full {
+            let target = (q.concurrency.min(q.max_batch) as usize).div_ceil(2);
+            for _ in 0..16 {
+                if 1 + sem.available_permits() >= target {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
         let want = (1 + sem.available_permits()).min(q.max_batch as usize) as u32;
         let started = Instant::now();
         let result = match q.claim_mode {
             ClaimMode::SkipLocked => match shared.pool.acquire().await {
-                Ok(mut conn) => {
-                    store::claim(
-                        &mut conn,
-                        &queue,
-                        &shared.kinds,
-                        want,
-                        &shared.id,
-                        lease,
-                        true,
-                    )
-                    .await
-                }
+                Ok(mut conn) => store::claim(
+                    &mut conn,
+                    &queue,
+                    &shared.kinds,
+                    want,
+                    &shared.id,
+                    lease,
+                    true,
+                    None,
+                )
+                .await
+                .map(|(jobs, _)| jobs),
                 Err(e) => Err(e),
             },
             ClaimMode::NamedLock => claim_named(&shared, &queue, &mut lock, want).await,
@@ -421,6 +463,7 @@ async fn claimer(
             Ok(claimed) => {
                 retry.reset();
                 let got = claimed.len();
+                last_full = got as u32 == want;
                 metrics::claim(&queue, started.elapsed(), got);
                 let mut first = Some(first);
                 for job in claimed {
@@ -439,8 +482,14 @@ async fn claimer(
                 );
                 if (got as u32) < want {
                     // Less than asked for: the queue is empty for now.
+                    idle_wait = if got > 0 {
+                        MIN_POLL
+                    } else {
+                        (idle_wait * 2).min(q.poll_interval)
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(q.poll_interval) => {}
+                        _ = tokio::time::sleep(idle_wait) => {}
+                        _ = wake.notified() => idle_wait = MIN_POLL,
                         _ = stop.cancelled() => break,
                     }
                 }
@@ -514,7 +563,9 @@ async fn claim_named(
             ));
         }
     }
-    let claimed = store::claim(
+    // The release rides in the claim's last round trip, after its COMMIT.
+    let name = s.name.clone();
+    match store::claim(
         &mut s.conn,
         queue,
         &shared.kinds,
@@ -522,23 +573,22 @@ async fn claim_named(
         &shared.id,
         shared.settings.worker.lease_ttl,
         false,
+        Some(&name),
     )
-    .await;
-    match store::release_lock(&mut s.conn, &s.name).await {
-        Ok(true) => {}
-        Ok(false) => {
+    .await
+    {
+        Ok((jobs, true)) => Ok(jobs),
+        Ok((jobs, false)) => {
             warn!(queue, "RELEASE_LOCK did not release; dropping the session");
             *lock = None;
+            Ok(jobs)
         }
         Err(e) => {
-            warn!(queue, error = %e, "RELEASE_LOCK failed; dropping the session");
+            // Dropping the session rolls back and releases whatever it held.
             *lock = None;
+            Err(e)
         }
     }
-    if claimed.is_err() {
-        *lock = None;
-    }
-    claimed
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -799,11 +849,19 @@ async fn completer(
                 },
             }
         }
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        // Gather what is queued; give jobs that are finishing a few scheduler turns to join, so
+        // one commit serves many completions.
+        for _ in 0..8 {
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
+            if batch.len() >= max {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         let fences: Vec<Fence> = batch.iter().map(|c| c.fence).collect();
         let mut retry = Retry::new();

@@ -1,0 +1,505 @@
+//! `jobq bench`: measures jobq against the server it runs on.
+//!
+//! Scenarios (all in a database of their own, `<db>_bench`, emptied before each run):
+//! - `burn-down`: insert N `noop` jobs (timing the enqueue), then start P `jobq work` processes
+//!   with C slots each and time first claim → last completion (database clock);
+//! - `steady`: P worker processes run while this process inserts at a fixed rate for a while;
+//!   reports pickup latency (run_at → claim) percentiles;
+//! - `ceiling`: the least SQL that can drain the same queue (claim 100, mark running, one UPDATE
+//!   per batch to finish; no tokens, no history, no leases), with no framework around it: what
+//!   the server can do, so each report shows jobq as a fraction of it;
+//! - `scaling`: one claim's time with 10k and 1M waiting jobs, and with 1M finished jobs present.
+//!
+//! Every burn-down run is paired with a ceiling run of the same size and claim mode.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use jobq_config::{ClaimMode, Settings};
+use jobq_worker::testing;
+use jobq_worker::NewJob;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::MySqlPool;
+
+const QUEUE: &str = "bench";
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// burn-down, steady, ceiling or scaling.
+    #[arg(long, default_value = "burn-down")]
+    scenario: String,
+    /// Jobs per run (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "20000")]
+    jobs: Vec<u32>,
+    /// Claim modes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "skip-locked")]
+    claim_mode: Vec<String>,
+    /// Worker processes (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    processes: Vec<u32>,
+    /// Slots per worker process (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    concurrency: Vec<u32>,
+    /// steady: jobs inserted per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// steady: how long the producer inserts.
+    #[arg(long, value_parser = crate::cli::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Connections of the ceiling run.
+    #[arg(long, default_value_t = 4)]
+    ceiling_connections: u32,
+    /// Print one JSON object per run instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct Report {
+    scenario: String,
+    claim_mode: String,
+    processes: u32,
+    concurrency: u32,
+    jobs: u32,
+    enqueue_jobs_per_s: Option<f64>,
+    jobs_per_s: f64,
+    ceiling_jobs_per_s: Option<f64>,
+    percent_of_ceiling: Option<f64>,
+    pickup_p50_ms: Option<f64>,
+    pickup_p95_ms: Option<f64>,
+    pickup_p99_ms: Option<f64>,
+    claims_per_job: Option<f64>,
+    claim_round_trips_per_job: Option<f64>,
+    statements_per_job: f64,
+    rows_written_per_job: f64,
+    note: String,
+}
+
+pub async fn run(settings: &Settings, a: BenchArgs) -> Result<std::process::ExitCode> {
+    let url = bench_url(&settings.database_url);
+    jobq_worker::migrate(&url)
+        .await
+        .with_context(|| format!("preparing the bench database {url}"))?;
+    let mut bs = settings.clone();
+    bs.database_url = url.clone();
+    bs.database.max_connections = 0;
+    bs.worker.concurrency = a.ceiling_connections.max(4);
+    let pool = jobq_worker::connect(&bs).await?;
+    let modes: Vec<ClaimMode> = a
+        .claim_mode
+        .iter()
+        .map(|m| m.parse().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    eprintln!(
+        "jobq bench: {} on {} ({url})",
+        a.scenario,
+        jobq_worker::detect(&pool).await?.version_string
+    );
+    let mut reports = Vec::new();
+    match a.scenario.as_str() {
+        "burn-down" | "ceiling" => {
+            for &jobs in &a.jobs {
+                for &mode in &modes {
+                    let ceiling = ceiling(&pool, jobs, mode, a.ceiling_connections).await?;
+                    emit(&a, &ceiling);
+                    let c = ceiling.jobs_per_s;
+                    reports.push(ceiling);
+                    if a.scenario == "ceiling" {
+                        continue;
+                    }
+                    for &p in &a.processes {
+                        for &conc in &a.concurrency {
+                            let mut r = burn_down(&pool, &url, jobs, mode, p, conc).await?;
+                            r.ceiling_jobs_per_s = Some(c);
+                            r.percent_of_ceiling = Some(100.0 * r.jobs_per_s / c);
+                            emit(&a, &r);
+                            reports.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        "steady" => {
+            for &mode in &modes {
+                for &p in &a.processes {
+                    for &conc in &a.concurrency {
+                        let r = steady(&pool, &url, a.rate, a.duration, mode, p, conc).await?;
+                        emit(&a, &r);
+                        reports.push(r);
+                    }
+                }
+            }
+        }
+        "scaling" => scaling(&pool, a.json).await?,
+        other => bail!("unknown scenario {other:?}; use burn-down, steady, ceiling or scaling"),
+    }
+    if !a.json && !reports.is_empty() {
+        print_table(&reports);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `<database>_bench` on the same server.
+fn bench_url(url: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let cut = base
+        .rfind('/')
+        .filter(|i| *i > base.find("://").map_or(0, |s| s + 2));
+    let (server, db) = match cut {
+        Some(i) => (&base[..i], &base[i + 1..]),
+        None => (base, ""),
+    };
+    let db = if db.is_empty() { "jobq" } else { db };
+    match query {
+        Some(q) => format!("{server}/{db}_bench?{q}"),
+        None => format!("{server}/{db}_bench"),
+    }
+}
+
+fn emit(a: &BenchArgs, r: &Report) {
+    if a.json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    } else {
+        eprintln!(
+            "\r  {:<9} {:<11} {}x{:<3} {:>7} jobs: {:>8.0} jobs/s{}",
+            r.scenario,
+            r.claim_mode,
+            r.processes,
+            r.concurrency,
+            r.jobs,
+            r.jobs_per_s,
+            r.percent_of_ceiling
+                .map(|p| format!(" ({p:.0}% of ceiling)"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn print_table(rows: &[Report]) {
+    println!(
+        "| scenario | mode | procs x conc | jobs | enqueue jobs/s | jobs/s | % of ceiling | pickup p50/p95/p99 ms | claims/job | claim RTs/job | statements/job | rows written/job |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let pickup = match (r.pickup_p50_ms, r.pickup_p95_ms, r.pickup_p99_ms) {
+            (Some(a), Some(b), Some(c)) => format!("{a:.1} / {b:.1} / {c:.1}"),
+            _ => "-".into(),
+        };
+        println!(
+            "| {} | {} | {}x{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            r.scenario,
+            r.claim_mode,
+            r.processes,
+            r.concurrency,
+            r.jobs,
+            fmt_opt(r.enqueue_jobs_per_s, 0),
+            r.jobs_per_s,
+            fmt_opt(r.percent_of_ceiling, 0),
+            pickup,
+            fmt_opt(r.claims_per_job, 3),
+            fmt_opt(r.claim_round_trips_per_job, 3),
+            r.statements_per_job,
+            r.rows_written_per_job,
+        );
+    }
+}
+
+/// Inserts `n` noop jobs in calls of 10,000 (multi-row INSERTs with history); returns jobs/s.
+async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
+    let producer = jobq_worker::Producer::new(pool.clone());
+    let started = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(10_000);
+        let jobs = (0..k)
+            .map(|_| NewJob::json("noop", json!({})).queue(QUEUE))
+            .collect();
+        producer.enqueue_many(jobs).await?;
+        left -= k;
+    }
+    Ok(f64::from(n) / started.elapsed().as_secs_f64())
+}
+
+struct Workers(Vec<Child>);
+
+impl Workers {
+    fn spawn(url: &str, mode: ClaimMode, processes: u32, concurrency: u32) -> Result<Workers> {
+        let exe = std::env::current_exe()?;
+        let mut v = Vec::new();
+        for _ in 0..processes {
+            v.push(
+                Command::new(&exe)
+                    .args([
+                        "work",
+                        "--queues",
+                        QUEUE,
+                        "--claim-mode",
+                        mode.as_str(),
+                        "--concurrency",
+                    ])
+                    .arg(concurrency.to_string())
+                    .env("JOBQ_DATABASE_URL", url)
+                    .env("JOBQ_LOG__LEVEL", "warn")
+                    .env_remove("RUST_LOG")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting a worker process")?,
+            );
+        }
+        Ok(Workers(v))
+    }
+
+    fn stop(mut self) -> Result<()> {
+        for c in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in &mut self.0 {
+            let status = c.wait()?;
+            if !status.success() {
+                bail!("a worker process exited with {status}");
+            }
+        }
+        self.0.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits until `n` jobs are completed, printing a progress line; fails after 60 s without progress.
+async fn wait_completed(pool: &MySqlPool, n: u32) -> Result<()> {
+    let started = Instant::now();
+    let (mut last, mut last_change) = (0i64, Instant::now());
+    loop {
+        let done = testing::completed_in(pool, QUEUE).await?;
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        eprint!(
+            "\r  {done:>8}/{n} done, {:>8.0} jobs/s   ",
+            done as f64 / secs
+        );
+        if done >= i64::from(n) {
+            eprint!("\r{:60}\r", "");
+            return Ok(());
+        }
+        if done != last {
+            (last, last_change) = (done, Instant::now());
+        } else if last_change.elapsed() > Duration::from_secs(60) {
+            bail!("no progress for 60 s at {done}/{n} completed");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn per_job(delta: u64, n: u32) -> f64 {
+    delta as f64 / f64::from(n)
+}
+
+async fn burn_down(
+    pool: &MySqlPool,
+    url: &str,
+    n: u32,
+    mode: ClaimMode,
+    processes: u32,
+    concurrency: u32,
+) -> Result<Report> {
+    testing::bench_reset(pool).await?;
+    let enqueue = fill(pool, n).await?;
+    let (q0, w0) = testing::server_counters(pool).await?;
+    let workers = Workers::spawn(url, mode, processes, concurrency)?;
+    wait_completed(pool, n).await?;
+    let (q1, w1) = testing::server_counters(pool).await?;
+    workers.stop()?;
+    let (span, claims) = testing::run_span(pool, QUEUE).await?;
+    // Round trips per claim: START+SELECT, UPDATE+INSERT+COMMIT; named-lock adds GET_LOCK
+    // (RELEASE_LOCK rides in the last round trip).
+    let claim_statements = match mode {
+        ClaimMode::SkipLocked => 2.0,
+        ClaimMode::NamedLock => 3.0,
+    };
+    Ok(Report {
+        scenario: "burn-down".into(),
+        claim_mode: mode.to_string(),
+        processes,
+        concurrency,
+        jobs: n,
+        enqueue_jobs_per_s: Some(enqueue),
+        jobs_per_s: f64::from(n) / span.max(1e-6),
+        claims_per_job: Some(claims as f64 / f64::from(n)),
+        claim_round_trips_per_job: Some(claims as f64 * claim_statements / f64::from(n)),
+        statements_per_job: per_job(q1 - q0, n),
+        rows_written_per_job: per_job(w1 - w0, n),
+        note: "history on: enqueued, claimed and completed transitions per job".into(),
+        ..Default::default()
+    })
+}
+
+async fn ceiling(pool: &MySqlPool, n: u32, mode: ClaimMode, connections: u32) -> Result<Report> {
+    testing::bench_reset(pool).await?;
+    let enqueue = fill(pool, n).await?;
+    let (q0, w0) = testing::server_counters(pool).await?;
+    let started = Instant::now();
+    let lock = match mode {
+        ClaimMode::NamedLock => Some("jobq-bench-ceiling".to_owned()),
+        ClaimMode::SkipLocked => None,
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (pool, lock) = (pool.clone(), lock.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut total = 0usize;
+            loop {
+                let got = testing::ceiling_batch(&mut conn, QUEUE, 100, lock.as_deref()).await?;
+                if got == 0 {
+                    return Ok::<usize, sqlx::Error>(total);
+                }
+                total += got;
+            }
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (q1, w1) = testing::server_counters(pool).await?;
+    if total != n as usize {
+        bail!("ceiling processed {total} of {n} jobs");
+    }
+    Ok(Report {
+        scenario: "ceiling".into(),
+        claim_mode: mode.to_string(),
+        processes: 1,
+        concurrency: connections,
+        jobs: n,
+        enqueue_jobs_per_s: Some(enqueue),
+        jobs_per_s: f64::from(n) / secs,
+        statements_per_job: per_job(q1 - q0, n),
+        rows_written_per_job: per_job(w1 - w0, n),
+        note: "minimal SQL, batches of 100, no history or tokens".into(),
+        ..Default::default()
+    })
+}
+
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+async fn steady(
+    pool: &MySqlPool,
+    url: &str,
+    rate: u32,
+    duration: Duration,
+    mode: ClaimMode,
+    processes: u32,
+    concurrency: u32,
+) -> Result<Report> {
+    testing::bench_reset(pool).await?;
+    let workers = Workers::spawn(url, mode, processes, concurrency)?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (q0, w0) = testing::server_counters(pool).await?;
+    let producer = jobq_worker::Producer::new(pool.clone());
+    let started = Instant::now();
+    let mut inserted: u32 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u32;
+        if due > inserted {
+            let jobs = (inserted..due)
+                .map(|_| NewJob::json("noop", json!({})).queue(QUEUE))
+                .collect();
+            producer.enqueue_many(jobs).await?;
+            inserted = due;
+        }
+        eprint!("\r  steady: {inserted} inserted   ");
+    }
+    wait_completed(pool, inserted).await?;
+    let (q1, w1) = testing::server_counters(pool).await?;
+    workers.stop()?;
+    let mut lat = testing::pickup_latencies(pool, QUEUE).await?;
+    lat.sort_unstable();
+    let (span, claims) = testing::run_span(pool, QUEUE).await?;
+    Ok(Report {
+        scenario: "steady".into(),
+        claim_mode: mode.to_string(),
+        processes,
+        concurrency,
+        jobs: inserted,
+        jobs_per_s: f64::from(inserted) / span.max(1e-6),
+        pickup_p50_ms: Some(percentile(&lat, 0.50)),
+        pickup_p95_ms: Some(percentile(&lat, 0.95)),
+        pickup_p99_ms: Some(percentile(&lat, 0.99)),
+        claims_per_job: Some(claims as f64 / f64::from(inserted.max(1))),
+        statements_per_job: per_job(q1 - q0, inserted.max(1)),
+        rows_written_per_job: per_job(w1 - w0, inserted.max(1)),
+        note: format!("producer at {rate} jobs/s for {duration:?}"),
+        ..Default::default()
+    })
+}
+
+/// Median time of one claim of 100 jobs, over 40 claims.
+async fn time_claims(pool: &MySqlPool) -> Result<f64> {
+    let kinds = vec!["noop".to_owned()];
+    let mut times = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        let got = testing::claim_once(pool, QUEUE, &kinds, 100).await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        if got != 100 {
+            bail!("claim returned {got} jobs, expected 100");
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+async fn scaling(pool: &MySqlPool, json: bool) -> Result<()> {
+    let mut out = BTreeMap::new();
+    testing::bench_reset(pool).await?;
+    fill(pool, 10_000).await?;
+    out.insert("10k waiting", time_claims(pool).await?);
+    testing::bench_reset(pool).await?;
+    eprintln!("  inserting 1,000,000 jobs…");
+    fill(pool, 1_000_000).await?;
+    out.insert("1M waiting", time_claims(pool).await?);
+    eprintln!("  finishing them…");
+    testing::bench_finish_all(pool, QUEUE).await?;
+    fill(pool, 10_000).await?;
+    out.insert("10k waiting + 1M completed", time_claims(pool).await?);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "scenario": "scaling", "median_claim_ms": out }))?
+        );
+    } else {
+        println!("| table | median claim of 100 (ms) |\n|---|---:|");
+        for (k, v) in out {
+            println!("| {k} | {v:.2} |");
+        }
+    }
+    Ok(())
+}
