@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// steady: how long the producer inserts.
     #[arg(long, value_parser = crate::cli::parse_duration, default_value = "10s")]
     duration: Duration,
+    /// Concurrent producer connections filling the queue (each inserts in 10,000-job calls).
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
     /// Connections of the ceiling run.
     #[arg(long, default_value_t = 4)]
     ceiling_connections: u32,
@@ -79,6 +82,7 @@ struct Report {
 }
 
 pub async fn run(settings: &Settings, a: BenchArgs) -> Result<std::process::ExitCode> {
+    PRODUCERS.store(a.producers, std::sync::atomic::Ordering::Relaxed);
     let url = bench_url(&settings.database_url);
     jobq_worker::migrate(&url)
         .await
@@ -213,21 +217,36 @@ fn print_table(rows: &[Report]) {
     }
 }
 
-/// Inserts `n` noop jobs in calls of 10,000 (multi-row INSERTs with history); returns jobs/s.
+/// Inserts `n` noop jobs in calls of 10,000 (multi-row INSERTs with history) from `producers`
+/// concurrent connections; returns jobs/s.
 async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
-    let producer = jobq_worker::Producer::new(pool.clone());
+    let producers = PRODUCERS.load(std::sync::atomic::Ordering::Relaxed).max(1);
     let started = Instant::now();
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(10_000);
-        let jobs = (0..k)
-            .map(|_| NewJob::json("noop", json!({})).queue(QUEUE))
-            .collect();
-        producer.enqueue_many(jobs).await?;
-        left -= k;
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let share = n / producers + u32::from(p < n % producers);
+        let producer = jobq_worker::Producer::new(pool.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut left = share;
+            while left > 0 {
+                let k = left.min(10_000);
+                let jobs = (0..k)
+                    .map(|_| NewJob::json("noop", json!({})).queue(QUEUE))
+                    .collect();
+                producer.enqueue_many(jobs).await?;
+                left -= k;
+            }
+            Ok::<(), jobq_worker::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
     }
     Ok(f64::from(n) / started.elapsed().as_secs_f64())
 }
+
+/// `--producers`, shared with `fill`.
+static PRODUCERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 struct Workers(Vec<Child>);
 

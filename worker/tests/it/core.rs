@@ -484,3 +484,28 @@ async fn only_registered_kinds_are_claimed(db: MySqlPool) {
     w.stop().await;
     assert_eq!(state_of(&db, foreign.0).await, "available");
 }
+
+/// A producer in the worker's own process wakes the idle claimer at once: with a 10 s poll
+/// interval the job still runs long before the next poll.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn same_process_enqueue_wakes_the_worker(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.poll_interval = Duration::from_secs(10);
+    let pool = pool(&s).await;
+    let w = start(pool.clone(), builtins(), &s);
+    // Let the claimer go idle. Its waits double from 2 ms (2, 4, … 8192 ms end at 16.4 s), and
+    // the wait after that is the full 10 s: enqueued at 17 s, the job would be found by polling
+    // only at ~26.4 s, so finishing within 5 s shows the wake-up.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let id = Producer::new(pool.clone())
+        .enqueue(NewJob::json("noop", json!({})))
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "job woken and run before the next poll",
+        || async { state_of(&db, id.0).await == "completed" },
+    )
+    .await;
+    w.stop().await;
+}
