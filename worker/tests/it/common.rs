@@ -188,3 +188,16 @@ pub async fn assert_consistent(pool: &MySqlPool) {
     .await;
     assert_eq!(open, 0, "no transaction left open");
 }
+
+/// Exactly one `jobq_demo_effects` row per job, for `n` jobs.
+pub async fn assert_effects_once(pool: &MySqlPool, n: usize) {
+    assert_eq!(
+        count(pool, "SELECT COUNT(*) FROM jobq_demo_effects").await,
+        n as i64,
+        "one effect row per job"
+    );
+    assert_eq!(
+        count(pool, "SELECT COUNT(DISTINCT job_id) FROM jobq_demo_effects").await,
+        n as i64
+    );
+}

@@ -48,18 +48,6 @@ async fn running_of(db: &MySqlPool, pid: u32) -> i64 {
     .unwrap()
 }
 
-async fn assert_effects_once(db: &MySqlPool, n: usize) {
-    assert_eq!(
-        count(db, "SELECT COUNT(*) FROM jobq_demo_effects").await,
-        n as i64,
-        "one effect row per job"
-    );
-    assert_eq!(
-        count(db, "SELECT COUNT(DISTINCT job_id) FROM jobq_demo_effects").await,
-        n as i64
-    );
-}
-
 /// No named lock of the queues is left held.
 async fn assert_no_locks(db: &MySqlPool, queues: &[&str]) {
     for q in queues {
@@ -97,14 +85,7 @@ async fn kill9_mid_work(db: MySqlPool, mode: ClaimMode) {
             == N as i64
     })
     .await;
-    assert!(b.alive(), "the surviving worker died:\n{}", b.log_text());
-    b.signal("TERM");
-    assert_eq!(
-        b.wait(Duration::from_secs(30)).0,
-        Some(0),
-        "{}",
-        b.log_text()
-    );
+    b.stop_cleanly();
 
     assert_effects_once(&db, N).await;
     // The victim's jobs were rescued and claimed again by the survivor within 10 s.
@@ -288,14 +269,7 @@ async fn kill_connection_mid_work(db: MySqlPool) {
             == 2 * N as i64
     })
     .await;
-    assert!(w.alive(), "worker died:\n{}", w.log_text());
-    w.signal("TERM");
-    assert_eq!(
-        w.wait(Duration::from_secs(30)).0,
-        Some(0),
-        "{}",
-        w.log_text()
-    );
+    w.stop_cleanly();
     assert_effects_once(&db, 2 * N).await;
     assert_consistent(&db).await;
     assert_no_locks(&db, &["default", "locked"]).await;
@@ -355,13 +329,7 @@ async fn failures_retries_panics_and_timeouts(db: MySqlPool) {
     })
     .await;
     assert!(w.alive());
-    w.signal("TERM");
-    assert_eq!(
-        w.wait(Duration::from_secs(30)).0,
-        Some(0),
-        "{}",
-        w.log_text()
-    );
+    w.stop_cleanly();
 
     // fail {"times": 2}: completed on attempt 3, each gap at least the configured backoff
     // (400 ms × 2^(n-1), minus the 25% jitter).

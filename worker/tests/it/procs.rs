@@ -70,6 +70,18 @@ impl WorkerProc {
         }
     }
 
+    /// SIGTERM, then expects a clean exit (code 0) within 30 s.
+    pub fn stop_cleanly(&mut self) {
+        assert!(
+            self.alive(),
+            "worker died before the stop:\n{}",
+            self.log_text()
+        );
+        self.signal("TERM");
+        let (code, _) = self.wait(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{}", self.log_text());
+    }
+
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }

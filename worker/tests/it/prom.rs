@@ -363,11 +363,5 @@ async fn dashboards_and_alerts_against_real_prometheus(db: MySqlPool) {
             String::from_utf8_lossy(&o.stdout)
         );
     }
-    w.signal("TERM");
-    assert_eq!(
-        w.wait(Duration::from_secs(30)).0,
-        Some(0),
-        "{}",
-        w.log_text()
-    );
+    w.stop_cleanly();
 }

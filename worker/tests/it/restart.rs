@@ -124,22 +124,8 @@ async fn database_restart_mid_run() {
         done,
     )
     .await;
-    assert!(w.alive(), "worker died:\n{}", w.log_text());
-    w.signal("TERM");
-    assert_eq!(
-        w.wait(Duration::from_secs(30)).0,
-        Some(0),
-        "{}",
-        w.log_text()
-    );
-    assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM jobq_demo_effects").await,
-        N as i64
-    );
-    assert_eq!(
-        count(&db, "SELECT COUNT(DISTINCT job_id) FROM jobq_demo_effects").await,
-        N as i64
-    );
+    w.stop_cleanly();
+    assert_effects_once(&db, N).await;
     assert_consistent(&db).await;
     let log = w.log_text();
     assert!(
