@@ -226,22 +226,37 @@ pub(crate) async fn claim(
     if rows.is_empty() {
         // language=MySQL
         let sql = format!("COMMIT{}", release_sql.as_deref().unwrap_or(""));
-        let (rows, _) = batch(conn, &sql).await?;
-        return Ok((Vec::new(), was_released(release, &rows)));
+        return match batch(conn, &sql).await {
+            Ok((rows, _)) => Ok((Vec::new(), was_released(release, &rows))),
+            Err(e) => {
+                rollback(conn).await;
+                Err(e)
+            }
+        };
     }
     let token: Token = rand::random();
-    let mut jobs = Vec::with_capacity(rows.len());
-    for r in rows {
-        jobs.push(ClaimedJob {
-            id: r.try_get("id")?,
-            kind: text(&r, "kind")?,
-            payload: text(&r, "payload")?,
-            attempt: r.try_get::<u32, _>("attempt")? + 1,
-            max_attempts: r.try_get("max_attempts")?,
-            wait_us: r.try_get::<Option<i64>, _>("wait_us")?.unwrap_or(0),
-            token,
-        });
-    }
+    let decoded: Result<Vec<ClaimedJob>, sqlx::Error> = rows
+        .iter()
+        .map(|r| {
+            Ok(ClaimedJob {
+                id: r.try_get("id")?,
+                kind: text(r, "kind")?,
+                payload: text(r, "payload")?,
+                attempt: r.try_get::<u32, _>("attempt")? + 1,
+                max_attempts: r.try_get("max_attempts")?,
+                wait_us: r.try_get::<Option<i64>, _>("wait_us")?.unwrap_or(0),
+                token,
+            })
+        })
+        .collect();
+    // Never leave the transaction (and its row locks) open on a pooled connection.
+    let jobs = match decoded {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            rollback(conn).await;
+            return Err(e);
+        }
+    };
     let ids = id_list(jobs.iter().map(|j| j.id));
     let tok = hex(&token);
     // language=MySQL
@@ -365,21 +380,24 @@ pub(crate) async fn complete_batch(pool: &MySqlPool, fences: &[Fence]) -> Result
     }
     // language=MySQL
     // `id IN (…)` gives a primary-key range on every server; `(id, claim_token) IN (…)` fences
-    // each job by its own token. claim_token stays on the finished row, so the INSERT finds
-    // exactly the rows this UPDATE completed.
+    // each job by its own token. The INSERT finds exactly the rows this UPDATE completed (same
+    // token, same finalized_at): if a COMMIT succeeded but its answer was lost and the batch is
+    // retried, the UPDATE matches nothing and no second `completed` transition is written.
     let sql = format!(
         "START TRANSACTION; \
-         UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = UTC_TIMESTAMP(6), lease_expires_at = NULL \
+         SET @jobq_done_at := UTC_TIMESTAMP(6); \
+         UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = @jobq_done_at, lease_expires_at = NULL \
          WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running'; \
          INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
          SELECT id, 'running', 'completed', 'completed', attempt, worker_id, finalized_at \
-         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'completed'; \
+         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) \
+           AND state = 'completed' AND finalized_at = @jobq_done_at; \
          COMMIT"
     );
     let mut conn = pool.acquire().await?;
     match batch(&mut conn, &sql).await {
-        // Counts: START TRANSACTION, UPDATE, INSERT, COMMIT.
-        Ok((_, counts)) => Ok(counts.get(1).copied().unwrap_or(0)),
+        // Counts: START TRANSACTION, SET, UPDATE, INSERT, COMMIT.
+        Ok((_, counts)) => Ok(counts.get(2).copied().unwrap_or(0)),
         Err(e) => {
             rollback(&mut conn).await;
             Err(e)

@@ -35,7 +35,7 @@ use crate::metrics;
 use crate::registry::Registry;
 use crate::server;
 use crate::store::{self, ClaimedJob, Fence, Token};
-use crate::transition::{decide, Backoff, Outcome};
+use crate::transition::{decide, Backoff, Decision, Event, Outcome};
 
 /// Asks a running [`Worker`] to stop. Cheap to clone.
 ///
@@ -270,10 +270,22 @@ impl Worker {
             ));
         }
         claimers.close();
-        let completer = tokio::spawn(completer(shared.clone(), crx, stop_background.clone()));
+        // The completer has its own stop: it must flush while the heartbeat still keeps the
+        // leases of the jobs it is completing.
+        let stop_completer = CancellationToken::new();
+        let mut completer = tokio::spawn(completer(shared.clone(), crx, stop_completer.clone()));
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop_background.clone()));
         let maintenance = tokio::spawn(maintenance(shared.clone(), stop_background.clone()));
 
+        let background = [
+            completer.abort_handle(),
+            heartbeat.abort_handle(),
+            maintenance.abort_handle(),
+        ];
+        let kill = |shared: &Shared| {
+            stop_claiming.cancel();
+            kill(shared, &background)
+        };
         // Phase 0: run until asked to stop, or drained.
         let drained = tokio::select! {
             _ = signal.at_least(STOP) => false,
@@ -289,10 +301,10 @@ impl Worker {
                 tokio::select! {
                     _ = jobs.wait() => true,
                     _ = tokio::time::sleep(timeout) => false,
-                    _ = signal.at_least(KILL) => return Ok(kill(&shared, &[&completer, &heartbeat, &maintenance])),
+                    _ = signal.at_least(KILL) => return Ok(kill(&shared)),
                 }
             }
-            _ = signal.at_least(KILL) => return Ok(kill(&shared, &[&completer, &heartbeat, &maintenance])),
+            _ = signal.at_least(KILL) => return Ok(kill(&shared)),
         };
         if !finished {
             // Phase 2: cancel what is still running and put it back.
@@ -301,12 +313,16 @@ impl Worker {
             shared.release.cancel();
             tokio::select! {
                 _ = jobs.wait() => {}
-                _ = signal.at_least(KILL) => return Ok(kill(&shared, &[&completer, &heartbeat, &maintenance])),
+                _ = signal.at_least(KILL) => return Ok(kill(&shared)),
             }
         }
-        // Flush completions, stop the background tasks, leave.
+        // Flush completions (leases still beaten meanwhile), then stop the background tasks.
+        stop_completer.cancel();
+        tokio::select! {
+            _ = &mut completer => {}
+            _ = signal.at_least(KILL) => return Ok(kill(&shared)),
+        }
         stop_background.cancel();
-        let _ = completer.await;
         let _ = heartbeat.await;
         let _ = maintenance.await;
         if let Err(e) = store::deregister_worker(&shared.pool, &shared.id).await {
@@ -321,11 +337,20 @@ impl Worker {
     }
 }
 
-fn kill(shared: &Shared, tasks: &[&tokio::task::JoinHandle<()>]) -> Stopped {
+/// Immediate stop: background tasks aborted, every running handler cancelled (its future is
+/// dropped and its transaction rolled back); those jobs stay `running` until their leases expire
+/// and they are rescued.
+fn kill(shared: &Shared, tasks: &[tokio::task::AbortHandle]) -> Stopped {
     for t in tasks {
         t.abort();
     }
-    let left = shared.in_flight_count();
+    let left = {
+        let map = shared.in_flight.lock().expect("in-flight map poisoned");
+        for f in map.values() {
+            f.cancel.cancel();
+        }
+        map.len()
+    };
     warn!(worker = %shared.id, jobs = left, "stopped at once; running jobs will be rescued when their leases expire");
     Stopped::Immediate(left)
 }
@@ -424,8 +449,9 @@ async fn claimer(
         // Wait for a free slot. Only this task takes permits, so every permit seen free below
         // stays free until taken here.
         let first = tokio::select! {
-            p = sem.clone().acquire_owned() => p.expect("semaphore never closed"),
+            biased;
             _ = stop.cancelled() => break,
+            p = sem.clone().acquire_owned() => p.expect("semaphore never closed"),
         };
         // After a full batch the slots come back one by one as jobs end; claiming at the first
         // free slot would make every claim tiny. Give the jobs just started a few scheduler turns
@@ -667,6 +693,7 @@ async fn run_job(
                         Some(Ok(Err(e))) => outcome_of(e),
                     }),
                     _ = cancel.cancelled() => None,
+                    _ = lease_expiry(&shared, fence) => None,
                     _ = shared.release.cancelled() => Some(Outcome::Released),
                 }
             }
@@ -680,9 +707,12 @@ async fn run_job(
         metrics::finished(&queue, &job.kind, "lease_lost", Some(run));
         return;
     };
-    let tx = slot.lock().await.take();
+    let mut tx = slot.lock().await.take();
+    // Set when a completion in the handler's transaction failed: the handler's writes are gone,
+    // so the job goes back (attempt refunded) instead of waiting for a rescue that would count it.
+    let mut put_back: Option<Decision> = None;
     if outcome == Outcome::Success {
-        match tx {
+        match tx.take() {
             None => {
                 // Batched by the completer; the slot frees now, the lease stays ours until written.
                 drop(permit);
@@ -718,27 +748,39 @@ async fn run_job(
                     }
                     Err(e) => {
                         metrics::db_error(&e, false);
-                        error!(error = %e, "completion failed; the handler's writes were rolled back and the job will run again after rescue");
+                        error!(error = %e, "completion failed; the handler's writes were rolled back; putting the job back");
+                        put_back = Some(Decision {
+                            to: JobState::Available,
+                            event: Event::Released,
+                            delay: None,
+                            error: Some(format!("completion failed and was rolled back: {e}")),
+                            refund_attempt: true,
+                        });
                     }
                 }
-                shared.forget(fence);
-                drop(permit);
-                return;
+                if put_back.is_none() {
+                    shared.forget(fence);
+                    drop(permit);
+                    return;
+                }
             }
         }
     }
     // Any other outcome: the handler's transaction (if any) is rolled back.
-    if let Some(tx) = tx {
+    if let Some(tx) = tx.take() {
         let _ = tx.rollback().await;
     }
     let jitter = rand::thread_rng().gen_range(0.75..1.25);
-    let d = decide(
-        &outcome,
-        job.attempt,
-        job.max_attempts,
-        backoff_of(&policy),
-        jitter,
-    );
+    let d = match put_back {
+        Some(d) => d,
+        None => decide(
+            &outcome,
+            job.attempt,
+            job.max_attempts,
+            backoff_of(&policy),
+            jitter,
+        ),
+    };
     let label = match d.to {
         JobState::Retryable => "retried",
         JobState::Discarded => "discarded",
@@ -763,7 +805,10 @@ async fn run_job(
                 warn!("job was taken back before its outcome was written; nothing written");
                 break;
             }
-            Err(e) if is_transient(&e) => metrics::db_error(&e, true),
+            Err(e) if is_transient(&e) => {
+                metrics::db_error(&e, true);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             Err(e) => {
                 metrics::db_error(&e, false);
                 let wait = retry.delay();
@@ -778,6 +823,30 @@ async fn run_job(
     }
     shared.forget(fence);
     drop(permit);
+}
+
+/// Resolves when this job's local lease deadline passes without the heartbeat having pushed it
+/// (or when the job is no longer ours). A timer, not the heartbeat, enforces it: a heartbeat
+/// stuck on a stalled database must not let a handler run past its lease.
+async fn lease_expiry(shared: &Shared, fence: Fence) {
+    loop {
+        let deadline = {
+            let map = shared.in_flight.lock().expect("in-flight map poisoned");
+            match map.get(&fence.id) {
+                Some(f) if f.token == fence.token => f.deadline,
+                _ => return,
+            }
+        };
+        if Instant::now() >= deadline {
+            warn!(
+                job_id = fence.id,
+                "lease expired before it could be extended; cancelling the handler"
+            );
+            shared.forget(fence);
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
 }
 
 async fn with_timeout<F: Future>(timeout: Option<Duration>, fut: F) -> Option<F::Output> {
@@ -879,7 +948,10 @@ async fn completer(
                     }
                     break;
                 }
-                Err(e) if is_transient(&e) => metrics::db_error(&e, true),
+                Err(e) if is_transient(&e) => {
+                    metrics::db_error(&e, true);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 Err(e) => {
                     metrics::db_error(&e, false);
                     let wait = retry.delay();
@@ -928,7 +1000,9 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 .collect()
         };
         let sent = Instant::now();
-        let result = async {
+        // Bounded: a stalled database must not hold the heartbeat (the job tasks' own lease
+        // timers stop their handlers in any case).
+        let result = tokio::time::timeout(lease / 2, async {
             let lost = if fences.is_empty() {
                 Vec::new()
             } else {
@@ -946,8 +1020,9 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 .await?;
             }
             Ok::<_, sqlx::Error>(lost)
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::Protocol("heartbeat timed out".into())));
         let now = Instant::now();
         let mut map = shared.in_flight.lock().expect("in-flight map poisoned");
         match result {

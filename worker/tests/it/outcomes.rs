@@ -191,3 +191,68 @@ async fn lost_lease_cancels_the_handler(db: MySqlPool) {
         0
     );
 }
+
+/// If the completion transaction fails (here: its connection is killed after the handler wrote
+/// through it), the handler's writes are rolled back and the job goes back to `available` with
+/// its attempt refunded, instead of waiting for a rescue that would count the attempt.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn failed_completion_puts_the_job_back(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let mut r = Registry::new();
+    r.register_json("doomed_commit", |_: serde_json::Value, ctx: JobContext| async move {
+        let mut tx = ctx.tx().await?;
+        sqlx::query("INSERT INTO jobq_demo_effects (job_id, attempt, worker, effect_key, created_at) VALUES (?, ?, 'x', 'k', UTC_TIMESTAMP(6))")
+            .bind(ctx.id().0)
+            .bind(ctx.attempt())
+            .execute(&mut **tx)
+            .await?;
+        if ctx.attempt() == 1 {
+            let conn_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()").fetch_one(&mut **tx).await?;
+            sqlx::query(&format!("KILL CONNECTION {conn_id}")).execute(ctx.pool()).await?;
+        }
+        Ok::<(), JobError>(())
+    })
+    .unwrap();
+    let id = Producer::new(pool.clone())
+        .enqueue(NewJob::json("doomed_commit", json!({})).max_attempts(1))
+        .await
+        .unwrap()
+        .0;
+    let w = start(pool.clone(), r, &s);
+    wait_for(
+        Duration::from_secs(30),
+        "completed on the second run",
+        || async { state_of(&db, id).await == "completed" },
+    )
+    .await;
+    w.stop().await;
+    let (job, h) = jobq_worker::job_with_history(&db, id).await.unwrap();
+    assert_eq!(
+        (job.attempt, job.max_attempts),
+        (2, 2),
+        "the failed completion did not use up the only attempt"
+    );
+    let released = h
+        .iter()
+        .find(|t| t.event == "released")
+        .expect("a released transition");
+    assert!(
+        released
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("completion failed"),
+        "{released:?}"
+    );
+    // Only the second run's write survived.
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_demo_effects").await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT CAST(attempt AS SIGNED) FROM jobq_demo_effects").await,
+        2
+    );
+    assert_consistent(&db).await;
+}
