@@ -501,11 +501,6 @@ async fn claimer(
                     spawn_job(&shared, &jobs, queue.clone(), job, permit, started + lease);
                 }
                 drop(first);
-                metrics::slots(
-                    &queue,
-                    q.concurrency as usize - sem.available_permits(),
-                    sem.available_permits(),
-                );
                 if (got as u32) < want {
                     // Less than asked for: the queue is empty for now.
                     idle_wait = if got > 0 {
@@ -590,16 +585,16 @@ async fn claim_named(
         }
     }
     // The release rides in the claim's last round trip, after its COMMIT.
-    let name = s.name.clone();
+    let LockSession { conn, name } = s;
     match store::claim(
-        &mut s.conn,
+        conn,
         queue,
         &shared.kinds,
         want,
         &shared.id,
         shared.settings.worker.lease_ttl,
         false,
-        Some(&name),
+        Some(name.as_str()),
     )
     .await
     {
