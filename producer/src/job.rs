@@ -35,8 +35,11 @@ impl fmt::Display for JobId {
 }
 
 /// The states a job moves through. The spelling of [`JobState::as_str`] is the one used in the
-/// database, the CLI and `jobq stats`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// database, the CLI, JSON output and `jobq stats`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Ready to be claimed now.
     Available,
@@ -121,34 +124,117 @@ fn describe(name: &str) -> String {
     format!("{shown:?}{more} ({} bytes)", name.len())
 }
 
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal) => {
+        $(#[$doc])*
+        ///
+        /// Holding one proves the text passed the rule, so it can be spliced into SQL and used
+        /// as a metric label without further checks. Cheap to clone.
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(std::sync::Arc<str>);
+
+        impl $name {
+            /// Longest accepted name, in bytes.
+            pub const MAX_LEN: usize = $max;
+
+            /// Validates `name`; the error names the field and says what is accepted.
+            pub fn new(name: impl AsRef<str>) -> Result<Self, Error> {
+                let name = name.as_ref();
+                if valid_name(name, $max) {
+                    Ok($name(std::sync::Arc::from(name)))
+                } else {
+                    Err(Error::Invalid {
+                        field: $field,
+                        message: format!(
+                            concat!("{} is not a valid ", $field, " name; use 1 to ", $max,
+                                    " characters of A-Z a-z 0-9 _ . : -"),
+                            describe(name)
+                        ),
+                    })
+                }
+            }
+
+            /// The name.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                $name::new(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A queue name: 1 to 64 characters of `A-Z a-z 0-9 _ . : -`.
+    QueueName,
+    "queue",
+    64
+);
+
+name_type!(
+    /// A kind name: 1 to 128 characters of `A-Z a-z 0-9 _ . : -`.
+    KindName,
+    "kind",
+    128
+);
+
 /// Checks a queue name: 1 to 64 characters of `A-Z a-z 0-9 _ . : -`.
 pub fn validate_queue(queue: &str) -> Result<(), Error> {
-    if valid_name(queue, 64) {
-        Ok(())
-    } else {
-        Err(Error::Invalid {
-            field: "queue",
-            message: format!(
-                "{} is not a valid queue name; use 1 to 64 characters of A-Z a-z 0-9 _ . : -",
-                describe(queue)
-            ),
-        })
-    }
+    QueueName::new(queue).map(drop)
 }
 
 /// Checks a kind name: 1 to 128 characters of `A-Z a-z 0-9 _ . : -`.
 pub fn validate_kind(kind: &str) -> Result<(), Error> {
-    if valid_name(kind, 128) {
-        Ok(())
-    } else {
-        Err(Error::Invalid {
-            field: "kind",
-            message: format!(
-                "{} is not a valid kind name; use 1 to 128 characters of A-Z a-z 0-9 _ . : -",
-                describe(kind)
-            ),
-        })
-    }
+    KindName::new(kind).map(drop)
 }
 
 #[cfg(test)]
@@ -182,6 +268,15 @@ mod tests {
         }
         validate_kind(&"k".repeat(128)).unwrap();
         assert!(validate_kind(&"k".repeat(129)).is_err());
+        let q: QueueName = "mail.high".parse().unwrap();
+        assert_eq!(
+            (q.as_str(), format!("{q:?}")),
+            ("mail.high", "\"mail.high\"".to_owned())
+        );
+        let e = KindName::new("bad kind").unwrap_err().to_string();
+        assert!(e.starts_with("invalid kind: \"bad kind\""), "{e}");
+        let de: Result<QueueName, _> = serde_json::from_str("\"a b\"");
+        assert!(de.is_err());
     }
 
     #[test]

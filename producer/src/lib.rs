@@ -33,7 +33,9 @@ mod producer;
 mod store;
 
 pub use error::{Error, Result};
-pub use job::{validate_kind, validate_queue, Job, JobId, JobState, DEFAULT_QUEUE};
+pub use job::{
+    validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,
+};
 pub use notify::{subscribe, Subscription};
 pub use producer::{NewJob, Producer, ProducerOptions};
 

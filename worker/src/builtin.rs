@@ -6,7 +6,7 @@ use std::time::Duration;
 use jobq_producer::Job;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{codes, is_number, Result};
 use crate::handler::{JobContext, JobError};
 use crate::registry::Registry;
 use crate::store;
@@ -87,14 +87,22 @@ struct PlannedFailure {
     times: u32,
 }
 
+/// Creates the `record` kind's effects table, `jobq_demo_effects`, if it is missing. It is not
+/// part of the jobq schema; the demo, the bench and tests call this, and the first `record` job
+/// creates it too.
+pub async fn setup(pool: &sqlx::MySqlPool) -> Result<()> {
+    store::create_effects_table(pool).await?;
+    Ok(())
+}
+
 /// Registers the built-in kinds.
 pub fn register(r: &mut Registry) -> Result<()> {
-    r.register::<Noop, _>(|_: Noop, _ctx: JobContext| async { Ok(()) })?;
-    r.register::<Sleep, _>(|job: Sleep, _ctx: JobContext| async move {
+    r.register::<Noop>(|_: Noop, _ctx: JobContext| async { Ok(()) })?;
+    r.register::<Sleep>(|job: Sleep, _ctx: JobContext| async move {
         tokio::time::sleep(Duration::from_millis(job.ms)).await;
         Ok(())
     })?;
-    r.register::<Fail, _>(|job: Fail, ctx: JobContext| async move {
+    r.register::<Fail>(|job: Fail, ctx: JobContext| async move {
         if ctx.attempt() > job.times {
             return Ok(());
         }
@@ -109,20 +117,30 @@ pub fn register(r: &mut Registry) -> Result<()> {
             FailWith::Snooze => JobError::snooze(Duration::from_millis(100)),
         })
     })?;
-    r.register::<Panic, _>(|_: Panic, ctx: JobContext| async move {
+    r.register::<Panic>(|_: Panic, ctx: JobContext| async move {
         panic!(
             "panic kind: panicking on purpose (job {}, attempt {})",
             ctx.id(),
             ctx.attempt()
         );
     })?;
-    r.register::<Record, _>(|job: Record, ctx: JobContext| async move {
+    r.register::<Record>(|job: Record, ctx: JobContext| async move {
         if let Some(ms) = job.ms {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let key = job.key.unwrap_or_else(|| ctx.id().to_string());
         let mut tx = ctx.tx().await?;
-        store::insert_effect(&mut tx, ctx.id().0, ctx.attempt(), ctx.worker_id(), &key).await?;
+        let (id, attempt, worker) = (ctx.id().0, ctx.attempt(), ctx.worker_id());
+        match store::insert_effect(&mut tx, id, attempt, worker, &key).await {
+            // The effects table is not part of the schema; the first `record` job creates it
+            // (on another connection: DDL commits implicitly) and inserts again. A failed
+            // statement does not end the transaction.
+            Err(e) if is_number(&e, codes::NO_SUCH_TABLE) => {
+                store::create_effects_table(ctx.pool()).await?;
+                store::insert_effect(&mut tx, id, attempt, worker, &key).await?;
+            }
+            other => other?,
+        }
         Ok(())
     })?;
     Ok(())

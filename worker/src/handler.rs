@@ -1,12 +1,17 @@
+//! What handlers see and return: the [`Handler`] trait, [`JobContext`] (the job's identity, its
+//! completion transaction, its cancellation) and [`JobError`] (the outcome a failure asks for).
+
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobq_producer::JobId;
+use jobq_producer::{JobId, KindName, QueueName};
 use sqlx::{MySql, MySqlPool, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
+
+use crate::ids::WorkerId;
 
 /// A boxed error kept as the source of a handler outcome.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -102,11 +107,11 @@ pub(crate) type TxSlot = Arc<Mutex<Option<Transaction<'static, MySql>>>>;
 #[derive(Clone)]
 pub struct JobContext {
     pub(crate) id: JobId,
-    pub(crate) queue: Arc<str>,
-    pub(crate) kind: Arc<str>,
+    pub(crate) queue: QueueName,
+    pub(crate) kind: KindName,
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
-    pub(crate) worker_id: Arc<str>,
+    pub(crate) worker_id: WorkerId,
     pub(crate) pool: MySqlPool,
     pub(crate) tx: TxSlot,
     pub(crate) cancel: CancellationToken,
@@ -146,7 +151,7 @@ impl JobContext {
     }
     /// The id of the worker process running the job.
     pub fn worker_id(&self) -> &str {
-        &self.worker_id
+        self.worker_id.as_str()
     }
     /// The worker's pool, for reads and for writes that must not wait for completion.
     pub fn pool(&self) -> &MySqlPool {
@@ -169,8 +174,12 @@ impl JobContext {
         }))
     }
 
-    /// Resolves when the job is cancelled because its lease was lost. The handler's own future
-    /// is dropped at that moment; this is for tasks the handler spawned, so they can stop too.
+    /// Resolves when the runtime abandons this attempt. The handler's own future is dropped at
+    /// that moment; this is for tasks the handler spawned, so they can stop too.
+    ///
+    /// It fires on every path where the runtime gives up on the attempt: the lease was lost
+    /// or could not be extended in time, `job_timeout` passed, the handler panicked, or a
+    /// shutdown released the job.
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await
     }

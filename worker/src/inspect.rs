@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use jobq_producer::JobState;
+use jobq_producer::{JobId, JobState};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
@@ -62,7 +62,7 @@ pub async fn stats(pool: &MySqlPool) -> Result<Stats> {
 /// A job and its whole transition history.
 pub async fn job_with_history(
     pool: &MySqlPool,
-    id: u64,
+    id: JobId,
 ) -> Result<(JobRecord, Vec<TransitionRecord>)> {
     let job = store::job(pool, id).await?.ok_or(Error::NoSuchJob(id))?;
     let history = store::history(pool, id).await?;

@@ -2,7 +2,7 @@
 //! transition.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), jobq_worker::Error> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use jobq_worker::{Job, JobContext, JobError, Registry, Shutdown, Worker};
 //! use serde::{Deserialize, Serialize};
 //!
@@ -10,134 +10,72 @@
 //! struct SendEmail { to: String }
 //! impl Job for SendEmail { const KIND: &'static str = "send_email"; }
 //!
-//! let settings = jobq_config::load(None)?;
-//! let pool = jobq_worker::connect(&settings).await?;
+//! let config = jobq_config::load(None)?;
+//! let pool = jobq_worker::connect(&config).await?;
 //! let mut registry = Registry::new();
-//! registry.register::<SendEmail, _>(|job: SendEmail, ctx: JobContext| async move {
+//! registry.register::<SendEmail>(|job: SendEmail, ctx: JobContext| async move {
 //!     println!("attempt {} mails {}", ctx.attempt(), job.to);
 //!     Ok::<(), JobError>(())
 //! })?;
 //! let (shutdown, signal) = Shutdown::new();
-//! # drop(shutdown);
-//! Worker::new(pool, registry, &settings).run(signal).await?;
+//! jobq_worker::on_signals(shutdown)?; // SIGTERM/SIGINT: graceful, then immediate
+//! Worker::new(pool, registry, &config).run(signal).await?;
 //! # Ok(()) }
 //! ```
 //!
 //! Guarantees (see the README for the timings): a job is run at least once; at most one worker
 //! runs a job at a time while leases hold; database writes made in [`JobContext::tx`] commit
 //! exactly once, together with the job's completion.
+//!
+//! Where things live: [`Worker`] (`worker.rs`) wires the private runtime (`runtime/`: claimer,
+//! executor, recorder, heartbeat, maintenance, the in-flight table, the retry policy); every
+//! decision about a job's next state is in `transition.rs`; all SQL is in `store/`.
 
 pub mod builtin;
+mod db;
 mod error;
 mod handler;
+mod ids;
 mod inspect;
 pub mod metrics;
 mod registry;
-mod server;
+mod runtime;
+mod shutdown;
 mod store;
 mod transition;
 mod worker;
 
-pub use error::{codes, Error, Result};
+pub use db::{check_migrated, migrate};
+pub use error::{Error, Result};
 pub use handler::{BoxError, Handler, JobContext, JobError, JobTx};
+pub use ids::WorkerId;
 pub use inspect::{job_with_history, stats, QueueStats, Stats};
-pub use jobq_producer::{Job, JobId, JobState, NewJob, Producer, ProducerOptions, MIGRATOR};
+pub use jobq_config::Config;
+pub use jobq_producer::{
+    Job, JobId, JobState, KindName, NewJob, Producer, ProducerOptions, QueueName, MIGRATOR,
+};
 pub use registry::Registry;
-pub use server::{check_migrated, connect as connect_with, detect, migrate, Flavor, ServerInfo};
-pub use store::{explain_claim, JobRecord, TransitionRecord};
-pub use transition::{backoff, decide, is_valid, Backoff, Decision, Event, Outcome};
-pub use worker::{Shutdown, ShutdownSignal, Stopped, Worker};
+pub use shutdown::{on_signals, Shutdown, ShutdownSignal, Stopped};
+pub use store::{JobRecord, TransitionRecord};
+pub use transition::{is_valid, Event};
+pub use worker::Worker;
 
-/// A pool sized for `settings`: `database.max_connections`, or total concurrency + 8 when 0.
-pub async fn connect(settings: &jobq_config::Settings) -> Result<sqlx::MySqlPool> {
-    let max = match settings.database.max_connections {
-        0 => {
-            let total: u32 = settings
-                .worker
-                .queues
-                .iter()
-                .map(|q| settings.queue(q).concurrency)
-                .sum();
-            total + 8
-        }
-        n => n,
-    };
-    server::connect(settings, max).await
+/// A pool for `config`: `database.max_connections` connections, or the process's total
+/// concurrency + 8 when 0. Every connection runs at READ COMMITTED with a UTC time zone, strict
+/// SQL mode and `database.lock_wait_timeout_secs`.
+pub async fn connect(config: &Config) -> Result<sqlx::MySqlPool> {
+    db::pool(config).await
 }
 
-/// A producer configured from `settings.producer`.
-pub fn producer(pool: sqlx::MySqlPool, settings: &jobq_config::Settings) -> Producer {
-    Producer::with_options(
-        pool,
-        ProducerOptions {
-            max_payload_bytes: settings.producer.max_payload_bytes,
-            default_max_attempts: settings.producer.default_max_attempts,
-        },
-    )
+/// A producer configured from `config.producer`.
+pub fn producer(pool: sqlx::MySqlPool, config: &Config) -> Producer {
+    Producer::with_options(pool, producer_options(config))
 }
 
-/// Fenced writes and benchmark SQL exposed for the integration tests and `jobq bench`. Not part
-/// of the API.
-#[doc(hidden)]
-pub mod testing {
-    use crate::store::{self, Fence};
-    pub use crate::store::{
-        bench_finish_all, bench_reset, ceiling_batch, completed_in, pickup_latencies, run_span,
-        server_counters,
-    };
-
-    /// One claim of up to `n` jobs of `kinds` in `queue`, as a worker makes it (skip-locked).
-    pub async fn claim_once(
-        pool: &sqlx::MySqlPool,
-        queue: &str,
-        kinds: &[String],
-        n: u32,
-    ) -> Result<usize, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
-        let (jobs, _) = store::claim(
-            &mut conn,
-            queue,
-            kinds,
-            n,
-            "bench",
-            Duration::from_secs(60),
-            true,
-            None,
-        )
-        .await?;
-        Ok(jobs.len())
-    }
-    use crate::transition::{decide, Backoff, Outcome};
-    use std::time::Duration;
-
-    fn fence(id: u64, token: &[u8]) -> Fence {
-        Fence {
-            id,
-            token: token.try_into().expect("16-byte token"),
-        }
-    }
-
-    /// Completes job `id` as the holder of `token` would (single-job path).
-    pub async fn complete_with_token(
-        pool: &sqlx::MySqlPool,
-        id: u64,
-        token: &[u8],
-        attempt: u32,
-    ) -> Result<bool, sqlx::Error> {
-        let b = Backoff {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(1),
-        };
-        let d = decide(&Outcome::Success, attempt, attempt, b, 1.0);
-        store::finish_tx(pool, fence(id, token), attempt, "test", &d).await
-    }
-
-    /// Completes job `id` as the holder of `token` would (batched path).
-    pub async fn complete_batch_with_token(
-        pool: &sqlx::MySqlPool,
-        id: u64,
-        token: &[u8],
-    ) -> Result<u64, sqlx::Error> {
-        store::complete_batch(pool, &[fence(id, token)]).await
+/// The producer options `config.producer` asks for.
+pub fn producer_options(config: &Config) -> ProducerOptions {
+    ProducerOptions {
+        max_payload_bytes: config.producer.max_payload_bytes,
+        default_max_attempts: config.producer.default_max_attempts,
     }
 }

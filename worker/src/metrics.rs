@@ -4,7 +4,14 @@
 
 use std::time::Duration;
 
+use jobq_producer::{KindName, QueueName};
 use metrics::{counter, gauge, histogram};
+
+use crate::transition::Event;
+
+/// The `outcome` of `jobq_jobs_finished_total` for an attempt whose lease was lost: its handler
+/// was cancelled and nothing was written.
+pub(crate) const LEASE_LOST: &str = "lease_lost";
 
 /// Counter: jobs inserted (recorded by the producer crate).
 pub const ENQUEUED: &str = "jobq_jobs_enqueued_total";
@@ -53,13 +60,34 @@ pub(crate) fn finished(queue: &str, kind: &str, outcome: &'static str, run: Opti
     }
 }
 
+pub(crate) fn lock_wait(queue: &str, waited: Duration) {
+    histogram!(LOCK_WAIT_SECONDS, "queue" => queue.to_owned()).record(waited.as_secs_f64());
+}
+
+pub(crate) fn lock_timeout(queue: &str) {
+    counter!(LOCK_TIMEOUTS, "queue" => queue.to_owned()).increment(1);
+}
+
+pub(crate) fn heartbeat(ok: bool) {
+    counter!(HEARTBEATS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub(crate) fn leader(leading: bool) {
+    gauge!(LEADER).set(if leading { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn rescued(queue: String, outcome: &'static str) {
+    counter!(RESCUED, "queue" => queue, "outcome" => outcome).increment(1);
+}
+
 pub(crate) fn claim(queue: &str, took: Duration, n: usize) {
     histogram!(CLAIM_SECONDS, "queue" => queue.to_owned()).record(took.as_secs_f64());
     histogram!(CLAIM_BATCH, "queue" => queue.to_owned()).record(n as f64);
 }
 
 pub(crate) fn db_error(e: &sqlx::Error, retried: bool) {
-    let code = crate::error::db_code(e).unwrap_or_else(|| "connection".to_owned());
+    let code =
+        crate::error::db_number(e).map_or_else(|| "connection".to_owned(), |n| n.to_string());
     let name = if retried { DB_RETRIES } else { DB_ERRORS };
     counter!(name, "outcome" => code).increment(1);
 }
@@ -179,30 +207,26 @@ pub fn describe() {
 
 /// Registers the counters this process can produce at zero, so rates and alerts see a series
 /// from the start instead of "no data".
-pub(crate) fn init_series(queues: &[String], named_lock: &[String], kinds: &[String]) {
+pub(crate) fn init_series(queues: &[QueueName], named_lock: &[QueueName], kinds: &[KindName]) {
     for q in named_lock {
-        counter!(LOCK_TIMEOUTS, "queue" => q.clone()).increment(0);
+        counter!(LOCK_TIMEOUTS, "queue" => q.to_string()).increment(0);
     }
+    let outcomes = Event::ALL
+        .iter()
+        .filter_map(|e| e.finished_outcome())
+        .chain([LEASE_LOST]);
     for q in queues {
-        gauge!(IN_FLIGHT, "queue" => q.clone()).set(0.0);
+        gauge!(IN_FLIGHT, "queue" => q.to_string()).set(0.0);
         for k in kinds {
-            let (q, k) = (q.clone(), k.clone());
+            let (q, k) = (q.to_string(), k.to_string());
             counter!(CLAIMED, "queue" => q.clone(), "kind" => k.clone()).increment(0);
-            for o in [
-                "completed",
-                "retried",
-                "discarded",
-                "cancelled",
-                "snoozed",
-                "released",
-                "lease_lost",
-            ] {
+            for o in outcomes.clone() {
                 counter!(FINISHED, "queue" => q.clone(), "kind" => k.clone(), "outcome" => o)
                     .increment(0);
             }
         }
     }
-    counter!(DB_RETRIES, "outcome" => crate::error::codes::DEADLOCK).increment(0);
+    counter!(DB_RETRIES, "outcome" => crate::error::codes::DEADLOCK.to_string()).increment(0);
     counter!(DB_ERRORS, "outcome" => "connection").increment(0);
     counter!(HEARTBEATS, "outcome" => "error").increment(0);
 }

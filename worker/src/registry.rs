@@ -1,9 +1,12 @@
+//! [`Registry`]: the handler of each kind, type-erased so one map holds them all. A worker
+//! claims only the kinds registered here.
+
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use jobq_producer::{validate_kind, Job};
+use jobq_producer::{Job, KindName};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -42,7 +45,7 @@ where
 /// Handlers by kind. A worker claims only the kinds registered here.
 #[derive(Clone, Default)]
 pub struct Registry {
-    handlers: BTreeMap<String, Arc<dyn ErasedHandler>>,
+    handlers: BTreeMap<KindName, Arc<dyn ErasedHandler>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -57,18 +60,19 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers `handler` for `J::KIND`. A second handler for one kind is an error.
-    pub fn register<J: Job, H: Handler<J>>(&mut self, handler: H) -> Result<&mut Self> {
-        self.insert::<J, H>(J::KIND, handler)
+    /// Registers `handler` for `J::KIND`: `registry.register::<SendEmail>(send_email)`. A
+    /// second handler for one kind is an error.
+    pub fn register<J: Job>(&mut self, handler: impl Handler<J>) -> Result<&mut Self> {
+        self.insert(J::KIND, handler)
     }
 
     /// Registers an untyped handler receiving the payload as a JSON value.
-    pub fn register_json<H: Handler<serde_json::Value>>(
+    pub fn register_json(
         &mut self,
         kind: &str,
-        handler: H,
+        handler: impl Handler<serde_json::Value>,
     ) -> Result<&mut Self> {
-        self.insert::<serde_json::Value, H>(kind, handler)
+        self.insert(kind, handler)
     }
 
     fn insert<J, H>(&mut self, kind: &str, handler: H) -> Result<&mut Self>
@@ -76,12 +80,12 @@ impl Registry {
         J: DeserializeOwned + Send + 'static,
         H: Handler<J>,
     {
-        validate_kind(kind).map_err(Error::InvalidKind)?;
-        if self.handlers.contains_key(kind) {
-            return Err(Error::DuplicateKind(kind.to_owned()));
+        let kind = KindName::new(kind).map_err(Error::InvalidKind)?;
+        if self.handlers.contains_key(&kind) {
+            return Err(Error::DuplicateKind(kind.to_string()));
         }
         self.handlers.insert(
-            kind.to_owned(),
+            kind,
             Arc::new(Typed::<J, H> {
                 handler: Arc::new(handler),
                 _job: PhantomData,
@@ -92,6 +96,10 @@ impl Registry {
 
     /// Registered kinds, sorted.
     pub fn kinds(&self) -> Vec<String> {
+        self.handlers.keys().map(|k| k.to_string()).collect()
+    }
+
+    pub(crate) fn kind_names(&self) -> Vec<KindName> {
         self.handlers.keys().cloned().collect()
     }
 
@@ -113,10 +121,10 @@ mod tests {
     #[test]
     fn duplicate_and_invalid_kinds_are_errors() {
         let mut r = Registry::new();
-        r.register::<Ping, _>(|_: Ping, _ctx: JobContext| async { Ok(()) })
+        r.register::<Ping>(|_: Ping, _ctx: JobContext| async { Ok(()) })
             .unwrap();
         assert!(matches!(
-            r.register::<Ping, _>(|_: Ping, _ctx: JobContext| async { Ok(()) }),
+            r.register::<Ping>(|_: Ping, _ctx: JobContext| async { Ok(()) }),
             Err(Error::DuplicateKind(k)) if k == "ping"
         ));
         assert!(matches!(

@@ -1,5 +1,7 @@
-//! The job state machine, pure: no I/O, no clock. Given how an attempt ended, it decides the
-//! next state, the delay before the job may run again, and what is recorded.
+//! The job state machine, pure: no I/O, no clock. Every decision about a job's next state is
+//! made here: how an attempt ended ([`decide`]), a lease that expired ([`rescue`]), a completion
+//! that could not be committed ([`put_back`]), and the metric outcome of each event. The store
+//! only writes what a [`Decision`] says.
 
 use std::time::Duration;
 
@@ -45,6 +47,57 @@ impl Event {
             Event::Rescued => "rescued",
             Event::Released => "released",
         }
+    }
+
+    /// Every event, for parsing and tests.
+    pub const ALL: [Event; 10] = [
+        Event::Enqueued,
+        Event::Promoted,
+        Event::Claimed,
+        Event::Completed,
+        Event::Failed,
+        Event::Discarded,
+        Event::Snoozed,
+        Event::Cancelled,
+        Event::Rescued,
+        Event::Released,
+    ];
+
+    /// The `outcome` label of `jobq_jobs_finished_total` for an attempt that ended with this
+    /// event; `None` for events that do not end an attempt in the worker (insertion,
+    /// promotion, claim, and rescue, which maintenance counts in `jobq_jobs_rescued_total`).
+    pub(crate) fn finished_outcome(self) -> Option<&'static str> {
+        match self {
+            Event::Completed => Some("completed"),
+            Event::Failed => Some("retried"),
+            Event::Discarded => Some("discarded"),
+            Event::Snoozed => Some("snoozed"),
+            Event::Cancelled => Some("cancelled"),
+            Event::Released => Some("released"),
+            Event::Enqueued | Event::Promoted | Event::Claimed | Event::Rescued => None,
+        }
+    }
+}
+
+impl serde::Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Event {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Event::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| format!("unknown event {s:?}"))
     }
 }
 
@@ -197,6 +250,40 @@ pub fn decide(
             error: Some("worker shut down before the job finished".to_owned()),
             refund_attempt: true,
         },
+    }
+}
+
+/// A running job whose lease expired: back to `available` while attempts are left, else
+/// `discarded`. `worker` is the holder that stopped renewing it, for the recorded error.
+pub(crate) fn rescue(attempt: u32, max_attempts: u32, worker: Option<&str>) -> Decision {
+    let error = format!(
+        "lease expired: worker {} stopped renewing it during attempt {attempt}",
+        worker.unwrap_or("?")
+    );
+    let to = if attempt >= max_attempts {
+        JobState::Discarded
+    } else {
+        JobState::Available
+    };
+    Decision {
+        to,
+        event: Event::Rescued,
+        delay: None,
+        error: Some(error),
+        refund_attempt: false,
+    }
+}
+
+/// A job whose outcome could not be committed with the handler's writes (a failed completion
+/// commit): the writes are gone, so the job goes back to `available` with its attempt refunded,
+/// instead of waiting for a rescue that would count the attempt.
+pub(crate) fn put_back(why: &str) -> Decision {
+    Decision {
+        to: JobState::Available,
+        event: Event::Released,
+        delay: None,
+        error: Some(format!("completion failed and was rolled back: {why}")),
+        refund_attempt: true,
     }
 }
 
@@ -379,6 +466,55 @@ mod tests {
         }
         let last = decide(&err("boom"), 3, 3, B, 1.0);
         assert!(last.error.unwrap().starts_with("boom"));
+    }
+
+    #[test]
+    fn rescue_and_put_back() {
+        // (attempt, max) → state
+        let table = [
+            (1, 3, Available),
+            (2, 3, Available),
+            (3, 3, Discarded),
+            (9, 3, Discarded),
+        ];
+        for (attempt, max, to) in table {
+            let d = rescue(attempt, max, Some("w1"));
+            assert_eq!(
+                (d.to, d.event, d.refund_attempt),
+                (to, Event::Rescued, false)
+            );
+            assert!(d.error.unwrap().contains("worker w1"));
+            assert!(is_valid(Some(Running), d.to));
+        }
+        assert!(rescue(1, 2, None).error.unwrap().contains("worker ?"));
+        let d = put_back("deadlock");
+        assert_eq!(
+            (d.to, d.event, d.refund_attempt),
+            (Available, Event::Released, true)
+        );
+        assert!(d.error.unwrap().ends_with("deadlock"));
+    }
+
+    #[test]
+    fn outcome_labels() {
+        let table = [
+            (Event::Completed, Some("completed")),
+            (Event::Failed, Some("retried")),
+            (Event::Discarded, Some("discarded")),
+            (Event::Snoozed, Some("snoozed")),
+            (Event::Cancelled, Some("cancelled")),
+            (Event::Released, Some("released")),
+            (Event::Enqueued, None),
+            (Event::Promoted, None),
+            (Event::Claimed, None),
+            (Event::Rescued, None),
+        ];
+        assert_eq!(table.len(), Event::ALL.len());
+        for (event, label) in table {
+            assert_eq!(event.finished_outcome(), label, "{event}");
+            assert_eq!(event.as_str().parse::<Event>().unwrap(), event);
+        }
+        assert!("nope".parse::<Event>().is_err());
     }
 
     #[test]

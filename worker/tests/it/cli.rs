@@ -154,7 +154,11 @@ async fn bad_enqueue_exits_non_zero_and_inserts_nothing(db: MySqlPool) {
             None,
             "max_attempts",
         ),
-        (vec!["work", "--claim-mode", "fastest"], None, "claim mode"),
+        (
+            vec!["work", "--claim-mode", "fastest"],
+            None,
+            "possible values: skip-locked, named-lock",
+        ),
     ];
     for (args, input, needle) in cases {
         let o = jobq(&url, &args, input);

@@ -37,9 +37,14 @@ pub async fn settings(pool: &MySqlPool, mode: ClaimMode) -> Settings {
     s
 }
 
-/// A worker pool (session settings applied) for `settings`.
+/// A worker pool (session settings applied) for `settings`, with the `record` kind's effects
+/// table in place.
 pub async fn pool(settings: &Settings) -> MySqlPool {
-    jobq_worker::connect(settings).await.unwrap()
+    let pool = jobq_worker::connect(&settings.validate().unwrap())
+        .await
+        .unwrap();
+    builtin::setup(&pool).await.unwrap();
+    pool
 }
 
 pub fn builtins() -> Registry {
@@ -66,7 +71,8 @@ impl Running {
 
 pub fn start(pool: MySqlPool, registry: Registry, settings: &Settings) -> Running {
     let (shutdown, signal) = Shutdown::new();
-    let handle = tokio::spawn(Worker::new(pool, registry, settings).run(signal));
+    let config = settings.validate().expect("test settings are valid");
+    let handle = tokio::spawn(Worker::new(pool, registry, &config).run(signal));
     Running { shutdown, handle }
 }
 

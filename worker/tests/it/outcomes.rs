@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobq_config::ClaimMode;
-use jobq_worker::{JobContext, JobError, NewJob, Producer, Registry};
+use jobq_worker::{JobContext, JobError, JobId, NewJob, Producer, Registry};
 use serde_json::json;
 use sqlx::MySqlPool;
 
@@ -69,7 +69,7 @@ async fn typed_outcomes(db: MySqlPool) {
     .await;
     w.stop().await;
 
-    let (job, h) = jobq_worker::job_with_history(&db, ids["snooze"])
+    let (job, h) = jobq_worker::job_with_history(&db, JobId(ids["snooze"]))
         .await
         .unwrap();
     let events: Vec<&str> = h.iter().map(|t| t.event.as_str()).collect();
@@ -90,7 +90,7 @@ async fn typed_outcomes(db: MySqlPool) {
         "snooze refunds the attempt"
     );
 
-    let (job, _) = jobq_worker::job_with_history(&db, ids["cancel"])
+    let (job, _) = jobq_worker::job_with_history(&db, JobId(ids["cancel"]))
         .await
         .unwrap();
     assert_eq!(
@@ -98,16 +98,20 @@ async fn typed_outcomes(db: MySqlPool) {
         ("cancelled", Some("no longer wanted"))
     );
 
-    let (job, h) = jobq_worker::job_with_history(&db, ids["retry_after"])
+    let (job, h) = jobq_worker::job_with_history(&db, JobId(ids["retry_after"]))
         .await
         .unwrap();
     assert_eq!((job.state.as_str(), job.attempt), ("completed", 2));
-    let failed = h.iter().find(|t| t.event == "failed").unwrap();
-    let again = h.iter().filter(|t| t.event == "claimed").nth(1).unwrap();
+    let failed = h.iter().find(|t| t.event.as_str() == "failed").unwrap();
+    let again = h
+        .iter()
+        .filter(|t| t.event.as_str() == "claimed")
+        .nth(1)
+        .unwrap();
     assert!((again.at - failed.at).to_std().unwrap() >= Duration::from_millis(600));
     assert_eq!(failed.error.as_deref(), Some("come back later"));
 
-    let (job, _) = jobq_worker::job_with_history(&db, ids["discard"])
+    let (job, _) = jobq_worker::job_with_history(&db, JobId(ids["discard"]))
         .await
         .unwrap();
     assert_eq!(
@@ -227,7 +231,7 @@ async fn failed_completion_puts_the_job_back(db: MySqlPool) {
     )
     .await;
     w.stop().await;
-    let (job, h) = jobq_worker::job_with_history(&db, id).await.unwrap();
+    let (job, h) = jobq_worker::job_with_history(&db, JobId(id)).await.unwrap();
     assert_eq!(
         (job.attempt, job.max_attempts),
         (2, 2),
@@ -235,7 +239,7 @@ async fn failed_completion_puts_the_job_back(db: MySqlPool) {
     );
     let released = h
         .iter()
-        .find(|t| t.event == "released")
+        .find(|t| t.event.as_str() == "released")
         .expect("a released transition");
     assert!(
         released

@@ -1,13 +1,17 @@
-use std::collections::BTreeMap;
+//! The command line: arguments (clap), configuration with the flags as its last layer, and the
+//! commands that are not big enough for a file of their own (migrate, enqueue, work, stats,
+//! job).
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use jobq_config::{ClaimMode, LogFormat, Settings};
-use jobq_worker::{builtin, NewJob, Registry, Shutdown, Stopped, Worker};
+use figment::providers::Serialized;
+use jobq_config::{ClaimMode, Config, LogFormat};
+use jobq_worker::{builtin, JobId, NewJob, Registry, Shutdown, Stopped, Worker};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
@@ -45,7 +49,7 @@ enum Command {
         json: bool,
     },
     /// Migrate, enqueue a mix of built-in jobs, run a worker pool until all are done, summarise.
-    Demo(DemoArgs),
+    Demo(crate::demo::DemoArgs),
     /// Measure throughput and latency against the server (own database `<db>_bench`).
     Bench(crate::bench::BenchArgs),
 }
@@ -79,31 +83,36 @@ struct EnqueueArgs {
 
 #[derive(clap::Args, Debug)]
 struct WorkArgs {
-    /// Queues to work, comma-separated (overrides worker.queues).
+    /// Queues to work, comma-separated (sets worker.queues).
     #[arg(long, value_delimiter = ',')]
     queues: Option<Vec<String>>,
-    /// Jobs at once per queue (overrides worker.concurrency and per-queue values).
+    /// Jobs at once per queue (sets worker.concurrency; `[queues.NAME]` values still win).
     #[arg(long)]
     concurrency: Option<u32>,
-    /// skip-locked or named-lock (overrides worker.claim_mode and per-queue values).
-    #[arg(long, value_parser = parse_mode)]
-    claim_mode: Option<ClaimMode>,
+    /// Claim mode (sets worker.claim_mode; `[queues.NAME]` values still win).
+    #[arg(long, value_enum)]
+    claim_mode: Option<ModeArg>,
     /// Exit once no available, running or retryable job of a built-in kind is left.
     #[arg(long)]
     drain: bool,
 }
 
-#[derive(clap::Args, Debug)]
-struct DemoArgs {
-    /// Number of jobs.
-    #[arg(long, default_value_t = 5000)]
-    jobs: u32,
-    /// skip-locked or named-lock.
-    #[arg(long, value_parser = parse_mode, default_value = "skip-locked")]
-    claim_mode: ClaimMode,
-    /// Jobs at once.
-    #[arg(long, default_value_t = 16)]
-    concurrency: u32,
+/// A claim mode on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ModeArg {
+    /// `SELECT … FOR UPDATE SKIP LOCKED`.
+    SkipLocked,
+    /// A per-queue `GET_LOCK` around the claim.
+    NamedLock,
+}
+
+impl From<ModeArg> for ClaimMode {
+    fn from(m: ModeArg) -> ClaimMode {
+        match m {
+            ModeArg::SkipLocked => ClaimMode::SkipLocked,
+            ModeArg::NamedLock => ClaimMode::NamedLock,
+        }
+    }
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -116,14 +125,27 @@ fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .map_err(|e| format!("{e}; write an RFC 3339 time such as 2030-01-01T00:00:00Z"))
 }
 
-fn parse_mode(s: &str) -> Result<ClaimMode, String> {
-    s.parse()
-}
-
-pub fn run() -> Result<ExitCode> {
+/// Parses the command line, loads the configuration (the `work` flags are its last layer, so a
+/// bad flag is reported like a bad key), and runs the command.
+pub(crate) fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
-    let settings = jobq_config::load(cli.config.as_deref())?;
+    let mut fig = jobq_config::figment(cli.config.as_deref())?;
+    if let Command::Work(a) = &cli.command {
+        if let Some(q) = &a.queues {
+            fig = fig.merge(Serialized::default("worker.queues", q));
+        }
+        if let Some(c) = a.concurrency {
+            fig = fig.merge(Serialized::default("worker.concurrency", c));
+        }
+        if let Some(m) = a.claim_mode {
+            fig = fig.merge(Serialized::default("worker.claim_mode", ClaimMode::from(m)));
+        }
+    }
+    let settings = jobq_config::extract(fig)?;
     init_logging(&settings);
+    for var in jobq_config::ignored_env_vars() {
+        tracing::debug!(%var, "not a configuration variable; ignored");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -134,13 +156,13 @@ pub fn run() -> Result<ExitCode> {
             Command::Work(a) => work(settings, a).await,
             Command::Stats { json } => stats(&settings, json).await,
             Command::Job { id, json } => job(&settings, id, json).await,
-            Command::Demo(a) => demo(settings, a).await,
+            Command::Demo(a) => crate::demo::run(settings, a).await,
             Command::Bench(a) => crate::bench::run(&settings, a).await,
         }
     })
 }
 
-fn init_logging(settings: &Settings) {
+fn init_logging(settings: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -158,7 +180,7 @@ fn init_logging(settings: &Settings) {
     }));
 }
 
-async fn migrate(settings: &Settings) -> Result<ExitCode> {
+pub(crate) async fn migrate(settings: &Config) -> Result<ExitCode> {
     jobq_worker::migrate(&settings.database_url)
         .await
         .with_context(|| format!("migrating {}", redact(&settings.database_url)))?;
@@ -166,7 +188,7 @@ async fn migrate(settings: &Settings) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connected(settings: &Settings) -> Result<sqlx::MySqlPool> {
+pub(crate) async fn connected(settings: &Config) -> Result<sqlx::MySqlPool> {
     let pool = jobq_worker::connect(settings)
         .await
         .with_context(|| format!("connecting to {}", redact(&settings.database_url)))?;
@@ -185,7 +207,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn enqueue(settings: &Settings, a: EnqueueArgs) -> Result<ExitCode> {
+async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -212,7 +234,7 @@ async fn enqueue(settings: &Settings, a: EnqueueArgs) -> Result<ExitCode> {
     }
     let jobs = vec![job; a.count as usize];
     // Validate before connecting, so bad input never needs a database.
-    jobq_worker::Producer::validate(&jobs, &producer_options(settings))?;
+    jobq_worker::Producer::validate(&jobs, &jobq_worker::producer_options(settings))?;
     let pool = connected(settings).await?;
     let ids = jobq_worker::producer(pool, settings)
         .enqueue_many(jobs)
@@ -226,73 +248,23 @@ async fn enqueue(settings: &Settings, a: EnqueueArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn producer_options(settings: &Settings) -> jobq_worker::ProducerOptions {
-    jobq_worker::ProducerOptions {
-        max_payload_bytes: settings.producer.max_payload_bytes,
-        default_max_attempts: settings.producer.default_max_attempts,
-    }
-}
-
-fn builtin_registry() -> Result<Registry> {
+pub(crate) fn builtin_registry() -> Result<Registry> {
     let mut r = Registry::new();
     builtin::register(&mut r)?;
     Ok(r)
 }
 
-/// Forwards SIGTERM/SIGINT: the first asks for a graceful stop, the second for an immediate one.
-fn forward_signals(shutdown: Shutdown) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    std::thread::Builder::new()
-        .name("jobq-signals".into())
-        .spawn(move || {
-            let mut seen = 0;
-            for sig in signals.forever() {
-                seen += 1;
-                if seen == 1 {
-                    tracing::info!(
-                        signal = sig,
-                        "stopping gracefully; send it again to stop at once"
-                    );
-                    shutdown.stop();
-                } else {
-                    tracing::warn!(signal = sig, "stopping at once");
-                    shutdown.kill();
-                }
-            }
-        })?;
-    Ok(())
-}
-
-async fn work(mut settings: Settings, a: WorkArgs) -> Result<ExitCode> {
-    if let Some(q) = a.queues {
-        settings.worker.queues = q;
-    }
-    if let Some(c) = a.concurrency {
-        settings.worker.concurrency = c;
-        settings
-            .queues
-            .values_mut()
-            .for_each(|q| q.concurrency = None);
-    }
-    if let Some(m) = a.claim_mode {
-        settings.worker.claim_mode = m;
-        settings
-            .queues
-            .values_mut()
-            .for_each(|q| q.claim_mode = None);
-    }
-    settings.validate()?;
+async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
     let recorder = match settings.metrics.listen {
-        Some(_) => Some(crate::serve::install_recorder()?),
+        Some(_) => Some(crate::http::install_recorder()?),
         None => None,
     };
     let pool = connected(&settings).await?;
     if let (Some(addr), Some(handle)) = (settings.metrics.listen, recorder) {
-        crate::serve::spawn(addr, handle, pool.clone()).await?;
+        crate::http::spawn(addr, handle, pool.clone()).await?;
     }
     let (shutdown, signal) = Shutdown::new();
-    forward_signals(shutdown)?;
+    jobq_worker::on_signals(shutdown).context("installing the SIGTERM/SIGINT handlers")?;
     let worker = Worker::new(pool, builtin_registry()?, &settings).drain(a.drain);
     match worker.run(signal).await? {
         Stopped::Graceful | Stopped::Drained => Ok(ExitCode::SUCCESS),
@@ -305,7 +277,7 @@ async fn work(mut settings: Settings, a: WorkArgs) -> Result<ExitCode> {
     }
 }
 
-async fn stats(settings: &Settings, json: bool) -> Result<ExitCode> {
+async fn stats(settings: &Config, json: bool) -> Result<ExitCode> {
     let pool = connected(settings).await?;
     let s = jobq_worker::stats(&pool).await?;
     if json {
@@ -340,9 +312,9 @@ async fn stats(settings: &Settings, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn job(settings: &Settings, id: u64, json: bool) -> Result<ExitCode> {
+async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
     let pool = connected(settings).await?;
-    let (job, history) = jobq_worker::job_with_history(&pool, id).await?;
+    let (job, history) = jobq_worker::job_with_history(&pool, JobId(id)).await?;
     if json {
         println!(
             "{}",
@@ -376,7 +348,7 @@ async fn job(settings: &Settings, id: u64, json: bool) -> Result<ExitCode> {
         println!(
             "  {}  {:>9} -> {:<9}  {:<9} attempt {}  {}{}",
             t.at.format("%Y-%m-%d %H:%M:%S%.6f"),
-            t.from.as_deref().unwrap_or("-"),
+            t.from.map_or("-", |s| s.as_str()),
             t.to,
             t.event,
             t.attempt,
@@ -385,94 +357,4 @@ async fn job(settings: &Settings, id: u64, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn demo(mut settings: Settings, a: DemoArgs) -> Result<ExitCode> {
-    const QUEUE: &str = "demo";
-    migrate(&settings).await?;
-    settings.worker.queues = vec![QUEUE.to_owned()];
-    settings.worker.concurrency = a.concurrency;
-    settings.worker.claim_mode = a.claim_mode;
-    settings.queues.remove(QUEUE);
-    // Fast retries so the demo's failing jobs come back within the run.
-    settings.worker.backoff_base = Duration::from_millis(50);
-    settings.worker.backoff_max = Duration::from_millis(500);
-    settings.maintenance.interval = Duration::from_millis(100);
-    settings.validate()?;
-    let pool = connected(&settings).await?;
-
-    // The mix: mostly no-ops, some with a transactional effect, a few slow, failing or panicking.
-    let n = a.jobs.max(1);
-    let mut jobs = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let job = match i % 100 {
-            0..=69 => NewJob::json("noop", json!({})),
-            70..=89 => NewJob::json("record", json!({})),
-            90..=94 => NewJob::json("sleep", json!({ "ms": 20 })),
-            95..=98 => NewJob::json("fail", json!({ "times": 1 })),
-            _ => NewJob::json("panic", json!({})).max_attempts(2),
-        };
-        jobs.push(job.queue(QUEUE));
-    }
-    let t0 = Instant::now();
-    let ids = jobq_worker::producer(pool.clone(), &settings)
-        .enqueue_many(jobs)
-        .await?;
-    let enqueue_secs = t0.elapsed().as_secs_f64();
-    let (lo, hi) = (ids[0].0, ids[ids.len() - 1].0);
-    println!(
-        "jobq demo: enqueued {n} jobs in {:.0} ms ({:.0} jobs/s); working them with {} {} slots…",
-        enqueue_secs * 1000.0,
-        f64::from(n) / enqueue_secs,
-        a.concurrency,
-        a.claim_mode
-    );
-
-    let (shutdown, signal) = Shutdown::new();
-    let worker = Worker::new(pool.clone(), builtin_registry()?, &settings);
-    let started = Instant::now();
-    let handle = tokio::spawn(worker.run(signal));
-    let counts = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if handle.is_finished() {
-            handle.await??;
-            bail!("the worker stopped before the demo finished");
-        }
-        let counts = demo_counts(&pool, lo, hi).await?;
-        let open: i64 = counts
-            .iter()
-            .filter(|(s, _)| !matches!(s.as_str(), "completed" | "discarded" | "cancelled"))
-            .map(|(_, c)| c)
-            .sum();
-        if open == 0 {
-            break counts;
-        }
-    };
-    let secs = started.elapsed().as_secs_f64();
-    shutdown.stop();
-    handle.await??;
-    println!("jobq demo: all {n} jobs reached a final state in {secs:.2} s");
-    for (state, c) in &counts {
-        println!("  {state:<10} {c}");
-    }
-    println!(
-        "  throughput {:.0} jobs/s ({} mode, concurrency {})",
-        f64::from(n) / secs,
-        a.claim_mode,
-        a.concurrency
-    );
-    println!("inspect one: jobq job {lo}    counts: jobq stats");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn demo_counts(pool: &sqlx::MySqlPool, lo: u64, hi: u64) -> Result<BTreeMap<String, i64>> {
-    // language=MySQL
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT CAST(state AS CHAR), COUNT(*) FROM jobq_jobs WHERE id BETWEEN ? AND ? AND queue = 'demo' GROUP BY state",
-    )
-    .bind(lo)
-    .bind(hi)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
 }

@@ -1,17 +1,18 @@
-//! Knowing the server: flavor and version checks, session settings, pools, migrations.
+//! Knowing the server: flavor and version checks at start, the session settings of every jobq
+//! connection, pools, dedicated connections, and migrations.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use jobq_config::{ClaimMode, Settings};
+use jobq_config::{ClaimMode, Config};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, MySqlConnection, MySqlPool};
 
-use crate::error::{Error, Result};
+use crate::error::{codes, is_number, Error, Result};
 
 /// Which server family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
+pub(crate) enum Flavor {
     /// Oracle MySQL (or a compatible fork reporting a MySQL version).
     MySql,
     /// MariaDB.
@@ -20,20 +21,20 @@ pub enum Flavor {
 
 /// What jobq learned about the server at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerInfo {
+pub(crate) struct ServerInfo {
     /// Family.
-    pub flavor: Flavor,
+    pub(crate) flavor: Flavor,
     /// `(major, minor, patch)`.
-    pub version: (u32, u32, u32),
+    pub(crate) version: (u32, u32, u32),
     /// `SELECT VERSION()` as reported.
-    pub version_string: String,
+    pub(crate) version_string: String,
     /// Galera replication is on (`wsrep_on = ON`).
-    pub galera: bool,
+    pub(crate) galera: bool,
 }
 
 impl ServerInfo {
     /// Parses `VERSION()` output such as `8.0.36` or `10.11.19-MariaDB-0+deb12u1`.
-    pub fn parse(version: &str, galera: bool) -> Option<ServerInfo> {
+    pub(crate) fn parse(version: &str, galera: bool) -> Option<ServerInfo> {
         let flavor = if version.to_ascii_lowercase().contains("mariadb") {
             Flavor::MariaDb
         } else {
@@ -55,7 +56,7 @@ impl ServerInfo {
     }
 
     /// `SELECT … FOR UPDATE SKIP LOCKED`: MySQL 8.0.1+, MariaDB 10.6+.
-    pub fn supports_skip_locked(&self) -> bool {
+    pub(crate) fn supports_skip_locked(&self) -> bool {
         match self.flavor {
             Flavor::MySql => self.version >= (8, 0, 1),
             Flavor::MariaDb => self.version >= (10, 6, 0),
@@ -63,7 +64,7 @@ impl ServerInfo {
     }
 
     /// Fails, saying why and what to do, when the server cannot run what the settings ask for.
-    pub fn check(&self, modes: impl IntoIterator<Item = ClaimMode>) -> Result<()> {
+    pub(crate) fn check(&self, modes: impl IntoIterator<Item = ClaimMode>) -> Result<()> {
         let supported = match self.flavor {
             Flavor::MySql => self.version >= (8, 0, 0),
             Flavor::MariaDb => self.version >= (10, 6, 0),
@@ -98,7 +99,7 @@ impl ServerInfo {
 }
 
 /// Asks the server what it is.
-pub async fn detect(pool: &MySqlPool) -> Result<ServerInfo> {
+pub(crate) async fn detect(pool: &MySqlPool) -> Result<ServerInfo> {
     // language=MySQL
     let version: String = sqlx::query_scalar("SELECT VERSION()")
         .fetch_one(pool)
@@ -132,20 +133,25 @@ async fn setup_session(conn: &mut MySqlConnection, lock_wait_secs: u32) -> Resul
 }
 
 /// Connect options for `url`, quiet about slow statements.
-pub fn connect_options(url: &str) -> Result<MySqlConnectOptions> {
+pub(crate) fn connect_options(url: &str) -> Result<MySqlConnectOptions> {
     let opts = MySqlConnectOptions::from_str(url)?
         .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1))
         .statement_cache_capacity(512);
     Ok(opts)
 }
 
-/// A pool of `max_connections` worker sessions (see [`setup_session`]).
-pub async fn connect(settings: &Settings, max_connections: u32) -> Result<MySqlPool> {
-    let opts = connect_options(&settings.database_url)?;
-    let lock_wait = settings.database.lock_wait_timeout_secs;
+/// A pool of worker sessions (see [`setup_session`]) for `config`: `database.max_connections`,
+/// or the process's total concurrency + 8 when 0.
+pub(crate) async fn pool(config: &Config) -> Result<MySqlPool> {
+    let max = match config.database.max_connections {
+        0 => config.total_concurrency() + 8,
+        n => n,
+    };
+    let opts = connect_options(&config.database_url)?;
+    let lock_wait = config.database.lock_wait_timeout_secs;
     let pool = MySqlPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(settings.database.connect_timeout)
+        .max_connections(max)
+        .acquire_timeout(config.database.connect_timeout)
         .after_connect(move |conn, _meta| {
             Box::pin(async move { setup_session(conn, lock_wait).await })
         })
@@ -156,7 +162,7 @@ pub async fn connect(settings: &Settings, max_connections: u32) -> Result<MySqlP
 
 /// One connection outside the pool, set up like the pool's (for named locks, which belong to a
 /// session and must never go back to a pool).
-pub async fn dedicated(
+pub(crate) async fn dedicated(
     pool: &MySqlPool,
     lock_wait_secs: u32,
 ) -> Result<MySqlConnection, sqlx::Error> {
@@ -204,11 +210,7 @@ pub async fn migrate(url: &str) -> Result<()> {
                     .into(),
             )),
             // Galera refuses named locks (1235): run unserialised, as sqlx would.
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some(crate::codes::NOT_SUPPORTED_YET) =>
-            {
-                false
-            }
+            Err(e) if is_number(&e, codes::NOT_SUPPORTED_YET) => false,
             Err(e) => return Err(e.into()),
         };
     let result = jobq_producer::MIGRATOR.run(&mut conn).await;
@@ -258,7 +260,7 @@ pub async fn check_migrated(pool: &MySqlPool) -> Result<()> {
             "newest applied migration is {}, this build needs {newest}",
             v.map_or("none".to_owned(), |v| v.to_string())
         ))),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42S02") => {
+        Err(e) if is_number(&e, codes::NO_SUCH_TABLE) => {
             Err(Error::NotMigrated("no _sqlx_migrations table".to_owned()))
         }
         Err(e) => Err(e.into()),

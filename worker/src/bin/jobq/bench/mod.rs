@@ -17,26 +17,53 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use jobq_config::{ClaimMode, Settings};
-use jobq_worker::testing;
+use jobq_config::{ClaimMode, Config};
+
+use crate::cli::ModeArg;
 use jobq_worker::NewJob;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::MySqlPool;
 
+mod sql;
+
 const QUEUE: &str = "bench";
 
+/// `--scenario`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    /// Insert N jobs, then time P worker processes draining them.
+    BurnDown,
+    /// Workers run while jobs are inserted at a fixed rate; pickup latency.
+    Steady,
+    /// The least SQL that drains the same queue, alone.
+    Ceiling,
+    /// One claim's time with 10k and 1M jobs waiting and 1M finished.
+    Scaling,
+}
+
+impl Scenario {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scenario::BurnDown => "burn-down",
+            Scenario::Steady => "steady",
+            Scenario::Ceiling => "ceiling",
+            Scenario::Scaling => "scaling",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {
-    /// burn-down, steady, ceiling or scaling.
-    #[arg(long, default_value = "burn-down")]
-    scenario: String,
+pub(crate) struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Scenario::BurnDown)]
+    scenario: Scenario,
     /// Jobs per run (comma-separated for several).
     #[arg(long, value_delimiter = ',', default_value = "20000")]
     jobs: Vec<u32>,
     /// Claim modes (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "skip-locked")]
-    claim_mode: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "skip-locked")]
+    claim_mode: Vec<ModeArg>,
     /// Worker processes (comma-separated for several).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     processes: Vec<u32>,
@@ -81,37 +108,32 @@ struct Report {
     note: String,
 }
 
-pub async fn run(settings: &Settings, a: BenchArgs) -> Result<std::process::ExitCode> {
+pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::ExitCode> {
     PRODUCERS.store(a.producers, std::sync::atomic::Ordering::Relaxed);
-    let url = bench_url(&settings.database_url);
+    let url = bench_url(&config.database_url);
     jobq_worker::migrate(&url)
         .await
         .with_context(|| format!("preparing the bench database {url}"))?;
-    let mut bs = settings.clone();
+    let mut bs = config.settings().clone();
     bs.database_url = url.clone();
     bs.database.max_connections = 0;
     bs.worker.concurrency = a.ceiling_connections.max(4);
-    let pool = jobq_worker::connect(&bs).await?;
-    let modes: Vec<ClaimMode> = a
-        .claim_mode
-        .iter()
-        .map(|m| m.parse().map_err(anyhow::Error::msg))
-        .collect::<Result<_>>()?;
-    eprintln!(
-        "jobq bench: {} on {} ({url})",
-        a.scenario,
-        jobq_worker::detect(&pool).await?.version_string
-    );
+    let pool = jobq_worker::connect(&bs.validate()?).await?;
+    let modes: Vec<ClaimMode> = a.claim_mode.iter().map(|&m| m.into()).collect();
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&pool)
+        .await?;
+    eprintln!("jobq bench: {} on {version} ({url})", a.scenario.as_str());
     let mut reports = Vec::new();
-    match a.scenario.as_str() {
-        "burn-down" | "ceiling" => {
+    match a.scenario {
+        Scenario::BurnDown | Scenario::Ceiling => {
             for &jobs in &a.jobs {
                 for &mode in &modes {
                     let ceiling = ceiling(&pool, jobs, mode, a.ceiling_connections).await?;
                     emit(&a, &ceiling);
                     let c = ceiling.jobs_per_s;
                     reports.push(ceiling);
-                    if a.scenario == "ceiling" {
+                    if a.scenario == Scenario::Ceiling {
                         continue;
                     }
                     for &p in &a.processes {
@@ -126,7 +148,7 @@ pub async fn run(settings: &Settings, a: BenchArgs) -> Result<std::process::Exit
                 }
             }
         }
-        "steady" => {
+        Scenario::Steady => {
             for &mode in &modes {
                 for &p in &a.processes {
                     for &conc in &a.concurrency {
@@ -137,8 +159,7 @@ pub async fn run(settings: &Settings, a: BenchArgs) -> Result<std::process::Exit
                 }
             }
         }
-        "scaling" => scaling(&pool, a.json).await?,
-        other => bail!("unknown scenario {other:?}; use burn-down, steady, ceiling or scaling"),
+        Scenario::Scaling => scaling(&pool, &url, a.json).await?,
     }
     if !a.json && !reports.is_empty() {
         print_table(&reports);
@@ -252,11 +273,22 @@ struct Workers(Vec<Child>);
 
 impl Workers {
     fn spawn(url: &str, mode: ClaimMode, processes: u32, concurrency: u32) -> Result<Workers> {
+        Workers::spawn_with(url, mode, processes, concurrency, &[])
+    }
+
+    fn spawn_with(
+        url: &str,
+        mode: ClaimMode,
+        processes: u32,
+        concurrency: u32,
+        env: &[(&str, &str)],
+    ) -> Result<Workers> {
         let exe = std::env::current_exe()?;
         let mut v = Vec::new();
         for _ in 0..processes {
             v.push(
                 Command::new(&exe)
+                    .envs(env.iter().copied())
                     .args([
                         "work",
                         "--queues",
@@ -309,7 +341,7 @@ async fn wait_completed(pool: &MySqlPool, n: u32) -> Result<()> {
     let started = Instant::now();
     let (mut last, mut last_change) = (0i64, Instant::now());
     loop {
-        let done = testing::completed_in(pool, QUEUE).await?;
+        let done = sql::completed_in(pool, QUEUE).await?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         eprint!(
             "\r  {done:>8}/{n} done, {:>8.0} jobs/s   ",
@@ -340,14 +372,14 @@ async fn burn_down(
     processes: u32,
     concurrency: u32,
 ) -> Result<Report> {
-    testing::bench_reset(pool).await?;
+    sql::bench_reset(pool).await?;
     let enqueue = fill(pool, n).await?;
-    let (q0, w0) = testing::server_counters(pool).await?;
+    let (q0, w0) = sql::server_counters(pool).await?;
     let workers = Workers::spawn(url, mode, processes, concurrency)?;
     wait_completed(pool, n).await?;
-    let (q1, w1) = testing::server_counters(pool).await?;
+    let (q1, w1) = sql::server_counters(pool).await?;
     workers.stop()?;
-    let (span, claims) = testing::run_span(pool, QUEUE).await?;
+    let (span, claims) = sql::run_span(pool, QUEUE).await?;
     // Round trips per claim: START+SELECT, UPDATE+INSERT+COMMIT; named-lock adds GET_LOCK
     // (RELEASE_LOCK rides in the last round trip).
     let claim_statements = match mode {
@@ -372,9 +404,9 @@ async fn burn_down(
 }
 
 async fn ceiling(pool: &MySqlPool, n: u32, mode: ClaimMode, connections: u32) -> Result<Report> {
-    testing::bench_reset(pool).await?;
+    sql::bench_reset(pool).await?;
     let enqueue = fill(pool, n).await?;
-    let (q0, w0) = testing::server_counters(pool).await?;
+    let (q0, w0) = sql::server_counters(pool).await?;
     let started = Instant::now();
     let lock = match mode {
         ClaimMode::NamedLock => Some("jobq-bench-ceiling".to_owned()),
@@ -387,7 +419,7 @@ async fn ceiling(pool: &MySqlPool, n: u32, mode: ClaimMode, connections: u32) ->
             let mut conn = pool.acquire().await?;
             let mut total = 0usize;
             loop {
-                let got = testing::ceiling_batch(&mut conn, QUEUE, 100, lock.as_deref()).await?;
+                let got = sql::ceiling_batch(&mut conn, QUEUE, 100, lock.as_deref()).await?;
                 if got == 0 {
                     return Ok::<usize, sqlx::Error>(total);
                 }
@@ -400,7 +432,7 @@ async fn ceiling(pool: &MySqlPool, n: u32, mode: ClaimMode, connections: u32) ->
         total += t.await??;
     }
     let secs = started.elapsed().as_secs_f64();
-    let (q1, w1) = testing::server_counters(pool).await?;
+    let (q1, w1) = sql::server_counters(pool).await?;
     if total != n as usize {
         bail!("ceiling processed {total} of {n} jobs");
     }
@@ -436,10 +468,10 @@ async fn steady(
     processes: u32,
     concurrency: u32,
 ) -> Result<Report> {
-    testing::bench_reset(pool).await?;
+    sql::bench_reset(pool).await?;
     let workers = Workers::spawn(url, mode, processes, concurrency)?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (q0, w0) = testing::server_counters(pool).await?;
+    let (q0, w0) = sql::server_counters(pool).await?;
     let producer = jobq_worker::Producer::new(pool.clone());
     let started = Instant::now();
     let mut inserted: u32 = 0;
@@ -457,11 +489,11 @@ async fn steady(
         eprint!("\r  steady: {inserted} inserted   ");
     }
     wait_completed(pool, inserted).await?;
-    let (q1, w1) = testing::server_counters(pool).await?;
+    let (q1, w1) = sql::server_counters(pool).await?;
     workers.stop()?;
-    let mut lat = testing::pickup_latencies(pool, QUEUE).await?;
+    let mut lat = sql::pickup_latencies(pool, QUEUE).await?;
     lat.sort_unstable();
-    let (span, claims) = testing::run_span(pool, QUEUE).await?;
+    let (span, claims) = sql::run_span(pool, QUEUE).await?;
     Ok(Report {
         scenario: "steady".into(),
         claim_mode: mode.to_string(),
@@ -480,42 +512,76 @@ async fn steady(
     })
 }
 
-/// Median time of one claim of 100 jobs, over 40 claims.
-async fn time_claims(pool: &MySqlPool) -> Result<f64> {
-    let kinds = vec!["noop".to_owned()];
-    let mut times = Vec::new();
-    for _ in 0..40 {
-        let t = Instant::now();
-        let got = testing::claim_once(pool, QUEUE, &kinds, 100).await?;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-        if got != 100 {
-            bail!("claim returned {got} jobs, expected 100");
-        }
+/// Mean time of one claim transaction of up to 100 jobs in a real `jobq work` process with
+/// 100 slots, over the claims that drain the first 4,000 jobs: read from its own
+/// `jobq_claim_duration_seconds` histogram, so it times exactly the runtime's claim.
+async fn time_claims(pool: &MySqlPool, url: &str) -> Result<f64> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let workers = Workers::spawn_with(
+        url,
+        ClaimMode::SkipLocked,
+        1,
+        100,
+        &[
+            ("JOBQ_METRICS__LISTEN", listen.as_str()),
+            ("JOBQ_WORKER__MAX_BATCH", "100"),
+        ],
+    )?;
+    wait_completed(pool, 4_000).await?;
+    let text = http_get(port, "/metrics").await?;
+    workers.stop()?;
+    let value = |name: &str| -> Result<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("queue=\"{QUEUE}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} missing from the worker's /metrics"))
+    };
+    let sum = value("jobq_claim_duration_seconds_sum")?;
+    let count = value("jobq_claim_duration_seconds_count")?;
+    if count < 1.0 {
+        bail!("the worker made no claim");
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
+    Ok(sum / count * 1000.0)
 }
 
-async fn scaling(pool: &MySqlPool, json: bool) -> Result<()> {
+/// A GET on 127.0.0.1:`port`; the body.
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+async fn scaling(pool: &MySqlPool, url: &str, json: bool) -> Result<()> {
     let mut out = BTreeMap::new();
-    testing::bench_reset(pool).await?;
+    sql::bench_reset(pool).await?;
     fill(pool, 10_000).await?;
-    out.insert("10k waiting", time_claims(pool).await?);
-    testing::bench_reset(pool).await?;
+    out.insert("10k waiting", time_claims(pool, url).await?);
+    sql::bench_reset(pool).await?;
     eprintln!("  inserting 1,000,000 jobs…");
     fill(pool, 1_000_000).await?;
-    out.insert("1M waiting", time_claims(pool).await?);
+    out.insert("1M waiting", time_claims(pool, url).await?);
     eprintln!("  finishing them…");
-    testing::bench_finish_all(pool, QUEUE).await?;
+    sql::bench_finish_all(pool, QUEUE).await?;
     fill(pool, 10_000).await?;
-    out.insert("10k waiting + 1M completed", time_claims(pool).await?);
+    out.insert("10k waiting + 1M completed", time_claims(pool, url).await?);
     if json {
         println!(
             "{}",
-            serde_json::to_string(&json!({ "scenario": "scaling", "median_claim_ms": out }))?
+            serde_json::to_string(&json!({ "scenario": "scaling", "mean_claim_ms": out }))?
         );
     } else {
-        println!("| table | median claim of 100 (ms) |\n|---|---:|");
+        println!("| table | mean claim of up to 100 in a worker (ms) |\n|---|---:|");
         for (k, v) in out {
             println!("| {k} | {v:.2} |");
         }

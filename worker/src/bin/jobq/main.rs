@@ -1,9 +1,11 @@
-//! `jobq`: migrate, enqueue, work, inspect, demo. The commands live in `cli.rs`; this file only
-//! maps the outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
+//! `jobq`: migrate, enqueue, work, inspect, demo, bench. The commands live in `cli.rs` (and
+//! `demo.rs`, `bench/`, with the operator endpoint in `http.rs`); this file only maps the
+//! outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
 mod bench;
 mod cli;
-mod serve;
+mod demo;
+mod http;
 
 use std::process::ExitCode;
 
@@ -22,7 +24,7 @@ fn main() -> ExitCode {
 }
 
 /// `error: cause: cause`, leaving out a cause whose text the previous message already contains
-/// (sqlx and this crate's wrappers repeat their source in their own message).
+/// (some of sqlx's errors repeat their source in their own message).
 fn chain(e: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut last = String::new();

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Installs the Prometheus recorder (explicit buckets) and returns its handle.
-pub fn install_recorder() -> Result<PrometheusHandle> {
+pub(crate) fn install_recorder() -> Result<PrometheusHandle> {
     use jobq_worker::metrics as m;
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(m::RUN_SECONDS.into()), m::RUN_BUCKETS)?
@@ -27,7 +27,11 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
 }
 
 /// Binds `addr` now (so a taken port fails the start) and serves in the background.
-pub async fn spawn(addr: SocketAddr, handle: PrometheusHandle, pool: MySqlPool) -> Result<()> {
+pub(crate) async fn spawn(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    pool: MySqlPool,
+) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding metrics.listen {addr}"))?;

@@ -1,0 +1,326 @@
+//! The raw settings: plain serde data with documented defaults. Nothing here is validated;
+//! [`Settings::validate`](crate::Settings::validate) turns them into a [`Config`](crate::Config).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The database used when nothing else is configured.
+pub const DEFAULT_DATABASE_URL: &str = "mysql://root@127.0.0.1:3306/jobq";
+
+/// How a queue's worker claims jobs. See the README section "Claim modes".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClaimMode {
+    /// `SELECT … FOR UPDATE SKIP LOCKED` in a short READ COMMITTED transaction. Works on any
+    /// topology; needs MySQL 8.0.1+ or MariaDB 10.6+. The default.
+    #[default]
+    SkipLocked,
+    /// A per-queue `GET_LOCK` serialises the claim transaction across processes. Single primary,
+    /// direct connections only (refused on Galera).
+    NamedLock,
+}
+
+impl ClaimMode {
+    /// The spelling used in config files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimMode::SkipLocked => "skip-locked",
+            ClaimMode::NamedLock => "named-lock",
+        }
+    }
+}
+
+impl fmt::Display for ClaimMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ClaimMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "skip-locked" => Ok(ClaimMode::SkipLocked),
+            "named-lock" => Ok(ClaimMode::NamedLock),
+            other => Err(format!(
+                "unknown claim mode {other:?}; use \"skip-locked\" or \"named-lock\""
+            )),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines. The default.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// All jobq settings. Field docs state each default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Database URL. Default `mysql://root@127.0.0.1:3306/jobq`; env `JOBQ_DATABASE_URL`.
+    pub database_url: String,
+    /// Connection pool settings.
+    pub database: DatabaseSettings,
+    /// Defaults for every queue a worker process works, and process-wide timings.
+    pub worker: WorkerSettings,
+    /// Per-queue overrides, keyed by queue name (`[queues.mailers]`).
+    pub queues: BTreeMap<String, QueueOverrides>,
+    /// Per-kind overrides, keyed by job kind (`[kinds.send_email]`).
+    pub kinds: BTreeMap<String, KindOverrides>,
+    /// Producer-side limits and defaults.
+    pub producer: ProducerSettings,
+    /// Housekeeping done by the one elected maintenance process.
+    pub maintenance: MaintenanceSettings,
+    /// Prometheus exporter.
+    pub metrics: MetricsSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            database: DatabaseSettings::default(),
+            worker: WorkerSettings::default(),
+            queues: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            producer: ProducerSettings::default(),
+            maintenance: MaintenanceSettings::default(),
+            metrics: MetricsSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Pool size. `0` (the default) sizes it from the work: total concurrency + 8.
+    pub max_connections: u32,
+    /// How long to wait for a connection. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// `innodb_lock_wait_timeout` set on worker sessions, in seconds. Default `5`.
+    pub lock_wait_timeout_secs: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            max_connections: 0,
+            connect_timeout: Duration::from_secs(5),
+            lock_wait_timeout_secs: 5,
+        }
+    }
+}
+
+/// `[worker]`: defaults for every queue plus process-wide timings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Queues this process works. Default `["default"]`. Env accepts `a,b`.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub queues: Vec<String>,
+    /// Jobs run at once per queue. Default `10`.
+    pub concurrency: u32,
+    /// `skip-locked` (default) or `named-lock`.
+    pub claim_mode: ClaimMode,
+    /// Sleep between polls of an idle queue. Default `100ms`. A full batch re-polls at once.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most jobs claimed in one round trip (bounded by free slots too). Default `100`.
+    pub max_batch: u32,
+    /// Named-lock mode: how long `GET_LOCK` waits before backing off. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// A job's attempt fails with a timeout error after this long. Default `30m`; `0s` = never.
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Duration,
+    /// How often the process extends the leases of its running jobs and beats its worker row.
+    /// Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How far each heartbeat pushes a running job's lease. A job whose lease expires is rescued
+    /// by another process, so this bounds how long a crashed worker's jobs wait. Default `5s`.
+    /// Must exceed 2 × `heartbeat_interval`.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// On SIGTERM/SIGINT: how long running jobs may finish before they are cancelled and put
+    /// back. Default `25s` (below Kubernetes' default 30 s grace period).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Retry backoff after a failed attempt: `base × 2^(attempt-1)`, capped at `backoff_max`,
+    /// with ±25% jitter. Default base `1s`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Upper bound of the retry backoff. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Most completions written in one statement batch. Default `100`.
+    pub completion_batch: u32,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            queues: vec!["default".to_owned()],
+            concurrency: 10,
+            claim_mode: ClaimMode::SkipLocked,
+            poll_interval: Duration::from_millis(100),
+            max_batch: 100,
+            lock_timeout: Duration::from_secs(1),
+            job_timeout: Duration::from_secs(30 * 60),
+            heartbeat_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(25),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(3600),
+            completion_batch: 100,
+        }
+    }
+}
+
+/// `[queues.NAME]`: any key left out falls back to `[worker]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueOverrides {
+    /// See [`WorkerSettings::concurrency`].
+    pub concurrency: Option<u32>,
+    /// See [`WorkerSettings::claim_mode`].
+    pub claim_mode: Option<ClaimMode>,
+    /// See [`WorkerSettings::poll_interval`].
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    /// See [`WorkerSettings::max_batch`].
+    pub max_batch: Option<u32>,
+    /// See [`WorkerSettings::job_timeout`].
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Option<Duration>,
+    /// See [`WorkerSettings::backoff_base`].
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Option<Duration>,
+    /// See [`WorkerSettings::backoff_max`].
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+}
+
+/// `[kinds.NAME]`: per job kind; wins over the queue's value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KindOverrides {
+    /// See [`WorkerSettings::job_timeout`].
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Option<Duration>,
+    /// See [`WorkerSettings::backoff_base`].
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Option<Duration>,
+    /// See [`WorkerSettings::backoff_max`].
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+}
+
+/// `[producer]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerSettings {
+    /// Largest payload accepted, in bytes of JSON text. Default `1048576` (1 MiB).
+    pub max_payload_bytes: usize,
+    /// Attempts a job gets unless the enqueue says otherwise. Default `25`.
+    pub default_max_attempts: u32,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        ProducerSettings {
+            max_payload_bytes: 1 << 20,
+            default_max_attempts: 25,
+        }
+    }
+}
+
+/// `[maintenance]`: run by exactly one process at a time (elected through `jobq_leader`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSettings {
+    /// How often due `scheduled`/`retryable` jobs are made `available` and expired leases are
+    /// rescued. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Keep `completed` jobs (and their history) this long. Default `24h`; `0s` keeps forever.
+    #[serde(with = "humantime_serde")]
+    pub completed_retention: Duration,
+    /// Keep `discarded` and `cancelled` jobs this long. Default `7days`; `0s` keeps forever.
+    #[serde(with = "humantime_serde")]
+    pub failed_retention: Duration,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        MaintenanceSettings {
+            interval: Duration::from_secs(1),
+            completed_retention: Duration::from_secs(24 * 3600),
+            failed_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Address of the Prometheus listener (`/metrics`, `/healthz`, `/readyz`), e.g.
+    /// `127.0.0.1:9187`. Unset (the default): no listener. Env `JOBQ_METRICS__LISTEN`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// Filter used when `RUST_LOG` is unset. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Accepts `["a", "b"]` or `"a,b"` (how an environment variable spells a list).
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}

@@ -1,0 +1,245 @@
+//! Validation: [`Settings`] in, [`Config`] out. A `Config` exists only for settings that passed
+//! every check, with per-queue and per-kind policies resolved once, so the runtime never looks
+//! at raw overrides again.
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::time::Duration;
+
+use jobq_producer::{KindName, QueueName};
+
+use crate::error::{invalid, ConfigError};
+use crate::settings::{ClaimMode, KindOverrides, QueueOverrides, Settings};
+
+/// The effective settings of one queue: `[queues.NAME]` over `[worker]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueSettings {
+    /// Queue name.
+    pub name: QueueName,
+    /// Jobs run at once.
+    pub concurrency: u32,
+    /// Claim mode.
+    pub claim_mode: ClaimMode,
+    /// Idle poll interval.
+    pub poll_interval: Duration,
+    /// Most jobs per claim.
+    pub max_batch: u32,
+}
+
+/// Timeout and backoff for one (queue, kind): `[kinds.K]` over `[queues.Q]` over `[worker]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunPolicy {
+    /// `None`: no timeout.
+    pub job_timeout: Option<Duration>,
+    /// Backoff base.
+    pub backoff_base: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+}
+
+/// Validated settings: the only form [`jobq_worker::Worker`] accepts. Built by
+/// [`Settings::validate`] (or [`crate::load`]); read the plain values through `Deref`.
+///
+/// [`jobq_worker::Worker`]: https://docs.rs/jobq-worker
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    settings: Settings,
+    /// `worker.queues`, resolved, in the configured order.
+    queues: Vec<QueueSettings>,
+    queue_overrides: BTreeMap<QueueName, QueueOverrides>,
+    kind_overrides: BTreeMap<KindName, KindOverrides>,
+}
+
+impl Deref for Config {
+    type Target = Settings;
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+impl Config {
+    /// The validated plain values.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The queues this process works (`worker.queues`), each with its effective settings.
+    pub fn worker_queues(&self) -> &[QueueSettings] {
+        &self.queues
+    }
+
+    /// Sum of the worker queues' concurrency: the most jobs this process runs at once.
+    pub fn total_concurrency(&self) -> u32 {
+        self.queues.iter().map(|q| q.concurrency).sum()
+    }
+
+    /// The effective settings of any `queue` (worked here or not).
+    pub fn queue(&self, queue: &QueueName) -> QueueSettings {
+        if let Some(q) = self.queues.iter().find(|q| &q.name == queue) {
+            return q.clone();
+        }
+        resolve_queue(
+            &self.settings,
+            queue.clone(),
+            self.queue_overrides.get(queue),
+        )
+    }
+
+    /// Timeout and backoff for a job of `kind` in `queue`.
+    pub fn run_policy(&self, queue: &str, kind: &str) -> RunPolicy {
+        let q = self.queue_overrides.get(queue);
+        let k = self.kind_overrides.get(kind);
+        let w = &self.settings.worker;
+        let timeout = k
+            .and_then(|k| k.job_timeout)
+            .or(q.and_then(|q| q.job_timeout))
+            .unwrap_or(w.job_timeout);
+        RunPolicy {
+            job_timeout: (!timeout.is_zero()).then_some(timeout),
+            backoff_base: k
+                .and_then(|k| k.backoff_base)
+                .or(q.and_then(|q| q.backoff_base))
+                .unwrap_or(w.backoff_base),
+            backoff_max: k
+                .and_then(|k| k.backoff_max)
+                .or(q.and_then(|q| q.backoff_max))
+                .unwrap_or(w.backoff_max),
+        }
+    }
+}
+
+fn resolve_queue(s: &Settings, name: QueueName, o: Option<&QueueOverrides>) -> QueueSettings {
+    let w = &s.worker;
+    QueueSettings {
+        name,
+        concurrency: o.and_then(|o| o.concurrency).unwrap_or(w.concurrency),
+        claim_mode: o.and_then(|o| o.claim_mode).unwrap_or(w.claim_mode),
+        poll_interval: o.and_then(|o| o.poll_interval).unwrap_or(w.poll_interval),
+        max_batch: o.and_then(|o| o.max_batch).unwrap_or(w.max_batch),
+    }
+}
+
+impl Settings {
+    /// Checks what the types cannot and resolves the per-queue and per-kind policies. Errors
+    /// name the key.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        if !self.database_url.starts_with("mysql://")
+            && !self.database_url.starts_with("mariadb://")
+        {
+            return Err(invalid(
+                "database_url",
+                "must be a mysql:// URL, e.g. mysql://root@127.0.0.1:3306/jobq",
+            ));
+        }
+        let w = &self.worker;
+        if w.queues.is_empty() {
+            return Err(invalid("worker.queues", "list at least one queue"));
+        }
+        let mut worker_queues = Vec::with_capacity(w.queues.len());
+        for q in &w.queues {
+            let name = QueueName::new(q).map_err(|e| name_error("worker.queues", e))?;
+            if worker_queues.contains(&name) {
+                return Err(invalid("worker.queues", format!("{q:?} is listed twice")));
+            }
+            worker_queues.push(name);
+        }
+        let mut queue_overrides = BTreeMap::new();
+        for (q, o) in &self.queues {
+            let key = format!("queues.{q}");
+            let name = QueueName::new(q).map_err(|e| name_error(&key, e))?;
+            if let Some(c) = o.concurrency {
+                positive(&format!("{key}.concurrency"), c)?;
+            }
+            if let Some(b) = o.max_batch {
+                positive(&format!("{key}.max_batch"), b)?;
+            }
+            if let Some(p) = o.poll_interval {
+                nonzero(&format!("{key}.poll_interval"), p)?;
+            }
+            if let Some(b) = o.backoff_base {
+                nonzero(&format!("{key}.backoff_base"), b)?;
+            }
+            queue_overrides.insert(name, o.clone());
+        }
+        let mut kind_overrides = BTreeMap::new();
+        for (k, o) in &self.kinds {
+            let key = format!("kinds.{k}");
+            let name = KindName::new(k).map_err(|e| name_error(&key, e))?;
+            if let Some(b) = o.backoff_base {
+                nonzero(&format!("{key}.backoff_base"), b)?;
+            }
+            kind_overrides.insert(name, o.clone());
+        }
+        positive("worker.concurrency", w.concurrency)?;
+        positive("worker.max_batch", w.max_batch)?;
+        positive("worker.completion_batch", w.completion_batch)?;
+        nonzero("worker.poll_interval", w.poll_interval)?;
+        nonzero("worker.heartbeat_interval", w.heartbeat_interval)?;
+        nonzero("worker.backoff_base", w.backoff_base)?;
+        nonzero("maintenance.interval", self.maintenance.interval)?;
+        positive(
+            "database.lock_wait_timeout_secs",
+            self.database.lock_wait_timeout_secs,
+        )?;
+        if w.lease_ttl < w.heartbeat_interval * 2 {
+            return Err(invalid(
+                "worker.lease_ttl",
+                format!(
+                    "must be at least twice worker.heartbeat_interval ({}), or one late heartbeat \
+                     would let another worker rescue a running job",
+                    humantime::format_duration(w.heartbeat_interval)
+                ),
+            ));
+        }
+        if w.backoff_max < w.backoff_base {
+            return Err(invalid(
+                "worker.backoff_max",
+                "must not be smaller than worker.backoff_base",
+            ));
+        }
+        if self.producer.max_payload_bytes == 0 {
+            return Err(invalid("producer.max_payload_bytes", "must be positive"));
+        }
+        positive(
+            "producer.default_max_attempts",
+            self.producer.default_max_attempts,
+        )?;
+        let queues = worker_queues
+            .into_iter()
+            .map(|name| {
+                let o = queue_overrides.get(&name);
+                resolve_queue(self, name, o)
+            })
+            .collect();
+        Ok(Config {
+            settings: self.clone(),
+            queues,
+            queue_overrides,
+            kind_overrides,
+        })
+    }
+}
+
+/// A name error from the producer's rule, reported under the configuration key.
+fn name_error(key: &str, e: jobq_producer::Error) -> ConfigError {
+    match e {
+        jobq_producer::Error::Invalid { message, .. } => invalid(key, message),
+        other => invalid(key, other.to_string()),
+    }
+}
+
+fn positive(key: &str, v: u32) -> Result<(), ConfigError> {
+    if v == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(invalid(key, "must be longer than zero"))
+    } else {
+        Ok(())
+    }
+}

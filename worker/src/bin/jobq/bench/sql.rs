@@ -1,0 +1,168 @@
+//! The bench's own SQL: resetting its database, reading the server's counters and the run's
+//! timings, and the ceiling (the least SQL that drains a queue, with no framework around it).
+//! None of this is jobq's runtime SQL, which lives in the library's `store/`.
+
+use sqlx::{Acquire, MySqlConnection, MySqlPool};
+
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(",")
+}
+
+/// Empties the job tables (the bench's own database only).
+pub(super) async fn bench_reset(pool: &MySqlPool) -> anyhow::Result<()> {
+    // The `record` kind's table is not part of the schema; the bench creates it for itself.
+    jobq_worker::builtin::setup(pool).await?;
+    for t in [
+        "jobq_jobs",
+        "jobq_transitions",
+        "jobq_workers",
+        "jobq_demo_effects",
+    ] {
+        // language=MySQL
+        sqlx::query(&format!("TRUNCATE TABLE {t}"))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Server-wide statement and row-write counters (SHOW GLOBAL STATUS).
+pub(super) async fn server_counters(pool: &MySqlPool) -> Result<(u64, u64), sqlx::Error> {
+    // language=MySQL
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN \
+         ('Questions', 'Handler_write', 'Handler_update', 'Handler_delete')",
+    )
+    .fetch_all(pool)
+    .await?;
+    let get = |n: &str| {
+        rows.iter()
+            .find(|(k, _)| k == n)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((
+        get("Questions"),
+        get("Handler_write") + get("Handler_update") + get("Handler_delete"),
+    ))
+}
+
+/// Completed jobs in `queue`.
+pub(super) async fn completed_in(pool: &MySqlPool, queue: &str) -> Result<i64, sqlx::Error> {
+    // language=MySQL
+    sqlx::query_scalar("SELECT COUNT(*) FROM jobq_jobs WHERE queue = ? AND state = 'completed'")
+        .bind(queue)
+        .fetch_one(pool)
+        .await
+}
+
+/// Seconds from the first claim to the last completion, and the number of claim transactions
+/// (one token each).
+pub(super) async fn run_span(pool: &MySqlPool, queue: &str) -> Result<(f64, i64), sqlx::Error> {
+    // language=MySQL
+    let (span, claims): (Option<f64>, i64) = sqlx::query_as(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(attempted_at), MAX(finalized_at)) / 1e6, COUNT(DISTINCT claim_token) \
+         FROM jobq_jobs WHERE queue = ?",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await?;
+    Ok((span.unwrap_or(0.0), claims))
+}
+
+/// run_at → claim, in microseconds, of every job of `queue` (for pickup-latency percentiles).
+pub(super) async fn pickup_latencies(
+    pool: &MySqlPool,
+    queue: &str,
+) -> Result<Vec<i64>, sqlx::Error> {
+    // language=MySQL
+    sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, run_at, attempted_at) FROM jobq_jobs \
+         WHERE queue = ? AND attempted_at IS NOT NULL",
+    )
+    .bind(queue)
+    .fetch_all(pool)
+    .await
+}
+
+/// The ceiling: the least SQL that claims and finishes a batch with no framework around it
+/// (no tokens, no history, no leases): claim up to `limit` rows and mark them running in one
+/// transaction, then one autocommit UPDATE marks the batch done. `named_lock`: serialised by
+/// `GET_LOCK` instead of SKIP LOCKED. Returns how many rows it processed.
+pub(super) async fn ceiling_batch(
+    conn: &mut MySqlConnection,
+    queue: &str,
+    limit: u32,
+    lock: Option<&str>,
+) -> Result<usize, sqlx::Error> {
+    if let Some(name) = lock {
+        // language=MySQL
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 5)")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got != Some(1) {
+            return Ok(0);
+        }
+    }
+    let mut tx = conn.begin().await?;
+    // language=MySQL
+    let sql = format!(
+        "SELECT id FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) WHERE queue = ? AND state = 'available' \
+         AND run_at <= UTC_TIMESTAMP(6) ORDER BY priority, run_at, id LIMIT ? FOR UPDATE{}",
+        if lock.is_some() { "" } else { " SKIP LOCKED" }
+    );
+    let ids: Vec<u64> = sqlx::query_scalar(&sql)
+        .bind(queue)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    if !ids.is_empty() {
+        // language=MySQL
+        let sql = format!("UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempted_at = UTC_TIMESTAMP(6) WHERE id IN ({})", marks(ids.len()));
+        let mut q = sqlx::query(&sql);
+        for id in &ids {
+            q = q.bind(id);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    if let Some(name) = lock {
+        // language=MySQL
+        sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !ids.is_empty() {
+        // language=MySQL
+        let sql = format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = UTC_TIMESTAMP(6) WHERE id IN ({})",
+            marks(ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &ids {
+            q = q.bind(id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(ids.len())
+}
+
+/// Marks every job of `queue` completed, in chunks (for the "1M finished jobs" scaling figure).
+pub(super) async fn bench_finish_all(pool: &MySqlPool, queue: &str) -> Result<(), sqlx::Error> {
+    loop {
+        // language=MySQL
+        let n = sqlx::query(
+            "UPDATE jobq_jobs SET state = 'completed', finalized_at = UTC_TIMESTAMP(6) \
+             WHERE queue = ? AND state = 'available' LIMIT 20000",
+        )
+        .bind(queue)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The claimer of one queue: waits for a free slot, claims up to all free slots in one
+//! transaction, and hands each claimed job to its own task.
+//!
+//! Polling adapts: after a full batch it claims again at once; after a claim that found jobs
+//! but fewer than asked for it polls again after 1 ms, doubling on every empty poll up to
+//! `poll_interval`. A same-process enqueue into the queue wakes it at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobq_config::{ClaimMode, QueueSettings};
+use jobq_producer::QueueName;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::lock::NamedLockClaims;
+use super::retry::DbRetry;
+use super::{executor, Shared};
+use crate::metrics;
+use crate::store::{self, ClaimLock, ClaimRequest, ClaimedJob, Fence};
+
+const MIN_POLL: Duration = Duration::from_millis(1);
+
+/// Runs the claimer of queue `q` until `stop`.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    q: QueueSettings,
+    sem: Arc<Semaphore>,
+    stop: CancellationToken,
+    jobs: TaskTracker,
+    wake: Arc<Notify>,
+) {
+    let queue = q.name.clone();
+    let lease = shared.config.worker.lease_ttl;
+    let mut idle_wait = MIN_POLL;
+    let mut named = NamedLockClaims::default();
+    let mut retry = DbRetry::new();
+    let mut last_full = false;
+    loop {
+        // Wait for a free slot. Only this task takes permits, so every permit seen free below
+        // stays free until taken here.
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            p = sem.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        // After a full batch the slots come back one by one as jobs end; claiming at the first
+        // free slot would make every claim tiny. Give the jobs just started a few scheduler turns
+        // to finish and return their slots (cheap: no sleep), so one round trip serves many.
+        if last_full {
+            let target = (q.concurrency.min(q.max_batch) as usize).div_ceil(2);
+            for _ in 0..16 {
+                if 1 + sem.available_permits() >= target {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        let want = (1 + sem.available_permits()).min(q.max_batch as usize) as u32;
+        let started = Instant::now();
+        let result = match q.claim_mode {
+            ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, want).await,
+            ClaimMode::NamedLock => named.claim(&shared, &queue, want).await,
+        };
+        match result {
+            Ok(claimed) => {
+                retry.reset();
+                let got = claimed.len();
+                last_full = got as u32 == want;
+                metrics::claim(&queue, started.elapsed(), got);
+                let mut first = Some(first);
+                for job in claimed {
+                    let permit = first.take().unwrap_or_else(|| {
+                        sem.clone()
+                            .try_acquire_owned()
+                            .expect("free slots only shrink when this claimer takes them")
+                    });
+                    spawn_job(&shared, &jobs, &queue, job, permit, started + lease);
+                }
+                drop(first);
+                if (got as u32) < want {
+                    // Less than asked for: the queue is empty for now.
+                    idle_wait = if got > 0 {
+                        MIN_POLL
+                    } else {
+                        (idle_wait * 2).min(q.poll_interval)
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle_wait) => {}
+                        _ = wake.notified() => idle_wait = MIN_POLL,
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            }
+            Err(e) => {
+                drop(first);
+                let pause = retry.pause(&e);
+                if pause.transient {
+                    debug!(queue = %queue, error = %e, "claim hit a transient error; retrying");
+                } else {
+                    warn!(queue = %queue, error = %e, retry_in = ?pause.wait, "claim failed; retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause.wait) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+    named.close().await;
+    debug!(queue = %queue, "claimer stopped");
+}
+
+/// One skip-locked claim on a pooled connection. The raw-transaction guard inside the store
+/// closes the connection instead of returning it if the transaction could not be ended.
+async fn claim_skip_locked(
+    shared: &Shared,
+    queue: &QueueName,
+    want: u32,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    let mut conn = shared.pool.acquire().await?;
+    let claimed = store::claim(
+        &mut conn,
+        ClaimRequest {
+            queue,
+            kinds: &shared.kinds,
+            limit: want,
+            worker: &shared.id,
+            lease: shared.config.worker.lease_ttl,
+            lock: ClaimLock::SkipLocked,
+        },
+    )
+    .await?;
+    Ok(claimed.jobs)
+}
+
+/// Registers a claimed job in the in-flight table (with the lease deadline its claim took,
+/// measured from before the claim was sent) and starts its task.
+fn spawn_job(
+    shared: &Arc<Shared>,
+    jobs: &TaskTracker,
+    queue: &QueueName,
+    job: ClaimedJob,
+    permit: OwnedSemaphorePermit,
+    deadline: Instant,
+) {
+    let fence = Fence {
+        id: job.id,
+        token: job.token,
+    };
+    let cancel = shared.in_flight.insert(fence, deadline);
+    metrics::claimed(
+        queue,
+        &job.kind,
+        Duration::from_micros(job.wait_us.max(0) as u64),
+    );
+    let span = info_span!("job", job_id = job.id, kind = %job.kind, queue = %queue, attempt = job.attempt, worker = %shared.id);
+    jobs.spawn(executor::run(shared.clone(), queue.clone(), job, permit, cancel).instrument(span));
+}

@@ -1,0 +1,148 @@
+//! Runs one attempt: decode the payload, start the handler, and turn whatever happens (return
+//! value, panic, `job_timeout`, lost lease, shutdown release) into an [`Outcome`], then hand it
+//! to the recorder. Whenever the runtime gives up on an attempt, the job's cancellation token
+//! fires, so tasks the handler spawned see `ctx.cancelled()`.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use jobq_producer::{JobId, QueueName};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::{recorder, Shared};
+use crate::handler::{write_chain, JobContext, JobError};
+use crate::metrics;
+use crate::store::{ClaimedJob, Fence};
+use crate::transition::{Backoff, Outcome};
+
+/// Runs `job` to its outcome and records it. `permit` is the job's slot; `cancel` its token from
+/// the in-flight table.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    queue: QueueName,
+    job: ClaimedJob,
+    permit: OwnedSemaphorePermit,
+    cancel: CancellationToken,
+) {
+    let fence = Fence {
+        id: job.id,
+        token: job.token,
+    };
+    let policy = shared.policy(&queue, &job.kind);
+    let ctx = JobContext {
+        id: JobId(job.id),
+        queue: queue.clone(),
+        kind: job.kind.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        worker_id: shared.id.clone(),
+        pool: shared.pool.clone(),
+        tx: Default::default(),
+        cancel: cancel.clone(),
+    };
+    let slot = ctx.tx.clone();
+    let started = Instant::now();
+    let outcome = match shared.registry.get(&job.kind) {
+        // Claims filter on registered kinds, so this is only reachable if the registry changed.
+        None => Some(Outcome::Error {
+            message: format!("no handler registered for kind {}", job.kind),
+            retry_after: None,
+        }),
+        Some(handler) => match handler.start(&job.payload, ctx) {
+            Err(e) => Some(Outcome::Undecodable(e.to_string())),
+            Ok(fut) => {
+                let guarded = AssertUnwindSafe(fut).catch_unwind();
+                tokio::select! {
+                    r = with_timeout(policy.job_timeout, guarded) => Some(match r {
+                        None => Outcome::Timeout(policy.job_timeout.unwrap_or_default()),
+                        Some(Err(panic)) => Outcome::Panic(panic_message(panic.as_ref())),
+                        Some(Ok(Ok(()))) => Outcome::Success,
+                        Some(Ok(Err(e))) => outcome_of(e),
+                    }),
+                    _ = cancel.cancelled() => None,
+                    _ = shared.in_flight.expiry(fence) => None,
+                    _ = shared.release.cancelled() => Some(Outcome::Released),
+                }
+            }
+        },
+    };
+    let run = started.elapsed();
+    // The handler did not return by itself (timeout, panic, shutdown release, lost lease): its
+    // future is gone, so tell whatever it spawned, before the job can be claimed again.
+    if matches!(
+        outcome,
+        None | Some(Outcome::Timeout(_) | Outcome::Panic(_) | Outcome::Released)
+    ) {
+        cancel.cancel();
+    }
+    let tx = slot.lock().await.take();
+    let Some(outcome) = outcome else {
+        // The lease could not be extended: someone else may own the job now. Write nothing.
+        drop(tx);
+        warn!("lease lost; handler cancelled, outcome not written");
+        metrics::finished(&queue, &job.kind, metrics::LEASE_LOST, Some(run));
+        return;
+    };
+    let backoff = Backoff {
+        base: policy.backoff_base,
+        max: policy.backoff_max,
+    };
+    recorder::record(
+        &shared,
+        recorder::Attempt {
+            fence,
+            queue,
+            job,
+            outcome,
+            run,
+            backoff,
+            tx,
+        },
+        permit,
+    )
+    .await;
+}
+
+async fn with_timeout<F: Future>(timeout: Option<Duration>, fut: F) -> Option<F::Output> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+/// The outcome a handler's error asks for, with the error's whole chain as its text.
+fn outcome_of(e: JobError) -> Outcome {
+    let text = |e: &(dyn std::error::Error + 'static)| {
+        let mut s = String::new();
+        let _ = write_chain(&mut s, e);
+        s
+    };
+    match e {
+        JobError::Retry(e) => Outcome::Error {
+            message: text(e.as_ref()),
+            retry_after: None,
+        },
+        JobError::RetryAfter(e, d) => Outcome::Error {
+            message: text(e.as_ref()),
+            retry_after: Some(d),
+        },
+        JobError::Discard(e) => Outcome::Discard(text(e.as_ref())),
+        JobError::Snooze(d) => Outcome::Snooze(d),
+        JobError::Cancel(e) => Outcome::Cancel(text(e.as_ref())),
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,176 @@
+//! The in-flight table: every job this process is running, with its fence, its cancellation
+//! token and its local lease deadline. It is the single owner of both: the heartbeat only
+//! pushes deadlines or reports lost leases through it, each job's watch ([`InFlight::expiry`])
+//! is the one place a deadline is enforced, and removing an entry is how a job stops being
+//! this process's.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::store::{Fence, Token};
+
+struct Entry {
+    token: Token,
+    cancel: CancellationToken,
+    /// Local instant by which the lease surely expires unless extended. Never later than the
+    /// server's expiry: it is computed from a time taken before the lease statement was sent.
+    deadline: Instant,
+}
+
+/// Running jobs of this process. See the module docs.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    map: Mutex<HashMap<u64, Entry>>,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        // A panic while holding this lock is a runtime bug; the table stays usable.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a job just claimed, with the deadline of the lease its claim took. Returns the
+    /// job's cancellation token (handed to its handler as `ctx.cancelled()`).
+    pub(crate) fn insert(&self, fence: Fence, deadline: Instant) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        self.lock().insert(
+            fence.id,
+            Entry {
+                token: fence.token,
+                cancel: cancel.clone(),
+                deadline,
+            },
+        );
+        cancel
+    }
+
+    /// The job is no longer this process's (its outcome was written, or nothing will be).
+    pub(crate) fn remove(&self, fence: Fence) {
+        let mut map = self.lock();
+        if map.get(&fence.id).is_some_and(|e| e.token == fence.token) {
+            map.remove(&fence.id);
+        }
+    }
+
+    /// Whether `fence` is still this process's.
+    pub(crate) fn holds(&self, fence: Fence) -> bool {
+        self.lock()
+            .get(&fence.id)
+            .is_some_and(|e| e.token == fence.token)
+    }
+
+    /// How many jobs are running.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Every running job's fence (for the heartbeat).
+    pub(crate) fn fences(&self) -> Vec<Fence> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| Fence {
+                id: *id,
+                token: e.token,
+            })
+            .collect()
+    }
+
+    /// The heartbeat extended the leases of `fences` by a statement sent at some instant;
+    /// `deadline` is that instant plus the lease.
+    pub(crate) fn extend(&self, fences: &[Fence], deadline: Instant) {
+        let mut map = self.lock();
+        for f in fences {
+            if let Some(e) = map.get_mut(&f.id).filter(|e| e.token == f.token) {
+                e.deadline = e.deadline.max(deadline);
+            }
+        }
+    }
+
+    /// The server says this job's lease is no longer ours (rescued, or finished elsewhere):
+    /// cancel its handler and forget it; nothing more may be written for it.
+    pub(crate) fn lose(&self, fence: Fence) {
+        let mut map = self.lock();
+        if map.get(&fence.id).is_some_and(|e| e.token == fence.token) {
+            if let Some(e) = map.remove(&fence.id) {
+                warn!(
+                    job_id = fence.id,
+                    "lease lost (job rescued or finished elsewhere); cancelling its handler"
+                );
+                e.cancel.cancel();
+            }
+        }
+    }
+
+    /// Resolves when the job's local lease deadline passes without having been pushed (then
+    /// the job is cancelled and forgotten here, before anyone else may rescue it), or when the
+    /// job is no longer in the table. A timer, not the heartbeat, enforces it: a heartbeat stuck
+    /// on a stalled database must not let a handler run past its lease.
+    pub(crate) async fn expiry(&self, fence: Fence) {
+        loop {
+            let deadline = {
+                let mut map = self.lock();
+                match map.get(&fence.id) {
+                    Some(e) if e.token == fence.token => {
+                        if Instant::now() >= e.deadline {
+                            warn!(
+                                job_id = fence.id,
+                                "lease expired before it could be extended; cancelling the handler"
+                            );
+                            if let Some(e) = map.remove(&fence.id) {
+                                e.cancel.cancel();
+                            }
+                            return;
+                        }
+                        e.deadline
+                    }
+                    _ => return,
+                }
+            };
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+
+    /// Immediate stop: cancels every running handler. Returns how many there were; they stay
+    /// `running` in the database until their leases expire and they are rescued.
+    pub(crate) fn cancel_all(&self) -> usize {
+        let map = self.lock();
+        for e in map.values() {
+            e.cancel.cancel();
+        }
+        map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn fence(id: u64, t: u8) -> Fence {
+        Fence { id, token: [t; 16] }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_is_enforced_once_and_can_be_pushed() {
+        let t = InFlight::default();
+        let now = Instant::now();
+        let a = t.insert(fence(1, 1), now + Duration::from_millis(30));
+        let b = t.insert(fence(2, 1), now + Duration::from_millis(30));
+        t.extend(&[fence(2, 1)], now + Duration::from_secs(60));
+        t.expiry(fence(1, 1)).await;
+        assert!(a.is_cancelled());
+        assert!(!t.holds(fence(1, 1)));
+        assert!(!b.is_cancelled());
+        assert!(t.holds(fence(2, 1)));
+        // A stale fence neither removes nor cancels the current holder's entry.
+        t.remove(fence(2, 9));
+        t.lose(fence(2, 9));
+        assert!(t.holds(fence(2, 1)) && !b.is_cancelled());
+        t.lose(fence(2, 1));
+        assert!(b.is_cancelled() && t.len() == 0);
+    }
+}

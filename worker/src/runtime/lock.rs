@@ -1,0 +1,133 @@
+//! The named-lock claim session of one queue. The lock belongs to this connection, which is
+//! never shared or returned to a pool; after any error the session is dropped, which releases
+//! whatever it held (MYSQL-NOTES §2.2). `GET_LOCK` is taken only around the claim transaction
+//! and released strictly after its COMMIT, in the same round trip; it is never held while
+//! handlers run, and correctness never rests on it (every write is fenced).
+
+use std::ops::{Deref, DerefMut};
+use std::time::Instant;
+
+use jobq_producer::QueueName;
+use sqlx::MySqlConnection;
+use tracing::{debug, warn};
+
+use super::Shared;
+use crate::db;
+use crate::ids::LockName;
+use crate::metrics;
+use crate::store::{self, ClaimLock, ClaimRequest, ClaimedJob, Session};
+
+/// A dedicated connection and the lock name of its queue.
+struct LockSession {
+    conn: MySqlConnection,
+    name: LockName,
+    /// Set when a raw transaction could not be ended: the session must be dropped.
+    broken: bool,
+}
+
+impl Deref for LockSession {
+    type Target = MySqlConnection;
+    fn deref(&self) -> &MySqlConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for LockSession {
+    fn deref_mut(&mut self) -> &mut MySqlConnection {
+        &mut self.conn
+    }
+}
+
+impl Session for LockSession {
+    fn discard(&mut self) {
+        self.broken = true;
+    }
+}
+
+/// The named-lock claimer state of one queue: its session, opened on first use and after any
+/// error.
+#[derive(Default)]
+pub(crate) struct NamedLockClaims {
+    session: Option<LockSession>,
+}
+
+impl NamedLockClaims {
+    /// `GET_LOCK` on the dedicated session, the claim transaction, then `RELEASE_LOCK`.
+    /// `Ok(empty)` when the lock was busy for `worker.lock_timeout` (another process is
+    /// claiming; back off).
+    pub(crate) async fn claim(
+        &mut self,
+        shared: &Shared,
+        queue: &QueueName,
+        want: u32,
+    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        if self.session.is_none() {
+            let mut conn =
+                db::dedicated(&shared.pool, shared.config.database.lock_wait_timeout_secs).await?;
+            let name = store::lock_name(&mut conn, queue).await?;
+            self.session = Some(LockSession {
+                conn,
+                name,
+                broken: false,
+            });
+        }
+        let s = self.session.as_mut().expect("just opened");
+        let waited = Instant::now();
+        let got =
+            match store::get_lock(&mut s.conn, &s.name, shared.config.worker.lock_timeout).await {
+                Ok(g) => g,
+                Err(e) => {
+                    self.session = None;
+                    return Err(e);
+                }
+            };
+        metrics::lock_wait(queue, waited.elapsed());
+        match got {
+            Some(true) => {}
+            Some(false) => {
+                metrics::lock_timeout(queue);
+                debug!(queue = %queue, "named lock busy; backing off");
+                return Ok(Vec::new());
+            }
+            None => {
+                self.session = None;
+                return Err(sqlx::Error::Protocol(
+                    "GET_LOCK returned NULL (killed or deadlocked)".into(),
+                ));
+            }
+        }
+        let name = s.name.clone();
+        let result = store::claim(
+            s,
+            ClaimRequest {
+                queue,
+                kinds: &shared.kinds,
+                limit: want,
+                worker: &shared.id,
+                lease: shared.config.worker.lease_ttl,
+                lock: ClaimLock::NamedLock(&name),
+            },
+        )
+        .await;
+        match result {
+            Ok(c) if c.released && !s.broken => Ok(c.jobs),
+            Ok(c) => {
+                warn!(queue = %queue, "RELEASE_LOCK did not release; dropping the session");
+                self.session = None;
+                Ok(c.jobs)
+            }
+            Err(e) => {
+                // Dropping the session rolls back and releases whatever it held.
+                self.session = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases the lock if held and closes the session (claimer stopping).
+    pub(crate) async fn close(mut self) {
+        if let Some(mut s) = self.session.take() {
+            let _ = store::release_lock(&mut s.conn, &s.name).await;
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Maintenance, done by exactly one process at a time: the holder of the `jobq_leader` lease
+//! (2 × `maintenance.interval` + 0.5 s, renewed every interval, so a live leader keeps it and a
+//! dead one loses it within that). Every interval the leader promotes due `scheduled` and
+//! `retryable` jobs and rescues expired leases; every few seconds it samples the depth gauges;
+//! about every 30 intervals it prunes old jobs and stale worker rows.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobq_producer::JobState;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::retry::DbRetry;
+use super::Shared;
+use crate::metrics;
+use crate::store;
+use crate::transition;
+
+const BATCH: u32 = 1000;
+
+/// Runs until `stop`; resigns the lease on the way out if it held it.
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let m = shared.config.maintenance.clone();
+    let ttl = m.interval * 2 + Duration::from_millis(500);
+    let mut tick = tokio::time::interval(m.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = false;
+    let mut ticks: u64 = 0;
+    let mut known_queues = BTreeSet::new();
+    let mut retry = DbRetry::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        ticks += 1;
+        match store::lead(&shared.pool, &shared.id, ttl).await {
+            Ok(now_leading) => {
+                if now_leading != leading {
+                    info!(worker = %shared.id, leading = now_leading, "maintenance leadership changed");
+                    if !now_leading {
+                        metrics::clear_depth(&known_queues);
+                    }
+                }
+                leading = now_leading;
+                metrics::leader(leading);
+            }
+            Err(e) => {
+                debug!(error = %e, "leader election failed");
+                leading = false;
+            }
+        }
+        if !leading {
+            continue;
+        }
+        // Depth gauges every few seconds (the query scans the claim index).
+        if ticks % 5 == 1 {
+            let alive = shared.config.worker.lease_ttl * 2;
+            match store::sample_depth(&shared.pool, alive).await {
+                Ok(s) => {
+                    metrics::depth(&s.depth, &s.oldest, &mut known_queues, s.workers, s.max_id)
+                }
+                Err(e) => debug!(error = %e, "depth sample failed"),
+            }
+        }
+        match pass(&shared, ticks).await {
+            Ok(()) => retry.reset(),
+            Err(e) => {
+                if !retry.pause(&e).transient {
+                    warn!(error = %e, "maintenance pass failed");
+                }
+            }
+        }
+    }
+    if leading {
+        let _ = store::resign(&shared.pool, &shared.id).await;
+        metrics::clear_depth(&known_queues);
+        metrics::leader(false);
+    }
+}
+
+/// One maintenance pass (leader only). Each step is bounded per pass.
+async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
+    for from in [JobState::Scheduled, JobState::Retryable] {
+        for _ in 0..10 {
+            if store::promote_due(&shared.pool, from, BATCH).await? < u64::from(BATCH) {
+                break;
+            }
+        }
+    }
+    let rescued = store::rescue_expired(&shared.pool, BATCH, |j| {
+        transition::rescue(j.attempt, j.max_attempts, j.worker.as_deref())
+    })
+    .await?;
+    for (job, to) in rescued {
+        let outcome = to.as_str();
+        warn!(queue = %job.queue, kind = %job.kind, outcome, "rescued a job whose lease expired");
+        metrics::rescued(job.queue, outcome);
+    }
+    // Retention and worker-row pruning about every 30 passes.
+    if ticks % 30 == 1 {
+        let m = &shared.config.maintenance;
+        if !m.completed_retention.is_zero() {
+            store::prune(
+                &shared.pool,
+                JobState::Completed,
+                m.completed_retention,
+                BATCH * 5,
+            )
+            .await?;
+        }
+        if !m.failed_retention.is_zero() {
+            for state in [JobState::Discarded, JobState::Cancelled] {
+                store::prune(&shared.pool, state, m.failed_retention, BATCH * 5).await?;
+            }
+        }
+        let stale = (shared.config.worker.lease_ttl * 10).max(Duration::from_secs(60));
+        store::prune_workers(&shared.pool, stale).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The machinery of a running worker, one responsibility per file. Private: the public face is
+//! [`crate::Worker`], which wires these together in `worker.rs`.
+//!
+//! - [`claimer`]: one task per queue, feeding that queue's slots (named-lock session in
+//!   [`lock`]);
+//! - [`executor`]: runs one attempt (decode, timeout, panic, cancellation) to an outcome;
+//! - [`recorder`]: writes outcomes (batched completions, completion inside the handler's
+//!   transaction, put-back);
+//! - [`heartbeat`]: extends leases and beats the worker row;
+//! - [`maintenance`]: the leader's promotion, rescue, retention and depth sampling;
+//! - [`in_flight`]: the table of running jobs, owner of their deadlines and cancellation;
+//! - [`retry`]: the database-retry policy all loops share.
+
+pub(crate) mod claimer;
+pub(crate) mod executor;
+pub(crate) mod heartbeat;
+pub(crate) mod in_flight;
+pub(crate) mod lock;
+pub(crate) mod maintenance;
+pub(crate) mod recorder;
+pub(crate) mod retry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jobq_config::{Config, RunPolicy};
+use jobq_producer::{KindName, QueueName};
+use sqlx::MySqlPool;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::WorkerId;
+use crate::registry::Registry;
+
+/// A queue worked by this process: its name, its slot semaphore and its number of slots.
+pub(crate) struct QueueSlots {
+    pub(crate) name: QueueName,
+    pub(crate) sem: Arc<Semaphore>,
+    pub(crate) total: u32,
+}
+
+/// Everything the tasks of one worker share.
+pub(crate) struct Shared {
+    pub(crate) pool: MySqlPool,
+    pub(crate) registry: Registry,
+    pub(crate) config: Config,
+    pub(crate) id: WorkerId,
+    /// The registered kinds: what this worker claims.
+    pub(crate) kinds: Vec<KindName>,
+    pub(crate) in_flight: in_flight::InFlight,
+    pub(crate) completions: mpsc::UnboundedSender<recorder::Completion>,
+    /// Fired when shutdown gives up waiting: running jobs are released.
+    pub(crate) release: CancellationToken,
+    pub(crate) slots: Vec<QueueSlots>,
+    /// Timeout and backoff per (queue, kind), resolved once at start.
+    policies: HashMap<QueueName, HashMap<KindName, RunPolicy>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        pool: MySqlPool,
+        registry: Registry,
+        config: Config,
+        id: WorkerId,
+        completions: mpsc::UnboundedSender<recorder::Completion>,
+    ) -> Shared {
+        let kinds = registry.kind_names();
+        let slots: Vec<QueueSlots> = config
+            .worker_queues()
+            .iter()
+            .map(|q| QueueSlots {
+                name: q.name.clone(),
+                sem: Arc::new(Semaphore::new(q.concurrency as usize)),
+                total: q.concurrency,
+            })
+            .collect();
+        let policies = slots
+            .iter()
+            .map(|q| {
+                let per_kind = kinds
+                    .iter()
+                    .map(|k| (k.clone(), config.run_policy(&q.name, k)))
+                    .collect();
+                (q.name.clone(), per_kind)
+            })
+            .collect();
+        Shared {
+            pool,
+            registry,
+            config,
+            id,
+            kinds,
+            in_flight: in_flight::InFlight::default(),
+            completions,
+            release: CancellationToken::new(),
+            slots,
+            policies,
+        }
+    }
+
+    /// Timeout and backoff of a job of `kind` claimed from `queue`.
+    pub(crate) fn policy(&self, queue: &QueueName, kind: &KindName) -> RunPolicy {
+        self.policies
+            .get(queue)
+            .and_then(|p| p.get(kind))
+            .copied()
+            .unwrap_or_else(|| self.config.run_policy(queue, kind))
+    }
+}

@@ -1,0 +1,257 @@
+//! Writing outcomes. Three paths:
+//!
+//! - a success whose handler never opened `ctx.tx()` goes to the **completer**, which writes
+//!   many completions in one round trip;
+//! - a success with a handler transaction is completed **inside that transaction**, so the
+//!   handler's writes and the completion commit together; if that commit fails, the writes are
+//!   gone and the job is **put back** (`available`, attempt refunded);
+//! - every other outcome is written in a fresh transaction, as [`transition::decide`] says.
+//!
+//! Each write is fenced; a write that finds the fence gone writes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobq_producer::{KindName, QueueName};
+use rand::Rng;
+use sqlx::{MySql, Transaction};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::retry::DbRetry;
+use super::Shared;
+use crate::metrics;
+use crate::store::{self, ClaimedJob, Fence, FinishWrite};
+use crate::transition::{self, decide, Backoff, Decision, Outcome};
+
+/// A success waiting for the completer.
+pub(crate) struct Completion {
+    pub(crate) fence: Fence,
+    pub(crate) queue: QueueName,
+    pub(crate) kind: KindName,
+    pub(crate) run: Duration,
+}
+
+/// One finished attempt, as the executor hands it over.
+pub(crate) struct Attempt {
+    pub(crate) fence: Fence,
+    pub(crate) queue: QueueName,
+    pub(crate) job: ClaimedJob,
+    pub(crate) outcome: Outcome,
+    pub(crate) run: Duration,
+    pub(crate) backoff: Backoff,
+    /// The handler's transaction, if it opened one.
+    pub(crate) tx: Option<Transaction<'static, MySql>>,
+}
+
+/// Records `a`. The slot (`permit`) is freed once the job no longer needs this process.
+pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemaphorePermit) {
+    let decision = if a.outcome == Outcome::Success {
+        match a.tx.take() {
+            None => {
+                // Batched by the completer; the slot frees now, the lease stays ours until
+                // written.
+                drop(permit);
+                let _ = shared.completions.send(Completion {
+                    fence: a.fence,
+                    queue: a.queue,
+                    kind: a.job.kind,
+                    run: a.run,
+                });
+                return;
+            }
+            Some(tx) => match complete_in_tx(shared, &a, tx).await {
+                None => {
+                    shared.in_flight.remove(a.fence);
+                    return;
+                }
+                Some(put_back) => put_back,
+            },
+        }
+    } else {
+        // Any other outcome: the handler's transaction (if any) is rolled back.
+        if let Some(tx) = a.tx.take() {
+            let _ = tx.rollback().await;
+        }
+        let jitter = rand::thread_rng().gen_range(0.75..1.25);
+        decide(
+            &a.outcome,
+            a.job.attempt,
+            a.job.max_attempts,
+            a.backoff,
+            jitter,
+        )
+    };
+    match &a.outcome {
+        Outcome::Released => info!("released at shutdown"),
+        Outcome::Snooze(_) => debug!(state = %decision.to, "snoozed"),
+        _ => {
+            warn!(state = %decision.to, error = decision.error.as_deref().unwrap_or(""), "attempt failed")
+        }
+    }
+    write_outcome(shared, &a, &decision).await;
+    shared.in_flight.remove(a.fence);
+    drop(permit);
+}
+
+/// Completes the job inside the handler's transaction. `None` when done (written, or fenced
+/// off and rolled back); `Some(put-back decision)` when the commit failed.
+async fn complete_in_tx(
+    shared: &Shared,
+    a: &Attempt,
+    mut tx: Transaction<'static, MySql>,
+) -> Option<Decision> {
+    let d = decide(
+        &Outcome::Success,
+        a.job.attempt,
+        a.job.max_attempts,
+        a.backoff,
+        1.0,
+    );
+    let w = FinishWrite {
+        fence: a.fence,
+        attempt: a.job.attempt,
+        worker: &shared.id,
+        decision: &d,
+    };
+    let written = match store::finish(&mut tx, w).await {
+        Ok(true) => tx.commit().await.map(|_| true),
+        Ok(false) => tx.rollback().await.map(|_| false),
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    };
+    match written {
+        Ok(true) => {
+            metrics::finished(&a.queue, &a.job.kind, "completed", Some(a.run));
+            None
+        }
+        Ok(false) => {
+            warn!("job was taken back before it completed; its writes were rolled back");
+            None
+        }
+        Err(e) => {
+            metrics::db_error(&e, false);
+            error!(error = %e, "completion failed; the handler's writes were rolled back; putting the job back");
+            Some(transition::put_back(&e.to_string()))
+        }
+    }
+}
+
+/// Writes a non-batched outcome in its own transaction, retrying database errors until it is
+/// written, the fence is gone, or the lease is lost meanwhile.
+async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
+    let label = d
+        .event
+        .finished_outcome()
+        .expect("an attempt's decision always ends the attempt");
+    let w = FinishWrite {
+        fence: a.fence,
+        attempt: a.job.attempt,
+        worker: &shared.id,
+        decision: d,
+    };
+    let mut retry = DbRetry::new();
+    loop {
+        match store::finish_tx(&shared.pool, w).await {
+            Ok(true) => {
+                metrics::finished(&a.queue, &a.job.kind, label, Some(a.run));
+                return;
+            }
+            Ok(false) => {
+                warn!("job was taken back before its outcome was written; nothing written");
+                return;
+            }
+            Err(e) => {
+                let pause = retry.pause(&e);
+                if !pause.transient {
+                    warn!(error = %e, retry_in = ?pause.wait, "could not record the outcome; retrying");
+                }
+                tokio::time::sleep(pause.wait).await;
+                if !shared.in_flight.holds(a.fence) {
+                    // Lease lost meanwhile: the job is someone else's now.
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The completer: gathers completions and writes them in batches of up to
+/// `worker.completion_batch`, until `stop` and the channel is drained.
+pub(crate) async fn completer(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+    stop: CancellationToken,
+) {
+    let max = shared.config.worker.completion_batch as usize;
+    let mut batch: Vec<Completion> = Vec::with_capacity(max);
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => batch.push(c),
+                    None => return,
+                },
+                // Every job task has ended before `stop`: drain what is queued, then leave.
+                _ = stop.cancelled() => match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => return,
+                },
+            }
+        }
+        // Gather what is queued; give jobs that are finishing a few scheduler turns to join, so
+        // one commit serves many completions.
+        for _ in 0..8 {
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= max {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        write_batch(&shared, &mut batch).await;
+        for c in batch.drain(..) {
+            shared.in_flight.remove(c.fence);
+        }
+    }
+}
+
+async fn write_batch(shared: &Shared, batch: &mut Vec<Completion>) {
+    let mut retry = DbRetry::new();
+    loop {
+        let fences: Vec<Fence> = batch.iter().map(|c| c.fence).collect();
+        match store::complete_batch(&shared.pool, &fences).await {
+            Ok(done) => {
+                if done < fences.len() as u64 {
+                    warn!(
+                        stale = fences.len() as u64 - done,
+                        "completions for jobs taken back meanwhile were not written"
+                    );
+                }
+                for c in batch.iter() {
+                    metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
+                }
+                return;
+            }
+            Err(e) => {
+                let pause = retry.pause(&e);
+                if !pause.transient {
+                    warn!(error = %e, jobs = fences.len(), retry_in = ?pause.wait, "could not write completions; retrying");
+                }
+                tokio::time::sleep(pause.wait).await;
+                // Jobs whose lease was lost meanwhile are no longer ours to complete.
+                batch.retain(|c| shared.in_flight.holds(c.fence));
+                if batch.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The claim: the one transaction that turns `available` jobs into this worker's `running` jobs,
+//! and the named-lock statements that serialise it in `named-lock` mode.
+
+use std::time::Duration;
+
+use jobq_producer::{KindName, QueueName};
+use sqlx::mysql::MySqlRow;
+use sqlx::{MySqlConnection, Row};
+
+use super::sql::{hex, id_list, lit, RawTx, Session};
+use super::{micros, text, Token};
+use crate::ids::{LockName, WorkerId};
+
+/// A job this worker just claimed.
+#[derive(Clone, Debug)]
+pub(crate) struct ClaimedJob {
+    pub(crate) id: u64,
+    pub(crate) kind: KindName,
+    pub(crate) payload: String,
+    /// The attempt now running (already incremented).
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    /// Microseconds from run-at to the claim, on the database clock.
+    pub(crate) wait_us: i64,
+    pub(crate) token: Token,
+}
+
+/// How concurrent claimers of one queue are kept apart.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ClaimLock<'a> {
+    /// `FOR UPDATE SKIP LOCKED`: claimers skip each other's rows.
+    SkipLocked,
+    /// The caller holds this named lock; a plain `FOR UPDATE` only guards against foreign
+    /// writers, and the lock is released in the claim's last round trip, after its COMMIT.
+    NamedLock(&'a LockName),
+}
+
+/// One claim: up to `limit` available jobs of `queue` whose kind is in `kinds`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClaimRequest<'a> {
+    pub(crate) queue: &'a QueueName,
+    pub(crate) kinds: &'a [KindName],
+    pub(crate) limit: u32,
+    pub(crate) worker: &'a WorkerId,
+    pub(crate) lease: Duration,
+    pub(crate) lock: ClaimLock<'a>,
+}
+
+/// What a claim returned: the jobs, and in named-lock mode whether `RELEASE_LOCK` released.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub(crate) jobs: Vec<ClaimedJob>,
+    pub(crate) released: bool,
+}
+
+/// Claims in one transaction of two round trips:
+///
+/// 1. `START TRANSACTION; SELECT … FOR UPDATE [SKIP LOCKED]` — lock the batch in index order;
+/// 2. `UPDATE … SET state = 'running', claim_token = <fresh token>, lease …; INSERT INTO
+///    jobq_transitions … SELECT … WHERE claim_token = <token>; COMMIT` (+ `RELEASE_LOCK` in
+///    named-lock mode: strictly after the commit, or the next claimer could read rows this
+///    claim has not yet committed as taken).
+///
+/// On any error the transaction is rolled back, or the session discarded when even that fails.
+pub(crate) async fn claim<S: Session>(
+    session: &mut S,
+    req: ClaimRequest<'_>,
+) -> Result<Claimed, sqlx::Error> {
+    let release_sql = match req.lock {
+        ClaimLock::SkipLocked => None,
+        ClaimLock::NamedLock(name) => {
+            Some(format!("; SELECT RELEASE_LOCK({}) AS released", lit(name)))
+        }
+    };
+    let was_released = |rows: &[MySqlRow]| match req.lock {
+        ClaimLock::SkipLocked => true,
+        ClaimLock::NamedLock(_) => {
+            rows.iter()
+                .rev()
+                .find_map(|r| r.try_get::<Option<i64>, _>("released").ok())
+                .flatten()
+                == Some(1)
+        }
+    };
+    if req.kinds.is_empty() || req.limit == 0 {
+        return Ok(Claimed {
+            jobs: Vec::new(),
+            released: release_sql.is_none(),
+        });
+    }
+    let kinds: Vec<String> = req.kinds.iter().map(lit).collect();
+    let select = claim_select(
+        &lit(req.queue),
+        &kinds,
+        &req.limit.to_string(),
+        matches!(req.lock, ClaimLock::SkipLocked),
+    );
+    let (mut tx, (rows, _)) = RawTx::begin(session, &select).await?;
+    if rows.is_empty() {
+        // language=MySQL
+        let sql = format!("COMMIT{}", release_sql.as_deref().unwrap_or(""));
+        let (rows, _) = tx.end(&sql).await?;
+        return Ok(Claimed {
+            jobs: Vec::new(),
+            released: was_released(&rows),
+        });
+    }
+    let token: Token = rand::random();
+    let decoded: Result<Vec<ClaimedJob>, sqlx::Error> = rows
+        .iter()
+        .map(|r| {
+            let kind = text(r, "kind")?;
+            Ok(ClaimedJob {
+                id: r.try_get("id")?,
+                kind: KindName::new(&kind).map_err(|e| sqlx::Error::ColumnDecode {
+                    index: "kind".into(),
+                    source: Box::new(e),
+                })?,
+                payload: text(r, "payload")?,
+                attempt: r.try_get::<u32, _>("attempt")?.saturating_add(1),
+                max_attempts: r.try_get("max_attempts")?,
+                wait_us: r.try_get::<Option<i64>, _>("wait_us")?.unwrap_or(0),
+                token,
+            })
+        })
+        .collect();
+    let jobs = match decoded {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tx.rollback().await;
+            return Err(e);
+        }
+    };
+    let ids = id_list(jobs.iter().map(|j| j.id));
+    let tok = hex(&token);
+    // language=MySQL
+    // The UPDATE is guarded by state = 'available' (always true under the locks just taken);
+    // the transitions are written for exactly the rows that now carry this claim's token.
+    let sql = format!(
+        "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempt = attempt + 1, claim_token = {tok}, \
+                worker_id = {worker}, attempted_at = UTC_TIMESTAMP(6), \
+                lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND \
+         WHERE id IN ({ids}) AND state = 'available'; \
+         INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
+         SELECT id, 'available', 'running', 'claimed', attempt, worker_id, attempted_at \
+         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND claim_token = {tok}; \
+         COMMIT{release}",
+        worker = lit(req.worker),
+        lease_us = micros(req.lease),
+        release = release_sql.as_deref().unwrap_or(""),
+    );
+    let (rows, counts) = tx.end(&sql).await?;
+    let updated = counts.first().copied().unwrap_or(0);
+    if updated != jobs.len() as u64 {
+        // Cannot happen under the row locks; if it ever does, the jobs not updated carry no
+        // token of ours, so their handlers' writes would be fenced off. Say so loudly.
+        tracing::error!(
+            expected = jobs.len(),
+            updated,
+            "claim updated fewer rows than it locked"
+        );
+    }
+    Ok(Claimed {
+        jobs,
+        released: was_released(&rows),
+    })
+}
+
+/// The claim's locking read, with the queue, kinds and limit given as SQL (literals or `?`).
+pub(super) fn claim_select(
+    queue: &str,
+    kinds: &[String],
+    limit: &str,
+    skip_locked: bool,
+) -> String {
+    // language=MySQL
+    // The WHERE and ORDER BY match jobq_jobs_claim (queue, state, priority, run_at, id) exactly:
+    // the index is read in order, the scan stops after `limit` matching rows, nothing is
+    // filesorted, and only returned rows are locked. FORCE INDEX keeps it so on tiny tables,
+    // where the optimiser would otherwise prefer a scan (which locks every row it reads).
+    // `kind IN (…)`: a worker claims only the kinds it can run.
+    format!(
+        "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, \
+                TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us \
+         FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
+         WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) AND kind IN ({}) \
+         ORDER BY priority, run_at, id \
+         LIMIT {limit} FOR UPDATE{}",
+        kinds.join(","),
+        if skip_locked { " SKIP LOCKED" } else { "" }
+    )
+}
+
+/// The named-lock name of a queue: `jobq:` + SHA1(schema, 0x00, queue), 45 ASCII bytes.
+/// Never user text: MariaDB compares names byte-wise and limits them to 192 bytes, MySQL
+/// case-folds and limits them to 64 characters; names are server-wide, hence the schema.
+pub(crate) async fn lock_name(
+    conn: &mut MySqlConnection,
+    queue: &QueueName,
+) -> Result<LockName, sqlx::Error> {
+    // language=MySQL
+    let name: String =
+        sqlx::query_scalar("SELECT CONCAT('jobq:', SHA1(CONCAT(DATABASE(), X'00', ?)))")
+            .bind(queue.as_str())
+            .fetch_one(conn)
+            .await?;
+    LockName::from_server(name)
+        .ok_or_else(|| sqlx::Error::Protocol("the server returned a malformed lock name".into()))
+}
+
+/// `GET_LOCK(name, timeout)`: `Some(true)` acquired, `Some(false)` timed out, `None` error
+/// (killed, or a deadlock between named locks).
+pub(crate) async fn get_lock(
+    conn: &mut MySqlConnection,
+    name: &LockName,
+    timeout: Duration,
+) -> Result<Option<bool>, sqlx::Error> {
+    // language=MySQL
+    // Fractional timeouts are honoured by MariaDB; a negative one would mean "forever" on MySQL
+    // but NULL on MariaDB, so only a positive duration is ever passed.
+    let r: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(name.as_str())
+        .bind(timeout.as_secs_f64().max(0.001))
+        .fetch_one(conn)
+        .await?;
+    Ok(r.map(|v| v == 1))
+}
+
+/// `RELEASE_LOCK(name)`: true when this session held it and released it.
+pub(crate) async fn release_lock(
+    conn: &mut MySqlConnection,
+    name: &LockName,
+) -> Result<bool, sqlx::Error> {
+    // language=MySQL
+    let r: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
+        .bind(name.as_str())
+        .fetch_one(conn)
+        .await?;
+    Ok(r == Some(1))
+}

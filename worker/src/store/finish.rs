@@ -1,0 +1,123 @@
+//! Writing how an attempt ended: the single-job write (in the handler's transaction or a fresh
+//! one) and the batched completions. Every write is fenced by `(id, claim_token)` and
+//! `state = 'running'`.
+
+use sqlx::{MySqlConnection, MySqlPool};
+
+use super::sql::{hex, id_list, RawTx};
+use super::{micros, Fence};
+use crate::ids::WorkerId;
+use crate::transition::Decision;
+
+/// Marks many jobs `completed` in one transaction and one round trip: one UPDATE fenced per
+/// job by `(id, claim_token)`, one INSERT … SELECT of their transitions, COMMIT. Jobs whose
+/// fence no longer matches (rescued meanwhile) are left alone. Returns how many were completed.
+pub(crate) async fn complete_batch(pool: &MySqlPool, fences: &[Fence]) -> Result<u64, sqlx::Error> {
+    if fences.is_empty() {
+        return Ok(0);
+    }
+    let ids = id_list(fences.iter().map(|f| f.id));
+    let mut pairs = String::new();
+    for (i, f) in fences.iter().enumerate() {
+        if i > 0 {
+            pairs.push(',');
+        }
+        pairs.push_str(&format!("({},{})", f.id, hex(&f.token)));
+    }
+    // language=MySQL
+    // `id IN (…)` gives a primary-key range on every server; `(id, claim_token) IN (…)` fences
+    // each job by its own token. The INSERT finds exactly the rows this UPDATE completed (same
+    // token, same finalized_at): if a COMMIT succeeded but its answer was lost and the batch is
+    // retried, the UPDATE matches nothing and no second `completed` transition is written.
+    let sql = format!(
+        "SET @jobq_done_at := UTC_TIMESTAMP(6); \
+         UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = @jobq_done_at, lease_expires_at = NULL \
+         WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running'; \
+         INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
+         SELECT id, 'running', 'completed', 'completed', attempt, worker_id, finalized_at \
+         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) \
+           AND state = 'completed' AND finalized_at = @jobq_done_at; \
+         COMMIT"
+    );
+    let mut conn = pool.acquire().await?;
+    // One round trip: the guard's begin sends START TRANSACTION with the whole batch; `end`
+    // only marks it closed, the COMMIT having been part of the batch.
+    let (tx, (_, counts)) = RawTx::begin(&mut conn, &sql).await?;
+    tx.committed();
+    // Counts: START TRANSACTION, SET, UPDATE, INSERT, COMMIT.
+    Ok(counts.get(2).copied().unwrap_or(0))
+}
+
+/// One attempt's outcome for one job, as decided by [`crate::transition`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FinishWrite<'a> {
+    pub(crate) fence: Fence,
+    /// The attempt that ended.
+    pub(crate) attempt: u32,
+    pub(crate) worker: &'a WorkerId,
+    pub(crate) decision: &'a Decision,
+}
+
+/// Applies a decision to one running job through `conn` (the handler's transaction for a
+/// completion, or a fresh one). Returns false, writing nothing, when the fence does not match.
+pub(crate) async fn finish(
+    conn: &mut MySqlConnection,
+    w: FinishWrite<'_>,
+) -> Result<bool, sqlx::Error> {
+    let d = w.decision;
+    // language=MySQL
+    // run_at moves only for retryable/scheduled (a delay); max_attempts grows by one when the
+    // attempt is refunded (snooze, shutdown release) so it does not count against the job.
+    let updated = sqlx::query(
+        "UPDATE jobq_jobs SET state = ?, \
+                run_at = IF(? IS NULL, run_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
+                max_attempts = max_attempts + ?, \
+                last_error = COALESCE(?, last_error), \
+                finalized_at = IF(?, UTC_TIMESTAMP(6), NULL), \
+                lease_expires_at = NULL \
+         WHERE id = ? AND claim_token = ? AND state = 'running'",
+    )
+    .bind(d.to.as_str())
+    .bind(d.delay.map(micros))
+    .bind(d.delay.map(micros).unwrap_or(0))
+    .bind(u32::from(d.refund_attempt))
+    .bind(d.error.as_deref())
+    .bind(d.to.is_final())
+    .bind(w.fence.id)
+    .bind(&w.fence.token[..])
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        return Ok(false);
+    }
+    // language=MySQL
+    sqlx::query(
+        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, error, at) \
+         VALUES (?, 'running', ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))",
+    )
+    .bind(w.fence.id)
+    .bind(d.to.as_str())
+    .bind(d.event.as_str())
+    .bind(w.attempt)
+    .bind(w.worker.as_str())
+    .bind(d.error.as_deref())
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// [`finish`] in its own transaction.
+pub(crate) async fn finish_tx(pool: &MySqlPool, w: FinishWrite<'_>) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    match finish(&mut tx, w).await {
+        Ok(applied) => {
+            tx.commit().await?;
+            Ok(applied)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}

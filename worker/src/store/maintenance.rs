@@ -1,0 +1,332 @@
+//! Maintenance, run by the elected leader only: the leader lease, promotion of due jobs,
+//! rescue of expired leases, retention, and the depth sample behind the leader's gauges.
+
+use std::time::Duration;
+
+use jobq_producer::{JobState, KindName, QueueName};
+use sqlx::{MySqlPool, Row};
+
+use super::sql::marks;
+use super::{micros, opt_text, text};
+use crate::ids::WorkerId;
+use crate::transition::Decision;
+
+/// Takes or keeps the maintenance lease. True when `holder` is the leader until now + `ttl`.
+pub(crate) async fn lead(
+    pool: &MySqlPool,
+    holder: &WorkerId,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    // language=MySQL
+    // The row is created once; INSERT IGNORE can only ignore the duplicate key here.
+    sqlx::query(
+        "INSERT IGNORE INTO jobq_leader (name, holder, expires_at) \
+         VALUES ('maintenance', '', '1970-01-01 00:00:00')",
+    )
+    .execute(pool)
+    .await?;
+    // language=MySQL
+    // Taken when free or expired, kept by its holder; expires_at always moves, so "1 row
+    // affected" means we hold it.
+    let n = sqlx::query(
+        "UPDATE jobq_leader SET holder = ?, expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+         WHERE name = 'maintenance' AND (holder = ? OR expires_at < UTC_TIMESTAMP(6))",
+    )
+    .bind(holder.as_str())
+    .bind(micros(ttl))
+    .bind(holder.as_str())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Gives up the maintenance lease so another process takes over at its next tick.
+pub(crate) async fn resign(pool: &MySqlPool, holder: &WorkerId) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    sqlx::query(
+        "UPDATE jobq_leader SET expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND \
+         WHERE name = 'maintenance' AND holder = ?",
+    )
+    .bind(holder.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Moves up to `limit` due jobs of `from` (`scheduled` or `retryable`) to `available`.
+/// Returns how many moved.
+pub(crate) async fn promote_due(
+    pool: &MySqlPool,
+    from: JobState,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // language=MySQL
+    // jobq_jobs_due (state, run_at, id): a range read of due rows only.
+    let ids: Vec<u64> = sqlx::query_scalar(
+        "SELECT id FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
+         WHERE state = ? AND run_at <= UTC_TIMESTAMP(6) ORDER BY run_at, id LIMIT ? \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(from.as_str())
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if ids.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let list = marks(ids.len());
+    // language=MySQL
+    let sql =
+        format!("UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'available' WHERE id IN ({list}) AND state = ?");
+    let mut q = sqlx::query(&sql);
+    for id in &ids {
+        q = q.bind(id);
+    }
+    let n = q
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    // language=MySQL
+    let sql = format!(
+        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+         SELECT id, ?, 'available', 'promoted', attempt, UTC_TIMESTAMP(6) FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list})"
+    );
+    let mut q = sqlx::query(&sql).bind(from.as_str());
+    for id in &ids {
+        q = q.bind(id);
+    }
+    q.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// A running job whose lease expired, as maintenance found it.
+#[derive(Clone, Debug)]
+pub(crate) struct Expired {
+    pub(crate) queue: String,
+    pub(crate) kind: String,
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) worker: Option<String>,
+}
+
+/// Rescues up to `limit` running jobs whose lease expired, writing what `decide` says for each
+/// (see [`crate::transition::rescue`]) with its transition, in one transaction. Returns each
+/// rescued job with the state it went to.
+pub(crate) async fn rescue_expired(
+    pool: &MySqlPool,
+    limit: u32,
+    decide: impl Fn(&Expired) -> Decision,
+) -> Result<Vec<(Expired, JobState)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // language=MySQL
+    // The `running` range of jobq_jobs_due (state, run_at, id): at most the slots of all
+    // workers, filtered on the lease. SKIP LOCKED: a row locked right now belongs to a worker
+    // finishing it; it is looked at again next tick.
+    let rows = sqlx::query(
+        "SELECT id, queue, kind, attempt, max_attempts, worker_id FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
+         WHERE state = 'running' AND lease_expires_at < UTC_TIMESTAMP(6) \
+         ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: u64 = r.try_get("id")?;
+        let job = Expired {
+            queue: text(&r, "queue")?,
+            kind: text(&r, "kind")?,
+            attempt: r.try_get("attempt")?,
+            max_attempts: r.try_get("max_attempts")?,
+            worker: opt_text(&r, "worker_id")?,
+        };
+        let d = decide(&job);
+        // language=MySQL
+        sqlx::query(
+            "UPDATE jobq_jobs SET state = ?, lease_expires_at = NULL, last_error = ?, \
+                    finalized_at = IF(?, UTC_TIMESTAMP(6), NULL) \
+             WHERE id = ? AND state = 'running'",
+        )
+        .bind(d.to.as_str())
+        .bind(d.error.as_deref())
+        .bind(d.to.is_final())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        // language=MySQL
+        sqlx::query(
+            "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, error, at) \
+             VALUES (?, 'running', ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))",
+        )
+        .bind(id)
+        .bind(d.to.as_str())
+        .bind(d.event.as_str())
+        .bind(job.attempt)
+        .bind(job.worker.as_deref())
+        .bind(d.error.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        out.push((job, d.to));
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Deletes up to `limit` jobs in final state `state` finalised before now − `age`, with their
+/// history. Returns how many jobs were deleted.
+pub(crate) async fn prune(
+    pool: &MySqlPool,
+    state: JobState,
+    age: Duration,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // language=MySQL
+    // run_at <= finalized_at always, so the range on jobq_jobs_due (state, run_at) bounds the
+    // scan and finalized_at decides.
+    let ids: Vec<u64> = sqlx::query_scalar(
+        "SELECT id FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
+         WHERE state = ? AND run_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+           AND finalized_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+         ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(state.as_str())
+    .bind(micros(age))
+    .bind(micros(age))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if ids.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let list = marks(ids.len());
+    for table_sql in [
+        format!("DELETE FROM jobq_transitions WHERE job_id IN ({list})"),
+        format!("DELETE FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list})"),
+    ] {
+        let mut q = sqlx::query(&table_sql);
+        for id in &ids {
+            q = q.bind(id);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(ids.len() as u64)
+}
+
+/// Deletes worker rows not beaten for `age`.
+pub(crate) async fn prune_workers(pool: &MySqlPool, age: Duration) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    Ok(sqlx::query(
+        "DELETE FROM jobq_workers WHERE last_heartbeat_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
+    )
+    .bind(micros(age))
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Jobs that `--drain` still waits for: available, running or retryable in `queues`, of a kind
+/// in `kinds`.
+pub(crate) async fn pending(
+    pool: &MySqlPool,
+    queues: &[QueueName],
+    kinds: &[KindName],
+) -> Result<i64, sqlx::Error> {
+    if queues.is_empty() || kinds.is_empty() {
+        return Ok(0);
+    }
+    // language=MySQL
+    // Served by jobq_jobs_claim's (queue, state) prefix.
+    let sql = format!(
+        "SELECT COUNT(*) FROM jobq_jobs WHERE queue IN ({}) AND state IN ('available', 'running', 'retryable') \
+         AND kind IN ({})",
+        marks(queues.len()),
+        marks(kinds.len())
+    );
+    let mut q = sqlx::query_scalar(&sql);
+    for queue in queues {
+        q = q.bind(queue.as_str());
+    }
+    for kind in kinds {
+        q = q.bind(kind.as_str());
+    }
+    q.fetch_one(pool).await
+}
+
+/// What the leader samples for its gauges.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DepthSample {
+    /// (queue, state, count) for the non-final states.
+    pub(crate) depth: Vec<(String, String, i64)>,
+    /// Seconds since the oldest available job of each queue became due.
+    pub(crate) oldest: Vec<(String, f64)>,
+    /// Workers that beat within the `alive` window.
+    pub(crate) workers: i64,
+    /// The highest job id (jobs ever inserted).
+    pub(crate) max_id: u64,
+}
+
+/// The leader's sample for the depth gauges.
+pub(crate) async fn sample_depth(
+    pool: &MySqlPool,
+    alive: Duration,
+) -> Result<DepthSample, sqlx::Error> {
+    // language=MySQL
+    // An index-only scan of jobq_jobs_claim (queue, state, …); final states are filtered out
+    // but still scanned, which is why the leader samples this only every few seconds.
+    let rows = sqlx::query(
+        "SELECT queue, CAST(state AS CHAR) AS state, COUNT(*) AS n FROM jobq_jobs \
+         WHERE state IN ('available', 'scheduled', 'running', 'retryable') GROUP BY queue, state",
+    )
+    .fetch_all(pool)
+    .await?;
+    let depth = rows
+        .into_iter()
+        .map(|r| Ok((text(&r, "queue")?, text(&r, "state")?, r.try_get("n")?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // language=MySQL
+    let rows = sqlx::query(
+        "SELECT queue, TIMESTAMPDIFF(MICROSECOND, MIN(run_at), UTC_TIMESTAMP(6)) / 1e6 AS age \
+         FROM jobq_jobs WHERE state = 'available' GROUP BY queue",
+    )
+    .fetch_all(pool)
+    .await?;
+    let oldest = rows
+        .into_iter()
+        .map(|r| {
+            Ok((
+                text(&r, "queue")?,
+                r.try_get::<Option<f64>, _>("age")?.unwrap_or(0.0),
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // language=MySQL
+    let workers: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobq_workers WHERE last_heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
+    )
+    .bind(micros(alive))
+    .fetch_one(pool)
+    .await?;
+    // language=MySQL
+    // The end of the primary key: O(1).
+    let max_id: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM jobq_jobs")
+        .fetch_one(pool)
+        .await?;
+    Ok(DepthSample {
+        depth,
+        oldest,
+        workers,
+        max_id: max_id.unwrap_or(0),
+    })
+}

@@ -1,0 +1,81 @@
+//! All SQL of the worker crate, one file per concern:
+//!
+//! - [`claim`]: the claim transaction and the named-lock statements (hot path);
+//! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
+//! - [`lease`]: lease extension and the worker rows (heartbeat);
+//! - [`maintenance`]: leader lease, promotion, rescue, retention (leader only);
+//! - [`inspect`]: read-only views for the CLI and operators;
+//! - [`demo`]: the `record` built-in kind's effects table;
+//! - [`sql`]: the literal layer and the raw-transaction guard every file above uses.
+//!
+//! Rules every statement follows:
+//! - time comparisons use the database clock (`UTC_TIMESTAMP(6)`), never the client's;
+//! - a write about a running job is fenced by `(id, claim_token)` and `state = 'running'`, so a
+//!   worker whose claim was rescued and re-claimed elsewhere changes nothing;
+//! - each state change writes its `jobq_transitions` row in the same transaction;
+//! - the transactions are short and run at READ COMMITTED (set per session in `db.rs`), so
+//!   locking reads lock only the rows they return and take no gap locks.
+
+mod claim;
+mod demo;
+mod finish;
+mod inspect;
+mod lease;
+mod maintenance;
+mod sql;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use sqlx::mysql::MySqlRow;
+use sqlx::Row;
+
+pub(crate) use claim::{
+    claim, get_lock, lock_name, release_lock, ClaimLock, ClaimRequest, ClaimedJob,
+};
+pub(crate) use demo::{create_effects_table, insert_effect};
+pub(crate) use finish::{complete_batch, finish, finish_tx, FinishWrite};
+pub(crate) use inspect::{counts, history, job, queue_activity};
+pub use inspect::{JobRecord, TransitionRecord};
+pub(crate) use lease::{beat_worker, deregister_worker, extend_leases, register_worker, WorkerRow};
+pub(crate) use maintenance::{
+    lead, pending, promote_due, prune, prune_workers, rescue_expired, resign, sample_depth,
+};
+pub(crate) use sql::Session;
+
+/// A fencing token: fresh random bytes per claim transaction.
+pub(crate) type Token = [u8; 16];
+
+/// `(id, token)` of a running job: what fences every write about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Fence {
+    pub(crate) id: u64,
+    pub(crate) token: Token,
+}
+
+/// Reads a text column. Columns with a `_bin` collation arrive flagged binary, which sqlx will
+/// not decode as `String`; read the bytes and check they are UTF-8.
+fn text(r: &MySqlRow, col: &str) -> Result<String, sqlx::Error> {
+    opt_text(r, col)?.ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: col.to_owned(),
+        source: "unexpected NULL".into(),
+    })
+}
+
+fn opt_text(r: &MySqlRow, col: &str) -> Result<Option<String>, sqlx::Error> {
+    let bytes: Option<Vec<u8>> = r.try_get(col)?;
+    bytes
+        .map(|b| {
+            String::from_utf8(b).map_err(|e| sqlx::Error::ColumnDecode {
+                index: col.to_owned(),
+                source: Box::new(e),
+            })
+        })
+        .transpose()
+}
+
+/// A duration in whole microseconds for `INTERVAL ? MICROSECOND`, saturating.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
