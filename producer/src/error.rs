@@ -1,3 +1,6 @@
+//! [`Error`]: why an enqueue was refused or failed. Validation errors name the field and mean
+//! nothing was written.
+
 /// Errors of the producer. Validation errors name the field at fault and mean nothing was
 /// written.
 #[derive(Debug, thiserror::Error)]

@@ -1,3 +1,6 @@
+//! The job contract: the [`Job`] trait, [`JobId`], [`JobState`], and the validated names
+//! ([`QueueName`], [`KindName`]) that everything else relies on.
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -1,3 +1,6 @@
+//! [`Producer`] and [`NewJob`]: validate jobs, then insert them (one, many in multi-row
+//! statements, or inside the caller's transaction), all or nothing.
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

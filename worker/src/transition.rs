@@ -103,7 +103,7 @@ impl std::str::FromStr for Event {
 
 /// How one attempt ended, as seen by the executor.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The handler returned `Ok`.
     Success,
     /// The handler returned an error to retry (optionally after a fixed delay).
@@ -131,31 +131,31 @@ pub enum Outcome {
 
 /// Backoff parameters of one (queue, kind).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     /// Delay after the first failure.
-    pub base: Duration,
+    pub(crate) base: Duration,
     /// Upper bound.
-    pub max: Duration,
+    pub(crate) max: Duration,
 }
 
 /// What to write for an attempt's outcome.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The job's next state.
-    pub to: JobState,
+    pub(crate) to: JobState,
     /// Recorded event.
-    pub event: Event,
+    pub(crate) event: Event,
     /// For `retryable`/`scheduled`: how long from now until it may run.
-    pub delay: Option<Duration>,
+    pub(crate) delay: Option<Duration>,
     /// Recorded error, also stored as `last_error`.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Whether `max_attempts` grows by one so this attempt does not count (snooze, release).
-    pub refund_attempt: bool,
+    pub(crate) refund_attempt: bool,
 }
 
 /// `base × 2^(attempt-1)` capped at `max`, scaled by `jitter` (0.75..=1.25 in production,
 /// fixed in tests) and capped again.
-pub fn backoff(attempt: u32, b: Backoff, jitter: f64) -> Duration {
+pub(crate) fn backoff(attempt: u32, b: Backoff, jitter: f64) -> Duration {
     let exp = attempt.saturating_sub(1).min(62);
     let raw = b.base.as_secs_f64() * 2f64.powi(exp as i32);
     let capped = raw.min(b.max.as_secs_f64());
@@ -164,7 +164,7 @@ pub fn backoff(attempt: u32, b: Backoff, jitter: f64) -> Duration {
 
 /// Decides the transition for an attempt that ended with `outcome`. `attempt` is the number of
 /// the attempt that just ran (1-based).
-pub fn decide(
+pub(crate) fn decide(
     outcome: &Outcome,
     attempt: u32,
     max_attempts: u32,

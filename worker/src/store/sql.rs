@@ -25,7 +25,7 @@ pub(crate) trait SqlText: sealed::Sealed {
 }
 
 mod sealed {
-    pub trait Sealed {}
+    pub(crate) trait Sealed {}
     impl Sealed for jobq_producer::QueueName {}
     impl Sealed for jobq_producer::KindName {}
     impl Sealed for crate::ids::WorkerId {}

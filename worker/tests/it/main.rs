@@ -1,12 +1,15 @@
-//! Integration tests against a real MySQL/MariaDB (DATABASE_URL, default from .cargo/config.toml).
-//! Every test gets its own database from `#[sqlx::test]`, so they run in parallel.
+//! The fast integration tests, against a real MySQL/MariaDB (DATABASE_URL, default from
+//! .cargo/config.toml): `cargo test --test it` runs in seconds. The slow ones (crashes, a
+//! database restart, contention, Prometheus) are in `tests/slow/`. Every test gets its own
+//! database from `#[sqlx::test]`, so they run in parallel.
+
+#[path = "../support/common.rs"]
+mod common;
+#[path = "../support/http.rs"]
+mod http;
+#[path = "../support/procs.rs"]
+mod procs;
 
 mod cli;
-mod common;
 mod core;
-mod crash;
-mod http;
 mod outcomes;
-mod procs;
-mod prom;
-mod restart;

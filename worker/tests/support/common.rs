@@ -1,3 +1,6 @@
+//! Helpers every integration test uses: settings and pools for the test database, starting and
+//! stopping an in-process worker, waiting on state, and the history invariants checked after
+//! every run.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -9,7 +12,7 @@ use sqlx::MySqlPool;
 use tokio::task::JoinHandle;
 
 /// The URL of the database `pool` (a `#[sqlx::test]` database) points at.
-pub async fn url_of(pool: &MySqlPool) -> String {
+pub(crate) async fn url_of(pool: &MySqlPool) -> String {
     let db: String = sqlx::query_scalar("SELECT DATABASE()")
         .fetch_one(pool)
         .await
@@ -24,7 +27,7 @@ pub async fn url_of(pool: &MySqlPool) -> String {
 }
 
 /// Settings for the test database with timings suited to tests.
-pub async fn settings(pool: &MySqlPool, mode: ClaimMode) -> Settings {
+pub(crate) async fn settings(pool: &MySqlPool, mode: ClaimMode) -> Settings {
     let mut s = Settings {
         database_url: url_of(pool).await,
         ..Default::default()
@@ -39,7 +42,7 @@ pub async fn settings(pool: &MySqlPool, mode: ClaimMode) -> Settings {
 
 /// A worker pool (session settings applied) for `settings`, with the `record` kind's effects
 /// table in place.
-pub async fn pool(settings: &Settings) -> MySqlPool {
+pub(crate) async fn pool(settings: &Settings) -> MySqlPool {
     let pool = jobq_worker::connect(&settings.validate().unwrap())
         .await
         .unwrap();
@@ -47,19 +50,19 @@ pub async fn pool(settings: &Settings) -> MySqlPool {
     pool
 }
 
-pub fn builtins() -> Registry {
+pub(crate) fn builtins() -> Registry {
     let mut r = Registry::new();
     builtin::register(&mut r).unwrap();
     r
 }
 
-pub struct Running {
-    pub shutdown: Shutdown,
-    pub handle: JoinHandle<jobq_worker::Result<Stopped>>,
+pub(crate) struct Running {
+    pub(crate) shutdown: Shutdown,
+    pub(crate) handle: JoinHandle<jobq_worker::Result<Stopped>>,
 }
 
 impl Running {
-    pub async fn stop(self) -> Stopped {
+    pub(crate) async fn stop(self) -> Stopped {
         self.shutdown.stop();
         tokio::time::timeout(Duration::from_secs(60), self.handle)
             .await
@@ -69,7 +72,7 @@ impl Running {
     }
 }
 
-pub fn start(pool: MySqlPool, registry: Registry, settings: &Settings) -> Running {
+pub(crate) fn start(pool: MySqlPool, registry: Registry, settings: &Settings) -> Running {
     let (shutdown, signal) = Shutdown::new();
     let config = settings.validate().expect("test settings are valid");
     let handle = tokio::spawn(Worker::new(pool, registry, &config).run(signal));
@@ -78,7 +81,7 @@ pub fn start(pool: MySqlPool, registry: Registry, settings: &Settings) -> Runnin
 
 /// Polls `check` until it returns true, failing the test after `limit`.
 #[track_caller]
-pub fn wait_for<'a, F, Fut>(
+pub(crate) fn wait_for<'a, F, Fut>(
     limit: Duration,
     what: &'a str,
     mut check: F,
@@ -102,11 +105,11 @@ where
     }
 }
 
-pub async fn count(pool: &MySqlPool, sql: &str) -> i64 {
+pub(crate) async fn count(pool: &MySqlPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-pub async fn state_of(pool: &MySqlPool, id: u64) -> String {
+pub(crate) async fn state_of(pool: &MySqlPool, id: u64) -> String {
     sqlx::query_scalar("SELECT CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?")
         .bind(id)
         .fetch_one(pool)
@@ -115,7 +118,7 @@ pub async fn state_of(pool: &MySqlPool, id: u64) -> String {
 }
 
 /// Every job's history as `from>to:attempt` joined by `,` (`-` for the insert).
-pub async fn histories(pool: &MySqlPool) -> Vec<(u64, String)> {
+pub(crate) async fn histories(pool: &MySqlPool) -> Vec<(u64, String)> {
     sqlx::query_as(
         "SELECT job_id, CAST(GROUP_CONCAT(CONCAT(COALESCE(from_state, '-'), '>', to_state, ':', attempt) ORDER BY id) AS CHAR) \
          FROM jobq_transitions GROUP BY job_id ORDER BY job_id",
@@ -128,7 +131,7 @@ pub async fn histories(pool: &MySqlPool) -> Vec<(u64, String)> {
 /// Checks the invariants every finished test run must satisfy: each transition is an edge of
 /// the state machine and starts where the previous one ended, claims number attempts 1, 2, 3…,
 /// and the last transition equals the job's state. No transaction is left open.
-pub async fn assert_consistent(pool: &MySqlPool) {
+pub(crate) async fn assert_consistent(pool: &MySqlPool) {
     let rows: Vec<(u64, Option<String>, String, u32)> = sqlx::query_as(
         "SELECT job_id, CAST(from_state AS CHAR), CAST(to_state AS CHAR), attempt FROM jobq_transitions ORDER BY job_id, id",
     )
@@ -196,7 +199,7 @@ pub async fn assert_consistent(pool: &MySqlPool) {
 }
 
 /// Exactly one `jobq_demo_effects` row per job, for `n` jobs.
-pub async fn assert_effects_once(pool: &MySqlPool, n: usize) {
+pub(crate) async fn assert_effects_once(pool: &MySqlPool, n: usize) {
     assert_eq!(
         count(pool, "SELECT COUNT(*) FROM jobq_demo_effects").await,
         n as i64,

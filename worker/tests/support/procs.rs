@@ -5,15 +5,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct WorkerProc {
-    pub child: Child,
-    pub log: PathBuf,
+pub(crate) struct WorkerProc {
+    pub(crate) child: Child,
+    pub(crate) log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl WorkerProc {
     /// `jobq work ARGS` against `url` with extra `JOBQ_…` settings.
-    pub fn spawn(url: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProc {
+    pub(crate) fn spawn(url: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProc {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobq"));
@@ -35,11 +35,11 @@ impl WorkerProc {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.pid().to_string()])
             .status()
@@ -47,13 +47,13 @@ impl WorkerProc {
         assert!(ok.success(), "kill -{sig} failed");
     }
 
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
     /// Waits for the exit; returns (exit code, time waited). Panics after `limit`.
-    pub fn wait(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+    pub(crate) fn wait(&mut self, limit: Duration) -> (Option<i32>, Duration) {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -71,7 +71,7 @@ impl WorkerProc {
     }
 
     /// SIGTERM, then expects a clean exit (code 0) within 30 s.
-    pub fn stop_cleanly(&mut self) {
+    pub(crate) fn stop_cleanly(&mut self) {
         assert!(
             self.alive(),
             "worker died before the stop:\n{}",
@@ -82,11 +82,11 @@ impl WorkerProc {
         assert_eq!(code, Some(0), "{}", self.log_text());
     }
 
-    pub fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

@@ -1,8 +1,6 @@
-//! A database crash and restart in the middle of a run, on a private server
-//! (`../shared/tools/throwaway-mariadb`) so the machine's own server is never touched.
+//! A database crash and restart in the middle of a run, on a private server started by the
+//! tests themselves (`support/mariadb.rs`), so the machine's own server is never touched.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use jobq_worker::{NewJob, Producer};
@@ -10,60 +8,14 @@ use serde_json::json;
 use sqlx::mysql::MySqlPoolOptions;
 
 use crate::common::*;
+use crate::mariadb::PrivateMariaDb;
 use crate::procs::WorkerProc;
-
-fn tool() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/throwaway-mariadb");
-    p.exists().then_some(p)
-}
-
-fn run(tool: &PathBuf, args: &[&str]) -> String {
-    let o = Command::new("bash").arg(tool).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "throwaway-mariadb {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server {
-    tool: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.tool)
-            .args(["destroy", self.dir.path().to_str().unwrap()])
-            .output();
-    }
-}
 
 #[tokio::test]
 async fn database_restart_mid_run() {
-    let Some(tool) = tool() else {
-        eprintln!("database_restart_mid_run: ../shared/tools/throwaway-mariadb not found; see scripts/ for the manual run");
-        return;
-    };
     const N: usize = 1500;
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server {
-        tool: tool.clone(),
-        dir,
-    };
-    let d = server.dir.path().to_str().unwrap().to_owned();
-    let base = run(&tool, &["start", &d, &free_port().to_string()]);
-    let url = format!("{base}/jobq_restart");
+    let mut server = PrivateMariaDb::start().await;
+    let url = server.url("jobq_restart");
     jobq_worker::migrate(&url).await.unwrap();
     let db = MySqlPoolOptions::new()
         .max_connections(2)
@@ -94,7 +46,7 @@ async fn database_restart_mid_run() {
             >= 300
     })
     .await;
-    run(&tool, &["kill9", &d]);
+    server.kill9();
     wait_for(
         Duration::from_secs(20),
         "/readyz unready while the database is down",
@@ -107,7 +59,7 @@ async fn database_restart_mid_run() {
         "the process itself is healthy"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    run(&tool, &["restart", &d]);
+    server.restart().await;
     wait_for(Duration::from_secs(30), "/readyz ready again", || {
         ready(200)
     })

@@ -1,0 +1,18 @@
+//! The slow integration tests: real worker processes killed with `kill -9`, SIGTERM, killed
+//! connections, a private MariaDB server crashed and restarted, contention between many
+//! claimers, and the dashboards against a real Prometheus. `cargo test --test slow`.
+
+#[path = "../support/common.rs"]
+mod common;
+#[path = "../support/http.rs"]
+mod http;
+#[path = "../support/mariadb.rs"]
+mod mariadb;
+#[path = "../support/procs.rs"]
+mod procs;
+
+mod contention;
+mod crash;
+mod prom;
+mod restart;
+mod wakeup;
