@@ -79,3 +79,76 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
 pub(crate) fn is_number(e: &sqlx::Error, number: u16) -> bool {
     db_number(e) == Some(number)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
+
+    use super::*;
+    use crate::runtime::retry::DbRetry;
+
+    async fn session(pool: &MySqlPool) -> MySqlConnection {
+        let mut c = MySqlConnection::connect_with(&pool.connect_options())
+            .await
+            .unwrap();
+        c.execute("SET SESSION innodb_lock_wait_timeout = 1")
+            .await
+            .unwrap();
+        c
+    }
+
+    /// A real lock-wait timeout and a real deadlock, provoked by two sessions, are recognised
+    /// by their error numbers (1205, 1213) as transient: retried at once, counted as retried.
+    #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+    async fn transient_errors_are_recognised_by_number(db: MySqlPool) {
+        db.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+            .await
+            .unwrap();
+        db.execute("INSERT INTO t VALUES (1, 0), (2, 0)")
+            .await
+            .unwrap();
+        let (mut a, mut b) = (session(&db).await, session(&db).await);
+
+        // Lock-wait timeout: b waits for a's row lock.
+        a.execute("BEGIN").await.unwrap();
+        a.execute("UPDATE t SET v = 1 WHERE id = 1").await.unwrap();
+        b.execute("BEGIN").await.unwrap();
+        let e = b
+            .execute("UPDATE t SET v = 2 WHERE id = 1")
+            .await
+            .unwrap_err();
+        assert_eq!(db_number(&e), Some(codes::LOCK_WAIT_TIMEOUT), "{e}");
+        assert!(is_transient(&e));
+        let pause = DbRetry::new().pause(&e);
+        assert!(pause.transient && pause.wait < Duration::from_millis(20));
+        b.execute("ROLLBACK").await.unwrap();
+        a.execute("ROLLBACK").await.unwrap();
+
+        // Deadlock: a holds 1 and wants 2, b holds 2 and wants 1.
+        a.execute("BEGIN").await.unwrap();
+        b.execute("BEGIN").await.unwrap();
+        a.execute("UPDATE t SET v = 1 WHERE id = 1").await.unwrap();
+        b.execute("UPDATE t SET v = 1 WHERE id = 2").await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let r = a.execute("UPDATE t SET v = 2 WHERE id = 2").await.map(drop);
+            (a, r)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rb = b.execute("UPDATE t SET v = 2 WHERE id = 1").await.map(drop);
+        let (_a, ra) = waiting.await.unwrap();
+        let e = ra
+            .err()
+            .or(rb.err())
+            .expect("one side is the deadlock victim");
+        assert_eq!(db_number(&e), Some(codes::DEADLOCK), "{e}");
+        assert!(is_transient(&e));
+
+        // Other server errors are not transient; non-server errors have no number.
+        let e = db.execute("SELECT * FROM no_such_table").await.unwrap_err();
+        assert_eq!(db_number(&e), Some(codes::NO_SUCH_TABLE));
+        assert!(!is_transient(&e));
+        assert_eq!(db_number(&sqlx::Error::PoolTimedOut), None);
+    }
+}

@@ -13,12 +13,16 @@ use crate::transition::Event;
 /// was cancelled and nothing was written.
 pub(crate) const LEASE_LOST: &str = "lease_lost";
 
+/// The `outcome` of `jobq_jobs_finished_total` for an attempt whose outcome could not be written
+/// within the write budget: the job was given up to the rescue path.
+pub(crate) const ABANDONED: &str = "abandoned";
+
 /// Counter: jobs inserted (recorded by the producer crate).
 pub const ENQUEUED: &str = "jobq_jobs_enqueued_total";
 /// Counter: jobs claimed.
 pub const CLAIMED: &str = "jobq_jobs_claimed_total";
 /// Counter: attempts that ended, by outcome (`completed`, `retried`, `discarded`, `cancelled`,
-/// `snoozed`, `released`, `lease_lost`).
+/// `snoozed`, `released`, `lease_lost`, `abandoned`).
 pub const FINISHED: &str = "jobq_jobs_finished_total";
 /// Counter: jobs rescued from expired leases, by queue (`outcome` = `available` or
 /// `discarded`). Recorded by the maintenance leader.
@@ -141,7 +145,7 @@ pub fn describe() {
     describe_counter!(CLAIMED, "Jobs claimed by this process");
     describe_counter!(
         FINISHED,
-        "Attempts that ended, by outcome: completed, retried, discarded, cancelled, snoozed, released, lease_lost"
+        "Attempts that ended, by outcome: completed, retried, discarded, cancelled, snoozed, released, lease_lost, abandoned"
     );
     describe_counter!(
         RESCUED,
@@ -214,7 +218,7 @@ pub(crate) fn init_series(queues: &[QueueName], named_lock: &[QueueName], kinds:
     let outcomes = Event::ALL
         .iter()
         .filter_map(|e| e.finished_outcome())
-        .chain([LEASE_LOST]);
+        .chain([LEASE_LOST, ABANDONED]);
     for q in queues {
         gauge!(IN_FLIGHT, "queue" => q.to_string()).set(0.0);
         for k in kinds {

@@ -162,9 +162,50 @@ pub(crate) fn backoff(attempt: u32, b: Backoff, jitter: f64) -> Duration {
     Duration::from_secs_f64((capped * jitter).min(b.max.as_secs_f64()))
 }
 
+/// The longest error text stored: `last_error` and `jobq_transitions.error` are `TEXT`
+/// (65,535 bytes), and strict mode rejects a longer value instead of cutting it.
+pub(crate) const MAX_ERROR_BYTES: usize = 65_535;
+
+/// The longest delay a snooze or retry can ask for: 10 years. `run_at` is a `DATETIME`
+/// (year 9999 at most) and a longer delay is surely a mistake, so longer delays are clamped.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Cuts `text` to at most [`MAX_ERROR_BYTES`] on a character boundary, saying so at the end.
+pub(crate) fn fit_error(text: String) -> String {
+    if text.len() <= MAX_ERROR_BYTES {
+        return text;
+    }
+    let note = format!(" … [cut: {} bytes in all]", text.len());
+    let mut end = MAX_ERROR_BYTES - note.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + note.len());
+    out.push_str(&text[..end]);
+    out.push_str(&note);
+    out
+}
+
+/// Keeps a decision within what the schema can store: error text cut to fit, delay clamped.
+fn bounded(mut d: Decision) -> Decision {
+    d.error = d.error.map(fit_error);
+    d.delay = d.delay.map(|x| x.min(MAX_DELAY));
+    d
+}
+
 /// Decides the transition for an attempt that ended with `outcome`. `attempt` is the number of
 /// the attempt that just ran (1-based).
 pub(crate) fn decide(
+    outcome: &Outcome,
+    attempt: u32,
+    max_attempts: u32,
+    b: Backoff,
+    jitter: f64,
+) -> Decision {
+    bounded(decide_unbounded(outcome, attempt, max_attempts, b, jitter))
+}
+
+fn decide_unbounded(
     outcome: &Outcome,
     attempt: u32,
     max_attempts: u32,
@@ -265,26 +306,26 @@ pub(crate) fn rescue(attempt: u32, max_attempts: u32, worker: Option<&str>) -> D
     } else {
         JobState::Available
     };
-    Decision {
+    bounded(Decision {
         to,
         event: Event::Rescued,
         delay: None,
         error: Some(error),
         refund_attempt: false,
-    }
+    })
 }
 
 /// A job whose outcome could not be committed with the handler's writes (a failed completion
 /// commit): the writes are gone, so the job goes back to `available` with its attempt refunded,
 /// instead of waiting for a rescue that would count the attempt.
 pub(crate) fn put_back(why: &str) -> Decision {
-    Decision {
+    bounded(Decision {
         to: JobState::Available,
         event: Event::Released,
         delay: None,
         error: Some(format!("completion failed and was rolled back: {why}")),
         refund_attempt: true,
-    }
+    })
 }
 
 /// Whether `from → to` is an edge of the state machine (`from = None`: insertion).
@@ -466,6 +507,29 @@ mod tests {
         }
         let last = decide(&err("boom"), 3, 3, B, 1.0);
         assert!(last.error.unwrap().starts_with("boom"));
+    }
+
+    #[test]
+    fn errors_are_cut_to_fit_and_delays_clamped() {
+        let long = "é".repeat(40_000); // 80,000 bytes, two per character
+        let d = decide(&Outcome::Discard(long), 1, 1, B, 1.0);
+        let e = d.error.unwrap();
+        assert!(e.len() <= MAX_ERROR_BYTES, "{}", e.len());
+        assert!(
+            e.ends_with("[cut: 80000 bytes in all]"),
+            "{}",
+            &e[e.len() - 40..]
+        );
+        assert!(e.starts_with("éé"));
+        let short = "x".repeat(MAX_ERROR_BYTES);
+        assert_eq!(fit_error(short.clone()), short);
+        let d = decide(&Outcome::Snooze(Duration::MAX), 1, 1, B, 1.0);
+        assert_eq!(d.delay, Some(MAX_DELAY));
+        let err = Outcome::Error {
+            message: "x".into(),
+            retry_after: Some(Duration::MAX),
+        };
+        assert_eq!(decide(&err, 1, 2, B, 1.0).delay, Some(MAX_DELAY));
     }
 
     #[test]

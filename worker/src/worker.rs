@@ -4,7 +4,9 @@
 //! (first stop request, or nothing left in drain mode): claimers stop, running jobs get
 //! `shutdown_timeout` to finish. `Releasing`: what still runs is cancelled and put back as
 //! `available`. `Flushing`: batched completions are written while the heartbeat still keeps
-//! their leases. Then the background tasks stop and the worker row is removed. An immediate
+//! their leases. Then the background tasks stop and the worker row is removed. Releasing and
+//! Flushing are bounded by `lease_ttl` each, so a graceful stop takes at most
+//! `shutdown_timeout` + 2 × `lease_ttl` whatever the database does. An immediate
 //! stop request in any phase ends the run at once: every handler is cancelled and its job is
 //! left to be rescued when its lease expires.
 
@@ -170,6 +172,7 @@ impl Worker {
         stop_claiming.cancel();
         jobs.close();
         let timeout = shared.config.worker.shutdown_timeout;
+        let bound = shared.config.worker.lease_ttl;
         let finished = tokio::select! {
             _ = claimers.wait() => {
                 tokio::select! {
@@ -186,23 +189,44 @@ impl Worker {
             warn!(worker = %shared.id, jobs = shared.in_flight.len(),
                   "shutdown_timeout passed; cancelling and releasing running jobs");
             shared.release.cancel();
+            // Each release is written within the write budget (lease_ttl); this bound only
+            // matters if a task does not end at all.
             tokio::select! {
                 _ = jobs.wait() => {}
+                _ = tokio::time::sleep(bound) => {
+                    let left = shared.in_flight.cancel_all();
+                    warn!(jobs = left, "jobs still running after their release; leaving them to the rescue path");
+                }
                 _ = signal.at_least(StopLevel::Immediate) => return immediate(phase),
             }
         }
-        // Flushing: completions are written (leases still beaten meanwhile).
+        // Flushing: completions are written (leases still beaten meanwhile), within the write
+        // budget per batch; bounded as a whole too, whatever the database does.
         phase = Phase::Flushing;
         stop_completer.cancel();
         tokio::select! {
             _ = &mut completer => {}
+            _ = tokio::time::sleep(bound) => {
+                completer.abort();
+                warn!("completions not flushed in time; those jobs are rescued when their leases expire");
+            }
             _ = signal.at_least(StopLevel::Immediate) => return immediate(phase),
         }
         stop_background.cancel();
-        let _ = heartbeat.await;
-        let _ = maintenance.await;
-        if let Err(e) = store::deregister_worker(&shared.pool, &shared.id).await {
-            warn!(error = %e, "could not remove the worker row; maintenance prunes it later");
+        let wind_up = async {
+            let _ = heartbeat.await;
+            let _ = maintenance.await;
+            store::deregister_worker(&shared.pool, &shared.id).await
+        };
+        match tokio::time::timeout(bound, wind_up).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not remove the worker row; maintenance prunes it later")
+            }
+            Err(_) => {
+                background.iter().for_each(|t| t.abort());
+                warn!("background tasks did not stop in time; the worker row is pruned later")
+            }
         }
         debug!(?phase, "background tasks stopped");
         info!(worker = %shared.id, "worker stopped");

@@ -8,9 +8,15 @@
 //! - every other outcome is written in a fresh transaction, as [`transition::decide`] says.
 //!
 //! Each write is fenced; a write that finds the fence gone writes nothing.
+//!
+//! Writes are retried (the shared [`DbRetry`] policy) for at most `lease_ttl` in all. A write
+//! that still fails then (the server keeps refusing it, or does not answer) is given up: the
+//! job leaves the in-flight table, so its lease is no longer renewed, its slot is freed, and
+//! maintenance rescues it once the lease expires. Nothing ever waits on the database without
+//! a bound, so a graceful shutdown ends within `shutdown_timeout` + 2 × `lease_ttl`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobq_producer::{KindName, QueueName};
 use rand::Rng;
@@ -141,7 +147,7 @@ async fn complete_in_tx(
 }
 
 /// Writes a non-batched outcome in its own transaction, retrying database errors until it is
-/// written, the fence is gone, or the lease is lost meanwhile.
+/// written, the fence is gone, the lease was lost meanwhile, or the write budget is spent.
 async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
     let label = d
         .event
@@ -153,28 +159,36 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
         worker: &shared.id,
         decision: d,
     };
+    let deadline = Instant::now() + shared.config.worker.lease_ttl;
     let mut retry = DbRetry::new();
     loop {
-        match store::finish_tx(&shared.pool, w).await {
-            Ok(true) => {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = match tokio::time::timeout(left, store::finish_tx(&shared.pool, w)).await {
+            Ok(Ok(true)) => {
                 metrics::finished(&a.queue, &a.job.kind, label, Some(a.run));
                 return;
             }
-            Ok(false) => {
+            Ok(Ok(false)) => {
                 warn!("job was taken back before its outcome was written; nothing written");
                 return;
             }
-            Err(e) => {
-                let pause = retry.pause(&e);
-                if !pause.transient {
-                    warn!(error = %e, retry_in = ?pause.wait, "could not record the outcome; retrying");
-                }
-                tokio::time::sleep(pause.wait).await;
-                if !shared.in_flight.holds(a.fence) {
-                    // Lease lost meanwhile: the job is someone else's now.
-                    return;
-                }
-            }
+            Ok(Err(e)) => e,
+            Err(_) => sqlx::Error::PoolTimedOut,
+        };
+        let pause = retry.pause(&e);
+        if Instant::now() + pause.wait >= deadline {
+            error!(error = %e, state = %d.to,
+                   "could not record the outcome; giving the job up to the rescue path");
+            metrics::finished(&a.queue, &a.job.kind, metrics::ABANDONED, Some(a.run));
+            return;
+        }
+        if !pause.transient {
+            warn!(error = %e, retry_in = ?pause.wait, "could not record the outcome; retrying");
+        }
+        tokio::time::sleep(pause.wait).await;
+        if !shared.in_flight.holds(a.fence) {
+            // Lease lost meanwhile: the job is someone else's now.
+            return;
         }
     }
 }
@@ -223,12 +237,17 @@ pub(crate) async fn completer(
     }
 }
 
+/// Writes one batch of completions, within the write budget. Completions not written by then
+/// are given up (the caller forgets them, so their leases lapse and they are rescued).
 async fn write_batch(shared: &Shared, batch: &mut Vec<Completion>) {
+    let deadline = Instant::now() + shared.config.worker.lease_ttl;
     let mut retry = DbRetry::new();
     loop {
         let fences: Vec<Fence> = batch.iter().map(|c| c.fence).collect();
-        match store::complete_batch(&shared.pool, &fences).await {
-            Ok(done) => {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = match tokio::time::timeout(left, store::complete_batch(&shared.pool, &fences)).await
+        {
+            Ok(Ok(done)) => {
                 if done < fences.len() as u64 {
                     warn!(
                         stale = fences.len() as u64 - done,
@@ -240,18 +259,26 @@ async fn write_batch(shared: &Shared, batch: &mut Vec<Completion>) {
                 }
                 return;
             }
-            Err(e) => {
-                let pause = retry.pause(&e);
-                if !pause.transient {
-                    warn!(error = %e, jobs = fences.len(), retry_in = ?pause.wait, "could not write completions; retrying");
-                }
-                tokio::time::sleep(pause.wait).await;
-                // Jobs whose lease was lost meanwhile are no longer ours to complete.
-                batch.retain(|c| shared.in_flight.holds(c.fence));
-                if batch.is_empty() {
-                    return;
-                }
+            Ok(Err(e)) => e,
+            Err(_) => sqlx::Error::PoolTimedOut,
+        };
+        let pause = retry.pause(&e);
+        if Instant::now() + pause.wait >= deadline {
+            error!(error = %e, jobs = fences.len(),
+                   "could not write completions; giving the jobs up to the rescue path");
+            for c in batch.iter() {
+                metrics::finished(&c.queue, &c.kind, metrics::ABANDONED, Some(c.run));
             }
+            return;
+        }
+        if !pause.transient {
+            warn!(error = %e, jobs = fences.len(), retry_in = ?pause.wait, "could not write completions; retrying");
+        }
+        tokio::time::sleep(pause.wait).await;
+        // Jobs whose lease was lost meanwhile are no longer ours to complete.
+        batch.retain(|c| shared.in_flight.holds(c.fence));
+        if batch.is_empty() {
+            return;
         }
     }
 }

@@ -135,9 +135,11 @@ pub(crate) async fn claim<S: Session>(
     let tok = hex(&token);
     // language=MySQL
     // The UPDATE is guarded by state = 'available' (always true under the locks just taken);
-    // the transitions are written for exactly the rows that now carry this claim's token.
+    // the transitions are written for exactly the rows that now carry this claim's token. The
+    // attempt saturates: a row written by another program with attempt = 2^32-1 must not make
+    // every claim of its queue fail.
     let sql = format!(
-        "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempt = attempt + 1, claim_token = {tok}, \
+        "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempt = LEAST(attempt + 1, 4294967295), claim_token = {tok}, \
                 worker_id = {worker}, attempted_at = UTC_TIMESTAMP(6), \
                 lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND \
          WHERE id IN ({ids}) AND state = 'available'; \

@@ -67,11 +67,12 @@ pub(crate) async fn finish(
     let d = w.decision;
     // language=MySQL
     // run_at moves only for retryable/scheduled (a delay); max_attempts grows by one when the
-    // attempt is refunded (snooze, shutdown release) so it does not count against the job.
+    // attempt is refunded (snooze, shutdown release) so it does not count against the job,
+    // saturating at the column's maximum (the sum is computed as BIGINT, so LEAST sees it).
     let updated = sqlx::query(
         "UPDATE jobq_jobs SET state = ?, \
                 run_at = IF(? IS NULL, run_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
-                max_attempts = max_attempts + ?, \
+                max_attempts = LEAST(max_attempts + ?, 4294967295), \
                 last_error = COALESCE(?, last_error), \
                 finalized_at = IF(?, UTC_TIMESTAMP(6), NULL), \
                 lease_expires_at = NULL \

@@ -12,4 +12,5 @@ mod procs;
 
 mod cli;
 mod core;
+mod edges;
 mod outcomes;

@@ -1,0 +1,236 @@
+//! The promises at the edges (issue "keep every promise at the edges"): outcomes the server
+//! would refuse, writes that keep failing, and cancellation on every path that abandons an
+//! attempt.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobq_config::{ClaimMode, KindOverrides};
+use jobq_worker::{JobContext, JobError, JobId, NewJob, Producer, Registry};
+use serde_json::json;
+use sqlx::MySqlPool;
+
+use crate::common::*;
+
+/// Error texts over 64 KiB, snoozes past year 9999 and a refund at `max_attempts = 2^32-1`
+/// would each be refused by strict mode; they are cut, clamped and saturated instead, and the
+/// outcome is written.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn outcomes_the_server_would_refuse_are_cut_to_fit(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let mut r = Registry::new();
+    r.register_json(
+        "edge",
+        |v: serde_json::Value, _ctx: JobContext| async move {
+            Err(match v["do"].as_str().unwrap() {
+                "long_error" => JobError::discard("é".repeat(50_000)),
+                "snooze_forever" => JobError::snooze(Duration::MAX),
+                _ => JobError::snooze(Duration::from_secs(3600)),
+            })
+        },
+    )
+    .unwrap();
+    let p = Producer::new(pool.clone());
+    let long = p
+        .enqueue(NewJob::json("edge", json!({"do": "long_error"})))
+        .await
+        .unwrap();
+    let forever = p
+        .enqueue(NewJob::json("edge", json!({"do": "snooze_forever"})))
+        .await
+        .unwrap();
+    let at_max = p
+        .enqueue(NewJob::json("edge", json!({"do": "refund"})).max_attempts(u32::MAX))
+        .await
+        .unwrap();
+    let w = start(pool.clone(), r, &s);
+    wait_for(
+        Duration::from_secs(20),
+        "all three outcomes written",
+        || async {
+            state_of(&db, long.0).await == "discarded"
+                && state_of(&db, forever.0).await == "scheduled"
+                && state_of(&db, at_max.0).await == "scheduled"
+        },
+    )
+    .await;
+    w.stop().await;
+    let (job, h) = jobq_worker::job_with_history(&db, long).await.unwrap();
+    let e = job.last_error.unwrap();
+    assert!(e.len() <= 65_535 && e.contains("[cut: 100000 bytes in all]"));
+    assert_eq!(h.last().unwrap().error.as_deref(), Some(e.as_str()));
+    let (job, _) = jobq_worker::job_with_history(&db, forever).await.unwrap();
+    assert!(
+        job.run_at.format("%Y").to_string() >= "2035".to_owned(),
+        "{}",
+        job.run_at
+    );
+    let (job, _) = jobq_worker::job_with_history(&db, at_max).await.unwrap();
+    assert_eq!(job.max_attempts, u32::MAX, "the refund saturates");
+    assert_consistent(&db).await;
+}
+
+/// An outcome the database keeps refusing (here a trigger rejects it) is given up after the
+/// write budget: the job's lease is no longer renewed, its slot is freed for the next job, the
+/// rescue path takes it, and the worker still stops promptly.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn an_outcome_that_cannot_be_written_frees_its_slot(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.concurrency = 1;
+    s.worker.heartbeat_interval = Duration::from_millis(300);
+    s.worker.lease_ttl = Duration::from_secs(2);
+    s.worker.shutdown_timeout = Duration::from_secs(1);
+    let pool = pool(&s).await;
+    let mut r = Registry::new();
+    r.register_json(
+        "refused",
+        |_: serde_json::Value, _ctx: JobContext| async move {
+            Err::<(), _>(JobError::retry("fails, and its failure cannot be recorded"))
+        },
+    )
+    .unwrap();
+    r.register_json(
+        "next",
+        |_: serde_json::Value, _ctx: JobContext| async move { Ok::<(), JobError>(()) },
+    )
+    .unwrap();
+    let p = Producer::new(pool.clone());
+    let refused = p
+        .enqueue(NewJob::json("refused", json!({})).max_attempts(1))
+        .await
+        .unwrap();
+    let next = p.enqueue(NewJob::json("next", json!({}))).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE TRIGGER refuse_outcome BEFORE INSERT ON jobq_transitions FOR EACH ROW \
+         BEGIN IF NEW.job_id = {} AND NEW.event <> 'rescued' AND NEW.event <> 'claimed' THEN \
+           SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END",
+        refused.0
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    let w = start(pool.clone(), r, &s);
+    wait_for(
+        Duration::from_secs(30),
+        "the next job ran in the freed slot",
+        || async { state_of(&db, next.0).await == "completed" },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(30),
+        "the refused job rescued (discarded: its only attempt was used)",
+        || async { state_of(&db, refused.0).await == "discarded" },
+    )
+    .await;
+    let started = Instant::now();
+    w.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let (job, h) = jobq_worker::job_with_history(&db, refused).await.unwrap();
+    assert_eq!(h.last().unwrap().event.as_str(), "rescued", "{h:?}");
+    assert!(job.last_error.unwrap().contains("lease expired"));
+    sqlx::query("DROP TRIGGER refuse_outcome")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_consistent(&db).await;
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A registry whose handler spawns a helper task that waits for `ctx.cancelled()` and raises
+/// `seen`, then hangs.
+fn spawning_registry(kind: &str, seen: Arc<AtomicBool>) -> Registry {
+    let mut r = Registry::new();
+    r.register_json(kind, move |_: serde_json::Value, ctx: JobContext| {
+        let seen = seen.clone();
+        async move {
+            let watcher = ctx.clone();
+            tokio::spawn(async move {
+                let _flag = SetOnDrop(seen);
+                watcher.cancelled().await;
+            });
+            std::future::pending::<()>().await;
+            Ok::<(), JobError>(())
+        }
+    })
+    .unwrap();
+    r
+}
+
+/// When the runtime gives up on an attempt, `ctx.cancelled()` fires for the tasks the handler
+/// spawned: on `job_timeout` and on a shutdown release (a lost lease is covered by
+/// `outcomes::lost_lease_cancels_the_handler`).
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn ctx_cancelled_fires_when_the_runtime_gives_up(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.kinds.insert(
+        "stuck".into(),
+        KindOverrides {
+            job_timeout: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    );
+    s.worker.shutdown_timeout = Duration::from_millis(300);
+    let pool = pool(&s).await;
+    let p = Producer::new(pool.clone());
+
+    // job_timeout.
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let id = p
+        .enqueue(NewJob::json("stuck", json!({})).max_attempts(1))
+        .await
+        .unwrap();
+    let w = start(
+        pool.clone(),
+        spawning_registry("stuck", timed_out.clone()),
+        &s,
+    );
+    wait_for(Duration::from_secs(20), "timed out", || async {
+        state_of(&db, id.0).await == "discarded"
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(5),
+        "spawned task saw the timeout",
+        || async { timed_out.load(Ordering::SeqCst) },
+    )
+    .await;
+    w.stop().await;
+
+    // Shutdown release.
+    let released = Arc::new(AtomicBool::new(false));
+    let id = p.enqueue(NewJob::json("lingers", json!({}))).await.unwrap();
+    let w = start(
+        pool.clone(),
+        spawning_registry("lingers", released.clone()),
+        &s,
+    );
+    wait_for(Duration::from_secs(20), "running", || async {
+        state_of(&db, id.0).await == "running"
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(state_of(&db, id.0).await, "available");
+    wait_for(
+        Duration::from_secs(5),
+        "spawned task saw the release",
+        || async { released.load(Ordering::SeqCst) },
+    )
+    .await;
+    let (_, h) = jobq_worker::job_with_history(&db, JobId(id.0))
+        .await
+        .unwrap();
+    assert_eq!(h.last().unwrap().event.as_str(), "released");
+    assert_consistent(&db).await;
+}
