@@ -63,7 +63,7 @@ async fn outcomes_the_server_would_refuse_are_cut_to_fit(db: MySqlPool) {
     assert_eq!(h.last().unwrap().error.as_deref(), Some(e.as_str()));
     let (job, _) = jobq_worker::job_with_history(&db, forever).await.unwrap();
     assert!(
-        job.run_at.format("%Y").to_string() >= "2035".to_owned(),
+        *job.run_at.format("%Y").to_string() >= *"2035",
         "{}",
         job.run_at
     );
