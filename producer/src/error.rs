@@ -39,13 +39,14 @@ pub enum Error {
     /// The database refused or failed; the enqueue's transaction was rolled back.
     #[error("database error while enqueueing: {0}")]
     Database(#[from] sqlx::Error),
-    /// The server did not hand out consecutive ids for a multi-row insert, so the history rows
-    /// could not be matched; nothing was written. Raise `innodb_autoinc_lock_mode` awareness.
-    #[error("enqueue inserted {inserted} jobs but matched {matched} history rows; rolled back")]
+    /// A multi-row insert reported a different number of rows than it was sent, so the history
+    /// rows could not be matched to ids; the enqueue failed (rolled back unless it ran in the
+    /// caller's transaction, which the caller should roll back).
+    #[error("enqueue inserted {inserted} rows where {matched} were sent; nothing should be kept")]
     IdMismatch {
-        /// Jobs inserted by the statement.
+        /// Rows the server reported inserted.
         inserted: u64,
-        /// History rows written for them.
+        /// Rows sent.
         matched: u64,
     },
 }

@@ -1,4 +1,10 @@
 //! All SQL of the producer.
+//!
+//! No statement here takes a locking read: callers run `enqueue_in` inside their own
+//! transactions, usually at the server's default REPEATABLE READ, where an `INSERT … SELECT`
+//! would take next-key locks on `jobq_jobs` and block every other producer until the caller
+//! commits. So the database clock is read once, and both the jobs and their `enqueued` history
+//! rows are inserted with plain `VALUES`.
 
 use chrono::{DateTime, Utc};
 use sqlx::MySqlConnection;
@@ -33,9 +39,12 @@ pub(crate) async fn insert_jobs(
 ) -> Result<Vec<JobId>> {
     let mut ids = Vec::with_capacity(rows.len());
     // language=MySQL
-    let inc: u64 = sqlx::query_scalar("SELECT @@auto_increment_increment")
-        .fetch_one(&mut *conn)
-        .await?;
+    // The database clock, read once: every time of this call derives from it, so the state a
+    // job starts in and its history row agree.
+    let (inc, now): (u64, DateTime<Utc>) =
+        sqlx::query_as("SELECT @@auto_increment_increment, UTC_TIMESTAMP(6)")
+            .fetch_one(&mut *conn)
+            .await?;
     let mut start = 0;
     while start < rows.len() {
         let mut end = start;
@@ -47,25 +56,38 @@ pub(crate) async fn insert_jobs(
             bytes += rows[end].payload.len();
             end += 1;
         }
-        insert_chunk(conn, &rows[start..end], inc, &mut ids).await?;
+        insert_chunk(conn, &rows[start..end], inc, now, &mut ids).await?;
         start = end;
     }
     Ok(ids)
+}
+
+/// When a job may first run, and whether it starts `scheduled` (not yet due) or `available`.
+fn start_of(r: &JobInsert, now: DateTime<Utc>) -> (DateTime<Utc>, &'static str) {
+    let run_at = r
+        .run_at
+        .unwrap_or_else(|| now + chrono::Duration::microseconds(r.delay_us));
+    (
+        run_at,
+        if run_at > now {
+            "scheduled"
+        } else {
+            "available"
+        },
+    )
 }
 
 async fn insert_chunk(
     conn: &mut MySqlConnection,
     rows: &[JobInsert],
     inc: u64,
+    now: DateTime<Utc>,
     ids: &mut Vec<JobId>,
 ) -> Result<()> {
     // language=MySQL
-    // run_at is the given time, or now + delay on the database clock. A job not yet due starts
-    // `scheduled`, out of the claim's way; maintenance makes it `available` when due.
-    // UTC_TIMESTAMP(6) is fixed for the whole statement, so "delay 0" is never `scheduled`.
-    const ROW: &str = "(?, ?, ?, \
-        IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) > UTC_TIMESTAMP(6), 'scheduled', 'available'), \
-        ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), ?, UTC_TIMESTAMP(6))";
+    // A job not yet due starts `scheduled`, out of the claim's way; maintenance makes it
+    // `available` when due.
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?)";
     let mut sql = String::with_capacity(160 + rows.len() * (ROW.len() + 1));
     sql.push_str(
         "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at) VALUES ",
@@ -76,47 +98,48 @@ async fn insert_chunk(
         }
         sql.push_str(ROW);
     }
+    let starts: Vec<(DateTime<Utc>, &str)> = rows.iter().map(|r| start_of(r, now)).collect();
     let mut q = sqlx::query(&sql);
-    for r in rows {
+    for (r, (run_at, state)) in rows.iter().zip(&starts) {
         q = q
             .bind(&r.queue)
             .bind(&r.kind)
             .bind(&r.payload)
-            .bind(r.run_at)
-            .bind(r.delay_us)
+            .bind(*state)
             .bind(r.priority)
-            .bind(r.run_at)
-            .bind(r.delay_us)
-            .bind(r.max_attempts);
+            .bind(*run_at)
+            .bind(r.max_attempts)
+            .bind(now);
     }
     let res = q.execute(&mut *conn).await?;
     let n = res.rows_affected();
-    let first = res.last_insert_id();
-
-    // A single multi-row INSERT gets its auto-increment values in one reservation, so its ids
-    // are first, first + inc, … (inc = auto_increment_increment, 1 unless Galera or
-    // multi-source setups change it). The history rows are written from exactly that range, and
-    // the count is checked, so a server that ever broke the rule fails loudly instead of
-    // attaching history to the wrong jobs.
-    // language=MySQL
-    let hist = sqlx::query(
-        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
-         SELECT id, NULL, state, 'enqueued', 0, created_at FROM jobq_jobs \
-         WHERE id BETWEEN ? AND ? + (? - 1) * @@auto_increment_increment \
-           AND (id - ?) % @@auto_increment_increment = 0",
-    )
-    .bind(first)
-    .bind(first)
-    .bind(n)
-    .bind(first)
-    .execute(&mut *conn)
-    .await?;
-    if hist.rows_affected() != n || n != rows.len() as u64 {
+    if n != rows.len() as u64 {
         return Err(Error::IdMismatch {
             inserted: n,
-            matched: hist.rows_affected(),
+            matched: rows.len() as u64,
         });
     }
+    let first = res.last_insert_id();
+
+    // A multi-row INSERT whose row count is known in advance gets its auto-increment values in
+    // one reservation, so its ids are first, first + inc, … (inc = auto_increment_increment, 1
+    // unless Galera or multi-source setups change it). The history rows use exactly those ids.
+    // language=MySQL
+    let mut sql = String::with_capacity(120 + rows.len() * 24);
+    sql.push_str(
+        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) VALUES ",
+    );
+    for i in 0..rows.len() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?, NULL, ?, 'enqueued', 0, ?)");
+    }
+    let mut q = sqlx::query(&sql);
+    for (i, (_, state)) in starts.iter().enumerate() {
+        q = q.bind(first + i as u64 * inc).bind(*state).bind(now);
+    }
+    q.execute(&mut *conn).await?;
     ids.extend((0..n).map(|i| JobId(first + i * inc)));
     Ok(())
 }

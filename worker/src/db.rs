@@ -77,10 +77,12 @@ impl ServerInfo {
         }
         for mode in modes {
             match mode {
-                ClaimMode::SkipLocked if !self.supports_skip_locked() => {
+                // Both modes read with SKIP LOCKED (named-lock mode too, so an uncommitted
+                // insert never stalls a queue).
+                _ if !self.supports_skip_locked() => {
                     return Err(Error::UnsupportedServer(format!(
                         "{} has no SELECT … SKIP LOCKED (needs MySQL 8.0.1+ or MariaDB 10.6+); \
-                         upgrade or set claim_mode = \"named-lock\"",
+                         upgrade the server",
                         self.version_string
                     )))
                 }

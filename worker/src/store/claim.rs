@@ -30,8 +30,9 @@ pub(crate) struct ClaimedJob {
 pub(crate) enum ClaimLock<'a> {
     /// `FOR UPDATE SKIP LOCKED`: claimers skip each other's rows.
     SkipLocked,
-    /// The caller holds this named lock; a plain `FOR UPDATE` only guards against foreign
-    /// writers, and the lock is released in the claim's last round trip, after its COMMIT.
+    /// The caller holds this named lock, so no other jobq claimer competes; the lock is released
+    /// in the claim's last round trip, after its COMMIT. The read still skips locked rows: a
+    /// producer's uncommitted insert must not stall the queue behind it.
     NamedLock(&'a LockName),
 }
 
@@ -89,12 +90,7 @@ pub(crate) async fn claim<S: Session>(
         });
     }
     let kinds: Vec<String> = req.kinds.iter().map(lit).collect();
-    let select = claim_select(
-        &lit(req.queue),
-        &kinds,
-        &req.limit.to_string(),
-        matches!(req.lock, ClaimLock::SkipLocked),
-    );
+    let select = claim_select(&lit(req.queue), &kinds, &req.limit.to_string());
     let (mut tx, (rows, _)) = RawTx::begin(session, &select).await?;
     if rows.is_empty() {
         // language=MySQL
@@ -169,12 +165,11 @@ pub(crate) async fn claim<S: Session>(
 }
 
 /// The claim's locking read, with the queue, kinds and limit given as SQL (literals or `?`).
-pub(super) fn claim_select(
-    queue: &str,
-    kinds: &[String],
-    limit: &str,
-    skip_locked: bool,
-) -> String {
+///
+/// `SKIP LOCKED` in both claim modes: in `skip-locked` mode it keeps concurrent claimers apart;
+/// in both it steps over rows locked by anyone else, such as a producer's insert not yet
+/// committed, which a plain `FOR UPDATE` would wait for (holding the named lock meanwhile).
+pub(super) fn claim_select(queue: &str, kinds: &[String], limit: &str) -> String {
     // language=MySQL
     // The WHERE and ORDER BY match jobq_jobs_claim (queue, state, priority, run_at, id) exactly:
     // the index is read in order, the scan stops after `limit` matching rows, nothing is
@@ -187,9 +182,8 @@ pub(super) fn claim_select(
          FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
          WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) AND kind IN ({}) \
          ORDER BY priority, run_at, id \
-         LIMIT {limit} FOR UPDATE{}",
+         LIMIT {limit} FOR UPDATE SKIP LOCKED",
         kinds.join(","),
-        if skip_locked { " SKIP LOCKED" } else { "" }
     )
 }
 

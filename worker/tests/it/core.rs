@@ -320,3 +320,89 @@ async fn only_registered_kinds_are_claimed(db: MySqlPool) {
     w.stop().await;
     assert_eq!(state_of(&db, foreign.0).await, "available");
 }
+
+/// A producer enqueuing inside its own REPEATABLE READ transaction (the server default, as in
+/// callers' own pools) takes no locking read, so another producer's enqueue is not blocked
+/// while that transaction stays open.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn enqueue_in_a_repeatable_read_transaction_blocks_no_other_producer(db: MySqlPool) {
+    use sqlx::{Connection, Executor};
+    let mut caller = sqlx::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    caller
+        .execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let mut tx = caller.begin().await.unwrap();
+    let producer = Producer::new(db.clone());
+    let jobs = (0..3).map(|_| NewJob::json("noop", json!({}))).collect();
+    producer.enqueue_many_in(&mut tx, jobs).await.unwrap();
+    // The caller's transaction stays open; another producer must not wait for it.
+    let other = tokio::time::timeout(Duration::from_secs(3), async {
+        producer
+            .enqueue_many((0..3).map(|_| NewJob::json("noop", json!({}))).collect())
+            .await
+    })
+    .await
+    .expect("another producer's enqueue waited for the open transaction")
+    .unwrap();
+    assert_eq!(other.len(), 3);
+    tx.commit().await.unwrap();
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 6);
+    assert_consistent(&db).await;
+}
+
+/// One producer's uncommitted enqueue must not stall a queue: in both claim modes the committed
+/// jobs behind it are claimed promptly while that transaction stays open (named-lock mode once
+/// waited on the uncommitted row while holding the queue's lock).
+async fn uncommitted_enqueue_stalls_nothing(db: MySqlPool, mode: ClaimMode) {
+    use sqlx::Connection;
+    let s = settings(&db, mode).await;
+    let pool = pool(&s).await;
+    let producer = Producer::new(pool.clone());
+    let mut open = sqlx::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let mut tx = open.begin().await.unwrap();
+    let pending = producer
+        .enqueue_in(&mut tx, NewJob::json("noop", json!({})))
+        .await
+        .unwrap();
+    let committed = producer
+        .enqueue_many((0..5).map(|_| NewJob::json("noop", json!({}))).collect())
+        .await
+        .unwrap();
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(
+        Duration::from_secs(3),
+        "committed jobs claimed past the uncommitted one",
+        || async {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+            )
+            .await
+                == 5
+        },
+    )
+    .await;
+    tx.commit().await.unwrap();
+    wait_for(Duration::from_secs(10), "the late job too", || async {
+        state_of(&db, pending.0).await == "completed"
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(committed.len(), 5);
+    assert_consistent(&db).await;
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn uncommitted_enqueue_stalls_nothing_named_lock(db: MySqlPool) {
+    uncommitted_enqueue_stalls_nothing(db, ClaimMode::NamedLock).await;
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn uncommitted_enqueue_stalls_nothing_skip_locked(db: MySqlPool) {
+    uncommitted_enqueue_stalls_nothing(db, ClaimMode::SkipLocked).await;
+}
