@@ -125,7 +125,6 @@ async fn claim_skip_locked(
         &mut conn,
         ClaimRequest {
             queue,
-            kinds: &shared.kinds,
             limit: want,
             worker: &shared.id,
             lease: shared.config.worker.lease_ttl,

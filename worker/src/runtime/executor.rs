@@ -48,9 +48,23 @@ pub(crate) async fn run(
     let slot = ctx.tx.clone();
     let started = Instant::now();
     let outcome = match shared.registry.get(&job.kind) {
-        // Claims filter on registered kinds, so this is only reachable if the registry changed.
+        // Claims take any kind (filtering would make every claim read past the backlog of
+        // other kinds). A kind this worker does not know fails the attempt, visibly, and is
+        // retried with backoff like any error: a rolling deploy that adds the kind heals it.
         None => Some(Outcome::Error {
-            message: format!("no handler registered for kind {}", job.kind),
+            message: format!(
+                "no handler registered for kind {:?} in worker {} (it runs {}); every worker \
+                 of queue {:?} must register every kind enqueued into it",
+                job.kind.as_str(),
+                shared.id,
+                shared
+                    .kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                queue.as_str()
+            ),
             retry_after: None,
         }),
         Some(handler) => match handler.start(&job.payload, ctx) {

@@ -101,7 +101,6 @@ impl NamedLockClaims {
             s,
             ClaimRequest {
                 queue,
-                kinds: &shared.kinds,
                 limit: want,
                 worker: &shared.id,
                 lease: shared.config.worker.lease_ttl,

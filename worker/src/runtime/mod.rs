@@ -45,7 +45,7 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) config: Config,
     pub(crate) id: WorkerId,
-    /// The registered kinds: what this worker claims.
+    /// The registered kinds.
     pub(crate) kinds: Vec<KindName>,
     pub(crate) in_flight: in_flight::InFlight,
     pub(crate) completions: mpsc::UnboundedSender<recorder::Completion>,

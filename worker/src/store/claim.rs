@@ -36,11 +36,11 @@ pub(crate) enum ClaimLock<'a> {
     NamedLock(&'a LockName),
 }
 
-/// One claim: up to `limit` available jobs of `queue` whose kind is in `kinds`.
+/// One claim: up to `limit` available jobs of `queue`, whatever their kind (a job of a kind this
+/// worker has no handler for fails its attempt visibly, see `runtime/executor.rs`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClaimRequest<'a> {
     pub(crate) queue: &'a QueueName,
-    pub(crate) kinds: &'a [KindName],
     pub(crate) limit: u32,
     pub(crate) worker: &'a WorkerId,
     pub(crate) lease: Duration,
@@ -83,14 +83,13 @@ pub(crate) async fn claim<S: Session>(
                 == Some(1)
         }
     };
-    if req.kinds.is_empty() || req.limit == 0 {
+    if req.limit == 0 {
         return Ok(Claimed {
             jobs: Vec::new(),
             released: release_sql.is_none(),
         });
     }
-    let kinds: Vec<String> = req.kinds.iter().map(lit).collect();
-    let select = claim_select(&lit(req.queue), &kinds, &req.limit.to_string());
+    let select = claim_select(&lit(req.queue), &req.limit.to_string());
     let (mut tx, (rows, _)) = RawTx::begin(session, &select).await?;
     if rows.is_empty() {
         // language=MySQL
@@ -164,26 +163,26 @@ pub(crate) async fn claim<S: Session>(
     })
 }
 
-/// The claim's locking read, with the queue, kinds and limit given as SQL (literals or `?`).
+/// The claim's locking read, with the queue and limit given as SQL (literals or `?`).
 ///
 /// `SKIP LOCKED` in both claim modes: in `skip-locked` mode it keeps concurrent claimers apart;
 /// in both it steps over rows locked by anyone else, such as a producer's insert not yet
 /// committed, which a plain `FOR UPDATE` would wait for (holding the named lock meanwhile).
-pub(super) fn claim_select(queue: &str, kinds: &[String], limit: &str) -> String {
+pub(super) fn claim_select(queue: &str, limit: &str) -> String {
     // language=MySQL
     // The WHERE and ORDER BY match jobq_jobs_claim (queue, state, priority, run_at, id) exactly:
     // the index is read in order, the scan stops after `limit` matching rows, nothing is
     // filesorted, and only returned rows are locked. FORCE INDEX keeps it so on tiny tables,
     // where the optimiser would otherwise prefer a scan (which locks every row it reads).
-    // `kind IN (…)`: a worker claims only the kinds it can run.
+    // No filter on kind: rows of kinds this worker cannot run would all be read and skipped
+    // on every claim (O(backlog) instead of O(batch)); they are claimed and fail instead.
     format!(
         "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, \
                 TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us \
          FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
-         WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) AND kind IN ({}) \
+         WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) \
          ORDER BY priority, run_at, id \
-         LIMIT {limit} FOR UPDATE SKIP LOCKED",
-        kinds.join(","),
+         LIMIT {limit} FOR UPDATE SKIP LOCKED"
     )
 }
 

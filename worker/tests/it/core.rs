@@ -297,13 +297,16 @@ async fn undecodable_payload_is_discarded_with_the_error(db: MySqlPool) {
     assert_consistent(&db).await;
 }
 
+/// A job of a kind no worker of its queue registered does not wait silently or spin: its
+/// attempt fails with an error naming the kind and the worker, it is retried with backoff like
+/// any error, and discarded when its attempts are used up. Other jobs run meanwhile.
 #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
-async fn only_registered_kinds_are_claimed(db: MySqlPool) {
+async fn unknown_kind_fails_visibly(db: MySqlPool) {
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let producer = Producer::new(pool.clone());
     let foreign = producer
-        .enqueue(NewJob::json("someone_elses", json!({})))
+        .enqueue(NewJob::json("someone_elses", json!({})).max_attempts(2))
         .await
         .unwrap();
     let mine = producer
@@ -311,14 +314,21 @@ async fn only_registered_kinds_are_claimed(db: MySqlPool) {
         .await
         .unwrap();
     let w = start(pool.clone(), builtins(), &s);
-    // `foreign` is older, so a claim that could take it would have taken it no later than
-    // `mine`: once `mine` is done, no wait is needed to know.
-    wait_for(Duration::from_secs(20), "own job done", || async {
-        state_of(&db, mine.0).await == "completed"
+    wait_for(Duration::from_secs(20), "both final", || async {
+        state_of(&db, mine.0).await == "completed" && state_of(&db, foreign.0).await == "discarded"
     })
     .await;
     w.stop().await;
-    assert_eq!(state_of(&db, foreign.0).await, "available");
+    let (job, h) = jobq_worker::job_with_history(&db, foreign).await.unwrap();
+    assert_eq!(job.attempt, 2);
+    let failed: Vec<_> = h.iter().filter(|t| t.event.as_str() == "failed").collect();
+    assert_eq!(failed.len(), 1, "{h:?}");
+    let e = failed[0].error.as_deref().unwrap();
+    assert!(
+        e.contains("no handler registered for kind \"someone_elses\"") && e.contains("runs"),
+        "{e}"
+    );
+    assert_consistent(&db).await;
 }
 
 /// A producer enqueuing inside its own REPEATABLE READ transaction (the server default, as in
