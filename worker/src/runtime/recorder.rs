@@ -31,12 +31,15 @@ use crate::metrics;
 use crate::store::{self, ClaimedJob, Fence, FinishWrite};
 use crate::transition::{self, decide, Backoff, Decision, Outcome};
 
-/// A success waiting for the completer.
+/// A success waiting for the completer. It keeps the job's slot: a process never has more
+/// `running` rows than slots, however far the completer lags (backpressure on the claimer).
 pub(crate) struct Completion {
     pub(crate) fence: Fence,
     pub(crate) queue: QueueName,
     pub(crate) kind: KindName,
     pub(crate) run: Duration,
+    /// Held, never read: dropping it (after the completion is written) frees the slot.
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 /// One finished attempt, as the executor hands it over.
@@ -56,14 +59,14 @@ pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemapho
     let decision = if a.outcome == Outcome::Success {
         match a.tx.take() {
             None => {
-                // Batched by the completer; the slot frees now, the lease stays ours until
-                // written.
-                drop(permit);
+                // Batched by the completer, which frees the slot once the completion is
+                // written; the lease stays ours until then.
                 let _ = shared.completions.send(Completion {
                     fence: a.fence,
                     queue: a.queue,
                     kind: a.job.kind,
                     run: a.run,
+                    _permit: permit,
                 });
                 return;
             }
@@ -231,6 +234,7 @@ pub(crate) async fn completer(
             tokio::task::yield_now().await;
         }
         write_batch(&shared, &mut batch).await;
+        // Forgetting a job and freeing its slot go together (the permit drops with `c`).
         for c in batch.drain(..) {
             shared.in_flight.remove(c.fence);
         }

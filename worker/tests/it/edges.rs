@@ -234,3 +234,47 @@ async fn ctx_cancelled_fires_when_the_runtime_gives_up(db: MySqlPool) {
     assert_eq!(h.last().unwrap().event.as_str(), "released");
     assert_consistent(&db).await;
 }
+
+/// Batched completions keep their slots until written: however far the completer lags (here a
+/// trigger makes every completion slow), a process never has more `running` rows than slots.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn running_rows_never_exceed_slots(db: MySqlPool) {
+    const SLOTS: i64 = 4;
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.concurrency = SLOTS as u32;
+    let pool = pool(&s).await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER slow_completion BEFORE INSERT ON jobq_transitions FOR EACH ROW \
+         BEGIN IF NEW.event = 'completed' THEN DO SLEEP(0.01); END IF; END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    Producer::new(pool.clone())
+        .enqueue_many((0..150).map(|_| NewJob::json("noop", json!({}))).collect())
+        .await
+        .unwrap();
+    let w = start(pool.clone(), builtins(), &s);
+    let mut most = 0;
+    loop {
+        let running = count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'",
+        )
+        .await;
+        most = most.max(running);
+        let done = count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+        )
+        .await;
+        if done == 150 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    w.stop().await;
+    assert!(most <= SLOTS, "{most} running rows with {SLOTS} slots");
+    assert!(most > 0);
+    assert_consistent(&db).await;
+}
