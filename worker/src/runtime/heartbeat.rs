@@ -1,24 +1,29 @@
-//! The heartbeat: once per `heartbeat_interval`, one statement extends the leases of every job
-//! this process runs, and the worker row is beaten (re-created if maintenance pruned it during
-//! an outage). Jobs whose lease could not be extended because the server says they are no
-//! longer ours are cancelled through the in-flight table; deadlines themselves are enforced by
-//! each job's own timer there, not here.
+//! The heartbeat: once per `heartbeat_interval`, on a session of its own (never queued behind
+//! handlers for a pooled connection), it extends the leases of every job this process runs and
+//! beats the worker row (re-created if maintenance pruned it during an outage).
+//!
+//! Each job is judged alone: a row another session holds locked is skipped, not waited for, so
+//! one locked row costs only that job's lease push, never the others'. Jobs the server says are
+//! no longer ours are cancelled through the in-flight table; deadlines themselves are enforced
+//! by each job's own timer there, not here.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::Shared;
+use crate::db;
 use crate::ids::hostname;
 use crate::metrics;
-use crate::store::{self, WorkerRow};
+use crate::store::{self, Dedicated, WorkerRow};
 
 /// Runs until `stop`.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let every = shared.config.worker.heartbeat_interval;
     let lease = shared.config.worker.lease_ttl;
+    let mut session: Option<Dedicated> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -33,35 +38,58 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let fences = shared.in_flight.fences();
         let sent = Instant::now();
         // Bounded: a stalled database must not hold the heartbeat (the jobs' own lease timers
-        // stop their handlers in any case).
-        let result = tokio::time::timeout(lease / 2, async {
-            let lost = if fences.is_empty() {
-                Vec::new()
-            } else {
-                store::extend_leases(&shared.pool, &fences, lease).await?
-            };
-            if !store::beat_worker(&shared.pool, &shared.id).await? {
-                register(&shared).await?;
-            }
-            Ok::<_, sqlx::Error>(lost)
-        })
-        .await
-        .unwrap_or_else(|_| Err(sqlx::Error::Protocol("heartbeat timed out".into())));
+        // stop their handlers in any case). A session cut off mid-statement is not reused.
+        let result = tokio::time::timeout(lease / 2, beat(&shared, &mut session, &fences))
+            .await
+            .unwrap_or_else(|_| {
+                session = None;
+                Err(sqlx::Error::Protocol("heartbeat timed out".into()))
+            });
         match result {
-            Ok(lost) => {
+            Ok(report) => {
                 metrics::heartbeat(true);
-                shared.in_flight.extend(&fences, sent + lease);
-                for f in lost {
+                shared.in_flight.extend(&report.extended, sent + lease);
+                for f in report.lost {
                     shared.in_flight.lose(f);
+                }
+                if !report.skipped.is_empty() {
+                    debug!(
+                        jobs = report.skipped.len(),
+                        "leases skipped: rows locked by another session"
+                    );
                 }
             }
             Err(e) => {
+                session = None;
                 metrics::heartbeat(false);
                 metrics::db_error(&e, false);
                 warn!(error = %e, "heartbeat failed; leases not extended");
             }
         }
     }
+}
+
+/// One beat on the heartbeat's session (opened on first use and after any failure).
+async fn beat(
+    shared: &Shared,
+    session: &mut Option<Dedicated>,
+    fences: &[store::Fence],
+) -> Result<store::LeaseReport, sqlx::Error> {
+    if session.as_ref().is_none_or(Dedicated::is_broken) {
+        let conn =
+            db::dedicated(&shared.pool, shared.config.database.lock_wait_timeout_secs).await?;
+        *session = Some(Dedicated::new(conn));
+    }
+    let s = session.as_mut().expect("opened above");
+    let report = if fences.is_empty() {
+        store::LeaseReport::default()
+    } else {
+        store::extend_leases(s, fences, shared.config.worker.lease_ttl).await?
+    };
+    if !store::beat_worker(s, &shared.id).await? {
+        register(shared).await?;
+    }
+    Ok(report)
 }
 
 /// Inserts or refreshes this process's worker row.

@@ -2,37 +2,11 @@
 
 use std::time::Duration;
 
-use sqlx::{MySqlPool, Row};
+use sqlx::{MySqlConnection, MySqlPool, Row};
 
+use super::sql::{batch, hex, id_list, RawTx, Session};
 use super::{micros, Fence};
 use crate::ids::WorkerId;
-
-/// `(id, claim_token) IN ((?,?),…)` with `id IN (…)` first: the first list gives the optimiser
-/// a primary-key range on every server version, the second fences each job by its own token.
-fn fence_clause(n: usize) -> String {
-    let mut s = format!(
-        "id IN ({}) AND (id, claim_token) IN (",
-        super::sql::marks(n)
-    );
-    for i in 0..n {
-        s.push_str(if i == 0 { "(?,?)" } else { ",(?,?)" });
-    }
-    s.push(')');
-    s
-}
-
-fn bind_fences<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>,
-    fences: &'q [Fence],
-) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
-    for f in fences {
-        q = q.bind(f.id);
-    }
-    for f in fences {
-        q = q.bind(f.id).bind(&f.token[..]);
-    }
-    q
-}
 
 /// This process's `jobq_workers` row.
 #[derive(Clone, Debug)]
@@ -44,44 +18,91 @@ pub(crate) struct WorkerRow<'a> {
     pub(crate) queues: &'a str,
 }
 
-/// Extends the leases of `fences` to now + `lease` in one statement. Returns the fences whose
-/// lease could not be extended (the job was rescued or finished elsewhere): their handlers must
-/// stop, and nothing more may be written for them.
-pub(crate) async fn extend_leases(
-    pool: &MySqlPool,
+/// What one heartbeat's lease statements found.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct LeaseReport {
+    /// Leases extended to the server's now + the lease.
+    pub(crate) extended: Vec<Fence>,
+    /// Jobs that are no longer this process's (rescued, deleted, or claimed again by someone
+    /// else: the token differs). Their handlers must stop; nothing more may be written for them.
+    pub(crate) lost: Vec<Fence>,
+    /// Jobs left alone this time: their row is locked by another session (an operator's
+    /// transaction, our own completer writing them) or already finished with our token. Their
+    /// local deadline is not pushed; if that lasts a whole lease, the job's timer gives it up.
+    pub(crate) skipped: Vec<Fence>,
+}
+
+/// Extends the leases of `fences` to the server's now + `lease`, on the heartbeat's own
+/// session. A row another session holds locked is skipped, never waited for (`SKIP LOCKED`), so
+/// one locked row cannot cost the other jobs their leases.
+pub(crate) async fn extend_leases<S: Session>(
+    session: &mut S,
     fences: &[Fence],
     lease: Duration,
-) -> Result<Vec<Fence>, sqlx::Error> {
-    let mut lost = Vec::new();
+) -> Result<LeaseReport, sqlx::Error> {
+    let mut report = LeaseReport::default();
     for chunk in fences.chunks(500) {
+        let ids = id_list(chunk.iter().map(|f| f.id));
+        let pairs = chunk
+            .iter()
+            .map(|f| format!("({},{})", f.id, hex(&f.token)))
+            .collect::<Vec<_>>()
+            .join(",");
+        // Lock the rows that are still ours and not locked by anyone else; `id IN` first gives
+        // every server version a primary-key range, the pairs fence each row by its token.
         // language=MySQL
-        let sql = format!(
-            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-             WHERE {} AND state = 'running'",
-            fence_clause(chunk.len())
-        );
-        let n = bind_fences(sqlx::query(&sql).bind(micros(lease)), chunk)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        if n == chunk.len() as u64 {
+        let (tx, (rows, _)) = RawTx::begin(
+            session,
+            &format!(
+                "SELECT id FROM jobq_jobs FORCE INDEX (PRIMARY) \
+                 WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running' \
+                 FOR UPDATE SKIP LOCKED"
+            ),
+        )
+        .await?;
+        let locked: Vec<u64> = rows.iter().map(|r| r.get::<u64, _>(0)).collect();
+        let end = if locked.is_empty() {
+            "COMMIT".to_owned()
+        } else {
+            // language=MySQL
+            format!(
+                "UPDATE jobq_jobs SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL {} MICROSECOND \
+                 WHERE id IN ({}); COMMIT",
+                micros(lease),
+                id_list(locked.iter().copied())
+            )
+        };
+        tx.end(&end).await?;
+        let (done, rest): (Vec<Fence>, Vec<Fence>) =
+            chunk.iter().partition(|f| locked.contains(&f.id));
+        report.extended.extend(done);
+        if rest.is_empty() {
             continue;
         }
-        // Rare: find out which ones are no longer ours.
+        // Rare: tell rows locked by others (or finished by us) from rows no longer ours. A plain
+        // read: it never waits for a lock.
         // language=MySQL
-        let sql = format!(
-            "SELECT id FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE {} AND state = 'running'",
-            fence_clause(chunk.len())
-        );
-        let still: Vec<u64> = bind_fences(sqlx::query(&sql), chunk)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|r| r.get::<u64, _>(0))
-            .collect();
-        lost.extend(chunk.iter().filter(|f| !still.contains(&f.id)));
+        let (rows, _) = batch(
+            session,
+            &format!(
+                "SELECT id, claim_token FROM jobq_jobs WHERE id IN ({})",
+                id_list(rest.iter().map(|f| f.id))
+            ),
+        )
+        .await?;
+        for f in rest {
+            let ours = rows.iter().any(|r| {
+                r.get::<u64, _>(0) == f.id
+                    && r.get::<Option<Vec<u8>>, _>(1).as_deref() == Some(&f.token[..])
+            });
+            if ours {
+                report.skipped.push(f);
+            } else {
+                report.lost.push(f);
+            }
+        }
     }
-    Ok(lost)
+    Ok(report)
 }
 
 /// Inserts or refreshes this process's `jobq_workers` row.
@@ -105,12 +126,15 @@ pub(crate) async fn register_worker(
 }
 
 /// Beats the worker row; false when the row is gone (pruned after a long outage).
-pub(crate) async fn beat_worker(pool: &MySqlPool, id: &WorkerId) -> Result<bool, sqlx::Error> {
+pub(crate) async fn beat_worker(
+    conn: &mut MySqlConnection,
+    id: &WorkerId,
+) -> Result<bool, sqlx::Error> {
     // language=MySQL
     let n =
         sqlx::query("UPDATE jobq_workers SET last_heartbeat_at = UTC_TIMESTAMP(6) WHERE id = ?")
             .bind(id.as_str())
-            .execute(pool)
+            .execute(conn)
             .await?
             .rows_affected();
     Ok(n == 1)

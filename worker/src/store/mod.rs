@@ -38,11 +38,13 @@ pub(crate) use demo::{create_effects_table, insert_effect};
 pub(crate) use finish::{complete_batch, finish, finish_tx, FinishWrite};
 pub(crate) use inspect::{counts, history, job, queue_activity};
 pub use inspect::{JobRecord, TransitionRecord};
-pub(crate) use lease::{beat_worker, deregister_worker, extend_leases, register_worker, WorkerRow};
+pub(crate) use lease::{
+    beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,
+};
 pub(crate) use maintenance::{
     lead, pending, promote_due, prune, prune_workers, rescue_expired, resign, sample_depth,
 };
-pub(crate) use sql::Session;
+pub(crate) use sql::{Dedicated, Session};
 
 /// A fencing token: fresh random bytes per claim transaction.
 pub(crate) type Token = [u8; 16];

@@ -147,6 +147,47 @@ impl Session for PoolConnection<MySql> {
     }
 }
 
+/// A connection of its own (outside the pool) for a loop that must not queue behind handlers
+/// for a pooled one: the heartbeat. Once a raw transaction on it could not be ended it is
+/// [`broken`](Dedicated::is_broken) and must be dropped.
+pub(crate) struct Dedicated {
+    conn: MySqlConnection,
+    broken: bool,
+}
+
+impl Dedicated {
+    pub(crate) fn new(conn: MySqlConnection) -> Self {
+        Dedicated {
+            conn,
+            broken: false,
+        }
+    }
+
+    /// Whether the session may have been left inside a transaction.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+impl std::ops::Deref for Dedicated {
+    type Target = MySqlConnection;
+    fn deref(&self) -> &MySqlConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Dedicated {
+    fn deref_mut(&mut self) -> &mut MySqlConnection {
+        &mut self.conn
+    }
+}
+
+impl Session for Dedicated {
+    fn discard(&mut self) {
+        self.broken = true;
+    }
+}
+
 /// A transaction begun with raw `START TRANSACTION` text (so it can share a round trip with the
 /// statements after it). sqlx does not know it is open, so this guard does: unless it ends with
 /// a successful `COMMIT` or `ROLLBACK`, the session is discarded on drop, including when the

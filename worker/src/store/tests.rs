@@ -185,3 +185,87 @@ async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) 
         10
     );
 }
+
+/// The heartbeat tells its jobs apart: a running row with our token is extended; a row we
+/// already finished (our completer won the race) is neither extended nor reported lost; a row
+/// claimed again by someone else or deleted is lost; a row locked by another session is
+/// skipped without waiting.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn lease_extension_judges_each_job_alone(db: MySqlPool) {
+    use sqlx::{Connection, Executor};
+    let ids = Producer::new(db.clone())
+        .enqueue_many((0..5).map(|_| NewJob::json("noop", json!({}))).collect())
+        .await
+        .unwrap();
+    let ours = [1u8; 16];
+    sqlx::query("UPDATE jobq_jobs SET state = 'running', attempt = 1, claim_token = ?, lease_expires_at = UTC_TIMESTAMP(6)")
+        .bind(&ours[..])
+        .execute(&db)
+        .await
+        .unwrap();
+    let f = |i: usize| Fence {
+        id: ids[i].0,
+        token: ours,
+    };
+    // 1: finished by us; 2: claimed again elsewhere; 3: deleted; 4: locked by an operator.
+    sqlx::query("UPDATE jobq_jobs SET state = 'completed' WHERE id = ?")
+        .bind(ids[1].0)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobq_jobs SET claim_token = ? WHERE id = ?")
+        .bind(&[2u8; 16][..])
+        .bind(ids[2].0)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM jobq_jobs WHERE id = ?")
+        .bind(ids[3].0)
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut operator = sqlx::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    operator.execute("START TRANSACTION").await.unwrap();
+    sqlx::query("SELECT id FROM jobq_jobs WHERE id = ? FOR UPDATE")
+        .bind(ids[4].0)
+        .fetch_one(&mut operator)
+        .await
+        .unwrap();
+
+    let mut session = Dedicated::new(
+        sqlx::MySqlConnection::connect_with(&db.connect_options())
+            .await
+            .unwrap(),
+    );
+    let report = tokio::time::timeout(
+        Duration::from_secs(3),
+        extend_leases(
+            &mut session,
+            &(0..5).map(f).collect::<Vec<_>>(),
+            Duration::from_secs(60),
+        ),
+    )
+    .await
+    .expect("the heartbeat waited for a locked row")
+    .unwrap();
+    operator.execute("ROLLBACK").await.unwrap();
+    assert_eq!(report.extended, vec![f(0)]);
+    let mut lost = report.lost.clone();
+    lost.sort_by_key(|f| f.id);
+    assert_eq!(lost, vec![f(2), f(3)]);
+    let mut skipped = report.skipped.clone();
+    skipped.sort_by_key(|f| f.id);
+    assert_eq!(skipped, vec![f(1), f(4)]);
+    assert!(!session.is_broken());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE lease_expires_at > UTC_TIMESTAMP(6) + INTERVAL 30 SECOND"
+        )
+        .await,
+        1,
+        "only the job still ours was extended"
+    );
+}

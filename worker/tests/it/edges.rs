@@ -278,3 +278,70 @@ async fn running_rows_never_exceed_slots(db: MySqlPool) {
     assert!(most > 0);
     assert_consistent(&db).await;
 }
+
+/// An operator's transaction holding one running job's row locked costs only that job its
+/// lease: the heartbeat skips the locked row instead of waiting for it, so every other job keeps
+/// its lease and completes in its first attempt.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn one_locked_row_costs_no_other_job_its_lease(db: MySqlPool) {
+    use sqlx::{Connection, Executor};
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.concurrency = 4;
+    s.worker.heartbeat_interval = Duration::from_millis(200);
+    s.worker.lease_ttl = Duration::from_secs(2);
+    let pool = pool(&s).await;
+    let p = Producer::new(pool.clone());
+    let ids = p
+        .enqueue_many(
+            (0..4)
+                .map(|_| NewJob::json("sleep", json!({"ms": 4000})))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(10), "all four running", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'",
+        )
+        .await
+            == 4
+    })
+    .await;
+    // The operator locks one running row and keeps it locked for longer than a lease.
+    let mut operator = sqlx::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    operator
+        .execute("SET SESSION innodb_lock_wait_timeout = 50")
+        .await
+        .unwrap();
+    let mut tx = operator.begin().await.unwrap();
+    sqlx::query("SELECT id FROM jobq_jobs WHERE id = ? FOR UPDATE")
+        .bind(ids[0].0)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tx.rollback().await.unwrap();
+    for id in &ids[1..] {
+        wait_for(
+            Duration::from_secs(10),
+            "the other jobs completed",
+            || async { state_of(&db, id.0).await == "completed" },
+        )
+        .await;
+        let (job, h) = jobq_worker::job_with_history(&db, *id).await.unwrap();
+        assert_eq!(job.attempt, 1, "job {id:?} kept its lease: {h:?}");
+    }
+    // The locked job lost its lease (its push was skipped for a whole lease) and ran again.
+    wait_for(
+        Duration::from_secs(20),
+        "the locked job completed",
+        || async { state_of(&db, ids[0].0).await == "completed" },
+    )
+    .await;
+    w.stop().await;
+    assert_consistent(&db).await;
+}
