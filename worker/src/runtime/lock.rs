@@ -4,44 +4,21 @@
 //! and released strictly after its COMMIT, in the same round trip; it is never held while
 //! handlers run, and correctness never rests on it (every write is fenced).
 
-use std::ops::{Deref, DerefMut};
 use std::time::Instant;
 
 use jobq_producer::QueueName;
-use sqlx::MySqlConnection;
 use tracing::{debug, warn};
 
 use super::Shared;
 use crate::db;
 use crate::ids::LockName;
 use crate::metrics;
-use crate::store::{self, ClaimLock, ClaimRequest, ClaimedJob, Session};
+use crate::store::{self, ClaimLock, ClaimRequest, ClaimedJob, Dedicated};
 
 /// A dedicated connection and the lock name of its queue.
 struct LockSession {
-    conn: MySqlConnection,
+    conn: Dedicated,
     name: LockName,
-    /// Set when a raw transaction could not be ended: the session must be dropped.
-    broken: bool,
-}
-
-impl Deref for LockSession {
-    type Target = MySqlConnection;
-    fn deref(&self) -> &MySqlConnection {
-        &self.conn
-    }
-}
-
-impl DerefMut for LockSession {
-    fn deref_mut(&mut self) -> &mut MySqlConnection {
-        &mut self.conn
-    }
-}
-
-impl Session for LockSession {
-    fn discard(&mut self) {
-        self.broken = true;
-    }
 }
 
 /// The named-lock claimer state of one queue: its session, opened on first use and after any
@@ -66,9 +43,8 @@ impl NamedLockClaims {
                 db::dedicated(&shared.pool, shared.config.database.lock_wait_timeout_secs).await?;
             let name = store::lock_name(&mut conn, queue).await?;
             self.session = Some(LockSession {
-                conn,
+                conn: Dedicated::new(conn),
                 name,
-                broken: false,
             });
         }
         let s = self.session.as_mut().expect("just opened");
@@ -98,7 +74,7 @@ impl NamedLockClaims {
         }
         let name = s.name.clone();
         let result = store::claim(
-            s,
+            &mut s.conn,
             ClaimRequest {
                 queue,
                 limit: want,
@@ -109,7 +85,7 @@ impl NamedLockClaims {
         )
         .await;
         match result {
-            Ok(c) if c.released && !s.broken => Ok(c.jobs),
+            Ok(c) if c.released && !s.conn.is_broken() => Ok(c.jobs),
             Ok(c) => {
                 warn!(queue = %queue, "RELEASE_LOCK did not release; dropping the session");
                 self.session = None;

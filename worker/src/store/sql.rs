@@ -148,7 +148,7 @@ impl Session for PoolConnection<MySql> {
 }
 
 /// A connection of its own (outside the pool) for a loop that must not queue behind handlers
-/// for a pooled one: the heartbeat. Once a raw transaction on it could not be ended it is
+/// for a pooled one (the heartbeat, a named-lock claimer). Once a raw transaction on it could not be ended it is
 /// [`broken`](Dedicated::is_broken) and must be dropped.
 pub(crate) struct Dedicated {
     conn: MySqlConnection,
