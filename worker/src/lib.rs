@@ -55,6 +55,7 @@ pub use jobq_producer::{
     Job, JobId, JobState, KindName, NewJob, Producer, ProducerOptions, QueueName, MIGRATOR,
 };
 pub use registry::Registry;
+pub use runtime::prune_finished;
 pub use shutdown::{on_signals, Shutdown, ShutdownSignal, Stopped};
 pub use store::{JobRecord, TransitionRecord};
 pub use transition::{is_valid, Event};

@@ -1,12 +1,21 @@
 //! Maintenance, done by exactly one process at a time: the holder of the `jobq_leader` lease
 //! (2 × `maintenance.interval` + 0.5 s, renewed every interval, so a live leader keeps it and a
 //! dead one loses it within that). Every interval the leader promotes due `scheduled` and
-//! `retryable` jobs and rescues expired leases; every few seconds it samples the depth gauges;
-//! about every 30 intervals it prunes old jobs and stale worker rows.
+//! `retryable` jobs, rescues expired leases, and prunes finished jobs past their retention
+//! (with their history) in short primary-key batches for up to half an interval, so pruning
+//! keeps pace with thousands of completions a second; every few seconds it samples the depth
+//! gauges; about every 30 intervals it prunes stale worker rows.
+//!
+//! A pass is bounded by the leader lease: it stops starting new batches after half an
+//! interval and is cut off (its open transaction rolled back) before the lease could lapse, so
+//! a second leader never runs beside it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use jobq_config::MaintenanceSettings;
+use sqlx::MySqlPool;
 
 use jobq_producer::JobState;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +28,8 @@ use crate::store;
 use crate::transition;
 
 const BATCH: u32 = 1000;
+/// Jobs deleted per retention transaction: short, so a prune never holds many row locks.
+const PRUNE_BATCH: u32 = 500;
 
 /// Runs until `stop`; resigns the lease on the way out if it held it.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
@@ -65,7 +76,18 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 Err(e) => debug!(error = %e, "depth sample failed"),
             }
         }
-        match pass(&shared, ticks).await {
+        // Bounded by the lease (2 × interval + 0.5 s): cut off before it could lapse.
+        let bound = m.interval * 2;
+        let result = tokio::time::timeout(bound, pass(&shared, ticks))
+            .await
+            .unwrap_or_else(|_| {
+                warn!(
+                    ?bound,
+                    "maintenance pass cut off: it would have outlived the leader lease"
+                );
+                Ok(())
+            });
+        match result {
             Ok(()) => retry.reset(),
             Err(e) => {
                 if !retry.pause(&e).transient {
@@ -99,25 +121,54 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
         warn!(queue = %job.queue, kind = %job.kind, outcome, "rescued a job whose lease expired");
         metrics::rescued(job.queue, outcome);
     }
-    // Retention and worker-row pruning about every 30 passes.
+    let deadline = Instant::now() + shared.config.maintenance.interval / 2;
+    retain(&shared.pool, &shared.config.maintenance, deadline).await?;
+    // Worker-row pruning about every 30 passes.
     if ticks % 30 == 1 {
-        let m = &shared.config.maintenance;
-        if !m.completed_retention.is_zero() {
-            store::prune(
-                &shared.pool,
-                JobState::Completed,
-                m.completed_retention,
-                BATCH * 5,
-            )
-            .await?;
-        }
-        if !m.failed_retention.is_zero() {
-            for state in [JobState::Discarded, JobState::Cancelled] {
-                store::prune(&shared.pool, state, m.failed_retention, BATCH * 5).await?;
-            }
-        }
         let stale = (shared.config.worker.lease_ttl * 10).max(Duration::from_secs(60));
         store::prune_workers(&shared.pool, stale).await?;
     }
     Ok(())
+}
+
+/// Deletes finished jobs past their retention, with their history, in batches of
+/// [`PRUNE_BATCH`] until none is left or `deadline` passes. Returns how many were deleted.
+async fn retain(
+    pool: &MySqlPool,
+    m: &MaintenanceSettings,
+    deadline: Instant,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    for (state, age) in [
+        (JobState::Completed, m.completed_retention),
+        (JobState::Discarded, m.failed_retention),
+        (JobState::Cancelled, m.failed_retention),
+    ] {
+        if age.is_zero() {
+            continue;
+        }
+        loop {
+            let n = store::prune(pool, state, age, PRUNE_BATCH).await?;
+            deleted += n;
+            if n < u64::from(PRUNE_BATCH) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Ok(deleted);
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes finished jobs past the configured retention (`[maintenance]`), with their history,
+/// for up to `budget`; what the maintenance leader does every interval, for an operator or a
+/// benchmark to run on demand. Returns how many jobs were deleted; call again while it returns
+/// a positive count to prune everything due.
+pub async fn prune_finished(
+    pool: &MySqlPool,
+    config: &jobq_config::Config,
+    budget: Duration,
+) -> crate::Result<u64> {
+    Ok(retain(pool, &config.maintenance, Instant::now() + budget).await?)
 }

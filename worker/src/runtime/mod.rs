@@ -20,6 +20,8 @@ pub(crate) mod maintenance;
 pub(crate) mod recorder;
 pub(crate) mod retry;
 
+pub use maintenance::prune_finished;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

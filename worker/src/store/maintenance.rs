@@ -212,7 +212,8 @@ pub(crate) async fn prune(
     let list = marks(ids.len());
     for table_sql in [
         format!("DELETE FROM jobq_transitions WHERE job_id IN ({list})"),
-        format!("DELETE FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list})"),
+        // No index hint: MariaDB before 11.x refuses one on DELETE (error 1064).
+        format!("DELETE FROM jobq_jobs WHERE id IN ({list})"),
     ] {
         let mut q = sqlx::query(&table_sql);
         for id in &ids {

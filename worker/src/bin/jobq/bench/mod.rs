@@ -40,6 +40,9 @@ pub(crate) enum Scenario {
     Ceiling,
     /// One claim's time with 10k and 1M jobs waiting and 1M finished.
     Scaling,
+    /// Burn N jobs down, age them past retention, and time the leader's pruning of them (and
+    /// their history) against the burn-down's completion rate.
+    Retention,
 }
 
 impl Scenario {
@@ -49,6 +52,7 @@ impl Scenario {
             Scenario::Steady => "steady",
             Scenario::Ceiling => "ceiling",
             Scenario::Scaling => "scaling",
+            Scenario::Retention => "retention",
         }
     }
 }
@@ -160,6 +164,16 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
             }
         }
         Scenario::Scaling => scaling(&pool, &url, a.json).await?,
+        Scenario::Retention => {
+            for &jobs in &a.jobs {
+                let burn = burn_down(&pool, &url, jobs, ClaimMode::SkipLocked, 1, 32).await?;
+                emit(&a, &burn);
+                let r = retention(&pool, &bs, jobs, burn.jobs_per_s).await?;
+                emit(&a, &r);
+                reports.push(burn);
+                reports.push(r);
+            }
+        }
     }
     if !a.json && !reports.is_empty() {
         print_table(&reports);
@@ -399,6 +413,47 @@ async fn burn_down(
         statements_per_job: per_job(q1 - q0, n),
         rows_written_per_job: per_job(w1 - w0, n),
         note: "history on: enqueued, claimed and completed transitions per job".into(),
+        ..Default::default()
+    })
+}
+
+/// Ages the `n` jobs a burn-down completed past retention and times their pruning, batch after
+/// batch as the maintenance leader does it; `completed_per_s` is the rate to keep pace with.
+async fn retention(
+    pool: &MySqlPool,
+    settings: &jobq_config::Settings,
+    n: u32,
+    completed_per_s: f64,
+) -> Result<Report> {
+    let config = settings.validate()?;
+    let age = config.maintenance.completed_retention + Duration::from_secs(3600);
+    sql::age_finished(pool, age).await?;
+    let (q0, w0) = sql::server_counters(pool).await?;
+    let started = Instant::now();
+    let mut pruned = 0;
+    loop {
+        let n = jobq_worker::prune_finished(pool, &config, Duration::from_secs(1)).await?;
+        if n == 0 {
+            break;
+        }
+        pruned += n;
+    }
+    let span = started.elapsed().as_secs_f64();
+    let (q1, w1) = sql::server_counters(pool).await?;
+    anyhow::ensure!(
+        pruned == u64::from(n),
+        "retention pruned {pruned} jobs of the {n} the burn-down completed"
+    );
+    Ok(Report {
+        scenario: "retention".into(),
+        claim_mode: "-".into(),
+        jobs: n,
+        jobs_per_s: f64::from(n) / span.max(1e-6),
+        statements_per_job: per_job(q1 - q0, n),
+        rows_written_per_job: per_job(w1 - w0, n),
+        note: format!(
+            "jobs (with their history) pruned per second, against {completed_per_s:.0} completed/s"
+        ),
         ..Default::default()
     })
 }

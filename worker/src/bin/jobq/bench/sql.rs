@@ -166,3 +166,20 @@ pub(super) async fn bench_finish_all(pool: &MySqlPool, queue: &str) -> Result<()
         }
     }
 }
+
+/// Moves every finished job's times back by `age` (for the retention measurement).
+pub(super) async fn age_finished(
+    pool: &MySqlPool,
+    age: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    sqlx::query(
+        "UPDATE jobq_jobs SET run_at = run_at - INTERVAL ? SECOND, \
+         finalized_at = finalized_at - INTERVAL ? SECOND WHERE finalized_at IS NOT NULL",
+    )
+    .bind(age.as_secs())
+    .bind(age.as_secs())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
