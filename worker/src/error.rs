@@ -17,6 +17,8 @@ pub(crate) mod codes {
     pub(crate) const NOT_SUPPORTED_YET: u16 = 1235;
     /// `ER_NO_SUCH_TABLE`.
     pub(crate) const NO_SUCH_TABLE: u16 = 1146;
+    /// `ER_SP_DOES_NOT_EXIST`: here, a savepoint the server dropped with its transaction.
+    pub(crate) const NO_SUCH_SAVEPOINT: u16 = 1305;
 }
 
 /// Errors of the worker runtime and the CLI's library calls. Each variant keeps its source;

@@ -158,7 +158,10 @@ impl JobContext {
         &self.pool
     }
 
-    /// The completion transaction, begun on first use. Use it as `&mut **tx`:
+    /// The completion transaction, begun on first use (with a savepoint that marks it as the
+    /// job's). The job completes in it only if it is still that transaction at the end: if the
+    /// server ended it early (DDL's implicit commit, a deadlock's rollback), the attempt fails
+    /// with a reason instead. Use it as `&mut **tx`:
     ///
     /// ```ignore
     /// let mut tx = ctx.tx().await?;
@@ -167,7 +170,9 @@ impl JobContext {
     pub async fn tx(&self) -> Result<JobTx, sqlx::Error> {
         let mut slot = self.tx.clone().lock_owned().await;
         if slot.is_none() {
-            *slot = Some(self.pool.begin().await?);
+            let mut tx = self.pool.begin().await?;
+            crate::store::mark_tx(&mut tx).await?;
+            *slot = Some(tx);
         }
         Ok(OwnedMutexGuard::map(slot, |s| {
             s.as_mut().expect("transaction was just begun")

@@ -105,7 +105,8 @@ pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemapho
 }
 
 /// Completes the job inside the handler's transaction. `None` when done (written, or fenced
-/// off and rolled back); `Some(put-back decision)` when the commit failed.
+/// off and rolled back); `Some(decision)` to write on its own when the commit failed (put back)
+/// or the transaction was no longer the handler's (the attempt fails).
 async fn complete_in_tx(
     shared: &Shared,
     a: &Attempt,
@@ -124,6 +125,35 @@ async fn complete_in_tx(
         worker: &shared.id,
         decision: &d,
     };
+    // The server may have ended the handler's transaction already (an implicit commit, a
+    // deadlock's rollback); the handler's later writes then autocommitted. Completing now would
+    // not be "exactly once with the handler's writes": fail the attempt instead.
+    match store::tx_intact(&mut tx).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = tx.rollback().await;
+            let outcome = Outcome::Error {
+                message: "the handler's transaction (ctx.tx()) was ended by the server before the \
+                          job could complete in it (an implicit commit such as DDL, or a deadlock \
+                          rolled it back); writes made after that were not part of it. Keep DDL \
+                          out of ctx.tx() and return the error of a failed statement"
+                    .into(),
+                retry_after: None,
+            };
+            return Some(decide(
+                &outcome,
+                a.job.attempt,
+                a.job.max_attempts,
+                a.backoff,
+                1.0,
+            ));
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            metrics::db_error(&e, false);
+            return Some(transition::put_back(&e.to_string()));
+        }
+    }
     let written = match store::finish(&mut tx, w).await {
         Ok(true) => tx.commit().await.map(|_| true),
         Ok(false) => tx.rollback().await.map(|_| false),

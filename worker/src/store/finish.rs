@@ -9,6 +9,34 @@ use super::{micros, Fence};
 use crate::ids::WorkerId;
 use crate::transition::Decision;
 
+/// The savepoint [`mark_tx`] takes when a handler's transaction begins.
+// language=MySQL
+const TX_MARK: &str = "SAVEPOINT jobq_handler_tx";
+
+/// Marks a handler's transaction as the one jobq began: a savepoint, which the server drops
+/// with the transaction if it ends it early (an implicit commit, a deadlock's rollback).
+pub(crate) async fn mark_tx(conn: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    conn.execute(sqlx::raw_sql(TX_MARK)).await?;
+    Ok(())
+}
+
+/// Whether the handler's transaction is still the one [`mark_tx`] marked. `false` when the
+/// server already ended it: the handler's later writes were autocommitted, so completing the
+/// job in "its" transaction would no longer be exactly once.
+pub(crate) async fn tx_intact(conn: &mut MySqlConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Executor;
+    // language=MySQL
+    match conn
+        .execute(sqlx::raw_sql("RELEASE SAVEPOINT jobq_handler_tx"))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if crate::error::is_number(&e, crate::error::codes::NO_SUCH_SAVEPOINT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Marks many jobs `completed` in one transaction and one round trip: one UPDATE fenced per
 /// job by `(id, claim_token)`, one INSERT … SELECT of their transitions, COMMIT. Jobs whose
 /// fence no longer matches (rescued meanwhile) are left alone. Returns how many were completed.

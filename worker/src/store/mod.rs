@@ -35,7 +35,7 @@ pub(crate) use claim::{
     claim, get_lock, lock_name, release_lock, ClaimLock, ClaimRequest, ClaimedJob,
 };
 pub(crate) use demo::{create_effects_table, insert_effect};
-pub(crate) use finish::{complete_batch, finish, finish_tx, FinishWrite};
+pub(crate) use finish::{complete_batch, finish, finish_tx, mark_tx, tx_intact, FinishWrite};
 pub(crate) use inspect::{counts, history, job, queue_activity};
 pub use inspect::{JobRecord, TransitionRecord};
 pub(crate) use lease::{

@@ -394,3 +394,64 @@ async fn retention_keeps_pace_with_completions(db: MySqlPool) {
     );
     assert_consistent(&db).await;
 }
+
+/// "Exactly once with `ctx.tx()`" holds only while the transaction is the one the handler
+/// began: after DDL committed it implicitly (the handler's later writes autocommitted), the
+/// attempt fails with a reason instead of completing, and the next attempt completes.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_transaction_the_server_ended_fails_the_attempt(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let mut r = Registry::new();
+    r.register_json("ddl", |_: serde_json::Value, ctx: JobContext| async move {
+        let mut tx = ctx.tx().await?;
+        let insert =
+            "INSERT INTO jobq_demo_effects (job_id, attempt, worker, effect_key, created_at) \
+                      VALUES (?, ?, 'x', ?, UTC_TIMESTAMP(6))";
+        sqlx::query(insert)
+            .bind(ctx.id().0)
+            .bind(ctx.attempt())
+            .bind(format!("before-{}", ctx.attempt()))
+            .execute(&mut **tx)
+            .await?;
+        if ctx.attempt() == 1 {
+            // DDL commits the transaction implicitly.
+            sqlx::query("CREATE TABLE IF NOT EXISTS handler_ddl (id INT)")
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(insert)
+                .bind(ctx.id().0)
+                .bind(ctx.attempt())
+                .bind("after-1")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok::<(), JobError>(())
+    })
+    .unwrap();
+    let id = Producer::new(pool.clone())
+        .enqueue(NewJob::json("ddl", json!({})))
+        .await
+        .unwrap();
+    let w = start(pool.clone(), r, &s);
+    wait_for(Duration::from_secs(20), "completed", || async {
+        state_of(&db, id.0).await == "completed"
+    })
+    .await;
+    w.stop().await;
+    let (job, h) = jobq_worker::job_with_history(&db, id).await.unwrap();
+    assert_eq!(job.attempt, 2, "the first attempt must not complete: {h:?}");
+    let failed = h
+        .iter()
+        .find(|t| t.attempt == 1 && t.error.is_some())
+        .expect("the first attempt failed with a reason");
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("ended by the server"),
+        "{failed:?}"
+    );
+    assert_consistent(&db).await;
+}
