@@ -38,6 +38,7 @@ mod handler;
 mod ids;
 mod inspect;
 pub mod metrics;
+mod panics;
 mod registry;
 mod runtime;
 mod shutdown;
@@ -54,6 +55,7 @@ pub use jobq_config::Config;
 pub use jobq_producer::{
     Job, JobId, JobState, KindName, NewJob, Producer, ProducerOptions, QueueName, MIGRATOR,
 };
+pub use panics::install_panic_hook;
 pub use registry::Registry;
 pub use runtime::prune_finished;
 pub use shutdown::{on_signals, Shutdown, ShutdownSignal, Stopped};

@@ -70,7 +70,11 @@ pub(crate) async fn run(
         Some(handler) => match handler.start(&job.payload, ctx) {
             Err(e) => Some(Outcome::Undecodable(e.to_string())),
             Ok(fut) => {
-                let guarded = AssertUnwindSafe(fut).catch_unwind();
+                let guarded = crate::panics::in_handler(
+                    job.id,
+                    job.kind.clone(),
+                    AssertUnwindSafe(fut).catch_unwind(),
+                );
                 tokio::select! {
                     r = with_timeout(policy.job_timeout, guarded) => Some(match r {
                         None => Outcome::Timeout(policy.job_timeout.unwrap_or_default()),

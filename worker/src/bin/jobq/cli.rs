@@ -173,11 +173,9 @@ fn init_logging(settings: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    // Handler panics are caught and recorded as attempt errors; log them as one line instead of
-    // the default multi-line report.
-    std::panic::set_hook(Box::new(|info| {
-        tracing::warn!(panic = %info, "handler panicked");
-    }));
+    // Handler panics are caught and recorded as attempt errors: one line each. Any other panic
+    // is reported as the bug it is.
+    jobq_worker::install_panic_hook();
 }
 
 pub(crate) async fn migrate(settings: &Config) -> Result<ExitCode> {
