@@ -17,7 +17,7 @@ use std::time::Duration;
 use jobq_config::{ClaimMode, Config};
 use jobq_producer::QueueName;
 use sqlx::MySqlPool;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -83,14 +83,7 @@ impl Worker {
         let info = db::detect(&self.pool).await?;
         info.check(self.config.worker_queues().iter().map(|q| q.claim_mode))?;
         db::check_migrated(&self.pool).await?;
-        let (ctx, crx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::new(
-            self.pool,
-            self.registry,
-            self.config,
-            self.id,
-            ctx,
-        ));
+        let shared = Arc::new(Shared::new(self.pool, self.registry, self.config, self.id));
         heartbeat::register(&shared).await?;
         let queues = shared.config.worker_queues().to_vec();
         let names: Vec<QueueName> = queues.iter().map(|q| q.name.clone()).collect();
@@ -135,11 +128,8 @@ impl Worker {
         // The completer has its own stop: it must flush while the heartbeat still keeps the
         // leases of the jobs it is completing.
         let stop_completer = CancellationToken::new();
-        let mut completer = tokio::spawn(recorder::completer(
-            shared.clone(),
-            crx,
-            stop_completer.clone(),
-        ));
+        let mut completer =
+            tokio::spawn(recorder::completer(shared.clone(), stop_completer.clone()));
         let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), stop_background.clone()));
         let maintenance = tokio::spawn(maintenance::run(shared.clone(), stop_background.clone()));
         let background = [

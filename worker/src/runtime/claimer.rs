@@ -1,5 +1,6 @@
 //! The claimer of one queue: waits for a free slot, claims up to all free slots in one
-//! transaction, and hands each claimed job to its own task.
+//! transaction, and hands each claimed job to its own task. The queue's successes waiting to be
+//! written ride in the same transaction, and their slots are refilled by it (`pending.rs`).
 //!
 //! Polling adapts: after a full batch it claims again at once; after a claim that found jobs
 //! but fewer than asked for it polls again after 1 ms, doubling on every empty poll up to
@@ -16,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::lock::NamedLockClaims;
+use super::recorder::Completion;
 use super::retry::DbRetry;
 use super::{executor, Shared};
 use crate::metrics;
@@ -34,17 +36,23 @@ pub(crate) async fn run(
 ) {
     let queue = q.name.clone();
     let lease = shared.config.worker.lease_ttl;
+    let carry_max = shared.config.worker.completion_batch as usize;
+    let successes = shared.pending.ready(&queue);
     let mut idle_wait = MIN_POLL;
     let mut named = NamedLockClaims::default();
     let mut retry = DbRetry::new();
     let mut last_full = false;
     loop {
-        // Wait for a free slot. Only this task takes permits, so every permit seen free below
-        // stays free until taken here.
+        // Wait for a free slot, or for a success whose slot this claim can fill. Only this task
+        // takes permits, so every permit seen free below stays free until taken here.
         let first = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            p = sem.clone().acquire_owned() => p.expect("semaphore never closed"),
+            p = sem.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
+            _ = successes.notified() => None,
+        };
+        let free = |first: &Option<OwnedSemaphorePermit>| {
+            usize::from(first.is_some()) + sem.available_permits() + shared.pending.len(&queue)
         };
         // After a full batch the slots come back one by one as jobs end; claiming at the first
         // free slot would make every claim tiny. Give the jobs just started a few scheduler turns
@@ -52,27 +60,42 @@ pub(crate) async fn run(
         if last_full {
             let target = (q.concurrency.min(q.max_batch) as usize).div_ceil(2);
             for _ in 0..16 {
-                if 1 + sem.available_permits() >= target {
+                if free(&first) >= target {
                     break;
                 }
                 tokio::task::yield_now().await;
             }
         }
-        let want = (1 + sem.available_permits()).min(q.max_batch as usize) as u32;
+        // The successes waiting in this queue are completed by this claim, in its transaction:
+        // their slots are filled by the jobs it claims.
+        let carried = shared.pending.take(&queue, carry_max);
+        let slots = usize::from(first.is_some()) + sem.available_permits() + carried.len();
+        let want = slots.min(q.max_batch as usize) as u32;
+        if want == 0 {
+            continue;
+        }
+        let fences: Vec<Fence> = carried.iter().map(|c| c.fence).collect();
         let started = Instant::now();
         let result = match q.claim_mode {
-            ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, want).await,
-            ClaimMode::NamedLock => named.claim(&shared, &queue, want).await,
+            ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, want, &fences).await,
+            ClaimMode::NamedLock => named.claim(&shared, &queue, want, &fences).await,
         };
         match result {
             Ok(claimed) => {
                 retry.reset();
-                let got = claimed.len();
+                let got = claimed.jobs.len();
                 last_full = got as u32 == want;
                 metrics::claim(&queue, started.elapsed(), got);
-                let mut first = Some(first);
-                for job in claimed {
-                    let permit = first.take().unwrap_or_else(|| {
+                // The carried successes were completed (those taken back meanwhile were left
+                // alone); their permits pass to the jobs just claimed.
+                let mut permits: Vec<OwnedSemaphorePermit> = Vec::with_capacity(carried.len());
+                match claimed.completed {
+                    Some(done) => permits.extend(completed(&shared, carried, done)),
+                    None => shared.pending.put_back(carried),
+                }
+                let mut first = first;
+                for job in claimed.jobs {
+                    let permit = first.take().or_else(|| permits.pop()).unwrap_or_else(|| {
                         sem.clone()
                             .try_acquire_owned()
                             .expect("free slots only shrink when this claimer takes them")
@@ -80,6 +103,7 @@ pub(crate) async fn run(
                     spawn_job(&shared, &jobs, &queue, job, permit, started + lease);
                 }
                 drop(first);
+                drop(permits);
                 if (got as u32) < want {
                     // Less than asked for: the queue is empty for now.
                     idle_wait = if got > 0 {
@@ -90,12 +114,15 @@ pub(crate) async fn run(
                     tokio::select! {
                         _ = tokio::time::sleep(idle_wait) => {}
                         _ = wake.notified() => idle_wait = MIN_POLL,
+                        _ = successes.notified() => {}
                         _ = stop.cancelled() => break,
                     }
                 }
             }
             Err(e) => {
                 drop(first);
+                // Not written (or not known to be): the completer retries them, fenced.
+                shared.pending.put_back(carried);
                 let pause = retry.pause(&e);
                 if pause.transient {
                     debug!(queue = %queue, error = %e, "claim hit a transient error; retrying");
@@ -113,13 +140,42 @@ pub(crate) async fn run(
     debug!(queue = %queue, "claimer stopped");
 }
 
+/// What a claim carrying successes returns to its caller: `Some(completed)` when the
+/// successes were part of its committed transaction, `None` when they were not sent (the named
+/// lock was busy).
+pub(crate) struct ClaimResult {
+    pub(crate) jobs: Vec<ClaimedJob>,
+    pub(crate) completed: Option<u64>,
+}
+
+/// Accounts for successes a claim completed (`done` of them; the rest had been taken back)
+/// and returns their permits.
+fn completed(
+    shared: &Shared,
+    carried: Vec<Completion>,
+    done: u64,
+) -> impl Iterator<Item = OwnedSemaphorePermit> + '_ {
+    if done < carried.len() as u64 {
+        warn!(
+            stale = carried.len() as u64 - done,
+            "completions for jobs taken back meanwhile were not written"
+        );
+    }
+    carried.into_iter().map(move |c| {
+        metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
+        shared.in_flight.remove(c.fence);
+        c.permit
+    })
+}
+
 /// One skip-locked claim on a pooled connection. The raw-transaction guard inside the store
 /// closes the connection instead of returning it if the transaction could not be ended.
 async fn claim_skip_locked(
     shared: &Shared,
     queue: &QueueName,
     want: u32,
-) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    complete: &[Fence],
+) -> Result<ClaimResult, sqlx::Error> {
     let mut conn = shared.pool.acquire().await?;
     let claimed = store::claim(
         &mut conn,
@@ -129,10 +185,14 @@ async fn claim_skip_locked(
             worker: &shared.id,
             lease: shared.config.worker.lease_ttl,
             lock: ClaimLock::SkipLocked,
+            complete,
         },
     )
     .await?;
-    Ok(claimed.jobs)
+    Ok(ClaimResult {
+        jobs: claimed.jobs,
+        completed: Some(claimed.completed),
+    })
 }
 
 /// Registers a claimed job in the in-flight table (with the lease deadline its claim took,

@@ -9,11 +9,12 @@ use std::time::Instant;
 use jobq_producer::QueueName;
 use tracing::{debug, warn};
 
+use super::claimer::ClaimResult;
 use super::Shared;
 use crate::db;
 use crate::ids::LockName;
 use crate::metrics;
-use crate::store::{self, ClaimLock, ClaimRequest, ClaimedJob, Dedicated};
+use crate::store::{self, ClaimLock, ClaimRequest, Dedicated, Fence};
 
 /// A dedicated connection and the lock name of its queue.
 struct LockSession {
@@ -37,7 +38,8 @@ impl NamedLockClaims {
         shared: &Shared,
         queue: &QueueName,
         want: u32,
-    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        complete: &[Fence],
+    ) -> Result<ClaimResult, sqlx::Error> {
         if self.session.is_none() {
             let mut conn =
                 db::dedicated(&shared.pool, shared.config.database.lock_wait_timeout_secs).await?;
@@ -63,7 +65,10 @@ impl NamedLockClaims {
             Some(false) => {
                 metrics::lock_timeout(queue);
                 debug!(queue = %queue, "named lock busy; backing off");
-                return Ok(Vec::new());
+                return Ok(ClaimResult {
+                    jobs: Vec::new(),
+                    completed: None,
+                });
             }
             None => {
                 self.session = None;
@@ -81,15 +86,20 @@ impl NamedLockClaims {
                 worker: &shared.id,
                 lease: shared.config.worker.lease_ttl,
                 lock: ClaimLock::NamedLock(&name),
+                complete,
             },
         )
         .await;
         match result {
-            Ok(c) if c.released && !s.conn.is_broken() => Ok(c.jobs),
             Ok(c) => {
-                warn!(queue = %queue, "RELEASE_LOCK did not release; dropping the session");
-                self.session = None;
-                Ok(c.jobs)
+                if !c.released || s.conn.is_broken() {
+                    warn!(queue = %queue, "RELEASE_LOCK did not release; dropping the session");
+                    self.session = None;
+                }
+                Ok(ClaimResult {
+                    jobs: c.jobs,
+                    completed: Some(c.completed),
+                })
             }
             Err(e) => {
                 // Dropping the session rolls back and releases whatever it held.

@@ -8,6 +8,7 @@
 //!   transaction, put-back);
 //! - [`heartbeat`]: extends leases and beats the worker row;
 //! - [`maintenance`]: the leader's promotion, rescue, retention and depth sampling;
+//! - [`pending`]: successes waiting for their completion to be written;
 //! - [`in_flight`]: the table of running jobs, owner of their deadlines and cancellation;
 //! - [`retry`]: the database-retry policy all loops share.
 
@@ -17,6 +18,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod in_flight;
 pub(crate) mod lock;
 pub(crate) mod maintenance;
+pub(crate) mod pending;
 pub(crate) mod recorder;
 pub(crate) mod retry;
 
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use jobq_config::{Config, RunPolicy};
 use jobq_producer::{KindName, QueueName};
 use sqlx::MySqlPool;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::WorkerId;
@@ -50,7 +52,8 @@ pub(crate) struct Shared {
     /// The registered kinds.
     pub(crate) kinds: Vec<KindName>,
     pub(crate) in_flight: in_flight::InFlight,
-    pub(crate) completions: mpsc::UnboundedSender<recorder::Completion>,
+    /// Successes whose completion is not written yet.
+    pub(crate) pending: pending::Pending,
     /// Fired when shutdown gives up waiting: running jobs are released.
     pub(crate) release: CancellationToken,
     pub(crate) slots: Vec<QueueSlots>,
@@ -59,13 +62,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        pool: MySqlPool,
-        registry: Registry,
-        config: Config,
-        id: WorkerId,
-        completions: mpsc::UnboundedSender<recorder::Completion>,
-    ) -> Shared {
+    pub(crate) fn new(pool: MySqlPool, registry: Registry, config: Config, id: WorkerId) -> Shared {
         let kinds = registry.kind_names();
         let slots: Vec<QueueSlots> = config
             .worker_queues()
@@ -93,7 +90,7 @@ impl Shared {
             id,
             kinds,
             in_flight: in_flight::InFlight::default(),
-            completions,
+            pending: pending::Pending::new(slots.iter().map(|q| &q.name)),
             release: CancellationToken::new(),
             slots,
             policies,

@@ -1,7 +1,7 @@
 //! Writing outcomes. Three paths:
 //!
-//! - a success whose handler never opened `ctx.tx()` goes to the **completer**, which writes
-//!   many completions in one round trip;
+//! - a success whose handler never opened `ctx.tx()` waits in [`super::pending`] until its
+//!   queue's next claim or the **completer** writes it with many others in one round trip;
 //! - a success with a handler transaction is completed **inside that transaction**, so the
 //!   handler's writes and the completion commit together; if that commit fails, the writes are
 //!   gone and the job is **put back** (`available`, attempt refunded);
@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use jobq_producer::{KindName, QueueName};
 use rand::Rng;
 use sqlx::{MySql, Transaction};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::pending::LINGER;
 use super::retry::DbRetry;
 use super::Shared;
 use crate::metrics;
@@ -38,8 +39,9 @@ pub(crate) struct Completion {
     pub(crate) queue: QueueName,
     pub(crate) kind: KindName,
     pub(crate) run: Duration,
-    /// Held, never read: dropping it (after the completion is written) frees the slot.
-    pub(crate) _permit: OwnedSemaphorePermit,
+    /// Dropping it (after the completion is written) frees the slot; a claim that carried the
+    /// completion hands it to a job it claimed.
+    pub(crate) permit: OwnedSemaphorePermit,
 }
 
 /// One finished attempt, as the executor hands it over.
@@ -59,14 +61,14 @@ pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemapho
     let decision = if a.outcome == Outcome::Success {
         match a.tx.take() {
             None => {
-                // Batched by the completer, which frees the slot once the completion is
-                // written; the lease stays ours until then.
-                let _ = shared.completions.send(Completion {
+                // Batched by the queue's next claim or the completer, which free the slot
+                // once the completion is written; the lease stays ours until then.
+                shared.pending.push(Completion {
                     fence: a.fence,
                     queue: a.queue,
                     kind: a.job.kind,
                     run: a.run,
-                    _permit: permit,
+                    permit,
                 });
                 return;
             }
@@ -226,42 +228,29 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
     }
 }
 
-/// The completer: gathers completions and writes them in batches of up to
-/// `worker.completion_batch`, until `stop` and the channel is drained.
-pub(crate) async fn completer(
-    shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Completion>,
-    stop: CancellationToken,
-) {
+/// The completer: writes, in batches of up to `worker.completion_batch`, the successes no
+/// claim carried within [`LINGER`], until `stop` and nothing is left waiting.
+pub(crate) async fn completer(shared: Arc<Shared>, stop: CancellationToken) {
     let max = shared.config.worker.completion_batch as usize;
-    let mut batch: Vec<Completion> = Vec::with_capacity(max);
     loop {
-        if batch.is_empty() {
+        if shared.pending.is_empty() {
             tokio::select! {
-                c = rx.recv() => match c {
-                    Some(c) => batch.push(c),
-                    None => return,
-                },
-                // Every job task has ended before `stop`: drain what is queued, then leave.
-                _ = stop.cancelled() => match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => return,
-                },
+                _ = shared.pending.wait_any() => {}
+                // Every job task has ended before `stop`: write what waits, then leave.
+                _ = stop.cancelled() => if shared.pending.is_empty() { return },
             }
         }
-        // Gather what is queued; give jobs that are finishing a few scheduler turns to join, so
-        // one commit serves many completions.
-        for _ in 0..8 {
-            while batch.len() < max {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
+        if !stop.is_cancelled() {
+            // A busy queue's claimer carries its successes in its next claim; give it the
+            // first chance.
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = stop.cancelled() => {}
             }
-            if batch.len() >= max {
-                break;
-            }
-            tokio::task::yield_now().await;
+        }
+        let mut batch = shared.pending.take_any(max);
+        if batch.is_empty() {
+            continue;
         }
         write_batch(&shared, &mut batch).await;
         // Forgetting a job and freeing its slot go together (the permit drops with `c`).

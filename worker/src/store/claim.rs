@@ -7,8 +7,9 @@ use jobq_producer::{KindName, QueueName};
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlConnection, Row};
 
+use super::finish::{completion_sql, COMPLETION_STATEMENTS, COMPLETION_UPDATE};
 use super::sql::{hex, id_list, lit, RawTx, Session};
-use super::{micros, text, Token};
+use super::{micros, text, Fence, Token};
 use crate::ids::{LockName, WorkerId};
 
 /// A job this worker just claimed.
@@ -45,18 +46,25 @@ pub(crate) struct ClaimRequest<'a> {
     pub(crate) worker: &'a WorkerId,
     pub(crate) lease: Duration,
     pub(crate) lock: ClaimLock<'a>,
+    /// Successes of this worker to complete in the same transaction: their slots are the ones
+    /// this claim fills, so the process never has more `running` rows than slots, and one
+    /// commit serves both.
+    pub(crate) complete: &'a [Fence],
 }
 
-/// What a claim returned: the jobs, and in named-lock mode whether `RELEASE_LOCK` released.
+/// What a claim returned: the jobs, how many of `complete` were completed (the others had
+/// been taken back), and in named-lock mode whether `RELEASE_LOCK` released.
 #[derive(Debug)]
 pub(crate) struct Claimed {
     pub(crate) jobs: Vec<ClaimedJob>,
+    pub(crate) completed: u64,
     pub(crate) released: bool,
 }
 
 /// Claims in one transaction of two round trips:
 ///
-/// 1. `START TRANSACTION; SELECT … FOR UPDATE [SKIP LOCKED]` — lock the batch in index order;
+/// 1. `START TRANSACTION; [completions;] SELECT … FOR UPDATE [SKIP LOCKED]` — complete the
+///    carried successes, lock the batch in index order;
 /// 2. `UPDATE … SET state = 'running', claim_token = <fresh token>, lease …; INSERT INTO
 ///    jobq_transitions … SELECT … WHERE claim_token = <token>; COMMIT` (+ `RELEASE_LOCK` in
 ///    named-lock mode: strictly after the commit, or the next claimer could read rows this
@@ -83,20 +91,34 @@ pub(crate) async fn claim<S: Session>(
                 == Some(1)
         }
     };
-    if req.limit == 0 {
+    if req.limit == 0 && req.complete.is_empty() {
         return Ok(Claimed {
             jobs: Vec::new(),
+            completed: 0,
             released: release_sql.is_none(),
         });
     }
     let select = claim_select(&lit(req.queue), &req.limit.to_string());
-    let (mut tx, (rows, _)) = RawTx::begin(session, &select).await?;
+    let first = if req.complete.is_empty() {
+        select
+    } else {
+        format!("{}; {select}", completion_sql(req.complete))
+    };
+    let (mut tx, (rows, counts)) = RawTx::begin(session, &first).await?;
+    // Counts: START TRANSACTION, [the completion statements,] SELECT.
+    let completed = if req.complete.is_empty() {
+        0
+    } else {
+        counts.get(1 + COMPLETION_UPDATE).copied().unwrap_or(0)
+    };
+    debug_assert!(req.complete.is_empty() || counts.len() == 2 + COMPLETION_STATEMENTS);
     if rows.is_empty() {
         // language=MySQL
         let sql = format!("COMMIT{}", release_sql.as_deref().unwrap_or(""));
         let (rows, _) = tx.end(&sql).await?;
         return Ok(Claimed {
             jobs: Vec::new(),
+            completed,
             released: was_released(&rows),
         });
     }
@@ -159,6 +181,7 @@ pub(crate) async fn claim<S: Session>(
     }
     Ok(Claimed {
         jobs,
+        completed,
         released: was_released(&rows),
     })
 }

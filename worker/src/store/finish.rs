@@ -44,6 +44,24 @@ pub(crate) async fn complete_batch(pool: &MySqlPool, fences: &[Fence]) -> Result
     if fences.is_empty() {
         return Ok(0);
     }
+    let sql = format!("{}; COMMIT", completion_sql(fences));
+    let mut conn = pool.acquire().await?;
+    // One round trip: the guard's begin sends START TRANSACTION with the whole batch; `end`
+    // only marks it closed, the COMMIT having been part of the batch.
+    let (tx, (_, counts)) = RawTx::begin(&mut conn, &sql).await?;
+    tx.committed();
+    // Counts: START TRANSACTION, then the completion statements, then COMMIT.
+    Ok(counts.get(1 + COMPLETION_UPDATE).copied().unwrap_or(0))
+}
+
+/// Which of [`completion_sql`]'s statements is the UPDATE (its count is the jobs completed).
+pub(super) const COMPLETION_UPDATE: usize = 1;
+/// How many statements [`completion_sql`] holds.
+pub(super) const COMPLETION_STATEMENTS: usize = 3;
+
+/// The statements that complete `fences` inside an open transaction (no COMMIT): shared by the
+/// completer's own transaction and a claim that carries completions (`store::claim`).
+pub(super) fn completion_sql(fences: &[Fence]) -> String {
     let ids = id_list(fences.iter().map(|f| f.id));
     let mut pairs = String::new();
     for (i, f) in fences.iter().enumerate() {
@@ -57,23 +75,15 @@ pub(crate) async fn complete_batch(pool: &MySqlPool, fences: &[Fence]) -> Result
     // each job by its own token. The INSERT finds exactly the rows this UPDATE completed (same
     // token, same finalized_at): if a COMMIT succeeded but its answer was lost and the batch is
     // retried, the UPDATE matches nothing and no second `completed` transition is written.
-    let sql = format!(
+    format!(
         "SET @jobq_done_at := UTC_TIMESTAMP(6); \
          UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = @jobq_done_at, lease_expires_at = NULL \
          WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running'; \
          INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
          SELECT id, 'running', 'completed', 'completed', attempt, worker_id, finalized_at \
          FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) \
-           AND state = 'completed' AND finalized_at = @jobq_done_at; \
-         COMMIT"
-    );
-    let mut conn = pool.acquire().await?;
-    // One round trip: the guard's begin sends START TRANSACTION with the whole batch; `end`
-    // only marks it closed, the COMMIT having been part of the batch.
-    let (tx, (_, counts)) = RawTx::begin(&mut conn, &sql).await?;
-    tx.committed();
-    // Counts: START TRANSACTION, SET, UPDATE, INSERT, COMMIT.
-    Ok(counts.get(2).copied().unwrap_or(0))
+           AND state = 'completed' AND finalized_at = @jobq_done_at"
+    )
 }
 
 /// One attempt's outcome for one job, as decided by [`crate::transition`].

@@ -156,6 +156,7 @@ async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) 
             worker: &worker,
             lease: Duration::from_secs(30),
             lock: ClaimLock::SkipLocked,
+            complete: &[],
         },
     )
     .await
@@ -184,6 +185,107 @@ async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) 
         .await,
         10
     );
+}
+
+/// A claim that carries completions commits them with the jobs it claims, one `completed`
+/// transition each, and leaves alone a completion whose fence is gone (taken back meanwhile).
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
+    Producer::new(db.clone())
+        .enqueue_many((0..6).map(|_| NewJob::json("noop", json!({}))).collect())
+        .await
+        .unwrap();
+    let queue = QueueName::new("default").unwrap();
+    let worker = WorkerId::generate();
+    let mut conn = db.acquire().await.unwrap();
+    let req = |limit, complete| ClaimRequest {
+        queue: &queue,
+        limit,
+        worker: &worker,
+        lease: Duration::from_secs(30),
+        lock: ClaimLock::SkipLocked,
+        complete,
+    };
+    let first = claim(&mut conn, req(3, &[])).await.unwrap();
+    assert_eq!(first.jobs.len(), 3);
+    let fences: Vec<Fence> = first
+        .jobs
+        .iter()
+        .map(|j| Fence {
+            id: j.id,
+            token: j.token,
+        })
+        .collect();
+    // The third one is taken back (its token replaced) before the claim carries it.
+    sqlx::query(
+        "UPDATE jobq_jobs SET claim_token = X'00000000000000000000000000000000' WHERE id = ?",
+    )
+    .bind(fences[2].id)
+    .execute(&db)
+    .await
+    .unwrap();
+    let second = claim(&mut conn, req(3, &fences)).await.unwrap();
+    assert_eq!(second.jobs.len(), 3);
+    assert_eq!(second.completed, 2);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'completed'"
+        )
+        .await,
+        2
+    );
+    // Carried again (a retry after an answer lost in transit) it writes nothing twice, and a
+    // claim that finds no job still commits what it carries.
+    let third = claim(&mut conn, req(0, &fences[..2])).await.unwrap();
+    assert_eq!((third.jobs.len(), third.completed), (0, 0));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'completed'"
+        )
+        .await,
+        2
+    );
+    let last: Vec<Fence> = second
+        .jobs
+        .iter()
+        .map(|j| Fence {
+            id: j.id,
+            token: j.token,
+        })
+        .collect();
+    let fourth = claim(&mut conn, req(5, &last)).await.unwrap();
+    assert_eq!((fourth.jobs.len(), fourth.completed), (0, 3));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'"
+        )
+        .await,
+        5
+    );
+    let in_tx: u64 = sqlx::query_scalar("SELECT @@in_transaction")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(in_tx, 0, "the claim left its transaction open");
 }
 
 /// The heartbeat tells its jobs apart: a running row with our token is extended; a row we
