@@ -245,7 +245,10 @@ fn server_url(url: &str) -> String {
 }
 
 /// Fails with [`Error::NotMigrated`] unless every migration of this build is applied.
-pub async fn check_migrated(pool: &MySqlPool) -> Result<()> {
+pub async fn check_migrated<'c, E>(db: E) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::MySql>,
+{
     let newest = jobq_producer::MIGRATOR
         .iter()
         .map(|m| m.version)
@@ -254,7 +257,7 @@ pub async fn check_migrated(pool: &MySqlPool) -> Result<()> {
     // language=MySQL
     let applied: Result<Option<i64>, sqlx::Error> =
         sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-            .fetch_one(pool)
+            .fetch_one(db)
             .await;
     match applied {
         Ok(Some(v)) if v >= newest => Ok(()),

@@ -50,6 +50,9 @@ pub enum Error {
     /// The schema is missing or older than this build.
     #[error("the jobq schema is not migrated in this database: {0}; run `jobq migrate`")]
     NotMigrated(String),
+    /// A background loop of the worker panicked; the worker stopped gracefully.
+    #[error("the worker's {0} panicked and the worker stopped (the panic is in the log above); this is a jobq bug, please report it")]
+    LoopDied(crate::health::Loop),
     /// A job does not exist.
     #[error("job {0} does not exist")]
     NoSuchJob(JobId),

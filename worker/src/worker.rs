@@ -20,16 +20,40 @@ use sqlx::MySqlPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::db;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::health::{supervise, Health, Loop};
 use crate::ids::WorkerId;
 use crate::metrics;
 use crate::registry::Registry;
 use crate::runtime::{claimer, heartbeat, maintenance, recorder, Shared};
 use crate::shutdown::{ShutdownSignal, StopLevel, Stopped};
 use crate::store;
+
+/// Starts background loops under supervision (see [`crate::health`]).
+struct Supervisor {
+    health: Health,
+    /// Tests only: the loop to make panic as it starts.
+    fault: Option<Loop>,
+}
+
+impl Supervisor {
+    fn run<F>(&self, which: Loop, body: F) -> impl std::future::Future<Output = ()>
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let fault = self.fault.as_ref() == Some(&which);
+        let name = which.clone();
+        supervise(self.health.clone(), which, async move {
+            if fault {
+                panic!("injected fault in the {name}");
+            }
+            body.await
+        })
+    }
+}
 
 /// The stop phases of a run, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +71,10 @@ pub struct Worker {
     config: Config,
     id: WorkerId,
     drain: bool,
+    health: Health,
+    /// Tests only: a background loop made to panic as it starts.
+    #[cfg(test)]
+    fault: Option<Loop>,
 }
 
 impl Worker {
@@ -59,7 +87,23 @@ impl Worker {
             config: config.clone(),
             id: WorkerId::generate(),
             drain: false,
+            health: Health::default(),
+            #[cfg(test)]
+            fault: None,
         }
+    }
+
+    /// A view of this worker's health for readiness probes: [`Status::Dead`] once a background
+    /// loop has died, [`Status::Stopping`] once it stops.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Tests only: makes the background loop `which` panic as it starts.
+    #[cfg(test)]
+    pub(crate) fn inject_panic(mut self, which: Loop) -> Self {
+        self.fault = Some(which);
+        self
     }
 
     /// Stop by itself once its queues hold no `available`, `running` or `retryable` job of a
@@ -78,11 +122,20 @@ impl Worker {
     ///
     /// Fails before claiming anything if the server cannot run the configured claim modes or
     /// the schema is not migrated. Database errors while running are logged, counted and
-    /// retried with backoff; they never end the run.
+    /// retried with backoff; they never end the run. If a background loop panics, the worker
+    /// stops gracefully and returns [`Error::LoopDied`].
     pub async fn run(self, mut signal: ShutdownSignal) -> Result<Stopped> {
         let info = db::detect(&self.pool).await?;
         info.check(self.config.worker_queues().iter().map(|q| q.claim_mode))?;
         db::check_migrated(&self.pool).await?;
+        let sup = Supervisor {
+            health: self.health.clone(),
+            #[cfg(test)]
+            fault: self.fault.clone(),
+            #[cfg(not(test))]
+            fault: None,
+        };
+        let health = self.health.clone();
         let shared = Arc::new(Shared::new(self.pool, self.registry, self.config, self.id));
         heartbeat::register(&shared).await?;
         let queues = shared.config.worker_queues().to_vec();
@@ -115,23 +168,35 @@ impl Worker {
         let jobs = TaskTracker::new();
         let claimers = TaskTracker::new();
         for (q, slots) in queues.iter().zip(&shared.slots) {
-            claimers.spawn(claimer::run(
-                shared.clone(),
-                q.clone(),
-                slots.sem.clone(),
-                stop_claiming.clone(),
-                jobs.clone(),
-                wakers[&q.name].clone(),
+            let which = Loop::Claimer(q.name.clone());
+            claimers.spawn(sup.run(
+                which,
+                claimer::run(
+                    shared.clone(),
+                    q.clone(),
+                    slots.sem.clone(),
+                    stop_claiming.clone(),
+                    jobs.clone(),
+                    wakers[&q.name].clone(),
+                ),
             ));
         }
         claimers.close();
         // The completer has its own stop: it must flush while the heartbeat still keeps the
         // leases of the jobs it is completing.
         let stop_completer = CancellationToken::new();
-        let mut completer =
-            tokio::spawn(recorder::completer(shared.clone(), stop_completer.clone()));
-        let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), stop_background.clone()));
-        let maintenance = tokio::spawn(maintenance::run(shared.clone(), stop_background.clone()));
+        let mut completer = tokio::spawn(sup.run(
+            Loop::Completer,
+            recorder::completer(shared.clone(), stop_completer.clone()),
+        ));
+        let heartbeat = tokio::spawn(sup.run(
+            Loop::Heartbeat,
+            heartbeat::run(shared.clone(), stop_background.clone()),
+        ));
+        let maintenance = tokio::spawn(sup.run(
+            Loop::Maintenance,
+            maintenance::run(shared.clone(), stop_background.clone()),
+        ));
         let background = [
             completer.abort_handle(),
             heartbeat.abort_handle(),
@@ -145,7 +210,10 @@ impl Worker {
             let left = shared.in_flight.cancel_all();
             warn!(worker = %shared.id, ?phase, jobs = left,
                   "stopped at once; running jobs will be rescued when their leases expire");
-            Ok(Stopped::Immediate(left))
+            match health.dead() {
+                Some(l) => Err(Error::LoopDied(l)),
+                None => Ok(Stopped::Immediate(left)),
+            }
         };
 
         // Running: until asked to stop, or drained.
@@ -154,7 +222,12 @@ impl Worker {
         let drained = tokio::select! {
             _ = signal.at_least(StopLevel::Graceful) => false,
             _ = wait_drained(&shared, &names), if self.drain => true,
+            _ = health.died() => false,
         };
+        health.set_stopping();
+        if let Some(l) = health.dead() {
+            error!(worker = %shared.id, r#loop = %l, "a background loop died; stopping gracefully");
+        }
         info!(worker = %shared.id, drained, "stopping: no new claims");
 
         // Draining: no new claims; running jobs go on for up to shutdown_timeout.
@@ -220,6 +293,9 @@ impl Worker {
         }
         debug!(?phase, "background tasks stopped");
         info!(worker = %shared.id, "worker stopped");
+        if let Some(l) = health.dead() {
+            return Err(Error::LoopDied(l));
+        }
         Ok(if drained {
             Stopped::Drained
         } else {
@@ -253,5 +329,47 @@ async fn wait_drained(shared: &Shared, queues: &[QueueName]) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Status;
+    use crate::shutdown::Shutdown;
+
+    /// A background loop that panics does not leave a process that looks alive: the worker
+    /// stops by itself, reports the loop through its health and returns an error naming it.
+    #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+    async fn a_dead_background_loop_stops_the_worker_loudly(pool: MySqlPool) {
+        let mut settings = jobq_config::Settings::default();
+        settings.worker.shutdown_timeout = Duration::from_secs(2);
+        let config = settings.validate().unwrap();
+        let queue = QueueName::new("default").unwrap();
+        for which in [
+            Loop::Claimer(queue.clone()),
+            Loop::Completer,
+            Loop::Heartbeat,
+            Loop::Maintenance,
+        ] {
+            let (_shutdown, signal) = Shutdown::new();
+            let worker =
+                Worker::new(pool.clone(), Registry::new(), &config).inject_panic(which.clone());
+            let health = worker.health();
+            assert_eq!(health.status(), Status::Running);
+            let result = tokio::time::timeout(Duration::from_secs(20), worker.run(signal))
+                .await
+                .unwrap_or_else(|_| panic!("the worker kept running after its {which} died"));
+            match result {
+                Err(Error::LoopDied(l)) => assert_eq!(l, which),
+                other => panic!("expected LoopDied({which}), got {other:?}"),
+            }
+            assert_eq!(health.status(), Status::Dead(which));
+        }
+        let workers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobq_workers")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(workers, 0, "each stopped worker removed its row");
     }
 }

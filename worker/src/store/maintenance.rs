@@ -126,10 +126,11 @@ pub(crate) async fn rescue_expired(
     // language=MySQL
     // The `running` range of jobq_jobs_due (state, run_at, id): at most the slots of all
     // workers, filtered on the lease. SKIP LOCKED: a row locked right now belongs to a worker
-    // finishing it; it is looked at again next tick.
+    // finishing it; it is looked at again next tick. A running row without a lease (possible
+    // only where CHECK constraints are not enforced) counts as expired.
     let rows = sqlx::query(
         "SELECT id, queue, kind, attempt, max_attempts, worker_id FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
-         WHERE state = 'running' AND lease_expires_at < UTC_TIMESTAMP(6) \
+         WHERE state = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < UTC_TIMESTAMP(6)) \
          ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)

@@ -13,4 +13,5 @@ mod procs;
 mod cli;
 mod core;
 mod edges;
+mod foreign;
 mod outcomes;

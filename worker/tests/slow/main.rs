@@ -13,6 +13,7 @@ mod procs;
 
 mod contention;
 mod crash;
+mod endpoint;
 mod prom;
 mod restart;
 mod wakeup;

@@ -53,6 +53,17 @@ async fn database_restart_mid_run() {
         || ready(503),
     )
     .await;
+    // Clients get a short reason; the detail (the driver's error) goes to the log.
+    let (_, body) = crate::http::get(port, "/readyz").unwrap();
+    assert!(
+        matches!(
+            body.as_str(),
+            "not ready: database unreachable\n"
+                | "not ready: database error\n"
+                | "not ready: database not answering\n"
+        ),
+        "unexpected /readyz body {body:?}"
+    );
     assert_eq!(
         crate::http::get(port, "/healthz").unwrap().0,
         200,
@@ -77,6 +88,10 @@ async fn database_restart_mid_run() {
     )
     .await;
     w.stop_cleanly();
+    assert!(
+        w.log_text().contains("readiness: not ready"),
+        "the readiness detail was not logged"
+    );
     assert_effects_once(&db, N).await;
     assert_consistent(&db).await;
     let log = w.log_text();

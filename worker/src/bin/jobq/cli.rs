@@ -258,12 +258,12 @@ async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
         None => None,
     };
     let pool = connected(&settings).await?;
+    let worker = Worker::new(pool.clone(), builtin_registry()?, &settings).drain(a.drain);
     if let (Some(addr), Some(handle)) = (settings.metrics.listen, recorder) {
-        crate::http::spawn(addr, handle, pool.clone()).await?;
+        crate::http::spawn(addr, handle, &pool, worker.health()).await?;
     }
     let (shutdown, signal) = Shutdown::new();
     jobq_worker::on_signals(shutdown).context("installing the SIGTERM/SIGINT handlers")?;
-    let worker = Worker::new(pool, builtin_registry()?, &settings).drain(a.drain);
     match worker.run(signal).await? {
         Stopped::Graceful | Stopped::Drained => Ok(ExitCode::SUCCESS),
         Stopped::Immediate(n) => {

@@ -1,15 +1,24 @@
 //! The operator endpoint on `metrics.listen`: `/metrics` (Prometheus text format), `/healthz`
-//! (the process is up) and `/readyz` (the database answers and is migrated). A deliberately tiny
-//! HTTP/1.1 responder: one request per connection, GET only, no keep-alive.
+//! (the process is up) and `/readyz` (the worker runs with every loop alive, the database
+//! answers and is migrated). A deliberately tiny HTTP/1.1 responder: one request per connection,
+//! GET only, no keep-alive, at most [`MAX_CONNECTIONS`] at once, each bounded in time.
+//! `/readyz` never touches the database itself: a background check on its own connection
+//! refreshes a cached answer, so probes cost nothing and cannot exhaust the workers' pool;
+//! clients get a short reason, the log gets the detail.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Context, Result};
+use jobq_worker::{Health, Status};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::MySqlPool;
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 /// Installs the Prometheus recorder (explicit buckets) and returns its handle.
 pub(crate) fn install_recorder() -> Result<PrometheusHandle> {
@@ -26,11 +35,20 @@ pub(crate) fn install_recorder() -> Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// At most this many connections are served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// A connection must send its request and take the answer within this time.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the readiness check runs (on its own connection, never the workers' pool).
+const READY_EVERY: Duration = Duration::from_secs(2);
+
 /// Binds `addr` now (so a taken port fails the start) and serves in the background.
+/// `/readyz` reports the worker's `health` and a database check cached by a background task.
 pub(crate) async fn spawn(
     addr: SocketAddr,
     handle: PrometheusHandle,
-    pool: MySqlPool,
+    pool: &MySqlPool,
+    health: Health,
 ) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
@@ -43,17 +61,26 @@ pub(crate) async fn spawn(
             upkeep.run_upkeep();
         }
     });
+    let db_state = Arc::new(Mutex::new(Err("starting")));
+    tokio::spawn(check_database(
+        (*pool.connect_options()).clone(),
+        db_state.clone(),
+    ));
+    let ready = Readiness { health, db_state };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
             match listener.accept().await {
                 Ok((sock, _)) => {
-                    let (handle, pool) = (handle.clone(), pool.clone());
+                    let (handle, ready) = (handle.clone(), ready.clone());
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(
-                            Duration::from_secs(10),
-                            respond(sock, &handle, &pool),
+                            CONNECTION_TIMEOUT,
+                            respond(sock, &handle, &ready),
                         )
                         .await;
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -66,10 +93,92 @@ pub(crate) async fn spawn(
     Ok(())
 }
 
+/// What `/readyz` answers from: the worker's health and the last database check.
+#[derive(Clone)]
+struct Readiness {
+    health: Health,
+    /// `Err(short reason)` when the last check failed (the detail is in the log).
+    db_state: Arc<Mutex<Result<(), &'static str>>>,
+}
+
+impl Readiness {
+    fn check(&self) -> Result<(), String> {
+        match self.health.status() {
+            Status::Running => {}
+            Status::Stopping => return Err("stopping".into()),
+            Status::Dead(l) => return Err(format!("the worker's {l} died")),
+        }
+        (*self.db_state.lock().expect("never poisoned")).map_err(str::to_owned)
+    }
+}
+
+/// Checks every [`READY_EVERY`] that the database answers on a connection of its own and the
+/// schema is migrated; logs the detail when the result changes, keeps a short reason.
+async fn check_database(options: MySqlConnectOptions, state: Arc<Mutex<Result<(), &'static str>>>) {
+    let mut conn: Option<MySqlConnection> = None;
+    let mut last: Option<Result<(), String>> = None;
+    loop {
+        let (now, short): (Result<(), String>, Result<(), &'static str>) = async {
+            if conn.is_none() {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    MySqlConnection::connect_with(&options),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => conn = Some(c),
+                    Ok(Err(e)) => {
+                        return (Err(format!("connecting: {e}")), Err("database unreachable"))
+                    }
+                    Err(_) => {
+                        return (
+                            Err("connecting: no answer within 2 s".into()),
+                            Err("database unreachable"),
+                        )
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("just connected");
+            match tokio::time::timeout(Duration::from_secs(2), jobq_worker::check_migrated(&mut *c))
+                .await
+            {
+                Ok(Ok(())) => (Ok(()), Ok(())),
+                Ok(Err(e @ jobq_worker::Error::NotMigrated(_))) => {
+                    (Err(e.to_string()), Err("schema not migrated"))
+                }
+                Ok(Err(e)) => {
+                    conn = None;
+                    (
+                        Err(format!("{:#}", anyhow::Error::new(e))),
+                        Err("database error"),
+                    )
+                }
+                Err(_) => {
+                    conn = None;
+                    (
+                        Err("no answer within 2 s".into()),
+                        Err("database not answering"),
+                    )
+                }
+            }
+        }
+        .await;
+        if last.as_ref() != Some(&now) {
+            match &now {
+                Ok(()) => tracing::info!("readiness: database ready"),
+                Err(detail) => tracing::warn!(%detail, "readiness: not ready"),
+            }
+            last = Some(now);
+        }
+        *state.lock().expect("never poisoned") = short;
+        tokio::time::sleep(READY_EVERY).await;
+    }
+}
+
 async fn respond(
     mut sock: TcpStream,
     handle: &PrometheusHandle,
-    pool: &MySqlPool,
+    ready: &Readiness,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -87,12 +196,12 @@ async fn respond(
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", handle.render()),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") => match ready(pool).await {
+        ("GET", "/readyz") => match ready.check() {
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
-            Err(e) => (
+            Err(reason) => (
                 "503 Service Unavailable",
                 "text/plain",
-                format!("not ready: {e}\n"),
+                format!("not ready: {reason}\n"),
             ),
         },
         ("GET", _) => (
@@ -113,12 +222,4 @@ async fn respond(
     sock.write_all(head.as_bytes()).await?;
     sock.write_all(body.as_bytes()).await?;
     sock.shutdown().await
-}
-
-/// Ready: the database answers within 2 s and the schema is migrated.
-async fn ready(pool: &MySqlPool) -> Result<()> {
-    tokio::time::timeout(Duration::from_secs(2), jobq_worker::check_migrated(pool))
-        .await
-        .context("database did not answer within 2 s")??;
-    Ok(())
 }

@@ -119,7 +119,14 @@ pub(super) async fn ceiling_batch(
         .await?;
     if !ids.is_empty() {
         // language=MySQL
-        let sql = format!("UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempted_at = UTC_TIMESTAMP(6) WHERE id IN ({})", marks(ids.len()));
+        // A running row must carry a token and a lease (schema constraint); one fixed token
+        // for the whole ceiling run: nothing here is fenced.
+        let sql = format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', claim_token = X'00000000000000000000000000000001', \
+                    lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR, attempted_at = UTC_TIMESTAMP(6) \
+             WHERE id IN ({})",
+            marks(ids.len())
+        );
         let mut q = sqlx::query(&sql);
         for id in &ids {
             q = q.bind(id);
@@ -137,7 +144,7 @@ pub(super) async fn ceiling_batch(
     if !ids.is_empty() {
         // language=MySQL
         let sql = format!(
-            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = UTC_TIMESTAMP(6) WHERE id IN ({})",
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = UTC_TIMESTAMP(6), lease_expires_at = NULL WHERE id IN ({})",
             marks(ids.len())
         );
         let mut q = sqlx::query(&sql);

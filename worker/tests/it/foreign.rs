@@ -1,0 +1,194 @@
+//! Rows written by other programs: the plain-SQL contract for producers in other languages
+//! (README "Enqueueing from other languages"), the schema refusing impossible rows, and the
+//! runtime coping with odd but legal ones.
+
+use std::time::Duration;
+
+use jobq_config::ClaimMode;
+use sqlx::MySqlPool;
+
+use crate::common::*;
+
+/// Whether `e` is a CHECK constraint refusal (MariaDB 4025, MySQL 3819).
+fn is_check_violation(e: &sqlx::Error) -> bool {
+    let text = e.to_string();
+    text.contains("4025") || text.contains("3819") || text.to_lowercase().contains("constraint")
+}
+
+/// The README's plain-SQL enqueue, as a service in another language would run it: the job row
+/// with only queue, kind and payload, and its `enqueued` transition, in one transaction.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn rows_inserted_with_plain_sql_run(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let mut tx = db.begin().await.unwrap();
+    // A producer whose session is not in UTC: the defaults use the database's UTC clock.
+    sqlx::query("SET time_zone = '+09:00'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload) VALUES ('default', 'record', '{\"ms\": 1}')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_transitions (job_id, to_state, event, attempt, at) \
+         VALUES (LAST_INSERT_ID(), 'available', 'enqueued', 0, UTC_TIMESTAMP(6))",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    // A delayed one, scheduled 1 s ahead on the database clock.
+    sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, max_attempts, priority) \
+         VALUES ('default', 'record', '{}', 'scheduled', UTC_TIMESTAMP(6) + INTERVAL 1 SECOND, 3, -5)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_transitions (job_id, to_state, event, attempt, at) \
+         VALUES (LAST_INSERT_ID(), 'scheduled', 'enqueued', 0, UTC_TIMESTAMP(6))",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (late_run_at, max_attempts): (i64, u32) = sqlx::query_as(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), run_at), max_attempts FROM jobq_jobs ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(
+        late_run_at <= 0,
+        "run_at defaults to now on the UTC clock, not the session's zone"
+    );
+    assert_eq!(max_attempts, 25);
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(20), "both jobs completed", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    w.stop().await;
+    assert_effects_once(&db, 2).await;
+    assert_consistent(&db).await;
+}
+
+/// Rows no jobq component could produce are refused by the schema itself: a running row
+/// without a lease (never rescued), no attempt allowed, names outside the producer's rule.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn impossible_rows_are_refused_by_the_schema(db: MySqlPool) {
+    let bad = [
+        "INSERT INTO jobq_jobs (queue, kind, payload, state) VALUES ('default', 'noop', '{}', 'running')",
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, claim_token) \
+         VALUES ('default', 'noop', '{}', 'running', X'0123456789abcdef0123456789abcdef')",
+        "INSERT INTO jobq_jobs (queue, kind, payload, max_attempts) VALUES ('default', 'noop', '{}', 0)",
+        "INSERT INTO jobq_jobs (queue, kind, payload) VALUES ('two words', 'noop', '{}')",
+        "INSERT INTO jobq_jobs (queue, kind, payload) VALUES ('', 'noop', '{}')",
+        "INSERT INTO jobq_jobs (queue, kind, payload) VALUES ('default', 'no/slash', '{}')",
+    ];
+    for sql in bad {
+        let e = sqlx::query(sql)
+            .execute(&db)
+            .await
+            .expect_err(&format!("the schema accepted: {sql}"));
+        assert!(is_check_violation(&e), "{sql}: unexpected error {e}");
+    }
+    // An existing running row cannot lose its lease either.
+    sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, claim_token, lease_expires_at) \
+         VALUES ('default', 'noop', '{}', 'running', X'0123456789abcdef0123456789abcdef', UTC_TIMESTAMP(6))",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let e = sqlx::query("UPDATE jobq_jobs SET lease_expires_at = NULL")
+        .execute(&db)
+        .await
+        .expect_err("a running row lost its lease");
+    assert!(is_check_violation(&e), "unexpected error {e}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 1);
+}
+
+/// On a server that does not enforce CHECK constraints (MySQL before 8.0.16) a running row
+/// without a lease can still exist; rescue treats a missing lease as expired instead of leaving
+/// the job `running` forever.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_running_row_without_a_lease_is_rescued(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    sqlx::query("ALTER TABLE jobq_jobs DROP CONSTRAINT jobq_jobs_running_is_leased")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, attempt, max_attempts) \
+         VALUES ('default', 'record', '{}', 'running', 1, 3)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(
+        Duration::from_secs(20),
+        "the leaseless job rescued and run",
+        || async {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    w.stop().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'rescued' AND from_state = 'running'"
+        )
+        .await,
+        1
+    );
+    assert_effects_once(&db, 1).await;
+}
+
+/// An attempt counter at the column's maximum (written by another program) neither fails the
+/// claims of its queue nor the job: the counter saturates, and the queue's other jobs run.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_saturated_attempt_counter_does_not_stop_its_queue(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, attempt, max_attempts) VALUES \
+         ('default', 'record', '{}', 4294967295, 4294967295), ('default', 'record', '{}', 0, 1)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(20), "both jobs completed", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(
+        count(&db, "SELECT CAST(MAX(attempt) AS SIGNED) FROM jobq_jobs").await,
+        4294967295
+    );
+    assert_effects_once(&db, 2).await;
+}
