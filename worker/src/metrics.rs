@@ -235,6 +235,14 @@ pub(crate) fn init_series(queues: &[QueueName], named_lock: &[QueueName], kinds:
     counter!(HEARTBEATS, "outcome" => "error").increment(0);
 }
 
+/// How long a gauge keeps being exported without being set: the leader samples depth every
+/// 5 maintenance ticks, so after 10 missed samples a queue that no longer exists (no rows, no
+/// worker) loses its series instead of being exported forever. Never shorter than 3 heartbeats
+/// (the per-process slot gauges). For `PrometheusBuilder::idle_timeout` on gauges.
+pub fn gauge_idle_timeout(config: &jobq_config::Config) -> std::time::Duration {
+    (config.maintenance.interval * 50).max(config.worker.heartbeat_interval * 3)
+}
+
 /// Leader sample: depth per queue and state, oldest available age, live workers.
 pub(crate) fn depth(
     samples: &[(String, String, i64)],

@@ -71,6 +71,10 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             let alive = shared.config.worker.lease_ttl * 2;
             match store::sample_depth(&shared.pool, alive).await {
                 Ok(s) => {
+                    // The queues sampled now (with rows) and this process's own: a queue that
+                    // no longer exists is no longer set, and its series are dropped once idle
+                    // (see `metrics::gauge_idle_timeout`).
+                    known_queues = shared.slots.iter().map(|q| q.name.to_string()).collect();
                     metrics::depth(&s.depth, &s.oldest, &mut known_queues, s.workers, s.max_id)
                 }
                 Err(e) => debug!(error = %e, "depth sample failed"),

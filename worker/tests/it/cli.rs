@@ -232,3 +232,48 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
         % 1_000_000_007
 }
+
+/// Error texts and worker ids come from handlers and other programs: `jobq job` shows their
+/// control characters escaped, never raw (an escape sequence must not drive the terminal).
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn job_shows_control_characters_escaped(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let id = jobq_worker::Producer::new(db.clone())
+        .enqueue(jobq_worker::NewJob::json(
+            "noop",
+            serde_json::json!({"k": "\u{1b}[2J"}),
+        ))
+        .await
+        .unwrap();
+    let evil = "\u{1b}[31mred\u{7}\r\nsecond line";
+    sqlx::query("UPDATE jobq_jobs SET last_error = ?, worker_id = ? WHERE id = ?")
+        .bind(evil)
+        .bind("w\u{1b}]0;title\u{7}")
+        .bind(id.0)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, error, at) \
+         VALUES (?, 'available', 'available', 'snoozed', 0, ?, UTC_TIMESTAMP(6))",
+    )
+    .bind(id.0)
+    .bind(evil)
+    .execute(&db)
+    .await
+    .unwrap();
+    let o = jobq(&url, &["job", &id.to_string()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let raw: Vec<char> = out
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(raw.is_empty(), "raw control characters {raw:?} in:\n{out}");
+    assert!(out.contains(r"\u{1b}[31mred\u{7}\r\nsecond line"), "{out}");
+    assert!(out.contains(r"w\u{1b}]0;title\u{7}"), "{out}");
+    assert!(
+        out.contains(r"\u001b[2J"),
+        "the payload is shown as JSON: {out}"
+    );
+}

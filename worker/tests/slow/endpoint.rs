@@ -49,3 +49,53 @@ async fn idle_connections_are_bounded(db: sqlx::MySqlPool) {
     .await;
     w.stop_cleanly();
 }
+
+/// The leader exports depth gauges for the queues it samples; once a queue has no rows left
+/// and no worker, its series disappear instead of being exported forever.
+#[sqlx::test(migrator = "jobq_worker::MIGRATOR")]
+async fn depth_series_of_vanished_queues_are_dropped(db: sqlx::MySqlPool) {
+    let url = url_of(&db).await;
+    let port = free_port();
+    jobq_worker::Producer::new(db.clone())
+        .enqueue(jobq_worker::NewJob::json("noop", serde_json::json!({})).queue("ephemeral"))
+        .await
+        .unwrap();
+    let mut w = WorkerProc::spawn(
+        &url,
+        &["--concurrency", "2"],
+        &[
+            ("JOBQ_METRICS__LISTEN", &format!("127.0.0.1:{port}")),
+            ("JOBQ_MAINTENANCE__INTERVAL", "100ms"),
+        ],
+    );
+    let series = || {
+        get(port, "/metrics")
+            .map(|(_, body)| {
+                body.lines().any(|l| {
+                    l.starts_with("jobq_queue_available_jobs{") && l.contains("queue=\"ephemeral\"")
+                })
+            })
+            .unwrap_or(false)
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the depth series of the queue",
+        || async { series() },
+    )
+    .await;
+    sqlx::query("DELETE FROM jobq_jobs WHERE queue = 'ephemeral'")
+        .execute(&db)
+        .await
+        .unwrap();
+    // Idle timeout: 50 maintenance ticks (5 s here), applied on the next upkeep (every 5 s).
+    wait_for(Duration::from_secs(30), "the series dropped", || async {
+        !series()
+    })
+    .await;
+    let (_, body) = get(port, "/metrics").unwrap();
+    assert!(
+        body.contains("jobq_queue_available_jobs{queue=\"default\"}"),
+        "the worker's own queue keeps its series:\n{body}"
+    );
+    w.stop_cleanly();
+}

@@ -254,7 +254,7 @@ pub(crate) fn builtin_registry() -> Result<Registry> {
 
 async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
     let recorder = match settings.metrics.listen {
-        Some(_) => Some(crate::http::install_recorder()?),
+        Some(_) => Some(crate::http::install_recorder(&settings)?),
         None => None,
     };
     let pool = connected(&settings).await?;
@@ -310,6 +310,24 @@ async fn stats(settings: &Config, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `s` with control characters escaped (`\n`, `\u{1b}`, …): error texts and worker ids come
+/// from handlers and other programs, and must not drive the operator's terminal.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
     let pool = connected(settings).await?;
     let (job, history) = jobq_worker::job_with_history(&pool, JobId(id)).await?;
@@ -336,10 +354,10 @@ async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
         println!("  finalized_at {t}");
     }
     if let Some(w) = &job.worker_id {
-        println!("  worker       {w}");
+        println!("  worker       {}", printable(w));
     }
     if let Some(e) = &job.last_error {
-        println!("  last_error   {e}");
+        println!("  last_error   {}", printable(e));
     }
     println!("history:");
     for t in history {
@@ -350,8 +368,10 @@ async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
             t.to,
             t.event,
             t.attempt,
-            t.worker_id.as_deref().unwrap_or(""),
-            t.error.map(|e| format!("  error: {e}")).unwrap_or_default(),
+            printable(t.worker_id.as_deref().unwrap_or("")),
+            t.error
+                .map(|e| format!("  error: {}", printable(&e)))
+                .unwrap_or_default(),
         );
     }
     Ok(ExitCode::SUCCESS)

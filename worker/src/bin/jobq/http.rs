@@ -12,8 +12,9 @@ use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use jobq_worker::{Health, Status};
+use jobq_worker::{Config, Health, Status};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,9 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 /// Installs the Prometheus recorder (explicit buckets) and returns its handle.
-pub(crate) fn install_recorder() -> Result<PrometheusHandle> {
+pub(crate) fn install_recorder(config: &Config) -> Result<PrometheusHandle> {
     use jobq_worker::metrics as m;
     let handle = PrometheusBuilder::new()
+        .idle_timeout(MetricKindMask::GAUGE, Some(m::gauge_idle_timeout(config)))
         .set_buckets_for_metric(Matcher::Full(m::RUN_SECONDS.into()), m::RUN_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(m::WAIT_SECONDS.into()), m::WAIT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(m::CLAIM_SECONDS.into()), m::CLAIM_BUCKETS)?
