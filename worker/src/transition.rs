@@ -328,6 +328,21 @@ pub(crate) fn put_back(why: &str) -> Decision {
     })
 }
 
+/// A job a claim may have taken without this worker knowing (the claim's COMMIT was sent but
+/// its answer lost): its handler never started, so it goes back with its attempt refunded.
+/// Written fenced by the claim's token, so it changes nothing if the claim did not commit.
+pub(crate) fn unstarted(why: &str) -> Decision {
+    bounded(Decision {
+        to: JobState::Available,
+        event: Event::Released,
+        delay: None,
+        error: Some(format!(
+            "the claim's answer was lost ({why}); the handler never started, so the attempt is not counted"
+        )),
+        refund_attempt: true,
+    })
+}
+
 /// Whether `from → to` is an edge of the state machine (`from = None`: insertion).
 pub fn is_valid(from: Option<JobState>, to: JobState) -> bool {
     use JobState::*;
@@ -557,6 +572,12 @@ mod tests {
             (Available, Event::Released, true)
         );
         assert!(d.error.unwrap().ends_with("deadlock"));
+        let d = unstarted("connection reset");
+        assert_eq!(
+            (d.to, d.event, d.refund_attempt, d.delay),
+            (Available, Event::Released, true, None)
+        );
+        assert!(d.error.unwrap().contains("connection reset"));
     }
 
     #[test]

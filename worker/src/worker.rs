@@ -75,6 +75,9 @@ pub struct Worker {
     /// Tests only: a background loop made to panic as it starts.
     #[cfg(test)]
     fault: Option<Loop>,
+    /// Tests only: how many claims' answers are lost after their COMMIT.
+    #[cfg(test)]
+    lose_claim_answers: u32,
 }
 
 impl Worker {
@@ -90,6 +93,8 @@ impl Worker {
             health: Health::default(),
             #[cfg(test)]
             fault: None,
+            #[cfg(test)]
+            lose_claim_answers: 0,
         }
     }
 
@@ -103,6 +108,13 @@ impl Worker {
     #[cfg(test)]
     pub(crate) fn inject_panic(mut self, which: Loop) -> Self {
         self.fault = Some(which);
+        self
+    }
+
+    /// Tests only: the answers of the first `n` claims that take jobs are lost after COMMIT.
+    #[cfg(test)]
+    pub(crate) fn lose_claim_answers(mut self, n: u32) -> Self {
+        self.lose_claim_answers = n;
         self
     }
 
@@ -137,6 +149,10 @@ impl Worker {
         };
         let health = self.health.clone();
         let shared = Arc::new(Shared::new(self.pool, self.registry, self.config, self.id));
+        #[cfg(test)]
+        shared
+            .lose_claim_answers
+            .store(self.lose_claim_answers, std::sync::atomic::Ordering::SeqCst);
         heartbeat::register(&shared).await?;
         let queues = shared.config.worker_queues().to_vec();
         let names: Vec<QueueName> = queues.iter().map(|q| q.name.clone()).collect();
@@ -371,5 +387,56 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(workers, 0, "each stopped worker removed its row");
+    }
+
+    /// A claim that committed but whose answer never arrived: its jobs never started, so they
+    /// are given back with the attempt refunded; a job allowed one attempt still runs (before,
+    /// it waited for its lease to expire and rescue discarded it, never having run).
+    #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+    async fn a_lost_claim_answer_costs_no_attempt(pool: MySqlPool) {
+        let mut settings = jobq_config::Settings::default();
+        settings.worker.poll_interval = Duration::from_millis(20);
+        settings.maintenance.interval = Duration::from_millis(100);
+        let config = settings.validate().unwrap();
+        let mut registry = Registry::new();
+        crate::builtin::register(&mut registry).unwrap();
+        let id = jobq_producer::Producer::new(pool.clone())
+            .enqueue(jobq_producer::NewJob::json("noop", serde_json::json!({})).max_attempts(1))
+            .await
+            .unwrap();
+        let (shutdown, signal) = Shutdown::new();
+        let worker = Worker::new(pool.clone(), registry, &config).lose_claim_answers(1);
+        let run = tokio::spawn(worker.run(signal));
+        let state = || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?",
+            )
+            .bind(id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        };
+        let start = std::time::Instant::now();
+        while !matches!(state().await.as_str(), "completed" | "discarded") {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the job never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.stop();
+        run.await.unwrap().unwrap();
+        assert_eq!(state().await, "completed");
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(event AS CHAR) FROM jobq_transitions WHERE job_id = ? ORDER BY id",
+        )
+        .bind(id.0)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            events,
+            ["enqueued", "claimed", "released", "claimed", "completed"]
+        );
     }
 }

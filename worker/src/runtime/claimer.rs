@@ -17,11 +17,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::lock::NamedLockClaims;
-use super::recorder::Completion;
+use super::recorder::{self, Completion};
 use super::retry::DbRetry;
 use super::{executor, Shared};
 use crate::metrics;
-use crate::store::{self, ClaimLock, ClaimRequest, ClaimedJob, Fence};
+use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, ClaimedJob, Fence};
 
 const MIN_POLL: Duration = Duration::from_millis(1);
 
@@ -80,6 +80,8 @@ pub(crate) async fn run(
             ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, want, &fences).await,
             ClaimMode::NamedLock => named.claim(&shared, &queue, want, &fences).await,
         };
+        #[cfg(test)]
+        let result = lose_answer(&shared, result);
         match result {
             Ok(claimed) => {
                 retry.reset();
@@ -119,10 +121,22 @@ pub(crate) async fn run(
                     }
                 }
             }
-            Err(e) => {
+            Err(ClaimError {
+                source: e,
+                maybe_claimed,
+            }) => {
                 drop(first);
                 // Not written (or not known to be): the completer retries them, fenced.
                 shared.pending.put_back(carried);
+                if !maybe_claimed.is_empty() {
+                    // The claim may have committed unseen: give those jobs back, attempt
+                    // refunded (fenced by the claim's token: nothing happens if it did not).
+                    jobs.spawn(recorder::release_unstarted(
+                        shared.clone(),
+                        maybe_claimed,
+                        e.to_string(),
+                    ));
+                }
                 let pause = retry.pause(&e);
                 if pause.transient {
                     debug!(queue = %queue, error = %e, "claim hit a transient error; retrying");
@@ -138,6 +152,30 @@ pub(crate) async fn run(
     }
     named.close().await;
     debug!(queue = %queue, "claimer stopped");
+}
+
+/// Tests only: turns a committed claim into the error a lost answer would give.
+#[cfg(test)]
+fn lose_answer(
+    shared: &Shared,
+    result: Result<ClaimResult, ClaimError>,
+) -> Result<ClaimResult, ClaimError> {
+    use std::sync::atomic::Ordering;
+    match result {
+        Ok(c)
+            if !c.jobs.is_empty()
+                && shared
+                    .lose_claim_answers
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok() =>
+        {
+            Err(ClaimError {
+                source: sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+                maybe_claimed: c.jobs,
+            })
+        }
+        other => other,
+    }
 }
 
 /// What a claim carrying successes returns to its caller: `Some(completed)` when the
@@ -175,7 +213,7 @@ async fn claim_skip_locked(
     queue: &QueueName,
     want: u32,
     complete: &[Fence],
-) -> Result<ClaimResult, sqlx::Error> {
+) -> Result<ClaimResult, ClaimError> {
     let mut conn = shared.pool.acquire().await?;
     let claimed = store::claim(
         &mut conn,

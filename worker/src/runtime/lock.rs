@@ -14,7 +14,7 @@ use super::Shared;
 use crate::db;
 use crate::ids::LockName;
 use crate::metrics;
-use crate::store::{self, ClaimLock, ClaimRequest, Dedicated, Fence};
+use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, Dedicated, Fence};
 
 /// A dedicated connection and the lock name of its queue.
 struct LockSession {
@@ -39,7 +39,7 @@ impl NamedLockClaims {
         queue: &QueueName,
         want: u32,
         complete: &[Fence],
-    ) -> Result<ClaimResult, sqlx::Error> {
+    ) -> Result<ClaimResult, ClaimError> {
         if self.session.is_none() {
             let mut conn =
                 db::dedicated(&shared.pool, shared.config.database.lock_wait_timeout_secs).await?;
@@ -56,7 +56,7 @@ impl NamedLockClaims {
                 Ok(g) => g,
                 Err(e) => {
                     self.session = None;
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
         metrics::lock_wait(queue, waited.elapsed());
@@ -74,7 +74,8 @@ impl NamedLockClaims {
                 self.session = None;
                 return Err(sqlx::Error::Protocol(
                     "GET_LOCK returned NULL (killed or deadlocked)".into(),
-                ));
+                )
+                .into());
             }
         }
         let name = s.name.clone();

@@ -57,6 +57,10 @@ pub(crate) struct Shared {
     /// Fired when shutdown gives up waiting: running jobs are released.
     pub(crate) release: CancellationToken,
     pub(crate) slots: Vec<QueueSlots>,
+    /// Tests only: the answers of this many claims that took jobs are "lost" (the claim
+    /// committed, the claimer sees a connection error).
+    #[cfg(test)]
+    pub(crate) lose_claim_answers: std::sync::atomic::AtomicU32,
     /// Timeout and backoff per (queue, kind), resolved once at start.
     policies: HashMap<QueueName, HashMap<KindName, RunPolicy>>,
 }
@@ -93,6 +97,8 @@ impl Shared {
             pending: pending::Pending::new(slots.iter().map(|q| &q.name)),
             release: CancellationToken::new(),
             slots,
+            #[cfg(test)]
+            lose_claim_answers: Default::default(),
             policies,
         }
     }

@@ -228,6 +228,50 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
     }
 }
 
+/// Gives back jobs a claim may have taken without this worker knowing (its COMMIT's answer was
+/// lost): each is released with its attempt refunded, fenced by the claim's token, so a claim
+/// that did not commit changes nothing. Retried within the write budget; a job still not
+/// released then is left to the rescue path (which counts the attempt).
+pub(crate) async fn release_unstarted(shared: Arc<Shared>, jobs: Vec<ClaimedJob>, why: String) {
+    let d = transition::unstarted(&why);
+    let deadline = Instant::now() + shared.config.worker.lease_ttl;
+    for job in jobs {
+        let w = FinishWrite {
+            fence: Fence {
+                id: job.id,
+                token: job.token,
+            },
+            attempt: job.attempt,
+            worker: &shared.id,
+            decision: &d,
+        };
+        let mut retry = DbRetry::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = match tokio::time::timeout(left, store::finish_tx(&shared.pool, w)).await {
+                Ok(Ok(true)) => {
+                    info!(
+                        job_id = job.id,
+                        "claim's answer was lost; job given back, attempt refunded"
+                    );
+                    break;
+                }
+                // The claim did not commit (or the job moved on): nothing to give back.
+                Ok(Ok(false)) => break,
+                Ok(Err(e)) => e,
+                Err(_) => sqlx::Error::PoolTimedOut,
+            };
+            let pause = retry.pause(&e);
+            if Instant::now() + pause.wait >= deadline {
+                error!(job_id = job.id, error = %e,
+                       "could not give back a job whose claim's answer was lost; the rescue path will take it");
+                break;
+            }
+            tokio::time::sleep(pause.wait).await;
+        }
+    }
+}
+
 /// The completer: writes, in batches of up to `worker.completion_batch`, the successes no
 /// claim carried within [`LINGER`], until `stop` and nothing is left waiting.
 pub(crate) async fn completer(shared: Arc<Shared>, stop: CancellationToken) {

@@ -52,6 +52,24 @@ pub(crate) struct ClaimRequest<'a> {
     pub(crate) complete: &'a [Fence],
 }
 
+/// A claim that failed. When the failure came after the final round trip was sent (its COMMIT
+/// may have been applied without the answer arriving), `maybe_claimed` holds the jobs it would
+/// have claimed: the caller must reconcile them by their fence (see `transition::unstarted`).
+#[derive(Debug)]
+pub(crate) struct ClaimError {
+    pub(crate) source: sqlx::Error,
+    pub(crate) maybe_claimed: Vec<ClaimedJob>,
+}
+
+impl From<sqlx::Error> for ClaimError {
+    fn from(source: sqlx::Error) -> Self {
+        ClaimError {
+            source,
+            maybe_claimed: Vec::new(),
+        }
+    }
+}
+
 /// What a claim returned: the jobs, how many of `complete` were completed (the others had
 /// been taken back), and in named-lock mode whether `RELEASE_LOCK` released.
 #[derive(Debug)]
@@ -74,7 +92,7 @@ pub(crate) struct Claimed {
 pub(crate) async fn claim<S: Session>(
     session: &mut S,
     req: ClaimRequest<'_>,
-) -> Result<Claimed, sqlx::Error> {
+) -> Result<Claimed, ClaimError> {
     let release_sql = match req.lock {
         ClaimLock::SkipLocked => None,
         ClaimLock::NamedLock(name) => {
@@ -145,7 +163,7 @@ pub(crate) async fn claim<S: Session>(
         Ok(jobs) => jobs,
         Err(e) => {
             tx.rollback().await;
-            return Err(e);
+            return Err(e.into());
         }
     };
     let ids = id_list(jobs.iter().map(|j| j.id));
@@ -168,7 +186,18 @@ pub(crate) async fn claim<S: Session>(
         lease_us = micros(req.lease),
         release = release_sql.as_deref().unwrap_or(""),
     );
-    let (rows, counts) = tx.end(&sql).await?;
+    let (rows, counts) = match tx.end(&sql).await {
+        Ok(b) => b,
+        // The server answered with an error: the statements after it (the COMMIT) did not run.
+        Err(e @ sqlx::Error::Database(_)) => return Err(e.into()),
+        // No answer: the COMMIT may or may not have been applied.
+        Err(source) => {
+            return Err(ClaimError {
+                source,
+                maybe_claimed: jobs,
+            })
+        }
+    };
     let updated = counts.first().copied().unwrap_or(0);
     if updated != jobs.len() as u64 {
         // Cannot happen under the row locks; if it ever does, the jobs not updated carry no

@@ -32,7 +32,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::Row;
 
 pub(crate) use claim::{
-    claim, get_lock, lock_name, release_lock, ClaimLock, ClaimRequest, ClaimedJob,
+    claim, get_lock, lock_name, release_lock, ClaimError, ClaimLock, ClaimRequest, ClaimedJob,
 };
 pub(crate) use demo::{create_effects_table, insert_effect};
 pub(crate) use finish::{complete_batch, finish, finish_tx, mark_tx, tx_intact, FinishWrite};

@@ -47,7 +47,8 @@ async fn stale_token_changes_nothing(db: MySqlPool) {
     let current = [9u8; 16];
     // Claimed once with `stale`, rescued, and claimed again elsewhere with `current`.
     sqlx::query(
-        "UPDATE jobq_jobs SET state = 'running', attempt = 2, claim_token = ?, worker_id = 'new' WHERE id = ?",
+        "UPDATE jobq_jobs SET state = 'running', attempt = 2, claim_token = ?, worker_id = 'new', \
+                lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 MINUTE WHERE id = ?",
     )
     .bind(&current[..])
     .bind(id.0)
