@@ -241,6 +241,9 @@ pub struct ProducerSettings {
     pub max_payload_bytes: usize,
     /// Attempts a job gets unless the enqueue says otherwise. Default `25`.
     pub default_max_attempts: u32,
+    /// Deepest nesting of a payload accepted. Default `31` (MariaDB refuses 32 and more);
+    /// at most `100` (MySQL's limit). A worker refuses to start on MariaDB above 31.
+    pub max_json_depth: u32,
 }
 
 impl Default for ProducerSettings {
@@ -248,6 +251,7 @@ impl Default for ProducerSettings {
         ProducerSettings {
             max_payload_bytes: 1 << 20,
             default_max_attempts: 25,
+            max_json_depth: 31,
         }
     }
 }

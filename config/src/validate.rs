@@ -204,6 +204,12 @@ impl Settings {
             "producer.default_max_attempts",
             self.producer.default_max_attempts,
         )?;
+        if !(1..=100).contains(&self.producer.max_json_depth) {
+            return Err(invalid(
+                "producer.max_json_depth",
+                "must be 1 to 100 (MySQL refuses JSON nested deeper than 100; MariaDB deeper than 31)",
+            ));
+        }
         let queues = worker_queues
             .into_iter()
             .map(|name| {

@@ -28,6 +28,7 @@
 
 mod error;
 mod job;
+mod json;
 mod notify;
 mod producer;
 mod store;
@@ -36,8 +37,10 @@ pub use error::{Error, Result};
 pub use job::{
     validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,
 };
+pub use json::{MYSQL_MAX_DEPTH, PORTABLE_MAX_DEPTH};
 pub use notify::{subscribe, Subscription};
 pub use producer::{NewJob, Producer, ProducerOptions};
+pub use store::CHUNK_BYTES;
 
 /// The jobq schema (the `migrations/` folder at the repository root), embedded.
 ///

@@ -9,6 +9,7 @@ use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::error::{Error, Result};
 use crate::job::{validate_kind, validate_queue, Job, JobId, DEFAULT_QUEUE};
+use crate::json::{self, PORTABLE_MAX_DEPTH};
 use crate::store;
 
 /// Limits and defaults of a [`Producer`].
@@ -18,6 +19,9 @@ pub struct ProducerOptions {
     pub max_payload_bytes: usize,
     /// Attempts a job gets unless it says otherwise. Default 25.
     pub default_max_attempts: u32,
+    /// Deepest nesting of a payload accepted. Default [`PORTABLE_MAX_DEPTH`] (31, what
+    /// MariaDB accepts); MySQL accepts up to [`MYSQL_MAX_DEPTH`] (100).
+    pub max_json_depth: u32,
 }
 
 impl Default for ProducerOptions {
@@ -25,6 +29,7 @@ impl Default for ProducerOptions {
         ProducerOptions {
             max_payload_bytes: 1 << 20,
             default_max_attempts: 25,
+            max_json_depth: PORTABLE_MAX_DEPTH,
         }
     }
 }
@@ -156,6 +161,10 @@ impl NewJob {
                 limit: opts.max_payload_bytes,
             });
         }
+        json::check(&payload, opts.max_json_depth).map_err(|message| Error::Invalid {
+            field: "payload",
+            message,
+        })?;
         let max_attempts = self.max_attempts.unwrap_or(opts.default_max_attempts);
         if max_attempts == 0 {
             return Err(Error::Invalid {
@@ -330,6 +339,26 @@ mod tests {
         assert!(matches!(
             check(NewJob::raw("k", big)),
             Err(Error::PayloadTooLarge { .. })
+        ));
+        for text in [
+            format!("{}{}", "[".repeat(32), "]".repeat(32)),
+            r#"{"name": "\ud800"}"#.to_owned(),
+        ] {
+            match check(NewJob::raw("k", text.clone())) {
+                Err(Error::Invalid {
+                    field: "payload",
+                    message,
+                }) => assert!(message.contains('$'), "{message}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let deep = (0..40).fold(serde_json::json!(1), |v, _| serde_json::json!([v]));
+        assert!(matches!(
+            check(NewJob::json("k", deep)),
+            Err(Error::Invalid {
+                field: "payload",
+                ..
+            })
         ));
         let ok = check(NewJob::raw("k", " {\"a\": 1} ").priority(-3)).unwrap();
         assert_eq!(ok.queue, "default");

@@ -29,7 +29,7 @@ pub(crate) struct JobInsert {
 const CHUNK_ROWS: usize = 1000;
 /// Payload bytes per INSERT, well under the default `max_allowed_packet` (16 MiB); a larger
 /// packet makes the server drop the connection instead of answering with an error.
-const CHUNK_BYTES: usize = 4 << 20;
+pub const CHUNK_BYTES: usize = 4 << 20;
 
 /// Inserts `rows` through `conn` (inside the caller's transaction when it has one) and writes
 /// one `enqueued` transition per job. Returns ids in input order.

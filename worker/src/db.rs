@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use jobq_config::{ClaimMode, Config};
+use jobq_config::{ClaimMode, Config, ProducerSettings};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, MySqlConnection, MySqlPool};
 
@@ -95,6 +95,51 @@ impl ServerInfo {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a multi-row INSERT beyond its payloads (up to 1,000 rows of names, times and
+/// lengths), rounded up.
+const INSERT_OVERHEAD: u64 = 512 << 10;
+
+/// Fails when jobs the producer settings allow could not be written to this server: an INSERT
+/// larger than `max_allowed_packet` makes the server drop the connection (no error to report),
+/// and MariaDB refuses JSON nested 32 deep.
+pub async fn check_server_limits(pool: &MySqlPool, config: &Config) -> Result<()> {
+    let info = detect(pool).await?;
+    // language=MySQL
+    let packet: u64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS UNSIGNED)")
+        .fetch_one(pool)
+        .await?;
+    info.check_producer(&config.producer, packet)
+}
+
+impl ServerInfo {
+    /// See [`check_server_limits`]; `packet` is the server's `max_allowed_packet`.
+    pub(crate) fn check_producer(&self, p: &ProducerSettings, packet: u64) -> Result<()> {
+        let statement = (p.max_payload_bytes.max(jobq_producer::CHUNK_BYTES) as u64)
+            .saturating_add(INSERT_OVERHEAD);
+        if statement > packet {
+            return Err(Error::ServerLimit(format!(
+                "producer.max_payload_bytes = {} needs INSERTs of up to {statement} bytes, but the \
+                 server's max_allowed_packet is {packet} and it drops the connection of a larger \
+                 one; lower producer.max_payload_bytes to at most {} or raise max_allowed_packet \
+                 (SET GLOBAL max_allowed_packet = {statement})",
+                p.max_payload_bytes,
+                packet.saturating_sub(INSERT_OVERHEAD),
+            )));
+        }
+        if self.flavor == Flavor::MariaDb && p.max_json_depth > jobq_producer::PORTABLE_MAX_DEPTH {
+            return Err(Error::ServerLimit(format!(
+                "producer.max_json_depth = {} but {} refuses JSON nested deeper than {}; \
+                 set producer.max_json_depth to at most {}",
+                p.max_json_depth,
+                self.version_string,
+                jobq_producer::PORTABLE_MAX_DEPTH,
+                jobq_producer::PORTABLE_MAX_DEPTH,
+            )));
         }
         Ok(())
     }
@@ -315,6 +360,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Galera"), "{e}");
+    }
+
+    #[test]
+    fn producer_limits_fit_the_server() {
+        let maria = ServerInfo::parse("10.11.19-MariaDB", false).unwrap();
+        let mysql = ServerInfo::parse("8.0.36", false).unwrap();
+        let p = |bytes: usize, depth: u32| ProducerSettings {
+            max_payload_bytes: bytes,
+            max_json_depth: depth,
+            ..Default::default()
+        };
+        const MIB: u64 = 1 << 20;
+        // (server, settings, max_allowed_packet, accepted)
+        let table = [
+            (&maria, p(1 << 20, 31), 16 * MIB, true),
+            (&maria, p(16 << 20, 31), 16 * MIB, false),
+            (&maria, p(1 << 20, 31), 4 * MIB, false),
+            (&maria, p(1 << 20, 31), 5 * MIB, true),
+            (&maria, p(1 << 20, 32), 16 * MIB, false),
+            (&mysql, p(1 << 20, 100), 64 * MIB, true),
+            (&mysql, p(63 << 20, 31), 64 * MIB, true),
+            (&mysql, p(64 << 20, 31), 64 * MIB, false),
+        ];
+        for (server, settings, packet, ok) in table {
+            let r = server.check_producer(&settings, packet);
+            assert_eq!(r.is_ok(), ok, "{settings:?} at {packet}: {r:?}");
+        }
     }
 
     #[test]

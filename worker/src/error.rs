@@ -41,6 +41,9 @@ pub enum Error {
     /// The server lacks something the configuration needs.
     #[error("unsupported database server: {0}")]
     UnsupportedServer(String),
+    /// The settings allow jobs this server would refuse or drop the connection for.
+    #[error("the settings do not fit this database server: {0}")]
+    ServerLimit(String),
     /// Two handlers were registered for one kind.
     #[error("a handler for kind {0:?} is already registered; each kind has exactly one handler")]
     DuplicateKind(String),

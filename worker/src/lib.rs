@@ -47,7 +47,7 @@ mod store;
 mod transition;
 mod worker;
 
-pub use db::{check_migrated, migrate};
+pub use db::{check_migrated, check_server_limits, migrate};
 pub use error::{Error, Result};
 pub use handler::{BoxError, Handler, JobContext, JobError, JobTx};
 pub use health::{Health, Loop, Status};
@@ -82,5 +82,6 @@ pub fn producer_options(config: &Config) -> ProducerOptions {
     ProducerOptions {
         max_payload_bytes: config.producer.max_payload_bytes,
         default_max_attempts: config.producer.default_max_attempts,
+        max_json_depth: config.producer.max_json_depth,
     }
 }

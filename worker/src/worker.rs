@@ -140,6 +140,7 @@ impl Worker {
         let info = db::detect(&self.pool).await?;
         info.check(self.config.worker_queues().iter().map(|q| q.claim_mode))?;
         db::check_migrated(&self.pool).await?;
+        db::check_server_limits(&self.pool, &self.config).await?;
         let sup = Supervisor {
             health: self.health.clone(),
             #[cfg(test)]

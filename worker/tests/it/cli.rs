@@ -277,3 +277,129 @@ async fn job_shows_control_characters_escaped(db: MySqlPool) {
         "the payload is shown as JSON: {out}"
     );
 }
+
+/// `--payload -` stops reading at the limit: an endless standard input is refused at once,
+/// naming the limit, and nothing is enqueued.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn enqueue_stops_reading_stdin_past_the_limit(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["enqueue", "noop", "--payload", "-"])
+        .env("JOBQ_DATABASE_URL", &url)
+        .env("JOBQ_PRODUCER__MAX_PAYLOAD_BYTES", "1024")
+        .env("JOBQ_LOG__LEVEL", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Up to 1 GiB, stopped by the broken pipe once jobq has given up reading.
+    let writer = std::thread::spawn(move || {
+        let block = vec![b' '; 64 << 10];
+        let mut sent = 0usize;
+        while sent < 1 << 30 {
+            if stdin.write_all(&block).is_err() {
+                break;
+            }
+            sent += block.len();
+        }
+        sent
+    });
+    let o = child.wait_with_output().unwrap();
+    let sent = writer.join().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("over the limit of 1024 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(sent < 1 << 30, "jobq read all {sent} bytes");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
+}
+
+/// `--count` builds and sends its copies in chunks, in one transaction: every id is printed
+/// once, across chunk boundaries.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn enqueue_count_is_sent_in_chunks(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let o = jobq(&url, &["enqueue", "noop", "--count", "2501"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: std::collections::BTreeSet<u64> =
+        stdout(&o).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 2501);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 2501);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'enqueued'"
+        )
+        .await,
+        2501
+    );
+}
+
+/// Payloads the server's JSON rules refuse are refused before anything is sent, naming the
+/// field and the place in the payload.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn payloads_the_server_refuses_are_refused_first(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let deep = format!("{{\"a\": {}{}}}", "[".repeat(40), "]".repeat(40));
+    for (payload, says) in [
+        (deep.as_str(), "nested deeper than 31 levels at $.a"),
+        (r#"{"name": "\ud800"}"#, "lone UTF-16 surrogate"),
+    ] {
+        let o = jobq(&url, &["enqueue", "noop", "--payload", payload], None);
+        assert!(!o.status.success(), "{payload} was accepted");
+        let err = stderr(&o);
+        assert!(
+            err.contains("invalid payload") && err.contains(says),
+            "{payload}: {err}"
+        );
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
+}
+
+/// A payload limit the server's `max_allowed_packet` cannot carry (the server would drop the
+/// connection mid-insert) is refused when jobq starts, saying what to change.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn settings_the_server_cannot_carry_are_refused_at_start(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let packet = count(&db, "SELECT CAST(@@max_allowed_packet AS SIGNED)").await;
+    let too_big = packet.to_string();
+    for args in [&["enqueue", "noop"][..], &["work", "--drain"][..]] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
+            .args(args)
+            .env("JOBQ_DATABASE_URL", &url)
+            .env("JOBQ_PRODUCER__MAX_PAYLOAD_BYTES", &too_big)
+            .env("JOBQ_LOG__LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} started");
+        assert!(
+            stderr(&o).contains("max_allowed_packet"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["enqueue", "noop"])
+        .env("JOBQ_DATABASE_URL", &url)
+        .env("JOBQ_PRODUCER__MAX_JSON_DEPTH", "50")
+        .output()
+        .unwrap();
+    if version.to_lowercase().contains("mariadb") {
+        assert!(!o.status.success(), "depth 50 accepted on {version}");
+        assert!(stderr(&o).contains("max_json_depth"), "{}", stderr(&o));
+    } else {
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_jobs").await,
+        i64::from(!version.to_lowercase().contains("mariadb"))
+    );
+}

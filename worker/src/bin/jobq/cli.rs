@@ -205,16 +205,33 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Copies of a `--count` job built and inserted at a time.
+const ENQUEUE_CHUNK: usize = 1000;
+
+/// Reads a payload of at most `limit` bytes from `input`, refusing (without reading further)
+/// one that is longer.
+fn read_payload(input: impl Read, limit: usize) -> Result<String> {
+    let mut buf = Vec::new();
+    input
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .context("reading the payload from standard input")?;
+    if buf.len() > limit {
+        bail!(
+            "the payload on standard input is over the limit of {limit} bytes \
+             (producer.max_payload_bytes); store large data elsewhere and enqueue a reference"
+        );
+    }
+    String::from_utf8(buf).context("the payload on standard input is not UTF-8 text")
+}
+
 async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
+    let limit = settings.producer.max_payload_bytes;
     let payload = if a.payload == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the payload from standard input")?;
-        s
+        read_payload(std::io::stdin().lock(), limit)?
     } else {
         a.payload
     };
@@ -230,13 +247,29 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     if let Some(n) = a.max_attempts {
         job = job.max_attempts(n);
     }
-    let jobs = vec![job; a.count as usize];
     // Validate before connecting, so bad input never needs a database.
-    jobq_worker::Producer::validate(&jobs, &jobq_worker::producer_options(settings))?;
+    jobq_worker::Producer::validate(
+        std::slice::from_ref(&job),
+        &jobq_worker::producer_options(settings),
+    )?;
     let pool = connected(settings).await?;
-    let ids = jobq_worker::producer(pool, settings)
-        .enqueue_many(jobs)
-        .await?;
+    jobq_worker::check_server_limits(&pool, settings).await?;
+    let producer = jobq_worker::producer(pool.clone(), settings);
+    // `--count` copies are built and sent ENQUEUE_CHUNK at a time (never all in memory), in
+    // one transaction: all of them or none.
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::with_capacity(a.count as usize);
+    let mut left = a.count as usize;
+    while left > 0 {
+        let n = left.min(ENQUEUE_CHUNK);
+        ids.extend(
+            producer
+                .enqueue_many_in(&mut tx, vec![job.clone(); n])
+                .await?,
+        );
+        left -= n;
+    }
+    tx.commit().await?;
     let mut out = String::with_capacity(ids.len() * 8);
     for id in ids {
         out.push_str(&id.to_string());
