@@ -455,3 +455,59 @@ async fn a_transaction_the_server_ended_fails_the_attempt(db: MySqlPool) {
     );
     assert_consistent(&db).await;
 }
+
+/// A maintenance pass that hangs on a lock (here: pruning a dead worker's row that an operator
+/// holds locked) is cut off before it could outlive the leader's lease, so leadership never
+/// lapses to a second process mid-pass (before, the pass waited out the 5 s lock wait while a
+/// 0.7 s lease expired and the other worker took over).
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_slow_maintenance_pass_never_outlives_the_leader_lease(db: MySqlPool) {
+    use sqlx::{Connection, Executor};
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let first = start(pool(&s).await, builtins(), &s);
+    let holder = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT CAST(holder AS CHAR) FROM jobq_leader WHERE expires_at > UTC_TIMESTAMP(6)",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+    };
+    wait_for(Duration::from_secs(10), "a leader", || async {
+        holder().await.is_some()
+    })
+    .await;
+    let leader = holder().await.unwrap();
+    let second = start(pool(&s).await, builtins(), &s);
+    // A dead worker's row, locked by an operator's open transaction: pruning it blocks.
+    sqlx::query(
+        "INSERT INTO jobq_workers (id, host, pid, queues, started_at, last_heartbeat_at) \
+         VALUES ('dead', 'h', 1, 'default', '2001-01-01', '2001-01-01')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let mut operator = sqlx::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    operator.execute("START TRANSACTION").await.unwrap();
+    operator
+        .execute("SELECT * FROM jobq_workers WHERE id = 'dead' FOR UPDATE")
+        .await
+        .unwrap();
+    // Worker rows are pruned every 30 passes (3 s at 100 ms): watch over two prunes.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let now = holder().await;
+        assert_eq!(
+            now.as_deref(),
+            Some(leader.as_str()),
+            "leadership lapsed or moved while a pass was blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    operator.execute("ROLLBACK").await.unwrap();
+    drop(operator);
+    second.stop().await;
+    first.stop().await;
+}
