@@ -28,33 +28,89 @@ impl Job for Sleep {
     const KIND: &'static str = "sleep";
 }
 
-/// `fail {"times": N, "with": W?}`: its first N attempts end with outcome W, then it succeeds.
-/// W is `error` (the default: retried with backoff), `discard`, `cancel` or `snooze` (100 ms).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `fail`: fails on purpose, to see each outcome end to end from the shell:
+/// `{"times": N?, "with": W?, "delay": D?, "message": M?, "repeat": R?}`.
+///
+/// Its first N attempts (every attempt when `times` is absent) end with outcome W; later ones
+/// succeed. W is `error` (default: retried with backoff, discarded after the last attempt),
+/// `panic`, `discard`, `cancel`, `snooze` (after D, default 100 ms; the attempt does not count)
+/// or `retry_after` (retried after D, default 1 s). The error text is M (default: says which
+/// attempt failed on purpose), repeated R times (e.g. to see a long error cut to fit).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Fail {
-    /// Attempts that fail.
-    pub times: u32,
+    /// Attempts that fail; absent: every attempt.
+    #[serde(default)]
+    pub times: Option<u32>,
     /// How they fail.
     #[serde(default)]
     pub with: FailWith,
+    /// The delay of `snooze` and `retry_after`, as a duration such as `"10s"`.
+    #[serde(default, with = "humantime_serde")]
+    pub delay: Option<Duration>,
+    /// The error (or panic) text.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// How many times the text is repeated (default 1).
+    #[serde(default)]
+    pub repeat: Option<u32>,
 }
 
 /// How a `fail` job's failing attempts end.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FailWith {
     /// An error: retried with backoff.
     #[default]
     Error,
+    /// A panic in the handler: an error with the panic's text.
+    Panic,
     /// Discarded at once.
     Discard,
     /// Cancelled.
     Cancel,
-    /// Snoozed for 100 ms (the attempt does not count).
+    /// Snoozed for `delay` (default 100 ms); the attempt does not count.
     Snooze,
+    /// Retried after `delay` (default 1 s) instead of the backoff.
+    RetryAfter,
 }
 impl Job for Fail {
     const KIND: &'static str = "fail";
+}
+
+impl Fail {
+    /// The error text of a failing `attempt`.
+    fn text(&self, attempt: u32) -> String {
+        let one = self.message.clone().unwrap_or_else(|| match self.times {
+            Some(n) => format!("failing on purpose: attempt {attempt} of the first {n}"),
+            None => format!("failing on purpose: attempt {attempt} (every attempt fails)"),
+        });
+        // Capped so a typo cannot ask for gigabytes; far past the 64 KiB an error keeps.
+        let times = self.repeat.unwrap_or(1).max(1) as usize;
+        let times = times.min((1 << 20) / one.len().max(1)).max(1);
+        one.repeat(times)
+    }
+
+    /// What attempt `attempt` does: `None` succeeds.
+    fn outcome(&self, attempt: u32) -> Option<Result<JobError, String>> {
+        if self.times.is_some_and(|n| attempt > n) {
+            return None;
+        }
+        let text = self.text(attempt);
+        Some(match self.with {
+            FailWith::Error => Ok(JobError::retry(text)),
+            FailWith::Panic => Err(text),
+            FailWith::Discard => Ok(JobError::discard(text)),
+            FailWith::Cancel => Ok(JobError::cancel(text)),
+            FailWith::Snooze => Ok(JobError::snooze(
+                self.delay.unwrap_or(Duration::from_millis(100)),
+            )),
+            FailWith::RetryAfter => Ok(JobError::retry_after(
+                text,
+                self.delay.unwrap_or(Duration::from_secs(1)),
+            )),
+        })
+    }
 }
 
 /// `panic`: panics (every attempt).
@@ -80,13 +136,6 @@ impl Job for Record {
     const KIND: &'static str = "record";
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("failing on purpose: attempt {attempt} of the first {times}")]
-struct PlannedFailure {
-    attempt: u32,
-    times: u32,
-}
-
 /// Creates the `record` kind's effects table, `jobq_demo_effects`, if it is missing. It is not
 /// part of the jobq schema; the demo, the bench and tests call this, and the first `record` job
 /// creates it too.
@@ -103,19 +152,11 @@ pub fn register(r: &mut Registry) -> Result<()> {
         Ok(())
     })?;
     r.register::<Fail>(|job: Fail, ctx: JobContext| async move {
-        if ctx.attempt() > job.times {
-            return Ok(());
+        match job.outcome(ctx.attempt()) {
+            None => Ok(()),
+            Some(Ok(e)) => Err(e),
+            Some(Err(text)) => panic!("{text}"),
         }
-        let e = PlannedFailure {
-            attempt: ctx.attempt(),
-            times: job.times,
-        };
-        Err(match job.with {
-            FailWith::Error => JobError::retry(e),
-            FailWith::Discard => JobError::discard(e),
-            FailWith::Cancel => JobError::cancel(e),
-            FailWith::Snooze => JobError::snooze(Duration::from_millis(100)),
-        })
     })?;
     r.register::<Panic>(|_: Panic, ctx: JobContext| async move {
         panic!(
@@ -144,4 +185,101 @@ pub fn register(r: &mut Registry) -> Result<()> {
         Ok(())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::executor::outcome_of;
+    use crate::transition::Outcome;
+
+    fn fail(json: &str) -> Fail {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn fail_exercises_every_outcome() {
+        let d = |s| Duration::from_secs(s);
+        // (payload, attempt, what happens)
+        let table: [(&str, u32, Option<Outcome>); 10] = [
+            (
+                "{}",
+                7,
+                Some(Outcome::Error {
+                    message: "failing on purpose: attempt 7 (every attempt fails)".into(),
+                    retry_after: None,
+                }),
+            ),
+            (
+                r#"{"times": 2}"#,
+                2,
+                Some(Outcome::Error {
+                    message: "failing on purpose: attempt 2 of the first 2".into(),
+                    retry_after: None,
+                }),
+            ),
+            (r#"{"times": 2}"#, 3, None),
+            (
+                r#"{"with": "discard", "message": "m"}"#,
+                1,
+                Some(Outcome::Discard("m".into())),
+            ),
+            (
+                r#"{"with": "cancel", "message": "m"}"#,
+                1,
+                Some(Outcome::Cancel("m".into())),
+            ),
+            (
+                r#"{"with": "snooze"}"#,
+                1,
+                Some(Outcome::Snooze(Duration::from_millis(100))),
+            ),
+            (
+                r#"{"with": "snooze", "delay": "10s"}"#,
+                1,
+                Some(Outcome::Snooze(d(10))),
+            ),
+            (
+                r#"{"with": "retry_after", "message": "m"}"#,
+                1,
+                Some(Outcome::Error {
+                    message: "m".into(),
+                    retry_after: Some(d(1)),
+                }),
+            ),
+            (
+                r#"{"with": "retry_after", "delay": "2m", "message": "m"}"#,
+                1,
+                Some(Outcome::Error {
+                    message: "m".into(),
+                    retry_after: Some(d(120)),
+                }),
+            ),
+            (
+                r#"{"message": "ab", "repeat": 3, "times": 1}"#,
+                1,
+                Some(Outcome::Error {
+                    message: "ababab".into(),
+                    retry_after: None,
+                }),
+            ),
+        ];
+        for (payload, attempt, want) in table {
+            let got = fail(payload)
+                .outcome(attempt)
+                .map(|r| outcome_of(r.expect("not a panic")));
+            assert_eq!(got, want, "{payload} attempt {attempt}");
+        }
+        assert_eq!(
+            fail(r#"{"with": "panic", "message": "p"}"#)
+                .outcome(1)
+                .unwrap()
+                .unwrap_err(),
+            "p"
+        );
+        assert!(serde_json::from_str::<Fail>(r#"{"with": "explode"}"#).is_err());
+        assert!(serde_json::from_str::<Fail>(r#"{"delay": "soon"}"#).is_err());
+        let huge = fail(r#"{"message": "x", "repeat": 4000000000}"#).text(1);
+        assert_eq!(huge.len(), 1 << 20);
+    }
 }

@@ -134,7 +134,7 @@ async fn with_timeout<F: Future>(timeout: Option<Duration>, fut: F) -> Option<F:
 }
 
 /// The outcome a handler's error asks for, with the error's whole chain as its text.
-fn outcome_of(e: JobError) -> Outcome {
+pub(crate) fn outcome_of(e: JobError) -> Outcome {
     let text = |e: &(dyn std::error::Error + 'static)| {
         let mut s = String::new();
         let _ = write_chain(&mut s, e);
