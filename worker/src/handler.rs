@@ -163,9 +163,12 @@ impl JobContext {
     /// server ended it early (DDL's implicit commit, a deadlock's rollback), the attempt fails
     /// with a reason instead. Use it as `&mut **tx`:
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # async fn handle(ctx: jobq_worker::JobContext) -> Result<(), sqlx::Error> {
     /// let mut tx = ctx.tx().await?;
     /// sqlx::query("INSERT INTO orders_sent (order_id) VALUES (?)").bind(7).execute(&mut **tx).await?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub async fn tx(&self) -> Result<JobTx, sqlx::Error> {
         let mut slot = self.tx.clone().lock_owned().await;
