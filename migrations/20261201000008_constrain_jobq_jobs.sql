@@ -31,7 +31,13 @@ UPDATE jobq_jobs SET max_attempts = 1 WHERE max_attempts = 0;
 -- A row with a malformed queue or kind name cannot be repaired here (renaming would move it to
 -- a queue nobody asked for): this ALTER then fails naming the constraint; fix or delete those
 -- rows (SELECT id, queue, kind FROM jobq_jobs WHERE queue NOT REGEXP '^[A-Za-z0-9_.:-]{1,64}$'
--- OR kind NOT REGEXP '^[A-Za-z0-9_.:-]{1,128}$') and run `jobq migrate` again.
+-- OR kind NOT REGEXP '^[A-Za-z0-9_.:-]{1,128}$'), delete the failed attempt's record
+-- (DELETE FROM _sqlx_migrations WHERE version = 20261201000008 AND success = 0: DDL commits
+-- implicitly, so it stays behind) and run `jobq migrate` again.
+--
+-- Adding CHECK constraints rebuilds the table (a copy that blocks writes while it runs): on a
+-- large jobq_jobs, prune finished jobs first (`maintenance.*_retention`) and migrate in a quiet
+-- moment.
 ALTER TABLE jobq_jobs
   ADD CONSTRAINT jobq_jobs_running_is_leased
     CHECK (state <> 'running' OR (claim_token IS NOT NULL AND lease_expires_at IS NOT NULL)),

@@ -244,7 +244,7 @@ impl Producer {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = store::begin(&self.pool).await?;
         let ids = store::insert_jobs(&mut tx, &rows).await?;
         tx.commit().await?;
         record_enqueued(&rows);

@@ -7,7 +7,7 @@
 //! rows are inserted with plain `VALUES`.
 
 use chrono::{DateTime, Utc};
-use sqlx::MySqlConnection;
+use sqlx::{MySql, MySqlConnection, MySqlPool, Transaction};
 
 use crate::error::{Error, Result};
 use crate::job::JobId;
@@ -30,6 +30,19 @@ const CHUNK_ROWS: usize = 1000;
 /// Payload bytes per INSERT, well under the default `max_allowed_packet` (16 MiB); a larger
 /// packet makes the server drop the connection instead of answering with an error.
 pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// `pool.begin()`, safe to cancel. sqlx counts a transaction as open only once BEGIN's answer
+/// has arrived: a future dropped (by a timeout, a lost lease) while BEGIN is in flight returns
+/// the connection to the pool with a transaction open on the server that sqlx does not know of,
+/// and whoever borrows that connection next runs inside it, its writes never committed. Run in
+/// a task of its own, the begin always completes; if nobody awaits it any more, the transaction
+/// is dropped there and rolled back before the connection is reused.
+pub(crate) async fn begin(pool: &MySqlPool) -> Result<Transaction<'static, MySql>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
+}
 
 /// Inserts `rows` through `conn` (inside the caller's transaction when it has one) and writes
 /// one `enqueued` transition per job. Returns ids in input order.

@@ -65,13 +65,15 @@ impl ServerInfo {
 
     /// Fails, saying why and what to do, when the server cannot run what the settings ask for.
     pub(crate) fn check(&self, modes: impl IntoIterator<Item = ClaimMode>) -> Result<()> {
+        // MySQL 8.0.16: CHECK constraints enforced, expression defaults (8.0.13), both used by
+        // the schema.
         let supported = match self.flavor {
-            Flavor::MySql => self.version >= (8, 0, 0),
+            Flavor::MySql => self.version >= (8, 0, 16),
             Flavor::MariaDb => self.version >= (10, 6, 0),
         };
         if !supported {
             return Err(Error::UnsupportedServer(format!(
-                "{} is too old; jobq needs MySQL 8.0+ or MariaDB 10.6+",
+                "{} is too old; jobq needs MySQL 8.0.16+ or MariaDB 10.6+",
                 self.version_string
             )));
         }

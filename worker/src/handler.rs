@@ -173,7 +173,7 @@ impl JobContext {
     pub async fn tx(&self) -> Result<JobTx, sqlx::Error> {
         let mut slot = self.tx.clone().lock_owned().await;
         if slot.is_none() {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = crate::store::begin(&self.pool).await?;
             crate::store::mark_tx(&mut tx).await?;
             *slot = Some(tx);
         }

@@ -253,14 +253,17 @@ impl Worker {
         jobs.close();
         let timeout = shared.config.worker.shutdown_timeout;
         let bound = shared.config.worker.lease_ttl;
+        // Claimers first (a claim in flight may still start jobs), then the jobs, all within
+        // shutdown_timeout: a claim round trip has no timeout of its own, so a claim that does
+        // not answer must not hold the stop.
+        let deadline = tokio::time::Instant::now() + timeout;
         let finished = tokio::select! {
-            _ = claimers.wait() => {
-                tokio::select! {
-                    _ = jobs.wait() => true,
-                    _ = tokio::time::sleep(timeout) => false,
-                    _ = signal.at_least(StopLevel::Immediate) => return immediate(phase),
+            done = async {
+                if tokio::time::timeout_at(deadline, claimers.wait()).await.is_err() {
+                    warn!("a claimer did not stop within shutdown_timeout (a claim is not answering); going on");
                 }
-            }
+                tokio::time::timeout_at(deadline, jobs.wait()).await.is_ok()
+            } => done,
             _ = signal.at_least(StopLevel::Immediate) => return immediate(phase),
         };
         if !finished {
@@ -285,7 +288,11 @@ impl Worker {
         phase = Phase::Flushing;
         stop_completer.cancel();
         tokio::select! {
-            _ = &mut completer => {}
+            _ = async {
+                let _ = (&mut completer).await;
+                // Normally nothing is left; if the completer died, write what it left here.
+                recorder::flush(&shared).await;
+            } => {}
             _ = tokio::time::sleep(bound) => {
                 completer.abort();
                 warn!("completions not flushed in time; those jobs are rescued when their leases expire");

@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::lock::NamedLockClaims;
-use super::recorder::{self, Completion};
+use super::pending::Carried;
+use super::recorder;
 use super::retry::DbRetry;
 use super::{executor, Shared};
 use crate::metrics;
@@ -45,7 +46,7 @@ pub(crate) async fn run(
     loop {
         // Wait for a free slot, or for a success whose slot this claim can fill. Only this task
         // takes permits, so every permit seen free below stays free until taken here.
-        let first = tokio::select! {
+        let mut first = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             p = sem.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
@@ -66,19 +67,20 @@ pub(crate) async fn run(
                 tokio::task::yield_now().await;
             }
         }
-        // The successes waiting in this queue are completed by this claim, in its transaction:
-        // their slots are filled by the jobs it claims.
-        let carried = shared.pending.take(&queue, carry_max);
-        let slots = usize::from(first.is_some()) + sem.available_permits() + carried.len();
-        let want = slots.min(q.max_batch as usize) as u32;
-        if want == 0 {
+        // Slots free now; the queue's waiting successes add theirs once the claim carries them.
+        let base = usize::from(first.is_some()) + sem.available_permits();
+        if base == 0 && shared.pending.len(&queue) == 0 {
             continue;
         }
-        let fences: Vec<Fence> = carried.iter().map(|c| c.fence).collect();
+        let ask = Ask {
+            base,
+            max_batch: q.max_batch as usize,
+            carry_max,
+        };
         let started = Instant::now();
         let result = match q.claim_mode {
-            ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, want, &fences).await,
-            ClaimMode::NamedLock => named.claim(&shared, &queue, want, &fences).await,
+            ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, ask).await,
+            ClaimMode::NamedLock => named.claim(&shared, &queue, ask).await,
         };
         #[cfg(test)]
         let result = lose_answer(&shared, result);
@@ -86,16 +88,15 @@ pub(crate) async fn run(
             Ok(claimed) => {
                 retry.reset();
                 let got = claimed.jobs.len();
-                last_full = got as u32 == want;
+                last_full = got as u32 == claimed.want;
                 metrics::claim(&queue, started.elapsed(), got);
-                // The carried successes were completed (those taken back meanwhile were left
-                // alone); their permits pass to the jobs just claimed.
-                let mut permits: Vec<OwnedSemaphorePermit> = Vec::with_capacity(carried.len());
-                match claimed.completed {
-                    Some(done) => permits.extend(completed(&shared, carried, done)),
-                    None => shared.pending.put_back(carried),
-                }
-                let mut first = first;
+                // The carried successes were completed in the claim's transaction (those taken
+                // back meanwhile were left alone); their slots pass to the jobs just claimed.
+                let mut permits = match claimed.carried {
+                    Some((carried, done)) => carried.written(&shared, done),
+                    None => Vec::new(),
+                };
+
                 for job in claimed.jobs {
                     let permit = first.take().or_else(|| permits.pop()).unwrap_or_else(|| {
                         sem.clone()
@@ -106,7 +107,7 @@ pub(crate) async fn run(
                 }
                 drop(first);
                 drop(permits);
-                if (got as u32) < want {
+                if got < claimed.want as usize {
                     // Less than asked for: the queue is empty for now.
                     idle_wait = if got > 0 {
                         MIN_POLL
@@ -125,18 +126,27 @@ pub(crate) async fn run(
                 source: e,
                 maybe_claimed,
             }) => {
-                drop(first);
-                // Not written (or not known to be): the completer retries them, fenced.
-                shared.pending.put_back(carried);
+                // Carried successes not known to be written went back to `pending` with their
+                // guard; the completer or the next claim writes them, fenced.
                 if !maybe_claimed.is_empty() {
                     // The claim may have committed unseen: give those jobs back, attempt
                     // refunded (fenced by the claim's token: nothing happens if it did not).
+                    // The free slots stay held until then, as those rows may be running.
+                    let mut held: Vec<OwnedSemaphorePermit> = first.take().into_iter().collect();
+                    while held.len() < maybe_claimed.len() {
+                        match sem.clone().try_acquire_owned() {
+                            Ok(p) => held.push(p),
+                            Err(_) => break,
+                        }
+                    }
                     jobs.spawn(recorder::release_unstarted(
                         shared.clone(),
                         maybe_claimed,
                         e.to_string(),
+                        held,
                     ));
                 }
+                drop(first);
                 let pause = retry.pause(&e);
                 if pause.transient {
                     debug!(queue = %queue, error = %e, "claim hit a transient error; retrying");
@@ -156,10 +166,10 @@ pub(crate) async fn run(
 
 /// Tests only: turns a committed claim into the error a lost answer would give.
 #[cfg(test)]
-fn lose_answer(
+fn lose_answer<'a>(
     shared: &Shared,
-    result: Result<ClaimResult, ClaimError>,
-) -> Result<ClaimResult, ClaimError> {
+    result: Result<ClaimResult<'a>, ClaimError>,
+) -> Result<ClaimResult<'a>, ClaimError> {
     use std::sync::atomic::Ordering;
     match result {
         Ok(c)
@@ -178,43 +188,43 @@ fn lose_answer(
     }
 }
 
-/// What a claim carrying successes returns to its caller: `Some(completed)` when the
-/// successes were part of its committed transaction, `None` when they were not sent (the named
-/// lock was busy).
-pub(crate) struct ClaimResult {
-    pub(crate) jobs: Vec<ClaimedJob>,
-    pub(crate) completed: Option<u64>,
+/// How many jobs a claim may take: the slots free now (`base`), plus one per waiting success it
+/// carries (taken once the claim is sure to run: after `GET_LOCK` in named-lock mode), at most
+/// `max_batch`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ask {
+    pub(crate) base: usize,
+    pub(crate) max_batch: usize,
+    pub(crate) carry_max: usize,
 }
 
-/// Accounts for successes a claim completed (`done` of them; the rest had been taken back)
-/// and returns their permits.
-fn completed(
-    shared: &Shared,
-    carried: Vec<Completion>,
-    done: u64,
-) -> impl Iterator<Item = OwnedSemaphorePermit> + '_ {
-    if done < carried.len() as u64 {
-        warn!(
-            stale = carried.len() as u64 - done,
-            "completions for jobs taken back meanwhile were not written"
-        );
+impl Ask {
+    /// The claim's limit once it carries `carried` successes.
+    pub(crate) fn want(&self, carried: usize) -> u32 {
+        (self.base + carried).min(self.max_batch) as u32
     }
-    carried.into_iter().map(move |c| {
-        metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
-        shared.in_flight.remove(c.fence);
-        c.permit
-    })
 }
 
-/// One skip-locked claim on a pooled connection. The raw-transaction guard inside the store
-/// closes the connection instead of returning it if the transaction could not be ended.
-async fn claim_skip_locked(
-    shared: &Shared,
+/// What a claim returned: the jobs, the limit it asked for, and the successes it completed in
+/// its transaction with how many were still ours (`None`: it carried none, e.g. the named
+/// lock was busy).
+pub(crate) struct ClaimResult<'a> {
+    pub(crate) jobs: Vec<ClaimedJob>,
+    pub(crate) want: u32,
+    pub(crate) carried: Option<(Carried<'a>, u64)>,
+}
+
+/// One skip-locked claim on a pooled connection, carrying the queue's waiting successes. The
+/// raw-transaction guard inside the store closes the connection instead of returning it if the
+/// transaction could not be ended.
+async fn claim_skip_locked<'a>(
+    shared: &'a Shared,
     queue: &QueueName,
-    want: u32,
-    complete: &[Fence],
-) -> Result<ClaimResult, ClaimError> {
+    ask: Ask,
+) -> Result<ClaimResult<'a>, ClaimError> {
     let mut conn = shared.pool.acquire().await?;
+    let carried = shared.pending.take(queue, ask.carry_max);
+    let want = ask.want(carried.len());
     let claimed = store::claim(
         &mut conn,
         ClaimRequest {
@@ -223,13 +233,14 @@ async fn claim_skip_locked(
             worker: &shared.id,
             lease: shared.config.worker.lease_ttl,
             lock: ClaimLock::SkipLocked,
-            complete,
+            complete: &carried.fences(),
         },
     )
     .await?;
     Ok(ClaimResult {
         jobs: claimed.jobs,
-        completed: Some(claimed.completed),
+        want,
+        carried: Some((carried, claimed.completed)),
     })
 }
 

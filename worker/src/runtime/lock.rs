@@ -9,12 +9,12 @@ use std::time::Instant;
 use jobq_producer::QueueName;
 use tracing::{debug, warn};
 
-use super::claimer::ClaimResult;
+use super::claimer::{Ask, ClaimResult};
 use super::Shared;
 use crate::db;
 use crate::ids::LockName;
 use crate::metrics;
-use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, Dedicated, Fence};
+use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, Dedicated};
 
 /// A dedicated connection and the lock name of its queue.
 struct LockSession {
@@ -33,13 +33,12 @@ impl NamedLockClaims {
     /// `GET_LOCK` on the dedicated session, the claim transaction, then `RELEASE_LOCK`.
     /// `Ok(empty)` when the lock was busy for `worker.lock_timeout` (another process is
     /// claiming; back off).
-    pub(crate) async fn claim(
+    pub(crate) async fn claim<'a>(
         &mut self,
-        shared: &Shared,
+        shared: &'a Shared,
         queue: &QueueName,
-        want: u32,
-        complete: &[Fence],
-    ) -> Result<ClaimResult, ClaimError> {
+        ask: Ask,
+    ) -> Result<ClaimResult<'a>, ClaimError> {
         if self.session.is_none() {
             let mut conn =
                 db::dedicated(&shared.pool, shared.config.database.lock_wait_timeout_secs).await?;
@@ -67,7 +66,8 @@ impl NamedLockClaims {
                 debug!(queue = %queue, "named lock busy; backing off");
                 return Ok(ClaimResult {
                     jobs: Vec::new(),
-                    completed: None,
+                    want: ask.want(0),
+                    carried: None,
                 });
             }
             None => {
@@ -79,6 +79,9 @@ impl NamedLockClaims {
             }
         }
         let name = s.name.clone();
+        // Successes are taken only now, with the lock held: never parked behind a busy lock.
+        let carried = shared.pending.take(queue, ask.carry_max);
+        let want = ask.want(carried.len());
         let result = store::claim(
             &mut s.conn,
             ClaimRequest {
@@ -87,7 +90,7 @@ impl NamedLockClaims {
                 worker: &shared.id,
                 lease: shared.config.worker.lease_ttl,
                 lock: ClaimLock::NamedLock(&name),
-                complete,
+                complete: &carried.fences(),
             },
         )
         .await;
@@ -99,7 +102,8 @@ impl NamedLockClaims {
                 }
                 Ok(ClaimResult {
                     jobs: c.jobs,
-                    completed: Some(c.completed),
+                    want,
+                    carried: Some((carried, c.completed)),
                 })
             }
             Err(e) => {

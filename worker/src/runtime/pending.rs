@@ -15,9 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobq_producer::QueueName;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tracing::warn;
 
 use super::recorder::Completion;
+use super::Shared;
+use crate::metrics;
+use crate::store::Fence;
 
 /// How long a success waits for its queue's claimer before the completer writes it.
 pub(crate) const LINGER: Duration = Duration::from_millis(5);
@@ -27,6 +31,51 @@ pub(crate) const LINGER: Duration = Duration::from_millis(5);
 struct QueuePending {
     waiting: Mutex<Vec<Completion>>,
     ready: Arc<Notify>,
+}
+
+/// Successes a claim carries. Dropped without [`Carried::written`], they are put back.
+pub(crate) struct Carried<'a> {
+    pending: &'a Pending,
+    items: Vec<Completion>,
+}
+
+impl Carried<'_> {
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The fences to complete.
+    pub(crate) fn fences(&self) -> Vec<Fence> {
+        self.items.iter().map(|c| c.fence).collect()
+    }
+
+    /// The claim's transaction committed them (`done` were still ours; the others had been
+    /// taken back): counted, forgotten, and their slots returned for the jobs just claimed.
+    pub(crate) fn written(mut self, shared: &Shared, done: u64) -> Vec<OwnedSemaphorePermit> {
+        let items = std::mem::take(&mut self.items);
+        if done < items.len() as u64 {
+            warn!(
+                stale = items.len() as u64 - done,
+                "completions for jobs taken back meanwhile were not written"
+            );
+        }
+        items
+            .into_iter()
+            .map(|c| {
+                metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
+                shared.in_flight.remove(c.fence);
+                c.permit
+            })
+            .collect()
+    }
+}
+
+impl Drop for Carried<'_> {
+    fn drop(&mut self) {
+        if !self.items.is_empty() {
+            self.pending.put_back(std::mem::take(&mut self.items));
+        }
+    }
 }
 
 /// The waiting successes of every queue this process works.
@@ -81,11 +130,16 @@ impl Pending {
             .len()
     }
 
-    /// Takes up to `max` waiting successes of `queue`.
-    pub(crate) fn take(&self, queue: &QueueName, max: usize) -> Vec<Completion> {
+    /// Takes up to `max` waiting successes of `queue`, to write in a claim's transaction. What
+    /// the claim does not account for (it failed, or the claimer panicked) goes back when the
+    /// guard drops.
+    pub(crate) fn take(&self, queue: &QueueName, max: usize) -> Carried<'_> {
         let mut w = self.queue(queue).waiting.lock().expect("never poisoned");
         let n = w.len().min(max);
-        w.drain(..n).collect()
+        Carried {
+            pending: self,
+            items: w.drain(..n).collect(),
+        }
     }
 
     /// Takes up to `max` waiting successes of any queue.

@@ -231,8 +231,14 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
 /// Gives back jobs a claim may have taken without this worker knowing (its COMMIT's answer was
 /// lost): each is released with its attempt refunded, fenced by the claim's token, so a claim
 /// that did not commit changes nothing. Retried within the write budget; a job still not
-/// released then is left to the rescue path (which counts the attempt).
-pub(crate) async fn release_unstarted(shared: Arc<Shared>, jobs: Vec<ClaimedJob>, why: String) {
+/// released then is left to the rescue path (which counts the attempt). `slots` are held until
+/// the end, as the rows may be `running` meanwhile.
+pub(crate) async fn release_unstarted(
+    shared: Arc<Shared>,
+    jobs: Vec<ClaimedJob>,
+    why: String,
+    slots: Vec<OwnedSemaphorePermit>,
+) {
     let d = transition::unstarted(&why);
     let deadline = Instant::now() + shared.config.worker.lease_ttl;
     for job in jobs {
@@ -270,6 +276,8 @@ pub(crate) async fn release_unstarted(shared: Arc<Shared>, jobs: Vec<ClaimedJob>
             tokio::time::sleep(pause.wait).await;
         }
     }
+    // The slots these jobs may have occupied are free again only now.
+    drop(slots);
 }
 
 /// The completer: writes, in batches of up to `worker.completion_batch`, the successes no
@@ -298,6 +306,22 @@ pub(crate) async fn completer(shared: Arc<Shared>, stop: CancellationToken) {
         }
         write_batch(&shared, &mut batch).await;
         // Forgetting a job and freeing its slot go together (the permit drops with `c`).
+        for c in batch.drain(..) {
+            shared.in_flight.remove(c.fence);
+        }
+    }
+}
+
+/// Writes every waiting success, batch by batch (each within the write budget): the flush of a
+/// stop whose completer is gone.
+pub(crate) async fn flush(shared: &Shared) {
+    let max = shared.config.worker.completion_batch as usize;
+    loop {
+        let mut batch = shared.pending.take_any(max);
+        if batch.is_empty() {
+            return;
+        }
+        write_batch(shared, &mut batch).await;
         for c in batch.drain(..) {
             shared.in_flight.remove(c.fence);
         }

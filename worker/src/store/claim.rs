@@ -188,9 +188,10 @@ pub(crate) async fn claim<S: Session>(
     );
     let (rows, counts) = match tx.end(&sql).await {
         Ok(b) => b,
-        // The server answered with an error: the statements after it (the COMMIT) did not run.
-        Err(e @ sqlx::Error::Database(_)) => return Err(e.into()),
-        // No answer: the COMMIT may or may not have been applied.
+        // Whatever the error, the COMMIT may have been applied: the server may have answered
+        // the statements before it and then failed (the named-lock release after it, a kill,
+        // a shutdown), or not answered at all. The caller gives the jobs back, fenced by this
+        // claim's token, which changes nothing if the claim did not commit.
         Err(source) => {
             return Err(ClaimError {
                 source,

@@ -148,7 +148,7 @@ pub(crate) async fn finish(
 
 /// [`finish`] in its own transaction.
 pub(crate) async fn finish_tx(pool: &MySqlPool, w: FinishWrite<'_>) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     match finish(&mut tx, w).await {
         Ok(applied) => {
             tx.commit().await?;

@@ -61,7 +61,7 @@ pub(crate) async fn promote_due(
     from: JobState,
     limit: u32,
 ) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     // language=MySQL
     // jobq_jobs_due (state, run_at, id): a range read of due rows only.
     let ids: Vec<u64> = sqlx::query_scalar(
@@ -122,7 +122,7 @@ pub(crate) async fn rescue_expired(
     limit: u32,
     decide: impl Fn(&Expired) -> Decision,
 ) -> Result<Vec<(Expired, JobState)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     // language=MySQL
     // The `running` range of jobq_jobs_due (state, run_at, id): at most the slots of all
     // workers, filtered on the lease. SKIP LOCKED: a row locked right now belongs to a worker
@@ -190,7 +190,7 @@ pub(crate) async fn prune(
     age: Duration,
     limit: u32,
 ) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool).await?;
     // language=MySQL
     // run_at <= finalized_at always, so the range on jobq_jobs_due (state, run_at) bounds the
     // scan and finalized_at decides.

@@ -44,7 +44,7 @@ pub(crate) use lease::{
 pub(crate) use maintenance::{
     lead, pending, promote_due, prune, prune_workers, rescue_expired, resign, sample_depth,
 };
-pub(crate) use sql::Dedicated;
+pub(crate) use sql::{begin, Dedicated};
 
 /// A fencing token: fresh random bytes per claim transaction.
 pub(crate) type Token = [u8; 16];

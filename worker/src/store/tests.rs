@@ -372,3 +372,27 @@ async fn lease_extension_judges_each_job_alone(db: MySqlPool) {
         "only the job still ours was extended"
     );
 }
+
+/// A transaction's begin cut off while BEGIN is in flight (a timeout, a lost lease) must not
+/// hand its connection back to the pool inside a transaction sqlx does not know of: whoever
+/// borrowed it next would run inside that transaction, its writes never committed.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_cancelled_begin_leaves_no_transaction_behind(db: MySqlPool) {
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*db.connect_options()).clone())
+        .await
+        .unwrap();
+    for step in 0..300u64 {
+        let cut = Duration::from_micros(step * 10);
+        let _ = tokio::time::timeout(cut, begin(&pool)).await;
+        let in_tx: u64 = sqlx::query_scalar("SELECT @@in_transaction")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            in_tx, 0,
+            "a begin cut off after {cut:?} left a transaction open"
+        );
+    }
+}

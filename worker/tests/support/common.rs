@@ -192,7 +192,9 @@ pub(crate) async fn assert_consistent(pool: &MySqlPool) {
     // A connection a stopped worker closed (rather than return mid-transaction) is rolled back
     // by the server as it processes the disconnect: allow that a moment, but not more.
     let open_sql = "SELECT CAST(CONCAT(t.trx_state, ' since ', t.trx_started, ': ', \
-         COALESCE(t.trx_query, p.info, p.command)) AS CHAR) \
+         COALESCE(t.trx_query, p.info, p.command), ' [thread ', t.trx_mysql_thread_id, ', ', \
+         t.trx_isolation_level, ', rows locked ', t.trx_rows_locked, ', modified ', \
+         t.trx_rows_modified, ', user ', p.user, '@', p.host, ']') AS CHAR) \
          FROM information_schema.innodb_trx t JOIN information_schema.processlist p \
          ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID()";
     let start = Instant::now();
