@@ -17,8 +17,14 @@ pub enum Error {
     /// cluster (Galera) that does not support named locks.
     #[error("the server refused GET_LOCK for {0:?} (the wait was killed, or the server does not support named locks: on Galera use a lease lock)")]
     Refused(String),
-    /// `RELEASE_LOCK` did not release: the session no longer held the lock (it was lost).
-    #[error("lock {0:?} was no longer held when released (its session was lost meanwhile)")]
+    /// A parameter is out of range.
+    #[error("invalid lock request: {0}")]
+    Invalid(String),
+    /// The lock was no longer held: its session was lost, or its lease was taken over or
+    /// expired. Nothing was written under it.
+    #[error(
+        "lock {0:?} is no longer held by this guard (lost meanwhile); nothing was done under it"
+    )]
     NotHeld(String),
 }
 

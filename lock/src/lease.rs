@@ -1,0 +1,377 @@
+//! [`LeaseLock`]: locks and semaphores as leases in the `jobq_locks` table (created by
+//! `jobq migrate`), for topologies where session locks do not hold (Galera, proxies, Vitess).
+//!
+//! A permit is a row `(name, slot)`; a lock is a semaphore of one permit. Taking a permit is a
+//! transaction that locks the row and takes it if it is free (no holder, or its lease passed on
+//! the database clock), incrementing its **fencing token**; tokens only grow, across releases,
+//! expiries and takeovers. A watchdog renews the lease every third of its length while the
+//! guard lives and stops the moment the guard is released or dropped; if a renewal finds the
+//! permit taken, or cannot be made before the lease would run out, the guard's
+//! [`lost`](LeaseGuard::lost) signal fires.
+//!
+//! Leases are only as good as their clock and their holders' promptness: a holder frozen past
+//! its lease (a GC pause, SIGSTOP) still believes it holds the lock. The fencing token is what
+//! makes that safe: [`LeaseGuard::fenced`] runs a write only while the token is still current,
+//! atomically with respect to any takeover.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{MySql, MySqlPool, Row, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// Lease locks and semaphores on `pool`'s database.
+#[derive(Clone, Debug)]
+pub struct LeaseLock {
+    pool: MySqlPool,
+    ttl: Duration,
+    holder: String,
+}
+
+impl LeaseLock {
+    /// Leases of 30 s on `pool`, held in the name of `holder` (shown by `jobq lock status`;
+    /// any text, e.g. host and pid).
+    pub fn new(pool: &MySqlPool, holder: impl Into<String>) -> Self {
+        LeaseLock {
+            pool: pool.clone(),
+            ttl: Duration::from_secs(30),
+            holder: holder.into(),
+        }
+    }
+
+    /// The lease length (at least 100 ms). The watchdog renews every third of it.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Waits up to `timeout` for lock `name`. `Ok(None)`: it stayed held that long.
+    pub async fn acquire(&self, name: &str, timeout: Duration) -> Result<Option<LeaseGuard>> {
+        self.acquire_permit(name, 1, timeout).await
+    }
+
+    /// Waits up to `timeout` for one of the `permits` permits of semaphore `name`.
+    pub async fn acquire_permit(
+        &self,
+        name: &str,
+        permits: u32,
+        timeout: Duration,
+    ) -> Result<Option<LeaseGuard>> {
+        if permits == 0 {
+            return Err(Error::Invalid(
+                "a semaphore needs at least one permit".into(),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            for slot in 0..permits {
+                if let Some(token) = self.try_slot(name, slot).await? {
+                    return Ok(Some(self.guard(name, slot, token)));
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// One attempt at permit `slot` of `name`: its new token if it was free. A deadlock or lock
+    /// wait with another contender counts as "not this time".
+    async fn try_slot(&self, name: &str, slot: u32) -> Result<Option<u64>> {
+        for _ in 0..2 {
+            match self.take_slot(name, slot).await {
+                Ok(Taken::Yes(token)) => return Ok(Some(token)),
+                Ok(Taken::Busy) => return Ok(None),
+                Ok(Taken::NoRow) => {
+                    // language=MySQL
+                    // Created outside any transaction (token 0, already expired), so creating
+                    // a row never holds a lock other contenders could deadlock on.
+                    sqlx::query(
+                        "INSERT IGNORE INTO jobq_locks (name_key, slot, name, token, expires_at) \
+                         VALUES (UNHEX(SHA1(?)), ?, ?, 0, UTC_TIMESTAMP(6))",
+                    )
+                    .bind(name)
+                    .bind(slot)
+                    .bind(display(name))
+                    .execute(&self.pool)
+                    .await?;
+                }
+                Err(e) if contention(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The transaction that takes a permit: lock its row, judge it on the database clock, and
+    /// take it with the next token if it is free.
+    async fn take_slot(&self, name: &str, slot: u32) -> Result<Taken, sqlx::Error> {
+        let mut tx = begin(&self.pool).await?;
+        // language=MySQL
+        let row = sqlx::query(
+            "SELECT token, holder IS NULL OR expires_at <= UTC_TIMESTAMP(6) AS free \
+             FROM jobq_locks WHERE name_key = UNHEX(SHA1(?)) AND slot = ? FOR UPDATE",
+        )
+        .bind(name)
+        .bind(slot)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(Taken::NoRow);
+        };
+        let token: u64 = row.try_get("token")?;
+        let free: i64 = row.try_get("free")?;
+        if free == 0 {
+            tx.rollback().await?;
+            return Ok(Taken::Busy);
+        }
+        let token = token + 1;
+        // language=MySQL
+        sqlx::query(
+            "UPDATE jobq_locks SET holder = ?, token = ?, acquired_at = UTC_TIMESTAMP(6), \
+                    expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+             WHERE name_key = UNHEX(SHA1(?)) AND slot = ?",
+        )
+        .bind(&self.holder)
+        .bind(token)
+        .bind(self.ttl.as_micros() as u64)
+        .bind(name)
+        .bind(slot)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Taken::Yes(token))
+    }
+
+    fn guard(&self, name: &str, slot: u32, token: u64) -> LeaseGuard {
+        let permit = Arc::new(Permit {
+            pool: self.pool.clone(),
+            name: name.to_owned(),
+            slot,
+            token,
+            holder: self.holder.clone(),
+        });
+        let lost = CancellationToken::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(watchdog(
+            permit.clone(),
+            self.ttl,
+            lost.clone(),
+            stop.clone(),
+        ));
+        LeaseGuard { permit, lost, stop }
+    }
+}
+
+/// The result of one attempt at a permit.
+enum Taken {
+    Yes(u64),
+    Busy,
+    NoRow,
+}
+
+/// A deadlock (1213) or lock wait timeout (1205) between contenders.
+fn contention(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(
+            d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|m| m.number()),
+            Some(1213 | 1205)
+        ),
+        _ => false,
+    }
+}
+
+/// What identifies a held permit.
+#[derive(Debug)]
+struct Permit {
+    pool: MySqlPool,
+    name: String,
+    slot: u32,
+    token: u64,
+    holder: String,
+}
+
+impl Permit {
+    /// Pushes the lease to now + `ttl` if the permit is still ours: `Ok(false)` when it is not.
+    async fn renew(&self, ttl: Duration) -> Result<bool, sqlx::Error> {
+        // language=MySQL
+        let done = sqlx::query(
+            "UPDATE jobq_locks SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+             WHERE name_key = UNHEX(SHA1(?)) AND slot = ? AND token = ? AND holder <=> ? \
+               AND expires_at > UTC_TIMESTAMP(6)",
+        )
+        .bind(ttl.as_micros() as u64)
+        .bind(&self.name)
+        .bind(self.slot)
+        .bind(self.token)
+        .bind(&self.holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Frees the permit if it is still ours (the token stays, so the next holder's is higher).
+    async fn release(&self) -> Result<bool, sqlx::Error> {
+        // language=MySQL
+        let done = sqlx::query(
+            "UPDATE jobq_locks SET holder = NULL, expires_at = UTC_TIMESTAMP(6) \
+             WHERE name_key = UNHEX(SHA1(?)) AND slot = ? AND token = ? AND holder <=> ? \
+               AND expires_at > UTC_TIMESTAMP(6)",
+        )
+        .bind(&self.name)
+        .bind(self.slot)
+        .bind(self.token)
+        .bind(&self.holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// A held lease permit. Released by [`release`](LeaseGuard::release) or, in the background, on
+/// drop.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    permit: Arc<Permit>,
+    lost: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl LeaseGuard {
+    /// The lock's name, as given.
+    pub fn name(&self) -> &str {
+        &self.permit.name
+    }
+
+    /// The fencing token of this acquisition: strictly greater than every earlier token of
+    /// the same permit. Pass it to what the lock protects, or write through
+    /// [`fenced`](LeaseGuard::fenced).
+    pub fn token(&self) -> Option<u64> {
+        Some(self.permit.token)
+    }
+
+    /// Resolves once the lease is known to be lost (taken over, or not renewed in time).
+    pub async fn lost(&self) {
+        self.lost.cancelled().await
+    }
+
+    /// Whether the lease is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Begins a transaction in which this permit is still held: the permit's row is locked
+    /// (no takeover can commit until this transaction ends) and checked to carry this guard's
+    /// token and an unexpired lease. Write through it and commit; [`Error::NotHeld`] (nothing
+    /// written) if the lease was lost, however long this holder was paused.
+    pub async fn fenced(&self) -> Result<Transaction<'static, MySql>> {
+        let p = &self.permit;
+        let mut tx = begin(&p.pool).await?;
+        // language=MySQL
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT token = ? AND holder <=> ? AND expires_at > UTC_TIMESTAMP(6) \
+             FROM jobq_locks WHERE name_key = UNHEX(SHA1(?)) AND slot = ? FOR UPDATE",
+        )
+        .bind(p.token)
+        .bind(&p.holder)
+        .bind(&p.name)
+        .bind(p.slot)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current != Some(1) {
+            tx.rollback().await?;
+            self.lost.cancel();
+            return Err(Error::NotHeld(p.name.clone()));
+        }
+        Ok(tx)
+    }
+
+    /// Stops the watchdog and frees the permit. [`Error::NotHeld`] if it had been lost.
+    pub async fn release(self) -> Result<()> {
+        self.stop.cancel();
+        if self.permit.release().await? {
+            Ok(())
+        } else {
+            self.lost.cancel();
+            Err(Error::NotHeld(self.permit.name.clone()))
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if !self.stop.is_cancelled() {
+            self.stop.cancel();
+            // Freed in the background; if that fails the lease simply expires.
+            let permit = self.permit.clone();
+            tokio::spawn(async move {
+                let _ = permit.release().await;
+            });
+        }
+    }
+}
+
+/// Renews every `ttl / 3` until `stop`; fires `lost` when a renewal finds the permit gone or
+/// none succeeded for a whole lease.
+async fn watchdog(
+    permit: Arc<Permit>,
+    ttl: Duration,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    let every = ttl / 3;
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let left = (renewed + ttl).saturating_duration_since(tokio::time::Instant::now());
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout(left, permit.renew(ttl)).await {
+            Ok(Ok(true)) => renewed = sent,
+            Ok(Ok(false)) => {
+                tracing::warn!(lock = %permit.name, token = permit.token, "lease lost: the permit was taken over or expired");
+                lost.cancel();
+                return;
+            }
+            Ok(Err(e)) if sent + every < renewed + ttl => {
+                tracing::warn!(lock = %permit.name, error = %e, "lease renewal failed; retrying");
+            }
+            _ => {
+                tracing::warn!(lock = %permit.name, "lease not renewed in time; lost");
+                lost.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// The name kept for display (the key is the hash of the whole name).
+fn display(name: &str) -> String {
+    if name.chars().count() <= 255 {
+        name.to_owned()
+    } else {
+        let mut s: String = name.chars().take(254).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// `pool.begin()`, safe to cancel: run in a task of its own, so a begin whose caller went
+/// away still completes and its transaction is rolled back when dropped, instead of the
+/// connection returning to the pool inside a transaction sqlx does not know of.
+async fn begin(pool: &MySqlPool) -> Result<Transaction<'static, MySql>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
+}
