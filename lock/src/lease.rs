@@ -189,6 +189,11 @@ fn contention(e: &sqlx::Error) -> bool {
     }
 }
 
+/// The permit's row, while it is still this guard's: same token and holder, lease not passed.
+// language=MySQL
+const STILL_OURS: &str = "name_key = UNHEX(SHA1(?)) AND slot = ? AND token = ? AND holder <=> ? \
+                          AND expires_at > UTC_TIMESTAMP(6)";
+
 /// What identifies a held permit.
 #[derive(Debug)]
 struct Permit {
@@ -203,36 +208,32 @@ impl Permit {
     /// Pushes the lease to now + `ttl` if the permit is still ours: `Ok(false)` when it is not.
     async fn renew(&self, ttl: Duration) -> Result<bool, sqlx::Error> {
         // language=MySQL
-        let done = sqlx::query(
-            "UPDATE jobq_locks SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-             WHERE name_key = UNHEX(SHA1(?)) AND slot = ? AND token = ? AND holder <=> ? \
-               AND expires_at > UTC_TIMESTAMP(6)",
-        )
-        .bind(ttl.as_micros() as u64)
-        .bind(&self.name)
-        .bind(self.slot)
-        .bind(self.token)
-        .bind(&self.holder)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let sql = format!(
+            "UPDATE jobq_locks SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {STILL_OURS}"
+        );
+        let q = sqlx::query(&sql).bind(ttl.as_micros() as u64);
+        Ok(self.bind_ours(q).execute(&self.pool).await?.rows_affected() == 1)
     }
 
     /// Frees the permit if it is still ours (the token stays, so the next holder's is higher).
     async fn release(&self) -> Result<bool, sqlx::Error> {
         // language=MySQL
-        let done = sqlx::query(
-            "UPDATE jobq_locks SET holder = NULL, expires_at = UTC_TIMESTAMP(6) \
-             WHERE name_key = UNHEX(SHA1(?)) AND slot = ? AND token = ? AND holder <=> ? \
-               AND expires_at > UTC_TIMESTAMP(6)",
-        )
-        .bind(&self.name)
-        .bind(self.slot)
-        .bind(self.token)
-        .bind(&self.holder)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let sql = format!(
+            "UPDATE jobq_locks SET holder = NULL, expires_at = UTC_TIMESTAMP(6) WHERE {STILL_OURS}"
+        );
+        let q = sqlx::query(&sql);
+        Ok(self.bind_ours(q).execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    /// Binds [`STILL_OURS`]'s parameters, in its order.
+    fn bind_ours<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
+    ) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
+        q.bind(&self.name)
+            .bind(self.slot)
+            .bind(self.token)
+            .bind(&self.holder)
     }
 }
 

@@ -111,11 +111,17 @@ const INSERT_OVERHEAD: u64 = 512 << 10;
 /// and MariaDB refuses JSON nested 32 deep.
 pub async fn check_server_limits(pool: &MySqlPool, config: &Config) -> Result<()> {
     let info = detect(pool).await?;
+    info.check_producer(&config.producer, max_allowed_packet(pool).await?)
+}
+
+/// The server's `max_allowed_packet`.
+pub(crate) async fn max_allowed_packet(pool: &MySqlPool) -> Result<u64> {
     // language=MySQL
-    let packet: u64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS UNSIGNED)")
-        .fetch_one(pool)
-        .await?;
-    info.check_producer(&config.producer, packet)
+    Ok(
+        sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS UNSIGNED)")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 impl ServerInfo {

@@ -140,7 +140,11 @@ impl Worker {
         let info = db::detect(&self.pool).await?;
         info.check(self.config.worker_queues().iter().map(|q| q.claim_mode))?;
         db::check_migrated(&self.pool).await?;
-        db::check_server_limits(&self.pool, &self.config).await?;
+        // The server is known already: only its packet limit is asked for.
+        info.check_producer(
+            &self.config.producer,
+            db::max_allowed_packet(&self.pool).await?,
+        )?;
         let sup = Supervisor {
             health: self.health.clone(),
             #[cfg(test)]

@@ -22,7 +22,7 @@ use super::recorder;
 use super::retry::DbRetry;
 use super::{executor, Shared};
 use crate::metrics;
-use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, ClaimedJob, Fence};
+use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, ClaimedJob};
 
 const MIN_POLL: Duration = Duration::from_millis(1);
 
@@ -254,10 +254,7 @@ fn spawn_job(
     permit: OwnedSemaphorePermit,
     deadline: Instant,
 ) {
-    let fence = Fence {
-        id: job.id,
-        token: job.token,
-    };
+    let fence = job.fence();
     let cancel = shared.in_flight.insert(fence, deadline);
     metrics::claimed(
         queue,

@@ -17,7 +17,7 @@ use tracing::warn;
 use super::{recorder, Shared};
 use crate::handler::{write_chain, JobContext, JobError};
 use crate::metrics;
-use crate::store::{ClaimedJob, Fence};
+use crate::store::ClaimedJob;
 use crate::transition::{Backoff, Outcome};
 
 /// Runs `job` to its outcome and records it. `permit` is the job's slot; `cancel` its token from
@@ -29,10 +29,7 @@ pub(crate) async fn run(
     permit: OwnedSemaphorePermit,
     cancel: CancellationToken,
 ) {
-    let fence = Fence {
-        id: job.id,
-        token: job.token,
-    };
+    let fence = job.fence();
     let policy = shared.policy(&queue, &job.kind);
     let ctx = JobContext {
         id: JobId(job.id),

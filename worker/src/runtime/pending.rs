@@ -16,11 +16,9 @@ use std::time::Duration;
 
 use jobq_producer::QueueName;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
-use tracing::warn;
 
-use super::recorder::Completion;
+use super::recorder::{count_written, Completion};
 use super::Shared;
-use crate::metrics;
 use crate::store::Fence;
 
 /// How long a success waits for its queue's claimer before the completer writes it.
@@ -53,16 +51,10 @@ impl Carried<'_> {
     /// taken back): counted, forgotten, and their slots returned for the jobs just claimed.
     pub(crate) fn written(mut self, shared: &Shared, done: u64) -> Vec<OwnedSemaphorePermit> {
         let items = std::mem::take(&mut self.items);
-        if done < items.len() as u64 {
-            warn!(
-                stale = items.len() as u64 - done,
-                "completions for jobs taken back meanwhile were not written"
-            );
-        }
+        count_written(&items, done);
         items
             .into_iter()
             .map(|c| {
-                metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
                 shared.in_flight.remove(c.fence);
                 c.permit
             })

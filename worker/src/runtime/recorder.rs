@@ -243,10 +243,7 @@ pub(crate) async fn release_unstarted(
     let deadline = Instant::now() + shared.config.worker.lease_ttl;
     for job in jobs {
         let w = FinishWrite {
-            fence: Fence {
-                id: job.id,
-                token: job.token,
-            },
+            fence: job.fence(),
             attempt: job.attempt,
             worker: &shared.id,
             decision: &d,
@@ -300,14 +297,9 @@ pub(crate) async fn completer(shared: Arc<Shared>, stop: CancellationToken) {
                 _ = stop.cancelled() => {}
             }
         }
-        let mut batch = shared.pending.take_any(max);
-        if batch.is_empty() {
-            continue;
-        }
-        write_batch(&shared, &mut batch).await;
-        // Forgetting a job and freeing its slot go together (the permit drops with `c`).
-        for c in batch.drain(..) {
-            shared.in_flight.remove(c.fence);
+        let batch = shared.pending.take_any(max);
+        if !batch.is_empty() {
+            write_and_forget(&shared, batch).await;
         }
     }
 }
@@ -317,14 +309,35 @@ pub(crate) async fn completer(shared: Arc<Shared>, stop: CancellationToken) {
 pub(crate) async fn flush(shared: &Shared) {
     let max = shared.config.worker.completion_batch as usize;
     loop {
-        let mut batch = shared.pending.take_any(max);
+        let batch = shared.pending.take_any(max);
         if batch.is_empty() {
             return;
         }
-        write_batch(shared, &mut batch).await;
-        for c in batch.drain(..) {
-            shared.in_flight.remove(c.fence);
-        }
+        write_and_forget(shared, batch).await;
+    }
+}
+
+/// Writes `batch` (within the write budget), then forgets its jobs: forgetting a job and
+/// freeing its slot go together (the permit drops with its completion).
+async fn write_and_forget(shared: &Shared, mut batch: Vec<Completion>) {
+    write_batch(shared, &mut batch).await;
+    for c in batch {
+        shared.in_flight.remove(c.fence);
+    }
+}
+
+/// Counts completions written in one transaction (`done` of them still ours; the others had
+/// been taken back meanwhile and were left alone). Shared by the completer and by claims that
+/// carry completions.
+pub(crate) fn count_written(batch: &[Completion], done: u64) {
+    if done < batch.len() as u64 {
+        warn!(
+            stale = batch.len() as u64 - done,
+            "completions for jobs taken back meanwhile were not written"
+        );
+    }
+    for c in batch {
+        metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
     }
 }
 
@@ -339,15 +352,7 @@ async fn write_batch(shared: &Shared, batch: &mut Vec<Completion>) {
         let e = match tokio::time::timeout(left, store::complete_batch(&shared.pool, &fences)).await
         {
             Ok(Ok(done)) => {
-                if done < fences.len() as u64 {
-                    warn!(
-                        stale = fences.len() as u64 - done,
-                        "completions for jobs taken back meanwhile were not written"
-                    );
-                }
-                for c in batch.iter() {
-                    metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
-                }
+                count_written(batch, done);
                 return;
             }
             Ok(Err(e)) => e,

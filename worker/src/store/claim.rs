@@ -26,6 +26,16 @@ pub(crate) struct ClaimedJob {
     pub(crate) token: Token,
 }
 
+impl ClaimedJob {
+    /// The fence every write about this claim carries.
+    pub(crate) fn fence(&self) -> Fence {
+        Fence {
+            id: self.id,
+            token: self.token,
+        }
+    }
+}
+
 /// How concurrent claimers of one queue are kept apart.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum ClaimLock<'a> {

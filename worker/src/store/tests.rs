@@ -209,14 +209,7 @@ async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
     };
     let first = claim(&mut conn, req(3, &[])).await.unwrap();
     assert_eq!(first.jobs.len(), 3);
-    let fences: Vec<Fence> = first
-        .jobs
-        .iter()
-        .map(|j| Fence {
-            id: j.id,
-            token: j.token,
-        })
-        .collect();
+    let fences: Vec<Fence> = first.jobs.iter().map(ClaimedJob::fence).collect();
     // The third one is taken back (its token replaced) before the claim carries it.
     sqlx::query(
         "UPDATE jobq_jobs SET claim_token = X'00000000000000000000000000000000' WHERE id = ?",
@@ -264,14 +257,7 @@ async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
         .await,
         2
     );
-    let last: Vec<Fence> = second
-        .jobs
-        .iter()
-        .map(|j| Fence {
-            id: j.id,
-            token: j.token,
-        })
-        .collect();
+    let last: Vec<Fence> = second.jobs.iter().map(ClaimedJob::fence).collect();
     let fourth = claim(&mut conn, req(5, &last)).await.unwrap();
     assert_eq!((fourth.jobs.len(), fourth.completed), (0, 3));
     assert_eq!(
