@@ -21,6 +21,7 @@ use sqlx::{MySql, MySqlPool, Row, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::metrics::{self, mark_lost, HoldTimer, Kind};
 
 /// Lease locks and semaphores on `pool`'s database.
 #[derive(Clone, Debug)]
@@ -47,6 +48,11 @@ impl LeaseLock {
         self
     }
 
+    /// The lease length in use.
+    pub fn lease_ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Waits up to `timeout` for lock `name`. `Ok(None)`: it stayed held that long.
     pub async fn acquire(&self, name: &str, timeout: Duration) -> Result<Option<LeaseGuard>> {
         self.acquire_permit(name, 1, timeout).await
@@ -54,6 +60,18 @@ impl LeaseLock {
 
     /// Waits up to `timeout` for one of the `permits` permits of semaphore `name`.
     pub async fn acquire_permit(
+        &self,
+        name: &str,
+        permits: u32,
+        timeout: Duration,
+    ) -> Result<Option<LeaseGuard>> {
+        let since = std::time::Instant::now();
+        let result = self.acquire_inner(name, permits, timeout).await;
+        metrics::acquired(Kind::Lease, since, &result);
+        result
+    }
+
+    async fn acquire_inner(
         &self,
         name: &str,
         permits: u32,
@@ -166,7 +184,12 @@ impl LeaseLock {
             lost.clone(),
             stop.clone(),
         ));
-        LeaseGuard { permit, lost, stop }
+        LeaseGuard {
+            permit,
+            lost,
+            stop,
+            _hold: HoldTimer::start(Kind::Lease),
+        }
     }
 }
 
@@ -244,12 +267,19 @@ pub struct LeaseGuard {
     permit: Arc<Permit>,
     lost: CancellationToken,
     stop: CancellationToken,
+    _hold: HoldTimer,
 }
 
 impl LeaseGuard {
     /// The lock's name, as given.
     pub fn name(&self) -> &str {
         &self.permit.name
+    }
+
+    /// The permit's slot (0 for a plain lock; 0..permits for a semaphore): with the name and
+    /// the token it identifies the permit's row in `jobq_locks`.
+    pub fn slot(&self) -> u32 {
+        self.permit.slot
     }
 
     /// The fencing token of this acquisition: strictly greater than every earlier token of
@@ -267,6 +297,11 @@ impl LeaseGuard {
     /// Whether the lease is known to be lost.
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
+    }
+
+    /// A token cancelled when the lease is lost (for tasks that outlive a borrow of the guard).
+    pub(crate) fn lost_token(&self) -> CancellationToken {
+        self.lost.clone()
     }
 
     /// Begins a transaction in which this permit is still held: the permit's row is locked
@@ -289,7 +324,7 @@ impl LeaseGuard {
         .await?;
         if current != Some(1) {
             tx.rollback().await?;
-            self.lost.cancel();
+            mark_lost(Kind::Lease, &self.lost);
             return Err(Error::NotHeld(p.name.clone()));
         }
         Ok(tx)
@@ -301,7 +336,7 @@ impl LeaseGuard {
         if self.permit.release().await? {
             Ok(())
         } else {
-            self.lost.cancel();
+            mark_lost(Kind::Lease, &self.lost);
             Err(Error::NotHeld(self.permit.name.clone()))
         }
     }
@@ -341,15 +376,18 @@ async fn watchdog(
             Ok(Ok(true)) => renewed = sent,
             Ok(Ok(false)) => {
                 tracing::warn!(lock = %permit.name, token = permit.token, "lease lost: the permit was taken over or expired");
-                lost.cancel();
+                mark_lost(Kind::Lease, &lost);
                 return;
             }
             Ok(Err(e)) if sent + every < renewed + ttl => {
+                metrics::renewal_failed(Kind::Lease);
                 tracing::warn!(lock = %permit.name, error = %e, "lease renewal failed; retrying");
             }
             _ => {
+                // A failed renewal, or one still unanswered when the lease ran out.
+                metrics::renewal_failed(Kind::Lease);
                 tracing::warn!(lock = %permit.name, "lease not renewed in time; lost");
-                lost.cancel();
+                mark_lost(Kind::Lease, &lost);
                 return;
             }
         }

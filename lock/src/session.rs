@@ -11,13 +11,14 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::metrics::{self, mark_lost, HoldTimer, Kind};
 use crate::name::SERVER_NAME;
 
 /// Names (per database) this process holds session locks on.
@@ -63,6 +64,13 @@ impl SessionLock {
 
     /// Waits up to `timeout` for lock `name`. `Ok(None)`: another holder kept it that long.
     pub async fn acquire(&self, name: &str, timeout: Duration) -> Result<Option<SessionGuard>> {
+        let since = Instant::now();
+        let result = self.acquire_inner(name, timeout).await;
+        metrics::acquired(Kind::Session, since, &result);
+        result
+    }
+
+    async fn acquire_inner(&self, name: &str, timeout: Duration) -> Result<Option<SessionGuard>> {
         let db = self.options.get_database().unwrap_or("").to_owned();
         if !held()
             .lock()
@@ -110,6 +118,7 @@ impl SessionLock {
             lost,
             stop,
             _registration: registration,
+            _hold: HoldTimer::start(Kind::Session),
         }))
     }
 
@@ -127,6 +136,7 @@ pub struct SessionGuard {
     lost: CancellationToken,
     stop: CancellationToken,
     _registration: Registration,
+    _hold: HoldTimer,
 }
 
 impl std::fmt::Debug for Registration {
@@ -174,11 +184,11 @@ impl SessionGuard {
         match released {
             Ok(Some(1)) => Ok(()),
             Ok(_) => {
-                self.lost.cancel();
+                mark_lost(Kind::Session, &self.lost);
                 Err(Error::NotHeld(self.name.clone()))
             }
             Err(e) => {
-                self.lost.cancel();
+                mark_lost(Kind::Session, &self.lost);
                 Err(e.into())
             }
         }
@@ -219,7 +229,7 @@ async fn watchdog(
         );
         if !holds {
             tracing::warn!(lock = %name, "session lock lost");
-            lost.cancel();
+            mark_lost(Kind::Session, &lost);
             // A connection that failed or no longer holds the lock is of no further use.
             slot.take();
             return;

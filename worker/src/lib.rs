@@ -54,6 +54,8 @@ pub use health::{Health, Loop, Status};
 pub use ids::WorkerId;
 pub use inspect::{job_with_history, stats, QueueStats, Stats};
 pub use jobq_config::Config;
+/// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.
+pub use jobq_lock as lock;
 pub use jobq_producer::{
     Job, JobId, JobState, KindName, NewJob, Producer, ProducerOptions, QueueName, MIGRATOR,
 };

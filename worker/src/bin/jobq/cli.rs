@@ -52,6 +52,9 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure throughput and latency against the server (own database `<db>_bench`).
     Bench(crate::bench::BenchArgs),
+    /// Distributed locks: run a command under a lock, or see who holds what.
+    #[command(subcommand)]
+    Lock(crate::lock::LockCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -158,6 +161,7 @@ pub(crate) fn run() -> Result<ExitCode> {
             Command::Job { id, json } => job(&settings, id, json).await,
             Command::Demo(a) => crate::demo::run(settings, a).await,
             Command::Bench(a) => crate::bench::run(&settings, a).await,
+            Command::Lock(c) => crate::lock::run(&settings, c).await,
         }
     })
 }

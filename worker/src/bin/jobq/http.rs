@@ -31,9 +31,14 @@ pub(crate) fn install_recorder(config: &Config) -> Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(m::CLAIM_SECONDS.into()), m::CLAIM_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(m::LOCK_WAIT_SECONDS.into()), m::CLAIM_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(m::CLAIM_BATCH.into()), m::BATCH_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Prefix("jobq_lock_".into()),
+            jobq_lock::metrics::BUCKETS,
+        )?
         .install_recorder()
         .context("installing the Prometheus recorder")?;
     m::describe();
+    jobq_lock::metrics::describe();
     Ok(handle)
 }
 

@@ -1,11 +1,12 @@
-//! `jobq`: migrate, enqueue, work, inspect, demo, bench. The commands live in `cli.rs` (and
-//! `demo.rs`, `bench/`, with the operator endpoint in `http.rs`); this file only maps the
+//! `jobq`: migrate, enqueue, work, inspect, demo, bench, lock. The commands live in `cli.rs` (and
+//! `demo.rs`, `bench/`, `lock.rs`, with the operator endpoint in `http.rs`); this file only maps the
 //! outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
 mod bench;
 mod cli;
 mod demo;
 mod http;
+mod lock;
 
 use std::process::ExitCode;
 
