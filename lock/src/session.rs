@@ -169,9 +169,11 @@ impl SessionGuard {
     /// Releases the lock and closes its connection. [`Error::NotHeld`] if the lock had been
     /// lost meanwhile.
     pub async fn release(self) -> Result<()> {
+        // Take the connection before stopping the watchdog: on stop, the watchdog closes
+        // whatever connection it still finds.
+        let taken = self.conn.lock().await.take();
         self.stop.cancel();
-        let mut slot = self.conn.lock().await;
-        let Some(mut conn) = slot.take() else {
+        let Some(mut conn) = taken else {
             return Err(Error::NotHeld(self.name.clone()));
         };
         // language=MySQL
@@ -202,6 +204,10 @@ impl Drop for SessionGuard {
     }
 }
 
+/// How long a watchdog check may take before the connection is given up (and the lock with
+/// it): a slow answer on a busy machine is not a lost lock, a connection that stays silent is.
+const CHECK_LIMIT: Duration = Duration::from_secs(5);
+
 /// Checks every `every` that the connection still holds `name`; fires `lost` when it does not.
 /// On `stop` it closes the connection (releasing whatever it still holds).
 async fn watchdog(
@@ -224,7 +230,7 @@ async fn watchdog(
             .bind(&name)
             .fetch_one(c);
         let holds = matches!(
-            tokio::time::timeout(every.max(Duration::from_secs(1)), check).await,
+            tokio::time::timeout(CHECK_LIMIT.max(every * 3), check).await,
             Ok(Ok(Some(1)))
         );
         if !holds {

@@ -136,3 +136,129 @@ async fn a_semaphore_never_admits_more_than_its_permits(db: MySqlPool) {
     let most = most.load(Ordering::SeqCst);
     assert!((1..=3).contains(&most), "{most} holders at once");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn lease_names_of_any_length_case_and_script_never_collide(db: MySqlPool) {
+    let a = LeaseLock::new(&db, "a");
+    let b = LeaseLock::new(&db, "b");
+    let names = [
+        "a".repeat(300),
+        "A".repeat(300),
+        format!("{}b", "a".repeat(299)),
+        "déjà vu 🔒🔑".to_owned(),
+        "DÉJÀ VU 🔒🔑".to_owned(),
+        "trailing space ".to_owned(),
+        "trailing space".to_owned(),
+    ];
+    let mut guards = Vec::new();
+    for n in &names {
+        let g = a
+            .acquire(n, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{n:?} collided with another name"));
+        assert_eq!(g.token(), Some(1), "{n:?} is a lock of its own");
+        guards.push(g);
+    }
+    for n in &names {
+        assert!(
+            b.acquire(n, Duration::ZERO).await.unwrap().is_none(),
+            "{n:?} is held"
+        );
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobq_locks")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows, names.len() as i64);
+    for g in guards {
+        g.release().await.unwrap();
+    }
+}
+
+/// Two campaigners: one leads at a time; when the leader's lease is taken from it its future is
+/// dropped, and when it stops the other takes over with a higher token.
+#[sqlx::test(migrations = "../migrations")]
+async fn one_leader_at_a_time_and_a_lost_term_is_dropped(db: MySqlPool) {
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    type Event = (usize, &'static str, u64);
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+    }
+
+    /// Reports the end of a term when the leader's future is dropped.
+    struct Ends(
+        mpsc::UnboundedSender<(usize, &'static str, u64)>,
+        usize,
+        u64,
+    );
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            let _ = self.0.send((self.1, "end", self.2));
+        }
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stops = [CancellationToken::new(), CancellationToken::new()];
+    let mut tasks = Vec::new();
+    for (i, stop) in stops.iter().enumerate() {
+        let (db, tx, stop) = (db.clone(), tx.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let lock = LeaseLock::new(&db, format!("node {i}")).ttl(Duration::from_millis(600));
+            lock.lead("leader", &stop, |term| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((i, "start", term.token()));
+                    let _end = Ends(tx, i, term.token());
+                    std::future::pending::<()>().await
+                }
+            })
+            .await
+        }));
+    }
+    let (first, what, t1) = next(&mut rx).await;
+    assert_eq!(what, "start");
+    // Only one leads: nothing else happens while the leader's lease is renewed.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .is_err(),
+        "a second leader started"
+    );
+    // Take the lease from the leader, as a takeover after a long pause would.
+    sqlx::query("UPDATE jobq_locks SET holder = 'intruder', token = token + 1")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        (first, "end", t1),
+        "the lost term is dropped"
+    );
+    sqlx::query("UPDATE jobq_locks SET holder = NULL, expires_at = UTC_TIMESTAMP(6)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (leader, what, t2) = next(&mut rx).await;
+    assert_eq!(what, "start");
+    assert!(t2 > t1 + 1, "tokens grow across terms: {t1} -> {t2}");
+    // The leader stops: its term ends and the other node takes over.
+    stops[leader].cancel();
+    assert_eq!(next(&mut rx).await, (leader, "end", t2));
+    let (other, what, t3) = next(&mut rx).await;
+    assert_eq!((other, what), (1 - leader, "start"));
+    assert!(t3 > t2);
+    stops[other].cancel();
+    assert_eq!(next(&mut rx).await, (other, "end", t3));
+    for t in tasks {
+        assert!(
+            t.await.unwrap().unwrap().is_none(),
+            "stopped, not completed"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! The slow integration tests: real worker processes killed with `kill -9`, SIGTERM, killed
 //! connections, a private MariaDB server crashed and restarted, contention between many
-//! claimers, and the dashboards against a real Prometheus. `cargo test --test slow`.
+//! claimers, many `jobq lock run` processes contending for locks, and the dashboards against a real Prometheus. `cargo test --test slow`.
 
 #[path = "../support/common.rs"]
 mod common;
@@ -14,6 +14,7 @@ mod procs;
 mod contention;
 mod crash;
 mod endpoint;
+mod locks;
 mod prom;
 mod restart;
 mod wakeup;
