@@ -1,9 +1,9 @@
 //! [`LeaseLock`]: locks and semaphores as leases in the `jobq_locks` table (created by
 //! `jobq migrate`), for topologies where session locks do not hold (Galera, proxies, Vitess).
 //!
-//! A permit is a row `(name, slot)`; a lock is a semaphore of one permit. Taking a permit is a
-//! transaction that locks the row and takes it if it is free (no holder, or its lease passed on
-//! the database clock), incrementing its **fencing token**; tokens only grow, across releases,
+//! A permit is a row `(name, slot)`; a lock is a semaphore of one permit. Taking a permit is one
+//! UPDATE that takes the row if it is free (no holder, or its lease passed on the database
+//! clock), incrementing its **fencing token**; tokens only grow, across releases,
 //! expiries and takeovers. A watchdog renews the lease every third of its length while the
 //! guard lives and stops the moment the guard is released or dropped; if a renewal finds the
 //! permit taken, or cannot be made before the lease would run out, the guard's
@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{MySql, MySqlPool, Row, Transaction};
+use sqlx::{MySql, MySqlPool, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -84,8 +84,13 @@ impl LeaseLock {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
+        // Contenders start at different permits, so they do not all queue on the first.
+        let first = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() / 1000)
+            % permits;
         loop {
-            for slot in 0..permits {
+            for slot in (first..permits).chain(0..first) {
                 if let Some(token) = self.try_slot(name, slot).await? {
                     return Ok(Some(self.guard(name, slot, token)));
                 }
@@ -104,13 +109,24 @@ impl LeaseLock {
     async fn try_slot(&self, name: &str, slot: u32) -> Result<Option<u64>> {
         for _ in 0..2 {
             match self.take_slot(name, slot).await {
-                Ok(Taken::Yes(token)) => return Ok(Some(token)),
-                Ok(Taken::Busy) => return Ok(None),
-                Ok(Taken::NoRow) => {
+                Ok(Some(token)) => return Ok(Some(token)),
+                Ok(None) => {
                     // language=MySQL
-                    // Created outside any transaction (token 0, already expired), so creating
-                    // a row never holds a lock other contenders could deadlock on.
-                    sqlx::query(
+                    // Busy, or no row yet? A plain read (no lock to wait for) tells.
+                    let exists: Option<i32> = sqlx::query_scalar(
+                        "SELECT 1 FROM jobq_locks WHERE name_key = UNHEX(SHA1(?)) AND slot = ?",
+                    )
+                    .bind(name)
+                    .bind(slot)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    if exists.is_some() {
+                        return Ok(None);
+                    }
+                    // language=MySQL
+                    // Create it (token 0, already expired) outside any transaction and try
+                    // once more. Rows are never deleted, so this happens once per permit.
+                    let created = sqlx::query(
                         "INSERT IGNORE INTO jobq_locks (name_key, slot, name, token, expires_at) \
                          VALUES (UNHEX(SHA1(?)), ?, ?, 0, UTC_TIMESTAMP(6))",
                     )
@@ -119,6 +135,9 @@ impl LeaseLock {
                     .bind(display(name))
                     .execute(&self.pool)
                     .await?;
+                    if created.rows_affected() == 0 {
+                        return Ok(None);
+                    }
                 }
                 Err(e) if contention(&e) => return Ok(None),
                 Err(e) => return Err(e.into()),
@@ -127,45 +146,26 @@ impl LeaseLock {
         Ok(None)
     }
 
-    /// The transaction that takes a permit: lock its row, judge it on the database clock, and
-    /// take it with the next token if it is free.
-    async fn take_slot(&self, name: &str, slot: u32) -> Result<Taken, sqlx::Error> {
-        let mut tx = begin(&self.pool).await?;
+    /// Takes permit `slot` of `name` if it is free (no holder, or its lease passed on the
+    /// database clock) with the next token, in one autocommit UPDATE (the row lock makes the
+    /// judgement and the take atomic). `LAST_INSERT_ID(expr)` hands the new token back in the
+    /// statement's reply, so success costs one round trip.
+    async fn take_slot(&self, name: &str, slot: u32) -> Result<Option<u64>, sqlx::Error> {
         // language=MySQL
-        let row = sqlx::query(
-            "SELECT token, holder IS NULL OR expires_at <= UTC_TIMESTAMP(6) AS free \
-             FROM jobq_locks WHERE name_key = UNHEX(SHA1(?)) AND slot = ? FOR UPDATE",
-        )
-        .bind(name)
-        .bind(slot)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(Taken::NoRow);
-        };
-        let token: u64 = row.try_get("token")?;
-        let free: i64 = row.try_get("free")?;
-        if free == 0 {
-            tx.rollback().await?;
-            return Ok(Taken::Busy);
-        }
-        let token = token + 1;
-        // language=MySQL
-        sqlx::query(
-            "UPDATE jobq_locks SET holder = ?, token = ?, acquired_at = UTC_TIMESTAMP(6), \
+        let done = sqlx::query(
+            "UPDATE jobq_locks SET holder = ?, token = LAST_INSERT_ID(token + 1), \
+                    acquired_at = UTC_TIMESTAMP(6), \
                     expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-             WHERE name_key = UNHEX(SHA1(?)) AND slot = ?",
+             WHERE name_key = UNHEX(SHA1(?)) AND slot = ? \
+               AND (holder IS NULL OR expires_at <= UTC_TIMESTAMP(6))",
         )
         .bind(&self.holder)
-        .bind(token)
         .bind(self.ttl.as_micros() as u64)
         .bind(name)
         .bind(slot)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(Taken::Yes(token))
+        Ok((done.rows_affected() == 1).then(|| done.last_insert_id()))
     }
 
     fn guard(&self, name: &str, slot: u32, token: u64) -> LeaseGuard {
@@ -191,13 +191,6 @@ impl LeaseLock {
             _hold: HoldTimer::start(Kind::Lease),
         }
     }
-}
-
-/// The result of one attempt at a permit.
-enum Taken {
-    Yes(u64),
-    Busy,
-    NoRow,
 }
 
 /// A deadlock (1213) or lock wait timeout (1205) between contenders.

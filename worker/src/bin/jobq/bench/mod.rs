@@ -8,7 +8,8 @@
 //! - `ceiling`: the least SQL that can drain the same queue (claim 100, mark running, one UPDATE
 //!   per batch to finish; no tokens, no history, no leases), with no framework around it: what
 //!   the server can do, so each report shows jobq as a fraction of it;
-//! - `scaling`: one claim's time with 10k and 1M waiting jobs, and with 1M finished jobs present.
+//! - `scaling`: one claim's time with 10k and 1M waiting jobs, and with 1M finished jobs present;
+//! - `locks`: the lock library's acquire/release latency and contended throughput (`locks.rs`).
 //!
 //! Every burn-down run is paired with a ceiling run of the same size and claim mode.
 
@@ -25,6 +26,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::MySqlPool;
 
+mod locks;
 mod sql;
 
 const QUEUE: &str = "bench";
@@ -43,6 +45,12 @@ pub(crate) enum Scenario {
     /// Burn N jobs down, age them past retention, and time the leader's pruning of them (and
     /// their history) against the burn-down's completion rate.
     Retention,
+    /// Lock latency (acquire, release) and throughput with 16 contending processes, for the
+    /// session lock, the lease lock and a semaphore.
+    Locks,
+    /// One contending process of `locks` (started by it).
+    #[value(hide = true)]
+    LockContender,
 }
 
 impl Scenario {
@@ -53,6 +61,8 @@ impl Scenario {
             Scenario::Ceiling => "ceiling",
             Scenario::Scaling => "scaling",
             Scenario::Retention => "retention",
+            Scenario::Locks => "locks",
+            Scenario::LockContender => "lock-contender",
         }
     }
 }
@@ -86,6 +96,9 @@ pub(crate) struct BenchArgs {
     /// Connections of the ceiling run.
     #[arg(long, default_value_t = 4)]
     ceiling_connections: u32,
+    /// lock-contender: the kind of lock.
+    #[arg(long, value_enum, hide = true)]
+    lock_kind: Option<locks::LockKind>,
     /// Print one JSON object per run instead of a table.
     #[arg(long)]
     json: bool,
@@ -113,6 +126,13 @@ struct Report {
 }
 
 pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::ExitCode> {
+    if a.scenario == Scenario::LockContender {
+        // Started by `locks` with the bench database's URL already.
+        let kind = a.lock_kind.context("lock-contender needs --lock-kind")?;
+        let pool = jobq_worker::connect(config).await?;
+        locks::contender(&pool, kind, a.duration).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     PRODUCERS.store(a.producers, std::sync::atomic::Ordering::Relaxed);
     let url = bench_url(&config.database_url);
     jobq_worker::migrate(&url)
@@ -164,6 +184,8 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
             }
         }
         Scenario::Scaling => scaling(&pool, &url, a.json).await?,
+        Scenario::Locks => locks::run(&pool, &url, a.duration, a.json).await?,
+        Scenario::LockContender => unreachable!("handled above"),
         Scenario::Retention => {
             for &jobs in &a.jobs {
                 let burn = burn_down(&pool, &url, jobs, ClaimMode::SkipLocked, 1, 32).await?;
