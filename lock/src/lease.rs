@@ -87,7 +87,7 @@ impl LeaseLock {
         // Contenders start at different permits, so they do not all queue on the first.
         let first = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() / 1000)
+            .map_or(0, |d| d.subsec_micros())
             % permits;
         loop {
             for slot in (first..permits).chain(0..first) {
