@@ -84,16 +84,14 @@ impl LeaseLock {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
-        // Contenders start at different permits, so they do not all queue on the first.
-        let first = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_micros())
-            % permits;
         loop {
-            for slot in (first..permits).chain(0..first) {
-                if let Some(token) = self.try_slot(name, slot).await? {
-                    return Ok(Some(self.guard(name, slot, token)));
-                }
+            let taken = if permits == 1 {
+                self.try_slot(name, 0).await?.map(|token| (0, token))
+            } else {
+                self.try_permits(name, permits).await?
+            };
+            if let Some((slot, token)) = taken {
+                return Ok(Some(self.guard(name, slot, token)));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -102,6 +100,62 @@ impl LeaseLock {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+
+    /// One attempt at any permit of a semaphore: a plain read finds the free ones (and creates
+    /// missing rows), then each is tried, starting at a different one per contender so they do
+    /// not all queue on the first. A poll that finds every permit busy costs one round trip.
+    async fn try_permits(&self, name: &str, permits: u32) -> Result<Option<(u32, u64)>> {
+        // language=MySQL
+        let rows: Vec<(u32, i64)> = sqlx::query_as(
+            "SELECT slot, holder IS NULL OR expires_at <= UTC_TIMESTAMP(6) \
+             FROM jobq_locks WHERE name_key = UNHEX(SHA1(?)) AND slot < ?",
+        )
+        .bind(name)
+        .bind(permits)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut free: Vec<u32> = rows.iter().filter(|r| r.1 != 0).map(|r| r.0).collect();
+        if rows.len() < permits as usize {
+            let present: std::collections::HashSet<u32> = rows.iter().map(|r| r.0).collect();
+            for slot in (0..permits).filter(|s| !present.contains(s)) {
+                self.create(name, slot).await?;
+                free.push(slot);
+            }
+        }
+        if free.is_empty() {
+            return Ok(None);
+        }
+        let first = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_micros() as usize)
+            % free.len();
+        free.rotate_left(first);
+        for slot in free {
+            match self.take_slot(name, slot).await {
+                Ok(Some(token)) => return Ok(Some((slot, token))),
+                Ok(None) => {}
+                Err(e) if contention(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Creates permit `slot` of `name` if missing (token 0, already expired), outside any
+    /// transaction. Rows are never deleted, so this happens once per permit. True if created.
+    async fn create(&self, name: &str, slot: u32) -> Result<bool, sqlx::Error> {
+        // language=MySQL
+        let created = sqlx::query(
+            "INSERT IGNORE INTO jobq_locks (name_key, slot, name, token, expires_at) \
+             VALUES (UNHEX(SHA1(?)), ?, ?, 0, UTC_TIMESTAMP(6))",
+        )
+        .bind(name)
+        .bind(slot)
+        .bind(display(name))
+        .execute(&self.pool)
+        .await?;
+        Ok(created.rows_affected() == 1)
     }
 
     /// One attempt at permit `slot` of `name`: its new token if it was free. A deadlock or lock
@@ -123,19 +177,7 @@ impl LeaseLock {
                     if exists.is_some() {
                         return Ok(None);
                     }
-                    // language=MySQL
-                    // Create it (token 0, already expired) outside any transaction and try
-                    // once more. Rows are never deleted, so this happens once per permit.
-                    let created = sqlx::query(
-                        "INSERT IGNORE INTO jobq_locks (name_key, slot, name, token, expires_at) \
-                         VALUES (UNHEX(SHA1(?)), ?, ?, 0, UTC_TIMESTAMP(6))",
-                    )
-                    .bind(name)
-                    .bind(slot)
-                    .bind(display(name))
-                    .execute(&self.pool)
-                    .await?;
-                    if created.rows_affected() == 0 {
+                    if !self.create(name, slot).await? {
                         return Ok(None);
                     }
                 }
