@@ -256,7 +256,8 @@ impl Default for ProducerSettings {
     }
 }
 
-/// `[maintenance]`: run by exactly one process at a time (elected through `jobq_leader`).
+/// `[maintenance]`: run by exactly one process at a time (elected on the `jobq:maintenance`
+/// lease in `jobq_locks`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaintenanceSettings {

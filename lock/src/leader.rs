@@ -71,7 +71,7 @@ impl LeaseLock {
                 }
             };
             let token = guard.token().expect("leases carry tokens");
-            tracing::info!(lock = %name, token, "leading");
+            tracing::debug!(lock = %name, token, "leading");
             let term = Term {
                 token,
                 lost: guard.lost_token(),

@@ -1,14 +1,16 @@
-//! Maintenance, done by exactly one process at a time: the holder of the `jobq_leader` lease
-//! (2 × `maintenance.interval` + 0.5 s, renewed every interval, so a live leader keeps it and a
-//! dead one loses it within that). Every interval the leader promotes due `scheduled` and
-//! `retryable` jobs, rescues expired leases, and prunes finished jobs past their retention
-//! (with their history) in short primary-key batches for up to half an interval, so pruning
-//! keeps pace with thousands of completions a second; every few seconds it samples the depth
-//! gauges; about every 30 intervals it prunes stale worker rows.
+//! Maintenance, done by exactly one process at a time: the leader elected on the `jobq-lock`
+//! lease `jobq:maintenance` in `jobq_locks` ([`LEADER_LOCK`], shown by `jobq lock status`). The
+//! lease lasts 2 × `maintenance.interval` + 0.5 s and its watchdog renews it every third of
+//! that, so a live leader keeps it and a dead one loses it within that; a stopping leader
+//! releases it and another process takes over within a sixth of it. Every interval the leader
+//! promotes due `scheduled` and `retryable` jobs, rescues expired leases, and prunes finished
+//! jobs past their retention (with their history) in short primary-key batches for up to half
+//! an interval, so pruning keeps pace with thousands of completions a second; every few seconds
+//! it samples the depth gauges; about every 30 intervals it prunes stale worker rows.
 //!
-//! A pass is bounded by the leader lease: it stops starting new batches after half an
-//! interval and is cut off (its open transaction rolled back) before the lease could lapse, so
-//! a second leader never runs beside it.
+//! When the lease is lost the leader's loop is dropped at its next await (an open transaction
+//! rolls back). A pass is also bounded on its own: it stops starting new batches after half an
+//! interval and is cut off after two, so a pass stuck on a lock never runs on unseen.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use jobq_config::MaintenanceSettings;
 use sqlx::MySqlPool;
 
+use jobq_lock::{LeaseLock, Term};
 use jobq_producer::JobState;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -31,41 +34,62 @@ const BATCH: u32 = 1000;
 /// Jobs deleted per retention transaction: short, so a prune never holds many row locks.
 const PRUNE_BATCH: u32 = 500;
 
-/// Runs until `stop`; resigns the lease on the way out if it held it.
+/// The lease lock the maintenance leader holds.
+pub(crate) const LEADER_LOCK: &str = "jobq:maintenance";
+
+/// Campaigns for maintenance leadership until `stop`, leading whenever elected; releases the
+/// lease on the way out if it held it.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let m = shared.config.maintenance.clone();
     let ttl = m.interval * 2 + Duration::from_millis(500);
+    let locks = LeaseLock::new(&shared.pool, shared.id.as_str()).ttl(ttl);
+    metrics::leader(false);
+    loop {
+        match locks
+            .lead(LEADER_LOCK, &stop, |term| lead(shared.clone(), term))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                debug!(error = %e, "maintenance leader election failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(m.interval) => {}
+                }
+            }
+        }
+    }
+}
+
+/// This process's leadership, while its loop runs: leaving (by stop or by a lost lease, when
+/// the loop is dropped) zeroes the leader's gauges.
+struct Leading {
+    known_queues: BTreeSet<String>,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        metrics::clear_depth(&self.known_queues);
+        metrics::leader(false);
+        info!("maintenance leadership ended");
+    }
+}
+
+/// One term of leadership: a maintenance pass every interval, until the term is dropped.
+async fn lead(shared: Arc<Shared>, term: Term) {
+    let m = shared.config.maintenance.clone();
+    info!(worker = %shared.id, token = term.token(), "leading maintenance");
+    let mut leading = Leading {
+        known_queues: BTreeSet::new(),
+    };
+    metrics::leader(true);
     let mut tick = tokio::time::interval(m.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut leading = false;
     let mut ticks: u64 = 0;
-    let mut known_queues = BTreeSet::new();
     let mut retry = DbRetry::new();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => break,
-        }
+        tick.tick().await;
         ticks += 1;
-        match store::lead(&shared.pool, &shared.id, ttl).await {
-            Ok(now_leading) => {
-                if now_leading != leading {
-                    info!(worker = %shared.id, leading = now_leading, "maintenance leadership changed");
-                    if !now_leading {
-                        metrics::clear_depth(&known_queues);
-                    }
-                }
-                leading = now_leading;
-                metrics::leader(leading);
-            }
-            Err(e) => {
-                debug!(error = %e, "leader election failed");
-                leading = false;
-            }
-        }
-        if !leading {
-            continue;
-        }
         // Depth gauges every few seconds (the query scans the claim index).
         if ticks % 5 == 1 {
             let alive = shared.config.worker.lease_ttl * 2;
@@ -74,21 +98,19 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                     // The queues sampled now (with rows) and this process's own: a queue that
                     // no longer exists is no longer set, and its series are dropped once idle
                     // (see `metrics::gauge_idle_timeout`).
-                    known_queues = shared.slots.iter().map(|q| q.name.to_string()).collect();
-                    metrics::depth(&s.depth, &s.oldest, &mut known_queues, s.workers, s.max_id)
+                    let known = &mut leading.known_queues;
+                    *known = shared.slots.iter().map(|q| q.name.to_string()).collect();
+                    metrics::depth(&s.depth, &s.oldest, known, s.workers, s.max_id)
                 }
                 Err(e) => debug!(error = %e, "depth sample failed"),
             }
         }
-        // Bounded by the lease (2 × interval + 0.5 s): cut off before it could lapse.
+        // A pass stuck on a lock is cut off after two intervals.
         let bound = m.interval * 2;
         let result = tokio::time::timeout(bound, pass(&shared, ticks))
             .await
             .unwrap_or_else(|_| {
-                warn!(
-                    ?bound,
-                    "maintenance pass cut off: it would have outlived the leader lease"
-                );
+                warn!(?bound, "maintenance pass cut off after two intervals");
                 Ok(())
             });
         match result {
@@ -99,11 +121,6 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
         }
-    }
-    if leading {
-        let _ = store::resign(&shared.pool, &shared.id).await;
-        metrics::clear_depth(&known_queues);
-        metrics::leader(false);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Maintenance, run by the elected leader only: the leader lease, promotion of due jobs,
+//! Maintenance, run by the elected leader only (elected on a `jobq-lock` lease): promotion of due jobs,
 //! rescue of expired leases, retention, and the depth sample behind the leader's gauges.
 
 use std::time::Duration;
@@ -8,51 +8,7 @@ use sqlx::{MySqlPool, Row};
 
 use super::sql::marks;
 use super::{micros, opt_text, text};
-use crate::ids::WorkerId;
 use crate::transition::Decision;
-
-/// Takes or keeps the maintenance lease. True when `holder` is the leader until now + `ttl`.
-pub(crate) async fn lead(
-    pool: &MySqlPool,
-    holder: &WorkerId,
-    ttl: Duration,
-) -> Result<bool, sqlx::Error> {
-    // language=MySQL
-    // The row is created once; INSERT IGNORE can only ignore the duplicate key here.
-    sqlx::query(
-        "INSERT IGNORE INTO jobq_leader (name, holder, expires_at) \
-         VALUES ('maintenance', '', '1970-01-01 00:00:00')",
-    )
-    .execute(pool)
-    .await?;
-    // language=MySQL
-    // Taken when free or expired, kept by its holder; expires_at always moves, so "1 row
-    // affected" means we hold it.
-    let n = sqlx::query(
-        "UPDATE jobq_leader SET holder = ?, expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-         WHERE name = 'maintenance' AND (holder = ? OR expires_at < UTC_TIMESTAMP(6))",
-    )
-    .bind(holder.as_str())
-    .bind(micros(ttl))
-    .bind(holder.as_str())
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
-}
-
-/// Gives up the maintenance lease so another process takes over at its next tick.
-pub(crate) async fn resign(pool: &MySqlPool, holder: &WorkerId) -> Result<(), sqlx::Error> {
-    // language=MySQL
-    sqlx::query(
-        "UPDATE jobq_leader SET expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND \
-         WHERE name = 'maintenance' AND holder = ?",
-    )
-    .bind(holder.as_str())
-    .execute(pool)
-    .await?;
-    Ok(())
-}
 
 /// Moves up to `limit` due jobs of `from` (`scheduled` or `retryable`) to `available`.
 /// Returns how many moved.

@@ -42,7 +42,7 @@ pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,
 };
 pub(crate) use maintenance::{
-    lead, pending, promote_due, prune, prune_workers, rescue_expired, resign, sample_depth,
+    pending, promote_due, prune, prune_workers, rescue_expired, sample_depth,
 };
 pub(crate) use sql::{begin, Dedicated};
 
