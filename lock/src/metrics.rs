@@ -88,7 +88,8 @@ impl Drop for HoldTimer {
     }
 }
 
-/// Describes the lock metrics (help text and unit) to the installed recorder.
+/// Describes the lock metrics (help text and unit) to the installed recorder and creates the
+/// counters at zero.
 pub fn describe() {
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_histogram!(
@@ -106,4 +107,9 @@ pub fn describe() {
         "Lease renewals that failed with a database error (retried while the lease lasts)"
     );
     describe_counter!(LOST, "Locks whose lost signal fired");
+    // Zero-valued series from the start: "nothing lost" is a 0, not an absent series.
+    for kind in [Kind::Session, Kind::Lease] {
+        counter!(RENEWALS_FAILED, "kind" => kind.label()).increment(0);
+        counter!(LOST, "kind" => kind.label()).increment(0);
+    }
 }
