@@ -4,7 +4,7 @@
 //! A permit is a row `(name, slot)`; a lock is a semaphore of one permit. Taking a permit is one
 //! UPDATE that takes the row if it is free (no holder, or its lease passed on the database
 //! clock), incrementing its **fencing token**; tokens only grow, across releases,
-//! expiries and takeovers. A watchdog renews the lease every third of its length while the
+//! expiries and takeovers. A watchdog renews the lease every quarter of its length while the
 //! guard lives and stops the moment the guard is released or dropped; if a renewal finds the
 //! permit taken, or cannot be made before the lease would run out, the guard's
 //! [`lost`](LeaseGuard::lost) signal fires.
@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::metrics::{self, mark_lost, HoldTimer, Kind};
 
+/// `jobq_locks.holder` is a VARCHAR(128).
+const HOLDER_CHARS: usize = 128;
+
 /// Lease locks and semaphores on `pool`'s database.
 #[derive(Clone, Debug)]
 pub struct LeaseLock {
@@ -33,16 +36,24 @@ pub struct LeaseLock {
 
 impl LeaseLock {
     /// Leases of 30 s on `pool`, held in the name of `holder` (shown by `jobq lock status`;
-    /// any text, e.g. host and pid).
+    /// any text, e.g. host and pid; cut to its first 128 characters, the column's size).
+    ///
+    /// Use a pool in READ COMMITTED (as `jobq_worker::connect` sets up): there a contender
+    /// skips a permit row that a holder's [`fenced`](LeaseGuard::fenced) transaction has
+    /// locked, while under REPEATABLE READ it waits for that transaction (up to
+    /// `innodb_lock_wait_timeout`), whatever its own timeout.
     pub fn new(pool: &MySqlPool, holder: impl Into<String>) -> Self {
+        let holder: String = holder.into().chars().take(HOLDER_CHARS).collect();
         LeaseLock {
             pool: pool.clone(),
             ttl: Duration::from_secs(30),
-            holder: holder.into(),
+            holder,
         }
     }
 
-    /// The lease length (at least 100 ms). The watchdog renews every third of it.
+    /// The lease length (at least 100 ms). The watchdog renews every quarter of it and fires
+    /// `lost` when three quarters have passed without a renewal, before the lease can pass to
+    /// anyone else.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl.max(Duration::from_millis(100));
         self
@@ -66,7 +77,18 @@ impl LeaseLock {
         timeout: Duration,
     ) -> Result<Option<LeaseGuard>> {
         let since = std::time::Instant::now();
-        let result = self.acquire_inner(name, permits, timeout).await;
+        // The attempts run in a task of their own: if this future is dropped (a caller's
+        // timeout, a signal) while a take is in flight, the task still gets its answer, and a
+        // permit taken for nobody is released when its guard is dropped there.
+        let abandon = CancellationToken::new();
+        let _abandon_on_drop = abandon.clone().drop_guard();
+        let (this, owned) = (self.clone(), name.to_owned());
+        let result =
+            tokio::spawn(
+                async move { this.acquire_inner(&owned, permits, timeout, &abandon).await },
+            )
+            .await
+            .unwrap_or_else(|e| Err(Error::Database(sqlx::Error::Io(std::io::Error::other(e)))));
         metrics::acquired(Kind::Lease, since, &result);
         result
     }
@@ -76,6 +98,7 @@ impl LeaseLock {
         name: &str,
         permits: u32,
         timeout: Duration,
+        abandon: &CancellationToken,
     ) -> Result<Option<LeaseGuard>> {
         if permits == 0 {
             return Err(Error::Invalid(
@@ -85,19 +108,24 @@ impl LeaseLock {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         loop {
+            // The lease runs from when the take was sent, at the latest.
+            let sent = tokio::time::Instant::now();
             let taken = if permits == 1 {
                 self.try_slot(name, 0).await?.map(|token| (0, token))
             } else {
                 self.try_permits(name, permits).await?
             };
             if let Some((slot, token)) = taken {
-                return Ok(Some(self.guard(name, slot, token)));
+                return Ok(Some(self.guard(name, slot, token, sent)));
             }
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if now >= deadline || abandon.is_cancelled() {
                 return Ok(None);
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
+            tokio::select! {
+                _ = abandon.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(pause.min(deadline - now)) => {}
+            }
             pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
@@ -119,8 +147,11 @@ impl LeaseLock {
         if rows.len() < permits as usize {
             let present: std::collections::HashSet<u32> = rows.iter().map(|r| r.0).collect();
             for slot in (0..permits).filter(|s| !present.contains(s)) {
-                self.create(name, slot).await?;
-                free.push(slot);
+                match self.create(name, slot).await {
+                    Ok(_) => free.push(slot),
+                    Err(e) if contention(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         if free.is_empty() {
@@ -177,8 +208,11 @@ impl LeaseLock {
                     if exists.is_some() {
                         return Ok(None);
                     }
-                    if !self.create(name, slot).await? {
-                        return Ok(None);
+                    match self.create(name, slot).await {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(None),
+                        Err(e) if contention(&e) => return Ok(None),
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 Err(e) if contention(&e) => return Ok(None),
@@ -210,22 +244,18 @@ impl LeaseLock {
         Ok((done.rows_affected() == 1).then(|| done.last_insert_id()))
     }
 
-    fn guard(&self, name: &str, slot: u32, token: u64) -> LeaseGuard {
+    fn guard(&self, name: &str, slot: u32, token: u64, sent: tokio::time::Instant) -> LeaseGuard {
         let permit = Arc::new(Permit {
             pool: self.pool.clone(),
             name: name.to_owned(),
             slot,
             token,
             holder: self.holder.clone(),
+            ttl: self.ttl,
         });
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
-        tokio::spawn(watchdog(
-            permit.clone(),
-            self.ttl,
-            lost.clone(),
-            stop.clone(),
-        ));
+        tokio::spawn(watchdog(permit.clone(), sent, lost.clone(), stop.clone()));
         LeaseGuard {
             permit,
             lost,
@@ -260,16 +290,17 @@ struct Permit {
     slot: u32,
     token: u64,
     holder: String,
+    ttl: Duration,
 }
 
 impl Permit {
-    /// Pushes the lease to now + `ttl` if the permit is still ours: `Ok(false)` when it is not.
-    async fn renew(&self, ttl: Duration) -> Result<bool, sqlx::Error> {
+    /// Pushes the lease to now + ttl if the permit is still ours: `Ok(false)` when it is not.
+    async fn renew(&self) -> Result<bool, sqlx::Error> {
         // language=MySQL
         let sql = format!(
             "UPDATE jobq_locks SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {STILL_OURS}"
         );
-        let q = sqlx::query(&sql).bind(ttl.as_micros() as u64);
+        let q = sqlx::query(&sql).bind(self.ttl.as_micros() as u64);
         Ok(self.bind_ours(q).execute(&self.pool).await?.rows_affected() == 1)
     }
 
@@ -339,25 +370,23 @@ impl LeaseGuard {
         self.lost.clone()
     }
 
-    /// Begins a transaction in which this permit is still held: the permit's row is locked
-    /// (no takeover can commit until this transaction ends) and checked to carry this guard's
-    /// token and an unexpired lease. Write through it and commit; [`Error::NotHeld`] (nothing
-    /// written) if the lease was lost, however long this holder was paused.
+    /// Begins a transaction in which this permit is still held: an UPDATE renews the lease
+    /// only if the row still carries this guard's token, holder and an unexpired lease, which
+    /// also locks the row (no takeover can commit until this transaction ends) and, on Galera,
+    /// puts the row in the transaction's write set (a takeover on another node conflicts with
+    /// it). Write through it and commit; [`Error::NotHeld`] (nothing written) if the lease was
+    /// lost, however long this holder was paused. Keep it short: the guard's own watchdog waits
+    /// for it to renew.
     pub async fn fenced(&self) -> Result<Transaction<'static, MySql>> {
         let p = &self.permit;
         let mut tx = begin(&p.pool).await?;
         // language=MySQL
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT token = ? AND holder <=> ? AND expires_at > UTC_TIMESTAMP(6) \
-             FROM jobq_locks WHERE name_key = UNHEX(SHA1(?)) AND slot = ? FOR UPDATE",
-        )
-        .bind(p.token)
-        .bind(&p.holder)
-        .bind(&p.name)
-        .bind(p.slot)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if current != Some(1) {
+        let sql = format!(
+            "UPDATE jobq_locks SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {STILL_OURS}"
+        );
+        let q = sqlx::query(&sql).bind(p.ttl.as_micros() as u64);
+        let held = p.bind_ours(q).execute(&mut *tx).await?.rows_affected() == 1;
+        if !held {
             tx.rollback().await?;
             mark_lost(Kind::Lease, &self.lost);
             return Err(Error::NotHeld(p.name.clone()));
@@ -365,10 +394,15 @@ impl LeaseGuard {
         Ok(tx)
     }
 
-    /// Stops the watchdog and frees the permit. [`Error::NotHeld`] if it had been lost.
+    /// Stops the watchdog and frees the permit. [`Error::NotHeld`] if it had been lost. The
+    /// UPDATE runs in a task of its own, so it completes even if this future is dropped.
     pub async fn release(self) -> Result<()> {
         self.stop.cancel();
-        if self.permit.release().await? {
+        let permit = self.permit.clone();
+        let freed = tokio::spawn(async move { permit.release().await })
+            .await
+            .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))?;
+        if freed {
             Ok(())
         } else {
             mark_lost(Kind::Lease, &self.lost);
@@ -381,46 +415,63 @@ impl Drop for LeaseGuard {
     fn drop(&mut self) {
         if !self.stop.is_cancelled() {
             self.stop.cancel();
-            // Freed in the background; if that fails the lease simply expires.
-            let permit = self.permit.clone();
-            tokio::spawn(async move {
-                let _ = permit.release().await;
-            });
+            // Freed in the background; without a runtime (or if that fails) the lease simply
+            // expires.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let permit = self.permit.clone();
+                rt.spawn(async move {
+                    let _ = permit.release().await;
+                });
+            }
         }
     }
 }
 
-/// Renews every `ttl / 3` until `stop`; fires `lost` when a renewal finds the permit gone or
-/// none succeeded for a whole lease.
+/// Renews every quarter of the lease until `stop`. Fires `lost` when a renewal finds the
+/// permit gone, or when three quarters of the lease have passed since the last renewal that
+/// succeeded (counted from when it was sent): a quarter of the lease before anyone else could
+/// take it, so a holder that cannot renew learns of it while it still holds the lease.
 async fn watchdog(
     permit: Arc<Permit>,
-    ttl: Duration,
+    taken: tokio::time::Instant,
     lost: CancellationToken,
     stop: CancellationToken,
 ) {
-    let every = ttl / 3;
-    let mut renewed = tokio::time::Instant::now();
+    let every = permit.ttl / 4;
+    let give_up = permit.ttl * 3 / 4;
+    let mut renewed = taken;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let left = (renewed + ttl).saturating_duration_since(tokio::time::Instant::now());
         let sent = tokio::time::Instant::now();
-        match tokio::time::timeout(left, permit.renew(ttl)).await {
+        let left = (renewed + give_up).saturating_duration_since(sent);
+        let answer = tokio::time::timeout(left.min(every), permit.renew()).await;
+        if stop.is_cancelled() {
+            // Released meanwhile: a renewal that found nothing is not a loss.
+            return;
+        }
+        match answer {
             Ok(Ok(true)) => renewed = sent,
             Ok(Ok(false)) => {
                 tracing::warn!(lock = %permit.name, token = permit.token, "lease lost: the permit was taken over or expired");
                 mark_lost(Kind::Lease, &lost);
                 return;
             }
-            Ok(Err(e)) if sent + every < renewed + ttl => {
+            failed => {
                 metrics::renewal_failed(Kind::Lease);
-                tracing::warn!(lock = %permit.name, error = %e, "lease renewal failed; retrying");
-            }
-            _ => {
-                // A failed renewal, or one still unanswered when the lease ran out.
-                metrics::renewal_failed(Kind::Lease);
+                if tokio::time::Instant::now() + every < renewed + give_up {
+                    match failed {
+                        Ok(Err(e)) => {
+                            tracing::warn!(lock = %permit.name, error = %e, "lease renewal failed; retrying")
+                        }
+                        _ => {
+                            tracing::warn!(lock = %permit.name, "lease renewal timed out; retrying")
+                        }
+                    }
+                    continue;
+                }
                 tracing::warn!(lock = %permit.name, "lease not renewed in time; lost");
                 mark_lost(Kind::Lease, &lost);
                 return;

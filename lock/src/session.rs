@@ -2,7 +2,9 @@
 //!
 //! The lock lives exactly as long as that connection: the server frees it when the guard
 //! releases it, when the guard is dropped (the connection is closed), and when the holder's
-//! process or connection dies. A watchdog checks every `ping_every` that the connection still
+//! process or connection dies. If the holder's host dies or is cut off, so that no close
+//! reaches the server, the connection's `wait_timeout` (set to five pings, at least 10 s) frees
+//! it. A watchdog checks every `ping_every` that the connection still
 //! holds the lock (`IS_USED_LOCK(name) = CONNECTION_ID()`); if not (the connection was killed,
 //! the server restarted), the guard's [`lost`](SessionGuard::lost) signal fires.
 //!
@@ -81,6 +83,13 @@ impl SessionLock {
         }
         let registration = Registration(db, name.to_owned());
         let mut conn = MySqlConnection::connect_with(&self.options).await?;
+        // language=MySQL
+        // A holder whose host dies or is cut off sends no FIN; the server then frees its lock
+        // when this idle limit passes (the watchdog's pings keep a live holder from idling).
+        sqlx::query("SET SESSION wait_timeout = ?")
+            .bind(idle_limit(self.ping_every))
+            .execute(&mut conn)
+            .await?;
         // language=MySQL
         // A positive timeout only: negative means "forever" on MySQL but NULL on MariaDB.
         let got: Result<Option<i64>, sqlx::Error> =
@@ -202,6 +211,11 @@ impl Drop for SessionGuard {
         // The watchdog closes the connection, which frees the lock on the server.
         self.stop.cancel();
     }
+}
+
+/// The lock connection's `wait_timeout`: 5 pings, at least 10 s.
+fn idle_limit(ping_every: Duration) -> u64 {
+    (ping_every.as_secs_f64() * 5.0).ceil().max(10.0) as u64
 }
 
 /// How long a watchdog check may take before the connection is given up (and the lock with

@@ -44,16 +44,16 @@ async fn a_lease_excludes_others_and_tokens_only_grow(db: MySqlPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_watchdog_keeps_a_short_lease(db: MySqlPool) {
-    let a = LeaseLock::new(&db, "a").ttl(Duration::from_secs(1));
-    let b = LeaseLock::new(&db, "b").ttl(Duration::from_secs(1));
+    let a = LeaseLock::new(&db, "a").ttl(Duration::from_secs(2));
+    let b = LeaseLock::new(&db, "b").ttl(Duration::from_secs(2));
     let ga = a
         .acquire("long job", Duration::ZERO)
         .await
         .unwrap()
         .expect("free");
-    // Held for 3 leases: never taken.
+    // Held for 2 leases: never taken.
     assert!(b
-        .acquire("long job", Duration::from_secs(3))
+        .acquire("long job", Duration::from_secs(4))
         .await
         .unwrap()
         .is_none());
@@ -209,7 +209,7 @@ async fn one_leader_at_a_time_and_a_lost_term_is_dropped(db: MySqlPool) {
     for (i, stop) in stops.iter().enumerate() {
         let (db, tx, stop) = (db.clone(), tx.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let lock = LeaseLock::new(&db, format!("node {i}")).ttl(Duration::from_millis(1500));
+            let lock = LeaseLock::new(&db, format!("node {i}")).ttl(Duration::from_secs(3));
             lock.lead("leader", &stop, |term| {
                 let tx = tx.clone();
                 async move {

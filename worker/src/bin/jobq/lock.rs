@@ -1,14 +1,15 @@
 //! `jobq lock run` and `jobq lock status`: the lock library for scripts and cron jobs.
 //!
-//! `run` takes the lock, runs the command in a process group of its own, and releases when the
-//! command exits. Exit statuses: the command's own (128 + N when it died of signal N);
-//! [`EXIT_TIMEOUT`] when the lock could not be had in time; [`EXIT_LOST`] when the lock was
-//! lost while the command ran (the command got SIGTERM, then SIGKILL after `--grace`); 0 with a
+//! `run` takes the lock, runs the command (in `jobq`'s own process group, so a terminal's
+//! Ctrl-C and Ctrl-Z reach both), and releases when the command exits. Exit statuses: the
+//! command's own (128 + N when it died of signal N); [`EXIT_TIMEOUT`] when the lock could not be
+//! had in time; [`EXIT_LOST`] when the lock was lost while the command ran (the command got
+//! SIGTERM, then SIGKILL after `--grace`, for a lease at most a quarter of its ttl); 0 with a
 //! message when `--skip-if-held` found it held; 126/127 when the command could not be started;
 //! 1 on any other error (the database was unreachable, …). SIGINT, SIGTERM and SIGHUP sent to
-//! `jobq` are passed on to the command, and the lock is released once it exits; if `jobq` itself
-//! is killed with SIGKILL a session lock is freed by the server at once and a lease runs out
-//! after its ttl (the command, in its own process group, is not killed with it).
+//! `jobq` are passed on to the command, and the lock is released once it exits. If `jobq` itself
+//! is killed with SIGKILL, a session lock is freed by the server at once and a lease runs out
+//! after its ttl, but the command goes on (kill the process group to stop both).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use jobq_config::Config;
 use jobq_lock::{Guard, LeaseLock, SessionLock};
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::{kill_process, Pid, Signal};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::parse_duration;
@@ -55,7 +56,8 @@ pub(crate) struct RunArgs {
     /// If another holder has the lock, exit 0 at once without running the command.
     #[arg(long)]
     skip_if_held: bool,
-    /// After a lost lock, how long the command has between SIGTERM and SIGKILL.
+    /// After a lost lock, how long the command has between SIGTERM and SIGKILL (for a lease,
+    /// at most a quarter of its ttl).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     grace: Duration,
     /// The command and its arguments (after `--`).
@@ -145,9 +147,7 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
     };
 
     let mut cmd = tokio::process::Command::new(&a.command[0]);
-    cmd.args(&a.command[1..])
-        .env("JOBQ_LOCK_NAME", &a.name)
-        .process_group(0);
+    cmd.args(&a.command[1..]).env("JOBQ_LOCK_NAME", &a.name);
     if let Guard::Lease(g) = &guard {
         cmd.env("JOBQ_LOCK_TOKEN", g.token().unwrap_or(0).to_string())
             .env("JOBQ_LOCK_SLOT", g.slot().to_string());
@@ -166,13 +166,20 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(code));
         }
     };
-    let group = child
+    let pid = child
         .id()
         .and_then(|id| Pid::from_raw(id as i32))
         .context("the command has no process id")?;
-    let signal_group = |sig: Signal| {
-        // The group may be gone already (the command exited); nothing to do then.
-        let _ = kill_process_group(group, sig);
+    let signal_command = |sig: Signal| {
+        // It may have exited already; nothing to do then.
+        let _ = kill_process(pid, sig);
+    };
+    // After a lost lease the command must be gone before the lease can pass to anyone else:
+    // the watchdog reports the loss a quarter of the ttl ahead of that.
+    let grace = if a.lease {
+        a.grace.min(a.ttl / 4)
+    } else {
+        a.grace
     };
 
     let status = loop {
@@ -183,11 +190,11 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
                     "jobq lock run: lost lock {:?} while the command ran; sending it SIGTERM \
                      (SIGKILL after {})",
                     a.name,
-                    humantime::format_duration(a.grace)
+                    humantime::format_duration(grace)
                 );
-                signal_group(Signal::TERM);
-                if tokio::time::timeout(a.grace, child.wait()).await.is_err() {
-                    signal_group(Signal::KILL);
+                signal_command(Signal::TERM);
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    signal_command(Signal::KILL);
                     let _ = child.wait().await;
                 }
                 let _ = guard.release().await;
@@ -195,16 +202,24 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
             }
             sig = interrupts.next() => {
                 tracing::info!(signal = sig.as_raw(), "passing the signal on to the command");
-                signal_group(sig);
+                signal_command(sig);
             }
         }
     };
-    if let Err(e) = guard.release().await {
-        eprintln!(
-            "jobq lock run: lock {:?} was lost before the command finished ({e})",
+    match guard.release().await {
+        Ok(()) => {}
+        Err(jobq_lock::Error::NotHeld(_)) => {
+            eprintln!(
+                "jobq lock run: lock {:?} was lost before the command finished",
+                a.name
+            );
+            return Ok(ExitCode::from(EXIT_LOST));
+        }
+        // The command ran under the lock; only freeing it failed (a lease then expires).
+        Err(e) => eprintln!(
+            "jobq lock run: warning: releasing lock {:?} failed: {e}",
             a.name
-        );
-        return Ok(ExitCode::from(EXIT_LOST));
+        ),
     }
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {
