@@ -84,13 +84,6 @@ impl SessionLock {
         let registration = Registration(db, name.to_owned());
         let mut conn = MySqlConnection::connect_with(&self.options).await?;
         // language=MySQL
-        // A holder whose host dies or is cut off sends no FIN; the server then frees its lock
-        // when this idle limit passes (the watchdog's pings keep a live holder from idling).
-        sqlx::query("SET SESSION wait_timeout = ?")
-            .bind(idle_limit(self.ping_every))
-            .execute(&mut conn)
-            .await?;
-        // language=MySQL
         // A positive timeout only: negative means "forever" on MySQL but NULL on MariaDB.
         let got: Result<Option<i64>, sqlx::Error> =
             sqlx::query_scalar(&format!("SELECT GET_LOCK({SERVER_NAME}, ?)"))
@@ -231,6 +224,25 @@ async fn watchdog(
     lost: CancellationToken,
     stop: CancellationToken,
 ) {
+    {
+        // language=MySQL
+        // A holder whose host dies or is cut off sends no FIN; the server then frees its lock
+        // when this idle limit passes (the pings below keep a live holder from idling). Set
+        // here rather than before GET_LOCK, to keep it off the acquire's path.
+        let mut slot = conn.lock().await;
+        if let Some(c) = slot.as_mut() {
+            let set = sqlx::query("SET SESSION wait_timeout = ?")
+                .bind(idle_limit(every))
+                .execute(c)
+                .await;
+            if let Err(e) = set {
+                tracing::warn!(lock = %name, error = %e, "session lock connection failed");
+                mark_lost(Kind::Session, &lost);
+                slot.take();
+                return;
+            }
+        }
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
