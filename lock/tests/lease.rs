@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use jobq_lock::{Error, LeaseLock};
 use sqlx::MySqlPool;
 
+mod common;
+
 #[sqlx::test(migrations = "../migrations")]
 async fn a_lease_excludes_others_and_tokens_only_grow(db: MySqlPool) {
     let a = LeaseLock::new(&db, "a");
@@ -141,15 +143,7 @@ async fn a_semaphore_never_admits_more_than_its_permits(db: MySqlPool) {
 async fn lease_names_of_any_length_case_and_script_never_collide(db: MySqlPool) {
     let a = LeaseLock::new(&db, "a");
     let b = LeaseLock::new(&db, "b");
-    let names = [
-        "a".repeat(300),
-        "A".repeat(300),
-        format!("{}b", "a".repeat(299)),
-        "déjà vu 🔒🔑".to_owned(),
-        "DÉJÀ VU 🔒🔑".to_owned(),
-        "trailing space ".to_owned(),
-        "trailing space".to_owned(),
-    ];
+    let names = common::tricky_names();
     let mut guards = Vec::new();
     for n in &names {
         let g = a

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use jobq_lock::{Error, SessionLock};
 use sqlx::MySqlPool;
 
+mod common;
+
 /// The server-side name of the bound lock name, as the crate documents it.
 const NAME: &str = "CONCAT('jobq-lock:', SHA1(CONCAT(CAST(COALESCE(DATABASE(), '') AS BINARY), X'00', CAST(? AS BINARY))))";
 
@@ -103,15 +105,7 @@ async fn a_killed_connection_fires_lost(db: MySqlPool) {
 #[sqlx::test]
 async fn names_of_any_length_case_and_script_never_collide(db: MySqlPool) {
     let locks = SessionLock::new(&db);
-    let names = [
-        "a".repeat(300),
-        "A".repeat(300),
-        format!("{}b", "a".repeat(299)),
-        "déjà vu 🔒🔑".to_owned(),
-        "DÉJÀ VU 🔒🔑".to_owned(),
-        "trailing space ".to_owned(),
-        "trailing space".to_owned(),
-    ];
+    let names = common::tricky_names();
     let mut guards = Vec::new();
     for n in &names {
         guards.push(
