@@ -1,8 +1,8 @@
-//! Read-only views for the CLI and tests.
+//! Views for the CLI and tests, and the queue controls (pause, resume).
 
 use std::collections::BTreeMap;
 
-use jobq_producer::{JobId, JobState};
+use jobq_producer::{JobId, JobState, QueueName};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
@@ -18,6 +18,10 @@ pub struct QueueStats {
     pub completed_last_minute: i64,
     /// Seconds since the oldest `available` job became due; `None` when none is available.
     pub oldest_available_seconds: Option<f64>,
+    /// When the queue was paused (RFC 3339, UTC); `None` while it is active.
+    pub paused_since: Option<String>,
+    /// Who paused it, as recorded.
+    pub paused_by: Option<String>,
 }
 
 /// Counts per queue and state, and totals per state across queues.
@@ -50,6 +54,14 @@ pub async fn stats(pool: &MySqlPool) -> Result<Stats> {
         *q.states.entry(state.clone()).or_default() += n;
         *out.totals.entry(state).or_default() += n;
     }
+    for (queue, since, by) in store::paused(pool).await? {
+        let q = out.queues.entry(queue).or_insert_with(|| QueueStats {
+            states: zeroes(),
+            ..Default::default()
+        });
+        q.paused_since = Some(since);
+        q.paused_by = by;
+    }
     for (queue, done, oldest) in store::queue_activity(pool).await? {
         if let Some(q) = out.queues.get_mut(&queue) {
             q.completed_last_minute = done;
@@ -57,6 +69,20 @@ pub async fn stats(pool: &MySqlPool) -> Result<Stats> {
         }
     }
     Ok(out)
+}
+
+/// Pauses `queue` across all workers: no claim takes from it (within one poll interval of
+/// this call), jobs already running finish, producers still enqueue. Kept in the database, so
+/// it outlives restarts and applies to workers started later. `by` is recorded (e.g.
+/// `user@host`). Returns false if the queue was already paused.
+pub async fn pause_queue(pool: &MySqlPool, queue: &QueueName, by: &str) -> Result<bool> {
+    let by: String = by.chars().take(128).collect();
+    Ok(store::pause(pool, queue.as_str(), &by).await?)
+}
+
+/// Resumes a paused `queue`. Returns false if it was not paused.
+pub async fn resume_queue(pool: &MySqlPool, queue: &QueueName) -> Result<bool> {
+    Ok(store::resume(pool, queue.as_str()).await?)
 }
 
 /// A job and its whole transition history.

@@ -105,6 +105,8 @@ pub(crate) fn slots(queue: &str, in_flight: usize, free: usize) {
 pub const DEPTH_PREFIX: &str = "jobq_queue_";
 /// Gauge: age of the oldest `available` job per queue (now − run_at), sampled by the leader.
 pub const OLDEST_AVAILABLE: &str = "jobq_queue_oldest_available_age_seconds";
+/// Gauge: 1 while a queue is paused (`jobq queues pause`), else 0. Set by the leader.
+pub const PAUSED: &str = "jobq_queue_paused";
 /// Gauge: worker processes whose heartbeat is recent, sampled by the leader.
 pub const WORKERS_ALIVE: &str = "jobq_workers_alive";
 /// Counter: jobs ever inserted by any producer (the table's highest id), sampled by the leader,
@@ -194,6 +196,10 @@ pub fn describe() {
         );
     }
     describe_gauge!(
+        PAUSED,
+        "1 while the queue is paused (jobq queues pause), else 0 (leader)"
+    );
+    describe_gauge!(
         OLDEST_AVAILABLE,
         Unit::Seconds,
         "Age of the oldest available job per queue (leader)"
@@ -244,6 +250,15 @@ pub fn gauge_idle_timeout(config: &jobq_config::Config) -> std::time::Duration {
 }
 
 /// Leader sample: depth per queue and state, oldest available age, live workers.
+/// Sets the paused gauge of every known queue, adding the paused ones to `known`.
+pub(crate) fn paused(known: &mut std::collections::BTreeSet<String>, paused: &[String]) {
+    known.extend(paused.iter().cloned());
+    for q in known.iter() {
+        let v = if paused.contains(q) { 1.0 } else { 0.0 };
+        gauge!(PAUSED, "queue" => q.clone()).set(v);
+    }
+}
+
 pub(crate) fn depth(
     samples: &[(String, String, i64)],
     oldest: &[(String, f64)],
@@ -284,6 +299,7 @@ pub(crate) fn clear_depth(known: &std::collections::BTreeSet<String>) {
             gauge!(depth_name(s), "queue" => q.clone()).set(0.0);
         }
         gauge!(OLDEST_AVAILABLE, "queue" => q.clone()).set(0.0);
+        gauge!(PAUSED, "queue" => q.clone()).set(0.0);
     }
     gauge!(WORKERS_ALIVE).set(0.0);
 }

@@ -104,6 +104,13 @@ async fn lead(shared: Arc<Shared>, term: Term) {
                 }
                 Err(e) => debug!(error = %e, "depth sample failed"),
             }
+            match store::paused(&shared.pool).await {
+                Ok(p) => {
+                    let names: Vec<String> = p.into_iter().map(|(q, ..)| q).collect();
+                    metrics::paused(&mut leading.known_queues, &names);
+                }
+                Err(e) => debug!(error = %e, "paused sample failed"),
+            }
         }
         // A pass stuck on a lock is cut off after two intervals.
         let bound = m.interval * 2;

@@ -239,11 +239,16 @@ pub(super) fn claim_select(queue: &str, limit: &str) -> String {
     // where the optimiser would otherwise prefer a scan (which locks every row it reads).
     // No filter on kind: rows of kinds this worker cannot run would all be read and skipped
     // on every claim (O(backlog) instead of O(batch)); they are claimed and fail instead.
+    // The pause check is a constant subquery on jobq_queues' primary key: evaluated once, not
+    // locked by the outer FOR UPDATE (a nested query takes no locks without a locking clause
+    // of its own), and when the queue is paused the optimiser sees an impossible WHERE and
+    // reads no job at all.
     format!(
         "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, \
                 TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us \
          FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
          WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) \
+           AND (SELECT COUNT(*) FROM jobq_queues p WHERE p.name = {queue} AND p.paused_at IS NOT NULL) = 0 \
          ORDER BY priority, run_at, id \
          LIMIT {limit} FOR UPDATE SKIP LOCKED"
     )

@@ -5,6 +5,7 @@
 //! - [`lease`]: lease extension and the worker rows (heartbeat);
 //! - [`maintenance`]: leader lease, promotion, rescue, retention (leader only);
 //! - [`inspect`]: read-only views for the CLI and operators;
+//! - [`queues`]: queue state every worker obeys (pause/resume);
 //! - [`demo`]: the `record` built-in kind's effects table;
 //! - [`sql`]: the literal layer and the raw-transaction guard every file above uses.
 //!
@@ -22,6 +23,7 @@ mod finish;
 mod inspect;
 mod lease;
 mod maintenance;
+mod queues;
 mod sql;
 #[cfg(test)]
 mod tests;
@@ -44,6 +46,7 @@ pub(crate) use lease::{
 pub(crate) use maintenance::{
     pending, promote_due, prune, prune_workers, rescue_expired, sample_depth,
 };
+pub(crate) use queues::{pause, paused, resume};
 pub(crate) use sql::{begin, Dedicated};
 
 /// A fencing token: fresh random bytes per claim transaction.

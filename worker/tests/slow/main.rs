@@ -15,6 +15,7 @@ mod contention;
 mod crash;
 mod endpoint;
 mod locks;
+mod pause;
 mod prom;
 mod restart;
 mod wakeup;

@@ -52,6 +52,8 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure throughput and latency against the server (own database `<db>_bench`).
     Bench(crate::bench::BenchArgs),
+    /// Queues: list them (state, depth, limits), or pause and resume one across all workers.
+    Queues(crate::queues::QueuesArgs),
     /// Distributed locks: run a command under a lock, or see who holds what.
     #[command(subcommand)]
     Lock(crate::lock::LockCommand),
@@ -162,6 +164,7 @@ pub(crate) fn run() -> Result<ExitCode> {
             Command::Demo(a) => crate::demo::run(settings, a).await,
             Command::Bench(a) => crate::bench::run(&settings, a).await,
             Command::Lock(c) => crate::lock::run(&settings, c).await,
+            Command::Queues(a) => crate::queues::run(&settings, a).await,
         }
     })
 }
@@ -328,7 +331,7 @@ async fn stats(settings: &Config, json: bool) -> Result<ExitCode> {
     for st in &states {
         print!(" {st:>10}");
     }
-    println!(" {:>9} {:>11}", "done/1m", "oldest(s)");
+    println!(" {:>9} {:>11} {:>7}", "done/1m", "oldest(s)", "paused");
     for (name, q) in &s.queues {
         print!("{name:<width$}");
         for st in &states {
@@ -337,7 +340,11 @@ async fn stats(settings: &Config, json: bool) -> Result<ExitCode> {
         let oldest = q
             .oldest_available_seconds
             .map_or("-".to_owned(), |s| format!("{s:.1}"));
-        println!(" {:>9} {:>11}", q.completed_last_minute, oldest);
+        let paused = if q.paused_since.is_some() { "yes" } else { "-" };
+        println!(
+            " {:>9} {:>11} {:>7}",
+            q.completed_last_minute, oldest, paused
+        );
     }
     print!("{:<width$}", "TOTAL");
     for st in &states {

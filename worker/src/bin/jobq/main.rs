@@ -1,5 +1,5 @@
-//! `jobq`: migrate, enqueue, work, inspect, demo, bench, lock. The commands live in `cli.rs` (and
-//! `demo.rs`, `bench/`, `lock.rs`, with the operator endpoint in `http.rs`); this file only maps the
+//! `jobq`: migrate, enqueue, work, inspect, queues, demo, bench, lock. The commands live in `cli.rs` (and
+//! `demo.rs`, `bench/`, `lock.rs`, `queues.rs`, with the operator endpoint in `http.rs`); this file only maps the
 //! outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
 mod bench;
@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod http;
 mod lock;
+mod queues;
 
 use std::process::ExitCode;
 

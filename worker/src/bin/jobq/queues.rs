@@ -1,0 +1,133 @@
+//! `jobq queues`: list queues with their state, depth and limits; `pause` and `resume` them
+//! across all workers.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use jobq_config::Config;
+use jobq_worker::QueueName;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct QueuesArgs {
+    #[command(subcommand)]
+    action: Option<QueuesAction>,
+    /// List as JSON (one array).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum QueuesAction {
+    /// Stop every worker claiming from QUEUE (within one poll interval); running jobs finish,
+    /// producers still enqueue. Kept in the database until `resume`.
+    Pause {
+        /// The queue.
+        queue: String,
+    },
+    /// Let workers claim from QUEUE again.
+    Resume {
+        /// The queue.
+        queue: String,
+    },
+}
+
+/// `user@host:pid`, recorded as who paused a queue.
+fn who() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{user}@{host}:{}", std::process::id())
+}
+
+pub(crate) async fn run(settings: &Config, a: QueuesArgs) -> Result<ExitCode> {
+    let pool = crate::cli::connected(settings).await?;
+    match a.action {
+        Some(QueuesAction::Pause { queue }) => {
+            let q = QueueName::new(&queue)?;
+            if jobq_worker::pause_queue(&pool, &q, &who()).await? {
+                println!("paused {q}");
+            } else {
+                println!("{q} was already paused");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(QueuesAction::Resume { queue }) => {
+            let q = QueueName::new(&queue)?;
+            if jobq_worker::resume_queue(&pool, &q).await? {
+                println!("resumed {q}");
+            } else {
+                println!("{q} was not paused");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => list(settings, &pool, a.json).await,
+    }
+}
+
+/// Every queue with jobs, paused, or configured.
+async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<ExitCode> {
+    let stats = jobq_worker::stats(pool).await?;
+    let mut names: BTreeSet<String> = stats.queues.keys().cloned().collect();
+    names.extend(settings.worker.queues.iter().cloned());
+    names.extend(settings.queues.keys().cloned());
+    let mut rows = Vec::new();
+    for name in names {
+        let Ok(q) = QueueName::new(&name) else {
+            continue;
+        };
+        let effective = settings.queue(&q);
+        let s = stats.queues.get(&name).cloned().unwrap_or_default();
+        let n = |st: &str| s.states.get(st).copied().unwrap_or(0);
+        rows.push(serde_json::json!({
+            "queue": name,
+            "state": if s.paused_since.is_some() { "paused" } else { "active" },
+            "paused_since": s.paused_since,
+            "paused_by": s.paused_by,
+            "available": n("available"),
+            "scheduled": n("scheduled"),
+            "running": n("running"),
+            "retryable": n("retryable"),
+            "oldest_available_seconds": s.oldest_available_seconds,
+            "claim_mode": effective.claim_mode.as_str(),
+            "concurrency": effective.concurrency,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = rows
+        .iter()
+        .map(|r| r["queue"].as_str().unwrap_or("").len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:<11} {:>11}  paused since",
+        "queue",
+        "state",
+        "available",
+        "scheduled",
+        "running",
+        "retryable",
+        "claim mode",
+        "concurrency"
+    );
+    for r in &rows {
+        println!(
+            "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:<11} {:>11}  {}",
+            r["queue"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            r["available"],
+            r["scheduled"],
+            r["running"],
+            r["retryable"],
+            r["claim_mode"].as_str().unwrap_or(""),
+            r["concurrency"],
+            r["paused_since"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
