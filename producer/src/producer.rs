@@ -55,6 +55,7 @@ pub struct NewJob {
     priority: i16,
     when: When,
     max_attempts: Option<u32>,
+    unique_key: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +100,7 @@ impl NewJob {
             priority: 0,
             when: When::Now,
             max_attempts: None,
+            unique_key: None,
         }
     }
 
@@ -129,6 +131,16 @@ impl NewJob {
     /// Attempts before the job is discarded. Default: the producer's `default_max_attempts`.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = Some(n);
+        self
+    }
+
+    /// Makes the job unique: while a job of the same kind with this key is `available`,
+    /// `scheduled`, `running` or `retryable`, enqueueing another inserts nothing and returns the
+    /// existing job's id (see [`Producer::insert`] to learn which happened). Enforced by a
+    /// unique index in the database, so it holds across any number of producers. Any text of
+    /// 1 to 255 characters.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
         self
     }
 
@@ -165,6 +177,17 @@ impl NewJob {
             field: "payload",
             message,
         })?;
+        if let Some(k) = &self.unique_key {
+            let chars = k.chars().count();
+            if !(1..=UNIQUE_KEY_CHARS).contains(&chars) {
+                return Err(Error::Invalid {
+                    field: "unique_key",
+                    message: format!(
+                        "must be 1 to {UNIQUE_KEY_CHARS} characters, not {chars}; hash a longer key"
+                    ),
+                });
+            }
+        }
         let max_attempts = self.max_attempts.unwrap_or(opts.default_max_attempts);
         if max_attempts == 0 {
             return Err(Error::Invalid {
@@ -204,6 +227,7 @@ impl NewJob {
             run_at,
             delay_us,
             max_attempts,
+            unique_key: self.unique_key,
         })
     }
 }
@@ -231,24 +255,53 @@ impl Producer {
         &self.pool
     }
 
-    /// Inserts one job in its own transaction and returns its id.
+    /// Inserts one job in its own transaction and returns its id (for a duplicate unique job,
+    /// the existing job's id).
     pub async fn enqueue(&self, job: NewJob) -> Result<JobId> {
-        let ids = self.enqueue_many(vec![job]).await?;
-        Ok(ids[0])
+        Ok(self.insert(job).await?.id)
     }
 
     /// Inserts many jobs with multi-row INSERTs (chunked) in one transaction: all or none.
-    /// Returns the ids in input order.
+    /// Returns the ids in input order (for duplicate unique jobs, the existing jobs' ids).
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        Ok(ids(self.insert_many(jobs).await?))
+    }
+
+    /// Like [`enqueue`](Producer::enqueue), and says whether the job was a duplicate of a
+    /// unique job already waiting or running (then nothing was inserted).
+    pub async fn insert(&self, job: NewJob) -> Result<Enqueued> {
+        Ok(self.insert_many(vec![job]).await?[0])
+    }
+
+    /// Like [`enqueue_many`](Producer::enqueue_many), reporting duplicates per job; a
+    /// duplicate does not fail the batch.
+    pub async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let rows = self.check_all(jobs)?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = store::begin(&self.pool).await?;
-        let ids = store::insert_jobs(&mut tx, &rows).await?;
-        tx.commit().await?;
-        record_enqueued(&rows);
-        Ok(ids)
+        // Producers racing for one unique key can deadlock inside the server (each waits on
+        // the others' shared lock on the duplicate key): the server rolls one transaction back
+        // whole, so the whole transaction is retried.
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            let attempt = async {
+                let mut tx = store::begin(&self.pool).await?;
+                let out = store::insert_jobs(&mut tx, &rows).await?;
+                tx.commit().await?;
+                Ok::<_, Error>(out)
+            };
+            match attempt.await {
+                Ok(out) => break out,
+                Err(e) if tries < DEADLOCK_TRIES && store::is_deadlock(&e) => {
+                    tokio::time::sleep(Duration::from_millis(2 * tries)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        record_enqueued(&rows, &out);
+        Ok(out)
     }
 
     /// Inserts one job through the caller's connection, usually `&mut *tx` of the caller's own
@@ -256,6 +309,21 @@ impl Producer {
     pub async fn enqueue_in(&self, conn: &mut MySqlConnection, job: NewJob) -> Result<JobId> {
         let ids = self.enqueue_many_in(conn, vec![job]).await?;
         Ok(ids[0])
+    }
+
+    /// Like [`enqueue_many_in`](Producer::enqueue_many_in), reporting duplicates per job.
+    pub async fn insert_many_in(
+        &self,
+        conn: &mut MySqlConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        let rows = self.check_all(jobs)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = store::insert_jobs(conn, &rows).await?;
+        record_enqueued(&rows, &out);
+        Ok(out)
     }
 
     /// Inserts many jobs through the caller's connection (see [`Producer::enqueue_in`]).
@@ -267,13 +335,7 @@ impl Producer {
         conn: &mut MySqlConnection,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<JobId>> {
-        let rows = self.check_all(jobs)?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = store::insert_jobs(conn, &rows).await?;
-        record_enqueued(&rows);
-        Ok(ids)
+        Ok(ids(self.insert_many_in(conn, jobs).await?))
     }
 
     /// Validates `jobs` against `opts` without writing anything: the checks every enqueue makes
@@ -290,18 +352,43 @@ impl Producer {
     }
 }
 
-fn record_enqueued(rows: &[store::JobInsert]) {
+/// How often a transaction the server rolled back for a deadlock is tried in all.
+const DEADLOCK_TRIES: u64 = 5;
+
+/// The most characters a unique key may have (`jobq_jobs.unique_key` is a VARCHAR(255)).
+pub const UNIQUE_KEY_CHARS: usize = 255;
+
+/// What an insert did with one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The new job's id, or for a duplicate the id of the unique job already there.
+    pub id: JobId,
+    /// True if the job was a duplicate of a unique job waiting or running: nothing inserted.
+    pub duplicate: bool,
+}
+
+fn ids(out: Vec<Enqueued>) -> Vec<JobId> {
+    out.into_iter().map(|e| e.id).collect()
+}
+
+fn record_enqueued(rows: &[store::JobInsert], out: &[Enqueued]) {
+    let inserted = || rows.iter().zip(out).filter(|(_, e)| !e.duplicate);
     crate::notify::notify(
-        rows.iter()
-            .filter(|r| r.run_at.is_none() && r.delay_us == 0)
-            .map(|r| r.queue.as_str()),
+        inserted()
+            .filter(|(r, _)| r.run_at.is_none() && r.delay_us == 0)
+            .map(|(r, _)| r.queue.as_str()),
     );
-    let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for r in rows {
-        *counts.entry((&r.queue, &r.kind)).or_default() += 1;
+    let mut counts: BTreeMap<(&str, &str, bool), u64> = BTreeMap::new();
+    for (r, e) in rows.iter().zip(out) {
+        *counts.entry((&r.queue, &r.kind, e.duplicate)).or_default() += 1;
     }
-    for ((queue, kind), n) in counts {
-        metrics::counter!("jobq_jobs_enqueued_total", "queue" => queue.to_owned(), "kind" => kind.to_owned())
+    for ((queue, kind, duplicate), n) in counts {
+        let name = if duplicate {
+            "jobq_jobs_duplicates_total"
+        } else {
+            "jobq_jobs_enqueued_total"
+        };
+        metrics::counter!(name, "queue" => queue.to_owned(), "kind" => kind.to_owned())
             .increment(n);
     }
 }

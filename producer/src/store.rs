@@ -11,6 +11,7 @@ use sqlx::{MySql, MySqlConnection, MySqlPool, Transaction};
 
 use crate::error::{Error, Result};
 use crate::job::JobId;
+use crate::producer::Enqueued;
 
 /// A validated row to insert.
 #[derive(Clone, Debug)]
@@ -23,6 +24,7 @@ pub(crate) struct JobInsert {
     pub(crate) run_at: Option<DateTime<Utc>>,
     pub(crate) delay_us: i64,
     pub(crate) max_attempts: u32,
+    pub(crate) unique_key: Option<String>,
 }
 
 /// Rows per INSERT: 9 placeholders a row stays far below the 65 535-parameter limit.
@@ -49,8 +51,7 @@ pub(crate) async fn begin(pool: &MySqlPool) -> Result<Transaction<'static, MySql
 pub(crate) async fn insert_jobs(
     conn: &mut MySqlConnection,
     rows: &[JobInsert],
-) -> Result<Vec<JobId>> {
-    let mut ids = Vec::with_capacity(rows.len());
+) -> Result<Vec<Enqueued>> {
     // language=MySQL
     // The database clock, read once: every time of this call derives from it, so the state a
     // job starts in and its history row agree.
@@ -58,21 +59,107 @@ pub(crate) async fn insert_jobs(
         sqlx::query_as("SELECT @@auto_increment_increment, UTC_TIMESTAMP(6)")
             .fetch_one(&mut *conn)
             .await?;
+    let mut out: Vec<Option<Enqueued>> = vec![None; rows.len()];
+    // Plain jobs go in multi-row INSERTs; unique ones one by one, since each may turn out a
+    // duplicate (and a multi-row INSERT's ids are only known when every row is inserted).
+    let plain: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].unique_key.is_none())
+        .collect();
     let mut start = 0;
-    while start < rows.len() {
+    while start < plain.len() {
         let mut end = start;
         let mut bytes = 0;
-        while end < rows.len()
+        while end < plain.len()
             && end - start < CHUNK_ROWS
-            && (end == start || bytes + rows[end].payload.len() <= CHUNK_BYTES)
+            && (end == start || bytes + rows[plain[end]].payload.len() <= CHUNK_BYTES)
         {
-            bytes += rows[end].payload.len();
+            bytes += rows[plain[end]].payload.len();
             end += 1;
         }
-        insert_chunk(conn, &rows[start..end], inc, now, &mut ids).await?;
+        let chunk: Vec<&JobInsert> = plain[start..end].iter().map(|&i| &rows[i]).collect();
+        let ids = insert_chunk(conn, &chunk, inc, now).await?;
+        for (&i, id) in plain[start..end].iter().zip(ids) {
+            out[i] = Some(Enqueued {
+                id,
+                duplicate: false,
+            });
+        }
         start = end;
     }
-    Ok(ids)
+    for (i, r) in rows.iter().enumerate() {
+        if r.unique_key.is_some() {
+            out[i] = Some(insert_unique(conn, r, now).await?);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|e| e.expect("every row inserted above"))
+        .collect())
+}
+
+/// Inserts a unique job, or finds the unique job of the same kind and key that is waiting or
+/// running. The unique index `jobq_jobs_unique (kind, unique_active)` decides, where
+/// `unique_active` is the key while the job is `available`, `scheduled`, `running` or
+/// `retryable` and NULL after: no check-then-insert, so concurrent producers cannot both
+/// insert. On a duplicate, `id = LAST_INSERT_ID(id)` hands back the existing id and
+/// `duplicates + 1` both counts it and makes the reply say "updated" (2 rows) rather than
+/// "inserted" (1).
+async fn insert_unique(
+    conn: &mut MySqlConnection,
+    r: &JobInsert,
+    now: DateTime<Utc>,
+) -> Result<Enqueued> {
+    let (run_at, state) = start_of(r, now);
+    // language=MySQL
+    let res = sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, unique_key) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), duplicates = duplicates + 1",
+    )
+    .bind(&r.queue)
+    .bind(&r.kind)
+    .bind(&r.payload)
+    .bind(state)
+    .bind(r.priority)
+    .bind(run_at)
+    .bind(r.max_attempts)
+    .bind(now)
+    .bind(&r.unique_key)
+    .execute(&mut *conn)
+    .await?;
+    let id = JobId(res.last_insert_id());
+    if res.rows_affected() != 1 {
+        return Ok(Enqueued {
+            id,
+            duplicate: true,
+        });
+    }
+    // language=MySQL
+    sqlx::query(
+        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+         VALUES (?, NULL, ?, 'enqueued', 0, ?)",
+    )
+    .bind(id.0)
+    .bind(state)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Enqueued {
+        id,
+        duplicate: false,
+    })
+}
+
+/// Whether `e` is a deadlock (1213): the server rolled the whole transaction back.
+pub(crate) fn is_deadlock(e: &Error) -> bool {
+    match e {
+        Error::Database(sqlx::Error::Database(d)) => matches!(
+            d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|m| m.number()),
+            Some(1213)
+        ),
+        _ => false,
+    }
 }
 
 /// When a job may first run, and whether it starts `scheduled` (not yet due) or `available`.
@@ -92,11 +179,10 @@ fn start_of(r: &JobInsert, now: DateTime<Utc>) -> (DateTime<Utc>, &'static str) 
 
 async fn insert_chunk(
     conn: &mut MySqlConnection,
-    rows: &[JobInsert],
+    rows: &[&JobInsert],
     inc: u64,
     now: DateTime<Utc>,
-    ids: &mut Vec<JobId>,
-) -> Result<()> {
+) -> Result<Vec<JobId>> {
     // language=MySQL
     // A job not yet due starts `scheduled`, out of the claim's way; maintenance makes it
     // `available` when due.
@@ -153,6 +239,5 @@ async fn insert_chunk(
         q = q.bind(first + i as u64 * inc).bind(*state).bind(now);
     }
     q.execute(&mut *conn).await?;
-    ids.extend((0..n).map(|i| JobId(first + i * inc)));
-    Ok(())
+    Ok((0..n).map(|i| JobId(first + i * inc)).collect())
 }

@@ -15,3 +15,4 @@ mod core;
 mod edges;
 mod foreign;
 mod outcomes;
+mod unique;

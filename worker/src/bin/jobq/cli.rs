@@ -84,6 +84,10 @@ struct EnqueueArgs {
     /// Insert this many copies (one transaction).
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// Make the job unique: while a job of this kind with key K waits or runs, print its id
+    /// followed by `duplicate` instead of inserting another.
+    #[arg(long, value_name = "K")]
+    unique_key: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -254,6 +258,9 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     if let Some(n) = a.max_attempts {
         job = job.max_attempts(n);
     }
+    if let Some(k) = a.unique_key {
+        job = job.unique_key(k);
+    }
     // Validate before connecting, so bad input never needs a database.
     jobq_worker::Producer::validate(
         std::slice::from_ref(&job),
@@ -265,21 +272,24 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     // `--count` copies are built and sent ENQUEUE_CHUNK at a time (never all in memory), in
     // one transaction: all of them or none.
     let mut tx = pool.begin().await?;
-    let mut ids = Vec::with_capacity(a.count as usize);
+    let mut done = Vec::with_capacity(a.count as usize);
     let mut left = a.count as usize;
     while left > 0 {
         let n = left.min(ENQUEUE_CHUNK);
-        ids.extend(
+        done.extend(
             producer
-                .enqueue_many_in(&mut tx, vec![job.clone(); n])
+                .insert_many_in(&mut tx, vec![job.clone(); n])
                 .await?,
         );
         left -= n;
     }
     tx.commit().await?;
-    let mut out = String::with_capacity(ids.len() * 8);
-    for id in ids {
-        out.push_str(&id.to_string());
+    let mut out = String::with_capacity(done.len() * 8);
+    for e in done {
+        out.push_str(&e.id.to_string());
+        if e.duplicate {
+            out.push_str(" duplicate");
+        }
         out.push('\n');
     }
     print!("{out}");

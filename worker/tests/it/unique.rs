@@ -1,0 +1,156 @@
+//! Unique jobs: the database's unique index decides, for concurrent producers, in bulk, from
+//! the CLI and from plain SQL; a finished job frees its key.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobq_config::ClaimMode;
+use jobq_worker::{NewJob, Producer};
+use serde_json::json;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::MySqlPool;
+
+use crate::common::*;
+
+/// 16 producers on 16 connections enqueue the same unique job at the same moment: one job,
+/// 15 duplicates, all answered with its id.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn sixteen_concurrent_enqueues_of_one_key_create_one_job(db: MySqlPool) {
+    let pool = MySqlPoolOptions::new()
+        .min_connections(16)
+        .max_connections(16)
+        .connect_with((*db.connect_options()).clone())
+        .await
+        .unwrap();
+    let producer = Producer::new(pool);
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (producer, barrier) = (producer.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            producer
+                .insert(NewJob::json("noop", json!({ "from": i })).unique_key("report:2026-12"))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let fresh: Vec<_> = results.iter().filter(|e| !e.duplicate).collect();
+    assert_eq!(fresh.len(), 1, "{results:?}");
+    assert!(results.iter().all(|e| e.id == fresh[0].id), "{results:?}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 1);
+    assert_eq!(
+        count(&db, "SELECT CAST(duplicates AS SIGNED) FROM jobq_jobs").await,
+        15
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_transitions").await,
+        1,
+        "one enqueued transition"
+    );
+}
+
+/// Once the job is finished its key is free: the next enqueue creates a new job.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_finished_job_frees_its_key(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let producer = Producer::new(pool.clone());
+    let job = || NewJob::json("noop", json!({})).unique_key("nightly");
+    let first = producer.insert(job()).await.unwrap();
+    assert!(!first.duplicate);
+    let again = producer.insert(job()).await.unwrap();
+    assert_eq!((again.id, again.duplicate), (first.id, true));
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(10), "the job completed", || async {
+        state_of(&db, first.id.0).await == "completed"
+    })
+    .await;
+    let next = producer.insert(job()).await.unwrap();
+    assert!(!next.duplicate, "a completed job no longer holds its key");
+    assert_ne!(next.id, first.id);
+    wait_for(
+        Duration::from_secs(10),
+        "the second job completed",
+        || async { state_of(&db, next.id.0).await == "completed" },
+    )
+    .await;
+    w.stop().await;
+    assert_consistent(&db).await;
+}
+
+/// In a bulk insert duplicates are reported per job and do not fail the batch; keys are per
+/// kind.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn bulk_inserts_report_duplicates_per_job(db: MySqlPool) {
+    let producer = Producer::new(db.clone());
+    let out = producer
+        .insert_many(vec![
+            NewJob::json("noop", json!({})).unique_key("a"),
+            NewJob::json("noop", json!({})),
+            NewJob::json("noop", json!({})).unique_key("a"),
+            NewJob::json("noop", json!({})).unique_key("b"),
+            NewJob::json("record", json!({})).unique_key("a"),
+        ])
+        .await
+        .unwrap();
+    let dup: Vec<bool> = out.iter().map(|e| e.duplicate).collect();
+    assert_eq!(dup, [false, false, true, false, false]);
+    assert_eq!(out[2].id, out[0].id);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 4);
+    assert_consistent(&db).await;
+    // Keys are checked like any input: too long is a typed error, and nothing is written.
+    let err = producer
+        .insert(NewJob::json("noop", json!({})).unique_key("k".repeat(256)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unique_key"), "{err}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 4);
+}
+
+/// `jobq enqueue --unique-key` prints the existing id and `duplicate`.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn the_cli_says_duplicate(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let enqueue = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_jobq"))
+            .args(["enqueue", "noop", "--unique-key", "K"])
+            .env("JOBQ_DATABASE_URL", &url)
+            .env("JOBQ_LOG__LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    };
+    let id = enqueue();
+    assert!(id.parse::<u64>().is_ok(), "{id}");
+    assert_eq!(enqueue(), format!("{id} duplicate"));
+}
+
+/// Plain SQL producers use the same index (README "Unique jobs").
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn plain_sql_producers_get_the_same_guarantee(db: MySqlPool) {
+    for _ in 0..3 {
+        sqlx::query(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, max_attempts, created_at, unique_key) \
+             VALUES ('default', 'noop', '{}', 'available', UTC_TIMESTAMP(6), 3, UTC_TIMESTAMP(6), 'sql-key') \
+             ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), duplicates = duplicates + 1",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 1);
+    let plain = sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, max_attempts, created_at, unique_key) \
+         VALUES ('default', 'noop', '{}', 'available', UTC_TIMESTAMP(6), 3, UTC_TIMESTAMP(6), 'sql-key')",
+    )
+    .execute(&db)
+    .await;
+    assert!(plain.is_err(), "a plain INSERT of a duplicate is refused");
+}
