@@ -96,6 +96,9 @@ pub(crate) struct BenchArgs {
     /// Connections of the ceiling run.
     #[arg(long, default_value_t = 4)]
     ceiling_connections: u32,
+    /// Give every job a unique key (burn-down, steady): the cost of unique jobs.
+    #[arg(long)]
+    unique_keys: bool,
     /// lock-contender: the kind of lock.
     #[arg(long, value_enum, hide = true)]
     lock_kind: Option<locks::LockKind>,
@@ -134,6 +137,7 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
         return Ok(std::process::ExitCode::SUCCESS);
     }
     PRODUCERS.store(a.producers, std::sync::atomic::Ordering::Relaxed);
+    UNIQUE_KEYS.store(a.unique_keys, std::sync::atomic::Ordering::Relaxed);
     let url = bench_url(&config.database_url);
     jobq_worker::migrate(&url)
         .await
@@ -287,8 +291,16 @@ async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
             let mut left = share;
             while left > 0 {
                 let k = left.min(10_000);
+                let unique = UNIQUE_KEYS.load(std::sync::atomic::Ordering::Relaxed);
                 let jobs = (0..k)
-                    .map(|_| NewJob::json("noop", json!({})).queue(QUEUE))
+                    .map(|i| {
+                        let job = NewJob::json("noop", json!({})).queue(QUEUE);
+                        if unique {
+                            job.unique_key(format!("{p}:{left}:{i}"))
+                        } else {
+                            job
+                        }
+                    })
                     .collect();
                 producer.enqueue_many(jobs).await?;
                 left -= k;
@@ -301,6 +313,9 @@ async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
     }
     Ok(f64::from(n) / started.elapsed().as_secs_f64())
 }
+
+/// `--unique-keys`, shared with `fill`.
+static UNIQUE_KEYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `--producers`, shared with `fill`.
 static PRODUCERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
