@@ -56,6 +56,18 @@ pub struct NewJob {
     when: When,
     max_attempts: Option<u32>,
     unique_key: Option<String>,
+    on_duplicate: OnDuplicate,
+}
+
+/// What enqueueing a duplicate of a unique job does (see [`NewJob::unique_key`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// Keep the existing job as it is (the default).
+    #[default]
+    Keep,
+    /// If the existing job has never started (`available` or `scheduled`, attempt 0), replace
+    /// its payload, priority and run-at with the new job's (debounce); otherwise keep it.
+    Replace,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +113,7 @@ impl NewJob {
             when: When::Now,
             max_attempts: None,
             unique_key: None,
+            on_duplicate: OnDuplicate::Keep,
         }
     }
 
@@ -141,6 +154,12 @@ impl NewJob {
     /// 1 to 255 characters.
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
+        self
+    }
+
+    /// What a duplicate of this unique job does to the existing one (default: keep it).
+    pub fn on_duplicate(mut self, what: OnDuplicate) -> Self {
+        self.on_duplicate = what;
         self
     }
 
@@ -228,6 +247,7 @@ impl NewJob {
             delay_us,
             max_attempts,
             unique_key: self.unique_key,
+            replace: self.on_duplicate == OnDuplicate::Replace,
         })
     }
 }
@@ -365,6 +385,9 @@ pub struct Enqueued {
     pub id: JobId,
     /// True if the job was a duplicate of a unique job waiting or running: nothing inserted.
     pub duplicate: bool,
+    /// True if the duplicate replaced the existing job's payload, priority and run-at
+    /// ([`OnDuplicate::Replace`] and the job had not started).
+    pub replaced: bool,
 }
 
 fn ids(out: Vec<Enqueued>) -> Vec<JobId> {

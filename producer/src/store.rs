@@ -25,6 +25,8 @@ pub(crate) struct JobInsert {
     pub(crate) delay_us: i64,
     pub(crate) max_attempts: u32,
     pub(crate) unique_key: Option<String>,
+    /// On a duplicate, replace the existing job if it never started.
+    pub(crate) replace: bool,
 }
 
 /// Rows per INSERT: 9 placeholders a row stays far below the 65 535-parameter limit.
@@ -82,6 +84,7 @@ pub(crate) async fn insert_jobs(
             out[i] = Some(Enqueued {
                 id,
                 duplicate: false,
+                replaced: false,
             });
         }
         start = end;
@@ -129,9 +132,11 @@ async fn insert_unique(
     .await?;
     let id = JobId(res.last_insert_id());
     if res.rows_affected() != 1 {
+        let replaced = r.replace && replace_waiting(conn, id, r, run_at, state, now).await?;
         return Ok(Enqueued {
             id,
             duplicate: true,
+            replaced,
         });
     }
     // language=MySQL
@@ -147,7 +152,57 @@ async fn insert_unique(
     Ok(Enqueued {
         id,
         duplicate: false,
+        replaced: false,
     })
+}
+
+/// Debounce: gives the existing job `id` the new job's payload, priority and run-at if it has
+/// never started (`available` or `scheduled` with attempt 0), recording a `replaced`
+/// transition. The duplicate's UPDATE above holds the row's lock until this transaction ends,
+/// so no claim can take the job in between (claims skip locked rows).
+async fn replace_waiting(
+    conn: &mut MySqlConnection,
+    id: JobId,
+    r: &JobInsert,
+    run_at: DateTime<Utc>,
+    state: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    // language=MySQL
+    let before: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(state AS CHAR) FROM jobq_jobs \
+         WHERE id = ? AND state IN ('available', 'scheduled') AND attempt = 0",
+    )
+    .bind(id.0)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(before) = before else {
+        return Ok(false);
+    };
+    // language=MySQL
+    sqlx::query(
+        "UPDATE jobq_jobs SET payload = ?, priority = ?, run_at = ?, state = ? \
+         WHERE id = ? AND state IN ('available', 'scheduled') AND attempt = 0",
+    )
+    .bind(&r.payload)
+    .bind(r.priority)
+    .bind(run_at)
+    .bind(state)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    // language=MySQL
+    sqlx::query(
+        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+         VALUES (?, ?, ?, 'replaced', 0, ?)",
+    )
+    .bind(id.0)
+    .bind(before)
+    .bind(state)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
 }
 
 /// Whether `e` is a deadlock (1213): the server rolled the whole transaction back.

@@ -30,6 +30,9 @@ pub enum Event {
     Rescued,
     /// Put back by a worker shutting down (not counted as a failure).
     Released,
+    /// A duplicate of this unique job replaced its payload, priority and run-at before it
+    /// ever started (`OnDuplicate::Replace`); it may move between `available` and `scheduled`.
+    Replaced,
 }
 
 impl Event {
@@ -46,11 +49,12 @@ impl Event {
             Event::Cancelled => "cancelled",
             Event::Rescued => "rescued",
             Event::Released => "released",
+            Event::Replaced => "replaced",
         }
     }
 
     /// Every event, for parsing and tests.
-    pub const ALL: [Event; 10] = [
+    pub const ALL: [Event; 11] = [
         Event::Enqueued,
         Event::Promoted,
         Event::Claimed,
@@ -61,6 +65,7 @@ impl Event {
         Event::Cancelled,
         Event::Rescued,
         Event::Released,
+        Event::Replaced,
     ];
 
     /// The `outcome` label of `jobq_jobs_finished_total` for an attempt that ended with this
@@ -74,7 +79,11 @@ impl Event {
             Event::Snoozed => Some("snoozed"),
             Event::Cancelled => Some("cancelled"),
             Event::Released => Some("released"),
-            Event::Enqueued | Event::Promoted | Event::Claimed | Event::Rescued => None,
+            Event::Enqueued
+            | Event::Promoted
+            | Event::Claimed
+            | Event::Rescued
+            | Event::Replaced => None,
         }
     }
 }
@@ -348,8 +357,11 @@ pub fn is_valid(from: Option<JobState>, to: JobState) -> bool {
     use JobState::*;
     match from {
         None => matches!(to, Available | Scheduled),
-        Some(Available) => matches!(to, Running),
-        Some(Scheduled | Retryable) => matches!(to, Available),
+        // A waiting job that never started may be replaced by a duplicate (debounce), which
+        // can move its run-at either way.
+        Some(Available) => matches!(to, Running | Available | Scheduled),
+        Some(Scheduled) => matches!(to, Available | Scheduled),
+        Some(Retryable) => matches!(to, Available),
         Some(Running) => matches!(
             to,
             Completed | Retryable | Discarded | Cancelled | Scheduled | Available
@@ -593,6 +605,7 @@ mod tests {
             (Event::Promoted, None),
             (Event::Claimed, None),
             (Event::Rescued, None),
+            (Event::Replaced, None),
         ];
         assert_eq!(table.len(), Event::ALL.len());
         for (event, label) in table {
@@ -609,6 +622,15 @@ mod tests {
         assert!(!is_valid(None, Running));
         assert!(is_valid(Some(Available), Running));
         assert!(!is_valid(Some(Available), Completed));
+        assert!(
+            is_valid(Some(Available), Scheduled),
+            "replaced with a later run-at"
+        );
+        assert!(
+            is_valid(Some(Scheduled), Scheduled),
+            "replaced, still in the future"
+        );
+        assert!(!is_valid(Some(Retryable), Scheduled));
         assert!(is_valid(Some(Retryable), Available));
         for fin in [Completed, Discarded, Cancelled] {
             for to in JobState::ALL {

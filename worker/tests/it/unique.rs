@@ -154,3 +154,73 @@ async fn plain_sql_producers_get_the_same_guarantee(db: MySqlPool) {
     .await;
     assert!(plain.is_err(), "a plain INSERT of a duplicate is refused");
 }
+
+/// Debounce: a duplicate with `OnDuplicate::Replace` replaces the payload and run-at of a job
+/// that never started (recording a `replaced` transition), and leaves a started one alone.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_replacing_duplicate_debounces_a_waiting_job(db: MySqlPool) {
+    use jobq_worker::OnDuplicate;
+    let producer = Producer::new(db.clone());
+    let job = |n: u32| {
+        NewJob::json("noop", json!({ "n": n }))
+            .unique_key("search-index")
+            .on_duplicate(OnDuplicate::Replace)
+    };
+    let first = producer.insert(job(1)).await.unwrap();
+    let later = producer
+        .insert(job(2).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (later.id, later.duplicate, later.replaced),
+        (first.id, true, true)
+    );
+    let (payload, state): (String, String) = sqlx::query_as(
+        "SELECT CAST(payload AS CHAR), CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?",
+    )
+    .bind(first.id.0)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(
+        (payload["n"].as_u64(), state.as_str()),
+        (Some(2), "scheduled")
+    );
+    // A plain duplicate (keep) changes nothing.
+    let kept = producer
+        .insert(NewJob::json("noop", json!({ "n": 3 })).unique_key("search-index"))
+        .await
+        .unwrap();
+    assert!(kept.duplicate && !kept.replaced);
+    // Once it has started, a replacing duplicate keeps it as it is.
+    sqlx::query(
+        "UPDATE jobq_jobs SET state = 'running', attempt = 1, claim_token = X'00', \
+         lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR WHERE id = ?",
+    )
+    .bind(first.id.0)
+    .execute(&db)
+    .await
+    .unwrap();
+    let late = producer.insert(job(4)).await.unwrap();
+    assert!(late.duplicate && !late.replaced);
+    let history: Vec<(Option<String>, String, String)> = sqlx::query_as(
+        "SELECT CAST(from_state AS CHAR), CAST(to_state AS CHAR), CAST(event AS CHAR) \
+         FROM jobq_transitions WHERE job_id = ? ORDER BY id",
+    )
+    .bind(first.id.0)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        history,
+        [
+            (None, "available".into(), "enqueued".into()),
+            (
+                Some("available".into()),
+                "scheduled".into(),
+                "replaced".into()
+            ),
+        ]
+    );
+}

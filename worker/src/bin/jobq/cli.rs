@@ -88,6 +88,19 @@ struct EnqueueArgs {
     /// followed by `duplicate` instead of inserting another.
     #[arg(long, value_name = "K")]
     unique_key: Option<String>,
+    /// With --unique-key: `replace` gives a waiting duplicate that never started this job's
+    /// payload, priority and run-at (debounce; prints `ID duplicate replaced`).
+    #[arg(long, value_enum, default_value = "keep", requires = "unique_key")]
+    on_duplicate: OnDuplicateArg,
+}
+
+/// `--on-duplicate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnDuplicateArg {
+    /// Keep the existing job.
+    Keep,
+    /// Replace a waiting, never-started job's payload, priority and run-at.
+    Replace,
 }
 
 #[derive(clap::Args, Debug)]
@@ -261,6 +274,9 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     if let Some(k) = a.unique_key {
         job = job.unique_key(k);
     }
+    if a.on_duplicate == OnDuplicateArg::Replace {
+        job = job.on_duplicate(jobq_worker::OnDuplicate::Replace);
+    }
     // Validate before connecting, so bad input never needs a database.
     jobq_worker::Producer::validate(
         std::slice::from_ref(&job),
@@ -289,6 +305,9 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
         out.push_str(&e.id.to_string());
         if e.duplicate {
             out.push_str(" duplicate");
+        }
+        if e.replaced {
+            out.push_str(" replaced");
         }
         out.push('\n');
     }
