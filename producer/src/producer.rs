@@ -56,6 +56,7 @@ pub struct NewJob {
     when: When,
     max_attempts: Option<u32>,
     unique_key: Option<String>,
+    unique_period: Option<Duration>,
     on_duplicate: OnDuplicate,
 }
 
@@ -113,6 +114,7 @@ impl NewJob {
             when: When::Now,
             max_attempts: None,
             unique_key: None,
+            unique_period: None,
             on_duplicate: OnDuplicate::Keep,
         }
     }
@@ -154,6 +156,14 @@ impl NewJob {
     /// 1 to 255 characters.
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Keeps the unique key taken for `period` after the job is completed, discarded or
+    /// cancelled (by default a finished job frees its key at once): "at most once per hour".
+    /// Needs [`unique_key`](NewJob::unique_key). Retention deleting the job ends the hold.
+    pub fn unique_period(mut self, period: Duration) -> Self {
+        self.unique_period = Some(period);
         self
     }
 
@@ -207,6 +217,24 @@ impl NewJob {
                 });
             }
         }
+        let unique_period_us = match (self.unique_period, &self.unique_key) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(Error::Invalid {
+                    field: "unique_period",
+                    message: "needs a unique_key".to_owned(),
+                })
+            }
+            (Some(p), Some(_)) => Some(
+                i64::try_from(p.as_micros())
+                    .ok()
+                    .filter(|us| *us <= 100 * 365 * 86_400 * 1_000_000)
+                    .ok_or_else(|| Error::Invalid {
+                        field: "unique_period",
+                        message: format!("{p:?} is too long; use at most 100 years"),
+                    })?,
+            ),
+        };
         let max_attempts = self.max_attempts.unwrap_or(opts.default_max_attempts);
         if max_attempts == 0 {
             return Err(Error::Invalid {
@@ -247,6 +275,7 @@ impl NewJob {
             delay_us,
             max_attempts,
             unique_key: self.unique_key,
+            unique_period_us,
             replace: self.on_duplicate == OnDuplicate::Replace,
         })
     }

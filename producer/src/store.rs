@@ -25,6 +25,8 @@ pub(crate) struct JobInsert {
     pub(crate) delay_us: i64,
     pub(crate) max_attempts: u32,
     pub(crate) unique_key: Option<String>,
+    /// How long a finished job keeps its key, in microseconds.
+    pub(crate) unique_period_us: Option<i64>,
     /// On a duplicate, replace the existing job if it never started.
     pub(crate) replace: bool,
 }
@@ -113,32 +115,43 @@ async fn insert_unique(
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
     let (run_at, state) = start_of(r, now);
-    // language=MySQL
-    let res = sqlx::query(
-        "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, unique_key) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), duplicates = duplicates + 1",
-    )
-    .bind(&r.queue)
-    .bind(&r.kind)
-    .bind(&r.payload)
-    .bind(state)
-    .bind(r.priority)
-    .bind(run_at)
-    .bind(r.max_attempts)
-    .bind(now)
-    .bind(&r.unique_key)
-    .execute(&mut *conn)
-    .await?;
-    let id = JobId(res.last_insert_id());
-    if res.rows_affected() != 1 {
+    let mut tries = 0;
+    let id = loop {
+        tries += 1;
+        // language=MySQL
+        let res = sqlx::query(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, unique_key, unique_period_us) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), duplicates = duplicates + 1",
+        )
+        .bind(&r.queue)
+        .bind(&r.kind)
+        .bind(&r.payload)
+        .bind(state)
+        .bind(r.priority)
+        .bind(run_at)
+        .bind(r.max_attempts)
+        .bind(now)
+        .bind(&r.unique_key)
+        .bind(r.unique_period_us)
+        .execute(&mut *conn)
+        .await?;
+        let id = JobId(res.last_insert_id());
+        if res.rows_affected() == 1 {
+            break id;
+        }
+        // The key's holder may be a finished job whose hold has run out: end the hold (and
+        // take back the duplicate count) and insert again.
+        if tries == 1 && end_expired_hold(conn, id).await? {
+            continue;
+        }
         let replaced = r.replace && replace_waiting(conn, id, r, run_at, state, now).await?;
         return Ok(Enqueued {
             id,
             duplicate: true,
             replaced,
         });
-    }
+    };
     // language=MySQL
     sqlx::query(
         "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
@@ -154,6 +167,22 @@ async fn insert_unique(
         duplicate: false,
         replaced: false,
     })
+}
+
+/// Ends the key hold of finished job `id` if its period has passed; true if it did.
+async fn end_expired_hold(conn: &mut MySqlConnection, id: JobId) -> Result<bool> {
+    // language=MySQL
+    let n = sqlx::query(
+        "UPDATE jobq_jobs SET unique_period_us = NULL, duplicates = duplicates - 1 \
+         WHERE id = ? AND state IN ('completed', 'discarded', 'cancelled') \
+           AND unique_period_us IS NOT NULL \
+           AND COALESCE(finalized_at, run_at) + INTERVAL unique_period_us MICROSECOND <= UTC_TIMESTAMP(6)",
+    )
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
 
 /// Debounce: gives the existing job `id` the new job's payload, priority and run-at if it has

@@ -224,3 +224,52 @@ async fn a_replacing_duplicate_debounces_a_waiting_job(db: MySqlPool) {
         ]
     );
 }
+
+/// With a period, a finished job keeps its key until the period has passed since it finished.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_unique_period_holds_the_key_after_completion(db: MySqlPool) {
+    let producer = Producer::new(db.clone());
+    let job = || {
+        NewJob::json("noop", json!({}))
+            .unique_key("hourly-sync")
+            .unique_period(Duration::from_secs(3600))
+    };
+    let first = producer.insert(job()).await.unwrap();
+    // Finished a minute ago: still within the hour.
+    let finish = |ago: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query(&format!(
+                "UPDATE jobq_jobs SET state = 'completed', \
+                 finalized_at = UTC_TIMESTAMP(6) - INTERVAL {ago} WHERE id = ?"
+            ))
+            .bind(first.id.0)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    finish("1 MINUTE").await;
+    let held = producer.insert(job()).await.unwrap();
+    assert_eq!((held.id, held.duplicate), (first.id, true));
+    // Finished over an hour ago: the hold is over and a new job is inserted.
+    finish("61 MINUTE").await;
+    let next = producer.insert(job()).await.unwrap();
+    assert!(!next.duplicate);
+    assert_ne!(next.id, first.id);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT CAST(duplicates AS SIGNED) FROM jobq_jobs WHERE unique_period_us IS NULL"
+        )
+        .await,
+        1,
+        "the old job counts the one real duplicate"
+    );
+    // A period needs a key.
+    let err = producer
+        .insert(NewJob::json("noop", json!({})).unique_period(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unique_period"), "{err}");
+}

@@ -88,6 +88,9 @@ struct EnqueueArgs {
     /// followed by `duplicate` instead of inserting another.
     #[arg(long, value_name = "K")]
     unique_key: Option<String>,
+    /// With --unique-key: keep the key taken this long after the job finishes, e.g. 1h.
+    #[arg(long, value_parser = parse_duration, requires = "unique_key")]
+    unique_period: Option<Duration>,
     /// With --unique-key: `replace` gives a waiting duplicate that never started this job's
     /// payload, priority and run-at (debounce; prints `ID duplicate replaced`).
     #[arg(long, value_enum, default_value = "keep", requires = "unique_key")]
@@ -273,6 +276,9 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     }
     if let Some(k) = a.unique_key {
         job = job.unique_key(k);
+    }
+    if let Some(p) = a.unique_period {
+        job = job.unique_period(p);
     }
     if a.on_duplicate == OnDuplicateArg::Replace {
         job = job.on_duplicate(jobq_worker::OnDuplicate::Replace);
