@@ -39,6 +39,10 @@ impl LeaseLock {
     /// await) and the campaign goes on. Returns `Some(output)` when a term's future completes
     /// (leadership is released first), `None` when `stop` fired.
     ///
+    /// The future is dropped wherever it stands (at stop and on a lost lease): run database
+    /// transactions in it in tasks of their own (`tokio::spawn`), or a transaction dropped
+    /// mid-way goes back to its pool still open until the connection is next used.
+    ///
     /// Followers try every sixth of the lease, so a dead leader's successor takes over within
     /// about 1.2 leases. Database errors while campaigning are logged and retried.
     pub async fn lead<T, F, Fut>(

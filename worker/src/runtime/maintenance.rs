@@ -8,9 +8,10 @@
 //! an interval, so pruning keeps pace with thousands of completions a second; every few seconds
 //! it samples the depth gauges; about every 30 intervals it prunes stale worker rows.
 //!
-//! When the lease is lost the leader's loop is dropped at its next await (an open transaction
-//! rolls back). A pass is also bounded on its own: it stops starting new batches after half an
-//! interval and is cut off after two, so a pass stuck on a lock never runs on unseen.
+//! When the lease is lost the leader's loop is dropped at its next await; a pass already
+//! started runs to its end in its own task (never cut off mid-transaction). A pass stops
+//! starting new batches after half an interval, and each statement waits at most
+//! `database.lock_wait_timeout_secs` for a lock.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -112,14 +113,20 @@ async fn lead(shared: Arc<Shared>, term: Term) {
                 Err(e) => debug!(error = %e, "paused sample failed"),
             }
         }
-        // A pass stuck on a lock is cut off after two intervals.
-        let bound = m.interval * 2;
-        let result = tokio::time::timeout(bound, pass(&shared, ticks))
-            .await
-            .unwrap_or_else(|_| {
-                warn!(?bound, "maintenance pass cut off after two intervals");
-                Ok(())
-            });
+        // The pass runs in a task of its own and is never cut off: this term is dropped
+        // wherever it stands when the lease is lost or the worker stops, and a transaction
+        // dropped mid-way would go back to the pool still open (sqlx sends its ROLLBACK only
+        // when the connection is next used), holding its locks. Each statement waits at most
+        // database.lock_wait_timeout_secs for a lock, and the lease is renewed by its own
+        // watchdog meanwhile, so a slow pass neither hangs nor costs the leadership.
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move { pass(&shared, ticks).await }
+        });
+        let result = task.await.unwrap_or_else(|e| {
+            warn!(error = %e, "maintenance pass panicked");
+            Ok(())
+        });
         match result {
             Ok(()) => retry.reset(),
             Err(e) => {

@@ -245,7 +245,7 @@ async fn running_rows_never_exceed_slots(db: MySqlPool) {
     let pool = pool(&s).await;
     sqlx::raw_sql(
         "CREATE TRIGGER slow_completion BEFORE INSERT ON jobq_transitions FOR EACH ROW \
-         BEGIN IF NEW.event = 'completed' THEN DO SLEEP(0.01); END IF; END",
+         BEGIN IF NEW.event = 'completed' THEN DO SLEEP(0.003); END IF; END",
     )
     .execute(&db)
     .await
@@ -458,7 +458,7 @@ async fn a_transaction_the_server_ended_fails_the_attempt(db: MySqlPool) {
 
 /// A maintenance pass that hangs on a lock (here: pruning a dead worker's row that an operator
 /// holds locked) never lets leadership lapse to a second process mid-pass: the lease's watchdog
-/// renews it independently of the pass, and the pass is cut off after two intervals. (Before
+/// renews it independently of the pass, which waits out the lock in a task of its own. (Before
 /// both, the pass waited out the 5 s lock wait while a 0.7 s lease expired and the other worker
 /// took over.)
 #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
