@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Result;
 use crate::lease::LeaseLock;
 
 /// One term of leadership, handed to the leader's future.
@@ -50,7 +49,7 @@ impl LeaseLock {
         name: &str,
         stop: &CancellationToken,
         mut lead: F,
-    ) -> Result<Option<T>>
+    ) -> Option<T>
     where
         F: FnMut(Term) -> Fut,
         Fut: Future<Output = T>,
@@ -59,7 +58,7 @@ impl LeaseLock {
         loop {
             let guard = loop {
                 let attempt = tokio::select! {
-                    _ = stop.cancelled() => return Ok(None),
+                    _ = stop.cancelled() => return None,
                     r = self.acquire(name, Duration::ZERO) => r,
                 };
                 match attempt {
@@ -70,7 +69,7 @@ impl LeaseLock {
                     }
                 }
                 tokio::select! {
-                    _ = stop.cancelled() => return Ok(None),
+                    _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(every) => {}
                 }
             };
@@ -83,14 +82,14 @@ impl LeaseLock {
             tokio::select! {
                 out = lead(term) => {
                     release_quietly(guard).await;
-                    return Ok(Some(out));
+                    return Some(out);
                 }
                 _ = guard.lost() => {
                     tracing::warn!(lock = %name, token, "leadership lost; campaigning again");
                 }
                 _ = stop.cancelled() => {
                     release_quietly(guard).await;
-                    return Ok(None);
+                    return None;
                 }
             }
         }

@@ -84,11 +84,8 @@ impl LeaseLock {
         let _abandon_on_drop = abandon.clone().drop_guard();
         let (this, owned) = (self.clone(), name.to_owned());
         let result =
-            tokio::spawn(
-                async move { this.acquire_inner(&owned, permits, timeout, &abandon).await },
-            )
-            .await
-            .unwrap_or_else(|e| Err(Error::Database(sqlx::Error::Io(std::io::Error::other(e)))));
+            detached(async move { this.acquire_inner(&owned, permits, timeout, &abandon).await })
+                .await;
         metrics::acquired(Kind::Lease, since, &result);
         result
     }
@@ -296,12 +293,17 @@ struct Permit {
 impl Permit {
     /// Pushes the lease to now + ttl if the permit is still ours: `Ok(false)` when it is not.
     async fn renew(&self) -> Result<bool, sqlx::Error> {
+        self.renew_on(&self.pool).await
+    }
+
+    /// [`renew`](Permit::renew) through `conn` (a transaction's, for a fenced write).
+    async fn renew_on<'c>(&self, conn: impl sqlx::MySqlExecutor<'c>) -> Result<bool, sqlx::Error> {
         // language=MySQL
         let sql = format!(
             "UPDATE jobq_locks SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {STILL_OURS}"
         );
         let q = sqlx::query(&sql).bind(self.ttl.as_micros() as u64);
-        Ok(self.bind_ours(q).execute(&self.pool).await?.rows_affected() == 1)
+        Ok(self.bind_ours(q).execute(conn).await?.rows_affected() == 1)
     }
 
     /// Frees the permit if it is still ours (the token stays, so the next holder's is higher).
@@ -380,13 +382,7 @@ impl LeaseGuard {
     pub async fn fenced(&self) -> Result<Transaction<'static, MySql>> {
         let p = &self.permit;
         let mut tx = begin(&p.pool).await?;
-        // language=MySQL
-        let sql = format!(
-            "UPDATE jobq_locks SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {STILL_OURS}"
-        );
-        let q = sqlx::query(&sql).bind(p.ttl.as_micros() as u64);
-        let held = p.bind_ours(q).execute(&mut *tx).await?.rows_affected() == 1;
-        if !held {
+        if !p.renew_on(&mut *tx).await? {
             tx.rollback().await?;
             mark_lost(Kind::Lease, &self.lost);
             return Err(Error::NotHeld(p.name.clone()));
@@ -399,10 +395,7 @@ impl LeaseGuard {
     pub async fn release(self) -> Result<()> {
         self.stop.cancel();
         let permit = self.permit.clone();
-        let freed = tokio::spawn(async move { permit.release().await })
-            .await
-            .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))?;
-        if freed {
+        if detached(async move { permit.release().await }).await? {
             Ok(())
         } else {
             mark_lost(Kind::Lease, &self.lost);
@@ -496,7 +489,19 @@ fn display(name: &str) -> String {
 /// connection returning to the pool inside a transaction sqlx does not know of.
 async fn begin(pool: &MySqlPool) -> Result<Transaction<'static, MySql>, sqlx::Error> {
     let pool = pool.clone();
-    tokio::spawn(async move { pool.begin().await })
+    detached(async move { pool.begin().await }).await
+}
+
+/// Runs `work` in a task of its own, so it completes even if the caller's future is dropped
+/// (what it returns is then dropped in that task). A task that panicked is an I/O error.
+async fn detached<T, E>(
+    work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<sqlx::Error> + Send + 'static,
+{
+    tokio::spawn(work)
         .await
-        .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
+        .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e)).into()))
 }

@@ -225,15 +225,7 @@ impl NewJob {
                     message: "needs a unique_key".to_owned(),
                 })
             }
-            (Some(p), Some(_)) => Some(
-                i64::try_from(p.as_micros())
-                    .ok()
-                    .filter(|us| *us <= 100 * 365 * 86_400 * 1_000_000)
-                    .ok_or_else(|| Error::Invalid {
-                        field: "unique_period",
-                        message: format!("{p:?} is too long; use at most 100 years"),
-                    })?,
-            ),
+            (Some(p), Some(_)) => Some(micros_up_to_a_century(p, "unique_period")?),
         };
         let max_attempts = self.max_attempts.unwrap_or(opts.default_max_attempts);
         if max_attempts == 0 {
@@ -244,16 +236,7 @@ impl NewJob {
         }
         let (run_at, delay_us) = match self.when {
             When::Now => (None, 0),
-            When::Delay(d) => {
-                let us = i64::try_from(d.as_micros())
-                    .ok()
-                    .filter(|us| *us <= 100 * 365 * 86_400 * 1_000_000)
-                    .ok_or_else(|| Error::Invalid {
-                        field: "delay",
-                        message: format!("{d:?} is too long; use at most 100 years"),
-                    })?;
-                (None, us)
-            }
+            When::Delay(d) => (None, micros_up_to_a_century(d, "delay")?),
             When::At(at) => {
                 // DATETIME(6) holds years 1000..=9999; before 1970 is surely a mistake.
                 use chrono::Datelike;
@@ -399,6 +382,17 @@ impl Producer {
     fn check_all(&self, jobs: Vec<NewJob>) -> Result<Vec<store::JobInsert>> {
         jobs.into_iter().map(|j| j.check(&self.opts)).collect()
     }
+}
+
+/// `d` in microseconds, refused (as `field`) beyond 100 years.
+fn micros_up_to_a_century(d: Duration, field: &'static str) -> Result<i64> {
+    i64::try_from(d.as_micros())
+        .ok()
+        .filter(|us| *us <= 100 * 365 * 86_400 * 1_000_000)
+        .ok_or_else(|| Error::Invalid {
+            field,
+            message: format!("{d:?} is too long; use at most 100 years"),
+        })
 }
 
 /// How often a transaction the server rolled back for a deadlock is tried in all.

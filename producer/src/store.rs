@@ -152,16 +152,7 @@ async fn insert_unique(
             replaced,
         });
     };
-    // language=MySQL
-    sqlx::query(
-        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
-         VALUES (?, NULL, ?, 'enqueued', 0, ?)",
-    )
-    .bind(id.0)
-    .bind(state)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    insert_enqueued(conn, &[(id, state)], now).await?;
     Ok(Enqueued {
         id,
         duplicate: false,
@@ -307,21 +298,37 @@ async fn insert_chunk(
     // A multi-row INSERT whose row count is known in advance gets its auto-increment values in
     // one reservation, so its ids are first, first + inc, … (inc = auto_increment_increment, 1
     // unless Galera or multi-source setups change it). The history rows use exactly those ids.
+    let ids: Vec<JobId> = (0..n).map(|i| JobId(first + i * inc)).collect();
+    let history: Vec<(JobId, &str)> = ids
+        .iter()
+        .zip(&starts)
+        .map(|(&id, (_, st))| (id, *st))
+        .collect();
+    insert_enqueued(conn, &history, now).await?;
+    Ok(ids)
+}
+
+/// The `enqueued` history rows of newly inserted jobs: (id, the state each starts in).
+async fn insert_enqueued(
+    conn: &mut MySqlConnection,
+    jobs: &[(JobId, &str)],
+    now: DateTime<Utc>,
+) -> Result<()> {
     // language=MySQL
-    let mut sql = String::with_capacity(120 + rows.len() * 24);
+    let mut sql = String::with_capacity(120 + jobs.len() * 24);
     sql.push_str(
         "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) VALUES ",
     );
-    for i in 0..rows.len() {
+    for i in 0..jobs.len() {
         if i > 0 {
             sql.push(',');
         }
         sql.push_str("(?, NULL, ?, 'enqueued', 0, ?)");
     }
     let mut q = sqlx::query(&sql);
-    for (i, (_, state)) in starts.iter().enumerate() {
-        q = q.bind(first + i as u64 * inc).bind(*state).bind(now);
+    for (id, state) in jobs {
+        q = q.bind(id.0).bind(*state).bind(now);
     }
     q.execute(&mut *conn).await?;
-    Ok((0..n).map(|i| JobId(first + i * inc)).collect())
+    Ok(())
 }

@@ -49,8 +49,8 @@ impl fmt::Debug for WorkerId {
     }
 }
 
-/// This machine's host name, or `unknown`.
-pub(crate) fn hostname() -> String {
+/// This machine's host name, or `unknown` (recorded in worker rows, lock holders, pauses).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -40,6 +40,14 @@ fn zeroes() -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// `queue`'s entry in `out`, created with every state at zero.
+fn queue_entry(out: &mut Stats, queue: String) -> &mut QueueStats {
+    out.queues.entry(queue).or_insert_with(|| QueueStats {
+        states: zeroes(),
+        ..Default::default()
+    })
+}
+
 /// Reads [`Stats`].
 pub async fn stats(pool: &MySqlPool) -> Result<Stats> {
     let mut out = Stats {
@@ -47,18 +55,12 @@ pub async fn stats(pool: &MySqlPool) -> Result<Stats> {
         totals: zeroes(),
     };
     for (queue, state, n) in store::counts(pool).await? {
-        let q = out.queues.entry(queue).or_insert_with(|| QueueStats {
-            states: zeroes(),
-            ..Default::default()
-        });
+        let q = queue_entry(&mut out, queue);
         *q.states.entry(state.clone()).or_default() += n;
         *out.totals.entry(state).or_default() += n;
     }
     for (queue, since, by) in store::paused(pool).await? {
-        let q = out.queues.entry(queue).or_insert_with(|| QueueStats {
-            states: zeroes(),
-            ..Default::default()
-        });
+        let q = queue_entry(&mut out, queue);
         q.paused_since = Some(since);
         q.paused_by = by;
     }

@@ -51,7 +51,7 @@ pub use db::{check_migrated, check_server_limits, migrate};
 pub use error::{Error, Result};
 pub use handler::{BoxError, Handler, JobContext, JobError, JobTx};
 pub use health::{Health, Loop, Status};
-pub use ids::WorkerId;
+pub use ids::{hostname, WorkerId};
 pub use inspect::{job_with_history, pause_queue, resume_queue, stats, QueueStats, Stats};
 pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.

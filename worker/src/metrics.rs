@@ -249,8 +249,7 @@ pub fn gauge_idle_timeout(config: &jobq_config::Config) -> std::time::Duration {
     (config.maintenance.interval * 50).max(config.worker.heartbeat_interval * 3)
 }
 
-/// Leader sample: depth per queue and state, oldest available age, live workers.
-/// Sets the paused gauge of every known queue, adding the paused ones to `known`.
+/// Leader sample: the paused gauge of every known queue, adding the paused ones to `known`.
 pub(crate) fn paused(known: &mut std::collections::BTreeSet<String>, paused: &[String]) {
     known.extend(paused.iter().cloned());
     for q in known.iter() {
@@ -259,6 +258,7 @@ pub(crate) fn paused(known: &mut std::collections::BTreeSet<String>, paused: &[S
     }
 }
 
+/// Leader sample: depth per queue and state, oldest available age, live workers.
 pub(crate) fn depth(
     samples: &[(String, String, i64)],
     oldest: &[(String, f64)],

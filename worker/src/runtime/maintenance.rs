@@ -1,6 +1,6 @@
 //! Maintenance, done by exactly one process at a time: the leader elected on the `jobq-lock`
 //! lease `jobq:maintenance` in `jobq_locks` ([`LEADER_LOCK`], shown by `jobq lock status`). The
-//! lease lasts 2 × `maintenance.interval` + 0.5 s and its watchdog renews it every third of
+//! lease lasts 2 × `maintenance.interval` + 0.5 s and its watchdog renews it every quarter of
 //! that, so a live leader keeps it and a dead one loses it within that; a stopping leader
 //! releases it and another process takes over within a sixth of it. Every interval the leader
 //! promotes due `scheduled` and `retryable` jobs, rescues expired leases, and prunes finished
@@ -45,21 +45,11 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let ttl = m.interval * 2 + Duration::from_millis(500);
     let locks = LeaseLock::new(&shared.pool, shared.id.as_str()).ttl(ttl);
     metrics::leader(false);
-    loop {
-        match locks
-            .lead(LEADER_LOCK, &stop, |term| lead(shared.clone(), term))
-            .await
-        {
-            Ok(_) => break,
-            Err(e) => {
-                debug!(error = %e, "maintenance leader election failed");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(m.interval) => {}
-                }
-            }
-        }
-    }
+    // A term never ends on its own, so this returns only at `stop` (campaign errors are
+    // retried inside).
+    locks
+        .lead(LEADER_LOCK, &stop, |term| lead(shared.clone(), term))
+        .await;
 }
 
 /// This process's leadership, while its loop runs: leaving (by stop or by a lost lease, when

@@ -84,13 +84,7 @@ pub(crate) async fn run(settings: &Config, command: LockCommand) -> Result<ExitC
 
 /// `host:pid`, the holder text of this process's leases.
 fn holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{host}:{}", std::process::id())
+    format!("{}:{}", jobq_worker::hostname(), std::process::id())
 }
 
 async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {

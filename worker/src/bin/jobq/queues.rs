@@ -35,10 +35,7 @@ enum QueuesAction {
 /// `user@host:pid`, recorded as who paused a queue.
 fn who() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{user}@{host}:{}", std::process::id())
+    format!("{user}@{}:{}", jobq_worker::hostname(), std::process::id())
 }
 
 pub(crate) async fn run(settings: &Config, a: QueuesArgs) -> Result<ExitCode> {
