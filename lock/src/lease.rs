@@ -440,7 +440,10 @@ async fn watchdog(
         }
         let sent = tokio::time::Instant::now();
         let left = (renewed + give_up).saturating_duration_since(sent);
-        let answer = tokio::time::timeout(left.min(every), permit.renew()).await;
+        // A slow renewal that succeeds in time still counts: it is given until the give-up
+        // point, not just until the next tick (on a busy machine a round trip can take longer
+        // than a quarter lease).
+        let answer = tokio::time::timeout(left, permit.renew()).await;
         if stop.is_cancelled() {
             // Released meanwhile: a renewal that found nothing is not a loss.
             return;
