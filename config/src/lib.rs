@@ -24,7 +24,7 @@ pub use error::ConfigError;
 pub use load::{extract, figment, ignored_env_vars, load, DEFAULT_CONFIG_FILE};
 pub use settings::{
     ClaimMode, DatabaseSettings, KindOverrides, LogFormat, LogSettings, MaintenanceSettings,
-    MetricsSettings, ProducerSettings, QueueOverrides, Settings, WorkerSettings,
+    MetricsSettings, ProducerSettings, QueueOverrides, Rate, Settings, WorkerSettings,
     DEFAULT_DATABASE_URL,
 };
 pub use validate::{Config, QueueSettings, RunPolicy};
@@ -162,6 +162,69 @@ mod tests {
         assert_eq!(p.job_timeout, Some(Duration::from_secs(9)));
         let p = s.run_policy("z", "other");
         assert_eq!(p.job_timeout, Some(Duration::from_secs(1800)));
+    }
+
+    #[test]
+    fn flow_limits_from_file_and_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "limits.toml",
+                r#"
+                [queues.api]
+                key_limit = 2
+                rate_limit = "20/1s"
+                [kinds.slow]
+                key_limit = 5
+                "#,
+            )?;
+            jail.set_env("JOBQ_QUEUES__API__KEY_RATE_LIMIT", "10/100ms");
+            jail.set_env("JOBQ_QUEUES__MAIL__KEY_LIMIT", "3");
+            let c = load(Some(Path::new("limits.toml")))
+                .unwrap()
+                .validate()
+                .unwrap();
+            let api = c.queue(&"api".parse().unwrap());
+            assert_eq!(api.key_limit, 2);
+            let r = |max, ms| {
+                Some(Rate {
+                    max,
+                    period: Duration::from_millis(ms),
+                })
+            };
+            assert_eq!(api.rate_limit, r(20, 1000));
+            assert_eq!(api.key_rate_limit, r(10, 100));
+            assert_eq!(
+                api.limits_text(),
+                "key_limit=2 rate_limit=20/1s key_rate_limit=10/100ms"
+            );
+            assert_eq!(c.key_limit("api", "other"), 2);
+            assert_eq!(c.key_limit("api", "slow"), 5, "the kind wins");
+            assert_eq!(c.key_limit("mail", "other"), 3);
+            assert_eq!(c.key_limit("default", "other"), 1, "default 1");
+            assert_eq!(c.queue(&"default".parse().unwrap()).rate_limit, None);
+            Ok(())
+        });
+        for (bad, says) in [
+            ("20", "not a rate"),
+            ("x/1s", "not a count"),
+            ("0/1s", "at least 1"),
+            ("5/soon", "not a period"),
+            ("5/1ms", "10ms to 1 day"),
+            ("5/2days", "10ms to 1 day"),
+        ] {
+            let e = bad.parse::<Rate>().unwrap_err();
+            assert!(e.contains(says) && e.contains("COUNT/PERIOD"), "{bad}: {e}");
+        }
+        let mut s = Settings::default();
+        s.queues.insert(
+            "q".into(),
+            QueueOverrides {
+                key_limit: Some(0),
+                ..Default::default()
+            },
+        );
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("queues.q.key_limit"), "{e}");
     }
 
     #[test]

@@ -216,6 +216,78 @@ pub struct QueueOverrides {
     /// See [`WorkerSettings::backoff_max`].
     #[serde(with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// How many jobs with the same concurrency key may run at once in this queue, across all
+    /// workers. Default 1 (for jobs that have a key; jobs without one are not limited).
+    pub key_limit: Option<u32>,
+    /// At most this many job starts per period in the queue, across all workers: `"20/1s"`.
+    /// Default: none.
+    pub rate_limit: Option<Rate>,
+    /// At most this many starts per period of jobs with the same concurrency key: `"10/1s"`.
+    /// Default: none.
+    pub key_rate_limit: Option<Rate>,
+}
+
+/// A rate: at most `max` events per `period`, written `"20/1s"`, `"600/1m"`, `"5/100ms"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Events allowed per period (at least 1).
+    pub max: u32,
+    /// The period (10 ms to 1 day).
+    pub period: Duration,
+}
+
+impl Rate {
+    /// The shortest period accepted: the window is kept in tenths of it.
+    pub const MIN_PERIOD: Duration = Duration::from_millis(10);
+    /// The longest period accepted.
+    pub const MAX_PERIOD: Duration = Duration::from_secs(86_400);
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.max,
+            humantime::format_duration(self.period)
+        )
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = "write a rate as COUNT/PERIOD, e.g. \"20/1s\" or \"600/1m\"";
+        let (n, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a rate; {usage}"))?;
+        let max: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a count; {usage}"))?;
+        if max == 0 {
+            return Err(format!("{s:?}: the count must be at least 1; {usage}"));
+        }
+        let period = humantime::parse_duration(p.trim())
+            .map_err(|e| format!("{p:?} is not a period ({e}); {usage}"))?;
+        if !(Rate::MIN_PERIOD..=Rate::MAX_PERIOD).contains(&period) {
+            return Err(format!("{s:?}: the period must be 10ms to 1 day; {usage}"));
+        }
+        Ok(Rate { max, period })
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[kinds.NAME]`: per job kind; wins over the queue's value.
@@ -231,6 +303,8 @@ pub struct KindOverrides {
     /// See [`WorkerSettings::backoff_max`].
     #[serde(with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// See [`QueueOverrides::key_limit`]; wins over the queue's value for jobs of this kind.
+    pub key_limit: Option<u32>,
 }
 
 /// `[producer]`

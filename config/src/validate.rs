@@ -9,7 +9,7 @@ use std::time::Duration;
 use jobq_producer::{KindName, QueueName};
 
 use crate::error::{invalid, ConfigError};
-use crate::settings::{ClaimMode, KindOverrides, QueueOverrides, Settings};
+use crate::settings::{ClaimMode, KindOverrides, QueueOverrides, Rate, Settings};
 
 /// The effective settings of one queue: `[queues.NAME]` over `[worker]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +24,26 @@ pub struct QueueSettings {
     pub poll_interval: Duration,
     /// Most jobs per claim.
     pub max_batch: u32,
+    /// Jobs with the same concurrency key running at once (kinds may override).
+    pub key_limit: u32,
+    /// Starts per period in the queue.
+    pub rate_limit: Option<Rate>,
+    /// Starts per period per concurrency key.
+    pub key_rate_limit: Option<Rate>,
+}
+
+impl QueueSettings {
+    /// The limits, as `jobq queues` shows them: `key_limit=1 rate_limit=20/1s`.
+    pub fn limits_text(&self) -> String {
+        let mut s = format!("key_limit={}", self.key_limit);
+        if let Some(r) = self.rate_limit {
+            s.push_str(&format!(" rate_limit={r}"));
+        }
+        if let Some(r) = self.key_rate_limit {
+            s.push_str(&format!(" key_rate_limit={r}"));
+        }
+        s
+    }
 }
 
 /// Timeout and backoff for one (queue, kind): `[kinds.K]` over `[queues.Q]` over `[worker]`.
@@ -85,6 +105,16 @@ impl Config {
         )
     }
 
+    /// The concurrency-key limit for jobs of `kind` in `queue`: `[kinds.K] key_limit` over
+    /// `[queues.Q] key_limit` over 1.
+    pub fn key_limit(&self, queue: &str, kind: &str) -> u32 {
+        self.kind_overrides
+            .get(kind)
+            .and_then(|k| k.key_limit)
+            .or(self.queue_overrides.get(queue).and_then(|q| q.key_limit))
+            .unwrap_or(1)
+    }
+
     /// Timeout and backoff for a job of `kind` in `queue`.
     pub fn run_policy(&self, queue: &str, kind: &str) -> RunPolicy {
         let q = self.queue_overrides.get(queue);
@@ -116,6 +146,9 @@ fn resolve_queue(s: &Settings, name: QueueName, o: Option<&QueueOverrides>) -> Q
         claim_mode: o.and_then(|o| o.claim_mode).unwrap_or(w.claim_mode),
         poll_interval: o.and_then(|o| o.poll_interval).unwrap_or(w.poll_interval),
         max_batch: o.and_then(|o| o.max_batch).unwrap_or(w.max_batch),
+        key_limit: o.and_then(|o| o.key_limit).unwrap_or(1),
+        rate_limit: o.and_then(|o| o.rate_limit),
+        key_rate_limit: o.and_then(|o| o.key_rate_limit),
     }
 }
 
@@ -159,6 +192,9 @@ impl Settings {
             if let Some(b) = o.backoff_base {
                 nonzero(&format!("{key}.backoff_base"), b)?;
             }
+            if let Some(l) = o.key_limit {
+                positive(&format!("{key}.key_limit"), l)?;
+            }
             queue_overrides.insert(name, o.clone());
         }
         let mut kind_overrides = BTreeMap::new();
@@ -167,6 +203,9 @@ impl Settings {
             let name = KindName::new(k).map_err(|e| name_error(&key, e))?;
             if let Some(b) = o.backoff_base {
                 nonzero(&format!("{key}.backoff_base"), b)?;
+            }
+            if let Some(l) = o.key_limit {
+                positive(&format!("{key}.key_limit"), l)?;
             }
             kind_overrides.insert(name, o.clone());
         }

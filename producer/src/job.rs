@@ -58,12 +58,16 @@ pub enum JobState {
     Discarded,
     /// Cancelled by its handler. Final.
     Cancelled,
+    /// Ready, but its concurrency key was at its limit when a claim read it: it waits out of
+    /// the claim's way until a job of its key stops running.
+    Waiting,
 }
 
 impl JobState {
     /// Every state, in display order.
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
         JobState::Available,
+        JobState::Waiting,
         JobState::Scheduled,
         JobState::Running,
         JobState::Retryable,
@@ -82,6 +86,7 @@ impl JobState {
             JobState::Completed => "completed",
             JobState::Discarded => "discarded",
             JobState::Cancelled => "cancelled",
+            JobState::Waiting => "waiting",
         }
     }
 

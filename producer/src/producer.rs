@@ -58,6 +58,7 @@ pub struct NewJob {
     unique_key: Option<String>,
     unique_period: Option<Duration>,
     on_duplicate: OnDuplicate,
+    concurrency_key: Option<String>,
 }
 
 /// What enqueueing a duplicate of a unique job does (see [`NewJob::unique_key`]).
@@ -116,6 +117,7 @@ impl NewJob {
             unique_key: None,
             unique_period: None,
             on_duplicate: OnDuplicate::Keep,
+            concurrency_key: None,
         }
     }
 
@@ -167,6 +169,15 @@ impl NewJob {
         self
     }
 
+    /// Gives the job a concurrency key: at most `key_limit` jobs of its queue with the same key
+    /// run at once, across every worker process (`queues.NAME.key_limit`, `kinds.NAME.key_limit`,
+    /// default 1). Jobs over the limit wait (state `waiting`) and start as soon as a job of
+    /// their key stops running. Any text of 1 to 255 characters, e.g. a customer id.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
+
     /// What a duplicate of this unique job does to the existing one (default: keep it).
     pub fn on_duplicate(mut self, what: OnDuplicate) -> Self {
         self.on_duplicate = what;
@@ -207,15 +218,10 @@ impl NewJob {
             message,
         })?;
         if let Some(k) = &self.unique_key {
-            let chars = k.chars().count();
-            if !(1..=UNIQUE_KEY_CHARS).contains(&chars) {
-                return Err(Error::Invalid {
-                    field: "unique_key",
-                    message: format!(
-                        "must be 1 to {UNIQUE_KEY_CHARS} characters, not {chars}; hash a longer key"
-                    ),
-                });
-            }
+            check_key_length("unique_key", k)?;
+        }
+        if let Some(k) = &self.concurrency_key {
+            check_key_length("concurrency_key", k)?;
         }
         let unique_period_us = match (self.unique_period, &self.unique_key) {
             (None, _) => None,
@@ -260,6 +266,7 @@ impl NewJob {
             unique_key: self.unique_key,
             unique_period_us,
             replace: self.on_duplicate == OnDuplicate::Replace,
+            concurrency_key: self.concurrency_key,
         })
     }
 }
@@ -398,8 +405,23 @@ fn micros_up_to_a_century(d: Duration, field: &'static str) -> Result<i64> {
 /// How often a transaction the server rolled back for a deadlock is tried in all.
 const DEADLOCK_TRIES: u64 = 5;
 
-/// The most characters a unique key may have (`jobq_jobs.unique_key` is a VARCHAR(255)).
+/// The most characters a unique or concurrency key may have (`jobq_jobs.unique_key` and
+/// `concurrency_key` are VARCHAR(255)).
 pub const UNIQUE_KEY_CHARS: usize = 255;
+
+/// A unique or concurrency key must be 1 to [`UNIQUE_KEY_CHARS`] characters.
+fn check_key_length(field: &'static str, key: &str) -> Result<()> {
+    let chars = key.chars().count();
+    if (1..=UNIQUE_KEY_CHARS).contains(&chars) {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        field,
+        message: format!(
+            "must be 1 to {UNIQUE_KEY_CHARS} characters, not {chars}; hash a longer key"
+        ),
+    })
+}
 
 /// What an insert did with one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,6 +29,8 @@ pub(crate) struct JobInsert {
     pub(crate) unique_period_us: Option<i64>,
     /// On a duplicate, replace the existing job if it never started.
     pub(crate) replace: bool,
+    /// Jobs with the same key in the queue share its concurrency and rate limits.
+    pub(crate) concurrency_key: Option<String>,
 }
 
 /// Rows per INSERT: 9 placeholders a row stays far below the 65 535-parameter limit.
@@ -120,8 +122,8 @@ async fn insert_unique(
         tries += 1;
         // language=MySQL
         let res = sqlx::query(
-            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, unique_key, unique_period_us) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, unique_key, unique_period_us, concurrency_key) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), duplicates = duplicates + 1",
         )
         .bind(&r.queue)
@@ -134,6 +136,7 @@ async fn insert_unique(
         .bind(now)
         .bind(&r.unique_key)
         .bind(r.unique_period_us)
+        .bind(&r.concurrency_key)
         .execute(&mut *conn)
         .await?;
         let id = JobId(res.last_insert_id());
@@ -191,7 +194,7 @@ async fn replace_waiting(
     // language=MySQL
     let before: Option<String> = sqlx::query_scalar(
         "SELECT CAST(state AS CHAR) FROM jobq_jobs \
-         WHERE id = ? AND state IN ('available', 'scheduled') AND attempt = 0",
+         WHERE id = ? AND state IN ('available', 'scheduled', 'waiting') AND attempt = 0",
     )
     .bind(id.0)
     .fetch_optional(&mut *conn)
@@ -202,7 +205,7 @@ async fn replace_waiting(
     // language=MySQL
     sqlx::query(
         "UPDATE jobq_jobs SET payload = ?, priority = ?, run_at = ?, state = ? \
-         WHERE id = ? AND state IN ('available', 'scheduled') AND attempt = 0",
+         WHERE id = ? AND state IN ('available', 'scheduled', 'waiting') AND attempt = 0",
     )
     .bind(&r.payload)
     .bind(r.priority)
@@ -261,10 +264,10 @@ async fn insert_chunk(
     // language=MySQL
     // A job not yet due starts `scheduled`, out of the claim's way; maintenance makes it
     // `available` when due.
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?)";
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
     let mut sql = String::with_capacity(160 + rows.len() * (ROW.len() + 1));
     sql.push_str(
-        "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at) VALUES ",
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, concurrency_key) VALUES ",
     );
     for i in 0..rows.len() {
         if i > 0 {
@@ -283,7 +286,8 @@ async fn insert_chunk(
             .bind(r.priority)
             .bind(*run_at)
             .bind(r.max_attempts)
-            .bind(now);
+            .bind(now)
+            .bind(&r.concurrency_key);
     }
     let res = q.execute(&mut *conn).await?;
     let n = res.rows_affected();

@@ -29,6 +29,8 @@ pub enum Loop {
     Heartbeat,
     /// Maintenance (leader election, rescue, scheduling, retention).
     Maintenance,
+    /// The key promoter (waiting jobs of concurrency keys whose slot freed).
+    Promoter,
 }
 
 impl fmt::Display for Loop {
@@ -38,6 +40,7 @@ impl fmt::Display for Loop {
             Loop::Completer => f.write_str("completer"),
             Loop::Heartbeat => f.write_str("heartbeat"),
             Loop::Maintenance => f.write_str("maintenance"),
+            Loop::Promoter => f.write_str("key promoter"),
         }
     }
 }

@@ -38,6 +38,7 @@ mod handler;
 mod health;
 mod ids;
 mod inspect;
+mod limits;
 pub mod metrics;
 mod panics;
 mod registry;

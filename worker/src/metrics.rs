@@ -49,6 +49,33 @@ pub const IN_FLIGHT: &str = "jobq_jobs_in_flight";
 pub const FREE_SLOTS: &str = "jobq_free_slots";
 /// Counter: heartbeats written (`outcome` = `ok` or `error`).
 pub const HEARTBEATS: &str = "jobq_heartbeats_total";
+/// Counter: jobs a claim read but held back, by queue and `reason`: `key_limit` (their
+/// concurrency key was at its limit: sent to `waiting`) or `key_rate` (their key's rate limit
+/// was used up: deferred to `scheduled`).
+pub const THROTTLED: &str = "jobq_jobs_throttled_total";
+/// Counter: claims that found the queue's rate limit used up and waited for a permit.
+pub const RATE_LIMITED: &str = "jobq_claims_rate_limited_total";
+/// Counter: `waiting` jobs made `available` again when a slot of their key freed.
+pub const UNBLOCKED: &str = "jobq_jobs_unblocked_total";
+
+pub(crate) fn throttled(queue: &str, waiting: u32, deferred: u32) {
+    if waiting > 0 {
+        counter!(THROTTLED, "queue" => queue.to_owned(), "reason" => "key_limit")
+            .increment(u64::from(waiting));
+    }
+    if deferred > 0 {
+        counter!(THROTTLED, "queue" => queue.to_owned(), "reason" => "key_rate")
+            .increment(u64::from(deferred));
+    }
+}
+
+pub(crate) fn rate_limited(queue: &str) {
+    counter!(RATE_LIMITED, "queue" => queue.to_owned()).increment(1);
+}
+
+pub(crate) fn unblocked(queue: &str, n: u64) {
+    counter!(UNBLOCKED, "queue" => queue.to_owned()).increment(n);
+}
 
 pub(crate) fn claimed(queue: &str, kind: &str, wait: Duration) {
     counter!(CLAIMED, "queue" => queue.to_owned(), "kind" => kind.to_owned()).increment(1);
@@ -101,7 +128,8 @@ pub(crate) fn slots(queue: &str, in_flight: usize, free: usize) {
     gauge!(FREE_SLOTS, "queue" => queue.to_owned()).set(free as f64);
 }
 /// Gauge: jobs per queue in each non-final state, sampled by the maintenance leader
-/// (`jobq_queue_available_jobs`, `…_scheduled_jobs`, `…_running_jobs`, `…_retryable_jobs`).
+/// (`jobq_queue_available_jobs`, `…_scheduled_jobs`, `…_running_jobs`, `…_retryable_jobs`,
+/// `…_waiting_jobs`).
 pub const DEPTH_PREFIX: &str = "jobq_queue_";
 /// Gauge: age of the oldest `available` job per queue (now − run_at), sampled by the leader.
 pub const OLDEST_AVAILABLE: &str = "jobq_queue_oldest_available_age_seconds";
@@ -115,8 +143,8 @@ pub const INSERTED: &str = "jobq_jobs_inserted_total";
 /// Gauge: 1 in the process that currently runs maintenance, else 0.
 pub const LEADER: &str = "jobq_maintenance_leader";
 
-/// States sampled as depth gauges.
-pub const DEPTH_STATES: [&str; 4] = ["available", "scheduled", "running", "retryable"];
+/// States sampled as depth gauges (`waiting`: jobs held back by their concurrency key).
+pub const DEPTH_STATES: [&str; 5] = ["available", "scheduled", "running", "retryable", "waiting"];
 
 /// The depth gauge name of `state`.
 pub fn depth_name(state: &str) -> String {
@@ -210,6 +238,18 @@ pub fn describe() {
     );
     describe_gauge!(LEADER, "1 in the process running maintenance");
     describe_counter!(
+        THROTTLED,
+        "Jobs held back by a concurrency key (reason key_limit: waiting) or a key rate limit (key_rate: deferred)"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Claims that found the queue's rate limit used up"
+    );
+    describe_counter!(
+        UNBLOCKED,
+        "Waiting jobs made available again when a slot of their key freed"
+    );
+    describe_counter!(
         INSERTED,
         "Jobs ever inserted by any producer: the highest job id (leader)"
     );
@@ -227,6 +267,11 @@ pub(crate) fn init_series(queues: &[QueueName], named_lock: &[QueueName], kinds:
         .chain([LEASE_LOST, ABANDONED]);
     for q in queues {
         gauge!(IN_FLIGHT, "queue" => q.to_string()).set(0.0);
+        for reason in ["key_limit", "key_rate"] {
+            counter!(THROTTLED, "queue" => q.to_string(), "reason" => reason).increment(0);
+        }
+        counter!(RATE_LIMITED, "queue" => q.to_string()).increment(0);
+        counter!(UNBLOCKED, "queue" => q.to_string()).increment(0);
         for k in kinds {
             let (q, k) = (q.to_string(), k.to_string());
             counter!(CLAIMED, "queue" => q.clone(), "kind" => k.clone()).increment(0);

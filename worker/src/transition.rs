@@ -33,6 +33,9 @@ pub enum Event {
     /// A duplicate of this unique job replaced its payload, priority and run-at before it
     /// ever started (`OnDuplicate::Replace`); it may move between `available` and `scheduled`.
     Replaced,
+    /// A claim held it back: its concurrency key was at its limit (`available → waiting`), or
+    /// its key's rate limit was used up (`available → scheduled`).
+    Throttled,
 }
 
 impl Event {
@@ -50,11 +53,12 @@ impl Event {
             Event::Rescued => "rescued",
             Event::Released => "released",
             Event::Replaced => "replaced",
+            Event::Throttled => "throttled",
         }
     }
 
     /// Every event, for parsing and tests.
-    pub const ALL: [Event; 11] = [
+    pub const ALL: [Event; 12] = [
         Event::Enqueued,
         Event::Promoted,
         Event::Claimed,
@@ -66,6 +70,7 @@ impl Event {
         Event::Rescued,
         Event::Released,
         Event::Replaced,
+        Event::Throttled,
     ];
 
     /// The `outcome` label of `jobq_jobs_finished_total` for an attempt that ended with this
@@ -83,7 +88,8 @@ impl Event {
             | Event::Promoted
             | Event::Claimed
             | Event::Rescued
-            | Event::Replaced => None,
+            | Event::Replaced
+            | Event::Throttled => None,
         }
     }
 }
@@ -359,8 +365,11 @@ pub fn is_valid(from: Option<JobState>, to: JobState) -> bool {
         None => matches!(to, Available | Scheduled),
         // A waiting job that never started may be replaced by a duplicate (debounce), which
         // can move its run-at either way.
-        Some(Available) => matches!(to, Running | Available | Scheduled),
+        // A claim may hold it back: `waiting` (key at its limit), `scheduled` (key rate).
+        Some(Available) => matches!(to, Running | Available | Scheduled | Waiting),
         Some(Scheduled) => matches!(to, Available | Scheduled),
+        // Promoted when a slot of its key frees; or replaced by a duplicate (debounce).
+        Some(Waiting) => matches!(to, Available | Scheduled),
         Some(Retryable) => matches!(to, Available),
         Some(Running) => matches!(
             to,
@@ -606,6 +615,7 @@ mod tests {
             (Event::Claimed, None),
             (Event::Rescued, None),
             (Event::Replaced, None),
+            (Event::Throttled, None),
         ];
         assert_eq!(table.len(), Event::ALL.len());
         for (event, label) in table {
@@ -631,6 +641,14 @@ mod tests {
             "replaced, still in the future"
         );
         assert!(!is_valid(Some(Retryable), Scheduled));
+        assert!(is_valid(Some(Available), Waiting), "throttled");
+        assert!(is_valid(Some(Waiting), Available), "promoted");
+        assert!(
+            !is_valid(Some(Waiting), Running),
+            "never claimed from waiting"
+        );
+        assert!(!is_valid(None, Waiting));
+        assert!(!is_valid(Some(Running), Waiting));
         assert!(is_valid(Some(Retryable), Available));
         for fin in [Completed, Discarded, Cancelled] {
             for to in JobState::ALL {

@@ -28,7 +28,7 @@ use crate::health::{supervise, Health, Loop};
 use crate::ids::WorkerId;
 use crate::metrics;
 use crate::registry::Registry;
-use crate::runtime::{claimer, heartbeat, maintenance, recorder, Shared};
+use crate::runtime::{claimer, heartbeat, keys, maintenance, recorder, Shared};
 use crate::shutdown::{ShutdownSignal, StopLevel, Stopped};
 use crate::store;
 
@@ -218,10 +218,15 @@ impl Worker {
             Loop::Maintenance,
             maintenance::run(shared.clone(), stop_background.clone()),
         ));
+        let promoter = tokio::spawn(sup.run(
+            Loop::Promoter,
+            keys::run(shared.clone(), stop_background.clone(), wakers.clone()),
+        ));
         let background = [
             completer.abort_handle(),
             heartbeat.abort_handle(),
             maintenance.abort_handle(),
+            promoter.abort_handle(),
         ];
         let immediate = |phase: Phase| {
             stop_claiming.cancel();
@@ -307,6 +312,7 @@ impl Worker {
         let wind_up = async {
             let _ = heartbeat.await;
             let _ = maintenance.await;
+            let _ = promoter.await;
             store::deregister_worker(&shared.pool, &shared.id).await
         };
         match tokio::time::timeout(bound, wind_up).await {

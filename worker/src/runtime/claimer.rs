@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobq_config::{ClaimMode, QueueSettings};
-use jobq_producer::QueueName;
+use jobq_producer::{KindName, QueueName};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +22,7 @@ use super::recorder;
 use super::retry::DbRetry;
 use super::{executor, Shared};
 use crate::metrics;
-use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, ClaimedJob};
+use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, ClaimedJob, Flow, Throttled};
 
 const MIN_POLL: Duration = Duration::from_millis(1);
 
@@ -43,6 +43,12 @@ pub(crate) async fn run(
     let mut named = NamedLockClaims::default();
     let mut retry = DbRetry::new();
     let mut last_full = false;
+    let key_limit = |kind: &KindName| shared.config.key_limit(&queue, kind);
+    let flow = Flow {
+        rate: q.rate_limit,
+        key_rate: q.key_rate_limit,
+        key_limit: &key_limit,
+    };
     loop {
         // Wait for a free slot, or for a success whose slot this claim can fill. Only this task
         // takes permits, so every permit seen free below stays free until taken here.
@@ -79,8 +85,8 @@ pub(crate) async fn run(
         };
         let started = Instant::now();
         let result = match q.claim_mode {
-            ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, ask).await,
-            ClaimMode::NamedLock => named.claim(&shared, &queue, ask).await,
+            ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, ask, flow).await,
+            ClaimMode::NamedLock => named.claim(&shared, &queue, ask, flow).await,
         };
         #[cfg(test)]
         let result = lose_answer(&shared, result);
@@ -88,8 +94,11 @@ pub(crate) async fn run(
             Ok(claimed) => {
                 retry.reset();
                 let got = claimed.jobs.len();
-                last_full = got as u32 == claimed.want;
+                let throttled = claimed.throttled;
+                // Jobs sent to wait or deferred left room in the batch: more may be behind them.
+                last_full = got as u32 == claimed.want || throttled != Throttled::default();
                 metrics::claim(&queue, started.elapsed(), got);
+                metrics::throttled(&queue, throttled.waiting, throttled.deferred);
                 // The carried successes were completed in the claim's transaction (those taken
                 // back meanwhile were left alone); their slots pass to the jobs just claimed.
                 let mut permits = match claimed.carried {
@@ -107,7 +116,16 @@ pub(crate) async fn run(
                 }
                 drop(first);
                 drop(permits);
-                if got < claimed.want as usize {
+                if let Some(wait) = claimed.rate_wait {
+                    // The queue's rate limit is used up until a permit frees.
+                    metrics::rate_limited(&queue);
+                    idle_wait = MIN_POLL;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait.clamp(MIN_POLL, q.poll_interval)) => {}
+                        _ = successes.notified() => {}
+                        _ = stop.cancelled() => break,
+                    }
+                } else if !last_full && got < claimed.want as usize {
                     // Less than asked for: the queue is empty for now.
                     idle_wait = if got > 0 {
                         MIN_POLL
@@ -212,6 +230,10 @@ pub(crate) struct ClaimResult<'a> {
     pub(crate) jobs: Vec<ClaimedJob>,
     pub(crate) want: u32,
     pub(crate) carried: Option<(Carried<'a>, u64)>,
+    /// Jobs read but not started because of a concurrency key or key rate limit.
+    pub(crate) throttled: Throttled,
+    /// The queue's rate limit is used up for this long.
+    pub(crate) rate_wait: Option<Duration>,
 }
 
 /// One skip-locked claim on a pooled connection, carrying the queue's waiting successes. The
@@ -221,6 +243,7 @@ async fn claim_skip_locked<'a>(
     shared: &'a Shared,
     queue: &QueueName,
     ask: Ask,
+    flow: Flow<'_>,
 ) -> Result<ClaimResult<'a>, ClaimError> {
     let mut conn = shared.pool.acquire().await?;
     let carried = shared.pending.take(queue, ask.carry_max);
@@ -234,6 +257,7 @@ async fn claim_skip_locked<'a>(
             lease: shared.config.worker.lease_ttl,
             lock: ClaimLock::SkipLocked,
             complete: &carried.fences(),
+            flow,
         },
     )
     .await?;
@@ -241,6 +265,8 @@ async fn claim_skip_locked<'a>(
         jobs: claimed.jobs,
         want,
         carried: Some((carried, claimed.completed)),
+        throttled: claimed.throttled,
+        rate_wait: claimed.rate_wait,
     })
 }
 
@@ -255,7 +281,8 @@ fn spawn_job(
     deadline: Instant,
 ) {
     let fence = job.fence();
-    let cancel = shared.in_flight.insert(fence, deadline);
+    let key = job.concurrency_key.clone().map(|k| (queue.clone(), k));
+    let cancel = shared.in_flight.insert(fence, deadline, key);
     metrics::claimed(
         queue,
         &job.kind,

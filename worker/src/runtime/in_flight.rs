@@ -4,10 +4,12 @@
 //! is the one place a deadline is enforced, and removing an entry is how a job stops being
 //! this process's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use jobq_producer::QueueName;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -19,12 +21,18 @@ struct Entry {
     /// Local instant by which the lease surely expires unless extended. Never later than the
     /// server's expiry: it is computed from a time taken before the lease statement was sent.
     deadline: Instant,
+    /// The job's queue and concurrency key, if it has one: when its outcome is written, the
+    /// key has a free slot (see [`InFlight::take_freed`]).
+    key: Option<(QueueName, String)>,
 }
 
 /// Running jobs of this process. See the module docs.
 #[derive(Default)]
 pub(crate) struct InFlight {
     map: Mutex<HashMap<u64, Entry>>,
+    /// Keys of jobs whose outcome was written, for the key promoter (`keys.rs`).
+    freed: Mutex<Vec<(QueueName, String)>>,
+    freed_ready: Notify,
 }
 
 impl InFlight {
@@ -35,7 +43,12 @@ impl InFlight {
 
     /// Adds a job just claimed, with the deadline of the lease its claim took. Returns the
     /// job's cancellation token (handed to its handler as `ctx.cancelled()`).
-    pub(crate) fn insert(&self, fence: Fence, deadline: Instant) -> CancellationToken {
+    pub(crate) fn insert(
+        &self,
+        fence: Fence,
+        deadline: Instant,
+        key: Option<(QueueName, String)>,
+    ) -> CancellationToken {
         let cancel = CancellationToken::new();
         self.lock().insert(
             fence.id,
@@ -43,17 +56,42 @@ impl InFlight {
                 token: fence.token,
                 cancel: cancel.clone(),
                 deadline,
+                key,
             },
         );
         cancel
     }
 
-    /// The job is no longer this process's (its outcome was written, or nothing will be).
+    /// The job is no longer this process's (its outcome was written, or nothing will be). A
+    /// job with a concurrency key leaves its key for the promoter.
     pub(crate) fn remove(&self, fence: Fence) {
         let mut map = self.lock();
         if map.get(&fence.id).is_some_and(|e| e.token == fence.token) {
-            map.remove(&fence.id);
+            if let Some(key) = map.remove(&fence.id).and_then(|e| e.key) {
+                drop(map);
+                self.freed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(key);
+                self.freed_ready.notify_one();
+            }
         }
+    }
+
+    /// Waits until some job with a concurrency key was removed since the last
+    /// [`take_freed`](InFlight::take_freed).
+    pub(crate) async fn freed(&self) {
+        self.freed_ready.notified().await
+    }
+
+    /// The keys of the jobs removed since the last call, by queue.
+    pub(crate) fn take_freed(&self) -> BTreeMap<QueueName, BTreeSet<String>> {
+        let keys = std::mem::take(&mut *self.freed.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out: BTreeMap<QueueName, BTreeSet<String>> = BTreeMap::new();
+        for (q, k) in keys {
+            out.entry(q).or_default().insert(k);
+        }
+        out
     }
 
     /// Whether `fence` is still this process's.
@@ -158,8 +196,8 @@ mod tests {
     async fn the_deadline_is_enforced_once_and_can_be_pushed() {
         let t = InFlight::default();
         let now = Instant::now();
-        let a = t.insert(fence(1, 1), now + Duration::from_millis(30));
-        let b = t.insert(fence(2, 1), now + Duration::from_millis(30));
+        let a = t.insert(fence(1, 1), now + Duration::from_millis(30), None);
+        let b = t.insert(fence(2, 1), now + Duration::from_millis(30), None);
         t.extend(&[fence(2, 1)], now + Duration::from_secs(60));
         t.expiry(fence(1, 1)).await;
         assert!(a.is_cancelled());
@@ -172,5 +210,25 @@ mod tests {
         assert!(t.holds(fence(2, 1)) && !b.is_cancelled());
         t.lose(fence(2, 1));
         assert!(b.is_cancelled() && t.len() == 0);
+    }
+
+    #[test]
+    fn removing_a_keyed_job_frees_its_key_once() {
+        let t = InFlight::default();
+        let q: QueueName = "q".parse().unwrap();
+        let far = Instant::now() + Duration::from_secs(60);
+        t.insert(fence(1, 1), far, Some((q.clone(), "k".into())));
+        t.insert(fence(2, 1), far, Some((q.clone(), "k".into())));
+        t.insert(fence(3, 1), far, None);
+        t.remove(fence(1, 9));
+        assert!(t.take_freed().is_empty(), "a stale fence frees nothing");
+        for id in [1, 2, 3] {
+            t.remove(fence(id, 1));
+        }
+        t.remove(fence(1, 1));
+        let freed = t.take_freed();
+        assert_eq!(freed.len(), 1);
+        assert_eq!(freed[&q].iter().collect::<Vec<_>>(), vec!["k"]);
+        assert!(t.take_freed().is_empty());
     }
 }

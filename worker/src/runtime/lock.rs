@@ -14,7 +14,7 @@ use super::Shared;
 use crate::db;
 use crate::ids::LockName;
 use crate::metrics;
-use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, Dedicated};
+use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, Dedicated, Flow, Throttled};
 
 /// A dedicated connection and the lock name of its queue.
 struct LockSession {
@@ -38,6 +38,7 @@ impl NamedLockClaims {
         shared: &'a Shared,
         queue: &QueueName,
         ask: Ask,
+        flow: Flow<'_>,
     ) -> Result<ClaimResult<'a>, ClaimError> {
         if self.session.is_none() {
             let mut conn =
@@ -68,6 +69,8 @@ impl NamedLockClaims {
                     jobs: Vec::new(),
                     want: ask.want(0),
                     carried: None,
+                    throttled: Throttled::default(),
+                    rate_wait: None,
                 });
             }
             None => {
@@ -91,6 +94,7 @@ impl NamedLockClaims {
                 lease: shared.config.worker.lease_ttl,
                 lock: ClaimLock::NamedLock(&name),
                 complete: &carried.fences(),
+                flow,
             },
         )
         .await;
@@ -104,6 +108,8 @@ impl NamedLockClaims {
                     jobs: c.jobs,
                     want,
                     carried: Some((carried, c.completed)),
+                    throttled: c.throttled,
+                    rate_wait: c.rate_wait,
                 })
             }
             Err(e) => {

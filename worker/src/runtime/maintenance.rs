@@ -3,7 +3,9 @@
 //! lease lasts 2 × `maintenance.interval` + 0.5 s and its watchdog renews it every quarter of
 //! that, so a live leader keeps it and a dead one loses it within that; a stopping leader
 //! releases it and another process takes over within a sixth of it. Every interval the leader
-//! promotes due `scheduled` and `retryable` jobs, rescues expired leases, and prunes finished
+//! promotes due `scheduled` and `retryable` jobs, rescues expired leases, promotes `waiting` jobs
+//! whose concurrency key has a free slot (after a rescue, or a worker that died before doing
+//! it), and prunes finished
 //! jobs past their retention (with their history) in short primary-key batches for up to half
 //! an interval, so pruning keeps pace with thousands of completions a second; every few seconds
 //! it samples the depth gauges; about every 30 intervals it prunes stale worker rows.
@@ -34,6 +36,9 @@ use crate::transition;
 const BATCH: u32 = 1000;
 /// Jobs deleted per retention transaction: short, so a prune never holds many row locks.
 const PRUNE_BATCH: u32 = 500;
+
+/// Concurrency keys looked at per pass.
+const KEYS_SWEPT: u32 = 10_000;
 
 /// The lease lock the maintenance leader holds.
 pub(crate) const LEADER_LOCK: &str = "jobq:maintenance";
@@ -145,6 +150,18 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
         let outcome = to.as_str();
         warn!(queue = %job.queue, kind = %job.kind, outcome, "rescued a job whose lease expired");
         metrics::rescued(job.queue, outcome);
+    }
+    // Concurrency keys with waiting jobs and a free slot: after a rescue, or when a worker
+    // died between a job's end and its own promotion.
+    for (queue, keys) in store::keys_to_promote(&shared.pool, KEYS_SWEPT).await? {
+        let keys: Vec<String> = keys.into_iter().collect();
+        for chunk in keys.chunks(100) {
+            let chunk = chunk.iter().cloned().collect();
+            let n = store::promote_waiting(&shared.pool, &queue, &chunk).await?;
+            if n > 0 {
+                metrics::unblocked(&queue, n);
+            }
+        }
     }
     let deadline = Instant::now() + shared.config.maintenance.interval / 2;
     retain(&shared.pool, &shared.config.maintenance, deadline).await?;

@@ -10,12 +10,14 @@
 //! - [`maintenance`]: the leader's promotion, rescue, retention and depth sampling;
 //! - [`pending`]: successes waiting for their completion to be written;
 //! - [`in_flight`]: the table of running jobs, owner of their deadlines and cancellation;
+//! - [`keys`]: promotes the waiting jobs of a concurrency key when one of its jobs ends;
 //! - [`retry`]: the database-retry policy all loops share.
 
 pub(crate) mod claimer;
 pub(crate) mod executor;
 pub(crate) mod heartbeat;
 pub(crate) mod in_flight;
+pub(crate) mod keys;
 pub(crate) mod lock;
 pub(crate) mod maintenance;
 pub(crate) mod pending;

@@ -1,16 +1,20 @@
 //! The claim: the one transaction that turns `available` jobs into this worker's `running` jobs,
 //! and the named-lock statements that serialise it in `named-lock` mode.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use jobq_config::Rate;
 use jobq_producer::{KindName, QueueName};
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlConnection, Row};
 
-use super::finish::{completion_sql, COMPLETION_STATEMENTS, COMPLETION_UPDATE};
+use super::finish::{completion_sql, COMPLETION_UPDATE};
+use super::keys::{lock_and_count_sql, store_windows_sql, KeyState, NOW_US};
 use super::sql::{hex, id_list, lit, RawTx, Session};
-use super::{micros, text, Fence, Token};
+use super::{micros, opt_text, text, Fence, Token};
 use crate::ids::{LockName, WorkerId};
+use crate::limits::{plan, Candidate, Limits, Verdict, Window};
 
 /// A job this worker just claimed.
 #[derive(Clone, Debug)]
@@ -24,6 +28,8 @@ pub(crate) struct ClaimedJob {
     /// Microseconds from run-at to the claim, on the database clock.
     pub(crate) wait_us: i64,
     pub(crate) token: Token,
+    /// Its concurrency key, if it has one.
+    pub(crate) concurrency_key: Option<String>,
 }
 
 impl ClaimedJob {
@@ -60,6 +66,47 @@ pub(crate) struct ClaimRequest<'a> {
     /// this claim fills, so the process never has more `running` rows than slots, and one
     /// commit serves both.
     pub(crate) complete: &'a [Fence],
+    /// The queue's flow limits.
+    pub(crate) flow: Flow<'a>,
+}
+
+/// A queue's flow limits, as the claim applies them.
+#[derive(Clone, Copy)]
+pub(crate) struct Flow<'a> {
+    /// `queues.NAME.rate_limit`.
+    pub(crate) rate: Option<Rate>,
+    /// `queues.NAME.key_rate_limit`.
+    pub(crate) key_rate: Option<Rate>,
+    /// The concurrency-key limit of a job of this kind (`kinds.K.key_limit`, else the queue's).
+    pub(crate) key_limit: &'a (dyn Fn(&KindName) -> u32 + Sync),
+}
+
+impl Flow<'static> {
+    /// No rate limits; a key limit of 1 for every kind.
+    #[cfg(test)]
+    pub(crate) const DEFAULT: Flow<'static> = Flow {
+        rate: None,
+        key_rate: None,
+        key_limit: &|_| 1,
+    };
+}
+
+impl std::fmt::Debug for Flow<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flow")
+            .field("rate", &self.rate)
+            .field("key_rate", &self.key_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Jobs a claim read but did not start because of a concurrency key or key rate limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Throttled {
+    /// Sent to `waiting` (their key at its limit).
+    pub(crate) waiting: u32,
+    /// Deferred to `scheduled` (their key's rate limit used up).
+    pub(crate) deferred: u32,
 }
 
 /// A claim that failed. When the failure came after the final round trip was sent (its COMMIT
@@ -87,6 +134,9 @@ pub(crate) struct Claimed {
     pub(crate) jobs: Vec<ClaimedJob>,
     pub(crate) completed: u64,
     pub(crate) released: bool,
+    pub(crate) throttled: Throttled,
+    /// The queue's rate limit is used up: a permit frees after this long (database clock).
+    pub(crate) rate_wait: Option<Duration>,
 }
 
 /// Claims in one transaction of two round trips:
@@ -97,6 +147,13 @@ pub(crate) struct Claimed {
 ///    jobq_transitions … SELECT … WHERE claim_token = <token>; COMMIT` (+ `RELEASE_LOCK` in
 ///    named-lock mode: strictly after the commit, or the next claimer could read rows this
 ///    claim has not yet committed as taken).
+///
+/// Flow limits add a round trip each, only where they apply:
+/// - a queue with a rate limit locks its `jobq_queues` row first and reads its window; the
+///   SELECT then asks for no more jobs than the window allows (none: no SELECT at all);
+/// - a batch with concurrency keys locks those keys' rows and counts their running jobs
+///   (`keys.rs`) before [`limits::plan`] decides each job: start it, send it to `waiting`,
+///   defer it (`scheduled`, key rate), or leave it. The decisions are written in round trip 2.
 ///
 /// On any error the transaction is rolled back, or the session discarded when even that fails.
 pub(crate) async fn claim<S: Session>(
@@ -119,36 +176,81 @@ pub(crate) async fn claim<S: Session>(
                 == Some(1)
         }
     };
+    let commit_sql = format!("COMMIT{}", release_sql.as_deref().unwrap_or(""));
+    let nothing = |completed, rows: &[MySqlRow], rate_wait| Claimed {
+        jobs: Vec::new(),
+        completed,
+        released: was_released(rows),
+        throttled: Throttled::default(),
+        rate_wait,
+    };
     if req.limit == 0 && req.complete.is_empty() {
-        return Ok(Claimed {
-            jobs: Vec::new(),
-            completed: 0,
-            released: release_sql.is_none(),
-        });
+        return Ok(nothing(0, &[], None));
     }
-    let select = claim_select(&lit(req.queue), &req.limit.to_string());
+    let q = lit(req.queue);
+    // A queue rate limit: lock the queue's row, then read the clock (after the lock, so the
+    // claims of the queue read it in the order they hold the window).
+    let queue_rate = req.flow.rate.filter(|_| req.limit > 0);
+    // language=MySQL
+    let read = match queue_rate {
+        Some(_) => format!(
+            "INSERT INTO jobq_queues (name) VALUES ({q}) ON DUPLICATE KEY UPDATE name = name; \
+             SET @jobq_now := UTC_TIMESTAMP(6); \
+             SELECT CAST(rate_state AS CHAR) AS rate_state, {NOW_US} AS now_us FROM jobq_queues WHERE name = {q}"
+        ),
+        None => claim_select(&q, &req.limit.to_string()),
+    };
     let first = if req.complete.is_empty() {
-        select
+        read
     } else {
-        format!("{}; {select}", completion_sql(req.complete))
+        format!("{}; {read}", completion_sql(req.complete))
     };
     let (mut tx, (rows, counts)) = RawTx::begin(session, &first).await?;
-    // Counts: START TRANSACTION, [the completion statements,] SELECT.
+    // Counts: START TRANSACTION, [the completion statements,] the rest.
     let completed = if req.complete.is_empty() {
         0
     } else {
         counts.get(1 + COMPLETION_UPDATE).copied().unwrap_or(0)
     };
-    debug_assert!(req.complete.is_empty() || counts.len() == 2 + COMPLETION_STATEMENTS);
+    let mut queue_window = None;
+    let mut now_us = None;
+    let rows = match queue_rate {
+        None => rows,
+        Some(rate) => {
+            let (state, now) = match rows.last().map(|r| {
+                Ok::<_, sqlx::Error>((
+                    r.try_get::<Option<String>, _>("rate_state")?,
+                    r.try_get::<i64, _>("now_us")?,
+                ))
+            }) {
+                Some(Ok(v)) => v,
+                Some(Err(e)) => {
+                    tx.rollback().await;
+                    return Err(e.into());
+                }
+                None => {
+                    tx.rollback().await;
+                    return Err(sqlx::Error::RowNotFound.into());
+                }
+            };
+            let mut w = Window::load(state.as_deref(), rate, now);
+            let allowed = w.allowed(rate, now);
+            if allowed == 0 {
+                let wait = Duration::from_micros((w.frees_at(now) - now).max(1) as u64);
+                let (rows, _) = tx.end(&commit_sql).await?;
+                return Ok(nothing(completed, &rows, Some(wait)));
+            }
+            now_us = Some(now);
+            let limit = allowed.min(req.limit);
+            queue_window = Some((rate, w, limit));
+            let (next, (rows, _)) = tx.step(&claim_select(&q, &limit.to_string())).await?;
+            tx = next;
+            rows
+        }
+    };
     if rows.is_empty() {
-        // language=MySQL
-        let sql = format!("COMMIT{}", release_sql.as_deref().unwrap_or(""));
-        let (rows, _) = tx.end(&sql).await?;
-        return Ok(Claimed {
-            jobs: Vec::new(),
-            completed,
-            released: was_released(&rows),
-        });
+        let (rows, _) = tx.end(&commit_sql).await?;
+        return Ok(nothing(completed, &rows, None));
     }
     let token: Token = rand::random();
     let decoded: Result<Vec<ClaimedJob>, sqlx::Error> = rows
@@ -166,6 +268,7 @@ pub(crate) async fn claim<S: Session>(
                 max_attempts: r.try_get("max_attempts")?,
                 wait_us: r.try_get::<Option<i64>, _>("wait_us")?.unwrap_or(0),
                 token,
+                concurrency_key: opt_text(r, "concurrency_key")?,
             })
         })
         .collect();
@@ -176,53 +279,182 @@ pub(crate) async fn claim<S: Session>(
             return Err(e.into());
         }
     };
-    let ids = id_list(jobs.iter().map(|j| j.id));
+
+    // Concurrency keys: lock the keys' rows, count their running jobs, read the clock.
+    let mut key_limits: BTreeMap<&str, u32> = BTreeMap::new();
+    let limits: Vec<u32> = jobs.iter().map(|j| (req.flow.key_limit)(&j.kind)).collect();
+    for (j, &limit) in jobs.iter().zip(&limits) {
+        if let Some(k) = j.concurrency_key.as_deref() {
+            let e = key_limits.entry(k).or_insert(limit);
+            *e = (*e).max(limit);
+        }
+    }
+    let mut keys = KeyState::default();
+    if !key_limits.is_empty() {
+        let sql = lock_and_count_sql(req.queue, &key_limits, req.flow.key_rate.is_some());
+        let (next, (rows, _)) = tx.step(&sql).await?;
+        tx = next;
+        keys = match KeyState::read(&rows) {
+            Ok(k) => k,
+            Err(e) => {
+                tx.rollback().await;
+                return Err(e.into());
+            }
+        };
+        now_us = Some(keys.now_us);
+    }
+    let mut extra_writes = Vec::new();
+    let verdicts = match now_us {
+        None => vec![Verdict::Claim; jobs.len()],
+        Some(now) => {
+            let mut windows: HashMap<String, Window> = HashMap::new();
+            if let Some(rate) = req.flow.key_rate {
+                for (k, state) in &keys.rate {
+                    windows.insert(k.clone(), Window::load(state.as_deref(), rate, now));
+                }
+            }
+            let candidates: Vec<Candidate> = jobs
+                .iter()
+                .zip(&limits)
+                .map(|(j, &limit)| Candidate {
+                    key: j.concurrency_key.as_deref(),
+                    limit,
+                })
+                .collect();
+            let verdicts = plan(
+                &candidates,
+                Limits {
+                    queue_allowed: queue_window.as_ref().map_or(u32::MAX, |w| w.2),
+                    key_rate: req.flow.key_rate.map(|r| (r, &mut windows)),
+                    running: &keys.running,
+                    now_us: now,
+                },
+            );
+            // Rate windows go back with the claim's writes: the key windows read, and the
+            // queue's charged with the jobs started, at the clock read after every lock.
+            if req.flow.key_rate.is_some() && !windows.is_empty() {
+                let texts: BTreeMap<String, String> = windows
+                    .iter()
+                    .map(|(k, w)| (k.clone(), w.to_text()))
+                    .collect();
+                extra_writes.push(store_windows_sql(req.queue, &texts));
+            }
+            if let Some((_, mut w, _)) = queue_window.take() {
+                let started = verdicts.iter().filter(|v| **v == Verdict::Claim).count();
+                w.charge(now, started as u32);
+                // language=MySQL
+                // The state is our own ASCII text (digits, ':' and ','), safe to quote.
+                extra_writes.push(format!(
+                    "UPDATE jobq_queues SET rate_state = '{}' WHERE name = {q}",
+                    w.to_text()
+                ));
+            }
+            verdicts
+        }
+    };
+    let mut claimed = Vec::with_capacity(jobs.len());
+    let mut throttled = Throttled::default();
+    let mut waiting = Vec::new();
+    let mut deferred = Vec::new();
+    for (job, verdict) in jobs.into_iter().zip(verdicts) {
+        match verdict {
+            Verdict::Claim => claimed.push(job),
+            Verdict::Wait => waiting.push(job.id),
+            Verdict::Defer(at_us) => deferred.push((job.id, at_us)),
+            Verdict::Leave => {}
+        }
+    }
+    throttled.waiting = waiting.len() as u32;
+    throttled.deferred = deferred.len() as u32;
+    // With limits in play, starts are stamped with the clock read after the locks (the time
+    // the rate windows were charged at), so the transitions show exactly what was counted.
+    let at = if now_us.is_some() {
+        "@jobq_now"
+    } else {
+        "UTC_TIMESTAMP(6)"
+    };
+    let mut writes = Vec::new();
     let tok = hex(&token);
-    // language=MySQL
-    // The UPDATE is guarded by state = 'available' (always true under the locks just taken);
-    // the transitions are written for exactly the rows that now carry this claim's token. The
-    // attempt saturates: a row written by another program with attempt = 2^32-1 must not make
-    // every claim of its queue fail.
-    let sql = format!(
-        "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempt = LEAST(attempt + 1, 4294967295), claim_token = {tok}, \
-                worker_id = {worker}, attempted_at = UTC_TIMESTAMP(6), \
-                lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND \
-         WHERE id IN ({ids}) AND state = 'available'; \
-         INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
-         SELECT id, 'available', 'running', 'claimed', attempt, worker_id, attempted_at \
-         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND claim_token = {tok}; \
-         COMMIT{release}",
-        worker = lit(req.worker),
-        lease_us = micros(req.lease),
-        release = release_sql.as_deref().unwrap_or(""),
-    );
-    let (rows, counts) = match tx.end(&sql).await {
+    if !claimed.is_empty() {
+        let ids = id_list(claimed.iter().map(|j| j.id));
+        // language=MySQL
+        // The UPDATE is guarded by state = 'available' (always true under the locks just
+        // taken); the transitions are written for exactly the rows that now carry this claim's
+        // token. The attempt saturates: a row written by another program with attempt = 2^32-1
+        // must not make every claim of its queue fail.
+        writes.push(format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempt = LEAST(attempt + 1, 4294967295), claim_token = {tok}, \
+                    worker_id = {worker}, attempted_at = {at}, \
+                    lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND \
+             WHERE id IN ({ids}) AND state = 'available'; \
+             INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
+             SELECT id, 'available', 'running', 'claimed', attempt, worker_id, attempted_at \
+             FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND claim_token = {tok}",
+            worker = lit(req.worker),
+            lease_us = micros(req.lease),
+        ));
+    }
+    if !waiting.is_empty() {
+        let ids = id_list(waiting.iter().copied());
+        // language=MySQL
+        // Out of the claim index until a job of the key stops running (keys.rs promotes it).
+        writes.push(format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'waiting' WHERE id IN ({ids}) AND state = 'available'; \
+             INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+             SELECT id, 'available', 'waiting', 'throttled', attempt, {at} \
+             FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'waiting'"
+        ));
+    }
+    if !deferred.is_empty() {
+        let ids = id_list(deferred.iter().map(|d| d.0));
+        let cases: String = deferred
+            .iter()
+            .map(|(id, at_us)| format!(" WHEN {id} THEN {at_us}"))
+            .collect();
+        // language=MySQL
+        // Deferred by the key's rate limit: scheduled for when the limiter expects a permit;
+        // maintenance makes them available then, and the claim checks the limit again.
+        writes.push(format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'scheduled', \
+                    run_at = TIMESTAMP'1970-01-01 00:00:00' + INTERVAL (CASE id{cases} END) MICROSECOND \
+             WHERE id IN ({ids}) AND state = 'available'; \
+             INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+             SELECT id, 'available', 'scheduled', 'throttled', attempt, {at} \
+             FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'scheduled'"
+        ));
+    }
+    writes.extend(extra_writes);
+    writes.push(commit_sql);
+    let (rows, counts) = match tx.end(&writes.join("; ")).await {
         Ok(b) => b,
         // Whatever the error, the COMMIT may have been applied: the server may have answered
         // the statements before it and then failed (the named-lock release after it, a kill,
         // a shutdown), or not answered at all. The caller gives the jobs back, fenced by this
-        // claim's token, which changes nothing if the claim did not commit.
+        // claim's token, which changes nothing if the claim did not commit. (Jobs sent to
+        // `waiting` by a claim that did commit are promoted by maintenance.)
         Err(source) => {
             return Err(ClaimError {
                 source,
-                maybe_claimed: jobs,
+                maybe_claimed: claimed,
             })
         }
     };
     let updated = counts.first().copied().unwrap_or(0);
-    if updated != jobs.len() as u64 {
+    if !claimed.is_empty() && updated != claimed.len() as u64 {
         // Cannot happen under the row locks; if it ever does, the jobs not updated carry no
         // token of ours, so their handlers' writes would be fenced off. Say so loudly.
         tracing::error!(
-            expected = jobs.len(),
+            expected = claimed.len(),
             updated,
             "claim updated fewer rows than it locked"
         );
     }
     Ok(Claimed {
-        jobs,
+        jobs: claimed,
         completed,
         released: was_released(&rows),
+        throttled,
+        rate_wait: None,
     })
 }
 
@@ -244,7 +476,7 @@ pub(super) fn claim_select(queue: &str, limit: &str) -> String {
     // of its own), and when the queue is paused the optimiser sees an impossible WHERE and
     // reads no job at all.
     format!(
-        "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, \
+        "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, concurrency_key, \
                 TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us \
          FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
          WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) \

@@ -56,8 +56,6 @@ pub(crate) async fn complete_batch(pool: &MySqlPool, fences: &[Fence]) -> Result
 
 /// Which of [`completion_sql`]'s statements is the UPDATE (its count is the jobs completed).
 pub(super) const COMPLETION_UPDATE: usize = 1;
-/// How many statements [`completion_sql`] holds.
-pub(super) const COMPLETION_STATEMENTS: usize = 3;
 
 /// The statements that complete `fences` inside an open transaction (no COMMIT): shared by the
 /// completer's own transaction and a claim that carries completions (`store::claim`).

@@ -194,7 +194,7 @@ pub(crate) async fn prune_workers(pool: &MySqlPool, age: Duration) -> Result<u64
     .rows_affected())
 }
 
-/// Jobs that `--drain` still waits for: available, running or retryable in `queues`, of a kind
+/// Jobs that `--drain` still waits for: available, running, retryable or waiting in `queues`, of a kind
 /// in `kinds`.
 pub(crate) async fn pending(
     pool: &MySqlPool,
@@ -207,7 +207,7 @@ pub(crate) async fn pending(
     // language=MySQL
     // Served by jobq_jobs_claim's (queue, state) prefix.
     let sql = format!(
-        "SELECT COUNT(*) FROM jobq_jobs WHERE queue IN ({}) AND state IN ('available', 'running', 'retryable') \
+        "SELECT COUNT(*) FROM jobq_jobs WHERE queue IN ({}) AND state IN ('available', 'running', 'retryable', 'waiting') \
          AND kind IN ({})",
         marks(queues.len()),
         marks(kinds.len())
@@ -245,7 +245,7 @@ pub(crate) async fn sample_depth(
     // but still scanned, which is why the leader samples this only every few seconds.
     let rows = sqlx::query(
         "SELECT queue, CAST(state AS CHAR) AS state, COUNT(*) AS n FROM jobq_jobs \
-         WHERE state IN ('available', 'scheduled', 'running', 'retryable') GROUP BY queue, state",
+         WHERE state IN ('available', 'scheduled', 'running', 'retryable', 'waiting') GROUP BY queue, state",
     )
     .fetch_all(pool)
     .await?;

@@ -2,6 +2,7 @@
 //!
 //! - [`claim`]: the claim transaction and the named-lock statements (hot path);
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
+//! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
 //! - [`lease`]: lease extension and the worker rows (heartbeat);
 //! - [`maintenance`]: leader lease, promotion, rescue, retention (leader only);
 //! - [`inspect`]: read-only views for the CLI and operators;
@@ -21,6 +22,7 @@ mod claim;
 mod demo;
 mod finish;
 mod inspect;
+mod keys;
 mod lease;
 mod maintenance;
 mod queues;
@@ -35,11 +37,13 @@ use sqlx::Row;
 
 pub(crate) use claim::{
     claim, get_lock, lock_name, release_lock, ClaimError, ClaimLock, ClaimRequest, ClaimedJob,
+    Flow, Throttled,
 };
 pub(crate) use demo::{create_effects_table, insert_effect};
 pub(crate) use finish::{complete_batch, finish, finish_tx, mark_tx, tx_intact, FinishWrite};
 pub(crate) use inspect::{counts, history, job, queue_activity};
 pub use inspect::{JobRecord, TransitionRecord};
+pub(crate) use keys::{keys_to_promote, promote_waiting};
 pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,
 };

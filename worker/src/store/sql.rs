@@ -86,6 +86,20 @@ pub(crate) fn hex(t: &Token) -> String {
     out
 }
 
+/// Text of any content (a concurrency key) as a utf8mb4 literal spelled in hex, so nothing in
+/// it can end the literal: `_utf8mb4 X'…' COLLATE utf8mb4_bin`. The collation is the key
+/// columns' own, so comparisons use their indexes.
+pub(crate) fn text_lit(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() * 2 + 40);
+    out.push_str("_utf8mb4 X'");
+    for b in s.as_bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push_str("' COLLATE utf8mb4_bin");
+    out
+}
+
 /// Ids as a comma-separated list of integer literals.
 pub(crate) fn id_list(ids: impl Iterator<Item = u64>) -> String {
     use std::fmt::Write;
@@ -229,6 +243,19 @@ impl<'s, S: Session> RawTx<'s, S> {
         }
     }
 
+    /// Runs `sql` inside the open transaction. On error the transaction is rolled back and the
+    /// guard consumed with it.
+    pub(crate) async fn step(self, sql: &str) -> Result<(Self, Batch), sqlx::Error> {
+        let mut tx = self;
+        match batch(&mut *tx.session, sql).await {
+            Ok(b) => Ok((tx, b)),
+            Err(e) => {
+                tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Marks the transaction ended by a `COMMIT` that was part of the statements already sent.
     pub(crate) fn committed(mut self) {
         self.open = false;
@@ -293,6 +320,8 @@ mod tests {
         );
         assert_eq!(id_list(std::iter::empty()), "");
         assert_eq!(marks(3), "?,?,?");
+        assert_eq!(text_lit("a'é"), "_utf8mb4 X'6127c3a9' COLLATE utf8mb4_bin");
+        assert_eq!(text_lit(""), "_utf8mb4 X'' COLLATE utf8mb4_bin");
         assert_eq!(marks(0), "");
     }
 }

@@ -177,6 +177,7 @@ async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) 
             lease: Duration::from_secs(30),
             lock: ClaimLock::SkipLocked,
             complete: &[],
+            flow: Flow::DEFAULT,
         },
     )
     .await
@@ -225,6 +226,7 @@ async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
         lease: Duration::from_secs(30),
         lock: ClaimLock::SkipLocked,
         complete,
+        flow: Flow::DEFAULT,
     };
     let first = claim(&mut conn, req(3, &[])).await.unwrap();
     assert_eq!(first.jobs.len(), 3);
@@ -400,4 +402,218 @@ async fn a_cancelled_begin_leaves_no_transaction_behind(db: MySqlPool) {
             "a begin cut off after {cut:?} left a transaction open"
         );
     }
+}
+
+fn keyed(key: &str) -> NewJob {
+    NewJob::json("noop", json!({})).concurrency_key(key)
+}
+
+/// A claim starts at most `limit` jobs per key (counting those already running), sends the
+/// rest to `waiting` with a `throttled` transition, and promotion brings one back per slot
+/// freed, in claim order.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
+    let p = Producer::new(db.clone());
+    p.enqueue_many(vec![
+        keyed("a"),
+        keyed("a"),
+        keyed("b"),
+        keyed("a"),
+        keyed("é'\\"),
+    ])
+    .await
+    .unwrap();
+    let queue = QueueName::new("default").unwrap();
+    let worker = WorkerId::generate();
+    let mut conn = db.acquire().await.unwrap();
+    let req = |limit, key_limit: &'static (dyn Fn(&jobq_producer::KindName) -> u32 + Sync)| {
+        ClaimRequest {
+            queue: &queue,
+            limit,
+            worker: &worker,
+            lease: Duration::from_secs(30),
+            lock: ClaimLock::SkipLocked,
+            complete: &[],
+            flow: Flow {
+                rate: None,
+                key_rate: None,
+                key_limit,
+            },
+        }
+    };
+    let first = claim(&mut conn, req(10, Flow::DEFAULT.key_limit))
+        .await
+        .unwrap();
+    let keys: Vec<Option<&str>> = first
+        .jobs
+        .iter()
+        .map(|j| j.concurrency_key.as_deref())
+        .collect();
+    assert_eq!(keys, vec![Some("a"), Some("b"), Some("é'\\")]);
+    assert_eq!(
+        first.throttled,
+        Throttled {
+            waiting: 2,
+            deferred: 0
+        }
+    );
+    let state_of = |sql: &'static str| count(&db, sql);
+    assert_eq!(
+        state_of("SELECT COUNT(*) FROM jobq_jobs WHERE state = 'waiting'").await,
+        2
+    );
+    assert_eq!(
+        state_of("SELECT COUNT(*) FROM jobq_transitions WHERE event = 'throttled' AND to_state = 'waiting'").await,
+        2
+    );
+    // Nothing to claim: the waiting jobs are out of the claim's way.
+    let none = claim(&mut conn, req(10, Flow::DEFAULT.key_limit))
+        .await
+        .unwrap();
+    assert!(none.jobs.is_empty() && none.throttled == Throttled::default());
+    // Promotion with a slot still taken promotes nothing.
+    let a: std::collections::BTreeSet<String> = ["a".to_owned()].into();
+    assert_eq!(promote_waiting(&db, &queue, &a).await.unwrap(), 0);
+    // The running job of key a ends: one waiting job of a comes back, the oldest.
+    let done = first.jobs[0].fence();
+    assert!(complete_single(&db, done, 1).await);
+    assert_eq!(promote_waiting(&db, &queue, &a).await.unwrap(), 1);
+    assert_eq!(
+        promote_waiting(&db, &queue, &a).await.unwrap(),
+        0,
+        "it fills the slot"
+    );
+    let second = claim(&mut conn, req(10, Flow::DEFAULT.key_limit))
+        .await
+        .unwrap();
+    assert_eq!(second.jobs.len(), 1);
+    assert_eq!(second.jobs[0].id, 2, "the oldest waiting job of a");
+    // A kind's limit of 2 lets the last job of a start beside it (once promoted).
+    let still_waiting = count(
+        &db,
+        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'waiting' AND concurrency_key = 'a'",
+    )
+    .await;
+    assert_eq!(still_waiting, 1);
+    sqlx::query("UPDATE jobq_keys SET key_limit = 2 WHERE concurrency_key = 'a'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let to_promote = keys_to_promote(&db, 100).await.unwrap();
+    assert_eq!(
+        to_promote.get(&queue),
+        Some(&a),
+        "maintenance finds the free slot"
+    );
+    assert_eq!(promote_waiting(&db, &queue, &a).await.unwrap(), 1);
+    let third = claim(&mut conn, req(10, &|_| 2)).await.unwrap();
+    assert_eq!(third.jobs.len(), 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running' AND concurrency_key = 'a'"
+        )
+        .await,
+        2
+    );
+    assert!(keys_to_promote(&db, 100).await.unwrap().is_empty());
+}
+
+/// With 100,000 jobs waiting over 1,000 concurrency keys, a claim still reads about as many
+/// index entries as it returns, its plan is the claim index, and the key statements read
+/// each key's index range only.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool) {
+    // 100,000 waiting jobs, 100 per key, written directly (the state a deep backlog reaches).
+    sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, concurrency_key) \
+         SELECT 'default', 'noop', '{}', 'waiting', \
+                CONCAT('customer-', (a.d + 10 * b.d + 100 * c.d + 1000 * d.d + 10000 * e.d) MOD 1000) \
+         FROM (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+               UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) a, \
+              (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+               UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) b, \
+              (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+               UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) c, \
+              (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+               UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) d, \
+              (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+               UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) e",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_keys (queue, concurrency_key) \
+         SELECT DISTINCT 'default', concurrency_key FROM jobq_jobs",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let p = Producer::new(db.clone());
+    p.enqueue_many((0..10).map(|i| keyed(&format!("new-{i}"))).collect())
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE TABLE jobq_jobs")
+        .execute(&db)
+        .await
+        .unwrap();
+    let queue = QueueName::new("default").unwrap();
+    let worker = WorkerId::generate();
+    let mut conn = db.acquire().await.unwrap();
+    let reads = "SELECT CAST(SUM(VARIABLE_VALUE) AS UNSIGNED) FROM information_schema.SESSION_STATUS \
+                 WHERE VARIABLE_NAME IN ('HANDLER_READ_NEXT', 'HANDLER_READ_KEY', 'HANDLER_READ_RND_NEXT')";
+    let before: u64 = sqlx::query_scalar(reads)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let got = claim(
+        &mut conn,
+        ClaimRequest {
+            queue: &queue,
+            limit: 10,
+            worker: &worker,
+            lease: Duration::from_secs(30),
+            lock: ClaimLock::SkipLocked,
+            complete: &[],
+            flow: Flow::DEFAULT,
+        },
+    )
+    .await
+    .unwrap();
+    let after: u64 = sqlx::query_scalar(reads)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(got.jobs.len(), 10);
+    assert!(
+        after - before < 300,
+        "the claim read {} index entries",
+        after - before
+    );
+    // The key count's plan: the keys index, a range per key.
+    let keys: std::collections::BTreeMap<&str, u32> = [("customer-1", 1), ("customer-2", 1)].into();
+    let sql = super::keys::lock_and_count_sql(&queue, &keys, false);
+    let count_sql = sql
+        .split("; ")
+        .find(|s| s.trim_start().starts_with("SELECT 'running'"))
+        .unwrap();
+    let plan = sqlx::query(&format!("EXPLAIN {count_sql}"))
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    use sqlx::Row;
+    let key: Option<String> = plan[0].try_get("key").unwrap();
+    assert_eq!(key.as_deref(), Some("jobq_jobs_keys"));
+    // Promotion of one key reads that key's range, not the backlog.
+    sqlx::query("UPDATE jobq_jobs SET state = 'completed' WHERE concurrency_key = 'customer-7' AND state = 'waiting' LIMIT 99")
+        .execute(&db)
+        .await
+        .unwrap();
+    let k: std::collections::BTreeSet<String> = ["customer-7".to_owned()].into();
+    assert_eq!(promote_waiting(&db, &queue, &k).await.unwrap(), 1);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'available' AND concurrency_key = 'customer-7'").await,
+        1
+    );
 }

@@ -95,6 +95,10 @@ struct EnqueueArgs {
     /// payload, priority and run-at (debounce; prints `ID duplicate replaced`).
     #[arg(long, value_enum, default_value = "keep", requires = "unique_key")]
     on_duplicate: OnDuplicateArg,
+    /// Give the job concurrency key K: at most `key_limit` jobs of the queue with key K run at
+    /// once across all workers (queues.NAME.key_limit, kinds.NAME.key_limit; default 1).
+    #[arg(long, value_name = "K")]
+    concurrency_key: Option<String>,
 }
 
 /// `--on-duplicate`.
@@ -282,6 +286,9 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     }
     if a.on_duplicate == OnDuplicateArg::Replace {
         job = job.on_duplicate(jobq_worker::OnDuplicate::Replace);
+    }
+    if let Some(k) = a.concurrency_key {
+        job = job.concurrency_key(k);
     }
     // Validate before connecting, so bad input never needs a database.
     jobq_worker::Producer::validate(

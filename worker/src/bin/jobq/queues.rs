@@ -1,4 +1,5 @@
-//! `jobq queues`: list queues with their state, depth and limits; `pause` and `resume` them
+//! `jobq queues`: list queues with their state, depth and limits (as configured where the
+//! command runs: the limits live in the workers' configuration); `pause` and `resume` them
 //! across all workers.
 
 use std::collections::BTreeSet;
@@ -86,9 +87,13 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
             "scheduled": n("scheduled"),
             "running": n("running"),
             "retryable": n("retryable"),
+            "waiting": n("waiting"),
             "oldest_available_seconds": s.oldest_available_seconds,
             "claim_mode": effective.claim_mode.as_str(),
             "concurrency": effective.concurrency,
+            "key_limit": effective.key_limit,
+            "rate_limit": effective.rate_limit.map(|r| r.to_string()),
+            "key_rate_limit": effective.key_rate_limit.map(|r| r.to_string()),
         }));
     }
     if json {
@@ -102,27 +107,37 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
         .unwrap_or(5)
         .max(5);
     println!(
-        "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:<11} {:>11}  paused since",
+        "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:>8} {:<11} {:>11}  {:<24} paused since",
         "queue",
         "state",
         "available",
         "scheduled",
         "running",
         "retryable",
+        "waiting",
         "claim mode",
-        "concurrency"
+        "concurrency",
+        "limits",
     );
     for r in &rows {
+        let mut limits = format!("key_limit={}", r["key_limit"]);
+        for l in ["rate_limit", "key_rate_limit"] {
+            if let Some(v) = r[l].as_str() {
+                limits.push_str(&format!(" {l}={v}"));
+            }
+        }
         println!(
-            "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:<11} {:>11}  {}",
+            "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:>8} {:<11} {:>11}  {:<24} {}",
             r["queue"].as_str().unwrap_or(""),
             r["state"].as_str().unwrap_or(""),
             r["available"],
             r["scheduled"],
             r["running"],
             r["retryable"],
+            r["waiting"],
             r["claim_mode"].as_str().unwrap_or(""),
             r["concurrency"],
+            limits,
             r["paused_since"].as_str().unwrap_or("-"),
         );
     }

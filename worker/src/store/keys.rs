@@ -1,0 +1,241 @@
+//! Concurrency keys: the statements that lock a key's row in `jobq_keys` and count its jobs
+//! (inside the claim, `claim.rs`), that bring `waiting` jobs back to `available` when a slot of
+//! their key frees, and that find the keys maintenance should look at.
+//!
+//! The `jobq_keys` row of (queue, key) is the key's mutex. Whoever decides anything about the
+//! key's slots (a claim starting jobs or sending them to `waiting`, a promotion bringing them
+//! back) locks it first, with `INSERT … ON DUPLICATE KEY UPDATE` over the keys in ascending
+//! order (so two of them never wait on each other in a cycle), and counts after the lock, in a
+//! statement of its own (at READ COMMITTED each statement reads the latest committed rows).
+//! So a claim and a finishing job's promotion are serialised: either the claim counts the
+//! finished job as gone, or the promotion sees the job the claim sent to `waiting`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jobq_producer::QueueName;
+use sqlx::mysql::MySqlRow;
+use sqlx::{MySqlPool, Row};
+
+use super::sql::{id_list, lit, text_lit, RawTx};
+use super::text;
+use crate::limits;
+
+/// The database clock as microseconds since the Unix epoch, from `@jobq_now`.
+// language=MySQL
+pub(super) const NOW_US: &str =
+    "TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', @jobq_now)";
+
+/// `k1,k2,…` as literals (keys in ascending order).
+fn key_list<'a>(keys: impl Iterator<Item = &'a str>) -> String {
+    keys.map(text_lit).collect::<Vec<_>>().join(",")
+}
+
+/// The claim's key statements, for the keys of the jobs it read (ascending) with the highest
+/// limit it applies to each: lock the keys' rows (recording the limit, which promotion reads),
+/// count their running jobs, read their rate windows if `with_rate`, and read the clock after
+/// the locks into `@jobq_now`. Rows come back tagged (`what` = `running`, `rate`, `now`); see
+/// [`KeyState::read`].
+pub(super) fn lock_and_count_sql(
+    queue: &QueueName,
+    keys: &BTreeMap<&str, u32>,
+    with_rate: bool,
+) -> String {
+    let q = lit(queue);
+    let rows: Vec<String> = keys
+        .iter()
+        .map(|(k, limit)| format!("({q},{},{limit})", text_lit(k)))
+        .collect();
+    let list = key_list(keys.keys().copied());
+    // language=MySQL
+    // The count reads jobq_jobs_keys (queue, concurrency_key, key_state, …): per key, an index
+    // range of its running jobs only (at most its limit).
+    let mut sql = format!(
+        "INSERT INTO jobq_keys (queue, concurrency_key, key_limit) VALUES {rows} \
+           ON DUPLICATE KEY UPDATE key_limit = VALUES(key_limit); \
+         SELECT 'running' AS what, CAST(concurrency_key AS BINARY) AS k, COUNT(*) AS n, NULL AS rate_state \
+           FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
+          WHERE queue = {q} AND concurrency_key IN ({list}) AND key_state = 'running' \
+          GROUP BY concurrency_key",
+        rows = rows.join(",")
+    );
+    if with_rate {
+        // language=MySQL
+        sql.push_str(&format!(
+            "; SELECT 'rate' AS what, CAST(concurrency_key AS BINARY) AS k, 0 AS n, CAST(rate_state AS CHAR) AS rate_state \
+               FROM jobq_keys WHERE queue = {q} AND concurrency_key IN ({list})"
+        ));
+    }
+    // language=MySQL
+    sql.push_str(&format!(
+        "; SET @jobq_now := UTC_TIMESTAMP(6); \
+         SELECT 'now' AS what, NULL AS k, {NOW_US} AS n, NULL AS rate_state"
+    ));
+    sql
+}
+
+/// What [`lock_and_count_sql`] returned.
+#[derive(Debug, Default)]
+pub(super) struct KeyState {
+    pub(super) running: std::collections::HashMap<String, u32>,
+    pub(super) rate: std::collections::HashMap<String, Option<String>>,
+    pub(super) now_us: i64,
+}
+
+impl KeyState {
+    pub(super) fn read(rows: &[MySqlRow]) -> Result<KeyState, sqlx::Error> {
+        let mut out = KeyState::default();
+        for r in rows {
+            let what: String = r.try_get("what")?;
+            let n: i64 = r.try_get("n")?;
+            match what.as_str() {
+                "now" => out.now_us = n,
+                "running" => {
+                    out.running.insert(text(r, "k")?, n.max(0) as u32);
+                }
+                "rate" => {
+                    out.rate.insert(text(r, "k")?, r.try_get("rate_state")?);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The statement storing the rate windows of `windows` (inside the claim's transaction).
+pub(super) fn store_windows_sql(queue: &QueueName, windows: &BTreeMap<String, String>) -> String {
+    let mut cases = String::new();
+    for (k, state) in windows {
+        cases.push_str(&format!(" WHEN {} THEN '{state}'", text_lit(k)));
+    }
+    let list = key_list(windows.keys().map(String::as_str));
+    // language=MySQL
+    // The states are our own ASCII text (digits, ':' and ','), safe to quote as they are.
+    format!(
+        "UPDATE jobq_keys SET rate_state = CASE concurrency_key{cases} ELSE rate_state END, \
+                updated_at = UTC_TIMESTAMP(6) \
+         WHERE queue = {q} AND concurrency_key IN ({list})",
+        q = lit(queue)
+    )
+}
+
+/// Brings `waiting` jobs of `keys` (of `queue`) back to `available`, as many per key as it
+/// has free slots (its limit, less its running and available jobs). Returns how many moved.
+pub(crate) async fn promote_waiting(
+    pool: &MySqlPool,
+    queue: &QueueName,
+    keys: &BTreeSet<String>,
+) -> Result<u64, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let q = lit(queue);
+    let list = key_list(keys.iter().map(String::as_str));
+    let rows: Vec<String> = keys
+        .iter()
+        .map(|k| format!("({q},{})", text_lit(k)))
+        .collect();
+    // language=MySQL
+    // Lock the keys (ascending), then read each key's limit and its running and available
+    // jobs, in statements after the lock.
+    let first = format!(
+        "INSERT INTO jobq_keys (queue, concurrency_key) VALUES {rows} \
+           ON DUPLICATE KEY UPDATE queue = queue; \
+         SELECT CAST(concurrency_key AS BINARY) AS k, CAST(key_limit AS SIGNED) AS n, 'limit' AS what \
+           FROM jobq_keys WHERE queue = {q} AND concurrency_key IN ({list}); \
+         SELECT CAST(concurrency_key AS BINARY) AS k, COUNT(*) AS n, key_state AS what \
+           FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
+          WHERE queue = {q} AND concurrency_key IN ({list}) AND key_state IN ('running', 'available') \
+          GROUP BY concurrency_key, key_state",
+        rows = rows.join(",")
+    );
+    let mut conn = pool.acquire().await?;
+    let (tx, (found, _)) = RawTx::begin(&mut conn, &first).await?;
+    // (limit, running, available) per key.
+    let mut seen: BTreeMap<String, (u32, u32, u32)> = BTreeMap::new();
+    for r in &found {
+        let k = text(r, "k")?;
+        let n: i64 = r.try_get("n")?;
+        let n = n.clamp(0, i64::from(u32::MAX)) as u32;
+        let e = seen.entry(k).or_insert((1, 0, 0));
+        match text(r, "what")?.as_str() {
+            "limit" => e.0 = n,
+            "running" => e.1 = n,
+            "available" => e.2 = n,
+            _ => {}
+        }
+    }
+    let picks: Vec<String> = seen
+        .iter()
+        .filter_map(|(k, &(limit, running, available))| {
+            let n = limits::to_promote(limit, running, available);
+            // language=MySQL
+            // The key's waiting jobs in claim order, from jobq_jobs_keys.
+            (n > 0).then(|| {
+                format!(
+                    "SELECT id FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
+                      WHERE queue = {q} AND concurrency_key = {} AND key_state = 'waiting' \
+                      ORDER BY priority, run_at, id LIMIT {n} FOR UPDATE",
+                    text_lit(k)
+                )
+            })
+        })
+        .collect();
+    if picks.is_empty() {
+        tx.end("COMMIT").await?;
+        return Ok(0);
+    }
+    let (tx, (rows, _)) = tx.step(&picks.join("; ")).await?;
+    let ids: Vec<u64> = rows
+        .iter()
+        .map(|r| r.try_get::<u64, _>("id"))
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        tx.end("COMMIT").await?;
+        return Ok(0);
+    }
+    let ids = id_list(ids.into_iter());
+    // language=MySQL
+    let (_, counts) = tx
+        .end(&format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'available' WHERE id IN ({ids}) AND state = 'waiting'; \
+             INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+             SELECT id, 'waiting', 'available', 'promoted', attempt, UTC_TIMESTAMP(6) \
+               FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'available'; \
+             COMMIT"
+        ))
+        .await?;
+    Ok(counts.first().copied().unwrap_or(0))
+}
+
+/// Keys (by queue) that have `waiting` jobs and, by a plain read, a free slot: what
+/// maintenance promotes after a rescue, or after a worker died between a job's end and its
+/// promotion. Read without locks; [`promote_waiting`] decides under them. At most `limit`.
+pub(crate) async fn keys_to_promote(
+    pool: &MySqlPool,
+    limit: u32,
+) -> Result<BTreeMap<QueueName, BTreeSet<String>>, sqlx::Error> {
+    // language=MySQL
+    // One pass over jobq_keys (a row per key ever claimed), each probe an index range of
+    // jobq_jobs_keys.
+    let rows = sqlx::query(
+        "SELECT k.queue, CAST(k.concurrency_key AS BINARY) AS k FROM jobq_keys k \
+         WHERE EXISTS (SELECT 1 FROM jobq_jobs w FORCE INDEX (jobq_jobs_keys) \
+                        WHERE w.queue = k.queue AND w.concurrency_key = k.concurrency_key AND w.key_state = 'waiting') \
+           AND (SELECT COUNT(*) FROM jobq_jobs r FORCE INDEX (jobq_jobs_keys) \
+                 WHERE r.queue = k.queue AND r.concurrency_key = k.concurrency_key \
+                   AND r.key_state IN ('running', 'available')) < GREATEST(k.key_limit, 1) \
+         LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out: BTreeMap<QueueName, BTreeSet<String>> = BTreeMap::new();
+    for r in rows {
+        let Ok(queue) = QueueName::new(text(&r, "queue")?) else {
+            continue;
+        };
+        out.entry(queue).or_default().insert(text(&r, "k")?);
+    }
+    Ok(out)
+}
