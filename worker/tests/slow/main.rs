@@ -14,6 +14,7 @@ mod procs;
 mod contention;
 mod crash;
 mod endpoint;
+mod limits;
 mod locks;
 mod pause;
 mod prom;
