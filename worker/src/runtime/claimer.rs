@@ -99,6 +99,7 @@ pub(crate) async fn run(
                 last_full = got as u32 == claimed.want || throttled != Throttled::default();
                 metrics::claim(&queue, started.elapsed(), got);
                 metrics::throttled(&queue, throttled.waiting, throttled.deferred);
+                shared.in_flight.free_keys(&queue, claimed.waited_for);
                 // The carried successes were completed in the claim's transaction (those taken
                 // back meanwhile were left alone); their slots pass to the jobs just claimed.
                 let mut permits = match claimed.carried {
@@ -232,6 +233,8 @@ pub(crate) struct ClaimResult<'a> {
     pub(crate) carried: Option<(Carried<'a>, u64)>,
     /// Jobs read but not started because of a concurrency key or key rate limit.
     pub(crate) throttled: Throttled,
+    /// The keys jobs were sent to `waiting` for (see `store::Claimed::waited_for`).
+    pub(crate) waited_for: std::collections::BTreeSet<String>,
     /// The queue's rate limit is used up for this long.
     pub(crate) rate_wait: Option<Duration>,
 }
@@ -266,6 +269,7 @@ async fn claim_skip_locked<'a>(
         want,
         carried: Some((carried, claimed.completed)),
         throttled: claimed.throttled,
+        waited_for: claimed.waited_for,
         rate_wait: claimed.rate_wait,
     })
 }

@@ -78,6 +78,18 @@ impl InFlight {
         }
     }
 
+    /// Hands keys to the promoter without a job ending (a claim that sent jobs to `waiting`).
+    pub(crate) fn free_keys(&self, queue: &QueueName, keys: BTreeSet<String>) {
+        if keys.is_empty() {
+            return;
+        }
+        self.freed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(keys.into_iter().map(|k| (queue.clone(), k)));
+        self.freed_ready.notify_one();
+    }
+
     /// Waits until some job with a concurrency key was removed since the last
     /// [`take_freed`](InFlight::take_freed).
     pub(crate) async fn freed(&self) {

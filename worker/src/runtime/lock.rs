@@ -70,6 +70,7 @@ impl NamedLockClaims {
                     want: ask.want(0),
                     carried: None,
                     throttled: Throttled::default(),
+                    waited_for: Default::default(),
                     rate_wait: None,
                 });
             }
@@ -109,6 +110,7 @@ impl NamedLockClaims {
                     want,
                     carried: Some((carried, c.completed)),
                     throttled: c.throttled,
+                    waited_for: c.waited_for,
                     rate_wait: c.rate_wait,
                 })
             }

@@ -1,7 +1,7 @@
 //! The claim: the one transaction that turns `available` jobs into this worker's `running` jobs,
 //! and the named-lock statements that serialise it in `named-lock` mode.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use jobq_config::Rate;
@@ -135,6 +135,9 @@ pub(crate) struct Claimed {
     pub(crate) completed: u64,
     pub(crate) released: bool,
     pub(crate) throttled: Throttled,
+    /// The keys this claim sent jobs to `waiting` for. Once the claim has committed they go to
+    /// the key promoter: the job that held the slot may have ended meanwhile.
+    pub(crate) waited_for: BTreeSet<String>,
     /// The queue's rate limit is used up: a permit frees after this long (database clock).
     pub(crate) rate_wait: Option<Duration>,
 }
@@ -182,6 +185,7 @@ pub(crate) async fn claim<S: Session>(
         completed,
         released: was_released(rows),
         throttled: Throttled::default(),
+        waited_for: BTreeSet::new(),
         rate_wait,
     };
     if req.limit == 0 && req.complete.is_empty() {
@@ -355,11 +359,15 @@ pub(crate) async fn claim<S: Session>(
     let mut claimed = Vec::with_capacity(jobs.len());
     let mut throttled = Throttled::default();
     let mut waiting = Vec::new();
+    let mut waited_for = BTreeSet::new();
     let mut deferred = Vec::new();
     for (job, verdict) in jobs.into_iter().zip(verdicts) {
         match verdict {
             Verdict::Claim => claimed.push(job),
-            Verdict::Wait => waiting.push(job.id),
+            Verdict::Wait => {
+                waiting.push(job.id);
+                waited_for.extend(job.concurrency_key);
+            }
             Verdict::Defer(at_us) => deferred.push((job.id, at_us)),
             Verdict::Leave => {}
         }
@@ -454,6 +462,7 @@ pub(crate) async fn claim<S: Session>(
         completed,
         released: was_released(&rows),
         throttled,
+        waited_for,
         rate_wait: None,
     })
 }

@@ -130,6 +130,24 @@ pub(crate) async fn promote_waiting(
         return Ok(0);
     }
     let q = lit(queue);
+    // language=MySQL
+    // First, without locks: which of the keys have waiting jobs at all (an index probe per
+    // key). Most ends of keyed jobs find none, and skip the locking transaction. A job a claim
+    // is sending to `waiting` right now is not seen yet; that claim hands its key to the
+    // promoter once it has committed (runtime/claimer.rs), so it is looked at again.
+    let sql = format!(
+        "SELECT DISTINCT CAST(concurrency_key AS BINARY) AS k FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
+         WHERE queue = {q} AND concurrency_key IN ({}) AND key_state = 'waiting'",
+        key_list(keys.iter().map(String::as_str))
+    );
+    let found = sqlx::query(&sql).fetch_all(pool).await?;
+    let keys: BTreeSet<String> = found
+        .iter()
+        .map(|r| text(r, "k"))
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() {
+        return Ok(0);
+    }
     let list = key_list(keys.iter().map(String::as_str));
     let rows: Vec<String> = keys
         .iter()

@@ -99,6 +99,16 @@ pub(crate) struct BenchArgs {
     /// Give every job a unique key (burn-down, steady): the cost of unique jobs.
     #[arg(long)]
     unique_keys: bool,
+    /// Give the jobs concurrency keys, N of them in turn (burn-down, steady): the cost of
+    /// per-key limits.
+    #[arg(long, value_name = "N")]
+    concurrency_keys: Option<u32>,
+    /// Workers' key_limit for the bench queue (with --concurrency-keys).
+    #[arg(long, default_value_t = 1)]
+    key_limit: u32,
+    /// Workers' rate_limit for the bench queue, e.g. 100000/1s: the cost of a rate limit.
+    #[arg(long, value_name = "RATE")]
+    rate_limit: Option<jobq_config::Rate>,
     /// lock-contender: the kind of lock.
     #[arg(long, value_enum, hide = true)]
     lock_kind: Option<locks::LockKind>,
@@ -138,6 +148,19 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
     }
     PRODUCERS.store(a.producers, std::sync::atomic::Ordering::Relaxed);
     UNIQUE_KEYS.store(a.unique_keys, std::sync::atomic::Ordering::Relaxed);
+    CONCURRENCY_KEYS.store(
+        a.concurrency_keys.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let queue_env = QUEUE.to_uppercase();
+    let mut env = vec![(
+        format!("JOBQ_QUEUES__{queue_env}__KEY_LIMIT"),
+        a.key_limit.to_string(),
+    )];
+    if let Some(r) = a.rate_limit {
+        env.push((format!("JOBQ_QUEUES__{queue_env}__RATE_LIMIT"), r.to_string()));
+    }
+    let _ = WORKER_ENV.set(env);
     let url = bench_url(&config.database_url);
     jobq_worker::migrate(&url)
         .await
@@ -292,9 +315,13 @@ async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
             while left > 0 {
                 let k = left.min(10_000);
                 let unique = UNIQUE_KEYS.load(std::sync::atomic::Ordering::Relaxed);
+                let keys = CONCURRENCY_KEYS.load(std::sync::atomic::Ordering::Relaxed);
                 let jobs = (0..k)
                     .map(|i| {
-                        let job = NewJob::json("noop", json!({})).queue(QUEUE);
+                        let mut job = NewJob::json("noop", json!({})).queue(QUEUE);
+                        if keys > 0 {
+                            job = job.concurrency_key(format!("key-{}", (left + i) % keys));
+                        }
                         if unique {
                             job.unique_key(format!("{p}:{left}:{i}"))
                         } else {
@@ -313,6 +340,12 @@ async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
     }
     Ok(f64::from(n) / started.elapsed().as_secs_f64())
 }
+
+/// `--concurrency-keys` (0: none), shared with `fill`.
+static CONCURRENCY_KEYS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Settings every bench worker process gets (`--key-limit`, `--rate-limit`).
+static WORKER_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
 
 /// `--unique-keys`, shared with `fill`.
 static UNIQUE_KEYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -336,9 +369,11 @@ impl Workers {
     ) -> Result<Workers> {
         let exe = std::env::current_exe()?;
         let mut v = Vec::new();
+        let common = WORKER_ENV.get().map(Vec::as_slice).unwrap_or(&[]);
         for _ in 0..processes {
             v.push(
                 Command::new(&exe)
+                    .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                     .envs(env.iter().copied())
                     .args([
                         "work",
