@@ -303,13 +303,14 @@ mod tests {
         let running: HashMap<String, u32> = [("a".to_owned(), 1)].into_iter().collect();
         let job = |key: Option<&'static str>, limit| Candidate { key, limit };
         let none: HashMap<String, u32> = HashMap::new();
-        let table: Vec<(
-            &str,
-            Vec<Candidate>,
+        type Row<'a> = (
+            &'a str,
+            Vec<Candidate<'a>>,
             u32,
-            &HashMap<String, u32>,
+            &'a HashMap<String, u32>,
             Vec<Verdict>,
-        )> =
+        );
+        let table: Vec<Row> =
             vec![
             (
                 "no keys, no limits: all claimed",

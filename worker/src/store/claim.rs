@@ -10,7 +10,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlConnection, Row};
 
 use super::finish::{completion_sql, COMPLETION_UPDATE};
-use super::keys::{lock_and_count_sql, store_windows_sql, KeyState, NOW_US};
+use super::keys::{lock_and_count_sql, running_now, store_windows_sql, KeyState, NOW_US};
 use super::sql::{hex, id_list, lit, RawTx, Session};
 use super::{micros, opt_text, text, Fence, Token};
 use crate::ids::{LockName, WorkerId};
@@ -361,6 +361,10 @@ pub(crate) async fn claim<S: Session>(
     let mut waiting = Vec::new();
     let mut waited_for = BTreeSet::new();
     let mut deferred = Vec::new();
+    let applied: HashMap<String, u32> = key_limits
+        .iter()
+        .map(|(k, &l)| ((*k).to_owned(), l))
+        .collect();
     for (job, verdict) in jobs.into_iter().zip(verdicts) {
         match verdict {
             Verdict::Claim => claimed.push(job),
@@ -447,6 +451,29 @@ pub(crate) async fn claim<S: Session>(
             })
         }
     };
+    // A job holding a slot of a key this claim counted may have ended meanwhile, and its
+    // promotion may have looked for waiting jobs before this claim's committed. Keys that now
+    // show a free slot go to the promoter; the others are promoted when their jobs end.
+    if !waited_for.is_empty() {
+        let limits: BTreeMap<&str, u32> = waited_for
+            .iter()
+            .map(|k| (k.as_str(), applied.get(k).copied().unwrap_or(1)))
+            .collect();
+        let free: Option<BTreeSet<String>> = running_now(session, req.queue, &limits)
+            .await
+            .ok()
+            .map(|running| {
+                limits
+                    .iter()
+                    .filter(|(k, &limit)| running.get(**k).copied().unwrap_or(0) < limit)
+                    .map(|(k, _)| (*k).to_owned())
+                    .collect()
+            });
+        // On an error every key goes to the promoter: the safe side.
+        if let Some(free) = free {
+            waited_for = free;
+        }
+    }
     let updated = counts.first().copied().unwrap_or(0);
     if !claimed.is_empty() && updated != claimed.len() as u64 {
         // Cannot happen under the row locks; if it ever does, the jobs not updated carry no

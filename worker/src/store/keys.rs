@@ -102,6 +102,28 @@ impl KeyState {
     }
 }
 
+/// Running jobs per key, by a plain read (no lock): the claim's check after it sent jobs to
+/// `waiting` (see `claim.rs`).
+pub(super) async fn running_now(
+    conn: &mut sqlx::MySqlConnection,
+    queue: &QueueName,
+    keys: &BTreeMap<&str, u32>,
+) -> Result<std::collections::HashMap<String, u32>, sqlx::Error> {
+    // language=MySQL
+    let sql = format!(
+        "SELECT CAST(concurrency_key AS BINARY) AS k, COUNT(*) AS n \
+           FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
+          WHERE queue = {} AND concurrency_key IN ({}) AND key_state = 'running' \
+          GROUP BY concurrency_key",
+        lit(queue),
+        key_list(keys.keys().copied())
+    );
+    let rows = sqlx::query(&sql).fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| Ok((text(r, "k")?, r.try_get::<i64, _>("n")?.max(0) as u32)))
+        .collect()
+}
+
 /// The statement storing the rate windows of `windows` (inside the claim's transaction).
 pub(super) fn store_windows_sql(queue: &QueueName, windows: &BTreeMap<String, String>) -> String {
     let mut cases = String::new();
@@ -133,8 +155,8 @@ pub(crate) async fn promote_waiting(
     // language=MySQL
     // First, without locks: which of the keys have waiting jobs at all (an index probe per
     // key). Most ends of keyed jobs find none, and skip the locking transaction. A job a claim
-    // is sending to `waiting` right now is not seen yet; that claim hands its key to the
-    // promoter once it has committed (runtime/claimer.rs), so it is looked at again.
+    // is sending to `waiting` right now is not seen yet; that claim checks, after its commit,
+    // whether the key shows a free slot by then and if so hands it to the promoter (claim.rs).
     let sql = format!(
         "SELECT DISTINCT CAST(concurrency_key AS BINARY) AS k FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
          WHERE queue = {q} AND concurrency_key IN ({}) AND key_state = 'waiting'",

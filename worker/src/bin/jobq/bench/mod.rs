@@ -158,7 +158,10 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
         a.key_limit.to_string(),
     )];
     if let Some(r) = a.rate_limit {
-        env.push((format!("JOBQ_QUEUES__{queue_env}__RATE_LIMIT"), r.to_string()));
+        env.push((
+            format!("JOBQ_QUEUES__{queue_env}__RATE_LIMIT"),
+            r.to_string(),
+        ));
     }
     let _ = WORKER_ENV.set(env);
     let url = bench_url(&config.database_url);
