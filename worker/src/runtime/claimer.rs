@@ -95,15 +95,19 @@ pub(crate) async fn run(
                 retry.reset();
                 let got = claimed.jobs.len();
                 let throttled = claimed.throttled;
-                // Jobs sent to wait or deferred left room in the batch: more may be behind them.
-                last_full = got as u32 == claimed.want || throttled != Throttled::default();
+                // Jobs sent to wait or deferred left room in the batch: more may be behind them;
+                // jobs just made available are there to claim.
+                last_full = got as u32 == claimed.want
+                    || throttled != Throttled::default()
+                    || claimed.unblocked > 0;
                 metrics::claim(&queue, started.elapsed(), got);
                 metrics::throttled(&queue, throttled.waiting, throttled.deferred);
+                metrics::unblocked(&queue, claimed.unblocked);
                 shared.in_flight.free_keys(&queue, claimed.waited_for);
                 // The carried successes were completed in the claim's transaction (those taken
                 // back meanwhile were left alone); their slots pass to the jobs just claimed.
                 let mut permits = match claimed.carried {
-                    Some((carried, done)) => carried.written(&shared, done),
+                    Some((carried, done)) => carried.written(&shared, done, &claimed.promoted_keys),
                     None => Vec::new(),
                 };
 
@@ -235,6 +239,10 @@ pub(crate) struct ClaimResult<'a> {
     pub(crate) throttled: Throttled,
     /// The keys jobs were sent to `waiting` for (see `store::Claimed::waited_for`).
     pub(crate) waited_for: std::collections::BTreeSet<String>,
+    /// Waiting jobs the claim made available (the carried completions freed their slots).
+    pub(crate) unblocked: u64,
+    /// The carried completions' keys the claim promoted for (`store::Claimed::promoted_keys`).
+    pub(crate) promoted_keys: std::collections::BTreeSet<String>,
     /// The queue's rate limit is used up for this long.
     pub(crate) rate_wait: Option<Duration>,
 }
@@ -260,6 +268,7 @@ async fn claim_skip_locked<'a>(
             lease: shared.config.worker.lease_ttl,
             lock: ClaimLock::SkipLocked,
             complete: &carried.fences(),
+            freed: &carried.keys(flow.key_limit),
             flow,
         },
     )
@@ -270,6 +279,8 @@ async fn claim_skip_locked<'a>(
         carried: Some((carried, claimed.completed)),
         throttled: claimed.throttled,
         waited_for: claimed.waited_for,
+        unblocked: claimed.unblocked,
+        promoted_keys: claimed.promoted_keys,
         rate_wait: claimed.rate_wait,
     })
 }

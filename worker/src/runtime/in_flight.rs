@@ -78,6 +78,15 @@ impl InFlight {
         }
     }
 
+    /// Like [`remove`](InFlight::remove), for a job whose key's waiting jobs were already
+    /// promoted with its outcome (a claim that carried its completion).
+    pub(crate) fn settle(&self, fence: Fence) {
+        let mut map = self.lock();
+        if map.get(&fence.id).is_some_and(|e| e.token == fence.token) {
+            map.remove(&fence.id);
+        }
+    }
+
     /// Hands keys to the promoter without a job ending (a claim that sent jobs to `waiting`).
     pub(crate) fn free_keys(&self, queue: &QueueName, keys: BTreeSet<String>) {
         if keys.is_empty() {

@@ -71,6 +71,8 @@ impl NamedLockClaims {
                     carried: None,
                     throttled: Throttled::default(),
                     waited_for: Default::default(),
+                    unblocked: 0,
+                    promoted_keys: Default::default(),
                     rate_wait: None,
                 });
             }
@@ -95,6 +97,7 @@ impl NamedLockClaims {
                 lease: shared.config.worker.lease_ttl,
                 lock: ClaimLock::NamedLock(&name),
                 complete: &carried.fences(),
+                freed: &carried.keys(flow.key_limit),
                 flow,
             },
         )
@@ -111,6 +114,8 @@ impl NamedLockClaims {
                     carried: Some((carried, c.completed)),
                     throttled: c.throttled,
                     waited_for: c.waited_for,
+                    unblocked: c.unblocked,
+                    promoted_keys: c.promoted_keys,
                     rate_wait: c.rate_wait,
                 })
             }

@@ -10,11 +10,11 @@
 //! - the **completer** (`recorder.rs`), for successes no claim picked up within
 //!   [`LINGER`]: the claimer is waiting on a named lock, retrying an error, or stopped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobq_producer::QueueName;
+use jobq_producer::{KindName, QueueName};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::recorder::{count_written, Completion};
@@ -47,15 +47,39 @@ impl Carried<'_> {
         self.items.iter().map(|c| c.fence).collect()
     }
 
+    /// The concurrency keys the completions free, each with the highest key limit of their
+    /// kinds (`limit`): the claim promotes their waiting jobs.
+    pub(crate) fn keys(&self, limit: impl Fn(&KindName) -> u32) -> BTreeMap<String, u32> {
+        let mut out = BTreeMap::new();
+        for c in &self.items {
+            if let Some(k) = &c.key {
+                let l = limit(&c.kind);
+                let e = out.entry(k.clone()).or_insert(l);
+                *e = (*e).max(l);
+            }
+        }
+        out
+    }
+
     /// The claim's transaction committed them (`done` were still ours; the others had been
-    /// taken back): counted, forgotten, and their slots returned for the jobs just claimed.
-    pub(crate) fn written(mut self, shared: &Shared, done: u64) -> Vec<OwnedSemaphorePermit> {
+    /// taken back) and promoted the waiting jobs of the keys in `promoted`: counted, forgotten
+    /// (the other keys go to the key promoter), and their slots returned for the jobs just
+    /// claimed.
+    pub(crate) fn written(
+        mut self,
+        shared: &Shared,
+        done: u64,
+        promoted: &std::collections::BTreeSet<String>,
+    ) -> Vec<OwnedSemaphorePermit> {
         let items = std::mem::take(&mut self.items);
         count_written(&items, done);
         items
             .into_iter()
             .map(|c| {
-                shared.in_flight.remove(c.fence);
+                match &c.key {
+                    Some(k) if promoted.contains(k) => shared.in_flight.settle(c.fence),
+                    _ => shared.in_flight.remove(c.fence),
+                }
                 c.permit
             })
             .collect()

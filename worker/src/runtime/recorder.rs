@@ -38,6 +38,9 @@ pub(crate) struct Completion {
     pub(crate) fence: Fence,
     pub(crate) queue: QueueName,
     pub(crate) kind: KindName,
+    /// The job's concurrency key: a claim that carries the completion promotes the key's next
+    /// waiting job in the same transaction.
+    pub(crate) key: Option<String>,
     pub(crate) run: Duration,
     /// Dropping it (after the completion is written) frees the slot; a claim that carried the
     /// completion hands it to a job it claimed.
@@ -66,6 +69,7 @@ pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemapho
                 shared.pending.push(Completion {
                     fence: a.fence,
                     queue: a.queue,
+                    key: a.job.concurrency_key.clone(),
                     kind: a.job.kind,
                     run: a.run,
                     permit,

@@ -10,11 +10,13 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlConnection, Row};
 
 use super::finish::{completion_sql, COMPLETION_UPDATE};
-use super::keys::{lock_and_count_sql, running_now, store_windows_sql, KeyState, NOW_US};
+use super::keys::{
+    lock_and_count_sql, running_now, store_windows_sql, waiting_probe_sql, KeyState, NOW_US,
+};
 use super::sql::{hex, id_list, lit, RawTx, Session};
 use super::{micros, opt_text, text, Fence, Token};
 use crate::ids::{LockName, WorkerId};
-use crate::limits::{plan, Candidate, Limits, Verdict, Window};
+use crate::limits::{self, plan, Candidate, Limits, Verdict, Window};
 
 /// A job this worker just claimed.
 #[derive(Clone, Debug)]
@@ -66,9 +68,16 @@ pub(crate) struct ClaimRequest<'a> {
     /// this claim fills, so the process never has more `running` rows than slots, and one
     /// commit serves both.
     pub(crate) complete: &'a [Fence],
+    /// The concurrency keys of the carried completions, with the key limit of their kinds: the
+    /// claim promotes their waiting jobs into the slots those completions free.
+    pub(crate) freed: &'a BTreeMap<String, u32>,
     /// The queue's flow limits.
     pub(crate) flow: Flow<'a>,
 }
+
+/// No keys freed (a claim carrying no keyed completion).
+#[cfg(test)]
+pub(crate) static NO_KEYS: BTreeMap<String, u32> = BTreeMap::new();
 
 /// A queue's flow limits, as the claim applies them.
 #[derive(Clone, Copy)]
@@ -138,6 +147,11 @@ pub(crate) struct Claimed {
     /// The keys this claim sent jobs to `waiting` for. Once the claim has committed they go to
     /// the key promoter: the job that held the slot may have ended meanwhile.
     pub(crate) waited_for: BTreeSet<String>,
+    /// Waiting jobs of the carried completions' keys made `available` again.
+    pub(crate) unblocked: u64,
+    /// The carried completions' keys this claim promoted for (those that had waiting jobs);
+    /// the other keys go to the key promoter once the claim has committed.
+    pub(crate) promoted_keys: BTreeSet<String>,
     /// The queue's rate limit is used up: a permit frees after this long (database clock).
     pub(crate) rate_wait: Option<Duration>,
 }
@@ -186,6 +200,8 @@ pub(crate) async fn claim<S: Session>(
         released: was_released(rows),
         throttled: Throttled::default(),
         waited_for: BTreeSet::new(),
+        unblocked: 0,
+        promoted_keys: BTreeSet::new(),
         rate_wait,
     };
     if req.limit == 0 && req.complete.is_empty() {
@@ -195,6 +211,14 @@ pub(crate) async fn claim<S: Session>(
     // A queue rate limit: lock the queue's row, then read the clock (after the lock, so the
     // claims of the queue read it in the order they hold the window).
     let queue_rate = req.flow.rate.filter(|_| req.limit > 0);
+    // Which keys of the carried completions have waiting jobs (a plain read beside the job
+    // SELECT): only those take part in the claim's promotion; the others go to the promoter
+    // after the commit (see `Claimed::promoted_keys`).
+    let probe = if req.freed.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", waiting_probe_sql(req.queue, req.freed.keys()))
+    };
     // language=MySQL
     let read = match queue_rate {
         Some(_) => format!(
@@ -202,7 +226,7 @@ pub(crate) async fn claim<S: Session>(
              SET @jobq_now := UTC_TIMESTAMP(6); \
              SELECT CAST(rate_state AS CHAR) AS rate_state, {NOW_US} AS now_us FROM jobq_queues WHERE name = {q}"
         ),
-        None => claim_select(&q, &req.limit.to_string()),
+        None => format!("{}{probe}", claim_select(&q, &req.limit.to_string())),
     };
     let first = if req.complete.is_empty() {
         read
@@ -247,12 +271,29 @@ pub(crate) async fn claim<S: Session>(
             now_us = Some(now);
             let limit = allowed.min(req.limit);
             queue_window = Some((rate, w, limit));
-            let (next, (rows, _)) = tx.step(&claim_select(&q, &limit.to_string())).await?;
+            let sql = format!("{}{probe}", claim_select(&q, &limit.to_string()));
+            let (next, (rows, _)) = tx.step(&sql).await?;
             tx = next;
             rows
         }
     };
-    if rows.is_empty() {
+    let (probed, rows): (Vec<MySqlRow>, Vec<MySqlRow>) = rows
+        .into_iter()
+        .partition(|r| r.try_column("probe_key").is_ok());
+    let mut freed: BTreeMap<String, u32> = BTreeMap::new();
+    for r in &probed {
+        let k = match text(r, "probe_key") {
+            Ok(k) => k,
+            Err(e) => {
+                tx.rollback().await;
+                return Err(e.into());
+            }
+        };
+        if let Some(&limit) = req.freed.get(&k) {
+            freed.insert(k, limit);
+        }
+    }
+    if rows.is_empty() && freed.is_empty() {
         let (rows, _) = tx.end(&commit_sql).await?;
         return Ok(nothing(completed, &rows, None));
     }
@@ -293,9 +334,13 @@ pub(crate) async fn claim<S: Session>(
             *e = (*e).max(limit);
         }
     }
+    for (k, &limit) in &freed {
+        let e = key_limits.entry(k.as_str()).or_insert(limit);
+        *e = (*e).max(limit);
+    }
     let mut keys = KeyState::default();
     if !key_limits.is_empty() {
-        let sql = lock_and_count_sql(req.queue, &key_limits, req.flow.key_rate.is_some());
+        let sql = lock_and_count_sql(req.queue, &key_limits, req.flow.key_rate.is_some(), &freed);
         let (next, (rows, _)) = tx.step(&sql).await?;
         tx = next;
         keys = match KeyState::read(&rows) {
@@ -356,6 +401,25 @@ pub(crate) async fn claim<S: Session>(
             verdicts
         }
     };
+    // The carried completions' keys: their waiting jobs fill the slots now free (the key's
+    // limit, less its running and available jobs, this claim's own batch among them).
+    let promoted: Vec<u64> = freed
+        .keys()
+        .flat_map(|k| {
+            let limit = key_limits.get(k.as_str()).copied().unwrap_or(1);
+            let n = limits::to_promote(
+                limit,
+                keys.running.get(k).copied().unwrap_or(0),
+                keys.available.get(k).copied().unwrap_or(0),
+            );
+            keys.waiting
+                .get(k)
+                .into_iter()
+                .flatten()
+                .copied()
+                .take(n as usize)
+        })
+        .collect();
     let mut claimed = Vec::with_capacity(jobs.len());
     let mut throttled = Throttled::default();
     let mut waiting = Vec::new();
@@ -435,6 +499,16 @@ pub(crate) async fn claim<S: Session>(
              FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'scheduled'"
         ));
     }
+    if !promoted.is_empty() {
+        let ids = id_list(promoted.iter().copied());
+        // language=MySQL
+        writes.push(format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'available' WHERE id IN ({ids}) AND state = 'waiting'; \
+             INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+             SELECT id, 'waiting', 'available', 'promoted', attempt, UTC_TIMESTAMP(6) \
+             FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'available'"
+        ));
+    }
     writes.extend(extra_writes);
     writes.push(commit_sql);
     let (rows, counts) = match tx.end(&writes.join("; ")).await {
@@ -490,6 +564,8 @@ pub(crate) async fn claim<S: Session>(
         released: was_released(&rows),
         throttled,
         waited_for,
+        unblocked: promoted.len() as u64,
+        promoted_keys: freed.into_keys().collect(),
         rate_wait: None,
     })
 }

@@ -30,15 +30,19 @@ fn key_list<'a>(keys: impl Iterator<Item = &'a str>) -> String {
     keys.map(text_lit).collect::<Vec<_>>().join(",")
 }
 
-/// The claim's key statements, for the keys of the jobs it read (ascending) with the highest
-/// limit it applies to each: lock the keys' rows (recording the limit, which promotion reads),
-/// count their running jobs, read their rate windows if `with_rate`, and read the clock after
-/// the locks into `@jobq_now`. Rows come back tagged (`what` = `running`, `rate`, `now`); see
-/// [`KeyState::read`].
+/// The claim's key statements, for the keys of the jobs it read and of the completions it
+/// carries (ascending) with the highest limit it applies to each: lock the keys' rows
+/// (recording the limit, which promotion reads), count their running (and, with `promote`,
+/// available) jobs, lock the first waiting jobs of the `promote` keys (up to the limit each),
+/// read their rate windows if `with_rate`, and read the clock after the locks into
+/// `@jobq_now`. Rows come back tagged (`what` = `running`, `available`, `waiting`, `rate`,
+/// `now`); see [`KeyState::read`]. Waiting rows are locked only after the keys, the order every
+/// promotion follows.
 pub(super) fn lock_and_count_sql(
     queue: &QueueName,
     keys: &BTreeMap<&str, u32>,
     with_rate: bool,
+    promote: &BTreeMap<String, u32>,
 ) -> String {
     let q = lit(queue);
     let rows: Vec<String> = keys
@@ -49,15 +53,32 @@ pub(super) fn lock_and_count_sql(
     // language=MySQL
     // The count reads jobq_jobs_keys (queue, concurrency_key, key_state, …): per key, an index
     // range of its running jobs only (at most its limit).
+    let states = if promote.is_empty() {
+        "'running'"
+    } else {
+        "'running', 'available'"
+    };
     let mut sql = format!(
         "INSERT INTO jobq_keys (queue, concurrency_key, key_limit) VALUES {rows} \
            ON DUPLICATE KEY UPDATE key_limit = VALUES(key_limit); \
-         SELECT 'running' AS what, CAST(concurrency_key AS BINARY) AS k, COUNT(*) AS n, NULL AS rate_state \
+         SELECT CAST(key_state AS CHAR) AS what, CAST(concurrency_key AS BINARY) AS k, COUNT(*) AS n, NULL AS rate_state \
            FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
-          WHERE queue = {q} AND concurrency_key IN ({list}) AND key_state = 'running' \
-          GROUP BY concurrency_key",
+          WHERE queue = {q} AND concurrency_key IN ({list}) AND key_state IN ({states}) \
+          GROUP BY concurrency_key, key_state",
         rows = rows.join(",")
     );
+    for (k, limit) in promote {
+        let limit = keys.get(k.as_str()).copied().unwrap_or(*limit).max(1);
+        // language=MySQL
+        // The key's waiting jobs in claim order, from jobq_jobs_keys.
+        sql.push_str(&format!(
+            "; SELECT 'waiting' AS what, CAST(concurrency_key AS BINARY) AS k, CAST(id AS SIGNED) AS n, NULL AS rate_state \
+               FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
+              WHERE queue = {q} AND concurrency_key = {} AND key_state = 'waiting' \
+              ORDER BY priority, run_at, id LIMIT {limit} FOR UPDATE",
+            text_lit(k)
+        ));
+    }
     if with_rate {
         // language=MySQL
         sql.push_str(&format!(
@@ -77,6 +98,9 @@ pub(super) fn lock_and_count_sql(
 #[derive(Debug, Default)]
 pub(super) struct KeyState {
     pub(super) running: std::collections::HashMap<String, u32>,
+    pub(super) available: std::collections::HashMap<String, u32>,
+    /// The first waiting jobs of the keys to promote, in claim order.
+    pub(super) waiting: std::collections::HashMap<String, Vec<u64>>,
     pub(super) rate: std::collections::HashMap<String, Option<String>>,
     pub(super) now_us: i64,
 }
@@ -92,6 +116,12 @@ impl KeyState {
                 "running" => {
                     out.running.insert(text(r, "k")?, n.max(0) as u32);
                 }
+                "available" => {
+                    out.available.insert(text(r, "k")?, n.max(0) as u32);
+                }
+                "waiting" => {
+                    out.waiting.entry(text(r, "k")?).or_default().push(n as u64);
+                }
                 "rate" => {
                     out.rate.insert(text(r, "k")?, r.try_get("rate_state")?);
                 }
@@ -100,6 +130,21 @@ impl KeyState {
         }
         Ok(out)
     }
+}
+
+/// Which of `keys` have waiting jobs, by a plain read (an index probe per key): rows with
+/// the column `probe_key`.
+pub(super) fn waiting_probe_sql<'a>(
+    queue: &QueueName,
+    keys: impl Iterator<Item = &'a String>,
+) -> String {
+    // language=MySQL
+    format!(
+        "SELECT DISTINCT CAST(concurrency_key AS BINARY) AS probe_key FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
+         WHERE queue = {} AND concurrency_key IN ({}) AND key_state = 'waiting'",
+        lit(queue),
+        key_list(keys.map(String::as_str))
+    )
 }
 
 /// Running jobs per key, by a plain read (no lock): the claim's check after it sent jobs to

@@ -202,6 +202,13 @@ impl Session for Dedicated {
     }
 }
 
+/// How long one round trip of a raw transaction may go unanswered. Its statements wait at most
+/// `innodb_lock_wait_timeout` (5 s in worker sessions) for a lock each, so an answer much later
+/// than that is not coming: the round trip fails, the session is discarded (closing it makes
+/// the server roll the transaction back), and the caller's error path runs, instead of a
+/// transaction held open for as long as the connection lives.
+const ROUND_TRIP_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A transaction begun with raw `START TRANSACTION` text (so it can share a round trip with the
 /// statements after it). sqlx does not know it is open, so this guard does: unless it ends with
 /// a successful `COMMIT` or `ROLLBACK`, the session is discarded on drop, including when the
@@ -209,6 +216,8 @@ impl Session for Dedicated {
 pub(crate) struct RawTx<'s, S: Session> {
     session: &'s mut S,
     open: bool,
+    /// A round trip got no answer within the budget: never send anything more on it.
+    hung: bool,
 }
 
 impl<'s, S: Session> RawTx<'s, S> {
@@ -217,41 +226,45 @@ impl<'s, S: Session> RawTx<'s, S> {
         let mut tx = RawTx {
             session,
             open: true,
+            hung: false,
         };
         let text = format!("START TRANSACTION; {sql}");
-        match batch(&mut *tx.session, &text).await {
-            Ok(b) => Ok((tx, b)),
-            Err(e) => {
-                tx.rollback().await;
-                Err(e)
-            }
-        }
+        let b = tx.round_trip(&text).await?;
+        Ok((tx, b))
     }
 
     /// Runs `sql`, which must end the transaction (`…; COMMIT` or `ROLLBACK`). On error the
     /// transaction is rolled back.
     pub(crate) async fn end(mut self, sql: &str) -> Result<Batch, sqlx::Error> {
-        match batch(&mut *self.session, sql).await {
-            Ok(b) => {
-                self.open = false;
-                Ok(b)
-            }
-            Err(e) => {
-                self.rollback().await;
-                Err(e)
-            }
-        }
+        let b = self.round_trip(sql).await?;
+        self.open = false;
+        Ok(b)
     }
 
     /// Runs `sql` inside the open transaction. On error the transaction is rolled back and the
     /// guard consumed with it.
-    pub(crate) async fn step(self, sql: &str) -> Result<(Self, Batch), sqlx::Error> {
-        let mut tx = self;
-        match batch(&mut *tx.session, sql).await {
-            Ok(b) => Ok((tx, b)),
-            Err(e) => {
-                tx.rollback().await;
+    pub(crate) async fn step(mut self, sql: &str) -> Result<(Self, Batch), sqlx::Error> {
+        let b = self.round_trip(sql).await?;
+        Ok((self, b))
+    }
+
+    /// One round trip within [`ROUND_TRIP_BUDGET`]; on error the transaction is rolled back
+    /// (not on a session that did not answer: that one is only discarded).
+    async fn round_trip(&mut self, sql: &str) -> Result<Batch, sqlx::Error> {
+        match tokio::time::timeout(ROUND_TRIP_BUDGET, batch(&mut *self.session, sql)).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => {
+                self.rollback().await;
                 Err(e)
+            }
+            Err(_) => {
+                self.hung = true;
+                tracing::warn!(budget = ?ROUND_TRIP_BUDGET,
+                    "a transaction's round trip got no answer in time; dropping its session");
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from the database within the round-trip budget",
+                )))
             }
         }
     }
@@ -262,10 +275,16 @@ impl<'s, S: Session> RawTx<'s, S> {
     }
 
     /// Ends the transaction with `ROLLBACK` (1205 leaves it open and holding its locks). If the
-    /// rollback itself fails the session is discarded when the guard drops.
+    /// rollback itself fails, or does not answer within the budget, or the session already
+    /// failed to answer, the session is discarded when the guard drops.
     pub(crate) async fn rollback(&mut self) {
-        if batch(&mut *self.session, "ROLLBACK").await.is_ok() {
-            self.open = false;
+        if self.hung {
+            return;
+        }
+        match tokio::time::timeout(ROUND_TRIP_BUDGET, batch(&mut *self.session, "ROLLBACK")).await {
+            Ok(Ok(_)) => self.open = false,
+            Ok(Err(_)) => {}
+            Err(_) => self.hung = true,
         }
     }
 }

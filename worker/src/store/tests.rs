@@ -177,6 +177,7 @@ async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) 
             lease: Duration::from_secs(30),
             lock: ClaimLock::SkipLocked,
             complete: &[],
+            freed: &super::claim::NO_KEYS,
             flow: Flow::DEFAULT,
         },
     )
@@ -226,6 +227,7 @@ async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
         lease: Duration::from_secs(30),
         lock: ClaimLock::SkipLocked,
         complete,
+        freed: &super::claim::NO_KEYS,
         flow: Flow::DEFAULT,
     };
     let first = claim(&mut conn, req(3, &[])).await.unwrap();
@@ -434,6 +436,7 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
             lease: Duration::from_secs(30),
             lock: ClaimLock::SkipLocked,
             complete: &[],
+            freed: &super::claim::NO_KEYS,
             flow: Flow {
                 rate: None,
                 key_rate: None,
@@ -576,6 +579,7 @@ async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool
             lease: Duration::from_secs(30),
             lock: ClaimLock::SkipLocked,
             complete: &[],
+            freed: &super::claim::NO_KEYS,
             flow: Flow::DEFAULT,
         },
     )
@@ -593,10 +597,10 @@ async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool
     );
     // The key count's plan: the keys index, a range per key.
     let keys: std::collections::BTreeMap<&str, u32> = [("customer-1", 1), ("customer-2", 1)].into();
-    let sql = super::keys::lock_and_count_sql(&queue, &keys, false);
+    let sql = super::keys::lock_and_count_sql(&queue, &keys, false, &super::claim::NO_KEYS);
     let count_sql = sql
         .split("; ")
-        .find(|s| s.trim_start().starts_with("SELECT 'running'"))
+        .find(|s| s.trim_start().starts_with("SELECT CAST(key_state"))
         .unwrap();
     let plan = sqlx::query(&format!("EXPLAIN {count_sql}"))
         .fetch_all(&db)
@@ -616,4 +620,54 @@ async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool
         count(&db, "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'available' AND concurrency_key = 'customer-7'").await,
         1
     );
+}
+
+/// A claim that carries the completion of a keyed job promotes the key's next waiting job in
+/// the same transaction (and says for which keys), and the next claim starts it.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_claim_promotes_the_waiting_jobs_of_the_completions_it_carries(db: MySqlPool) {
+    Producer::new(db.clone())
+        .enqueue_many(vec![keyed("a"), keyed("a"), keyed("b")])
+        .await
+        .unwrap();
+    let queue = QueueName::new("default").unwrap();
+    let worker = WorkerId::generate();
+    let mut conn = db.acquire().await.unwrap();
+    let req = |complete, freed| ClaimRequest {
+        queue: &queue,
+        limit: 10,
+        worker: &worker,
+        lease: Duration::from_secs(30),
+        lock: ClaimLock::SkipLocked,
+        complete,
+        freed,
+        flow: Flow::DEFAULT,
+    };
+    let first = claim(&mut conn, req(&[], &super::claim::NO_KEYS))
+        .await
+        .unwrap();
+    assert_eq!(first.jobs.len(), 2, "a and b; the second a waits");
+    let a = first.jobs[0].fence();
+    let b = first.jobs[1].fence();
+    // Carrying a's and b's completions: a has a waiting job, b none.
+    let freed: std::collections::BTreeMap<String, u32> =
+        [("a".to_owned(), 1), ("b".to_owned(), 1)].into();
+    let carried = [a, b];
+    let second = claim(&mut conn, req(&carried, &freed)).await.unwrap();
+    assert_eq!(second.completed, 2);
+    assert_eq!(second.unblocked, 1);
+    assert_eq!(
+        second.promoted_keys.iter().collect::<Vec<_>>(),
+        vec!["a"],
+        "only keys with waiting jobs are promoted in the claim"
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'promoted' AND from_state = 'waiting'").await,
+        1
+    );
+    let third = claim(&mut conn, req(&[], &super::claim::NO_KEYS))
+        .await
+        .unwrap();
+    assert_eq!(third.jobs.len(), 1);
+    assert_eq!(third.jobs[0].id, 2);
 }

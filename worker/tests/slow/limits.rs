@@ -40,13 +40,13 @@ async fn attempts(db: &MySqlPool) -> Vec<(String, i64, i64)> {
 }
 
 async fn key_limit_holds_through_a_kill(db: MySqlPool, mode: &str) {
-    const KEYS: usize = 6;
-    const PER_KEY: usize = 8;
+    const KEYS: usize = 12;
+    const PER_KEY: usize = 4;
     let url = url_of(&db).await;
     jobq_worker::builtin::setup(&db).await.unwrap();
     let jobs = (0..KEYS * PER_KEY)
         .map(|i| {
-            NewJob::json("record", json!({"ms": 150}))
+            NewJob::json("record", json!({"ms": 400}))
                 .concurrency_key(format!("customer-{}", i % KEYS))
         })
         .collect();
@@ -57,7 +57,8 @@ async fn key_limit_holds_through_a_kill(db: MySqlPool, mode: &str) {
         ("JOBQ_WORKER__HEARTBEAT_INTERVAL", "500ms"),
         ("JOBQ_MAINTENANCE__INTERVAL", "200ms"),
     ];
-    // 16 claimers (slots) in two processes, for 6 keys of limit 1.
+    // 16 claimers (slots) in two processes, for 12 keys of limit 1: neither process can hold
+    // every key, so both run jobs.
     let args = [
         "--queues",
         "default",
@@ -69,15 +70,18 @@ async fn key_limit_holds_through_a_kill(db: MySqlPool, mode: &str) {
     let mut a = WorkerProc::spawn(&url, &args, &env);
     let mut b = WorkerProc::spawn(&url, &args, &env);
     let done = "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'";
-    wait_for(Duration::from_secs(60), "jobs under way", || async {
-        count(&db, done).await >= 12
-            && count(
-                &db,
-                "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'",
-            )
-            .await
-                > 0
-    })
+    // Kill `a` while it runs a job with most of its 400 ms still ahead (worker ids carry the
+    // process id).
+    let a_running = format!(
+        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running' AND worker_id LIKE '%-{}-%' \
+           AND attempted_at > UTC_TIMESTAMP(6) - INTERVAL 150000 MICROSECOND",
+        a.pid()
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "jobs under way, some in a",
+        || async { count(&db, done).await >= 12 && count(&db, &a_running).await > 0 },
+    )
     .await;
     // Jobs beyond the limit are waiting meanwhile, never running beside their key's.
     assert!(
@@ -88,7 +92,15 @@ async fn key_limit_holds_through_a_kill(db: MySqlPool, mode: &str) {
         .await
             > 0
     );
+    let victim: Vec<(u64, String)> = sqlx::query_as(&format!(
+        "SELECT id, CAST(state AS CHAR) FROM jobq_jobs WHERE worker_id LIKE '%-{}-%' AND state = 'running'",
+        a.pid()
+    ))
+    .fetch_all(&db)
+    .await
+    .unwrap();
     a.kill9();
+    eprintln!("killed a while it ran {victim:?}");
     let total = (KEYS * PER_KEY) as i64;
     wait_for(Duration::from_secs(90), "every job completed", || async {
         count(&db, done).await == total
@@ -122,7 +134,16 @@ async fn key_limit_holds_through_a_kill(db: MySqlPool, mode: &str) {
         )
         .await
             > 0,
-        "the kill left running jobs for the rescue"
+        "the kill left running jobs for the rescue: {:?}",
+        sqlx::query_as::<_, (u64, String, String, String)>(
+            "SELECT job_id, CAST(event AS CHAR), CAST(to_state AS CHAR), CAST(at AS CHAR) FROM jobq_transitions ORDER BY id"
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| victim.iter().any(|v| v.0 == t.0))
+        .collect::<Vec<_>>()
     );
     assert!(
         count(
