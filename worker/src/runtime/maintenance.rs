@@ -8,7 +8,8 @@
 //! it), and prunes finished
 //! jobs past their retention (with their history) in short primary-key batches for up to half
 //! an interval, so pruning keeps pace with thousands of completions a second; every few seconds
-//! it samples the depth gauges; about every 30 intervals it prunes stale worker rows.
+//! it samples the depth gauges; about every 30 intervals it prunes stale worker rows and
+//! `jobq_keys` rows no live job has used for two days.
 //!
 //! When the lease is lost the leader's loop is dropped at its next await; a pass already
 //! started runs to its end in its own task (never cut off mid-transaction). A pass stops
@@ -39,6 +40,9 @@ const PRUNE_BATCH: u32 = 500;
 
 /// Concurrency keys looked at per pass.
 const KEYS_SWEPT: u32 = 10_000;
+/// A `jobq_keys` row no live job uses is deleted after this long without a write (longer than
+/// the longest rate period).
+const KEY_IDLE: Duration = Duration::from_secs(2 * 86_400);
 
 /// The lease lock the maintenance leader holds.
 pub(crate) const LEADER_LOCK: &str = "jobq:maintenance";
@@ -169,6 +173,7 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
     if ticks % 30 == 1 {
         let stale = (shared.config.worker.lease_ttl * 10).max(Duration::from_secs(60));
         store::prune_workers(&shared.pool, stale).await?;
+        store::prune_keys(&shared.pool, KEY_IDLE, BATCH).await?;
     }
     Ok(())
 }

@@ -324,3 +324,29 @@ pub(crate) async fn keys_to_promote(
     }
     Ok(out)
 }
+
+/// Deletes up to `limit` key rows that no live job uses (available, scheduled, running,
+/// retryable, waiting) and that were not written for `idle`: `jobq_keys` would otherwise keep
+/// a row per key ever claimed. A claim or promotion of the key later creates the row again
+/// (its `INSERT … ON DUPLICATE KEY UPDATE` waits for this DELETE if it races it). A rate
+/// window idle that long (longer than any rate period) has nothing left to count.
+pub(crate) async fn prune_keys(
+    pool: &MySqlPool,
+    idle: std::time::Duration,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    Ok(sqlx::query(
+        "DELETE FROM jobq_keys \
+         WHERE updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+           AND NOT EXISTS (SELECT 1 FROM jobq_jobs j FORCE INDEX (jobq_jobs_keys) \
+                            WHERE j.queue = jobq_keys.queue AND j.concurrency_key = jobq_keys.concurrency_key \
+                              AND j.key_state IN ('available', 'scheduled', 'running', 'retryable', 'waiting')) \
+         LIMIT ?",
+    )
+    .bind(super::micros(idle))
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

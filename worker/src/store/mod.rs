@@ -43,7 +43,7 @@ pub(crate) use demo::{create_effects_table, insert_effect};
 pub(crate) use finish::{complete_batch, finish, finish_tx, mark_tx, tx_intact, FinishWrite};
 pub(crate) use inspect::{counts, history, job, queue_activity};
 pub use inspect::{JobRecord, TransitionRecord};
-pub(crate) use keys::{keys_to_promote, promote_waiting};
+pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys};
 pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,
 };

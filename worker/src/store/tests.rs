@@ -671,3 +671,32 @@ async fn a_claim_promotes_the_waiting_jobs_of_the_completions_it_carries(db: MyS
     assert_eq!(third.jobs.len(), 1);
     assert_eq!(third.jobs[0].id, 2);
 }
+
+/// Key rows no live job uses are pruned once idle; a key with a live job is kept.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn idle_key_rows_are_pruned(db: MySqlPool) {
+    Producer::new(db.clone())
+        .enqueue(keyed("live"))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_keys (queue, concurrency_key, updated_at) VALUES \
+         ('default', 'live', '2000-01-01'), ('default', 'gone', '2000-01-01'), ('default', 'fresh', UTC_TIMESTAMP(6))",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        prune_keys(&db, Duration::from_secs(3600), 100)
+            .await
+            .unwrap(),
+        1
+    );
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(concurrency_key AS CHAR) FROM jobq_keys ORDER BY concurrency_key",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(left, vec!["fresh", "live"]);
+}
