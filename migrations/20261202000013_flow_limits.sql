@@ -21,6 +21,10 @@ ALTER TABLE jobq_jobs
            unique_key, NULL)) VIRTUAL,
   ADD UNIQUE KEY jobq_jobs_unique (kind, unique_active);
 
+-- Concurrency keys compare byte for byte: a PAD SPACE collation (utf8mb4_bin on both servers)
+-- would make 'a' and 'a ' one key in SQL but two in the worker's bookkeeping.
+ALTER TABLE jobq_jobs MODIFY concurrency_key VARBINARY(1020) NULL;
+
 -- key_state: the state of a job that has a concurrency key, NULL for every other job. The index
 -- on it serves the per-key questions (how many of this key run; which of its waiting jobs is
 -- next, in claim order) and costs jobs without a key nothing after their insert: their entry
@@ -37,7 +41,7 @@ ALTER TABLE jobq_jobs
 --   rate_state: the key's rate-limit window (worker/src/limits.rs), NULL without one.
 CREATE TABLE jobq_keys (
   queue            VARCHAR(64)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-  concurrency_key  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  concurrency_key  VARBINARY(1020) NOT NULL,
   key_limit        INT UNSIGNED NOT NULL DEFAULT 1,
   rate_state       VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NULL,
   updated_at       DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),

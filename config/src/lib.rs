@@ -201,6 +201,12 @@ mod tests {
             assert_eq!(c.key_limit("api", "slow"), 5, "the kind wins");
             assert_eq!(c.key_limit("mail", "other"), 3);
             assert_eq!(c.key_limit("default", "other"), 1, "default 1");
+            assert_eq!(
+                c.key_limit_ceiling("api"),
+                5,
+                "the slow kind's 5 over the queue's 2"
+            );
+            assert_eq!(c.key_limit_ceiling_anywhere(), 5);
             assert_eq!(c.queue(&"default".parse().unwrap()).rate_limit, None);
             Ok(())
         });

@@ -115,6 +115,29 @@ impl Config {
             .unwrap_or(1)
     }
 
+    /// The highest key limit any kind may have in `queue` (its own, or a kind's override):
+    /// what promotion of waiting jobs assumes when it cannot tell their kinds' limits apart.
+    /// Promoting too many only costs a claim sending one back to `waiting`; too few would
+    /// strand it.
+    pub fn key_limit_ceiling(&self, queue: &str) -> u32 {
+        self.kind_overrides
+            .values()
+            .filter_map(|k| k.key_limit)
+            .chain([self.key_limit(queue, "")])
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// [`key_limit_ceiling`](Config::key_limit_ceiling) over every configured queue.
+    pub fn key_limit_ceiling_anywhere(&self) -> u32 {
+        self.queue_overrides
+            .keys()
+            .map(|q| self.key_limit_ceiling(q))
+            .chain([self.key_limit_ceiling("")])
+            .max()
+            .unwrap_or(1)
+    }
+
     /// Timeout and backoff for a job of `kind` in `queue`.
     pub fn run_policy(&self, queue: &str, kind: &str) -> RunPolicy {
         let q = self.queue_overrides.get(queue);

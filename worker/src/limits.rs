@@ -40,13 +40,18 @@ impl Window {
     /// window). Starts in the slot of `now_us`.
     pub(crate) fn load(text: Option<&str>, rate: Rate, now_us: i64) -> Window {
         let slot_us = slot_us(rate);
-        text.and_then(|t| Window::parse(t).filter(|w| w.slot_us == slot_us))
-            .unwrap_or(Window {
-                slot_us,
-                last: now_us.div_euclid(slot_us),
-                counts: [0; SPAN],
-                next_defer_us: 0,
-            })
+        let now_slot = now_us.div_euclid(slot_us);
+        // A window dated ahead of now (the clock stepped back, or a bad row) would hold every
+        // permit until real time caught up: start afresh instead.
+        text.and_then(|t| {
+            Window::parse(t).filter(|w| w.slot_us == slot_us && w.last <= now_slot + SPAN as i64)
+        })
+        .unwrap_or(Window {
+            slot_us,
+            last: now_us.div_euclid(slot_us),
+            counts: [0; SPAN],
+            next_defer_us: 0,
+        })
     }
 
     fn parse(text: &str) -> Option<Window> {
@@ -134,8 +139,9 @@ fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// A tenth of the period, rounded up: eleven slots then always cover at least one period.
 fn slot_us(rate: Rate) -> i64 {
-    (micros(rate.period) / SLOTS).max(1)
+    ((micros(rate.period) + SLOTS - 1) / SLOTS).max(1)
 }
 
 /// One job a claim read, in claim order.
@@ -283,6 +289,33 @@ mod tests {
             next_defer_us: i64::MIN,
         };
         assert!(big.to_text().len() <= 255);
+    }
+
+    #[test]
+    fn odd_periods_round_the_slot_up_and_future_windows_restart() {
+        // 1 s + 5 µs: slots of 100,001 µs, so ten of them cover the period.
+        let r = Rate {
+            max: 1,
+            period: Duration::from_micros(1_000_005),
+        };
+        assert_eq!(slot_us(r) * SLOTS, 1_000_010);
+        let mut w = Window::load(None, r, 0);
+        w.charge(0, 1);
+        assert_eq!(
+            w.allowed(r, 1_000_005),
+            0,
+            "one period later it still counts"
+        );
+        // A stored window far ahead of now is not trusted.
+        let r = rate(1, 1000);
+        let mut ahead = Window::load(None, r, 100 * S);
+        ahead.charge(100 * S, 1);
+        let text = ahead.to_text();
+        let mut w = Window::load(Some(&text), r, 10 * S);
+        assert_eq!(w.allowed(r, 10 * S), 1);
+        // Slightly ahead (a claimer that read the clock earlier) is kept.
+        let mut w = Window::load(Some(&text), r, 100 * S - 500_000);
+        assert_eq!(w.allowed(r, 100 * S - 500_000), 0);
     }
 
     #[test]

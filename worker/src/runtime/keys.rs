@@ -30,7 +30,8 @@ pub(crate) async fn run(
             _ = stop.cancelled() => true,
         };
         for (queue, keys) in shared.in_flight.take_freed() {
-            match store::promote_waiting(&shared.pool, &queue, &keys).await {
+            let floor = shared.config.key_limit_ceiling(&queue);
+            match store::promote_waiting(&shared.pool, &queue, &keys, floor).await {
                 Ok(0) => {}
                 Ok(n) => {
                     metrics::unblocked(&queue, n);

@@ -157,11 +157,13 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
     }
     // Concurrency keys with waiting jobs and a free slot: after a rescue, or when a worker
     // died between a job's end and its own promotion.
-    for (queue, keys) in store::keys_to_promote(&shared.pool, KEYS_SWEPT).await? {
+    let floor = shared.config.key_limit_ceiling_anywhere();
+    for (queue, keys) in store::keys_to_promote(&shared.pool, floor, KEYS_SWEPT).await? {
         let keys: Vec<String> = keys.into_iter().collect();
         for chunk in keys.chunks(100) {
             let chunk = chunk.iter().cloned().collect();
-            let n = store::promote_waiting(&shared.pool, &queue, &chunk).await?;
+            let floor = shared.config.key_limit_ceiling(&queue);
+            let n = store::promote_waiting(&shared.pool, &queue, &chunk, floor).await?;
             if n > 0 {
                 metrics::unblocked(&queue, n);
             }

@@ -401,16 +401,35 @@ pub(crate) async fn claim<S: Session>(
             verdicts
         }
     };
-    // The carried completions' keys: their waiting jobs fill the slots now free (the key's
-    // limit, less its running and available jobs, this claim's own batch among them).
+    // The carried completions' keys: their waiting jobs fill the slots now free: the key's
+    // limit, less its running jobs, its available jobs outside this batch, and the jobs of this
+    // batch that hold a slot (started now, or left available); a batch job sent to wait or
+    // deferred frees its place.
+    let mut in_batch: HashMap<&str, (u32, u32)> = HashMap::new();
+    for (j, v) in jobs.iter().zip(&verdicts) {
+        if let Some(k) = j.concurrency_key.as_deref() {
+            let e = in_batch.entry(k).or_default();
+            e.0 += 1;
+            if matches!(v, Verdict::Claim | Verdict::Leave) {
+                e.1 += 1;
+            }
+        }
+    }
     let promoted: Vec<u64> = freed
         .keys()
         .flat_map(|k| {
             let limit = key_limits.get(k.as_str()).copied().unwrap_or(1);
+            let (read, holding) = in_batch.get(k.as_str()).copied().unwrap_or_default();
+            let others = keys
+                .available
+                .get(k)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(read);
             let n = limits::to_promote(
                 limit,
-                keys.running.get(k).copied().unwrap_or(0),
-                keys.available.get(k).copied().unwrap_or(0),
+                keys.running.get(k).copied().unwrap_or(0) + holding,
+                others,
             );
             keys.waiting
                 .get(k)
@@ -436,7 +455,11 @@ pub(crate) async fn claim<S: Session>(
                 waiting.push(job.id);
                 waited_for.extend(job.concurrency_key);
             }
-            Verdict::Defer(at_us) => deferred.push((job.id, at_us)),
+            Verdict::Defer(at_us) => {
+                deferred.push((job.id, at_us));
+                // Its place is free again: the post-commit check below looks at its key too.
+                waited_for.extend(job.concurrency_key);
+            }
             Verdict::Leave => {}
         }
     }
@@ -533,19 +556,20 @@ pub(crate) async fn claim<S: Session>(
             .iter()
             .map(|k| (k.as_str(), applied.get(k).copied().unwrap_or(1)))
             .collect();
-        let free: Option<BTreeSet<String>> = running_now(session, req.queue, &limits)
-            .await
-            .ok()
-            .map(|running| {
-                limits
+        let budget = super::sql::ROUND_TRIP_BUDGET;
+        let read = tokio::time::timeout(budget, running_now(session, req.queue, &limits)).await;
+        match read {
+            Ok(Ok(running)) => {
+                waited_for = limits
                     .iter()
                     .filter(|(k, &limit)| running.get(**k).copied().unwrap_or(0) < limit)
                     .map(|(k, _)| (*k).to_owned())
-                    .collect()
-            });
-        // On an error every key goes to the promoter: the safe side.
-        if let Some(free) = free {
-            waited_for = free;
+                    .collect();
+            }
+            // On an error every key goes to the promoter: the safe side.
+            Ok(Err(_)) => {}
+            // No answer: the session may still be inside that read; never reuse it.
+            Err(_) => session.discard(),
         }
     }
     let updated = counts.first().copied().unwrap_or(0);

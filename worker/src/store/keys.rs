@@ -70,12 +70,15 @@ pub(super) fn lock_and_count_sql(
     for (k, limit) in promote {
         let limit = keys.get(k.as_str()).copied().unwrap_or(*limit).max(1);
         // language=MySQL
-        // The key's waiting jobs in claim order, from jobq_jobs_keys.
+        // The key's waiting jobs in claim order, from jobq_jobs_keys. SKIP LOCKED: a waiting
+        // job locked by someone else (a producer's duplicate enqueue of a unique job, in its
+        // own transaction) must not stall the claim; it is promoted later (by the promoter
+        // or maintenance's sweep).
         sql.push_str(&format!(
             "; SELECT 'waiting' AS what, CAST(concurrency_key AS BINARY) AS k, CAST(id AS SIGNED) AS n, NULL AS rate_state \
                FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
               WHERE queue = {q} AND concurrency_key = {} AND key_state = 'waiting' \
-              ORDER BY priority, run_at, id LIMIT {limit} FOR UPDATE",
+              ORDER BY priority, run_at, id LIMIT {limit} FOR UPDATE SKIP LOCKED",
             text_lit(k)
         ));
     }
@@ -188,10 +191,13 @@ pub(super) fn store_windows_sql(queue: &QueueName, windows: &BTreeMap<String, St
 
 /// Brings `waiting` jobs of `keys` (of `queue`) back to `available`, as many per key as it
 /// has free slots (its limit, less its running and available jobs). Returns how many moved.
+/// `floor` is the least limit to assume (the configured ceiling of the queue: the stored
+/// `key_limit` is only what the last claim of the key applied).
 pub(crate) async fn promote_waiting(
     pool: &MySqlPool,
     queue: &QueueName,
     keys: &BTreeSet<String>,
+    floor: u32,
 ) -> Result<u64, sqlx::Error> {
     if keys.is_empty() {
         return Ok(0);
@@ -253,14 +259,15 @@ pub(crate) async fn promote_waiting(
     let picks: Vec<String> = seen
         .iter()
         .filter_map(|(k, &(limit, running, available))| {
-            let n = limits::to_promote(limit, running, available);
+            let n = limits::to_promote(limit.max(floor), running, available);
             // language=MySQL
-            // The key's waiting jobs in claim order, from jobq_jobs_keys.
+            // The key's waiting jobs in claim order, from jobq_jobs_keys; rows locked by
+            // someone else are skipped (see lock_and_count_sql).
             (n > 0).then(|| {
                 format!(
                     "SELECT id FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
                       WHERE queue = {q} AND concurrency_key = {} AND key_state = 'waiting' \
-                      ORDER BY priority, run_at, id LIMIT {n} FOR UPDATE",
+                      ORDER BY priority, run_at, id LIMIT {n} FOR UPDATE SKIP LOCKED",
                     text_lit(k)
                 )
             })
@@ -298,6 +305,7 @@ pub(crate) async fn promote_waiting(
 /// promotion. Read without locks; [`promote_waiting`] decides under them. At most `limit`.
 pub(crate) async fn keys_to_promote(
     pool: &MySqlPool,
+    floor: u32,
     limit: u32,
 ) -> Result<BTreeMap<QueueName, BTreeSet<String>>, sqlx::Error> {
     // language=MySQL
@@ -309,9 +317,10 @@ pub(crate) async fn keys_to_promote(
                         WHERE w.queue = k.queue AND w.concurrency_key = k.concurrency_key AND w.key_state = 'waiting') \
            AND (SELECT COUNT(*) FROM jobq_jobs r FORCE INDEX (jobq_jobs_keys) \
                  WHERE r.queue = k.queue AND r.concurrency_key = k.concurrency_key \
-                   AND r.key_state IN ('running', 'available')) < GREATEST(k.key_limit, 1) \
+                   AND r.key_state IN ('running', 'available')) < GREATEST(k.key_limit, ?) \
          LIMIT ?",
     )
+    .bind(floor)
     .bind(limit)
     .fetch_all(pool)
     .await?;
@@ -327,25 +336,51 @@ pub(crate) async fn keys_to_promote(
 
 /// Deletes up to `limit` key rows that no live job uses (available, scheduled, running,
 /// retryable, waiting) and that were not written for `idle`: `jobq_keys` would otherwise keep
-/// a row per key ever claimed. A claim or promotion of the key later creates the row again
-/// (its `INSERT … ON DUPLICATE KEY UPDATE` waits for this DELETE if it races it). A rate
-/// window idle that long (longer than any rate period) has nothing left to count.
+/// a row per key ever claimed. The candidates are found by a plain read, then deleted by
+/// primary key with the condition checked again (so the DELETE locks only those rows, never
+/// waiting on keys claims hold). A claim or promotion of the key later creates the row again.
+/// A rate window idle that long (longer than any rate period) has nothing left to count.
 pub(crate) async fn prune_keys(
     pool: &MySqlPool,
     idle: std::time::Duration,
     limit: u32,
 ) -> Result<u64, sqlx::Error> {
     // language=MySQL
-    Ok(sqlx::query(
-        "DELETE FROM jobq_keys \
-         WHERE updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
-           AND NOT EXISTS (SELECT 1 FROM jobq_jobs j FORCE INDEX (jobq_jobs_keys) \
-                            WHERE j.queue = jobq_keys.queue AND j.concurrency_key = jobq_keys.concurrency_key \
-                              AND j.key_state IN ('available', 'scheduled', 'running', 'retryable', 'waiting')) \
-         LIMIT ?",
-    )
+    const UNUSED: &str = "NOT EXISTS (SELECT 1 FROM jobq_jobs j FORCE INDEX (jobq_jobs_keys) \
+          WHERE j.queue = jobq_keys.queue AND j.concurrency_key = jobq_keys.concurrency_key \
+            AND j.key_state IN ('available', 'scheduled', 'running', 'retryable', 'waiting'))";
+    let rows = sqlx::query(&format!(
+        "SELECT queue, concurrency_key AS k FROM jobq_keys \
+         WHERE updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND AND {UNUSED} LIMIT ?"
+    ))
     .bind(super::micros(idle))
     .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut which = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let Ok(queue) = QueueName::new(text(r, "queue")?) else {
+            continue;
+        };
+        which.push(format!(
+            "(queue = {} AND concurrency_key = {})",
+            lit(&queue),
+            text_lit(&text(r, "k")?)
+        ));
+    }
+    if which.is_empty() {
+        return Ok(0);
+    }
+    // language=MySQL
+    Ok(sqlx::query(&format!(
+        "DELETE FROM jobq_keys WHERE ({}) \
+           AND updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND AND {UNUSED}",
+        which.join(" OR ")
+    ))
+    .bind(super::micros(idle))
     .execute(pool)
     .await?
     .rows_affected())

@@ -86,17 +86,16 @@ pub(crate) fn hex(t: &Token) -> String {
     out
 }
 
-/// Text of any content (a concurrency key) as a utf8mb4 literal spelled in hex, so nothing in
-/// it can end the literal: `_utf8mb4 X'…' COLLATE utf8mb4_bin`. The collation is the key
-/// columns' own, so comparisons use their indexes.
+/// Text of any content (a concurrency key) as a hex literal of its UTF-8 bytes, `X'…'`, so
+/// nothing in it can end the literal. The key columns are VARBINARY: compared byte for byte.
 pub(crate) fn text_lit(s: &str) -> String {
     use std::fmt::Write;
-    let mut out = String::with_capacity(s.len() * 2 + 40);
-    out.push_str("_utf8mb4 X'");
+    let mut out = String::with_capacity(s.len() * 2 + 3);
+    out.push_str("X'");
     for b in s.as_bytes() {
         let _ = write!(out, "{b:02x}");
     }
-    out.push_str("' COLLATE utf8mb4_bin");
+    out.push('\'');
     out
 }
 
@@ -207,7 +206,7 @@ impl Session for Dedicated {
 /// than that is not coming: the round trip fails, the session is discarded (closing it makes
 /// the server roll the transaction back), and the caller's error path runs, instead of a
 /// transaction held open for as long as the connection lives.
-const ROUND_TRIP_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+pub(crate) const ROUND_TRIP_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A transaction begun with raw `START TRANSACTION` text (so it can share a round trip with the
 /// statements after it). sqlx does not know it is open, so this guard does: unless it ends with
@@ -339,8 +338,8 @@ mod tests {
         );
         assert_eq!(id_list(std::iter::empty()), "");
         assert_eq!(marks(3), "?,?,?");
-        assert_eq!(text_lit("a'é"), "_utf8mb4 X'6127c3a9' COLLATE utf8mb4_bin");
-        assert_eq!(text_lit(""), "_utf8mb4 X'' COLLATE utf8mb4_bin");
+        assert_eq!(text_lit("a'é"), "X'6127c3a9'");
+        assert_eq!(text_lit(""), "X''");
         assert_eq!(marks(0), "");
     }
 }

@@ -476,13 +476,13 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
     assert!(none.jobs.is_empty() && none.throttled == Throttled::default());
     // Promotion with a slot still taken promotes nothing.
     let a: std::collections::BTreeSet<String> = ["a".to_owned()].into();
-    assert_eq!(promote_waiting(&db, &queue, &a).await.unwrap(), 0);
+    assert_eq!(promote_waiting(&db, &queue, &a, 1).await.unwrap(), 0);
     // The running job of key a ends: one waiting job of a comes back, the oldest.
     let done = first.jobs[0].fence();
     assert!(complete_single(&db, done, 1).await);
-    assert_eq!(promote_waiting(&db, &queue, &a).await.unwrap(), 1);
+    assert_eq!(promote_waiting(&db, &queue, &a, 1).await.unwrap(), 1);
     assert_eq!(
-        promote_waiting(&db, &queue, &a).await.unwrap(),
+        promote_waiting(&db, &queue, &a, 1).await.unwrap(),
         0,
         "it fills the slot"
     );
@@ -502,13 +502,13 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
         .execute(&db)
         .await
         .unwrap();
-    let to_promote = keys_to_promote(&db, 100).await.unwrap();
+    let to_promote = keys_to_promote(&db, 1, 100).await.unwrap();
     assert_eq!(
         to_promote.get(&queue),
         Some(&a),
         "maintenance finds the free slot"
     );
-    assert_eq!(promote_waiting(&db, &queue, &a).await.unwrap(), 1);
+    assert_eq!(promote_waiting(&db, &queue, &a, 1).await.unwrap(), 1);
     let third = claim(&mut conn, req(10, &|_| 2)).await.unwrap();
     assert_eq!(third.jobs.len(), 1);
     assert_eq!(
@@ -519,7 +519,7 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
         .await,
         2
     );
-    assert!(keys_to_promote(&db, 100).await.unwrap().is_empty());
+    assert!(keys_to_promote(&db, 1, 100).await.unwrap().is_empty());
 }
 
 /// With 100,000 jobs waiting over 1,000 concurrency keys, a claim still reads about as many
@@ -615,7 +615,7 @@ async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool
         .await
         .unwrap();
     let k: std::collections::BTreeSet<String> = ["customer-7".to_owned()].into();
-    assert_eq!(promote_waiting(&db, &queue, &k).await.unwrap(), 1);
+    assert_eq!(promote_waiting(&db, &queue, &k, 1).await.unwrap(), 1);
     assert_eq!(
         count(&db, "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'available' AND concurrency_key = 'customer-7'").await,
         1
@@ -699,4 +699,40 @@ async fn idle_key_rows_are_pruned(db: MySqlPool) {
     .await
     .unwrap();
     assert_eq!(left, vec!["fresh", "live"]);
+}
+
+/// Keys compare byte for byte: `t` and `t ` are two keys (a PAD SPACE collation would make them
+/// one in SQL and two in the worker's bookkeeping).
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn keys_differing_in_trailing_spaces_are_different_keys(db: MySqlPool) {
+    Producer::new(db.clone())
+        .enqueue_many(vec![keyed("t"), keyed("t "), keyed("t")])
+        .await
+        .unwrap();
+    let queue = QueueName::new("default").unwrap();
+    let worker = WorkerId::generate();
+    let mut conn = db.acquire().await.unwrap();
+    let got = claim(
+        &mut conn,
+        ClaimRequest {
+            queue: &queue,
+            limit: 10,
+            worker: &worker,
+            lease: Duration::from_secs(30),
+            lock: ClaimLock::SkipLocked,
+            complete: &[],
+            freed: &super::claim::NO_KEYS,
+            flow: Flow::DEFAULT,
+        },
+    )
+    .await
+    .unwrap();
+    let keys: Vec<Option<&str>> = got
+        .jobs
+        .iter()
+        .map(|j| j.concurrency_key.as_deref())
+        .collect();
+    assert_eq!(keys, vec![Some("t"), Some("t ")]);
+    assert_eq!(got.throttled.waiting, 1, "the second `t` waits");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_keys").await, 2);
 }
