@@ -163,6 +163,10 @@ pub struct WorkerSettings {
     /// back. Default `25s` (below Kubernetes' default 30 s grace period).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a running job whose cancel was requested (`jobq cancel`) may go on after its
+    /// handler was told (`ctx.cancelled()`) before it is dropped. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub cancel_grace: Duration,
     /// Retry backoff after a failed attempt: `base × 2^(attempt-1)`, capped at `backoff_max`,
     /// with ±25% jitter. Default base `1s`.
     #[serde(with = "humantime_serde")]
@@ -187,6 +191,7 @@ impl Default for WorkerSettings {
             heartbeat_interval: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(25),
+            cancel_grace: Duration::from_secs(5),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(3600),
             completion_batch: 100,

@@ -19,6 +19,8 @@ pub(crate) mod codes {
     pub(crate) const NO_SUCH_TABLE: u16 = 1146;
     /// `ER_SP_DOES_NOT_EXIST`: here, a savepoint the server dropped with its transaction.
     pub(crate) const NO_SUCH_SAVEPOINT: u16 = 1305;
+    /// `ER_DUP_ENTRY`: a unique index refused the row.
+    pub(crate) const DUPLICATE_KEY: u16 = 1062;
 }
 
 /// Errors of the worker runtime and the CLI's library calls. Each variant keeps its source;

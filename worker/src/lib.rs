@@ -31,6 +31,7 @@
 //! executor, recorder, heartbeat, maintenance, the in-flight table, the retry policy); every
 //! decision about a job's next state is in `transition.rs`; all SQL is in `store/`.
 
+mod acts;
 pub mod builtin;
 mod db;
 mod error;
@@ -48,6 +49,7 @@ mod store;
 mod transition;
 mod worker;
 
+pub use acts::{act_on_jobs, Act, Acted};
 pub use db::{check_migrated, check_server_limits, migrate};
 pub use error::{Error, Result};
 pub use handler::{BoxError, Handler, JobContext, JobError, JobTx};

@@ -36,6 +36,8 @@ pub enum Event {
     /// A claim held it back: its concurrency key was at its limit (`available → waiting`), or
     /// its key's rate limit was used up (`available → scheduled`).
     Throttled,
+    /// An operator retried it (`jobq retry`): back to `available`.
+    Requeued,
 }
 
 impl Event {
@@ -54,11 +56,12 @@ impl Event {
             Event::Released => "released",
             Event::Replaced => "replaced",
             Event::Throttled => "throttled",
+            Event::Requeued => "requeued",
         }
     }
 
     /// Every event, for parsing and tests.
-    pub const ALL: [Event; 12] = [
+    pub const ALL: [Event; 13] = [
         Event::Enqueued,
         Event::Promoted,
         Event::Claimed,
@@ -71,6 +74,7 @@ impl Event {
         Event::Released,
         Event::Replaced,
         Event::Throttled,
+        Event::Requeued,
     ];
 
     /// The `outcome` label of `jobq_jobs_finished_total` for an attempt that ended with this
@@ -89,7 +93,8 @@ impl Event {
             | Event::Claimed
             | Event::Rescued
             | Event::Replaced
-            | Event::Throttled => None,
+            | Event::Throttled
+            | Event::Requeued => None,
         }
     }
 }
@@ -310,12 +315,28 @@ fn decide_unbounded(
 }
 
 /// A running job whose lease expired: back to `available` while attempts are left, else
-/// `discarded`. `worker` is the holder that stopped renewing it, for the recorded error.
-pub(crate) fn rescue(attempt: u32, max_attempts: u32, worker: Option<&str>) -> Decision {
+/// `discarded`; `cancelled` if an operator had asked to cancel it (`cancel_by`), since its
+/// worker stopped before it could. `worker` is the holder that stopped renewing it, for the
+/// recorded error.
+pub(crate) fn rescue(
+    attempt: u32,
+    max_attempts: u32,
+    worker: Option<&str>,
+    cancel_by: Option<&str>,
+) -> Decision {
     let error = format!(
         "lease expired: worker {} stopped renewing it during attempt {attempt}",
         worker.unwrap_or("?")
     );
+    if let Some(by) = cancel_by {
+        return bounded(Decision {
+            to: JobState::Cancelled,
+            event: Event::Rescued,
+            delay: None,
+            error: Some(format!("{error}; cancelled by {by}")),
+            refund_attempt: false,
+        });
+    }
     let to = if attempt >= max_attempts {
         JobState::Discarded
     } else {
@@ -366,16 +387,22 @@ pub fn is_valid(from: Option<JobState>, to: JobState) -> bool {
         // A waiting job that never started may be replaced by a duplicate (debounce), which
         // can move its run-at either way.
         // A claim may hold it back: `waiting` (key at its limit), `scheduled` (key rate).
-        Some(Available) => matches!(to, Running | Available | Scheduled | Waiting),
-        Some(Scheduled) => matches!(to, Available | Scheduled),
+        // Any job not yet running may be cancelled or discarded by an operator (`jobq cancel`,
+        // `jobq discard`); a failed or cancelled one retried (`jobq retry`).
+        Some(Available) => matches!(
+            to,
+            Running | Available | Scheduled | Waiting | Cancelled | Discarded
+        ),
+        Some(Scheduled) => matches!(to, Available | Scheduled | Cancelled | Discarded),
         // Promoted when a slot of its key frees; or replaced by a duplicate (debounce).
-        Some(Waiting) => matches!(to, Available | Scheduled),
-        Some(Retryable) => matches!(to, Available),
+        Some(Waiting) => matches!(to, Available | Scheduled | Cancelled | Discarded),
+        Some(Retryable) => matches!(to, Available | Cancelled | Discarded),
         Some(Running) => matches!(
             to,
             Completed | Retryable | Discarded | Cancelled | Scheduled | Available
         ),
-        Some(Completed | Discarded | Cancelled) => false,
+        Some(Discarded | Cancelled) => to == Available,
+        Some(Completed) => false,
     }
 }
 
@@ -578,7 +605,7 @@ mod tests {
             (9, 3, Discarded),
         ];
         for (attempt, max, to) in table {
-            let d = rescue(attempt, max, Some("w1"));
+            let d = rescue(attempt, max, Some("w1"), None);
             assert_eq!(
                 (d.to, d.event, d.refund_attempt),
                 (to, Event::Rescued, false)
@@ -586,7 +613,11 @@ mod tests {
             assert!(d.error.unwrap().contains("worker w1"));
             assert!(is_valid(Some(Running), d.to));
         }
-        assert!(rescue(1, 2, None).error.unwrap().contains("worker ?"));
+        assert!(rescue(1, 2, None, None).error.unwrap().contains("worker ?"));
+        // A job an operator was cancelling when its worker died is not run again.
+        let d = rescue(1, 5, Some("w1"), Some("cli:ann"));
+        assert_eq!((d.to, d.event), (Cancelled, Event::Rescued));
+        assert!(d.error.unwrap().ends_with("cancelled by cli:ann"));
         let d = put_back("deadlock");
         assert_eq!(
             (d.to, d.event, d.refund_attempt),
@@ -616,6 +647,7 @@ mod tests {
             (Event::Rescued, None),
             (Event::Replaced, None),
             (Event::Throttled, None),
+            (Event::Requeued, None),
         ];
         assert_eq!(table.len(), Event::ALL.len());
         for (event, label) in table {
@@ -650,9 +682,16 @@ mod tests {
         assert!(!is_valid(None, Waiting));
         assert!(!is_valid(Some(Running), Waiting));
         assert!(is_valid(Some(Retryable), Available));
-        for fin in [Completed, Discarded, Cancelled] {
+        for to in JobState::ALL {
+            assert!(!is_valid(Some(Completed), to));
+        }
+        for fin in [Discarded, Cancelled] {
             for to in JobState::ALL {
-                assert!(!is_valid(Some(fin), to));
+                assert_eq!(
+                    is_valid(Some(fin), to),
+                    to == Available,
+                    "only a retry revives"
+                );
             }
         }
     }

@@ -297,12 +297,12 @@ fn spawn_job(
 ) {
     let fence = job.fence();
     let key = job.concurrency_key.clone().map(|k| (queue.clone(), k));
-    let cancel = shared.in_flight.insert(fence, deadline, key);
+    let tokens = shared.in_flight.insert(fence, deadline, key);
     metrics::claimed(
         queue,
         &job.kind,
         Duration::from_micros(job.wait_us.max(0) as u64),
     );
     let span = info_span!("job", job_id = job.id, kind = %job.kind, queue = %queue, attempt = job.attempt, worker = %shared.id);
-    jobs.spawn(executor::run(shared.clone(), queue.clone(), job, permit, cancel).instrument(span));
+    jobs.spawn(executor::run(shared.clone(), queue.clone(), job, permit, tokens).instrument(span));
 }

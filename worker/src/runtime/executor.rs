@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use jobq_producer::{JobId, QueueName};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::in_flight::Tokens;
 use super::{recorder, Shared};
 use crate::handler::{write_chain, JobContext, JobError};
 use crate::metrics;
@@ -27,8 +27,9 @@ pub(crate) async fn run(
     queue: QueueName,
     job: ClaimedJob,
     permit: OwnedSemaphorePermit,
-    cancel: CancellationToken,
+    tokens: Tokens,
 ) {
+    let Tokens { cancel, stop } = tokens;
     let fence = job.fence();
     let policy = shared.policy(&queue, &job.kind);
     let ctx = JobContext {
@@ -72,8 +73,18 @@ pub(crate) async fn run(
                     job.kind.clone(),
                     AssertUnwindSafe(fut).catch_unwind(),
                 );
-                tokio::select! {
-                    r = with_timeout(policy.job_timeout, guarded) => Some(match r {
+                let mut handler = std::pin::pin!(with_timeout(policy.job_timeout, guarded));
+                let outcome = tokio::select! {
+                    biased;
+                    // An operator's cancel (the heartbeat read the request): the handler has
+                    // seen `ctx.cancelled()`; it gets the grace to stop, then it is dropped.
+                    // Whatever it returns, the job ends `cancelled`.
+                    _ = stop.cancelled() => {
+                        let grace = shared.config.worker.cancel_grace;
+                        let _ = tokio::time::timeout(grace, &mut handler).await;
+                        Some(cancelled(&shared, fence))
+                    }
+                    r = &mut handler => Some(match r {
                         None => Outcome::Timeout(policy.job_timeout.unwrap_or_default()),
                         Some(Err(panic)) => Outcome::Panic(panic_message(panic.as_ref())),
                         Some(Ok(Ok(()))) => Outcome::Success,
@@ -82,17 +93,28 @@ pub(crate) async fn run(
                     _ = cancel.cancelled() => None,
                     _ = shared.in_flight.expiry(fence) => None,
                     _ = shared.release.cancelled() => Some(Outcome::Released),
+                };
+                // A cancel that arrived as the handler returned still wins: the operator was
+                // told the job would end cancelled.
+                match outcome {
+                    Some(o) if stop.is_cancelled() && !matches!(o, Outcome::Cancel(_)) => {
+                        Some(cancelled(&shared, fence))
+                    }
+                    other => other,
                 }
             }
         },
     };
     let run = started.elapsed();
-    // The handler did not return by itself (timeout, panic, shutdown release, lost lease): its
-    // future is gone, so tell whatever it spawned, before the job can be claimed again.
-    if matches!(
-        outcome,
-        None | Some(Outcome::Timeout(_) | Outcome::Panic(_) | Outcome::Released)
-    ) {
+    // The handler did not return by itself (timeout, panic, shutdown release, lost lease, an
+    // operator's cancel): its future is gone, so tell whatever it spawned, before the job can
+    // be claimed again.
+    if stop.is_cancelled()
+        || matches!(
+            outcome,
+            None | Some(Outcome::Timeout(_) | Outcome::Panic(_) | Outcome::Released)
+        )
+    {
         cancel.cancel();
     }
     let tx = slot.lock().await.take();
@@ -121,6 +143,15 @@ pub(crate) async fn run(
         permit,
     )
     .await;
+}
+
+/// The outcome of a job an operator cancelled.
+fn cancelled(shared: &Shared, fence: crate::store::Fence) -> Outcome {
+    let by = shared
+        .in_flight
+        .cancelled_by(fence)
+        .unwrap_or_else(|| "an operator".into());
+    Outcome::Cancel(format!("cancelled by {by} while running"))
 }
 
 async fn with_timeout<F: Future>(timeout: Option<Duration>, fut: F) -> Option<F::Output> {

@@ -52,6 +52,9 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 for f in report.lost {
                     shared.in_flight.lose(f);
                 }
+                for (f, by) in report.cancel {
+                    shared.in_flight.request_cancel(f, by);
+                }
                 if !report.skipped.is_empty() {
                     debug!(
                         jobs = report.skipped.len(),

@@ -24,6 +24,17 @@ struct Entry {
     /// The job's queue and concurrency key, if it has one: when its outcome is written, the
     /// key has a free slot (see [`InFlight::take_freed`]).
     key: Option<(QueueName, String)>,
+    /// Fired when an operator cancels the running job (after `by` is set).
+    stop: CancellationToken,
+    /// Who asked for the cancel.
+    stop_by: Option<String>,
+}
+
+/// The tokens of a job just claimed: `cancel` is what its handler sees (`ctx.cancelled()`),
+/// fired whenever the runtime gives up on it; `stop` fires only when an operator cancels it.
+pub(crate) struct Tokens {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) stop: CancellationToken,
 }
 
 /// Running jobs of this process. See the module docs.
@@ -48,8 +59,9 @@ impl InFlight {
         fence: Fence,
         deadline: Instant,
         key: Option<(QueueName, String)>,
-    ) -> CancellationToken {
+    ) -> Tokens {
         let cancel = CancellationToken::new();
+        let stop = CancellationToken::new();
         self.lock().insert(
             fence.id,
             Entry {
@@ -57,9 +69,32 @@ impl InFlight {
                 cancel: cancel.clone(),
                 deadline,
                 key,
+                stop: stop.clone(),
+                stop_by: None,
             },
         );
-        cancel
+        Tokens { cancel, stop }
+    }
+
+    /// An operator cancelled this running job: stop it (its handler is told, then dropped
+    /// after the grace; see `executor.rs`).
+    pub(crate) fn request_cancel(&self, fence: Fence, by: String) {
+        let mut map = self.lock();
+        if let Some(e) = map.get_mut(&fence.id).filter(|e| e.token == fence.token) {
+            if e.stop_by.is_none() {
+                e.stop_by = Some(by);
+                e.stop.cancel();
+                e.cancel.cancel();
+            }
+        }
+    }
+
+    /// Who cancelled the job, if an operator did.
+    pub(crate) fn cancelled_by(&self, fence: Fence) -> Option<String> {
+        self.lock()
+            .get(&fence.id)
+            .filter(|e| e.token == fence.token)
+            .and_then(|e| e.stop_by.clone())
     }
 
     /// The job is no longer this process's (its outcome was written, or nothing will be). A
@@ -217,8 +252,12 @@ mod tests {
     async fn the_deadline_is_enforced_once_and_can_be_pushed() {
         let t = InFlight::default();
         let now = Instant::now();
-        let a = t.insert(fence(1, 1), now + Duration::from_millis(30), None);
-        let b = t.insert(fence(2, 1), now + Duration::from_millis(30), None);
+        let a = t
+            .insert(fence(1, 1), now + Duration::from_millis(30), None)
+            .cancel;
+        let b = t
+            .insert(fence(2, 1), now + Duration::from_millis(30), None)
+            .cancel;
         t.extend(&[fence(2, 1)], now + Duration::from_secs(60));
         t.expiry(fence(1, 1)).await;
         assert!(a.is_cancelled());
@@ -231,6 +270,19 @@ mod tests {
         assert!(t.holds(fence(2, 1)) && !b.is_cancelled());
         t.lose(fence(2, 1));
         assert!(b.is_cancelled() && t.len() == 0);
+    }
+
+    #[test]
+    fn an_operator_cancel_fires_both_tokens_once_and_names_who() {
+        let t = InFlight::default();
+        let far = Instant::now() + Duration::from_secs(60);
+        let tokens = t.insert(fence(1, 1), far, None);
+        t.request_cancel(fence(1, 9), "stale".into());
+        assert!(!tokens.stop.is_cancelled(), "a stale fence cancels nothing");
+        t.request_cancel(fence(1, 1), "cli:ann".into());
+        t.request_cancel(fence(1, 1), "cli:bob".into());
+        assert!(tokens.stop.is_cancelled() && tokens.cancel.is_cancelled());
+        assert_eq!(t.cancelled_by(fence(1, 1)).as_deref(), Some("cli:ann"));
     }
 
     #[test]

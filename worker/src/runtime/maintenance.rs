@@ -147,7 +147,12 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
         }
     }
     let rescued = store::rescue_expired(&shared.pool, BATCH, |j| {
-        transition::rescue(j.attempt, j.max_attempts, j.worker.as_deref())
+        transition::rescue(
+            j.attempt,
+            j.max_attempts,
+            j.worker.as_deref(),
+            j.cancel_requested_by.as_deref(),
+        )
     })
     .await?;
     for (job, to) in rescued {

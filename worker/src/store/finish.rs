@@ -129,9 +129,12 @@ pub(crate) async fn finish(
         return Ok(false);
     }
     // language=MySQL
+    // The actor of a cancel is the operator who asked for it, if one did (`jobq cancel`).
     sqlx::query(
-        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, error, at) \
-         VALUES (?, 'running', ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))",
+        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, error, actor, at) \
+         VALUES (?, 'running', ?, ?, ?, ?, ?, \
+                 IF(? = 'cancelled', (SELECT cancel_requested_by FROM jobq_jobs WHERE id = ?), NULL), \
+                 UTC_TIMESTAMP(6))",
     )
     .bind(w.fence.id)
     .bind(d.to.as_str())
@@ -139,6 +142,8 @@ pub(crate) async fn finish(
     .bind(w.attempt)
     .bind(w.worker.as_str())
     .bind(d.error.as_deref())
+    .bind(d.event.as_str())
+    .bind(w.fence.id)
     .execute(&mut *conn)
     .await?;
     Ok(true)

@@ -30,6 +30,8 @@ pub(crate) struct LeaseReport {
     /// transaction, our own completer writing them) or already finished with our token. Their
     /// local deadline is not pushed; if that lasts a whole lease, the job's timer gives it up.
     pub(crate) skipped: Vec<Fence>,
+    /// Jobs whose cancel an operator requested (`jobq cancel`), with who asked.
+    pub(crate) cancel: Vec<(Fence, String)>,
 }
 
 /// Extends the leases of `fences` to the server's now + `lease`, on the heartbeat's own
@@ -54,13 +56,26 @@ pub(crate) async fn extend_leases<S: Session>(
         let (tx, (rows, _)) = RawTx::begin(
             session,
             &format!(
-                "SELECT id FROM jobq_jobs FORCE INDEX (PRIMARY) \
+                "SELECT id, cancel_requested_by IS NOT NULL AS cancel, \
+                        CAST(cancel_requested_by AS CHAR) AS cancel_by \
+                 FROM jobq_jobs FORCE INDEX (PRIMARY) \
                  WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running' \
                  FOR UPDATE SKIP LOCKED"
             ),
         )
         .await?;
         let locked: Vec<u64> = rows.iter().map(|r| r.get::<u64, _>(0)).collect();
+        for r in &rows {
+            if r.try_get::<i64, _>("cancel").unwrap_or(0) == 1 {
+                let id: u64 = r.get(0);
+                if let Some(f) = chunk.iter().find(|f| f.id == id) {
+                    let by: Option<String> = r.try_get("cancel_by").unwrap_or(None);
+                    report
+                        .cancel
+                        .push((*f, by.unwrap_or_else(|| "an operator".into())));
+                }
+            }
+        }
         let end = if locked.is_empty() {
             "COMMIT".to_owned()
         } else {

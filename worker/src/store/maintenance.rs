@@ -68,6 +68,8 @@ pub(crate) struct Expired {
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
     pub(crate) worker: Option<String>,
+    /// Who requested its cancel, if anyone did (`jobq cancel` while it ran).
+    pub(crate) cancel_requested_by: Option<String>,
 }
 
 /// Rescues up to `limit` running jobs whose lease expired, writing what `decide` says for each
@@ -85,7 +87,9 @@ pub(crate) async fn rescue_expired(
     // finishing it; it is looked at again next tick. A running row without a lease (possible
     // only where CHECK constraints are not enforced) counts as expired.
     let rows = sqlx::query(
-        "SELECT id, queue, kind, attempt, max_attempts, worker_id FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
+        "SELECT id, queue, kind, attempt, max_attempts, worker_id, \
+                cancel_requested_at IS NOT NULL AS cancel, cancel_requested_by \
+         FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
          WHERE state = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < UTC_TIMESTAMP(6)) \
          ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
     )
@@ -105,6 +109,12 @@ pub(crate) async fn rescue_expired(
             attempt: r.try_get("attempt")?,
             max_attempts: r.try_get("max_attempts")?,
             worker: opt_text(&r, "worker_id")?,
+            cancel_requested_by: (r.try_get::<i64, _>("cancel")? == 1).then(|| {
+                opt_text(&r, "cancel_requested_by")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| "an operator".into())
+            }),
         };
         let d = decide(&job);
         // language=MySQL

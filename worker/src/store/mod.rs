@@ -1,5 +1,6 @@
 //! All SQL of the worker crate, one file per concern:
 //!
+//! - [`acts`]: operators' acts on jobs by id (cancel, retry, discard);
 //! - [`claim`]: the claim transaction and the named-lock statements (hot path);
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
 //! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
@@ -18,6 +19,7 @@
 //! - the transactions are short and run at READ COMMITTED (set per session in `db.rs`), so
 //!   locking reads lock only the rows they return and take no gap locks.
 
+mod acts;
 mod claim;
 mod demo;
 mod finish;
@@ -35,6 +37,7 @@ use std::time::Duration;
 use sqlx::mysql::MySqlRow;
 use sqlx::Row;
 
+pub(crate) use acts::apply as apply_act;
 pub(crate) use claim::{
     claim, get_lock, lock_name, release_lock, ClaimError, ClaimLock, ClaimRequest, ClaimedJob,
     Flow, Throttled,

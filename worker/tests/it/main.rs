@@ -10,6 +10,7 @@ mod http;
 #[path = "../support/procs.rs"]
 mod procs;
 
+mod acts;
 mod cli;
 mod core;
 mod edges;

@@ -57,6 +57,13 @@ enum Command {
     /// Distributed locks: run a command under a lock, or see who holds what.
     #[command(subcommand)]
     Lock(crate::lock::LockCommand),
+    /// Cancel jobs: a waiting one at once, a running one at its worker's next heartbeat (its
+    /// handler is told, then dropped after worker.cancel_grace; its transaction rolls back).
+    Cancel(crate::acts::ActArgs),
+    /// Run failed, cancelled, retryable or scheduled jobs again, now.
+    Retry(crate::acts::ActArgs),
+    /// Discard jobs that have not started.
+    Discard(crate::acts::ActArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -189,6 +196,9 @@ pub(crate) fn run() -> Result<ExitCode> {
             Command::Bench(a) => crate::bench::run(&settings, a).await,
             Command::Lock(c) => crate::lock::run(&settings, c).await,
             Command::Queues(a) => crate::queues::run(&settings, a).await,
+            Command::Cancel(a) => crate::acts::run(&settings, jobq_worker::Act::Cancel, a).await,
+            Command::Retry(a) => crate::acts::run(&settings, jobq_worker::Act::Retry, a).await,
+            Command::Discard(a) => crate::acts::run(&settings, jobq_worker::Act::Discard, a).await,
         }
     })
 }

@@ -2,6 +2,7 @@
 //! `demo.rs`, `bench/`, `lock.rs`, `queues.rs`, with the operator endpoint in `http.rs`); this file only maps the
 //! outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
+mod acts;
 mod bench;
 mod cli;
 mod demo;

@@ -1,0 +1,186 @@
+//! Operators' acts: `jobq cancel|retry|discard` on waiting, running and finished jobs.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jobq_config::ClaimMode;
+use jobq_worker::{
+    act_on_jobs, Act, Acted, JobContext, JobId, JobState, NewJob, Producer, Registry,
+};
+use serde_json::json;
+use sqlx::MySqlPool;
+
+use crate::common::*;
+
+fn jobq(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(args)
+        .env("JOBQ_DATABASE_URL", url)
+        .env("JOBQ_LOG__LEVEL", "warn")
+        .env("USER", "ann")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Waiting jobs are cancelled or discarded at once, with a transition naming who asked; a
+/// finished job is refused with a clear message and a non-zero exit; an unknown id too; a
+/// discarded job retried runs again.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn waiting_and_finished_jobs(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let p = Producer::new(db.clone());
+    let now = p.enqueue(NewJob::json("noop", json!({}))).await.unwrap();
+    let later = p
+        .enqueue(NewJob::json("noop", json!({})).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let other = p.enqueue(NewJob::json("noop", json!({}))).await.unwrap();
+
+    let out = jobq(&url, &["cancel", &now.to_string(), &later.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{now} cancelled (was available)")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{later} cancelled (was scheduled)")),
+        "{text}"
+    );
+    let actor: String = sqlx::query_scalar(
+        "SELECT CAST(actor AS CHAR) FROM jobq_transitions WHERE job_id = ? AND event = 'cancelled'",
+    )
+    .bind(now.0)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(actor.starts_with("cli:ann@"), "{actor}");
+
+    let discarded = act_on_jobs(&db, Act::Discard, &[other, JobId(999_999)], "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        discarded,
+        vec![
+            (
+                other,
+                Acted::Done {
+                    from: JobState::Available,
+                    to: JobState::Discarded
+                }
+            ),
+            (JobId(999_999), Acted::NotFound)
+        ]
+    );
+
+    // A second cancel of a cancelled job, and an unknown id: exit 1, each named.
+    let out = jobq(&url, &["cancel", &now.to_string(), "999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{now}: cannot cancel a cancelled job: it has already finished"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("999999: no such job"), "{err}");
+
+    // Retry the discarded job: it runs and completes.
+    let out = jobq(&url, &["retry", &other.to_string(), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["outcome"], "done");
+    assert_eq!(line["to"], "available");
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let w = start(pool(&s).await, builtins(), &s);
+    wait_for(
+        Duration::from_secs(10),
+        "the retried job completed",
+        || async { state_of(&db, other.0).await == "completed" },
+    )
+    .await;
+    w.stop().await;
+    // Retrying a completed job is refused.
+    let out = jobq(&url, &["retry", &other.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enqueue a new job instead"));
+    assert_consistent(&db).await;
+}
+
+/// A running job is cancelled at its worker's next heartbeat: its handler sees
+/// `ctx.cancelled()`, is dropped after the grace (it ignores the signal here), nothing it wrote
+/// in `ctx.tx()` commits, and the job ends `cancelled` with who asked.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_running_job_is_cancelled_within_a_heartbeat_and_the_grace(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.heartbeat_interval = Duration::from_millis(200);
+    s.worker.lease_ttl = Duration::from_secs(2);
+    s.worker.cancel_grace = Duration::from_millis(300);
+    let pool = pool(&s).await;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let mut r = Registry::new();
+    r.register_json("stubborn", move |_: serde_json::Value, ctx: JobContext| {
+        let seen = seen_tx.clone();
+        async move {
+            let mut tx = ctx.tx().await?;
+            sqlx::query(
+                "INSERT INTO jobq_demo_effects (job_id, attempt, worker, effect_key, created_at) \
+                 VALUES (?, 1, 'x', 'written before the cancel', UTC_TIMESTAMP(6))",
+            )
+            .bind(ctx.id().0)
+            .execute(&mut **tx)
+            .await?;
+            drop(tx);
+            let _ = seen.send("started");
+            ctx.cancelled().await;
+            let _ = seen.send("told");
+            // Ignores the signal: only the grace ends it.
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok(())
+        }
+    })
+    .unwrap();
+    let id = Producer::new(db.clone())
+        .enqueue(NewJob::json("stubborn", json!({})))
+        .await
+        .unwrap();
+    let w = start(pool.clone(), r, &s);
+    assert_eq!(seen_rx.recv().await, Some("started"));
+    let asked = Instant::now();
+    let acted = act_on_jobs(&db, Act::Cancel, &[id], "ops:bob")
+        .await
+        .unwrap();
+    assert_eq!(acted, vec![(id, Acted::CancelRequested)]);
+    assert_eq!(seen_rx.recv().await, Some("told"));
+    wait_for(Duration::from_secs(10), "the job cancelled", || async {
+        state_of(&db, id.0).await == "cancelled"
+    })
+    .await;
+    // One heartbeat (200 ms) + the grace (300 ms), with room for a loaded machine.
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let (error, actor): (String, String) = sqlx::query_as(
+        "SELECT CAST(error AS CHAR), CAST(actor AS CHAR) FROM jobq_transitions \
+         WHERE job_id = ? AND to_state = 'cancelled'",
+    )
+    .bind(id.0)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(
+        error.contains("cancelled by ops:bob while running"),
+        "{error}"
+    );
+    assert_eq!(actor, "ops:bob");
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_demo_effects").await,
+        0,
+        "the handler's transaction did not commit"
+    );
+    w.stop().await;
+    assert_consistent(&db).await;
+}
