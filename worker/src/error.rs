@@ -61,6 +61,9 @@ pub enum Error {
     /// A job does not exist.
     #[error("job {0} does not exist")]
     NoSuchJob(JobId),
+    /// An argument the call cannot act on.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// `Result` with this crate's [`Error`].

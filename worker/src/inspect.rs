@@ -96,3 +96,38 @@ pub async fn job_with_history(
     let history = store::history(pool, id).await?;
     Ok((job, history))
 }
+
+/// Lists jobs, newest first, by `filter` (see [`crate::JobFilter`]).
+pub async fn list_jobs(
+    pool: &MySqlPool,
+    filter: &store::JobFilter,
+) -> Result<Vec<store::JobSummary>> {
+    Ok(store::list_jobs(pool, filter).await?)
+}
+
+/// The registered worker processes, with their running jobs.
+pub async fn workers(pool: &MySqlPool) -> Result<Vec<store::WorkerInfo>> {
+    Ok(store::workers(pool).await?)
+}
+
+/// Deletes jobs in final state `state` finalized more than `older_than` ago, with their
+/// history, in short batches. Returns how many were deleted.
+pub async fn prune_jobs(
+    pool: &MySqlPool,
+    state: JobState,
+    older_than: std::time::Duration,
+) -> Result<u64> {
+    if !state.is_final() {
+        return Err(Error::Invalid(format!(
+            "only finished jobs are pruned (completed, discarded, cancelled), not {state}"
+        )));
+    }
+    let mut total = 0;
+    loop {
+        let n = store::prune(pool, state, older_than, 500).await?;
+        total += n;
+        if n < 500 {
+            return Ok(total);
+        }
+    }
+}

@@ -55,7 +55,10 @@ pub use error::{Error, Result};
 pub use handler::{BoxError, Handler, JobContext, JobError, JobTx};
 pub use health::{Health, Loop, Status};
 pub use ids::{hostname, WorkerId};
-pub use inspect::{job_with_history, pause_queue, resume_queue, stats, QueueStats, Stats};
+pub use inspect::{
+    job_with_history, list_jobs, pause_queue, prune_jobs, resume_queue, stats, workers, QueueStats,
+    Stats,
+};
 pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.
 pub use jobq_lock as lock;
@@ -67,7 +70,7 @@ pub use panics::install_panic_hook;
 pub use registry::Registry;
 pub use runtime::prune_finished;
 pub use shutdown::{on_signals, Shutdown, ShutdownSignal, Stopped};
-pub use store::{JobRecord, TransitionRecord};
+pub use store::{JobFilter, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
 pub use transition::{is_valid, Event};
 pub use worker::Worker;
 

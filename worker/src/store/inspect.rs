@@ -110,6 +110,8 @@ pub struct TransitionRecord {
     pub worker_id: Option<String>,
     /// Error recorded with it.
     pub error: Option<String>,
+    /// Who asked for it, for an operator's act (`jobq cancel`, `retry`, `discard`).
+    pub actor: Option<String>,
     /// When (UTC, database clock).
     pub at: DateTime<Utc>,
 }
@@ -154,7 +156,7 @@ pub(crate) async fn history(
     // language=MySQL
     let rows = sqlx::query(
         "SELECT CAST(from_state AS CHAR) AS from_state, CAST(to_state AS CHAR) AS to_state, event, attempt, \
-                worker_id, error, at \
+                worker_id, error, actor, at \
          FROM jobq_transitions WHERE job_id = ? ORDER BY id",
     )
     .bind(id.0)
@@ -175,7 +177,191 @@ pub(crate) async fn history(
                 attempt: r.try_get("attempt")?,
                 worker_id: opt_text(&r, "worker_id")?,
                 error: opt_text(&r, "error")?,
+                actor: opt_text(&r, "actor")?,
                 at: r.try_get("at")?,
+            })
+        })
+        .collect()
+}
+
+/// A job as `jobq jobs list` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct JobSummary {
+    /// Id.
+    pub id: JobId,
+    /// Queue.
+    pub queue: String,
+    /// Kind.
+    pub kind: String,
+    /// State.
+    pub state: JobState,
+    /// Current or last attempt.
+    pub attempt: u32,
+    /// Allowed attempts.
+    pub max_attempts: u32,
+    /// Earliest run time.
+    pub run_at: DateTime<Utc>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// What `jobq jobs list` selects. Newest first; `after` continues a listing after that id.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this queue.
+    pub queue: Option<String>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// Only jobs whose last error contains this text.
+    pub error: Option<String>,
+    /// At most this many (1 to 10,000).
+    pub limit: u32,
+    /// Continue after this job (keyset paging: the last id of the previous page).
+    pub after: Option<JobId>,
+}
+
+/// Lists jobs by `f`, newest first. With a state, the read walks `jobq_jobs_due (state,
+/// run_at, id)` backwards (newest run-at first) and continues after the given job's
+/// (run_at, id); without one, the primary key backwards (newest id first). Either way no sort
+/// and no OFFSET: a page costs its rows plus the ones the other filters skip.
+pub(crate) async fn list_jobs(
+    pool: &MySqlPool,
+    f: &JobFilter,
+) -> Result<Vec<JobSummary>, sqlx::Error> {
+    let mut sql = String::from(
+        "SELECT id, queue, kind, CAST(state AS CHAR) AS state, attempt, max_attempts, run_at, last_error FROM jobq_jobs ",
+    );
+    let mut conds: Vec<&str> = Vec::new();
+    let cursor: Option<DateTime<Utc>> = match (f.state, f.after) {
+        (Some(_), Some(after)) => {
+            // language=MySQL
+            let at: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT run_at FROM jobq_jobs WHERE id = ?")
+                    .bind(after.0)
+                    .fetch_optional(pool)
+                    .await?;
+            Some(at.unwrap_or_else(Utc::now))
+        }
+        _ => None,
+    };
+    if f.state.is_some() {
+        sql.push_str("FORCE INDEX (jobq_jobs_due) ");
+        conds.push("state = ?");
+        if f.after.is_some() {
+            conds.push("(run_at < ? OR (run_at = ? AND id < ?))");
+        }
+    } else if f.after.is_some() {
+        conds.push("id < ?");
+    }
+    if f.queue.is_some() {
+        conds.push("queue = ?");
+    }
+    if f.kind.is_some() {
+        conds.push("kind = ?");
+    }
+    if f.error.is_some() {
+        conds.push("last_error LIKE CONCAT('%', ?, '%')");
+    }
+    if !conds.is_empty() {
+        sql.push_str("WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    // language=MySQL
+    sql.push_str(if f.state.is_some() {
+        " ORDER BY run_at DESC, id DESC LIMIT ?"
+    } else {
+        " ORDER BY id DESC LIMIT ?"
+    });
+    let mut q = sqlx::query(&sql);
+    if let Some(s) = f.state {
+        q = q.bind(s.as_str());
+        if let (Some(at), Some(after)) = (cursor, f.after) {
+            q = q.bind(at).bind(at).bind(after.0);
+        }
+    } else if let Some(after) = f.after {
+        q = q.bind(after.0);
+    }
+    if let Some(v) = &f.queue {
+        q = q.bind(v);
+    }
+    if let Some(v) = &f.kind {
+        q = q.bind(v);
+    }
+    if let Some(v) = &f.error {
+        // LIKE's own wildcards in the text are matched literally.
+        q = q.bind(
+            v.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_"),
+        );
+    }
+    let rows = q.bind(f.limit.clamp(1, 10_000)).fetch_all(pool).await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(JobSummary {
+                id: JobId(r.try_get("id")?),
+                queue: text(&r, "queue")?,
+                kind: text(&r, "kind")?,
+                state: parsed(&r, "state")?,
+                attempt: r.try_get("attempt")?,
+                max_attempts: r.try_get("max_attempts")?,
+                run_at: r.try_get("run_at")?,
+                last_error: opt_text(&r, "last_error")?,
+            })
+        })
+        .collect()
+}
+
+/// A worker process, as `jobq workers` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkerInfo {
+    /// Worker id.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Queues it works.
+    pub queues: Vec<String>,
+    /// Jobs it is running now.
+    pub running: i64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_seconds: f64,
+}
+
+/// The registered worker processes with their running jobs, most recent heartbeat first.
+pub(crate) async fn workers(pool: &MySqlPool) -> Result<Vec<WorkerInfo>, sqlx::Error> {
+    // language=MySQL
+    // The running jobs per worker: the `running` range of jobq_jobs_due (at most every slot).
+    let rows = sqlx::query(
+        "SELECT w.id, w.host, w.pid, CAST(w.queues AS CHAR) AS queues, w.started_at, w.last_heartbeat_at, \
+                TIMESTAMPDIFF(MICROSECOND, w.last_heartbeat_at, UTC_TIMESTAMP(6)) / 1e6 AS age, \
+                COALESCE(r.n, 0) AS running \
+         FROM jobq_workers w \
+         LEFT JOIN (SELECT worker_id, COUNT(*) AS n FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
+                    WHERE state = 'running' GROUP BY worker_id) r ON r.worker_id = w.id \
+         ORDER BY w.last_heartbeat_at DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let queues: String = r.try_get("queues")?;
+            Ok(WorkerInfo {
+                id: text(&r, "id")?,
+                host: text(&r, "host")?,
+                pid: r.try_get("pid")?,
+                queues: queues.split(',').map(str::to_owned).collect(),
+                running: r.try_get("running")?,
+                started_at: r.try_get("started_at")?,
+                last_heartbeat_at: r.try_get("last_heartbeat_at")?,
+                heartbeat_age_seconds: r.try_get::<Option<f64>, _>("age")?.unwrap_or(0.0),
             })
         })
         .collect()

@@ -44,8 +44,8 @@ pub(crate) use claim::{
 };
 pub(crate) use demo::{create_effects_table, insert_effect};
 pub(crate) use finish::{complete_batch, finish, finish_tx, mark_tx, tx_intact, FinishWrite};
-pub(crate) use inspect::{counts, history, job, queue_activity};
-pub use inspect::{JobRecord, TransitionRecord};
+pub(crate) use inspect::{counts, history, job, list_jobs, queue_activity, workers};
+pub use inspect::{JobFilter, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys};
 pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,

@@ -11,6 +11,7 @@ mod http;
 mod procs;
 
 mod acts;
+mod admin;
 mod cli;
 mod core;
 mod edges;

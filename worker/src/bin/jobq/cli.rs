@@ -64,6 +64,17 @@ enum Command {
     Retry(crate::acts::ActArgs),
     /// Discard jobs that have not started.
     Discard(crate::acts::ActArgs),
+    /// Jobs: list them by state, queue, kind or error, a page at a time.
+    #[command(subcommand)]
+    Jobs(crate::admin::JobsCommand),
+    /// Worker processes: host, pid, queues, running jobs, heartbeat age.
+    Workers {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete finished jobs (and their history) older than a duration.
+    Prune(crate::admin::PruneArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -199,6 +210,9 @@ pub(crate) fn run() -> Result<ExitCode> {
             Command::Cancel(a) => crate::acts::run(&settings, jobq_worker::Act::Cancel, a).await,
             Command::Retry(a) => crate::acts::run(&settings, jobq_worker::Act::Retry, a).await,
             Command::Discard(a) => crate::acts::run(&settings, jobq_worker::Act::Discard, a).await,
+            Command::Jobs(c) => crate::admin::jobs(&settings, c).await,
+            Command::Workers { json } => crate::admin::workers(&settings, json).await,
+            Command::Prune(a) => crate::admin::prune(&settings, a).await,
         }
     })
 }

@@ -3,6 +3,7 @@
 //! outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
 mod acts;
+mod admin;
 mod bench;
 mod cli;
 mod demo;
