@@ -13,3 +13,7 @@ ALTER TABLE jobq_jobs
 -- the Rust API was given); NULL for the runtime's own transitions.
 ALTER TABLE jobq_transitions
   ADD COLUMN actor VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL;
+
+-- result: what the handler returned with its success (`ctx.set_result`), JSON of at most
+-- 64 KiB; shown by `jobq job ID`, returned by `Producer::wait_for` and `jobq enqueue --wait`.
+ALTER TABLE jobq_jobs ADD COLUMN result JSON NULL;

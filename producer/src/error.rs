@@ -49,6 +49,9 @@ pub enum Error {
         /// Rows sent.
         matched: u64,
     },
+    /// No job has this id (or it was pruned).
+    #[error("job {0} does not exist (never enqueued, or pruned after it finished)")]
+    NoSuchJob(crate::job::JobId),
 }
 
 /// `Result` with this crate's [`Error`].

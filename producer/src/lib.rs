@@ -39,7 +39,9 @@ pub use job::{
 };
 pub use json::{MYSQL_MAX_DEPTH, PORTABLE_MAX_DEPTH};
 pub use notify::{subscribe, Subscription};
-pub use producer::{Enqueued, NewJob, OnDuplicate, Producer, ProducerOptions, UNIQUE_KEY_CHARS};
+pub use producer::{
+    Enqueued, JobEnd, NewJob, OnDuplicate, Producer, ProducerOptions, UNIQUE_KEY_CHARS,
+};
 pub use store::CHUNK_BYTES;
 
 /// The jobq schema (the `migrations/` folder at the repository root), embedded.

@@ -294,6 +294,30 @@ impl Producer {
         &self.pool
     }
 
+    /// Waits until job `id` has finished (completed, discarded or cancelled) and returns how:
+    /// its state, its result (`ctx.set_result`) or its last error. `Ok(None)` when `timeout`
+    /// passed first (the job goes on). The job's row is read by primary key, first after
+    /// 5 ms, then at doubling intervals up to 500 ms: a few reads a second at most, whatever
+    /// the job takes.
+    pub async fn wait_for(&self, id: JobId, timeout: Duration) -> Result<Option<JobEnd>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let end = store::job_end(&self.pool, id)
+                .await?
+                .ok_or(Error::NoSuchJob(id))?;
+            if end.state.is_final() {
+                return Ok(Some(end));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
     /// Inserts one job in its own transaction and returns its id (for a duplicate unique job,
     /// the existing job's id).
     pub async fn enqueue(&self, job: NewJob) -> Result<JobId> {
@@ -421,6 +445,19 @@ fn check_key_length(field: &'static str, key: &str) -> Result<()> {
             "must be 1 to {UNIQUE_KEY_CHARS} characters, not {chars}; hash a longer key"
         ),
     })
+}
+
+/// How a job ended, as [`Producer::wait_for`] saw it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct JobEnd {
+    /// The job.
+    pub id: JobId,
+    /// Its state: final when returned by `wait_for`.
+    pub state: crate::job::JobState,
+    /// What its handler stored with its success, if anything.
+    pub result: Option<serde_json::Value>,
+    /// Its last error, if any.
+    pub error: Option<String>,
 }
 
 /// What an insert did with one job.

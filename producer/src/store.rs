@@ -336,3 +336,30 @@ async fn insert_enqueued(
     q.execute(&mut *conn).await?;
     Ok(())
 }
+
+/// A job's state, result and last error, by primary key (`Producer::wait_for`).
+pub(crate) async fn job_end(
+    pool: &MySqlPool,
+    id: JobId,
+) -> Result<Option<crate::producer::JobEnd>> {
+    // language=MySQL
+    let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT CAST(state AS CHAR), CAST(result AS CHAR), CAST(last_error AS CHAR) \
+         FROM jobq_jobs WHERE id = ?",
+    )
+    .bind(id.0)
+    .fetch_optional(pool)
+    .await?;
+    let Some((state, result, error)) = row else {
+        return Ok(None);
+    };
+    let state = state
+        .parse()
+        .map_err(|e: String| Error::Database(sqlx::Error::Decode(e.into())))?;
+    Ok(Some(crate::producer::JobEnd {
+        id,
+        state,
+        result: result.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))),
+        error,
+    }))
+}

@@ -1,5 +1,5 @@
 //! Built-in job kinds, so jobq can be tried, benchmarked and deployment-tested without writing
-//! Rust: `noop`, `sleep`, `fail`, `panic`, `record`.
+//! Rust: `noop`, `sleep`, `fail`, `panic`, `record`, `echo`.
 
 use std::time::Duration;
 
@@ -16,6 +16,15 @@ use crate::store;
 pub struct Noop {}
 impl Job for Noop {
     const KIND: &'static str = "noop";
+}
+
+/// `echo`: completes with its payload as its result (`jobq enqueue echo --payload '{"a":1}'
+/// --wait` prints `{"a":1}`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Echo(pub serde_json::Value);
+impl Job for Echo {
+    const KIND: &'static str = "echo";
 }
 
 /// `sleep {"ms": N}`: sleeps N milliseconds.
@@ -147,6 +156,7 @@ pub async fn setup(pool: &sqlx::MySqlPool) -> Result<()> {
 /// Registers the built-in kinds.
 pub fn register(r: &mut Registry) -> Result<()> {
     r.register::<Noop>(|_: Noop, _ctx: JobContext| async { Ok(()) })?;
+    r.register::<Echo>(|job: Echo, ctx: JobContext| async move { ctx.set_result(&job.0) })?;
     r.register::<Sleep>(|job: Sleep, _ctx: JobContext| async move {
         tokio::time::sleep(Duration::from_millis(job.ms)).await;
         Ok(())

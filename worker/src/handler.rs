@@ -115,7 +115,15 @@ pub struct JobContext {
     pub(crate) pool: MySqlPool,
     pub(crate) tx: TxSlot,
     pub(crate) cancel: CancellationToken,
+    /// The result `set_result` stored, as JSON text.
+    pub(crate) result: ResultSlot,
 }
+
+/// Where a handler's result waits until the attempt's outcome is written.
+pub(crate) type ResultSlot = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// The largest result a job may store, in bytes of JSON text.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
 
 impl fmt::Debug for JobContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -180,6 +188,25 @@ impl JobContext {
         Ok(OwnedMutexGuard::map(slot, |s| {
             s.as_mut().expect("transaction was just begun")
         }))
+    }
+
+    /// Stores the job's result: written with its completion if the attempt succeeds (the last
+    /// call wins), shown by `jobq job ID`, returned by `Producer::wait_for` and `jobq enqueue
+    /// --wait`. At most [`MAX_RESULT_BYTES`] of JSON: a larger one is an error that discards
+    /// the job (retrying would produce it again), so use `ctx.set_result(&v)?`.
+    pub fn set_result<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), JobError> {
+        let text = serde_json::to_string(value).map_err(|e| {
+            JobError::discard(format!("the job's result does not serialise to JSON: {e}"))
+        })?;
+        if text.len() > MAX_RESULT_BYTES {
+            return Err(JobError::discard(format!(
+                "the job's result is {} bytes, over the limit of {MAX_RESULT_BYTES}; store large \
+                 results elsewhere and return a reference",
+                text.len()
+            )));
+        }
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+        Ok(())
     }
 
     /// Resolves when the runtime abandons this attempt. The handler's own future is dropped at

@@ -52,7 +52,7 @@ mod worker;
 pub use acts::{act_on_jobs, Act, Acted};
 pub use db::{check_migrated, check_server_limits, migrate};
 pub use error::{Error, Result};
-pub use handler::{BoxError, Handler, JobContext, JobError, JobTx};
+pub use handler::{BoxError, Handler, JobContext, JobError, JobTx, MAX_RESULT_BYTES};
 pub use health::{Health, Loop, Status};
 pub use ids::{hostname, WorkerId};
 pub use inspect::{
@@ -63,8 +63,8 @@ pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.
 pub use jobq_lock as lock;
 pub use jobq_producer::{
-    Enqueued, Job, JobId, JobState, KindName, NewJob, OnDuplicate, Producer, ProducerOptions,
-    QueueName, MIGRATOR,
+    Enqueued, Job, JobEnd, JobId, JobState, KindName, NewJob, OnDuplicate, Producer,
+    ProducerOptions, QueueName, MIGRATOR,
 };
 pub use panics::install_panic_hook;
 pub use registry::Registry;

@@ -269,6 +269,7 @@ async fn claim_skip_locked<'a>(
             lock: ClaimLock::SkipLocked,
             complete: &carried.fences(),
             freed: &carried.keys(flow.key_limit),
+            results: &carried.results(),
             flow,
         },
     )

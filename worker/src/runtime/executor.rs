@@ -42,8 +42,10 @@ pub(crate) async fn run(
         pool: shared.pool.clone(),
         tx: Default::default(),
         cancel: cancel.clone(),
+        result: Default::default(),
     };
     let slot = ctx.tx.clone();
+    let result_slot = ctx.result.clone();
     let started = Instant::now();
     let outcome = match shared.registry.get(&job.kind) {
         // Claims take any kind (filtering would make every claim read past the backlog of
@@ -129,6 +131,10 @@ pub(crate) async fn run(
         base: policy.backoff_base,
         max: policy.backoff_max,
     };
+    let result = match outcome {
+        Outcome::Success => result_slot.lock().unwrap_or_else(|p| p.into_inner()).take(),
+        _ => None,
+    };
     recorder::record(
         &shared,
         recorder::Attempt {
@@ -139,6 +145,7 @@ pub(crate) async fn run(
             run,
             backoff,
             tx,
+            result,
         },
         permit,
     )

@@ -98,6 +98,7 @@ impl NamedLockClaims {
                 lock: ClaimLock::NamedLock(&name),
                 complete: &carried.fences(),
                 freed: &carried.keys(flow.key_limit),
+                results: &carried.results(),
                 flow,
             },
         )

@@ -47,6 +47,14 @@ impl Carried<'_> {
         self.items.iter().map(|c| c.fence).collect()
     }
 
+    /// The results (job id, JSON text) of the completions that have one.
+    pub(crate) fn results(&self) -> Vec<(u64, String)> {
+        self.items
+            .iter()
+            .filter_map(|c| c.result.clone().map(|r| (c.fence.id, r)))
+            .collect()
+    }
+
     /// The concurrency keys the completions free, each with the highest key limit of their
     /// kinds (`limit`): the claim promotes their waiting jobs.
     pub(crate) fn keys(&self, limit: impl Fn(&KindName) -> u32) -> BTreeMap<String, u32> {

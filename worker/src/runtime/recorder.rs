@@ -41,6 +41,8 @@ pub(crate) struct Completion {
     /// The job's concurrency key: a claim that carries the completion promotes the key's next
     /// waiting job in the same transaction.
     pub(crate) key: Option<String>,
+    /// The job's result (JSON text), written with the completion.
+    pub(crate) result: Option<String>,
     pub(crate) run: Duration,
     /// Dropping it (after the completion is written) frees the slot; a claim that carried the
     /// completion hands it to a job it claimed.
@@ -57,6 +59,8 @@ pub(crate) struct Attempt {
     pub(crate) backoff: Backoff,
     /// The handler's transaction, if it opened one.
     pub(crate) tx: Option<Transaction<'static, MySql>>,
+    /// The result the handler stored (successes only), JSON text.
+    pub(crate) result: Option<String>,
 }
 
 /// Records `a`. The slot (`permit`) is freed once the job no longer needs this process.
@@ -69,6 +73,7 @@ pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemapho
                 shared.pending.push(Completion {
                     fence: a.fence,
                     queue: a.queue,
+                    result: a.result.take(),
                     key: a.job.concurrency_key.clone(),
                     kind: a.job.kind,
                     run: a.run,
@@ -130,6 +135,7 @@ async fn complete_in_tx(
         attempt: a.job.attempt,
         worker: &shared.id,
         decision: &d,
+        result: a.result.as_deref(),
     };
     // The server may have ended the handler's transaction already (an implicit commit, a
     // deadlock's rollback); the handler's later writes then autocommitted. Completing now would
@@ -197,6 +203,7 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
         attempt: a.job.attempt,
         worker: &shared.id,
         decision: d,
+        result: None,
     };
     let deadline = Instant::now() + shared.config.worker.lease_ttl;
     let mut retry = DbRetry::new();
@@ -251,6 +258,7 @@ pub(crate) async fn release_unstarted(
             attempt: job.attempt,
             worker: &shared.id,
             decision: &d,
+            result: None,
         };
         let mut retry = DbRetry::new();
         loop {
@@ -352,9 +360,13 @@ async fn write_batch(shared: &Shared, batch: &mut Vec<Completion>) {
     let mut retry = DbRetry::new();
     loop {
         let fences: Vec<Fence> = batch.iter().map(|c| c.fence).collect();
+        let results: Vec<(u64, String)> = batch
+            .iter()
+            .filter_map(|c| c.result.clone().map(|r| (c.fence.id, r)))
+            .collect();
         let left = deadline.saturating_duration_since(Instant::now());
-        let e = match tokio::time::timeout(left, store::complete_batch(&shared.pool, &fences)).await
-        {
+        let write = store::complete_batch(&shared.pool, &fences, &results);
+        let e = match tokio::time::timeout(left, write).await {
             Ok(Ok(done)) => {
                 count_written(batch, done);
                 return;

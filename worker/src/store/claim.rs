@@ -71,6 +71,8 @@ pub(crate) struct ClaimRequest<'a> {
     /// The concurrency keys of the carried completions, with the key limit of their kinds: the
     /// claim promotes their waiting jobs into the slots those completions free.
     pub(crate) freed: &'a BTreeMap<String, u32>,
+    /// The results (job id, JSON text) of the carried completions that have one.
+    pub(crate) results: &'a [(u64, String)],
     /// The queue's flow limits.
     pub(crate) flow: Flow<'a>,
 }
@@ -231,7 +233,7 @@ pub(crate) async fn claim<S: Session>(
     let first = if req.complete.is_empty() {
         read
     } else {
-        format!("{}; {read}", completion_sql(req.complete))
+        format!("{}; {read}", completion_sql(req.complete, req.results))
     };
     let (mut tx, (rows, counts)) = RawTx::begin(session, &first).await?;
     // Counts: START TRANSACTION, [the completion statements,] the rest.

@@ -40,11 +40,15 @@ pub(crate) async fn tx_intact(conn: &mut MySqlConnection) -> Result<bool, sqlx::
 /// Marks many jobs `completed` in one transaction and one round trip: one UPDATE fenced per
 /// job by `(id, claim_token)`, one INSERT … SELECT of their transitions, COMMIT. Jobs whose
 /// fence no longer matches (rescued meanwhile) are left alone. Returns how many were completed.
-pub(crate) async fn complete_batch(pool: &MySqlPool, fences: &[Fence]) -> Result<u64, sqlx::Error> {
+pub(crate) async fn complete_batch(
+    pool: &MySqlPool,
+    fences: &[Fence],
+    results: &[(u64, String)],
+) -> Result<u64, sqlx::Error> {
     if fences.is_empty() {
         return Ok(0);
     }
-    let sql = format!("{}; COMMIT", completion_sql(fences));
+    let sql = format!("{}; COMMIT", completion_sql(fences, results));
     let mut conn = pool.acquire().await?;
     // One round trip: the guard's begin sends START TRANSACTION with the whole batch; `end`
     // only marks it closed, the COMMIT having been part of the batch.
@@ -57,9 +61,10 @@ pub(crate) async fn complete_batch(pool: &MySqlPool, fences: &[Fence]) -> Result
 /// Which of [`completion_sql`]'s statements is the UPDATE (its count is the jobs completed).
 pub(super) const COMPLETION_UPDATE: usize = 1;
 
-/// The statements that complete `fences` inside an open transaction (no COMMIT): shared by the
-/// completer's own transaction and a claim that carries completions (`store::claim`).
-pub(super) fn completion_sql(fences: &[Fence]) -> String {
+/// The statements that complete `fences` inside an open transaction (no COMMIT), storing the
+/// `results` (job id, JSON text) of those that have one: shared by the completer's own
+/// transaction and a claim that carries completions (`store::claim`).
+pub(super) fn completion_sql(fences: &[Fence], results: &[(u64, String)]) -> String {
     let ids = id_list(fences.iter().map(|f| f.id));
     let mut pairs = String::new();
     for (i, f) in fences.iter().enumerate() {
@@ -73,9 +78,22 @@ pub(super) fn completion_sql(fences: &[Fence]) -> String {
     // each job by its own token. The INSERT finds exactly the rows this UPDATE completed (same
     // token, same finalized_at): if a COMMIT succeeded but its answer was lost and the batch is
     // retried, the UPDATE matches nothing and no second `completed` transition is written.
+    // Results are spliced as hex literals of their UTF-8 text (nothing in them can end the
+    // literal), converted to text for the JSON column.
+    let mut result = String::new();
+    if !results.is_empty() {
+        result.push_str(", result = CASE id");
+        for (id, json) in results {
+            result.push_str(&format!(
+                " WHEN {id} THEN CONVERT({} USING utf8mb4)",
+                super::sql::text_lit(json)
+            ));
+        }
+        result.push_str(" ELSE result END");
+    }
     format!(
         "SET @jobq_done_at := UTC_TIMESTAMP(6); \
-         UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = @jobq_done_at, lease_expires_at = NULL \
+         UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = @jobq_done_at, lease_expires_at = NULL{result} \
          WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running'; \
          INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
          SELECT id, 'running', 'completed', 'completed', attempt, worker_id, finalized_at \
@@ -92,6 +110,8 @@ pub(crate) struct FinishWrite<'a> {
     pub(crate) attempt: u32,
     pub(crate) worker: &'a WorkerId,
     pub(crate) decision: &'a Decision,
+    /// The handler's result (JSON text), stored with a completion.
+    pub(crate) result: Option<&'a str>,
 }
 
 /// Applies a decision to one running job through `conn` (the handler's transaction for a
@@ -111,7 +131,7 @@ pub(crate) async fn finish(
                 max_attempts = LEAST(max_attempts + ?, 4294967295), \
                 last_error = COALESCE(?, last_error), \
                 finalized_at = IF(?, UTC_TIMESTAMP(6), NULL), \
-                lease_expires_at = NULL \
+                lease_expires_at = NULL, result = COALESCE(?, result) \
          WHERE id = ? AND claim_token = ? AND state = 'running'",
     )
     .bind(d.to.as_str())
@@ -120,6 +140,7 @@ pub(crate) async fn finish(
     .bind(u32::from(d.refund_attempt))
     .bind(d.error.as_deref())
     .bind(d.to.is_final())
+    .bind(w.result)
     .bind(w.fence.id)
     .bind(&w.fence.token[..])
     .execute(&mut *conn)

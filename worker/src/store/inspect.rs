@@ -93,6 +93,8 @@ pub struct JobRecord {
     pub finalized_at: Option<DateTime<Utc>>,
     /// Last error.
     pub last_error: Option<String>,
+    /// What the handler returned with its success (`ctx.set_result`).
+    pub result: Option<serde_json::Value>,
 }
 
 /// One state change.
@@ -121,7 +123,8 @@ pub(crate) async fn job(pool: &MySqlPool, id: JobId) -> Result<Option<JobRecord>
     // language=MySQL
     let row = sqlx::query(
         "SELECT id, queue, kind, CAST(payload AS CHAR) AS payload, CAST(state AS CHAR) AS state, priority, run_at, \
-                attempt, max_attempts, worker_id, lease_expires_at, created_at, attempted_at, finalized_at, last_error \
+                attempt, max_attempts, worker_id, lease_expires_at, created_at, attempted_at, finalized_at, last_error, \
+                CAST(result AS CHAR) AS result \
          FROM jobq_jobs WHERE id = ?",
     )
     .bind(id.0)
@@ -145,6 +148,8 @@ pub(crate) async fn job(pool: &MySqlPool, id: JobId) -> Result<Option<JobRecord>
         attempted_at: r.try_get("attempted_at")?,
         finalized_at: r.try_get("finalized_at")?,
         last_error: opt_text(&r, "last_error")?,
+        result: opt_text(&r, "result")?
+            .map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))),
     }))
 }
 

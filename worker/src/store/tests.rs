@@ -29,6 +29,7 @@ async fn complete_single(pool: &MySqlPool, fence: Fence, attempt: u32) -> bool {
             attempt,
             worker: &worker,
             decision: &d,
+            result: None,
         },
     )
     .await
@@ -67,7 +68,7 @@ async fn stale_token_changes_nothing(db: MySqlPool) {
         !complete_single(&db, old, 1).await,
         "stale completion reported as written"
     );
-    assert_eq!(complete_batch(&db, &[old]).await.unwrap(), 0);
+    assert_eq!(complete_batch(&db, &[old], &[]).await.unwrap(), 0);
     let after: String = sqlx::query_scalar(row).fetch_one(&db).await.unwrap();
     assert_eq!(before, after);
     assert_eq!(
@@ -178,6 +179,7 @@ async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) 
             lock: ClaimLock::SkipLocked,
             complete: &[],
             freed: &super::claim::NO_KEYS,
+            results: &[],
             flow: Flow::DEFAULT,
         },
     )
@@ -228,6 +230,7 @@ async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
         lock: ClaimLock::SkipLocked,
         complete,
         freed: &super::claim::NO_KEYS,
+        results: &[],
         flow: Flow::DEFAULT,
     };
     let first = claim(&mut conn, req(3, &[])).await.unwrap();
@@ -437,6 +440,7 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
             lock: ClaimLock::SkipLocked,
             complete: &[],
             freed: &super::claim::NO_KEYS,
+            results: &[],
             flow: Flow {
                 rate: None,
                 key_rate: None,
@@ -580,6 +584,7 @@ async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool
             lock: ClaimLock::SkipLocked,
             complete: &[],
             freed: &super::claim::NO_KEYS,
+            results: &[],
             flow: Flow::DEFAULT,
         },
     )
@@ -641,6 +646,7 @@ async fn a_claim_promotes_the_waiting_jobs_of_the_completions_it_carries(db: MyS
         lock: ClaimLock::SkipLocked,
         complete,
         freed,
+        results: &[],
         flow: Flow::DEFAULT,
     };
     let first = claim(&mut conn, req(&[], &super::claim::NO_KEYS))
@@ -722,6 +728,7 @@ async fn keys_differing_in_trailing_spaces_are_different_keys(db: MySqlPool) {
             lock: ClaimLock::SkipLocked,
             complete: &[],
             freed: &super::claim::NO_KEYS,
+            results: &[],
             flow: Flow::DEFAULT,
         },
     )

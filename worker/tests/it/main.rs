@@ -17,4 +17,5 @@ mod core;
 mod edges;
 mod foreign;
 mod outcomes;
+mod results;
 mod unique;

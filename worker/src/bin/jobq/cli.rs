@@ -117,6 +117,13 @@ struct EnqueueArgs {
     /// once across all workers (queues.NAME.key_limit, kinds.NAME.key_limit; default 1).
     #[arg(long, value_name = "K")]
     concurrency_key: Option<String>,
+    /// Wait for the job to finish: print its result (or `ID completed`), exit 0 if it
+    /// completed, 1 if it was discarded or cancelled, 3 if --timeout passed first.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: how long to wait.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", requires = "wait")]
+    timeout: Duration,
 }
 
 /// `--on-duplicate`.
@@ -284,6 +291,9 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
+    if a.wait && a.count != 1 {
+        bail!("--wait waits for one job; leave out --count");
+    }
     let limit = settings.producer.max_payload_bytes;
     let payload = if a.payload == "-" {
         read_payload(std::io::stdin().lock(), limit)?
@@ -337,6 +347,33 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
         left -= n;
     }
     tx.commit().await?;
+    if a.wait {
+        let id = done[0].id;
+        return match producer.wait_for(id, a.timeout).await? {
+            Some(end) if end.state == jobq_worker::JobState::Completed => {
+                match end.result {
+                    Some(r) => println!("{r}"),
+                    None => println!("{id} completed"),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(end) => {
+                eprintln!(
+                    "jobq: job {id} ended {}: {}",
+                    end.state,
+                    end.error.as_deref().unwrap_or("no error recorded")
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            None => {
+                eprintln!(
+                    "jobq: job {id} did not finish within {} (it stays queued; `jobq job {id}` shows it)",
+                    humantime::format_duration(a.timeout)
+                );
+                Ok(ExitCode::from(3))
+            }
+        };
+    }
     let mut out = String::with_capacity(done.len() * 8);
     for e in done {
         out.push_str(&e.id.to_string());
@@ -469,10 +506,13 @@ async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
     if let Some(e) = &job.last_error {
         println!("  last_error   {}", printable(e));
     }
+    if let Some(r) = &job.result {
+        println!("  result       {r}");
+    }
     println!("history:");
     for t in history {
         println!(
-            "  {}  {:>9} -> {:<9}  {:<9} attempt {}  {}{}",
+            "  {}  {:>9} -> {:<9}  {:<9} attempt {}  {}{}{}",
             t.at.format("%Y-%m-%d %H:%M:%S%.6f"),
             t.from.map_or("-", |s| s.as_str()),
             t.to,
@@ -481,6 +521,9 @@ async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
             printable(t.worker_id.as_deref().unwrap_or("")),
             t.error
                 .map(|e| format!("  error: {}", printable(&e)))
+                .unwrap_or_default(),
+            t.actor
+                .map(|a| format!("  by: {}", printable(&a)))
                 .unwrap_or_default(),
         );
     }
