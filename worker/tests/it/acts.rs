@@ -184,3 +184,88 @@ async fn a_running_job_is_cancelled_within_a_heartbeat_and_the_grace(db: MySqlPo
     w.stop().await;
     assert_consistent(&db).await;
 }
+
+/// `jobq retry --state discarded` retries 10,000 jobs in batches while a producer keeps
+/// enqueueing (no lock waits for it); a filter by queue leaves other queues alone.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn bulk_retry_by_filter(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
+                  SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL \
+                  SELECT 8 UNION ALL SELECT 9)";
+    sqlx::query(&format!(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, attempt, max_attempts, finalized_at, last_error) \
+         SELECT IF(a.d = 0 AND b.d = 0, 'other', 'default'), 'noop', '{{}}', 'discarded', 3, 3, \
+                UTC_TIMESTAMP(6), 'boom' \
+         FROM {digits} a, {digits} b, {digits} c, {digits} e"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    let other = count(&db, "SELECT COUNT(*) FROM jobq_jobs WHERE queue = 'other'").await;
+    assert_eq!(other, 100);
+    // A producer enqueueing all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = {
+        let (db, stop) = (db.clone(), stop.clone());
+        tokio::spawn(async move {
+            let p = Producer::new(db);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                p.enqueue(NewJob::json("noop", json!({}))).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let out = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            jobq(
+                &url,
+                &[
+                    "retry",
+                    "--state",
+                    "discarded",
+                    "--queue",
+                    "default",
+                    "--json",
+                ],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let enqueued = producing.await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["done"], 9900, "{summary}");
+    assert!(enqueued > 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'discarded'"
+        )
+        .await,
+        100,
+        "the other queue's jobs are left alone"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'available' AND max_attempts = 4"
+        )
+        .await,
+        9900,
+        "each retried job got one more attempt"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'requeued'"
+        )
+        .await,
+        9900
+    );
+}

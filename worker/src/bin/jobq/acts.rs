@@ -4,19 +4,40 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use std::io::IsTerminal;
+
+use anyhow::{bail, Result};
 use jobq_config::Config;
-use jobq_worker::{Act, Acted, JobId};
+use jobq_worker::{Act, Acted, JobFilter, JobId, JobState};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ActArgs {
-    /// Job ids.
-    #[arg(required = true, value_name = "ID")]
+    /// Job ids. Or leave them out and select jobs with --state (and --queue, --kind).
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "state",
+        conflicts_with = "state"
+    )]
     ids: Vec<u64>,
-    /// One JSON object per job.
+    /// Act on every job in this state (in batches of 1000), e.g. --state discarded.
+    #[arg(long)]
+    state: Option<JobState>,
+    /// With --state: only jobs of this queue.
+    #[arg(long, requires = "state")]
+    queue: Option<String>,
+    /// With --state: only jobs of this kind.
+    #[arg(long, requires = "state")]
+    kind: Option<String>,
+    /// With --state: do it without asking (needed when standard input is a terminal).
+    #[arg(long, requires = "state")]
+    yes: bool,
+    /// One JSON object per job (by id), or one summary object (by filter).
     #[arg(long)]
     json: bool,
 }
+
+/// Jobs acted on per transaction when selecting by filter.
+const BATCH: u32 = 1000;
 
 /// `cli:USER@HOST`, recorded as who acted.
 fn actor() -> String {
@@ -25,6 +46,9 @@ fn actor() -> String {
 }
 
 pub(crate) async fn run(settings: &Config, act: Act, a: ActArgs) -> Result<ExitCode> {
+    if let Some(state) = a.state {
+        return by_filter(settings, act, state, a).await;
+    }
     let pool = crate::cli::connected(settings).await?;
     let ids: Vec<JobId> = a.ids.iter().map(|&i| JobId(i)).collect();
     let out = jobq_worker::act_on_jobs(&pool, act, &ids, &actor()).await?;
@@ -61,4 +85,67 @@ pub(crate) async fn run(settings: &Config, act: Act, a: ActArgs) -> Result<ExitC
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Acts on every job matching the filter, a batch of [`BATCH`] per transaction (each locks only
+/// its own jobs, briefly), walking the state's index range newest first. Prints how many jobs
+/// each outcome got.
+async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> Result<ExitCode> {
+    if std::io::stdin().is_terminal() && !a.yes {
+        bail!(
+            "this acts on every {state} job{}{}; add --yes to go ahead",
+            a.queue
+                .as_deref()
+                .map(|q| format!(" of queue {q}"))
+                .unwrap_or_default(),
+            a.kind
+                .as_deref()
+                .map(|k| format!(" of kind {k}"))
+                .unwrap_or_default(),
+        );
+    }
+    let pool = crate::cli::connected(settings).await?;
+    let actor = actor();
+    let mut done = 0u64;
+    let mut refused = 0u64;
+    let mut requested = 0u64;
+    let mut after = None;
+    loop {
+        let page = jobq_worker::list_jobs(
+            &pool,
+            &JobFilter {
+                state: Some(state),
+                queue: a.queue.clone(),
+                kind: a.kind.clone(),
+                limit: BATCH,
+                after,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        let ids: Vec<JobId> = page.iter().map(|j| j.id).collect();
+        for (_, acted) in jobq_worker::act_on_jobs(&pool, act, &ids, &actor).await? {
+            match acted {
+                Acted::Done { .. } => done += 1,
+                Acted::CancelRequested => requested += 1,
+                Acted::Refused { .. } | Acted::NotFound => refused += 1,
+            }
+        }
+        if page.len() < BATCH as usize {
+            break;
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"done": done, "cancel_requested": requested, "skipped": refused})
+        );
+    } else {
+        println!(
+            "{done} jobs done, {requested} cancel requests, {refused} skipped (changed meanwhile)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
