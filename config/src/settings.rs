@@ -310,6 +310,9 @@ pub struct KindOverrides {
     pub backoff_max: Option<Duration>,
     /// See [`QueueOverrides::key_limit`]; wins over the queue's value for jobs of this kind.
     pub key_limit: Option<u32>,
+    /// Run this program for each job of the kind (`jobq work` registers it): program and
+    /// arguments, e.g. `["python3", "send_mail.py"]`. See README "Command handlers".
+    pub command: Option<Vec<String>>,
 }
 
 /// `[producer]`

@@ -138,6 +138,14 @@ impl Config {
             .unwrap_or(1)
     }
 
+    /// The kinds run by a program (`[kinds.NAME] command = [...]`), with their command lines.
+    pub fn command_kinds(&self) -> Vec<(KindName, Vec<String>)> {
+        self.kind_overrides
+            .iter()
+            .filter_map(|(k, o)| o.command.clone().map(|c| (k.clone(), c)))
+            .collect()
+    }
+
     /// Timeout and backoff for a job of `kind` in `queue`.
     pub fn run_policy(&self, queue: &str, kind: &str) -> RunPolicy {
         let q = self.queue_overrides.get(queue);
@@ -229,6 +237,14 @@ impl Settings {
             }
             if let Some(l) = o.key_limit {
                 positive(&format!("{key}.key_limit"), l)?;
+            }
+            if let Some(c) = &o.command {
+                if c.first().is_none_or(|p| p.trim().is_empty()) {
+                    return Err(invalid(
+                        format!("{key}.command"),
+                        "give the program and its arguments, e.g. [\"python3\", \"send_mail.py\"]",
+                    ));
+                }
             }
             kind_overrides.insert(name, o.clone());
         }

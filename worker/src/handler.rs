@@ -117,6 +117,8 @@ pub struct JobContext {
     pub(crate) cancel: CancellationToken,
     /// The result `set_result` stored, as JSON text.
     pub(crate) result: ResultSlot,
+    /// The claim's fencing token.
+    pub(crate) token: crate::store::Token,
 }
 
 /// Where a handler's result waits until the attempt's outcome is written.
@@ -188,6 +190,12 @@ impl JobContext {
         Ok(OwnedMutexGuard::map(slot, |s| {
             s.as_mut().expect("transaction was just begun")
         }))
+    }
+
+    /// This attempt's fencing token, as 32 hex digits: fresh for every claim, so a write
+    /// elsewhere guarded by it (`… WHERE fence = ?`) is refused once the job was claimed again.
+    pub fn fencing_token(&self) -> String {
+        self.token.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Stores the job's result: written with its completion if the attempt succeeds (the last

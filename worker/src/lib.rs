@@ -33,6 +33,7 @@
 
 mod acts;
 pub mod builtin;
+mod command;
 mod db;
 mod error;
 mod handler;
@@ -50,6 +51,7 @@ mod transition;
 mod worker;
 
 pub use acts::{act_on_jobs, Act, Acted};
+pub use command::{register_commands, EXIT_DISCARD, EXIT_SNOOZE};
 pub use db::{check_migrated, check_server_limits, migrate};
 pub use error::{Error, Result};
 pub use handler::{BoxError, Handler, JobContext, JobError, JobTx, MAX_RESULT_BYTES};

@@ -43,6 +43,7 @@ pub(crate) async fn run(
         tx: Default::default(),
         cancel: cancel.clone(),
         result: Default::default(),
+        token: job.token,
     };
     let slot = ctx.tx.clone();
     let result_slot = ctx.result.clone();

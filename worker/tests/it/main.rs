@@ -13,6 +13,7 @@ mod procs;
 mod acts;
 mod admin;
 mod cli;
+mod commands;
 mod core;
 mod edges;
 mod foreign;

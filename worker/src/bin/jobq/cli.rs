@@ -32,7 +32,8 @@ enum Command {
     Migrate,
     /// Insert jobs; prints the new ids, one per line.
     Enqueue(EnqueueArgs),
-    /// Run a worker with the built-in kinds until SIGINT/SIGTERM (or --drain).
+    /// Run a worker with the built-in kinds and the configured command kinds until
+    /// SIGINT/SIGTERM (or --drain).
     Work(WorkArgs),
     /// Counts per queue and state.
     Stats {
@@ -401,7 +402,10 @@ async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
         None => None,
     };
     let pool = connected(&settings).await?;
-    let worker = Worker::new(pool.clone(), builtin_registry()?, &settings).drain(a.drain);
+    // The built-in kinds, and a program for every kind configured with `command`.
+    let mut registry = builtin_registry()?;
+    jobq_worker::register_commands(&mut registry, &settings)?;
+    let worker = Worker::new(pool.clone(), registry, &settings).drain(a.drain);
     if let (Some(addr), Some(handle)) = (settings.metrics.listen, recorder) {
         crate::http::spawn(addr, handle, &pool, worker.health()).await?;
     }

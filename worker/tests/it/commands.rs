@@ -1,0 +1,110 @@
+//! Command handlers: a Python program run for each job of a kind (README "Command handlers").
+
+use std::time::Duration;
+
+use jobq_config::{ClaimMode, KindOverrides};
+use jobq_worker::{NewJob, Producer, Registry};
+use serde_json::json;
+use sqlx::MySqlPool;
+
+use crate::common::*;
+
+fn fixture() -> String {
+    format!(
+        "{}/tests/fixtures/command_handler.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// The program sees its payload and environment; each exit status gives the documented
+/// outcome; a hanging program is killed at its timeout.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_python_program_handles_a_kind(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.cancel_grace = Duration::from_millis(300);
+    s.kinds.insert(
+        "py".into(),
+        KindOverrides {
+            command: Some(vec!["python3".into(), fixture()]),
+            job_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        },
+    );
+    let config = s.validate().unwrap();
+    let mut r = Registry::new();
+    jobq_worker::register_commands(&mut r, &config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let p = Producer::new(db.clone());
+    let job =
+        |mode: &str| NewJob::json("py", json!({"mode": mode, "pidfile": pidfile})).queue("default");
+    let ok = p.enqueue(job("ok")).await.unwrap();
+    let discard = p.enqueue(job("discard")).await.unwrap();
+    let snooze = p.enqueue(job("snooze")).await.unwrap();
+    let fail = p.enqueue(job("fail").max_attempts(1)).await.unwrap();
+    let hang = p.enqueue(job("hang").max_attempts(1)).await.unwrap();
+    let w = start(pool(&s).await, r, &s);
+    let end = p
+        .wait_for(ok, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    let result = end.result.unwrap();
+    assert_eq!(result["payload"]["mode"], "ok");
+    assert_eq!(result["env"]["JOBQ_JOB_ID"], ok.to_string());
+    assert_eq!(result["env"]["JOBQ_JOB_ATTEMPT"], "1");
+    assert_eq!(result["env"]["JOBQ_JOB_QUEUE"], "default");
+    assert_eq!(result["env"]["JOBQ_JOB_KIND"], "py");
+    assert_eq!(result["env"]["JOBQ_JOB_TOKEN"].as_str().unwrap().len(), 32);
+    let end = p
+        .wait_for(discard, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.state.as_str(), "discarded");
+    assert!(end.error.unwrap().contains("cannot ever work"));
+    let end = p
+        .wait_for(fail, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.state.as_str(), "discarded", "one attempt only");
+    let error = end.error.unwrap();
+    assert!(
+        error.contains("exited with 3") && error.contains("line one\nit broke"),
+        "{error}"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the snoozed job scheduled",
+        || async { state_of(&db, snooze.0).await == "scheduled" },
+    )
+    .await;
+    let delay: i64 = sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(6), run_at) FROM jobq_jobs WHERE id = ?",
+    )
+    .bind(snooze.0)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(
+        (240..=300).contains(&delay),
+        "snoozed for {delay} s, not 5 min"
+    );
+    // The hanging one: killed at its 2 s timeout, then discarded (one attempt).
+    let end = p
+        .wait_for(hang, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.state.as_str(), "discarded");
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let gone = format!("/proc/{}", pid.trim());
+    wait_for(Duration::from_secs(5), "the program was killed", || {
+        let gone = gone.clone();
+        async move { !std::path::Path::new(&gone).exists() }
+    })
+    .await;
+    w.stop().await;
+    assert_consistent(&db).await;
+}
