@@ -20,14 +20,16 @@ mod load;
 mod settings;
 mod validate;
 
+pub use chrono_tz;
+pub use croner;
 pub use error::ConfigError;
 pub use load::{extract, figment, ignored_env_vars, load, DEFAULT_CONFIG_FILE};
 pub use settings::{
     ClaimMode, DatabaseSettings, KindOverrides, LogFormat, LogSettings, MaintenanceSettings,
-    MetricsSettings, ProducerSettings, QueueOverrides, Rate, Settings, WorkerSettings,
-    DEFAULT_DATABASE_URL,
+    MetricsSettings, MissedSlots, Overlap, ProducerSettings, QueueOverrides, Rate,
+    ScheduleSettings, Settings, WorkerSettings, DEFAULT_DATABASE_URL,
 };
-pub use validate::{Config, QueueSettings, RunPolicy};
+pub use validate::{parse_cron, Config, QueueSettings, RunPolicy, Schedule};
 
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
@@ -231,6 +233,99 @@ mod tests {
         );
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("queues.q.key_limit"), "{e}");
+    }
+
+    #[test]
+    fn schedules_parse_and_validate() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                r#"
+                [[schedules]]
+                name = "nightly"
+                cron = "0 3 * * *"
+                timezone = "Europe/Berlin"
+                kind = "report"
+                payload = { month = "current", n = 2 }
+                overlap = "skip"
+                [[schedules]]
+                name = "tick"
+                cron = "*/5 * * * * *"
+                kind = "noop"
+                missed = "skip"
+                "#,
+            )?;
+            let c = load(Some(Path::new("s.toml"))).unwrap().validate().unwrap();
+            let s = c.schedules();
+            assert_eq!(s.len(), 2);
+            assert_eq!(s[0].tz, chrono_tz::Europe::Berlin);
+            assert_eq!(s[0].payload, r#"{"month":"current","n":2}"#);
+            assert_eq!(
+                (s[0].overlap, s[0].missed),
+                (Overlap::Skip, MissedSlots::Latest)
+            );
+            assert_eq!(s[1].tz, chrono_tz::UTC);
+            assert_eq!(s[1].queue.as_str(), "default");
+            assert_eq!(s[1].max_attempts, 25);
+            Ok(())
+        });
+        let bad = |sc: ScheduleSettings, says: &str| {
+            let s = Settings {
+                schedules: vec![sc],
+                ..Default::default()
+            };
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        let base = ScheduleSettings {
+            name: "a".into(),
+            cron: "* * * * *".into(),
+            timezone: "UTC".into(),
+            kind: "noop".into(),
+            payload: serde_json::json!({}),
+            queue: None,
+            priority: 0,
+            max_attempts: None,
+            missed: MissedSlots::Latest,
+            overlap: Overlap::Allow,
+        };
+        bad(
+            ScheduleSettings {
+                cron: "61 * * * *".into(),
+                ..base.clone()
+            },
+            "schedules[0].cron",
+        );
+        bad(
+            ScheduleSettings {
+                timezone: "Mars/Base".into(),
+                ..base.clone()
+            },
+            "not an IANA time zone",
+        );
+        bad(
+            ScheduleSettings {
+                name: "no spaces".into(),
+                ..base.clone()
+            },
+            "schedules[0].name",
+        );
+        bad(
+            ScheduleSettings {
+                kind: "bad kind".into(),
+                ..base.clone()
+            },
+            "schedules[0].kind",
+        );
+        let s = Settings {
+            schedules: vec![base.clone(), base],
+            ..Default::default()
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("used by two schedules"));
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct Settings {
     pub queues: BTreeMap<String, QueueOverrides>,
     /// Per-kind overrides, keyed by job kind (`[kinds.send_email]`).
     pub kinds: BTreeMap<String, KindOverrides>,
+    /// Recurring jobs (`[[schedules]]`), enqueued by the maintenance leader.
+    pub schedules: Vec<ScheduleSettings>,
     /// Producer-side limits and defaults.
     pub producer: ProducerSettings,
     /// Housekeeping done by the one elected maintenance process.
@@ -97,6 +99,7 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             queues: BTreeMap::new(),
             kinds: BTreeMap::new(),
+            schedules: Vec::new(),
             producer: ProducerSettings::default(),
             maintenance: MaintenanceSettings::default(),
             metrics: MetricsSettings::default(),
@@ -230,6 +233,72 @@ pub struct QueueOverrides {
     /// At most this many starts per period of jobs with the same concurrency key: `"10/1s"`.
     /// Default: none.
     pub key_rate_limit: Option<Rate>,
+}
+
+/// `[[schedules]]`: a recurring job. See README "Recurring jobs".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// Its name (1 to 64 of `A-Z a-z 0-9 _ . : -`), unique among schedules.
+    pub name: String,
+    /// A cron expression: 5 fields (minute hour day-of-month month day-of-week) or 6 with
+    /// seconds first, e.g. `"0 3 * * *"` or `"*/10 * * * * *"`.
+    pub cron: String,
+    /// The IANA time zone the expression is read in, e.g. `"Europe/Berlin"`. Default `UTC`.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// The job's kind.
+    pub kind: String,
+    /// The job's payload (any TOML value; a table becomes a JSON object). Default `{}`.
+    #[serde(default = "empty_object")]
+    pub payload: serde_json::Value,
+    /// The job's queue. Default `default`.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// The job's priority. Default 0.
+    #[serde(default)]
+    pub priority: i16,
+    /// The job's attempts. Default `producer.default_max_attempts`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Slots missed for longer than the catch-up window (no leader ran): `latest` runs the most
+    /// recent one once (the default), `skip` runs none.
+    #[serde(default)]
+    pub missed: MissedSlots,
+    /// A slot while the previous run is unfinished: `allow` enqueues anyway (the default),
+    /// `skip` skips the slot.
+    #[serde(default)]
+    pub overlap: Overlap,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// What a schedule does with slots missed while no worker ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissedSlots {
+    /// Run the most recent missed slot once; never a burst.
+    #[default]
+    Latest,
+    /// Run none of them.
+    Skip,
+}
+
+/// What a schedule does with a slot while its previous run is unfinished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlap {
+    /// Enqueue anyway.
+    #[default]
+    Allow,
+    /// Skip the slot.
+    Skip,
 }
 
 /// A rate: at most `max` events per `period`, written `"20/1s"`, `"600/1m"`, `"5/100ms"`.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use jobq_producer::{KindName, QueueName};
 
 use crate::error::{invalid, ConfigError};
-use crate::settings::{ClaimMode, KindOverrides, QueueOverrides, Rate, Settings};
+use crate::settings::{
+    ClaimMode, KindOverrides, MissedSlots, Overlap, QueueOverrides, Rate, Settings,
+};
 
 /// The effective settings of one queue: `[queues.NAME]` over `[worker]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,6 +48,47 @@ impl QueueSettings {
     }
 }
 
+/// A validated `[[schedules]]` entry: its cron expression parsed, its zone known.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    /// Its name.
+    pub name: String,
+    /// The cron expression as written.
+    pub cron_text: String,
+    /// The parsed expression.
+    pub cron: croner::Cron,
+    /// The zone the expression is read in.
+    pub tz: chrono_tz::Tz,
+    /// The job's kind.
+    pub kind: KindName,
+    /// The job's payload, JSON text.
+    pub payload: String,
+    /// The job's queue.
+    pub queue: QueueName,
+    /// The job's priority.
+    pub priority: i16,
+    /// The job's attempts.
+    pub max_attempts: u32,
+    /// Missed-slot policy.
+    pub missed: MissedSlots,
+    /// Overlap policy.
+    pub overlap: Overlap,
+}
+
+/// Parses a cron expression of 5 fields, or 6 with seconds first.
+pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(text)
+        .map_err(|e| {
+            format!(
+                "{text:?} is not a cron expression ({e}); write 5 fields (minute hour \
+                 day-of-month month day-of-week) or 6 with seconds first, e.g. \"0 3 * * *\""
+            )
+        })
+}
+
 /// Timeout and backoff for one (queue, kind): `[kinds.K]` over `[queues.Q]` over `[worker]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RunPolicy {
@@ -68,6 +111,7 @@ pub struct Config {
     queues: Vec<QueueSettings>,
     queue_overrides: BTreeMap<QueueName, QueueOverrides>,
     kind_overrides: BTreeMap<KindName, KindOverrides>,
+    schedules: Vec<Schedule>,
 }
 
 impl Deref for Config {
@@ -81,6 +125,11 @@ impl Config {
     /// The validated plain values.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The recurring jobs (`[[schedules]]`), validated.
+    pub fn schedules(&self) -> &[Schedule] {
+        &self.schedules
     }
 
     /// The queues this process works (`worker.queues`), each with its effective settings.
@@ -288,6 +337,56 @@ impl Settings {
                 "must be 1 to 100 (MySQL refuses JSON nested deeper than 100; MariaDB deeper than 31)",
             ));
         }
+        let mut schedules: Vec<Schedule> = Vec::with_capacity(self.schedules.len());
+        for (i, sc) in self.schedules.iter().enumerate() {
+            let key = format!("schedules[{i}]");
+            if sc.name.is_empty()
+                || sc.name.len() > 64
+                || !sc
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+            {
+                return Err(invalid(format!("{key}.name"),
+                    format!("{:?}: use 1 to 64 of A-Z a-z 0-9 _ . : -", sc.name),
+                ));
+            }
+            if schedules.iter().any(|o| o.name == sc.name) {
+                return Err(invalid(format!("{key}.name"),
+                    format!("{:?} is used by two schedules", sc.name),
+                ));
+            }
+            let cron = parse_cron(&sc.cron).map_err(|m| invalid(format!("{key}.cron"), m))?;
+            let tz: chrono_tz::Tz = sc.timezone.parse().map_err(|_| {
+                invalid(format!("{key}.timezone"),
+                    format!(
+                        "{:?} is not an IANA time zone, e.g. \"Europe/Berlin\" or \"UTC\"",
+                        sc.timezone
+                    ),
+                )
+            })?;
+            let kind =
+                KindName::new(&sc.kind).map_err(|e| name_error(&format!("{key}.kind"), e))?;
+            let queue = QueueName::new(sc.queue.as_deref().unwrap_or("default"))
+                .map_err(|e| name_error(&format!("{key}.queue"), e))?;
+            let max_attempts = sc
+                .max_attempts
+                .unwrap_or(self.producer.default_max_attempts);
+            positive(&format!("{key}.max_attempts"), max_attempts)?;
+            schedules.push(Schedule {
+                name: sc.name.clone(),
+                cron_text: sc.cron.clone(),
+                cron,
+                tz,
+                kind,
+                payload: sc.payload.to_string(),
+                queue,
+                priority: sc.priority,
+                max_attempts,
+                missed: sc.missed,
+                overlap: sc.overlap,
+            });
+        }
         let queues = worker_queues
             .into_iter()
             .map(|name| {
@@ -300,6 +399,7 @@ impl Settings {
             queues,
             queue_overrides,
             kind_overrides,
+            schedules,
         })
     }
 }

@@ -131,3 +131,104 @@ pub async fn prune_jobs(
         }
     }
 }
+
+/// A recurring job, as `jobq schedules` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScheduleInfo {
+    /// Its name.
+    pub name: String,
+    /// Its cron expression.
+    pub cron: String,
+    /// Its time zone.
+    pub timezone: String,
+    /// The job's kind.
+    pub kind: String,
+    /// The job's queue.
+    pub queue: String,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// The newest slot decided (enqueued or skipped).
+    pub last_slot: Option<chrono::DateTime<chrono::Utc>>,
+    /// What was decided for it.
+    pub last_outcome: Option<String>,
+    /// The newest slot's job and its state now.
+    pub last_job: Option<JobId>,
+    /// That job's state.
+    pub last_job_state: Option<String>,
+    /// The next slot from now.
+    pub next_slot: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn schedule<'c>(config: &'c jobq_config::Config, name: &str) -> Result<&'c jobq_config::Schedule> {
+    config
+        .schedules()
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no schedule named {name:?} in the configuration; `jobq schedules` lists them"
+            ))
+        })
+}
+
+/// Every configured schedule with its state.
+pub async fn list_schedules(
+    pool: &MySqlPool,
+    config: &jobq_config::Config,
+) -> Result<Vec<ScheduleInfo>> {
+    let rows = store::schedule_rows(pool).await?;
+    let now = chrono::Utc::now();
+    Ok(config
+        .schedules()
+        .iter()
+        .map(|s| {
+            let r = rows.get(&s.name).cloned().unwrap_or_default();
+            ScheduleInfo {
+                name: s.name.clone(),
+                cron: s.cron_text.clone(),
+                timezone: s.tz.name().to_owned(),
+                kind: s.kind.to_string(),
+                queue: s.queue.to_string(),
+                paused: r.paused_at.is_some(),
+                last_slot: r.last_slot_at,
+                last_outcome: r.last_outcome,
+                last_job: r.last_job_id.map(JobId),
+                last_job_state: r.last_job_state,
+                next_slot: crate::schedule::next_slot(s, now),
+            }
+        })
+        .collect())
+}
+
+/// Pauses schedule `name` (no slot is enqueued until it is resumed; then its latest missed
+/// slot runs once, per its `missed` policy). False if it already was.
+pub async fn pause_schedule(
+    pool: &MySqlPool,
+    config: &jobq_config::Config,
+    name: &str,
+    by: &str,
+) -> Result<bool> {
+    schedule(config, name)?;
+    Ok(store::set_schedule_paused(pool, name, Some(by)).await?)
+}
+
+/// Resumes schedule `name`. False if it was not paused.
+pub async fn resume_schedule(
+    pool: &MySqlPool,
+    config: &jobq_config::Config,
+    name: &str,
+) -> Result<bool> {
+    schedule(config, name)?;
+    Ok(store::set_schedule_paused(pool, name, None).await?)
+}
+
+/// Enqueues schedule `name`'s job once, now (outside its slots). Returns its id.
+pub async fn run_schedule_now(
+    pool: &MySqlPool,
+    config: &jobq_config::Config,
+    name: &str,
+) -> Result<JobId> {
+    let s = schedule(config, name)?;
+    let job = crate::runtime::schedules::job_for(s, None);
+    Ok(crate::producer(pool.clone(), config).enqueue(job).await?)
+}

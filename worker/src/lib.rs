@@ -45,6 +45,7 @@ pub mod metrics;
 mod panics;
 mod registry;
 mod runtime;
+mod schedule;
 mod shutdown;
 mod store;
 mod transition;
@@ -58,7 +59,8 @@ pub use handler::{BoxError, Handler, JobContext, JobError, JobTx, MAX_RESULT_BYT
 pub use health::{Health, Loop, Status};
 pub use ids::{hostname, WorkerId};
 pub use inspect::{
-    job_with_history, list_jobs, pause_queue, prune_jobs, resume_queue, stats, workers, QueueStats,
+    job_with_history, list_jobs, list_schedules, pause_queue, pause_schedule, prune_jobs,
+    resume_queue, resume_schedule, run_schedule_now, stats, workers, QueueStats, ScheduleInfo,
     Stats,
 };
 pub use jobq_config::Config;

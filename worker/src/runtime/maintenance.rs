@@ -146,6 +146,7 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
             }
         }
     }
+    super::schedules::run_due(shared).await;
     let rescued = store::rescue_expired(&shared.pool, BATCH, |j| {
         transition::rescue(
             j.attempt,

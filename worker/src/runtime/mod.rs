@@ -11,7 +11,8 @@
 //! - [`pending`]: successes waiting for their completion to be written;
 //! - [`in_flight`]: the table of running jobs, owner of their deadlines and cancellation;
 //! - [`keys`]: promotes the waiting jobs of a concurrency key when one of its jobs ends;
-//! - [`retry`]: the database-retry policy all loops share.
+//! - [`retry`]: the database-retry policy all loops share;
+//! - [`schedules`]: the leader's enqueueing of recurring jobs.
 
 pub(crate) mod claimer;
 pub(crate) mod executor;
@@ -23,6 +24,7 @@ pub(crate) mod maintenance;
 pub(crate) mod pending;
 pub(crate) mod recorder;
 pub(crate) mod retry;
+pub(crate) mod schedules;
 
 pub use maintenance::prune_finished;
 

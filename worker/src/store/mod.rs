@@ -8,6 +8,7 @@
 //! - [`maintenance`]: leader lease, promotion, rescue, retention (leader only);
 //! - [`inspect`]: read-only views for the CLI and operators;
 //! - [`queues`]: queue state every worker obeys (pause/resume);
+//! - [`schedules`]: recurring jobs' rows (the leader's lock and mark, pause, listing);
 //! - [`demo`]: the `record` built-in kind's effects table;
 //! - [`sql`]: the literal layer and the raw-transaction guard every file above uses.
 //!
@@ -28,6 +29,7 @@ mod keys;
 mod lease;
 mod maintenance;
 mod queues;
+mod schedules;
 mod sql;
 #[cfg(test)]
 mod tests;
@@ -54,6 +56,7 @@ pub(crate) use maintenance::{
     pending, promote_due, prune, prune_workers, rescue_expired, sample_depth,
 };
 pub(crate) use queues::{pause, paused, resume};
+pub(crate) use schedules::{lock_schedule, mark_schedule, schedule_rows, set_schedule_paused};
 pub(crate) use sql::{begin, Dedicated};
 
 /// A fencing token: fresh random bytes per claim transaction.

@@ -19,4 +19,5 @@ mod edges;
 mod foreign;
 mod outcomes;
 mod results;
+mod schedules;
 mod unique;

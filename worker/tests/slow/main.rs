@@ -19,4 +19,5 @@ mod locks;
 mod pause;
 mod prom;
 mod restart;
+mod schedules;
 mod wakeup;

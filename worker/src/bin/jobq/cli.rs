@@ -76,6 +76,8 @@ enum Command {
     },
     /// Delete finished jobs (and their history) older than a duration.
     Prune(crate::admin::PruneArgs),
+    /// Recurring jobs: list them (next and last slot, last outcome), pause, resume, run now.
+    Schedules(crate::schedules::SchedulesArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -221,6 +223,7 @@ pub(crate) fn run() -> Result<ExitCode> {
             Command::Jobs(c) => crate::admin::jobs(&settings, c).await,
             Command::Workers { json } => crate::admin::workers(&settings, json).await,
             Command::Prune(a) => crate::admin::prune(&settings, a).await,
+            Command::Schedules(a) => crate::schedules::run(&settings, a).await,
         }
     })
 }

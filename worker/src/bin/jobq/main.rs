@@ -10,6 +10,7 @@ mod demo;
 mod http;
 mod lock;
 mod queues;
+mod schedules;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,96 @@
+//! `jobq schedules`: the recurring jobs with their next and last slot and last outcome; pause,
+//! resume, or run one now.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use jobq_config::Config;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct SchedulesArgs {
+    #[command(subcommand)]
+    action: Option<SchedulesAction>,
+    /// List as JSON (one array).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum SchedulesAction {
+    /// Enqueue no more slots of NAME until it is resumed.
+    Pause {
+        /// The schedule.
+        name: String,
+    },
+    /// Enqueue NAME's slots again (its latest missed slot runs once, per its `missed` policy).
+    Resume {
+        /// The schedule.
+        name: String,
+    },
+    /// Enqueue NAME's job once, now; prints its id.
+    Run {
+        /// The schedule.
+        name: String,
+    },
+}
+
+pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode> {
+    let pool = crate::cli::connected(settings).await?;
+    match a.action {
+        Some(SchedulesAction::Pause { name }) => {
+            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            let by = format!("cli:{user}@{}", jobq_worker::hostname());
+            if jobq_worker::pause_schedule(&pool, settings, &name, &by).await? {
+                println!("paused {name}");
+            } else {
+                println!("{name} was already paused");
+            }
+        }
+        Some(SchedulesAction::Resume { name }) => {
+            if jobq_worker::resume_schedule(&pool, settings, &name).await? {
+                println!("resumed {name}");
+            } else {
+                println!("{name} was not paused");
+            }
+        }
+        Some(SchedulesAction::Run { name }) => {
+            let id = jobq_worker::run_schedule_now(&pool, settings, &name).await?;
+            println!("{id}");
+        }
+        None => {
+            let list = jobq_worker::list_schedules(&pool, settings).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let t = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_owned(), |t| {
+                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                })
+            };
+            println!(
+                "{:<20} {:<18} {:<16} {:<20} {:<7} {:<21} {:<21} last outcome",
+                "schedule", "cron", "timezone", "kind", "state", "next slot", "last slot"
+            );
+            for s in &list {
+                let outcome = match (&s.last_outcome, &s.last_job, &s.last_job_state) {
+                    (Some(o), Some(j), Some(st)) if o == "enqueued" => format!("job {j} {st}"),
+                    (Some(o), _, _) => o.clone(),
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<20} {:<18} {:<16} {:<20} {:<7} {:<21} {:<21} {}",
+                    s.name,
+                    s.cron,
+                    s.timezone,
+                    s.kind,
+                    if s.paused { "paused" } else { "active" },
+                    t(s.next_slot),
+                    t(s.last_slot),
+                    outcome
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,85 @@
+//! The leader's pass over the recurring jobs: for each schedule, in a transaction of its own,
+//! lock its row, decide ([`crate::schedule::plan`]), enqueue the due slots (each job with the
+//! unique key `schedule:NAME:SLOT`) and record the newest slot decided. A slot is thereby
+//! enqueued once however many processes lead in turn: the row lock serialises them and the
+//! recorded slot is never decided again.
+
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use jobq_config::Schedule;
+use jobq_producer::NewJob;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use crate::schedule::{plan, Plan};
+use crate::store;
+
+/// How long a slot's unique key is held after its job finished: longer than any overlap of
+/// leaders, so a slot decided twice (it cannot be, see above) would still be one job.
+const SLOT_KEY_HELD: Duration = Duration::from_secs(86_400);
+
+/// Slots up to this old are run in any case: the leader's normal lateness.
+pub(crate) fn window(shared: &Shared) -> Duration {
+    shared.config.maintenance.interval * 2 + Duration::from_secs(1)
+}
+
+/// One pass over every schedule. Errors are logged per schedule; the others go on.
+pub(crate) async fn run_due(shared: &Shared) {
+    for s in shared.config.schedules() {
+        if let Err(e) = one(shared, s).await {
+            warn!(schedule = %s.name, error = %e, "could not enqueue the schedule's due slots; next pass tries again");
+        }
+    }
+}
+
+/// The job of `s` for `slot` (`None`: run now, by hand).
+pub(crate) fn job_for(s: &Schedule, slot: Option<chrono::DateTime<chrono::Utc>>) -> NewJob {
+    let key = match slot {
+        Some(t) => format!(
+            "schedule:{}:{}",
+            s.name,
+            t.to_rfc3339_opts(SecondsFormat::Micros, true)
+        ),
+        None => format!(
+            "schedule:{}:manual:{}",
+            s.name,
+            chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+        ),
+    };
+    NewJob::raw(s.kind.as_str(), s.payload.clone())
+        .queue(s.queue.as_str())
+        .priority(s.priority)
+        .max_attempts(s.max_attempts)
+        .unique_key(key)
+        .unique_period(SLOT_KEY_HELD)
+}
+
+async fn one(shared: &Shared, s: &Schedule) -> crate::Result<()> {
+    let mut tx = store::begin(&shared.pool).await?;
+    let (state, now) = store::lock_schedule(&mut tx, &s.name).await?;
+    match plan(s, state, now, window(shared)) {
+        Plan::Nothing => {
+            tx.commit().await?;
+        }
+        Plan::Skip { mark, why } => {
+            store::mark_schedule(&mut tx, &s.name, mark, None, why).await?;
+            tx.commit().await?;
+            debug!(schedule = %s.name, slot = %mark, why, "slot not run");
+        }
+        Plan::Run {
+            slots,
+            mark,
+            dropped,
+        } => {
+            let producer = crate::producer(shared.pool.clone(), &shared.config);
+            let jobs = slots.iter().map(|t| job_for(s, Some(*t))).collect();
+            let out = producer.insert_many_in(&mut tx, jobs).await?;
+            let last = out.last().map(|e| e.id.0);
+            store::mark_schedule(&mut tx, &s.name, mark, last, "enqueued").await?;
+            tx.commit().await?;
+            info!(schedule = %s.name, slots = slots.len(), dropped, job = ?last, "schedule enqueued");
+        }
+    }
+    Ok(())
+}
