@@ -288,6 +288,7 @@ mod tests {
             max_attempts: None,
             missed: MissedSlots::Latest,
             overlap: Overlap::Allow,
+            unique: false,
         };
         bad(
             ScheduleSettings {

@@ -269,6 +269,10 @@ pub struct ScheduleSettings {
     /// `skip` skips the slot.
     #[serde(default)]
     pub overlap: Overlap,
+    /// Make the schedule's job unique (key `schedule:NAME`): while one of its jobs waits or
+    /// runs, a slot enqueues nothing, even from `jobq schedules run`. Default false.
+    #[serde(default)]
+    pub unique: bool,
 }
 
 fn utc() -> String {

@@ -73,6 +73,8 @@ pub struct Schedule {
     pub missed: MissedSlots,
     /// Overlap policy.
     pub overlap: Overlap,
+    /// One live job of the schedule at a time (unique key `schedule:NAME`).
+    pub unique: bool,
 }
 
 /// Parses a cron expression of 5 fields, or 6 with seconds first.
@@ -385,6 +387,7 @@ impl Settings {
                 max_attempts,
                 missed: sc.missed,
                 overlap: sc.overlap,
+                unique: sc.unique,
             });
         }
         let queues = worker_queues

@@ -144,6 +144,7 @@ mod tests {
             max_attempts: 1,
             missed: MissedSlots::Latest,
             overlap: Overlap::Allow,
+            unique: false,
         }
     }
 

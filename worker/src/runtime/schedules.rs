@@ -47,12 +47,18 @@ pub(crate) fn job_for(s: &Schedule, slot: Option<chrono::DateTime<chrono::Utc>>)
             chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
         ),
     };
-    NewJob::raw(s.kind.as_str(), s.payload.clone())
+    let job = NewJob::raw(s.kind.as_str(), s.payload.clone())
         .queue(s.queue.as_str())
         .priority(s.priority)
         .max_attempts(s.max_attempts)
-        .unique_key(key)
-        .unique_period(SLOT_KEY_HELD)
+        .unique_key(key);
+    // A slot's key is held a while after its job finished; a unique schedule's only while its
+    // job lives, so the next slot can run.
+    if s.unique {
+        job
+    } else {
+        job.unique_period(SLOT_KEY_HELD)
+    }
 }
 
 async fn one(shared: &Shared, s: &Schedule) -> crate::Result<()> {
@@ -76,7 +82,12 @@ async fn one(shared: &Shared, s: &Schedule) -> crate::Result<()> {
             let jobs = slots.iter().map(|t| job_for(s, Some(*t))).collect();
             let out = producer.insert_many_in(&mut tx, jobs).await?;
             let last = out.last().map(|e| e.id.0);
-            store::mark_schedule(&mut tx, &s.name, mark, last, "enqueued").await?;
+            let outcome = if out.iter().all(|e| e.duplicate) {
+                "skipped: its unique job still lives (unique = true)"
+            } else {
+                "enqueued"
+            };
+            store::mark_schedule(&mut tx, &s.name, mark, last, outcome).await?;
             tx.commit().await?;
             info!(schedule = %s.name, slots = slots.len(), dropped, job = ?last, "schedule enqueued");
         }

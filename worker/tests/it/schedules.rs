@@ -21,6 +21,7 @@ pub(crate) fn every_second(name: &str) -> ScheduleSettings {
         max_attempts: Some(1),
         missed: MissedSlots::Latest,
         overlap: Overlap::Allow,
+        unique: false,
     }
 }
 

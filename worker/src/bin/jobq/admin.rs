@@ -124,11 +124,18 @@ pub(crate) struct PruneArgs {
     /// Which finished jobs: completed, discarded or cancelled.
     #[arg(long, default_value = "completed")]
     state: JobState,
+    /// Print `{"deleted": N}`.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) async fn prune(settings: &Config, a: PruneArgs) -> Result<ExitCode> {
     let pool = crate::cli::connected(settings).await?;
     let n = jobq_worker::prune_jobs(&pool, a.state, a.older_than).await?;
-    println!("deleted {n} {} jobs (with their history)", a.state);
+    if a.json {
+        println!("{}", serde_json::json!({"deleted": n, "state": a.state}));
+    } else {
+        println!("deleted {n} {} jobs (with their history)", a.state);
+    }
     Ok(ExitCode::SUCCESS)
 }
