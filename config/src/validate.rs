@@ -349,18 +349,21 @@ impl Settings {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
             {
-                return Err(invalid(format!("{key}.name"),
+                return Err(invalid(
+                    format!("{key}.name"),
                     format!("{:?}: use 1 to 64 of A-Z a-z 0-9 _ . : -", sc.name),
                 ));
             }
             if schedules.iter().any(|o| o.name == sc.name) {
-                return Err(invalid(format!("{key}.name"),
+                return Err(invalid(
+                    format!("{key}.name"),
                     format!("{:?} is used by two schedules", sc.name),
                 ));
             }
             let cron = parse_cron(&sc.cron).map_err(|m| invalid(format!("{key}.cron"), m))?;
             let tz: chrono_tz::Tz = sc.timezone.parse().map_err(|_| {
-                invalid(format!("{key}.timezone"),
+                invalid(
+                    format!("{key}.timezone"),
                     format!(
                         "{:?} is not an IANA time zone, e.g. \"Europe/Berlin\" or \"UTC\"",
                         sc.timezone

@@ -1,6 +1,5 @@
 //! Operators' acts: `jobq cancel|retry|discard` on waiting, running and finished jobs.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jobq_config::ClaimMode;
@@ -11,17 +10,6 @@ use serde_json::json;
 use sqlx::MySqlPool;
 
 use crate::common::*;
-
-fn jobq(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(args)
-        .env("JOBQ_DATABASE_URL", url)
-        .env("JOBQ_LOG__LEVEL", "warn")
-        .env("USER", "ann")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
 
 /// Waiting jobs are cancelled or discarded at once, with a transition naming who asked; a
 /// finished job is refused with a clear message and a non-zero exit; an unknown id too; a
@@ -37,7 +25,7 @@ async fn waiting_and_finished_jobs(db: MySqlPool) {
         .unwrap();
     let other = p.enqueue(NewJob::json("noop", json!({}))).await.unwrap();
 
-    let out = jobq(&url, &["cancel", &now.to_string(), &later.to_string()]);
+    let out = jobq_cli(&url, &["cancel", &now.to_string(), &later.to_string()]).await;
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -75,7 +63,7 @@ async fn waiting_and_finished_jobs(db: MySqlPool) {
     );
 
     // A second cancel of a cancelled job, and an unknown id: exit 1, each named.
-    let out = jobq(&url, &["cancel", &now.to_string(), "999999"]);
+    let out = jobq_cli(&url, &["cancel", &now.to_string(), "999999"]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -87,7 +75,7 @@ async fn waiting_and_finished_jobs(db: MySqlPool) {
     assert!(err.contains("999999: no such job"), "{err}");
 
     // Retry the discarded job: it runs and completes.
-    let out = jobq(&url, &["retry", &other.to_string(), "--json"]);
+    let out = jobq_cli(&url, &["retry", &other.to_string(), "--json"]).await;
     assert!(out.status.success(), "{out:?}");
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["outcome"], "done");
@@ -102,7 +90,7 @@ async fn waiting_and_finished_jobs(db: MySqlPool) {
     .await;
     w.stop().await;
     // Retrying a completed job is refused.
-    let out = jobq(&url, &["retry", &other.to_string()]);
+    let out = jobq_cli(&url, &["retry", &other.to_string()]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("enqueue a new job instead"));
     assert_consistent(&db).await;
@@ -218,24 +206,18 @@ async fn bulk_retry_by_filter(db: MySqlPool) {
             n
         })
     };
-    let out = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || {
-            jobq(
-                &url,
-                &[
-                    "retry",
-                    "--state",
-                    "discarded",
-                    "--queue",
-                    "default",
-                    "--json",
-                ],
-            )
-        })
-        .await
-        .unwrap()
-    };
+    let out = jobq_cli(
+        &url,
+        &[
+            "retry",
+            "--state",
+            "discarded",
+            "--queue",
+            "default",
+            "--json",
+        ],
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let enqueued = producing.await.unwrap();
     assert!(out.status.success(), "{out:?}");

@@ -1,6 +1,5 @@
 //! `jobq jobs list`, `jobq workers`, `jobq prune`.
 
-use std::process::Command;
 use std::time::Duration;
 
 use jobq_config::ClaimMode;
@@ -9,16 +8,6 @@ use serde_json::json;
 use sqlx::MySqlPool;
 
 use crate::common::*;
-
-fn jobq(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(args)
-        .env("JOBQ_DATABASE_URL", url)
-        .env("JOBQ_LOG__LEVEL", "warn")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
 
 fn ids_of(out: &std::process::Output) -> Vec<u64> {
     assert!(out.status.success(), "{out:?}");
@@ -68,7 +57,7 @@ async fn jobs_list_filters_and_pages(db: MySqlPool) {
             a = x.to_string();
             args.extend(["--after", a.as_str()]);
         }
-        let page = ids_of(&jobq(&url, &args));
+        let page = ids_of(&jobq_cli(&url, &args).await);
         seen.extend(&page);
         if page.len() < 3 {
             break;
@@ -79,7 +68,7 @@ async fn jobs_list_filters_and_pages(db: MySqlPool) {
     want.reverse();
     assert_eq!(seen, want, "every discarded mail job once, newest first");
     // Without a state: by id, newest first; kind filter.
-    let others = ids_of(&jobq(&url, &["jobs", "list", "--kind", "other", "--json"]));
+    let others = ids_of(&jobq_cli(&url, &["jobs", "list", "--kind", "other", "--json"]).await);
     assert_eq!(others.len(), 4);
     assert!(others.windows(2).all(|w| w[0] > w[1]));
     // The error filter matches text, LIKE's wildcards literally.
@@ -110,10 +99,10 @@ async fn jobs_list_filters_and_pages(db: MySqlPool) {
     .unwrap();
     assert!(by_error.is_empty());
     // A bad state or limit is a clear error.
-    let out = jobq(&url, &["jobs", "list", "--state", "finished"]);
+    let out = jobq_cli(&url, &["jobs", "list", "--state", "finished"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown job state"));
-    let out = jobq(&url, &["jobs", "list", "--limit", "0"]);
+    let out = jobq_cli(&url, &["jobs", "list", "--limit", "0"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--limit must be 1 to 10000"));
 }
@@ -178,7 +167,7 @@ async fn workers_and_prune(db: MySqlPool) {
         count(&db, "SELECT COUNT(*) FROM jobq_workers").await == 1
     })
     .await;
-    let out = jobq(&url, &["workers", "--json"]);
+    let out = jobq_cli(&url, &["workers", "--json"]).await;
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
@@ -202,7 +191,7 @@ async fn workers_and_prune(db: MySqlPool) {
         .execute(&db)
         .await
         .unwrap();
-    let out = jobq(&url, &["prune", "--older-than", "1d"]);
+    let out = jobq_cli(&url, &["prune", "--older-than", "1d"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("deleted 1 completed jobs"));
     assert_eq!(state_of(&db, new.0).await, "completed");
@@ -217,7 +206,7 @@ async fn workers_and_prune(db: MySqlPool) {
         .await,
         0
     );
-    let out = jobq(&url, &["prune", "--state", "running"]);
+    let out = jobq_cli(&url, &["prune", "--state", "running"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only finished jobs are pruned"));
 }

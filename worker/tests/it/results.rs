@@ -1,6 +1,5 @@
 //! Job results: `ctx.set_result`, `Producer::wait_for`, `jobq enqueue --wait`, `jobq job`.
 
-use std::process::Command;
 use std::time::Duration;
 
 use jobq_config::ClaimMode;
@@ -9,28 +8,6 @@ use serde_json::json;
 use sqlx::MySqlPool;
 
 use crate::common::*;
-
-/// `jobq ARGS` off the test's thread, so the worker running in this test's runtime goes on.
-async fn jobq_async(url: &str, args: &[&str]) -> std::process::Output {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        jobq(&url, &args)
-    })
-    .await
-    .unwrap()
-}
-
-fn jobq(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(args)
-        .env("JOBQ_DATABASE_URL", url)
-        .env("JOBQ_LOG__LEVEL", "warn")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
 
 /// Results are stored with the completion on every completion path (batched, and in the
 /// handler's transaction), returned by `wait_for` and shown by `jobq job`; a result over the
@@ -99,7 +76,7 @@ async fn results_are_stored_and_awaited(db: MySqlPool) {
         .wait_for(jobq_worker::JobId(999_999), Duration::from_millis(10))
         .await
         .is_err());
-    let out = jobq(&url, &["job", &in_tx.to_string(), "--json"]);
+    let out = jobq_cli(&url, &["job", &in_tx.to_string(), "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["job"]["result"], json!({"sum": 42}), "{v}");
     w.stop().await;
@@ -113,17 +90,17 @@ async fn enqueue_wait(db: MySqlPool) {
     let url = url_of(&db).await;
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let w = start(pool(&s).await, builtins(), &s);
-    let out = jobq_async(
+    let out = jobq_cli(
         &url,
         &["enqueue", "echo", "--payload", r#"{"a":1}"#, "--wait"],
     )
     .await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"a":1}"#);
-    let out = jobq_async(&url, &["enqueue", "noop", "--wait", "--timeout", "5s"]).await;
+    let out = jobq_cli(&url, &["enqueue", "noop", "--wait", "--timeout", "5s"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(" completed\n"));
-    let out = jobq_async(
+    let out = jobq_cli(
         &url,
         &[
             "enqueue",
@@ -138,7 +115,7 @@ async fn enqueue_wait(db: MySqlPool) {
     .await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("ended discarded"));
-    let out = jobq_async(
+    let out = jobq_cli(
         &url,
         &[
             "enqueue",
@@ -153,7 +130,7 @@ async fn enqueue_wait(db: MySqlPool) {
     .await;
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish within 200ms"));
-    let out = jobq_async(&url, &["enqueue", "noop", "--wait", "--count", "2"]).await;
+    let out = jobq_cli(&url, &["enqueue", "noop", "--wait", "--count", "2"]).await;
     assert!(!out.status.success());
     w.stop().await;
 }

@@ -237,3 +237,17 @@ pub(crate) async fn assert_effects_once(pool: &MySqlPool, n: usize) {
         n as i64
     );
 }
+
+/// `jobq ARGS` against `url` (as user `ann`), run off the test's thread: a worker running in
+/// the test's own runtime goes on meanwhile.
+pub(crate) async fn jobq_cli(url: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"));
+    cmd.args(args)
+        .env("JOBQ_DATABASE_URL", url)
+        .env("JOBQ_LOG__LEVEL", "warn")
+        .env("USER", "ann")
+        .env_remove("RUST_LOG");
+    tokio::task::spawn_blocking(move || cmd.output().expect("run jobq"))
+        .await
+        .unwrap()
+}
