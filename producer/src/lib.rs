@@ -38,7 +38,7 @@ pub use job::{
     validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,
 };
 pub use json::{MYSQL_MAX_DEPTH, PORTABLE_MAX_DEPTH};
-pub use notify::{subscribe, Subscription};
+pub use notify::{job_written, subscribe, Subscription};
 pub use producer::{
     Enqueued, JobEnd, NewJob, OnDuplicate, Producer, ProducerOptions, UNIQUE_KEY_CHARS,
 };

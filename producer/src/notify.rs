@@ -1,5 +1,7 @@
 //! In-process wake-ups: a worker running in the same process as a producer is told at once
-//! that a queue got due jobs, instead of finding out at its next poll.
+//! that a queue got due jobs, instead of finding out at its next poll; and a
+//! [`crate::Producer::wait_for`] in the same process as the worker running the job is told when
+//! the job's outcome was written, instead of finding out at its next read.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -46,6 +48,29 @@ pub(crate) fn notify<'a>(queues: impl IntoIterator<Item = &'a str>) {
             for l in &live {
                 l(q);
             }
+        }
+    }
+}
+
+/// Waiters of [`crate::Producer::wait_for`] in this process, by job id.
+static WAITERS: Mutex<Vec<(u64, Weak<tokio::sync::Notify>)>> = Mutex::new(Vec::new());
+
+/// Registers a waiter for job `id`: dropping the returned handle unregisters it.
+pub(crate) fn watch(id: u64) -> Arc<tokio::sync::Notify> {
+    let n = Arc::new(tokio::sync::Notify::new());
+    let mut list = WAITERS.lock().unwrap_or_else(|p| p.into_inner());
+    list.retain(|(_, w)| w.strong_count() > 0);
+    list.push((id, Arc::downgrade(&n)));
+    n
+}
+
+/// The worker runtime wrote an outcome of job `id` (it may be final): wakes its waiters in
+/// this process, if any.
+pub fn job_written(id: u64) {
+    let list = WAITERS.lock().unwrap_or_else(|p| p.into_inner());
+    for (_, w) in list.iter().filter(|(i, _)| *i == id) {
+        if let Some(n) = w.upgrade() {
+            n.notify_one();
         }
     }
 }

@@ -298,8 +298,9 @@ impl Producer {
     /// its state, its result (`ctx.set_result`) or its last error. `Ok(None)` when `timeout`
     /// passed first (the job goes on). The job's row is read by primary key, first after
     /// 5 ms, then at doubling intervals up to 500 ms: a few reads a second at most, whatever
-    /// the job takes.
+    /// the job takes; and at once when a worker in this process writes the job's outcome.
     pub async fn wait_for(&self, id: JobId, timeout: Duration) -> Result<Option<JobEnd>> {
+        let written = crate::notify::watch(id.0);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -313,7 +314,10 @@ impl Producer {
             if now >= deadline {
                 return Ok(None);
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(pause.min(deadline - now)) => {}
+                _ = written.notified() => {}
+            }
             pause = (pause * 2).min(Duration::from_millis(500));
         }
     }

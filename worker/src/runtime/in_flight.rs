@@ -100,6 +100,7 @@ impl InFlight {
     /// The job is no longer this process's (its outcome was written, or nothing will be). A
     /// job with a concurrency key leaves its key for the promoter.
     pub(crate) fn remove(&self, fence: Fence) {
+        jobq_producer::job_written(fence.id);
         let mut map = self.lock();
         if map.get(&fence.id).is_some_and(|e| e.token == fence.token) {
             if let Some(key) = map.remove(&fence.id).and_then(|e| e.key) {
@@ -116,6 +117,7 @@ impl InFlight {
     /// Like [`remove`](InFlight::remove), for a job whose key's waiting jobs were already
     /// promoted with its outcome (a claim that carried its completion).
     pub(crate) fn settle(&self, fence: Fence) {
+        jobq_producer::job_written(fence.id);
         let mut map = self.lock();
         if map.get(&fence.id).is_some_and(|e| e.token == fence.token) {
             map.remove(&fence.id);

@@ -206,6 +206,12 @@ async fn workers_and_prune(db: MySqlPool) {
         .await,
         0
     );
+    // An unknown queue is refused (a typo would pause nothing), unless asked for.
+    let out = jobq_cli(&url, &["queues", "pause", "nosuch"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue \"nosuch\" is unknown here"));
+    let out = jobq_cli(&url, &["queues", "pause", "nosuch", "--new"]).await;
+    assert!(out.status.success(), "{out:?}");
     let out = jobq_cli(&url, &["prune", "--state", "running"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only finished jobs are pruned"));

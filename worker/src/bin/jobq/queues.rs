@@ -25,6 +25,10 @@ enum QueuesAction {
     Pause {
         /// The queue.
         queue: String,
+        /// Pause a queue that has no jobs yet and is not in the configuration (a typo is
+        /// refused otherwise).
+        #[arg(long)]
+        new: bool,
     },
     /// Let workers claim from QUEUE again.
     Resume {
@@ -42,8 +46,18 @@ fn who() -> String {
 pub(crate) async fn run(settings: &Config, a: QueuesArgs) -> Result<ExitCode> {
     let pool = crate::cli::connected(settings).await?;
     match a.action {
-        Some(QueuesAction::Pause { queue }) => {
+        Some(QueuesAction::Pause { queue, new }) => {
             let q = QueueName::new(&queue)?;
+            let known = settings.worker.queues.contains(&queue)
+                || settings.queues.contains_key(&queue)
+                || jobq_worker::stats(&pool).await?.queues.contains_key(&queue);
+            if !known && !new {
+                anyhow::bail!(
+                    "queue {q:?} is unknown here: it has no jobs and is not in the configuration \
+                     (`jobq queues` lists the known ones); pass --new to pause it ahead of its \
+                     first job"
+                );
+            }
             if jobq_worker::pause_queue(&pool, &q, &who()).await? {
                 println!("paused {q}");
             } else {
