@@ -123,6 +123,9 @@ pub async fn act_on_jobs(
     ids: &[JobId],
     actor: &str,
 ) -> Result<Vec<(JobId, Acted)>> {
+    // The column holds 128 characters.
+    let actor: String = actor.chars().take(128).collect();
+    let actor = actor.as_str();
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1000) {
         let raw: Vec<u64> = chunk.iter().map(|i| i.0).collect();

@@ -52,28 +52,31 @@ pub fn register_commands(r: &mut Registry, config: &Config) -> Result<()> {
 /// The child, stopped with SIGTERM then SIGKILL if the attempt is dropped while it runs.
 struct Running {
     child: Option<Child>,
+    /// The child's process group (its pid: it leads a group of its own), kept past the child's
+    /// exit so what it started can still be stopped.
+    group: Option<rustix::process::Pid>,
     grace: Duration,
 }
 
-/// SIGTERM to `child`, if it still runs.
-fn terminate(child: &Child) {
-    if let Some(pid) = child
-        .id()
-        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-    {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+/// Sends `sig` to a process group (the program and whatever it started).
+fn signal_group(group: Option<rustix::process::Pid>, sig: rustix::process::Signal) {
+    if let Some(g) = group {
+        let _ = rustix::process::kill_process_group(g, sig);
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            terminate(&child);
+            let group = self.group;
+            signal_group(group, rustix::process::Signal::TERM);
             let grace = self.grace;
             // Reaped in a task of its own: SIGKILL if it outlives the grace.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    let exited = tokio::time::timeout(grace, child.wait()).await.is_ok();
+                    signal_group(group, rustix::process::Signal::KILL);
+                    if !exited {
                         let _ = child.kill().await;
                     }
                 });
@@ -137,8 +140,17 @@ async fn run(
     grace: Duration,
 ) -> std::result::Result<(), JobError> {
     let program = &argv[0];
-    let child = Command::new(program)
+    let mut cmd = Command::new(program);
+    // The worker's own settings (the database URL with its password among them) are not the
+    // program's business.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("JOBQ_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
         .args(&argv[1..])
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -151,8 +163,12 @@ async fn run(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| JobError::retry(format!("could not start {program:?}: {e}")))?;
+    let group = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32));
     let mut running = Running {
         child: Some(child),
+        group,
         grace,
     };
     let child = running.child.as_mut().expect("just started");
@@ -175,14 +191,24 @@ async fn run(
         // An operator's cancel: ask the program to stop now; the runtime drops this attempt
         // after the grace, and the drop kills what is left.
         _ = ctx.cancelled() => {
-            terminate(child);
+            signal_group(group, rustix::process::Signal::TERM);
             child.wait().await
         }
     };
+    // The program is gone; stop what it left running in its group, which could otherwise keep
+    // its output open (and this attempt waiting) forever.
     running.child = None;
+    signal_group(group, rustix::process::Signal::KILL);
     let status = status.map_err(|e| JobError::retry(format!("waiting for {program:?}: {e}")))?;
-    let stdout = out.await.unwrap_or_default();
-    let stderr = last_lines(&err.await.unwrap_or_default(), STDERR_KEPT);
+    let read = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
+        tokio::time::timeout(grace, h)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    };
+    let stdout = read(out).await;
+    let stderr = last_lines(&read(err).await, STDERR_KEPT);
     match status.code() {
         Some(0) => {
             if let Some(line) = last_line(&stdout) {

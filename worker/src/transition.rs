@@ -351,6 +351,22 @@ pub(crate) fn rescue(
     })
 }
 
+/// A running job an operator asked to cancel whose attempt ended short of finishing (an
+/// error to retry, a snooze, a release): it ends `cancelled` instead of running again.
+pub(crate) fn cancel_requested(by: &str, error: Option<&str>) -> Decision {
+    let why = match error {
+        Some(e) => format!("cancelled by {by} while running (the attempt ended with: {e})"),
+        None => format!("cancelled by {by} while running"),
+    };
+    bounded(Decision {
+        to: JobState::Cancelled,
+        event: Event::Cancelled,
+        delay: None,
+        error: Some(why),
+        refund_attempt: false,
+    })
+}
+
 /// A job whose outcome could not be committed with the handler's writes (a failed completion
 /// commit): the writes are gone, so the job goes back to `available` with its attempt refunded,
 /// instead of waiting for a rescue that would count the attempt.
@@ -614,6 +630,13 @@ mod tests {
             assert!(is_valid(Some(Running), d.to));
         }
         assert!(rescue(1, 2, None, None).error.unwrap().contains("worker ?"));
+        let d = cancel_requested("cli:ann", Some("boom"));
+        assert_eq!((d.to, d.event), (Cancelled, Event::Cancelled));
+        assert!(is_valid(Some(Running), d.to));
+        assert!(d
+            .error
+            .unwrap()
+            .contains("cancelled by cli:ann while running (the attempt ended with: boom)"));
         // A job an operator was cancelling when its worker died is not run again.
         let d = rescue(1, 5, Some("w1"), Some("cli:ann"));
         assert_eq!((d.to, d.event), (Cancelled, Event::Rescued));

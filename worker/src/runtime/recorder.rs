@@ -63,10 +63,27 @@ pub(crate) struct Attempt {
     pub(crate) result: Option<String>,
 }
 
+/// The largest result a batched completion carries (spliced as hex, twice its size); larger
+/// ones are written with their job alone.
+const CARRIED_RESULT_BYTES: usize = 8 * 1024;
+
 /// Records `a`. The slot (`permit`) is freed once the job no longer needs this process.
 pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemaphorePermit) {
     let decision = if a.outcome == Outcome::Success {
+        // A large result is written on its own (bound, not spliced): batches carry only small
+        // ones, so a batch of them stays far below the server's packet limit.
+        let small = a
+            .result
+            .as_ref()
+            .is_none_or(|r| r.len() <= CARRIED_RESULT_BYTES);
         match a.tx.take() {
+            None if !small => decide(
+                &Outcome::Success,
+                a.job.attempt,
+                a.job.max_attempts,
+                a.backoff,
+                1.0,
+            ),
             None => {
                 // Batched by the queue's next claim or the completer, which free the slot
                 // once the completion is written; the lease stays ours until then.
@@ -104,6 +121,7 @@ pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemapho
         )
     };
     match &a.outcome {
+        Outcome::Success => {}
         Outcome::Released => info!("released at shutdown"),
         Outcome::Snooze(_) => debug!(state = %decision.to, "snoozed"),
         _ => {
@@ -203,7 +221,7 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
         attempt: a.job.attempt,
         worker: &shared.id,
         decision: d,
-        result: None,
+        result: a.result.as_deref(),
     };
     let deadline = Instant::now() + shared.config.worker.lease_ttl;
     let mut retry = DbRetry::new();

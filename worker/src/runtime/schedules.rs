@@ -36,6 +36,7 @@ pub(crate) async fn run_due(shared: &Shared) {
 /// The job of `s` for `slot` (`None`: run now, by hand).
 pub(crate) fn job_for(s: &Schedule, slot: Option<chrono::DateTime<chrono::Utc>>) -> NewJob {
     let key = match slot {
+        _ if s.unique => format!("schedule:{}", s.name),
         Some(t) => format!(
             "schedule:{}:{}",
             s.name,
@@ -93,4 +94,44 @@ async fn one(shared: &Shared, s: &Schedule) -> crate::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_keys_and_the_unique_key() {
+        let mut s = jobq_config::Settings {
+            schedules: vec![jobq_config::ScheduleSettings {
+                name: "n".into(),
+                cron: "* * * * *".into(),
+                timezone: "UTC".into(),
+                kind: "noop".into(),
+                payload: serde_json::json!({}),
+                queue: None,
+                priority: 0,
+                max_attempts: None,
+                missed: Default::default(),
+                overlap: Default::default(),
+                unique: false,
+            }],
+            ..Default::default()
+        };
+        let slot = chrono::DateTime::parse_from_rfc3339("2026-12-02T03:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let c = s.validate().unwrap();
+        let key = |j: &NewJob| format!("{j:?}");
+        let per_slot = key(&job_for(&c.schedules()[0], Some(slot)));
+        assert!(
+            per_slot.contains("schedule:n:2026-12-02T03:00:00.000000Z"),
+            "{per_slot}"
+        );
+        s.schedules[0].unique = true;
+        let c = s.validate().unwrap();
+        let unique = key(&job_for(&c.schedules()[0], Some(slot)));
+        assert!(unique.contains("\"schedule:n\""), "{unique}");
+        assert!(key(&job_for(&c.schedules()[0], None)).contains("\"schedule:n\""));
+    }
 }

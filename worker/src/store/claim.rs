@@ -485,7 +485,7 @@ pub(crate) async fn claim<S: Session>(
         // must not make every claim of its queue fail.
         writes.push(format!(
             "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'running', attempt = LEAST(attempt + 1, 4294967295), claim_token = {tok}, \
-                    worker_id = {worker}, attempted_at = {at}, \
+                    worker_id = {worker}, attempted_at = {at}, cancel_requested_at = NULL, cancel_requested_by = NULL, \
                     lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND \
              WHERE id IN ({ids}) AND state = 'available'; \
              INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \

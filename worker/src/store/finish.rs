@@ -120,7 +120,30 @@ pub(crate) async fn finish(
     conn: &mut MySqlConnection,
     w: FinishWrite<'_>,
 ) -> Result<bool, sqlx::Error> {
-    let d = w.decision;
+    // An operator asked to cancel this job while it ran: whatever the attempt decided short of
+    // finishing (a retry, a snooze, a release), the job ends cancelled and never runs again.
+    // Read under the row's lock, so a request cannot slip in between.
+    let overridden;
+    let mut d = w.decision;
+    if !d.to.is_final() {
+        // language=MySQL
+        let by: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT CAST(cancel_requested_by AS CHAR) FROM jobq_jobs \
+             WHERE id = ? AND claim_token = ? AND state = 'running' \
+               AND cancel_requested_at IS NOT NULL FOR UPDATE",
+        )
+        .bind(w.fence.id)
+        .bind(&w.fence.token[..])
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(by) = by {
+            overridden = crate::transition::cancel_requested(
+                by.as_deref().unwrap_or("an operator"),
+                d.error.as_deref(),
+            );
+            d = &overridden;
+        }
+    }
     // language=MySQL
     // run_at moves only for retryable/scheduled (a delay); max_attempts grows by one when the
     // attempt is refunded (snooze, shutdown release) so it does not count against the job,

@@ -225,6 +225,10 @@ pub struct JobFilter {
     pub limit: u32,
     /// Continue after this job (keyset paging: the last id of the previous page).
     pub after: Option<JobId>,
+    /// With `state` and `after`: that job's run-at as the previous page showed it. Without
+    /// it, the job's run-at now is read, which an act on the job since (a retry) may have
+    /// moved.
+    pub after_run_at: Option<DateTime<Utc>>,
 }
 
 /// Lists jobs by `f`, newest first. With a state, the read walks `jobq_jobs_due (state,
@@ -240,6 +244,7 @@ pub(crate) async fn list_jobs(
     );
     let mut conds: Vec<&str> = Vec::new();
     let cursor: Option<DateTime<Utc>> = match (f.state, f.after) {
+        (Some(_), Some(_)) if f.after_run_at.is_some() => f.after_run_at,
         (Some(_), Some(after)) => {
             // language=MySQL
             let at: Option<DateTime<Utc>> =

@@ -66,10 +66,10 @@ pub(crate) async fn extend_leases<S: Session>(
         .await?;
         let locked: Vec<u64> = rows.iter().map(|r| r.get::<u64, _>(0)).collect();
         for r in &rows {
-            if r.try_get::<i64, _>("cancel").unwrap_or(0) == 1 {
+            if r.try_get::<i64, _>("cancel")? == 1 {
                 let id: u64 = r.get(0);
                 if let Some(f) = chunk.iter().find(|f| f.id == id) {
-                    let by: Option<String> = r.try_get("cancel_by").unwrap_or(None);
+                    let by: Option<String> = r.try_get("cancel_by")?;
                     report
                         .cancel
                         .push((*f, by.unwrap_or_else(|| "an operator".into())));

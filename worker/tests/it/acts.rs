@@ -251,3 +251,43 @@ async fn bulk_retry_by_filter(db: MySqlPool) {
         9900
     );
 }
+
+/// A cancel requested while the job runs wins over an attempt that ends short of finishing
+/// before the worker's heartbeat saw the request: the job ends cancelled, not retryable.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_cancel_request_wins_over_a_retry(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.heartbeat_interval = Duration::from_secs(5);
+    s.worker.lease_ttl = Duration::from_secs(20);
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let mut r = Registry::new();
+    r.register_json("flaky", move |_: serde_json::Value, _ctx: JobContext| {
+        let mut go = go_rx.clone();
+        async move {
+            let _ = go.wait_for(|g| *g).await;
+            Err(jobq_worker::JobError::retry("boom"))
+        }
+    })
+    .unwrap();
+    let id = Producer::new(db.clone())
+        .enqueue(NewJob::json("flaky", json!({})).max_attempts(5))
+        .await
+        .unwrap();
+    let w = start(pool(&s).await, r, &s);
+    wait_for(Duration::from_secs(10), "running", || async {
+        state_of(&db, id.0).await == "running"
+    })
+    .await;
+    let acted = act_on_jobs(&db, Act::Cancel, &[id], "ops:eve")
+        .await
+        .unwrap();
+    assert_eq!(acted, vec![(id, Acted::CancelRequested)]);
+    go_tx.send(true).unwrap();
+    wait_for(Duration::from_secs(10), "ended", || async {
+        state_of(&db, id.0).await != "running"
+    })
+    .await;
+    assert_eq!(state_of(&db, id.0).await, "cancelled");
+    w.stop().await;
+    assert_consistent(&db).await;
+}

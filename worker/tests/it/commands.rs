@@ -43,6 +43,14 @@ async fn a_python_program_handles_a_kind(db: MySqlPool) {
     let snooze = p.enqueue(job("snooze")).await.unwrap();
     let fail = p.enqueue(job("fail").max_attempts(1)).await.unwrap();
     let hang = p.enqueue(job("hang").max_attempts(1)).await.unwrap();
+    let fork_pidfile = dir.path().join("fork-pid");
+    let fork = p
+        .enqueue(NewJob::json(
+            "py",
+            json!({"mode": "fork", "pidfile": fork_pidfile}),
+        ))
+        .await
+        .unwrap();
     let w = start(pool(&s).await, r, &s);
     let end = p
         .wait_for(ok, Duration::from_secs(20))
@@ -103,6 +111,20 @@ async fn a_python_program_handles_a_kind(db: MySqlPool) {
     wait_for(Duration::from_secs(5), "the program was killed", || {
         let gone = gone.clone();
         async move { !std::path::Path::new(&gone).exists() }
+    })
+    .await;
+    // A program that left a process behind: it completes, and what it left is stopped.
+    let end = p
+        .wait_for(fork, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.state.as_str(), "completed");
+    let left = std::fs::read_to_string(&fork_pidfile).unwrap();
+    let left = format!("/proc/{}", left.trim());
+    wait_for(Duration::from_secs(5), "the grandchild was killed", || {
+        let left = left.clone();
+        async move { !std::path::Path::new(&left).exists() }
     })
     .await;
     w.stop().await;

@@ -42,6 +42,12 @@ async fn results_are_stored_and_awaited(db: MySqlPool) {
         .await
         .unwrap();
     let huge = p.enqueue(NewJob::json("huge", json!({}))).await.unwrap();
+    // 40 KiB: allowed, written with its job alone rather than in a batch.
+    let big_value = "y".repeat(40 * 1024);
+    let big = p
+        .enqueue(NewJob::json("echo", json!({ "big": big_value })))
+        .await
+        .unwrap();
     let slow = p
         .enqueue(NewJob::json("sleep", json!({"ms": 3000})))
         .await
@@ -54,6 +60,13 @@ async fn results_are_stored_and_awaited(db: MySqlPool) {
         .unwrap();
     assert_eq!(end.state, JobState::Completed);
     assert_eq!(end.result, Some(json!({"hello": ["wörld", 1]})));
+    let end = p
+        .wait_for(big, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.state, JobState::Completed);
+    assert_eq!(end.result, Some(json!({ "big": big_value })));
     let end = p
         .wait_for(in_tx, Duration::from_secs(10))
         .await

@@ -72,7 +72,7 @@ pub(crate) async fn run(settings: &Config, act: Act, a: ActArgs) -> Result<ExitC
             Acted::Done { from, to } => println!("{id} {to} (was {from})"),
             Acted::CancelRequested => println!(
                 "{id} cancel requested: it is running; its worker stops it at its next heartbeat \
-                 (then it ends cancelled)"
+                 and it ends cancelled (unless it finishes first)"
             ),
             Acted::Refused { state, why } => {
                 eprintln!("{id}: cannot {verb} a {state} job: {why}")
@@ -110,6 +110,7 @@ async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> 
     let mut refused = 0u64;
     let mut requested = 0u64;
     let mut after = None;
+    let mut after_run_at = None;
     loop {
         let page = jobq_worker::list_jobs(
             &pool,
@@ -119,12 +120,16 @@ async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> 
                 kind: a.kind.clone(),
                 limit: BATCH,
                 after,
+                after_run_at,
                 ..Default::default()
             },
         )
         .await?;
         let Some(last) = page.last() else { break };
+        // The cursor as this page saw it: acting on the jobs may move their run-at (a retry
+        // makes it now), which must not move the walk.
         after = Some(last.id);
+        after_run_at = Some(last.run_at);
         let ids: Vec<JobId> = page.iter().map(|j| j.id).collect();
         for (_, acted) in jobq_worker::act_on_jobs(&pool, act, &ids, &actor).await? {
             match acted {

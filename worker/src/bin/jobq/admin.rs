@@ -53,6 +53,7 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
         error: a.error,
         limit: a.limit,
         after: a.after.map(JobId),
+        after_run_at: None,
     };
     let jobs = jobq_worker::list_jobs(&pool, &filter).await?;
     if a.json {
