@@ -743,3 +743,23 @@ async fn keys_differing_in_trailing_spaces_are_different_keys(db: MySqlPool) {
     assert_eq!(got.throttled.waiting, 1, "the second `t` waits");
     assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_keys").await, 2);
 }
+
+/// A statement that fails after others in one multi-statement round trip is that round trip's
+/// error (the claim's final `…; COMMIT` relies on it), whichever statement fails.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_later_statement_failing_fails_the_batch(db: MySqlPool) {
+    let mut conn = db.acquire().await.unwrap();
+    for sql in [
+        "SELECT 1; SELECT * FROM no_such_table",
+        "SELECT 1; DO 1; SELECT * FROM no_such_table; SELECT 2",
+        "DO 1; INSERT INTO no_such_table VALUES (1)",
+        "SELECT 1 AS a; SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'late failure'",
+    ] {
+        let r = super::sql::batch(&mut conn, sql).await;
+        assert!(r.is_err(), "{sql}: {r:?}");
+    }
+    // The connection is still usable afterwards.
+    let (rows, _) = super::sql::batch(&mut conn, "SELECT 7 AS n").await.unwrap();
+    use sqlx::Row;
+    assert_eq!(rows[0].get::<i64, _>("n"), 7);
+}
