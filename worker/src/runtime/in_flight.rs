@@ -100,40 +100,42 @@ impl InFlight {
     /// The job is no longer this process's (its outcome was written, or nothing will be). A
     /// job with a concurrency key leaves its key for the promoter.
     pub(crate) fn remove(&self, fence: Fence) {
-        jobq_producer::job_written(fence.id);
-        let mut map = self.lock();
-        if map.get(&fence.id).is_some_and(|e| e.token == fence.token) {
-            if let Some(key) = map.remove(&fence.id).and_then(|e| e.key) {
-                drop(map);
-                self.freed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(key);
-                self.freed_ready.notify_one();
-            }
+        if let Some(key) = self.take(fence).and_then(|e| e.key) {
+            self.push_freed([key]);
         }
     }
 
     /// Like [`remove`](InFlight::remove), for a job whose key's waiting jobs were already
     /// promoted with its outcome (a claim that carried its completion).
     pub(crate) fn settle(&self, fence: Fence) {
+        self.take(fence);
+    }
+
+    /// Forgets the job if `fence` is still its current one; its outcome was written, so a
+    /// `wait_for` in this process is woken.
+    fn take(&self, fence: Fence) -> Option<Entry> {
         jobq_producer::job_written(fence.id);
         let mut map = self.lock();
         if map.get(&fence.id).is_some_and(|e| e.token == fence.token) {
-            map.remove(&fence.id);
+            map.remove(&fence.id)
+        } else {
+            None
         }
     }
 
     /// Hands keys to the promoter without a job ending (a claim that sent jobs to `waiting`).
     pub(crate) fn free_keys(&self, queue: &QueueName, keys: BTreeSet<String>) {
-        if keys.is_empty() {
-            return;
+        self.push_freed(keys.into_iter().map(|k| (queue.clone(), k)));
+    }
+
+    fn push_freed(&self, keys: impl IntoIterator<Item = (QueueName, String)>) {
+        let mut freed = self.freed.lock().unwrap_or_else(|p| p.into_inner());
+        let before = freed.len();
+        freed.extend(keys);
+        if freed.len() > before {
+            drop(freed);
+            self.freed_ready.notify_one();
         }
-        self.freed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(keys.into_iter().map(|k| (queue.clone(), k)));
-        self.freed_ready.notify_one();
     }
 
     /// Waits until some job with a concurrency key was removed since the last

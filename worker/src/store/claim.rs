@@ -11,7 +11,8 @@ use sqlx::{MySqlConnection, Row};
 
 use super::finish::{completion_sql, COMPLETION_UPDATE};
 use super::keys::{
-    lock_and_count_sql, running_now, store_windows_sql, waiting_probe_sql, KeyState, NOW_US,
+    lock_and_count_sql, promote_sql, running_now, store_windows_sql, waiting_probe_sql, KeyState,
+    NOW_US,
 };
 use super::sql::{hex, id_list, lit, RawTx, Session};
 use super::{micros, opt_text, text, Fence, Token};
@@ -526,13 +527,7 @@ pub(crate) async fn claim<S: Session>(
     }
     if !promoted.is_empty() {
         let ids = id_list(promoted.iter().copied());
-        // language=MySQL
-        writes.push(format!(
-            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'available' WHERE id IN ({ids}) AND state = 'waiting'; \
-             INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
-             SELECT id, 'waiting', 'available', 'promoted', attempt, UTC_TIMESTAMP(6) \
-             FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'available'"
-        ));
+        writes.push(promote_sql(&ids));
     }
     writes.extend(extra_writes);
     writes.push(commit_sql);

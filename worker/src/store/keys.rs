@@ -150,6 +150,18 @@ pub(super) fn waiting_probe_sql<'a>(
     )
 }
 
+/// Makes the waiting jobs `ids` (a list of id literals, locked by the caller) `available`,
+/// with their `promoted` transitions; the UPDATE comes first, so its count is the number moved.
+pub(super) fn promote_sql(ids: &str) -> String {
+    // language=MySQL
+    format!(
+        "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'available' WHERE id IN ({ids}) AND state = 'waiting'; \
+         INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+         SELECT id, 'waiting', 'available', 'promoted', attempt, UTC_TIMESTAMP(6) \
+           FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'available'"
+    )
+}
+
 /// Running jobs per key, by a plain read (no lock): the claim's check after it sent jobs to
 /// `waiting` (see `claim.rs`).
 pub(super) async fn running_now(
@@ -203,20 +215,16 @@ pub(crate) async fn promote_waiting(
         return Ok(0);
     }
     let q = lit(queue);
-    // language=MySQL
     // First, without locks: which of the keys have waiting jobs at all (an index probe per
     // key). Most ends of keyed jobs find none, and skip the locking transaction. A job a claim
     // is sending to `waiting` right now is not seen yet; that claim checks, after its commit,
     // whether the key shows a free slot by then and if so hands it to the promoter (claim.rs).
-    let sql = format!(
-        "SELECT DISTINCT CAST(concurrency_key AS BINARY) AS k FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
-         WHERE queue = {q} AND concurrency_key IN ({}) AND key_state = 'waiting'",
-        key_list(keys.iter().map(String::as_str))
-    );
-    let found = sqlx::query(&sql).fetch_all(pool).await?;
+    let found = sqlx::query(&waiting_probe_sql(queue, keys.iter()))
+        .fetch_all(pool)
+        .await?;
     let keys: BTreeSet<String> = found
         .iter()
-        .map(|r| text(r, "k"))
+        .map(|r| text(r, "probe_key"))
         .collect::<Result<_, _>>()?;
     if keys.is_empty() {
         return Ok(0);
@@ -288,15 +296,7 @@ pub(crate) async fn promote_waiting(
     }
     let ids = id_list(ids.into_iter());
     // language=MySQL
-    let (_, counts) = tx
-        .end(&format!(
-            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'available' WHERE id IN ({ids}) AND state = 'waiting'; \
-             INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
-             SELECT id, 'waiting', 'available', 'promoted', attempt, UTC_TIMESTAMP(6) \
-               FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'available'; \
-             COMMIT"
-        ))
-        .await?;
+    let (_, counts) = tx.end(&format!("{}; COMMIT", promote_sql(&ids))).await?;
     Ok(counts.first().copied().unwrap_or(0))
 }
 

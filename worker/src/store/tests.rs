@@ -11,6 +11,22 @@ use super::*;
 use crate::ids::WorkerId;
 use crate::transition::{decide, Backoff, Outcome};
 
+/// A skip-locked claim of up to `limit` jobs of `queue` with a 30 s lease, carrying nothing,
+/// without limits: the base the tests vary with `..`.
+fn plain_claim<'a>(queue: &'a QueueName, worker: &'a WorkerId, limit: u32) -> ClaimRequest<'a> {
+    ClaimRequest {
+        queue,
+        limit,
+        worker,
+        lease: Duration::from_secs(30),
+        lock: ClaimLock::SkipLocked,
+        complete: &[],
+        freed: &super::claim::NO_KEYS,
+        results: &[],
+        flow: Flow::DEFAULT,
+    }
+}
+
 async fn count(pool: &MySqlPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -169,22 +185,9 @@ async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) 
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-    let got = claim(
-        &mut conn,
-        ClaimRequest {
-            queue: &queue,
-            limit: 10,
-            worker: &worker,
-            lease: Duration::from_secs(30),
-            lock: ClaimLock::SkipLocked,
-            complete: &[],
-            freed: &super::claim::NO_KEYS,
-            results: &[],
-            flow: Flow::DEFAULT,
-        },
-    )
-    .await
-    .unwrap();
+    let got = claim(&mut conn, plain_claim(&queue, &worker, 10))
+        .await
+        .unwrap();
     let after: u64 = sqlx::query_scalar(reads)
         .fetch_one(&mut *conn)
         .await
@@ -223,15 +226,8 @@ async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
     let worker = WorkerId::generate();
     let mut conn = db.acquire().await.unwrap();
     let req = |limit, complete| ClaimRequest {
-        queue: &queue,
-        limit,
-        worker: &worker,
-        lease: Duration::from_secs(30),
-        lock: ClaimLock::SkipLocked,
         complete,
-        freed: &super::claim::NO_KEYS,
-        results: &[],
-        flow: Flow::DEFAULT,
+        ..plain_claim(&queue, &worker, limit)
     };
     let first = claim(&mut conn, req(3, &[])).await.unwrap();
     assert_eq!(first.jobs.len(), 3);
@@ -433,19 +429,12 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
     let mut conn = db.acquire().await.unwrap();
     let req = |limit, key_limit: &'static (dyn Fn(&jobq_producer::KindName) -> u32 + Sync)| {
         ClaimRequest {
-            queue: &queue,
-            limit,
-            worker: &worker,
-            lease: Duration::from_secs(30),
-            lock: ClaimLock::SkipLocked,
-            complete: &[],
-            freed: &super::claim::NO_KEYS,
-            results: &[],
             flow: Flow {
                 rate: None,
                 key_rate: None,
                 key_limit,
             },
+            ..plain_claim(&queue, &worker, limit)
         }
     };
     let first = claim(&mut conn, req(10, Flow::DEFAULT.key_limit))
@@ -574,22 +563,9 @@ async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-    let got = claim(
-        &mut conn,
-        ClaimRequest {
-            queue: &queue,
-            limit: 10,
-            worker: &worker,
-            lease: Duration::from_secs(30),
-            lock: ClaimLock::SkipLocked,
-            complete: &[],
-            freed: &super::claim::NO_KEYS,
-            results: &[],
-            flow: Flow::DEFAULT,
-        },
-    )
-    .await
-    .unwrap();
+    let got = claim(&mut conn, plain_claim(&queue, &worker, 10))
+        .await
+        .unwrap();
     let after: u64 = sqlx::query_scalar(reads)
         .fetch_one(&mut *conn)
         .await
@@ -639,15 +615,9 @@ async fn a_claim_promotes_the_waiting_jobs_of_the_completions_it_carries(db: MyS
     let worker = WorkerId::generate();
     let mut conn = db.acquire().await.unwrap();
     let req = |complete, freed| ClaimRequest {
-        queue: &queue,
-        limit: 10,
-        worker: &worker,
-        lease: Duration::from_secs(30),
-        lock: ClaimLock::SkipLocked,
         complete,
         freed,
-        results: &[],
-        flow: Flow::DEFAULT,
+        ..plain_claim(&queue, &worker, 10)
     };
     let first = claim(&mut conn, req(&[], &super::claim::NO_KEYS))
         .await
@@ -718,22 +688,9 @@ async fn keys_differing_in_trailing_spaces_are_different_keys(db: MySqlPool) {
     let queue = QueueName::new("default").unwrap();
     let worker = WorkerId::generate();
     let mut conn = db.acquire().await.unwrap();
-    let got = claim(
-        &mut conn,
-        ClaimRequest {
-            queue: &queue,
-            limit: 10,
-            worker: &worker,
-            lease: Duration::from_secs(30),
-            lock: ClaimLock::SkipLocked,
-            complete: &[],
-            freed: &super::claim::NO_KEYS,
-            results: &[],
-            flow: Flow::DEFAULT,
-        },
-    )
-    .await
-    .unwrap();
+    let got = claim(&mut conn, plain_claim(&queue, &worker, 10))
+        .await
+        .unwrap();
     let keys: Vec<Option<&str>> = got
         .jobs
         .iter()

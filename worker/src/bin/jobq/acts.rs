@@ -39,8 +39,8 @@ pub(crate) struct ActArgs {
 /// Jobs acted on per transaction when selecting by filter.
 const BATCH: u32 = 1000;
 
-/// `cli:USER@HOST`, recorded as who acted.
-fn actor() -> String {
+/// `cli:USER@HOST`, recorded as who acted (also by `jobq schedules pause`).
+pub(crate) fn actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     format!("cli:{user}@{}", jobq_worker::hostname())
 }

@@ -38,8 +38,7 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
     let pool = crate::cli::connected(settings).await?;
     match a.action {
         Some(SchedulesAction::Pause { name }) => {
-            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-            let by = format!("cli:{user}@{}", jobq_worker::hostname());
+            let by = crate::acts::actor();
             if jobq_worker::pause_schedule(&pool, settings, &name, &by).await? {
                 println!("paused {name}");
             } else {
