@@ -27,7 +27,7 @@ pub use load::{extract, figment, ignored_env_vars, load, DEFAULT_CONFIG_FILE};
 pub use settings::{
     ClaimMode, DatabaseSettings, KindOverrides, LogFormat, LogSettings, MaintenanceSettings,
     MetricsSettings, MissedSlots, Overlap, ProducerSettings, QueueOverrides, Rate,
-    ScheduleSettings, Settings, WorkerSettings, DEFAULT_DATABASE_URL,
+    ScheduleSettings, Settings, WebSettings, WorkerSettings, DEFAULT_DATABASE_URL,
 };
 pub use validate::{parse_cron, Config, QueueSettings, RunPolicy, Schedule};
 
@@ -55,6 +55,27 @@ mod tests {
         assert_eq!(s.producer.default_max_attempts, 25);
         assert_eq!(s.metrics.listen, None);
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn web_auth_values_are_checked() {
+        let with = |token: Option<&str>, basic: Option<&str>| {
+            let mut s = Settings::default();
+            s.web.token = token.map(str::to_owned);
+            s.web.basic_auth = basic.map(str::to_owned);
+            s.validate().map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(with(Some("0123456789abcdef"), Some("ops:pw")).is_ok());
+        for (token, basic, key) in [
+            (Some("short"), None, "web.token"),
+            (Some("0123456789 abcdef"), None, "web.token"),
+            (None, Some("nopassword"), "web.basic_auth"),
+            (None, Some(":pw"), "web.basic_auth"),
+            (None, Some("ops:"), "web.basic_auth"),
+        ] {
+            let e = with(token, basic).unwrap_err();
+            assert!(e.contains(key), "{token:?} {basic:?}: {e}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/jobq.toml";
 
 /// The top-level keys of [`Settings`]. A `JOBQ_` variable is configuration only when its first
 /// `__`-separated segment is one of these.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "database_url",
     "database",
     "worker",
@@ -23,6 +23,7 @@ const SECTIONS: [&str; 9] = [
     "producer",
     "maintenance",
     "metrics",
+    "web",
     "log",
 ];
 

@@ -87,6 +87,8 @@ pub struct Settings {
     pub maintenance: MaintenanceSettings,
     /// Prometheus exporter.
     pub metrics: MetricsSettings,
+    /// The web console.
+    pub web: WebSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -103,6 +105,7 @@ impl Default for Settings {
             producer: ProducerSettings::default(),
             maintenance: MaintenanceSettings::default(),
             metrics: MetricsSettings::default(),
+            web: WebSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -445,6 +448,24 @@ pub struct MetricsSettings {
     /// Address of the Prometheus listener (`/metrics`, `/healthz`, `/readyz`), e.g.
     /// `127.0.0.1:9187`. Unset (the default): no listener. Env `JOBQ_METRICS__LISTEN`.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[web]`: the built-in web console (see the README's "Web console").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// Address the console listens on, e.g. `127.0.0.1:9188`. Unset (the default): `jobq work`
+    /// serves no console; `jobq web` listens on `127.0.0.1:9188`. Env `JOBQ_WEB__LISTEN`.
+    pub listen: Option<SocketAddr>,
+    /// A bearer token (at least 16 characters): requests carry `Authorization: Bearer TOKEN`, or
+    /// sign in once through the login form, which sets a session cookie. Env `JOBQ_WEB__TOKEN`.
+    pub token: Option<String>,
+    /// `"user:password"` for HTTP basic auth. With both this and `token` set, either is
+    /// accepted. Env `JOBQ_WEB__BASIC_AUTH`.
+    pub basic_auth: Option<String>,
+    /// Refuse every action (retry, cancel, discard, pause, resume, run): the console only
+    /// shows. Default false.
+    pub read_only: bool,
 }
 
 /// `[log]`

@@ -393,6 +393,7 @@ impl Settings {
                 unique: sc.unique,
             });
         }
+        validate_web(&self.web)?;
         let queues = worker_queues
             .into_iter()
             .map(|name| {
@@ -408,6 +409,34 @@ impl Settings {
             schedules,
         })
     }
+}
+
+/// The shortest `web.token` accepted: a token guessable by trying is no protection.
+pub(crate) const MIN_WEB_TOKEN_CHARS: usize = 16;
+
+fn validate_web(w: &crate::settings::WebSettings) -> Result<(), ConfigError> {
+    if let Some(t) = &w.token {
+        if t.chars().count() < MIN_WEB_TOKEN_CHARS || t.chars().any(|c| c.is_whitespace()) {
+            return Err(invalid(
+                "web.token",
+                format!(
+                    "use at least {MIN_WEB_TOKEN_CHARS} characters and no spaces, e.g. the output of `openssl rand -hex 16`"
+                ),
+            ));
+        }
+    }
+    if let Some(b) = &w.basic_auth {
+        match b.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => {}
+            _ => {
+                return Err(invalid(
+                    "web.basic_auth",
+                    "write it as \"user:password\" (both non-empty; the user cannot contain ':')",
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A name error from the producer's rule, reported under the configuration key.

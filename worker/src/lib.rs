@@ -49,9 +49,10 @@ mod schedule;
 mod shutdown;
 mod store;
 mod transition;
+pub mod web;
 mod worker;
 
-pub use acts::{act_on_jobs, Act, Acted};
+pub use acts::{act_on_filter, act_on_jobs, count_jobs, Act, ActTally, Acted};
 pub use command::{register_commands, EXIT_DISCARD, EXIT_SNOOZE};
 pub use db::{check_migrated, check_server_limits, migrate};
 pub use error::{Error, Result};
@@ -74,7 +75,7 @@ pub use panics::install_panic_hook;
 pub use registry::Registry;
 pub use runtime::prune_finished;
 pub use shutdown::{on_signals, Shutdown, ShutdownSignal, Stopped};
-pub use store::{JobFilter, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
+pub use store::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
 pub use transition::{is_valid, Event};
 pub use worker::Worker;
 

@@ -210,7 +210,20 @@ pub struct JobSummary {
     pub last_error: Option<String>,
 }
 
-/// What `jobq jobs list` selects. Newest first; `after` continues a listing after that id.
+/// The order of a job listing; every order is newest first and pages by keyset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JobOrder {
+    /// By run-at with a state (`jobq_jobs_due`), by id without one. The CLI's order.
+    #[default]
+    Natural,
+    /// By id (the primary key), whatever the filters.
+    Id,
+    /// By run-at, then id. Without a state, one index walk per state, merged.
+    RunAt,
+}
+
+/// What `jobq jobs list` and the console's jobs page select. Newest first; `after` continues
+/// a listing after that job.
 #[derive(Clone, Debug, Default)]
 pub struct JobFilter {
     /// Only jobs in this state.
@@ -225,89 +238,144 @@ pub struct JobFilter {
     pub limit: u32,
     /// Continue after this job (keyset paging: the last id of the previous page).
     pub after: Option<JobId>,
-    /// With `state` and `after`: that job's run-at as the previous page showed it. Without
-    /// it, the job's run-at now is read, which an act on the job since (a retry) may have
-    /// moved.
+    /// When ordered by run-at, with `after`: that job's run-at as the previous page showed
+    /// it. Without it, the job's run-at now is read, which an act on the job since (a retry)
+    /// may have moved.
     pub after_run_at: Option<DateTime<Utc>>,
+    /// The order.
+    pub order: JobOrder,
 }
 
-/// Lists jobs by `f`, newest first. With a state, the read walks `jobq_jobs_due (state,
-/// run_at, id)` backwards (newest run-at first) and continues after the given job's
-/// (run_at, id); without one, the primary key backwards (newest id first). Either way no sort
-/// and no OFFSET: a page costs its rows plus the ones the other filters skip.
+impl JobFilter {
+    /// Whether the listing walks run-at (else the id).
+    pub fn by_run_at(&self) -> bool {
+        match self.order {
+            JobOrder::Natural => self.state.is_some(),
+            JobOrder::Id => false,
+            JobOrder::RunAt => true,
+        }
+    }
+}
+
+/// A value bound to a `?` of a listing's statement.
+enum Bind {
+    Id(u64),
+    Text(String),
+    At(DateTime<Utc>),
+}
+
+/// The WHERE conditions every branch of a listing shares (queue, kind, error text), with
+/// their values.
+fn filter_conds(f: &JobFilter, conds: &mut Vec<&'static str>, binds: &mut Vec<Bind>) {
+    if let Some(v) = &f.queue {
+        conds.push("queue = ?");
+        binds.push(Bind::Text(v.clone()));
+    }
+    if let Some(v) = &f.kind {
+        conds.push("kind = ?");
+        binds.push(Bind::Text(v.clone()));
+    }
+    if let Some(v) = &f.error {
+        conds.push("last_error LIKE CONCAT('%', ?, '%')");
+        // LIKE's own wildcards in the text are matched literally.
+        binds.push(Bind::Text(
+            v.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_"),
+        ));
+    }
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, queue, kind, CAST(state AS CHAR) AS state, attempt, max_attempts, run_at, last_error";
+
+/// Lists jobs by `f`, newest first, without a sort and without OFFSET: a page costs its rows
+/// plus the ones the other filters skip.
+/// - by id: the primary key backwards, after the given id;
+/// - by run-at with a state: `jobq_jobs_due (state, run_at, id)` backwards, after the given
+///   job's (run_at, id);
+/// - by run-at without a state: that walk once per state (each stops after `limit` rows),
+///   merged: at most 8 × `limit` rows read.
 pub(crate) async fn list_jobs(
     pool: &MySqlPool,
     f: &JobFilter,
 ) -> Result<Vec<JobSummary>, sqlx::Error> {
-    let mut sql = String::from(
-        "SELECT id, queue, kind, CAST(state AS CHAR) AS state, attempt, max_attempts, run_at, last_error FROM jobq_jobs ",
-    );
-    let mut conds: Vec<&str> = Vec::new();
-    let cursor: Option<DateTime<Utc>> = match (f.state, f.after) {
-        (Some(_), Some(_)) if f.after_run_at.is_some() => f.after_run_at,
-        (Some(_), Some(after)) => {
+    let limit = f.limit.clamp(1, 10_000);
+    let mut binds = Vec::new();
+    let sql = if f.by_run_at() {
+        let cursor = match (f.after, f.after_run_at) {
+            (Some(after), Some(at)) => Some((after, at)),
+            (Some(after), None) => {
+                // language=MySQL
+                let at: Option<DateTime<Utc>> =
+                    sqlx::query_scalar("SELECT run_at FROM jobq_jobs WHERE id = ?")
+                        .bind(after.0)
+                        .fetch_optional(pool)
+                        .await?;
+                Some((after, at.unwrap_or_else(Utc::now)))
+            }
+            _ => None,
+        };
+        let states: Vec<JobState> = match f.state {
+            Some(s) => vec![s],
+            None => JobState::ALL.to_vec(),
+        };
+        let mut branches = Vec::with_capacity(states.len());
+        for s in states {
+            let mut conds = vec!["state = ?"];
+            binds.push(Bind::Text(s.as_str().to_owned()));
+            if let Some((after, at)) = cursor {
+                conds.push("(run_at < ? OR (run_at = ? AND id < ?))");
+                binds.extend([Bind::At(at), Bind::At(at), Bind::Id(after.0)]);
+            }
+            filter_conds(f, &mut conds, &mut binds);
             // language=MySQL
-            let at: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT run_at FROM jobq_jobs WHERE id = ?")
-                    .bind(after.0)
-                    .fetch_optional(pool)
-                    .await?;
-            Some(at.unwrap_or_else(Utc::now))
+            branches.push(format!(
+                "(SELECT {SUMMARY_COLUMNS} FROM jobq_jobs FORCE INDEX (jobq_jobs_due) WHERE {} \
+                 ORDER BY run_at DESC, id DESC LIMIT {limit})",
+                conds.join(" AND ")
+            ));
         }
-        _ => None,
-    };
-    if f.state.is_some() {
-        sql.push_str("FORCE INDEX (jobq_jobs_due) ");
-        conds.push("state = ?");
-        if f.after.is_some() {
-            conds.push("(run_at < ? OR (run_at = ? AND id < ?))");
+        if branches.len() == 1 {
+            branches.pop().expect("one branch")
+        } else {
+            format!(
+                "SELECT * FROM ({}) u ORDER BY run_at DESC, id DESC LIMIT {limit}",
+                branches.join(" UNION ALL ")
+            )
         }
-    } else if f.after.is_some() {
-        conds.push("id < ?");
-    }
-    if f.queue.is_some() {
-        conds.push("queue = ?");
-    }
-    if f.kind.is_some() {
-        conds.push("kind = ?");
-    }
-    if f.error.is_some() {
-        conds.push("last_error LIKE CONCAT('%', ?, '%')");
-    }
-    if !conds.is_empty() {
-        sql.push_str("WHERE ");
-        sql.push_str(&conds.join(" AND "));
-    }
-    // language=MySQL
-    sql.push_str(if f.state.is_some() {
-        " ORDER BY run_at DESC, id DESC LIMIT ?"
     } else {
-        " ORDER BY id DESC LIMIT ?"
-    });
-    let mut q = sqlx::query(&sql);
-    if let Some(s) = f.state {
-        q = q.bind(s.as_str());
-        if let (Some(at), Some(after)) = (cursor, f.after) {
-            q = q.bind(at).bind(at).bind(after.0);
+        let mut conds = Vec::new();
+        if let Some(s) = f.state {
+            conds.push("state = ?");
+            binds.push(Bind::Text(s.as_str().to_owned()));
         }
-    } else if let Some(after) = f.after {
-        q = q.bind(after.0);
+        if let Some(after) = f.after {
+            conds.push("id < ?");
+            binds.push(Bind::Id(after.0));
+        }
+        filter_conds(f, &mut conds, &mut binds);
+        let cond = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        // language=MySQL
+        // The primary key, also with a state: a state's index range is in run-at order.
+        format!(
+            "SELECT {SUMMARY_COLUMNS} FROM jobq_jobs FORCE INDEX (PRIMARY) {cond} \
+             ORDER BY id DESC LIMIT {limit}"
+        )
+    };
+    let mut q = sqlx::query(&sql);
+    for b in binds {
+        q = match b {
+            Bind::Id(v) => q.bind(v),
+            Bind::Text(v) => q.bind(v),
+            Bind::At(v) => q.bind(v),
+        };
     }
-    if let Some(v) = &f.queue {
-        q = q.bind(v);
-    }
-    if let Some(v) = &f.kind {
-        q = q.bind(v);
-    }
-    if let Some(v) = &f.error {
-        // LIKE's own wildcards in the text are matched literally.
-        q = q.bind(
-            v.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_"),
-        );
-    }
-    let rows = q.bind(f.limit.clamp(1, 10_000)).fetch_all(pool).await?;
+    let rows = q.fetch_all(pool).await?;
     rows.into_iter()
         .map(|r| {
             Ok(JobSummary {
@@ -322,6 +390,32 @@ pub(crate) async fn list_jobs(
             })
         })
         .collect()
+}
+
+/// How many jobs in `state` match the filter's queue, kind and error text (a count over the
+/// state's range of `jobq_jobs_due`; the cursor and order are ignored).
+pub(crate) async fn count_jobs(
+    pool: &MySqlPool,
+    state: JobState,
+    f: &JobFilter,
+) -> Result<i64, sqlx::Error> {
+    let mut conds = vec!["state = ?"];
+    let mut binds = vec![Bind::Text(state.as_str().to_owned())];
+    filter_conds(f, &mut conds, &mut binds);
+    // language=MySQL
+    let sql = format!(
+        "SELECT COUNT(*) FROM jobq_jobs FORCE INDEX (jobq_jobs_due) WHERE {}",
+        conds.join(" AND ")
+    );
+    let mut q = sqlx::query_scalar(&sql);
+    for b in binds {
+        q = match b {
+            Bind::Id(v) => q.bind(v),
+            Bind::Text(v) => q.bind(v),
+            Bind::At(v) => q.bind(v),
+        };
+    }
+    q.fetch_one(pool).await
 }
 
 /// A worker process, as `jobq workers` shows it.

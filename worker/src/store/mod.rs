@@ -1,6 +1,7 @@
 //! All SQL of the worker crate, one file per concern:
 //!
 //! - [`acts`]: operators' acts on jobs by id (cancel, retry, discard);
+//! - [`console`]: the web console's reads of recent history (throughput chart, failures);
 //! - [`claim`]: the claim transaction and the named-lock statements (hot path);
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
 //! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
@@ -22,6 +23,7 @@
 
 mod acts;
 mod claim;
+mod console;
 mod demo;
 mod finish;
 mod inspect;
@@ -44,10 +46,11 @@ pub(crate) use claim::{
     claim, get_lock, lock_name, release_lock, ClaimError, ClaimLock, ClaimRequest, ClaimedJob,
     Flow, Throttled,
 };
+pub(crate) use console::{last_hour, recent_failures, Minute};
 pub(crate) use demo::{create_effects_table, insert_effect};
 pub(crate) use finish::{complete_batch, finish, finish_tx, mark_tx, tx_intact, FinishWrite};
-pub(crate) use inspect::{counts, history, job, list_jobs, queue_activity, workers};
-pub use inspect::{JobFilter, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
+pub(crate) use inspect::{count_jobs, counts, history, job, list_jobs, queue_activity, workers};
+pub use inspect::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys};
 pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,

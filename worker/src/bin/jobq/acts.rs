@@ -36,9 +36,6 @@ pub(crate) struct ActArgs {
     json: bool,
 }
 
-/// Jobs acted on per transaction when selecting by filter.
-const BATCH: u32 = 1000;
-
 /// `cli:USER@HOST`, recorded as who acted (also by `jobq schedules pause`).
 pub(crate) fn actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
@@ -87,9 +84,8 @@ pub(crate) async fn run(settings: &Config, act: Act, a: ActArgs) -> Result<ExitC
     })
 }
 
-/// Acts on every job matching the filter, a batch of [`BATCH`] per transaction (each locks only
-/// its own jobs, briefly), walking the state's index range newest first. Prints how many jobs
-/// each outcome got.
+/// Acts on every job matching the filter ([`jobq_worker::act_on_filter`]). Prints how many
+/// jobs each outcome got.
 async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> Result<ExitCode> {
     if std::io::stdin().is_terminal() && !a.yes {
         bail!(
@@ -105,43 +101,13 @@ async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> 
         );
     }
     let pool = crate::cli::connected(settings).await?;
-    let actor = actor();
-    let mut done = 0u64;
-    let mut refused = 0u64;
-    let mut requested = 0u64;
-    let mut after = None;
-    let mut after_run_at = None;
-    loop {
-        let page = jobq_worker::list_jobs(
-            &pool,
-            &JobFilter {
-                state: Some(state),
-                queue: a.queue.clone(),
-                kind: a.kind.clone(),
-                limit: BATCH,
-                after,
-                after_run_at,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let Some(last) = page.last() else { break };
-        // The cursor as this page saw it: acting on the jobs may move their run-at (a retry
-        // makes it now), which must not move the walk.
-        after = Some(last.id);
-        after_run_at = Some(last.run_at);
-        let ids: Vec<JobId> = page.iter().map(|j| j.id).collect();
-        for (_, acted) in jobq_worker::act_on_jobs(&pool, act, &ids, &actor).await? {
-            match acted {
-                Acted::Done { .. } => done += 1,
-                Acted::CancelRequested => requested += 1,
-                Acted::Refused { .. } | Acted::NotFound => refused += 1,
-            }
-        }
-        if page.len() < BATCH as usize {
-            break;
-        }
-    }
+    let filter = JobFilter {
+        queue: a.queue.clone(),
+        kind: a.kind.clone(),
+        ..Default::default()
+    };
+    let tally = jobq_worker::act_on_filter(&pool, act, state, &filter, &actor()).await?;
+    let (done, requested, refused) = (tally.done, tally.cancel_requested, tally.skipped);
     if a.json {
         println!(
             "{}",

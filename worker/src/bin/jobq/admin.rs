@@ -54,6 +54,7 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
         limit: a.limit,
         after: a.after.map(JobId),
         after_run_at: None,
+        order: jobq_worker::JobOrder::Natural,
     };
     let jobs = jobq_worker::list_jobs(&pool, &filter).await?;
     if a.json {

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use figment::providers::Serialized;
 use jobq_config::{ClaimMode, Config, LogFormat};
+use jobq_worker::web::Console;
 use jobq_worker::{builtin, JobId, NewJob, Registry, Shutdown, Stopped, Worker};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -78,6 +79,12 @@ enum Command {
     Prune(crate::admin::PruneArgs),
     /// Recurring jobs: list them (next and last slot, last outcome), pause, resume, run now.
     Schedules(crate::schedules::SchedulesArgs),
+    /// Serve the web console alone (on web.listen, default 127.0.0.1:9188) until SIGINT/SIGTERM.
+    Web {
+        /// Listen here instead of web.listen, e.g. 127.0.0.1:9188.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -224,6 +231,7 @@ pub(crate) fn run() -> Result<ExitCode> {
             Command::Workers { json } => crate::admin::workers(&settings, json).await,
             Command::Prune(a) => crate::admin::prune(&settings, a).await,
             Command::Schedules(a) => crate::schedules::run(&settings, a).await,
+            Command::Web { listen } => web(&settings, listen).await,
         }
     })
 }
@@ -412,6 +420,13 @@ async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
     if let (Some(addr), Some(handle)) = (settings.metrics.listen, recorder) {
         crate::http::spawn(addr, handle, &pool, worker.health()).await?;
     }
+    if let Some(addr) = settings.web.listen {
+        // Lives as long as the process: it stops with it.
+        Console::new(pool.clone(), &settings)
+            .spawn(addr, std::future::pending())
+            .await
+            .with_context(|| format!("binding web.listen {addr}"))?;
+    }
     let (shutdown, signal) = Shutdown::new();
     jobq_worker::on_signals(shutdown).context("installing the SIGTERM/SIGINT handlers")?;
     match worker.run(signal).await? {
@@ -423,6 +438,31 @@ async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(130))
         }
     }
+}
+
+/// `jobq web`: the console alone, until SIGINT or SIGTERM.
+async fn web(settings: &Config, listen: Option<std::net::SocketAddr>) -> Result<ExitCode> {
+    let addr = match listen.or(settings.web.listen) {
+        Some(a) => a,
+        None => jobq_worker::web::DEFAULT_LISTEN.parse()?,
+    };
+    let pool = connected(settings).await?;
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping the web console");
+    };
+    let server = Console::new(pool, settings)
+        .spawn(addr, stop)
+        .await
+        .with_context(|| format!("binding {addr} for the web console"))?;
+    eprintln!("jobq: web console on http://{addr}/");
+    server.await??;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn stats(settings: &Config, json: bool) -> Result<ExitCode> {

@@ -1,4 +1,4 @@
-//! `jobq`: migrate, enqueue, work, inspect, queues, demo, bench, lock. The commands live in `cli.rs` (and
+//! `jobq`: migrate, enqueue, work, inspect, queues, demo, bench, lock, web. The commands live in `cli.rs` (and
 //! `demo.rs`, `bench/`, `lock.rs`, `queues.rs`, with the operator endpoint in `http.rs`); this file only maps the
 //! outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 

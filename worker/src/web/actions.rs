@@ -1,0 +1,252 @@
+//! The console's acts (POSTs). Each checks the CSRF token first (`auth::csrf_ok`), acts
+//! through the crate's public operations with the request's actor, and answers with a
+//! redirect to the page that shows the outcome (so reloading never repeats an act).
+//! Read-only mode and authentication are enforced before any of this runs (`guard`).
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use jobq_producer::{JobId, QueueName};
+use serde::Deserialize;
+
+use super::auth;
+use super::pages::{act_key, act_named, parse_filter, JobsQuery, Login};
+use super::{render, App, Ctx, Problem};
+
+/// The one field every act's form carries.
+#[derive(Deserialize, Default)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+fn check_csrf(headers: &HeaderMap, token: &str) -> Result<(), Problem> {
+    if auth::csrf_ok(headers, token) {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "this form's CSRF token is missing or stale (or it came from another site): \
+             reload the page and try again",
+        ))
+    }
+}
+
+fn see(path: String) -> Response {
+    Redirect::to(&path).into_response()
+}
+
+/// `POST /jobs/ID/retry|cancel|discard`.
+pub(crate) async fn act_on_job(
+    State(app): State<App>,
+    Extension(ctx): Extension<Ctx>,
+    headers: HeaderMap,
+    Path((id, act)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Problem> {
+    check_csrf(&headers, &form.csrf)?;
+    let act = act_named(&act)?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("{id:?} is not a job id")))?;
+    let out = crate::act_on_jobs(&app.pool, act, &[JobId(id)], &ctx.who.actor()).await?;
+    let key = act_key(act);
+    match out.first().map(|(_, a)| a) {
+        Some(crate::Acted::NotFound) | None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no job {id}: it never existed, or was pruned"),
+        )),
+        Some(a) if a.ok() => Ok(see(format!("/jobs/{id}?did={key}"))),
+        Some(_) => Ok(see(format!("/jobs/{id}?refused={key}"))),
+    }
+}
+
+/// The confirmation form of an act on a selection.
+#[derive(Deserialize)]
+pub(crate) struct FilterActForm {
+    #[serde(default)]
+    csrf: String,
+    act: String,
+    #[serde(flatten)]
+    filter: JobsQuery,
+}
+
+/// `POST /jobs/act`: the act confirmed on `GET /jobs/act`, applied to every matching job.
+pub(crate) async fn act_on_filter(
+    State(app): State<App>,
+    Extension(ctx): Extension<Ctx>,
+    headers: HeaderMap,
+    Form(form): Form<FilterActForm>,
+) -> Result<Response, Problem> {
+    check_csrf(&headers, &form.csrf)?;
+    let act = act_named(&form.act)?;
+    let (filter, view) = parse_filter(&form.filter)?;
+    let Some(state) = filter.state else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "an act on a selection needs a state",
+        ));
+    };
+    let tally = crate::act_on_filter(&app.pool, act, state, &filter, &ctx.who.actor()).await?;
+    tracing::info!(
+        act = act_key(act),
+        %state,
+        done = tally.done,
+        actor = %ctx.who.actor(),
+        "web console: act on a selection"
+    );
+    Ok(see(format!(
+        "/jobs?{}&did={}&done={}&requested={}&skipped={}",
+        view.query,
+        act_key(act),
+        tally.done,
+        tally.cancel_requested,
+        tally.skipped
+    )))
+}
+
+/// `POST /queues/NAME/pause|resume`.
+pub(crate) async fn queue(
+    State(app): State<App>,
+    Extension(ctx): Extension<Ctx>,
+    headers: HeaderMap,
+    Path((name, act)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Problem> {
+    check_csrf(&headers, &form.csrf)?;
+    let q = QueueName::new(&name)
+        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no such queue: {e}")))?;
+    match act.as_str() {
+        "pause" => {
+            crate::pause_queue(&app.pool, &q, &ctx.who.actor()).await?;
+        }
+        "resume" => {
+            crate::resume_queue(&app.pool, &q).await?;
+        }
+        other => {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown queue act {other:?}; use pause or resume"),
+            ))
+        }
+    }
+    tracing::info!(queue = %q, act = %act, actor = %ctx.who.actor(), "web console: queue");
+    Ok(see(format!(
+        "/queues?did={act}&name={}",
+        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    )))
+}
+
+/// `POST /schedules/NAME/pause|resume|run`.
+pub(crate) async fn schedule(
+    State(app): State<App>,
+    Extension(ctx): Extension<Ctx>,
+    headers: HeaderMap,
+    Path((name, act)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Problem> {
+    check_csrf(&headers, &form.csrf)?;
+    let unknown = |e: crate::Error| match e {
+        crate::Error::Invalid(m) => Problem::new(StatusCode::NOT_FOUND, m),
+        e => e.into(),
+    };
+    match act.as_str() {
+        "pause" => {
+            crate::pause_schedule(&app.pool, &app.config, &name, &ctx.who.actor())
+                .await
+                .map_err(unknown)?;
+        }
+        "resume" => {
+            crate::resume_schedule(&app.pool, &app.config, &name)
+                .await
+                .map_err(unknown)?;
+        }
+        "run" => {
+            crate::run_schedule_now(&app.pool, &app.config, &name)
+                .await
+                .map_err(unknown)?;
+        }
+        other => {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown schedule act {other:?}; use pause, resume or run"),
+            ))
+        }
+    }
+    tracing::info!(schedule = %name, act = %act, actor = %ctx.who.actor(), "web console: schedule");
+    Ok(see(format!(
+        "/schedules?did={act}&name={}",
+        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    )))
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// `POST /login`: the token for a session cookie.
+pub(crate) async fn login(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s == "cross-site");
+    let right = app
+        .creds
+        .token
+        .as_deref()
+        .is_some_and(|t| auth::same(t, &form.token));
+    if !right || cross_site {
+        // Slows guessing down without holding anything but this request.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let page = Login {
+            token_login: app.creds.token.is_some(),
+            next: form.next,
+            failed: true,
+        };
+        return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
+    }
+    let session = app.sessions.open();
+    // Only a path on this console: never an absolute URL elsewhere.
+    let next = if form.next.starts_with('/') && !form.next.starts_with("//") {
+        form.next
+    } else {
+        "/".to_owned()
+    };
+    let mut response = see(next);
+    let cookie = format!(
+        "{}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        auth::SESSION_COOKIE,
+        auth::SESSION_TTL.as_secs()
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// `POST /logout`: ends the session.
+pub(crate) async fn logout(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Problem> {
+    check_csrf(&headers, &form.csrf)?;
+    if let Some(id) = auth::cookie(&headers, auth::SESSION_COOKIE) {
+        app.sessions.close(id);
+    }
+    let mut response = see("/login".to_owned());
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("jobq_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    Ok(response)
+}
