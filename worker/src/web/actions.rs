@@ -3,10 +3,11 @@
 //! redirect to the page that shows the outcome (so reloading never repeats an act).
 //! Read-only mode and authentication are enforced before any of this runs (`guard`).
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Extension, Form};
+use axum::Extension;
 use jobq_producer::{JobId, QueueName};
 use serde::Deserialize;
 
@@ -19,6 +20,18 @@ use super::{render, App, Ctx, Problem};
 pub(crate) struct CsrfForm {
     #[serde(default)]
     csrf: String,
+}
+
+/// A form body. Parsed by hand rather than by axum's `Form`, so a POST without a body or
+/// with another content type is answered by the CSRF check (403, saying what to do) rather
+/// than by a bare 415.
+fn parse_form<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
+    serde_urlencoded::from_bytes(body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the form could not be read ({e}); submit it from the console's page"),
+        )
+    })
 }
 
 fn check_csrf(headers: &HeaderMap, token: &str) -> Result<(), Problem> {
@@ -43,9 +56,12 @@ pub(crate) async fn act_on_job(
     Extension(ctx): Extension<Ctx>,
     headers: HeaderMap,
     Path((id, act)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
+    body: Bytes,
 ) -> Result<Response, Problem> {
-    check_csrf(&headers, &form.csrf)?;
+    check_csrf(
+        &headers,
+        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
+    )?;
     let act = act_named(&act)?;
     let id: u64 = id
         .parse()
@@ -65,8 +81,6 @@ pub(crate) async fn act_on_job(
 /// The confirmation form of an act on a selection.
 #[derive(Deserialize)]
 pub(crate) struct FilterActForm {
-    #[serde(default)]
-    csrf: String,
     act: String,
     #[serde(flatten)]
     filter: JobsQuery,
@@ -77,9 +91,13 @@ pub(crate) async fn act_on_filter(
     State(app): State<App>,
     Extension(ctx): Extension<Ctx>,
     headers: HeaderMap,
-    Form(form): Form<FilterActForm>,
+    body: Bytes,
 ) -> Result<Response, Problem> {
-    check_csrf(&headers, &form.csrf)?;
+    check_csrf(
+        &headers,
+        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
+    )?;
+    let form: FilterActForm = parse_form(&body)?;
     let act = act_named(&form.act)?;
     let (filter, view) = parse_filter(&form.filter)?;
     let Some(state) = filter.state else {
@@ -112,9 +130,12 @@ pub(crate) async fn queue(
     Extension(ctx): Extension<Ctx>,
     headers: HeaderMap,
     Path((name, act)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
+    body: Bytes,
 ) -> Result<Response, Problem> {
-    check_csrf(&headers, &form.csrf)?;
+    check_csrf(
+        &headers,
+        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
+    )?;
     let q = QueueName::new(&name)
         .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no such queue: {e}")))?;
     match act.as_str() {
@@ -144,9 +165,12 @@ pub(crate) async fn schedule(
     Extension(ctx): Extension<Ctx>,
     headers: HeaderMap,
     Path((name, act)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
+    body: Bytes,
 ) -> Result<Response, Problem> {
-    check_csrf(&headers, &form.csrf)?;
+    check_csrf(
+        &headers,
+        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
+    )?;
     let unknown = |e: crate::Error| match e {
         crate::Error::Invalid(m) => Problem::new(StatusCode::NOT_FOUND, m),
         e => e.into(),
@@ -190,11 +214,8 @@ pub(crate) struct LoginForm {
 }
 
 /// `POST /login`: the token for a session cookie.
-pub(crate) async fn login(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Form(form): Form<LoginForm>,
-) -> Response {
+pub(crate) async fn login(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let form: LoginForm = parse_form(&body).unwrap_or_default();
     let cross_site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -237,9 +258,12 @@ pub(crate) async fn login(
 pub(crate) async fn logout(
     State(app): State<App>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    body: Bytes,
 ) -> Result<Response, Problem> {
-    check_csrf(&headers, &form.csrf)?;
+    check_csrf(
+        &headers,
+        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
+    )?;
     if let Some(id) = auth::cookie(&headers, auth::SESSION_COOKIE) {
         app.sessions.close(id);
     }

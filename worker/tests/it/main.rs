@@ -21,3 +21,4 @@ mod outcomes;
 mod results;
 mod schedules;
 mod unique;
+mod web;

@@ -1,0 +1,508 @@
+//! The web console without a browser: every page renders, stored text is escaped, and
+//! authentication, CSRF and read-only mode hold. Requests go straight into the console's
+//! router (`tower::ServiceExt::oneshot`); the database is real. The browser test is in
+//! `slow/web.rs`.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use jobq_config::{ClaimMode, Settings};
+use jobq_worker::web::Console;
+use jobq_worker::{JobFilter, JobOrder, JobState, NewJob, Producer};
+use serde_json::json;
+use sqlx::MySqlPool;
+use tower::ServiceExt;
+
+use crate::common::*;
+
+const TOKEN: &str = "0123456789abcdef0123";
+const EVIL: &str = "<script>alert('x')</script>";
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the CSRF cookie this answer sets.
+    fn csrf_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| c.strip_prefix("jobq_csrf="))
+            .map(|c| c.split(';').next().unwrap().to_owned())
+    }
+}
+
+async fn send(
+    router: &Router,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if !body.is_empty() {
+        req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    }
+    let response = router
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+async fn get(router: &Router, path: &str, headers: &[(&str, &str)]) -> Answer {
+    send(router, Method::GET, path, headers, "").await
+}
+
+fn console(db: &MySqlPool, s: &Settings) -> Router {
+    Console::new(db.clone(), &s.validate().unwrap()).router()
+}
+
+/// One job discarded at its first attempt with an error and a payload holding markup, run by
+/// a real worker. Returns its id.
+async fn discarded_job(db: &MySqlPool, s: &Settings) -> u64 {
+    let id = Producer::new(db.clone())
+        .enqueue(NewJob::json(
+            "fail",
+            json!({"times": 1, "with": "discard", "message": EVIL}),
+        ))
+        .await
+        .unwrap();
+    let w = start(pool(s).await, builtins(), s);
+    wait_for(
+        Duration::from_secs(20),
+        "the job to be discarded",
+        || async { state_of(db, id.0).await == "discarded" },
+    )
+    .await;
+    w.stop().await;
+    id.0
+}
+
+/// Every page answers 200 with its data; stored text (payloads, errors) renders as text.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn pages_render_and_escape_stored_text(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let id = discarded_job(&db, &s).await;
+    let router = console(&db, &s);
+    for path in [
+        "/",
+        "/jobs",
+        "/jobs?state=discarded&sort=run_at",
+        "/jobs?sort=run_at",
+        "/queues",
+        "/schedules",
+        "/locks",
+        "/workers",
+        "/static/console.css",
+        "/static/console.js",
+    ] {
+        let a = get(&router, path, &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+        assert!(
+            !a.body.contains("<script>alert"),
+            "{path} let markup through"
+        );
+    }
+    let page = get(&router, &format!("/jobs/{id}"), &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    // The payload, the last error and the history's error, each as escaped text.
+    assert!(
+        page.body.matches("&#60;script&#62;alert(").count() >= 3,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(&format!("jobq job {id}")));
+    assert!(page.body.contains("running → discarded"));
+    let overview = get(&router, "/", &[]).await.body;
+    assert!(
+        overview.contains(&format!("href=\"/jobs/{id}\"")),
+        "recent failures list the job"
+    );
+    assert!(overview.contains("&#60;script&#62;"));
+    let jobs = get(&router, "/jobs?state=discarded", &[]).await.body;
+    assert!(jobs.contains(&format!("href=\"/jobs/{id}\"")));
+    assert!(
+        jobs.contains("id=\"bulk-retry\""),
+        "a discarded selection can be retried"
+    );
+    // Bad input is a 4xx that says what is accepted.
+    let bad = get(&router, "/jobs?state=finished", &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("use one of"), "{}", bad.body);
+    assert_eq!(
+        get(&router, "/jobs/99999", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&router, "/jobs/abc", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Pages are never framed, cached or scripted from elsewhere.
+    let h = get(&router, "/", &[]).await.headers;
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
+}
+
+/// With auth on, a request without credentials gets 401 and no data, whatever it asks for;
+/// a bearer token, basic auth, or a session from the login form get in.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn auth_on_answers_strangers_401_without_data(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    let id = discarded_job(&db, &s).await;
+    s.web.token = Some(TOKEN.into());
+    s.web.basic_auth = Some("ops:s3cret".into());
+    let router = console(&db, &s);
+    let bearer = format!("Bearer {TOKEN}");
+    // "ops:s3cret" and "ops:wrong", base64.
+    let (good_basic, bad_basic) = ("Basic b3BzOnMzY3JldA==", "Basic b3BzOndyb25n");
+    for path in [
+        "/",
+        "/jobs",
+        &format!("/jobs/{id}"),
+        "/queues",
+        "/schedules",
+        "/locks",
+        "/workers",
+        "/jobs/act?act=retry&state=discarded",
+    ] {
+        for auth in [None, Some("Bearer wrong-token-0123456"), Some(bad_basic)] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("authorization", a)).into_iter().collect();
+            let a = get(&router, path, &headers).await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path} {auth:?}");
+            assert!(
+                !a.body.contains("fail") && !a.body.contains("alert"),
+                "{path} leaked data: {}",
+                a.body
+            );
+            assert!(
+                a.body.contains("name=\"token\""),
+                "the login form is offered"
+            );
+            assert!(a.headers.contains_key(header::WWW_AUTHENTICATE));
+        }
+        for auth in [bearer.as_str(), good_basic] {
+            let a = get(&router, path, &[("authorization", auth)]).await;
+            assert_eq!(a.status, StatusCode::OK, "{path} with {auth}");
+        }
+    }
+    // An act without credentials changes nothing.
+    let a = send(
+        &router,
+        Method::POST,
+        &format!("/jobs/{id}/retry"),
+        &[("cookie", "jobq_csrf=x")],
+        "csrf=x",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(state_of(&db, id).await, "discarded");
+    // The login form: a wrong token is refused; the right one gives a session cookie.
+    let wrong = send(
+        &router,
+        Method::POST,
+        "/login",
+        &[],
+        "token=nope&next=%2Fjobs",
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let ok = send(
+        &router,
+        Method::POST,
+        "/login",
+        &[],
+        &format!("token={TOKEN}&next=%2Fjobs"),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER);
+    assert_eq!(ok.location(), "/jobs");
+    let session = ok
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("jobq_session="))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .expect("a session cookie");
+    let cookie = format!("jobq_session={session}");
+    let a = get(&router, "/jobs", &[("cookie", &cookie)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("Sign out"));
+    // A login never redirects off the console.
+    let off = send(
+        &router,
+        Method::POST,
+        "/login",
+        &[],
+        &format!("token={TOKEN}&next=https%3A%2F%2Fevil.example"),
+    )
+    .await;
+    assert_eq!(off.location(), "/");
+}
+
+/// An act needs the CSRF cookie and the same value in the form; with them it acts and records
+/// who did it.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn acts_need_the_csrf_token_and_record_the_actor(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    let id = discarded_job(&db, &s).await;
+    s.web.basic_auth = Some("ops:s3cret".into());
+    let router = console(&db, &s);
+    let auth = ("authorization", "Basic b3BzOnMzY3JldA==");
+    let page = get(&router, &format!("/jobs/{id}"), &[auth]).await;
+    let csrf = page
+        .csrf_cookie()
+        .expect("the first page sets the CSRF cookie");
+    assert!(page
+        .body
+        .contains(&format!("name=\"csrf\" value=\"{csrf}\"")));
+    let cookie = format!("jobq_csrf={csrf}");
+    let path = format!("/jobs/{id}/retry");
+    for (headers, body) in [
+        (vec![auth], String::new()),
+        (vec![auth], format!("csrf={csrf}")),
+        (vec![auth, ("cookie", cookie.as_str())], String::new()),
+        (
+            vec![auth, ("cookie", cookie.as_str())],
+            "csrf=not-it".to_owned(),
+        ),
+        (
+            vec![
+                auth,
+                ("cookie", cookie.as_str()),
+                ("origin", "https://evil.example"),
+                ("host", "console.local"),
+            ],
+            format!("csrf={csrf}"),
+        ),
+    ] {
+        let a = send(&router, Method::POST, &path, &headers, &body).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{headers:?} {body}");
+        assert!(a.body.contains("CSRF"), "{}", a.body);
+        assert_eq!(state_of(&db, id).await, "discarded");
+    }
+    let a = send(
+        &router,
+        Method::POST,
+        &path,
+        &[auth, ("cookie", &cookie)],
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.location(), format!("/jobs/{id}?did=retry"));
+    assert_eq!(state_of(&db, id).await, "available");
+    let actor: String = sqlx::query_scalar(
+        "SELECT CAST(actor AS CHAR) FROM jobq_transitions WHERE job_id = ? ORDER BY id DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(actor, "web:ops");
+    // A second retry is refused with the reason on the page.
+    let again = send(
+        &router,
+        Method::POST,
+        &path,
+        &[auth, ("cookie", &cookie)],
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(again.location(), format!("/jobs/{id}?refused=retry"));
+    let shown = get(&router, again.location(), &[auth]).await.body;
+    assert!(shown.contains("Could not retry"), "{shown}");
+}
+
+/// Read-only mode refuses every act, whatever the credentials and tokens, and offers none.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn read_only_refuses_every_act(db: MySqlPool) {
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    let id = discarded_job(&db, &s).await;
+    let waiting = Producer::new(db.clone())
+        .enqueue(NewJob::json("noop", json!({})).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap()
+        .0;
+    s.web.read_only = true;
+    s.schedules = vec![crate::schedules::every_second("nightly")];
+    let router = console(&db, &s);
+    let page = get(&router, &format!("/jobs/{id}"), &[]).await;
+    assert!(!page.body.contains("act-retry"), "no act is offered");
+    assert!(page.body.contains("read-only"));
+    let csrf = page.csrf_cookie().unwrap();
+    let cookie = format!("jobq_csrf={csrf}");
+    let form = format!("csrf={csrf}");
+    let form_bulk = format!("csrf={csrf}&act=retry&state=discarded");
+    for (path, body) in [
+        (format!("/jobs/{id}/retry"), &form),
+        (format!("/jobs/{waiting}/cancel"), &form),
+        (format!("/jobs/{waiting}/discard"), &form),
+        ("/jobs/act".to_owned(), &form_bulk),
+        ("/queues/default/pause".to_owned(), &form),
+        ("/schedules/nightly/pause".to_owned(), &form),
+        ("/schedules/nightly/run".to_owned(), &form),
+    ] {
+        let a = send(&router, Method::POST, &path, &[("cookie", &cookie)], body).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(a.body.contains("read-only"), "{}", a.body);
+    }
+    assert_eq!(state_of(&db, id).await, "discarded");
+    assert_eq!(state_of(&db, waiting).await, "scheduled");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_queues WHERE paused_at IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM jobq_jobs").await,
+        2,
+        "no schedule ran"
+    );
+}
+
+/// An act on a selection shows the count first, then acts on exactly the matching jobs.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn selection_acts_confirm_the_count_then_act(db: MySqlPool) {
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let p = Producer::new(db.clone());
+    let mut a_ids = Vec::new();
+    for i in 0..7 {
+        let queue = if i < 5 { "a" } else { "b" };
+        let id = p
+            .enqueue(
+                NewJob::json("noop", json!({}))
+                    .queue(queue)
+                    .delay(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+        if i < 5 {
+            a_ids.push(id);
+        }
+    }
+    let router = console(&db, &s);
+    let confirm = get(
+        &router,
+        "/jobs/act?act=discard&state=scheduled&queue=a",
+        &[],
+    )
+    .await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+    assert!(
+        confirm.body.contains("discard 5 scheduled jobs"),
+        "{}",
+        confirm.body
+    );
+    let csrf = confirm.csrf_cookie().unwrap();
+    let a = send(
+        &router,
+        Method::POST,
+        "/jobs/act",
+        &[("cookie", &format!("jobq_csrf={csrf}"))],
+        &format!("csrf={csrf}&act=discard&state=scheduled&queue=a&kind=&q="),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert!(a.location().contains("done=5"), "{}", a.location());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE queue = 'a' AND state = 'discarded'"
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE queue = 'b' AND state = 'scheduled'"
+        )
+        .await,
+        2
+    );
+    let shown = get(&router, a.location(), &[]).await.body;
+    assert!(shown.contains("5 jobs done"), "{shown}");
+    // Without a state there is nothing to confirm.
+    assert_eq!(
+        get(&router, "/jobs/act?act=retry", &[]).await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+/// The orders the jobs page offers: by id, by run-at within a state, and by run-at across
+/// states (merged per-state walks), each paging by keyset without repeats or gaps.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn job_orders_page_without_repeats(db: MySqlPool) {
+    let p = Producer::new(db.clone());
+    let mut all = Vec::new();
+    for i in 0..9u64 {
+        // Run-at order differs from id order: later ids run earlier.
+        let job = NewJob::json("noop", json!({})).delay(Duration::from_secs(1000 - i * 100));
+        let id = p.enqueue(job).await.unwrap();
+        all.push(id);
+    }
+    jobq_worker::act_on_jobs(&db, jobq_worker::Act::Cancel, &all[..3], "test")
+        .await
+        .unwrap();
+    for order in [JobOrder::Id, JobOrder::RunAt] {
+        for state in [None, Some(JobState::Scheduled)] {
+            let mut seen = Vec::new();
+            let mut f = JobFilter {
+                state,
+                limit: 4,
+                order,
+                ..Default::default()
+            };
+            loop {
+                let page = jobq_worker::list_jobs(&db, &f).await.unwrap();
+                let Some(last) = page.last() else { break };
+                f.after = Some(last.id);
+                f.after_run_at = Some(last.run_at);
+                seen.extend(page.iter().map(|j| (j.id, j.run_at)));
+            }
+            let want = if state.is_some() { 6 } else { 9 };
+            assert_eq!(seen.len(), want, "{order:?} {state:?}");
+            let mut sorted = seen.clone();
+            match order {
+                JobOrder::Id => sorted.sort_by_key(|j| std::cmp::Reverse(j.0)),
+                _ => sorted.sort_by_key(|j| std::cmp::Reverse((j.1, j.0))),
+            }
+            assert_eq!(seen, sorted, "{order:?} {state:?}");
+        }
+    }
+}
