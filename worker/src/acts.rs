@@ -168,6 +168,7 @@ pub async fn act_on_filter(
         after: None,
         after_run_at: None,
         order: JobOrder::RunAt,
+        examine: None,
         ..filter.clone()
     };
     loop {

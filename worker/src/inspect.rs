@@ -105,6 +105,35 @@ pub async fn list_jobs(
     Ok(store::list_jobs(pool, filter).await?)
 }
 
+/// One page of a job listing and where the next one starts.
+#[derive(Clone, Debug)]
+pub struct JobPage {
+    /// The jobs, newest first.
+    pub jobs: Vec<store::JobSummary>,
+    /// Pass as `after` (and `after_run_at`) to continue: after the last job when the page is
+    /// full, or after where the search stopped when [`crate::JobFilter::examine`] cut it
+    /// short. `None`: nothing further matches.
+    pub next: Option<(JobId, chrono::DateTime<chrono::Utc>)>,
+    /// Whether the page stopped at the examine budget before filling up.
+    pub searched_out: bool,
+}
+
+/// Lists one page of jobs by `filter`, bounded by its `examine` budget (see [`JobPage`]).
+pub async fn list_jobs_page(pool: &MySqlPool, filter: &store::JobFilter) -> Result<JobPage> {
+    let (jobs, stopped) = store::list_page(pool, filter).await?;
+    let full = jobs.len() == filter.limit.clamp(1, 10_000) as usize;
+    let next = match (full, jobs.last(), stopped) {
+        (true, Some(last), _) => Some((last.id, last.run_at)),
+        (false, _, Some(stop)) => Some(stop),
+        _ => None,
+    };
+    Ok(JobPage {
+        searched_out: !full && stopped.is_some(),
+        jobs,
+        next,
+    })
+}
+
 /// The registered worker processes, with their running jobs.
 pub async fn workers(pool: &MySqlPool) -> Result<Vec<store::WorkerInfo>> {
     Ok(store::workers(pool).await?)

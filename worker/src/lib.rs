@@ -60,9 +60,9 @@ pub use handler::{BoxError, Handler, JobContext, JobError, JobTx, MAX_RESULT_BYT
 pub use health::{Health, Loop, Status};
 pub use ids::{hostname, WorkerId};
 pub use inspect::{
-    job_with_history, list_jobs, list_schedules, pause_queue, pause_schedule, prune_jobs,
-    resume_queue, resume_schedule, run_schedule_now, stats, workers, QueueStats, ScheduleInfo,
-    Stats,
+    job_with_history, list_jobs, list_jobs_page, list_schedules, pause_queue, pause_schedule,
+    prune_jobs, resume_queue, resume_schedule, run_schedule_now, stats, workers, JobPage,
+    QueueStats, ScheduleInfo, Stats,
 };
 pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.

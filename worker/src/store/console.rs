@@ -1,6 +1,6 @@
 //! Reads only the web console makes: the last hour's throughput by minute and the latest
-//! failures, both from the newest end of `jobq_transitions` (its primary key), each bounded in
-//! rows so a busy table costs the same as a quiet one.
+//! failures, both from the newest end of `jobq_transitions` (a range of its primary key above
+//! [`history_floor`]), each bounded in rows so a busy table costs the same as a quiet one.
 
 use chrono::{DateTime, Utc};
 use jobq_producer::JobId;
@@ -16,6 +16,16 @@ pub(crate) const SCAN_ROWS: u32 = 200_000;
 /// (`rescued`).
 const FAILURE: &str = "(event IN ('failed', 'rescued') \
      OR (event = 'discarded' AND from_state = 'running'))";
+
+/// The id below the newest `rows` history rows: reads that stay above it are a bounded
+/// range of the primary key (ids are dense: auto-increment, appended in order).
+pub(crate) async fn history_floor(pool: &MySqlPool, rows: u32) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    let newest: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM jobq_transitions")
+        .fetch_one(pool)
+        .await?;
+    Ok(newest.unwrap_or(0).saturating_sub(u64::from(rows)))
+}
 
 /// One minute of the last hour: attempts completed and attempts failed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,16 +44,17 @@ pub(crate) struct Minute {
 pub(crate) async fn last_hour(pool: &MySqlPool) -> Result<(Vec<Minute>, u32), sqlx::Error> {
     // language=MySQL
     // A range of the primary key from its newest end; `at` is only filtered, never searched.
+    let floor = history_floor(pool, SCAN_ROWS).await?;
     let rows = sqlx::query(&format!(
         "SELECT CAST(FLOOR(TIMESTAMPDIFF(SECOND, at, UTC_TIMESTAMP(6)) / 60) AS SIGNED) AS ago, \
                 CAST(SUM(event = 'completed') AS SIGNED) AS completed, \
                 CAST(SUM({FAILURE}) AS SIGNED) AS failed, \
                 COUNT(*) AS n, MIN(at) AS oldest \
-         FROM (SELECT at, event, from_state FROM jobq_transitions \
-               ORDER BY id DESC LIMIT {SCAN_ROWS}) t \
-         WHERE at >= UTC_TIMESTAMP(6) - INTERVAL 1 HOUR \
+         FROM jobq_transitions \
+         WHERE id > ? AND at >= UTC_TIMESTAMP(6) - INTERVAL 1 HOUR \
          GROUP BY ago WITH ROLLUP"
     ))
+    .bind(floor)
     .fetch_all(pool)
     .await?;
     let mut minutes = Vec::new();
@@ -88,15 +99,16 @@ pub(crate) async fn recent_failures(
 ) -> Result<Vec<Failure>, sqlx::Error> {
     // language=MySQL
     // The newest rows of the primary key; the job's queue and kind by its primary key.
+    // The walk goes newest first and stops at the `limit`th failure.
+    let floor = history_floor(pool, SCAN_ROWS).await?;
     let rows = sqlx::query(&format!(
         "SELECT t.job_id, t.attempt, t.event, t.error, t.at, j.queue, j.kind \
-         FROM (SELECT id, job_id, attempt, event, error, at FROM \
-                 (SELECT id, job_id, attempt, event, from_state, error, at FROM jobq_transitions \
-                  ORDER BY id DESC LIMIT {SCAN_ROWS}) n \
-               WHERE {FAILURE} ORDER BY id DESC LIMIT {limit}) t \
+         FROM (SELECT id, job_id, attempt, event, error, at FROM jobq_transitions \
+               WHERE id > ? AND {FAILURE} ORDER BY id DESC LIMIT {limit}) t \
          LEFT JOIN jobq_jobs j ON j.id = t.job_id \
          ORDER BY t.id DESC"
     ))
+    .bind(floor)
     .fetch_all(pool)
     .await?;
     rows.into_iter()

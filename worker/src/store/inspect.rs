@@ -32,31 +32,72 @@ pub(crate) async fn counts(pool: &MySqlPool) -> Result<Vec<(String, String, i64)
         .collect()
 }
 
-/// Per queue: completions in the last minute and age of the oldest available job (seconds).
+/// The newest history rows read to estimate completions per minute.
+const RATE_SCAN_ROWS: u32 = 50_000;
+
+/// Per queue: completions per minute and age of the oldest available job (seconds).
+///
+/// Completions come from the newest end of `jobq_transitions` (its primary key), never from
+/// a scan of the finished jobs: the `completed` rows of the last minute among the newest
+/// [`RATE_SCAN_ROWS`] (a range of the primary key), each job's queue by its primary key. When those rows span less than
+/// a minute (a busy server), the count is scaled to a minute: an estimate, at a bounded cost.
 pub(crate) async fn queue_activity(
     pool: &MySqlPool,
 ) -> Result<Vec<(String, i64, Option<f64>)>, sqlx::Error> {
     // language=MySQL
-    // Both read jobq_jobs_claim by (queue, state); completions scan that queue's completed
-    // entries, bounded by retention.
+    // jobq_jobs_claim by (queue, state): a loose scan for the queues, then each queue's
+    // available range.
     let rows = sqlx::query(
         "SELECT q.queue, \
-           (SELECT COUNT(*) FROM jobq_jobs c WHERE c.queue = q.queue AND c.state = 'completed' \
-              AND c.finalized_at >= UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE) AS done_1m, \
            (SELECT TIMESTAMPDIFF(MICROSECOND, MIN(a.run_at), UTC_TIMESTAMP(6)) / 1e6 FROM jobq_jobs a \
               WHERE a.queue = q.queue AND a.state = 'available') AS oldest \
          FROM (SELECT DISTINCT queue FROM jobq_jobs) q",
     )
     .fetch_all(pool)
     .await?;
+    let floor = super::console::history_floor(pool, RATE_SCAN_ROWS).await?;
+    let recent = "jobq_transitions n";
+    let last_minute = "n.id > ? AND n.at >= UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE";
+    // language=MySQL
+    let (scanned, span_us): (i64, Option<i64>) = sqlx::query_as(&format!(
+        "SELECT COUNT(*), TIMESTAMPDIFF(MICROSECOND, MIN(n.at), UTC_TIMESTAMP(6)) FROM {recent} \
+         WHERE {last_minute}"
+    ))
+    .bind(floor)
+    .fetch_one(pool)
+    .await?;
+    // Within the minute were all the rows read: scale what they hold to a whole minute.
+    let scale = match span_us {
+        Some(us) if scanned >= i64::from(RATE_SCAN_ROWS) && us > 0 => 60e6 / us as f64,
+        _ => 1.0,
+    };
+    // language=MySQL
+    let done: Vec<(Vec<u8>, i64)> = sqlx::query_as(&format!(
+        "SELECT j.queue, COUNT(*) FROM {recent} JOIN jobq_jobs j ON j.id = n.job_id \
+         WHERE {last_minute} AND n.event = 'completed' GROUP BY j.queue"
+    ))
+    .bind(floor)
+    .fetch_all(pool)
+    .await?;
+    let done: std::collections::HashMap<String, i64> = done
+        .into_iter()
+        .map(|(q, n)| {
+            (
+                String::from_utf8_lossy(&q).into_owned(),
+                (n as f64 * scale).round() as i64,
+            )
+        })
+        .collect();
     rows.into_iter()
         .map(|r| {
+            let queue = text(&r, "queue")?;
             Ok((
-                text(&r, "queue")?,
-                r.try_get("done_1m")?,
+                done.get(&queue).copied().unwrap_or(0),
+                queue,
                 r.try_get::<Option<f64>, _>("oldest")?,
             ))
         })
+        .map(|r: Result<_, sqlx::Error>| r.map(|(d, q, o)| (q, d, o)))
         .collect()
 }
 
@@ -244,6 +285,10 @@ pub struct JobFilter {
     pub after_run_at: Option<DateTime<Utc>>,
     /// The order.
     pub order: JobOrder,
+    /// With a queue, kind or error filter: read at most about this many jobs per page (shared
+    /// by the walks; the console's bound on a page's cost). The page then tells where it
+    /// stopped. `None`: read as far as it takes to fill the page.
+    pub examine: Option<u32>,
 }
 
 impl JobFilter {
@@ -300,59 +345,128 @@ pub(crate) async fn list_jobs(
     pool: &MySqlPool,
     f: &JobFilter,
 ) -> Result<Vec<JobSummary>, sqlx::Error> {
+    Ok(list_page(pool, f).await?.0)
+}
+
+/// A position in a listing: a job and its run-at (keyset cursor).
+pub(crate) type Cursor = (JobId, DateTime<Utc>);
+
+/// Binds `binds` to `sql`, in order.
+fn bound(
+    sql: &str,
+    binds: Vec<Bind>,
+) -> sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    let mut q = sqlx::query(sql);
+    for b in binds {
+        q = match b {
+            Bind::Id(v) => q.bind(v),
+            Bind::Text(v) => q.bind(v),
+            Bind::At(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// [`list_jobs`], with a budget: with `f.examine` set and a filter the walk's index cannot
+/// answer (queue, kind, error text), each walk reads at most that many rows. The boundary is
+/// found first, index-only (the `examine`-th row of the walk); the page then keeps to rows at
+/// or above it. When the page comes out short because of it, the second value is where the
+/// search stopped: the next page continues after it.
+pub(crate) async fn list_page(
+    pool: &MySqlPool,
+    f: &JobFilter,
+) -> Result<(Vec<JobSummary>, Option<Cursor>), sqlx::Error> {
     let limit = f.limit.clamp(1, 10_000);
-    let mut binds = Vec::new();
-    let sql = if f.by_run_at() {
-        let cursor = match (f.after, f.after_run_at) {
-            (Some(after), Some(at)) => Some((after, at)),
-            (Some(after), None) => {
-                // language=MySQL
-                let at: Option<DateTime<Utc>> =
-                    sqlx::query_scalar("SELECT run_at FROM jobq_jobs WHERE id = ?")
-                        .bind(after.0)
-                        .fetch_optional(pool)
-                        .await?;
-                Some((after, at.unwrap_or_else(Utc::now)))
-            }
-            _ => None,
-        };
-        let states: Vec<JobState> = match f.state {
-            Some(s) => vec![s],
-            None => JobState::ALL.to_vec(),
-        };
-        let mut branches = Vec::with_capacity(states.len());
-        for s in states {
-            let mut conds = vec!["state = ?"];
+    let by_run_at = f.by_run_at();
+    let cursor: Option<Cursor> = match (f.after, f.after_run_at) {
+        (Some(after), Some(at)) => Some((after, at)),
+        (Some(after), None) if by_run_at => {
+            // language=MySQL
+            let at: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT run_at FROM jobq_jobs WHERE id = ?")
+                    .bind(after.0)
+                    .fetch_optional(pool)
+                    .await?;
+            Some((after, at.unwrap_or_else(Utc::now)))
+        }
+        (Some(after), None) => Some((after, Utc::now())),
+        _ => None,
+    };
+    // One walk per state (run-at order without a state), else one.
+    let walks: Vec<Option<JobState>> = match (by_run_at, f.state) {
+        (true, None) => JobState::ALL.iter().copied().map(Some).collect(),
+        (_, s) => vec![s],
+    };
+    // The index, the walk's own conditions (state, cursor) and its order.
+    let walk = |state: Option<JobState>,
+                binds: &mut Vec<Bind>|
+     -> (&'static str, Vec<&'static str>, &'static str) {
+        let mut conds = Vec::new();
+        if let Some(s) = state {
+            conds.push("state = ?");
             binds.push(Bind::Text(s.as_str().to_owned()));
+        }
+        if by_run_at {
             if let Some((after, at)) = cursor {
                 conds.push("(run_at < ? OR (run_at = ? AND id < ?))");
                 binds.extend([Bind::At(at), Bind::At(at), Bind::Id(after.0)]);
             }
-            filter_conds(f, &mut conds, &mut binds);
-            // language=MySQL
-            branches.push(format!(
-                "(SELECT {SUMMARY_COLUMNS} FROM jobq_jobs FORCE INDEX (jobq_jobs_due) WHERE {} \
-                 ORDER BY run_at DESC, id DESC LIMIT {limit})",
-                conds.join(" AND ")
-            ));
-        }
-        if branches.len() == 1 {
-            branches.pop().expect("one branch")
+            ("jobq_jobs_due", conds, "run_at DESC, id DESC")
         } else {
-            format!(
-                "SELECT * FROM ({}) u ORDER BY run_at DESC, id DESC LIMIT {limit}",
-                branches.join(" UNION ALL ")
-            )
+            if let Some((after, _)) = cursor {
+                conds.push("id < ?");
+                binds.push(Bind::Id(after.0));
+            }
+            // The primary key, also with a state: a state's index range is in run-at order.
+            ("PRIMARY", conds, "id DESC")
         }
-    } else {
-        let mut conds = Vec::new();
-        if let Some(s) = f.state {
-            conds.push("state = ?");
-            binds.push(Bind::Text(s.as_str().to_owned()));
+    };
+    let filtered = f.queue.is_some() || f.kind.is_some() || f.error.is_some();
+    let mut floor: Option<Cursor> = None;
+    if let (Some(examine), true) = (f.examine, filtered) {
+        // The budget is shared by the walks (8 without a state).
+        let budget = (examine / walks.len() as u32).max(1);
+        for &state in &walks {
+            let mut binds = Vec::new();
+            let (index, conds, order) = walk(state, &mut binds);
+            let cond = if conds.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conds.join(" AND "))
+            };
+            // language=MySQL
+            let sql = format!(
+                "SELECT id, run_at FROM jobq_jobs FORCE INDEX ({index}) {cond} \
+                 ORDER BY {order} LIMIT 1 OFFSET {}",
+                budget.max(1) - 1
+            );
+            if let Some(r) = bound(&sql, binds).fetch_optional(pool).await? {
+                let b: Cursor = (JobId(r.try_get("id")?), r.try_get("run_at")?);
+                let newer = |a: &Cursor, b: &Cursor| {
+                    if by_run_at {
+                        (a.1, a.0) > (b.1, b.0)
+                    } else {
+                        a.0 > b.0
+                    }
+                };
+                if floor.is_none_or(|fl| newer(&b, &fl)) {
+                    floor = Some(b);
+                }
+            }
         }
-        if let Some(after) = f.after {
-            conds.push("id < ?");
-            binds.push(Bind::Id(after.0));
+    }
+    let mut binds = Vec::new();
+    let mut branches = Vec::with_capacity(walks.len());
+    for &state in &walks {
+        let (index, mut conds, order) = walk(state, &mut binds);
+        if let Some((id, at)) = floor {
+            if by_run_at {
+                conds.push("(run_at > ? OR (run_at = ? AND id >= ?))");
+                binds.extend([Bind::At(at), Bind::At(at), Bind::Id(id.0)]);
+            } else {
+                conds.push("id >= ?");
+                binds.push(Bind::Id(id.0));
+            }
         }
         filter_conds(f, &mut conds, &mut binds);
         let cond = if conds.is_empty() {
@@ -361,22 +475,22 @@ pub(crate) async fn list_jobs(
             format!("WHERE {}", conds.join(" AND "))
         };
         // language=MySQL
-        // The primary key, also with a state: a state's index range is in run-at order.
+        branches.push(format!(
+            "(SELECT {SUMMARY_COLUMNS} FROM jobq_jobs FORCE INDEX ({index}) {cond} \
+             ORDER BY {order} LIMIT {limit})"
+        ));
+    }
+    let sql = if branches.len() == 1 {
+        branches.pop().expect("one branch")
+    } else {
         format!(
-            "SELECT {SUMMARY_COLUMNS} FROM jobq_jobs FORCE INDEX (PRIMARY) {cond} \
-             ORDER BY id DESC LIMIT {limit}"
+            "SELECT * FROM ({}) u ORDER BY run_at DESC, id DESC LIMIT {limit}",
+            branches.join(" UNION ALL ")
         )
     };
-    let mut q = sqlx::query(&sql);
-    for b in binds {
-        q = match b {
-            Bind::Id(v) => q.bind(v),
-            Bind::Text(v) => q.bind(v),
-            Bind::At(v) => q.bind(v),
-        };
-    }
-    let rows = q.fetch_all(pool).await?;
-    rows.into_iter()
+    let rows = bound(&sql, binds).fetch_all(pool).await?;
+    let jobs = rows
+        .into_iter()
         .map(|r| {
             Ok(JobSummary {
                 id: JobId(r.try_get("id")?),
@@ -389,7 +503,13 @@ pub(crate) async fn list_jobs(
                 last_error: opt_text(&r, "last_error")?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let stopped = if jobs.len() < limit as usize {
+        floor
+    } else {
+        None
+    };
+    Ok((jobs, stopped))
 }
 
 /// How many jobs in `state` match the filter's queue, kind and error text (a count over the
@@ -407,15 +527,8 @@ pub(crate) async fn count_jobs(
         "SELECT COUNT(*) FROM jobq_jobs FORCE INDEX (jobq_jobs_due) WHERE {}",
         conds.join(" AND ")
     );
-    let mut q = sqlx::query_scalar(&sql);
-    for b in binds {
-        q = match b {
-            Bind::Id(v) => q.bind(v),
-            Bind::Text(v) => q.bind(v),
-            Bind::At(v) => q.bind(v),
-        };
-    }
-    q.fetch_one(pool).await
+    let row = bound(&sql, binds).fetch_one(pool).await?;
+    row.try_get(0)
 }
 
 /// A worker process, as `jobq workers` shows it.

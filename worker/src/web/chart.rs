@@ -55,11 +55,12 @@ pub(crate) fn svg(minutes: &[Minute], reach: u32) -> String {
         r#"<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg"><title>Attempts per minute, last hour: completed (green) and failed (red)</title>"#
     );
     let base = TOP + plot_h;
-    for (label, v) in [(max, max), (max / 2, max / 2), (0, 0)] {
-        let ly = base - y(v);
+    for share in [1.0, 0.5, 0.0] {
+        let v = max as f64 * share;
+        let ly = base - (share * plot_h as f64).round() as u32;
         let _ = write!(
             s,
-            r##"<line x1="{LEFT}" y1="{ly}" x2="{}" y2="{ly}" stroke="#ddd"/><text x="{}" y="{}" font-size="10" text-anchor="end" fill="#666">{label}</text>"##,
+            r##"<line x1="{LEFT}" y1="{ly}" x2="{}" y2="{ly}" stroke="#ddd"/><text x="{}" y="{}" font-size="10" text-anchor="end" fill="#666">{v}</text>"##,
             WIDTH - 4,
             LEFT - 4,
             ly + 3
@@ -155,5 +156,10 @@ mod tests {
         );
         assert!(!s.contains("busy"));
         assert!(svg(&[], 12).contains("only the last 12 min"));
+        // A scale of 5 is labelled 5, 2.5 and 0.
+        let s = svg(&[m(0, 4, 0)], 60);
+        for label in [">5<", ">2.5<", ">0<"] {
+            assert!(s.contains(label), "{label} in {s}");
+        }
     }
 }

@@ -17,6 +17,11 @@ use crate::store::{self, JobFilter, JobOrder};
 
 /// Rows per page of the jobs list.
 const PAGE_ROWS: u32 = 50;
+/// With a queue, kind or error-text filter, a page reads at most this many jobs and then
+/// offers to search on, so a page's cost stays bounded on any table: more along the primary
+/// key (rows in order) than along a secondary index (a row lookup each).
+const EXAMINE_BY_ID: u32 = 20_000;
+const EXAMINE_BY_RUN_AT: u32 = 5_000;
 
 /// What the layout (`base.html`) shows around every page.
 pub(crate) struct Layout {
@@ -195,9 +200,14 @@ pub(crate) async fn overview(
     State(app): State<App>,
     Extension(ctx): Extension<Ctx>,
 ) -> Result<Response, Problem> {
-    let stats = crate::stats(&app.pool).await?;
-    let (minutes, reach) = store::last_hour(&app.pool).await?;
-    let failures = store::recent_failures(&app.pool, 10).await?;
+    // Four independent reads, side by side on the pool.
+    let (stats, hour, failures, workers) = tokio::join!(
+        crate::stats(&app.pool),
+        store::last_hour(&app.pool),
+        store::recent_failures(&app.pool, 10),
+        worker_rows(&app),
+    );
+    let (stats, (minutes, reach), failures) = (stats?, hour?, failures?);
     let queues = stats
         .queues
         .into_iter()
@@ -220,7 +230,7 @@ pub(crate) async fn overview(
         hour_failed: minutes.iter().map(|m| m.failed).sum(),
         states: states(),
         queues,
-        workers: worker_rows(&app).await?,
+        workers: workers?,
         failures: failures
             .into_iter()
             .map(|f| FailureRow {
@@ -318,6 +328,15 @@ pub(crate) fn parse_filter(q: &JobsQuery) -> Result<(JobFilter, FilterView), Pro
         after: q.after.map(JobId),
         after_run_at,
         order,
+        examine: None,
+    };
+    let filter = JobFilter {
+        examine: Some(if filter.by_run_at() {
+            EXAMINE_BY_RUN_AT
+        } else {
+            EXAMINE_BY_ID
+        }),
+        ..filter
     };
     let sort = if filter.by_run_at() { "run_at" } else { "id" };
     let mut pairs = url::form_urlencoded::Serializer::new(String::new());
@@ -365,6 +384,8 @@ pub(crate) struct Jobs {
     jobs: Vec<JobRow>,
     /// The cursor of the next page, as a query string.
     next: Option<String>,
+    /// Set when the page stopped at its examine budget before filling up.
+    searched: Option<String>,
 }
 
 /// The acts that make sense on a selection of jobs in `state`.
@@ -389,23 +410,29 @@ pub(crate) async fn jobs(
     Query(q): Query<JobsQuery>,
 ) -> Result<Response, Problem> {
     let (filter, view) = parse_filter(&q)?;
-    let rows = store::list_jobs(&app.pool, &filter).await?;
-    let next = (rows.len() == PAGE_ROWS as usize)
-        .then(|| rows.last())
-        .flatten()
-        .map(|last| {
-            let mut p = url::form_urlencoded::Serializer::new(String::new());
-            p.append_pair("after", &last.id.0.to_string());
-            if filter.by_run_at() {
-                p.append_pair(
-                    "after_run_at",
-                    &last
-                        .run_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                );
-            }
-            p.finish()
-        });
+    let crate::JobPage {
+        jobs: rows,
+        next,
+        searched_out,
+    } = crate::list_jobs_page(&app.pool, &filter).await?;
+    let next = next.map(|(id, run_at)| {
+        let mut p = url::form_urlencoded::Serializer::new(String::new());
+        p.append_pair("after", &id.0.to_string());
+        if filter.by_run_at() {
+            p.append_pair(
+                "after_run_at",
+                &run_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            );
+        }
+        p.finish()
+    });
+    let searched = searched_out.then(|| {
+        format!(
+            "Searched about {} jobs for this filter and found {}; older jobs are not searched yet.",
+            filter.examine.unwrap_or(0),
+            rows.len()
+        )
+    });
     let flash = match (q.did.as_str(), q.done, q.requested, q.skipped) {
         ("", ..) => None,
         (act, done, requested, skipped) => Some(format!(
@@ -439,6 +466,7 @@ pub(crate) async fn jobs(
             })
             .collect(),
         next,
+        searched,
     };
     Ok(render(&page))
 }

@@ -1,7 +1,9 @@
 //! The slow integration tests: real worker processes killed with `kill -9`, SIGTERM, killed
 //! connections, a private MariaDB server crashed and restarted, contention between many
-//! claimers, many `jobq lock run` processes contending for locks, and the dashboards against a real Prometheus. `cargo test --test slow`.
+//! claimers, many `jobq lock run` processes contending for locks, the dashboards against a real Prometheus, and the web console in headless Chromium. `cargo test --test slow`.
 
+#[path = "../support/browser.rs"]
+mod browser;
 #[path = "../support/common.rs"]
 mod common;
 #[path = "../support/http.rs"]
@@ -21,3 +23,4 @@ mod prom;
 mod restart;
 mod schedules;
 mod wakeup;
+mod web;

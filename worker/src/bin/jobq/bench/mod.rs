@@ -9,7 +9,8 @@
 //!   per batch to finish; no tokens, no history, no leases), with no framework around it: what
 //!   the server can do, so each report shows jobq as a fraction of it;
 //! - `scaling`: one claim's time with 10k and 1M waiting jobs, and with 1M finished jobs present;
-//! - `locks`: the lock library's acquire/release latency and contended throughput (`locks.rs`).
+//! - `locks`: the lock library's acquire/release latency and contended throughput (`locks.rs`);
+//! - `web`: the console's pages timed over HTTP with N jobs in a busy day's mix (`web.rs`).
 //!
 //! Every burn-down run is paired with a ceiling run of the same size and claim mode.
 
@@ -28,6 +29,7 @@ use sqlx::MySqlPool;
 
 mod locks;
 mod sql;
+mod web;
 
 const QUEUE: &str = "bench";
 
@@ -48,6 +50,9 @@ pub(crate) enum Scenario {
     /// Lock latency (acquire, release) and throughput with 16 contending processes, for the
     /// session lock, the lease lock and a semaphore.
     Locks,
+    /// The web console's pages timed over HTTP with N jobs (default 20,000; the README's
+    /// figure uses --jobs 1000000) in a busy day's mix of states.
+    Web,
     /// One contending process of `locks` (started by it).
     #[value(hide = true)]
     LockContender,
@@ -62,6 +67,7 @@ impl Scenario {
             Scenario::Scaling => "scaling",
             Scenario::Retention => "retention",
             Scenario::Locks => "locks",
+            Scenario::Web => "web",
             Scenario::LockContender => "lock-contender",
         }
     }
@@ -215,6 +221,11 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
         }
         Scenario::Scaling => scaling(&pool, &url, a.json).await?,
         Scenario::Locks => locks::run(&pool, &url, a.duration, a.json).await?,
+        Scenario::Web => {
+            for &jobs in &a.jobs {
+                web::run(&pool, &bs.validate()?, jobs, a.json).await?;
+            }
+        }
         Scenario::LockContender => unreachable!("handled above"),
         Scenario::Retention => {
             for &jobs in &a.jobs {
@@ -306,7 +317,7 @@ fn print_table(rows: &[Report]) {
 
 /// Inserts `n` noop jobs in calls of 10,000 (multi-row INSERTs with history) from `producers`
 /// concurrent connections; returns jobs/s.
-async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
+pub(super) async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
     let producers = PRODUCERS.load(std::sync::atomic::Ordering::Relaxed).max(1);
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -190,3 +190,58 @@ pub(super) async fn age_finished(
     .await?;
     Ok(())
 }
+
+/// Turns the bench queue's `available` jobs into what a console sees on a busy day, by id:
+/// of every 100 jobs, 90 completed, 3 discarded and 2 retryable (with an error), 2 scheduled,
+/// 3 left available; spread over several kinds. Each finished or failed job gets the
+/// history row of its last transition (claim rows are left out: the console reads only the
+/// newest history). Works in chunks of ids so no statement runs long.
+pub(super) async fn console_mix(pool: &MySqlPool) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    let (lo, hi): (Option<u64>, Option<u64>) =
+        sqlx::query_as("SELECT MIN(id), MAX(id) FROM jobq_jobs")
+            .fetch_one(pool)
+            .await?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(());
+    };
+    let mut from = lo;
+    while from <= hi {
+        let to = from + 50_000;
+        // language=MySQL
+        sqlx::query(
+            "UPDATE jobq_jobs SET \
+               kind = ELT(1 + id % 4, 'noop', 'send_email', 'resize_image', 'sync_account'), \
+               state = CASE WHEN id % 100 < 90 THEN 'completed' WHEN id % 100 < 93 THEN 'discarded' \
+                            WHEN id % 100 < 95 THEN 'retryable' WHEN id % 100 < 97 THEN 'scheduled' \
+                            ELSE 'available' END, \
+               attempt = IF(id % 100 < 90, 1, IF(id % 100 < 95, 3, 0)), \
+               finalized_at = IF(id % 100 < 93, UTC_TIMESTAMP(6) - INTERVAL (? - id) * 3000 MICROSECOND, NULL), \
+               run_at = IF(id % 100 BETWEEN 95 AND 96, UTC_TIMESTAMP(6) + INTERVAL 1 HOUR, run_at), \
+               last_error = IF(id % 100 BETWEEN 90 AND 94, \
+                               CONCAT('timeout after 30s talking to upstream ', id % 7), NULL) \
+             WHERE id >= ? AND id < ?",
+        )
+        .bind(hi)
+        .bind(from)
+        .bind(to)
+        .execute(pool)
+        .await?;
+        // language=MySQL
+        sqlx::query(
+            "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, error, at) \
+             SELECT id, 'running', state, \
+                    CASE state WHEN 'completed' THEN 'completed' WHEN 'discarded' THEN 'discarded' ELSE 'failed' END, \
+                    attempt, 'bench-worker', last_error, \
+                    COALESCE(finalized_at, UTC_TIMESTAMP(6) - INTERVAL (? - id) * 3000 MICROSECOND) \
+             FROM jobq_jobs WHERE id >= ? AND id < ? AND state IN ('completed', 'discarded', 'retryable')",
+        )
+        .bind(hi)
+        .bind(from)
+        .bind(to)
+        .execute(pool)
+        .await?;
+        from = to;
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The web console end to end in headless Chromium, served by a real `jobq work` process
+//! (`web.listen`) with a token: sign in through the form, read the overview, filter to the
+//! discarded jobs, open one and read its history, retry it and watch it complete (by the
+//! page's live refresh), pause a queue and see claims stop, cancel a running job. Each page is
+//! written as a screenshot to `target/tmp/web-screenshots/`.
+
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, Locator};
+use jobq_worker::{NewJob, Producer};
+use serde_json::json;
+use sqlx::MySqlPool;
+
+use crate::browser::{browser, screenshot, screenshot_dir, start_driver};
+use crate::common::*;
+use crate::procs::WorkerProc;
+
+const TOKEN: &str = "browser-test-token-0123";
+
+async fn text(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until the text of `css` on the current page satisfies `ok`, reloading the page only
+/// when `reload` (otherwise the page's own live refresh must bring the change).
+async fn wait_text(
+    c: &Client,
+    css: &str,
+    reload: bool,
+    limit: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            if let Ok(t) = e.text().await {
+                if ok(&t) {
+                    return t;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{css} never matched within {limit:?}; page:\n{}",
+            c.source().await.unwrap_or_default()
+        );
+        if reload {
+            c.refresh().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn console_in_headless_chromium(db: MySqlPool) {
+    let url = url_of(&db).await;
+    let p = Producer::new(db.clone());
+    let failing = p
+        .enqueue(NewJob::json(
+            "fail",
+            json!({"times": 1, "with": "discard", "message": "<script>alert('x')</script> boom"}),
+        ))
+        .await
+        .unwrap()
+        .0;
+    let port = crate::http::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut worker = WorkerProc::spawn(
+        &url,
+        &["--queues", "default,reports", "--concurrency", "4"],
+        &[
+            ("JOBQ_WEB__LISTEN", listen.as_str()),
+            ("JOBQ_WEB__TOKEN", TOKEN),
+            ("JOBQ_WORKER__POLL_INTERVAL", "50ms"),
+        ],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the failing job to be discarded",
+        || async { state_of(&db, failing).await == "discarded" },
+    )
+    .await;
+    let driver = start_driver();
+    let c = browser(&driver).await;
+    let base = format!("http://{listen}");
+
+    // Signed out, the console shows only the login form.
+    c.goto(&format!("{base}/")).await.unwrap();
+    assert!(c.source().await.unwrap().contains("name=\"token\""));
+    assert!(!c.source().await.unwrap().contains("Overview"));
+    screenshot(&c, "00-login").await;
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // The overview: queues with their counts, this worker, the failure.
+    wait_text(&c, "h1", false, Duration::from_secs(10), |t| {
+        t == "Overview"
+    })
+    .await;
+    let queues = text(&c, "#queues").await;
+    assert!(queues.contains("default"), "{queues}");
+    let workers = text(&c, "#workers").await;
+    assert!(workers.contains(&worker.pid().to_string()), "{workers}");
+    assert!(text(&c, "#failures")
+        .await
+        .contains("<script>alert('x')</script> boom"));
+    screenshot(&c, "01-overview").await;
+
+    // Filter to the discarded jobs with the form.
+    c.goto(&format!("{base}/jobs")).await.unwrap();
+    c.find(Locator::Id("f-state"))
+        .await
+        .unwrap()
+        .select_by_value("discarded")
+        .await
+        .unwrap();
+    c.find(Locator::Id("f-apply"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "#jobs", false, Duration::from_secs(10), |t| {
+        t.contains("discarded")
+    })
+    .await;
+    assert!(c
+        .current_url()
+        .await
+        .unwrap()
+        .as_str()
+        .contains("state=discarded"));
+    screenshot(&c, "02-jobs-discarded").await;
+
+    // Open it and read its history; the error is shown as text, not run.
+    c.find(Locator::Css(&format!("#jobs a[href='/jobs/{failing}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let history = wait_text(&c, "#history", false, Duration::from_secs(10), |t| {
+        t.contains("claimed")
+    })
+    .await;
+    for step in [
+        "enqueued",
+        "claimed",
+        "running → discarded",
+        "<script>alert('x')</script> boom",
+    ] {
+        assert!(history.contains(step), "{step} missing from\n{history}");
+    }
+    assert_eq!(text(&c, "#cli").await, format!("jobq job {failing}"));
+    screenshot(&c, "03-job-discarded").await;
+
+    // Retry it: the live page shows it complete without a reload.
+    c.find(Locator::Id("act-retry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "#job-state", false, Duration::from_secs(30), |t| {
+        t == "completed"
+    })
+    .await;
+    let history = text(&c, "#history").await;
+    assert!(
+        history.contains("web:token"),
+        "the retry records who did it:\n{history}"
+    );
+    screenshot(&c, "04-job-retried").await;
+
+    // Pause a queue: its jobs are not claimed; resume: they are.
+    c.goto(&format!("{base}/queues")).await.unwrap();
+    c.find(Locator::Id("pause-reports"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "#flash", false, Duration::from_secs(10), |t| {
+        t.contains("paused")
+    })
+    .await;
+    screenshot(&c, "05-queue-paused").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = p
+        .enqueue(NewJob::json("noop", json!({})).queue("reports"))
+        .await
+        .unwrap()
+        .0;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        state_of(&db, report).await,
+        "available",
+        "a paused queue's job was claimed"
+    );
+    c.find(Locator::Id("resume-reports"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the resumed queue's job to complete",
+        || async { state_of(&db, report).await == "completed" },
+    )
+    .await;
+
+    // Cancel a running job from its page.
+    let long = p
+        .enqueue(NewJob::json("sleep", json!({"ms": 120_000})))
+        .await
+        .unwrap()
+        .0;
+    wait_for(Duration::from_secs(20), "the long job to run", || async {
+        state_of(&db, long).await == "running"
+    })
+    .await;
+    c.goto(&format!("{base}/jobs/{long}")).await.unwrap();
+    assert_eq!(text(&c, "#job-state").await, "running");
+    c.find(Locator::Id("act-cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "#job-state", true, Duration::from_secs(30), |t| {
+        t == "cancelled"
+    })
+    .await;
+    screenshot(&c, "06-job-cancelled").await;
+
+    c.goto(&format!("{base}/")).await.unwrap();
+    screenshot(&c, "07-overview-after").await;
+    c.close().await.unwrap();
+    eprintln!("screenshots in {}", screenshot_dir().display());
+    worker.stop_cleanly();
+    assert_consistent(&db).await;
+}
