@@ -14,7 +14,8 @@ use crate::store::{self, JobRecord, TransitionRecord};
 pub struct QueueStats {
     /// Jobs per state (every state present, zero included).
     pub states: BTreeMap<String, i64>,
-    /// Jobs completed in the last minute.
+    /// Jobs completed in the last minute: counted in the newest 50,000 history rows, and
+    /// scaled to a minute when those span less (an estimate on a busy server).
     pub completed_last_minute: i64,
     /// Seconds since the oldest `available` job became due; `None` when none is available.
     pub oldest_available_seconds: Option<f64>,
