@@ -1,10 +1,11 @@
-//! The console's acts (POSTs). Each checks the CSRF token first (`auth::csrf_ok`), acts
-//! through the crate's public operations with the request's actor, and answers with a
-//! redirect to the page that shows the outcome (so reloading never repeats an act).
+//! The console's acts (POSTs). Each takes a [`Posted`] body, whose CSRF token is checked
+//! before the handler runs (`auth::csrf_ok`), acts through the crate's public operations with
+//! the request's actor, and answers with a redirect to the page that shows the outcome (so
+//! reloading never repeats an act).
 //! Read-only mode and authentication are enforced before any of this runs (`guard`).
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
@@ -46,6 +47,37 @@ fn check_csrf(headers: &HeaderMap, token: &str) -> Result<(), Problem> {
     }
 }
 
+/// A POST body whose CSRF token checked out: the extractor every act takes, so no handler
+/// can forget the check. A missing body or another content type meets the same 403.
+pub(crate) struct Posted(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Posted {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        check_csrf(
+            &headers,
+            &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
+        )?;
+        Ok(Posted(body))
+    }
+}
+
+/// `/PAGE?did=ACT&name=NAME`: where a queue or schedule act sends the browser.
+fn see_named(page: &str, act: &str, name: &str) -> Response {
+    see(format!(
+        "/{page}?did={act}&name={}",
+        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    ))
+}
+
 fn see(path: String) -> Response {
     Redirect::to(&path).into_response()
 }
@@ -54,14 +86,9 @@ fn see(path: String) -> Response {
 pub(crate) async fn act_on_job(
     State(app): State<App>,
     Extension(ctx): Extension<Ctx>,
-    headers: HeaderMap,
     Path((id, act)): Path<(String, String)>,
-    body: Bytes,
+    _checked: Posted,
 ) -> Result<Response, Problem> {
-    check_csrf(
-        &headers,
-        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
-    )?;
     let act = act_named(&act)?;
     let id: u64 = id
         .parse()
@@ -90,13 +117,8 @@ pub(crate) struct FilterActForm {
 pub(crate) async fn act_on_filter(
     State(app): State<App>,
     Extension(ctx): Extension<Ctx>,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted(body): Posted,
 ) -> Result<Response, Problem> {
-    check_csrf(
-        &headers,
-        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
-    )?;
     let form: FilterActForm = parse_form(&body)?;
     let act = act_named(&form.act)?;
     let (filter, view) = parse_filter(&form.filter)?;
@@ -128,14 +150,9 @@ pub(crate) async fn act_on_filter(
 pub(crate) async fn queue(
     State(app): State<App>,
     Extension(ctx): Extension<Ctx>,
-    headers: HeaderMap,
     Path((name, act)): Path<(String, String)>,
-    body: Bytes,
+    _checked: Posted,
 ) -> Result<Response, Problem> {
-    check_csrf(
-        &headers,
-        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
-    )?;
     let q = QueueName::new(&name)
         .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no such queue: {e}")))?;
     match act.as_str() {
@@ -153,24 +170,16 @@ pub(crate) async fn queue(
         }
     }
     tracing::info!(queue = %q, act = %act, actor = %ctx.who.actor(), "web console: queue");
-    Ok(see(format!(
-        "/queues?did={act}&name={}",
-        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-    )))
+    Ok(see_named("queues", &act, &name))
 }
 
 /// `POST /schedules/NAME/pause|resume|run`.
 pub(crate) async fn schedule(
     State(app): State<App>,
     Extension(ctx): Extension<Ctx>,
-    headers: HeaderMap,
     Path((name, act)): Path<(String, String)>,
-    body: Bytes,
+    _checked: Posted,
 ) -> Result<Response, Problem> {
-    check_csrf(
-        &headers,
-        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
-    )?;
     let unknown = |e: crate::Error| match e {
         crate::Error::Invalid(m) => Problem::new(StatusCode::NOT_FOUND, m),
         e => e.into(),
@@ -199,10 +208,7 @@ pub(crate) async fn schedule(
         }
     }
     tracing::info!(schedule = %name, act = %act, actor = %ctx.who.actor(), "web console: schedule");
-    Ok(see(format!(
-        "/schedules?did={act}&name={}",
-        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-    )))
+    Ok(see_named("schedules", &act, &name))
 }
 
 #[derive(Deserialize, Default)]
@@ -258,12 +264,8 @@ pub(crate) async fn login(State(app): State<App>, headers: HeaderMap, body: Byte
 pub(crate) async fn logout(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Bytes,
+    _checked: Posted,
 ) -> Result<Response, Problem> {
-    check_csrf(
-        &headers,
-        &parse_form::<CsrfForm>(&body).unwrap_or_default().csrf,
-    )?;
     if let Some(id) = auth::cookie(&headers, auth::SESSION_COOKIE) {
         app.sessions.close(id);
     }

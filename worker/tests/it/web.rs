@@ -312,14 +312,10 @@ async fn acts_need_the_csrf_token_and_record_the_actor(db: MySqlPool) {
         assert!(a.body.contains("CSRF"), "{}", a.body);
         assert_eq!(state_of(&db, id).await, "discarded");
     }
-    let a = send(
-        &router,
-        Method::POST,
-        &path,
-        &[auth, ("cookie", &cookie)],
-        &format!("csrf={csrf}"),
-    )
-    .await;
+    let body = format!("csrf={csrf}");
+    let with_token = [auth, ("cookie", cookie.as_str())];
+    let retry = || send(&router, Method::POST, &path, &with_token, &body);
+    let a = retry().await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     assert_eq!(a.location(), format!("/jobs/{id}?did=retry"));
     assert_eq!(state_of(&db, id).await, "available");
@@ -332,14 +328,7 @@ async fn acts_need_the_csrf_token_and_record_the_actor(db: MySqlPool) {
     .unwrap();
     assert_eq!(actor, "web:ops");
     // A second retry is refused with the reason on the page.
-    let again = send(
-        &router,
-        Method::POST,
-        &path,
-        &[auth, ("cookie", &cookie)],
-        &format!("csrf={csrf}"),
-    )
-    .await;
+    let again = retry().await;
     assert_eq!(again.location(), format!("/jobs/{id}?refused=retry"));
     let shown = get(&router, again.location(), &[auth]).await.body;
     assert!(shown.contains("Could not retry"), "{shown}");
