@@ -148,6 +148,7 @@ pub(crate) async fn run(
             Err(ClaimError {
                 source: e,
                 maybe_claimed,
+                contended,
             }) => {
                 // Carried successes not known to be written went back to `pending` with their
                 // guard; the completer or the next claim writes them, fenced.
@@ -170,7 +171,11 @@ pub(crate) async fn run(
                     ));
                 }
                 drop(first);
-                let pause = retry.pause(&e);
+                let pause = if contended {
+                    super::retry::contended()
+                } else {
+                    retry.pause(&e)
+                };
                 if pause.transient {
                     debug!(queue = %queue, error = %e, "claim hit a transient error; retrying");
                 } else {
@@ -205,6 +210,7 @@ fn lose_answer<'a>(
             Err(ClaimError {
                 source: sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
                 maybe_claimed: c.jobs,
+                contended: false,
             })
         }
         other => other,

@@ -203,8 +203,28 @@ async fn complete_in_tx(
         }
         Err(e) => {
             metrics::db_error(&e, false);
-            error!(error = %e, "completion failed; the handler's writes were rolled back; putting the job back");
-            Some(transition::put_back(&e.to_string()))
+            // The COMMIT may have landed with only its answer lost: look before saying what
+            // happened to the handler's writes.
+            warn!(error = %e, "completing the job in the handler's transaction failed; verifying whether it committed");
+            match store::state_by_fence(&shared.pool, a.fence).await {
+                Ok(Some(state)) if state == "completed" => {
+                    info!("verified: the completion had committed, with the handler's writes");
+                    metrics::finished(&a.queue, &a.job.kind, "completed", Some(a.run));
+                    None
+                }
+                Ok(Some(state)) if state == "running" => {
+                    warn!("verified: the completion did not commit; the handler's writes were rolled back; putting the job back");
+                    Some(transition::put_back(&e.to_string()))
+                }
+                Ok(other) => {
+                    warn!(state = ?other, "verified: the job is no longer this claim's (taken back or moved on); nothing to write");
+                    None
+                }
+                Err(v) => {
+                    error!(error = %v, "could not verify the completion; putting the job back, fenced (this changes nothing if it did commit)");
+                    Some(transition::put_back(&e.to_string()))
+                }
+            }
         }
     }
 }
@@ -270,6 +290,13 @@ pub(crate) async fn release_unstarted(
 ) {
     let d = transition::unstarted(&why);
     let deadline = Instant::now() + shared.config.worker.lease_ttl;
+    let total = jobs.len();
+    warn!(
+        jobs = total,
+        error = %why,
+        "a claim's outcome is unknown; verifying its jobs by the claim's token (none has started)"
+    );
+    let (mut given_back, mut not_claimed, mut unverified) = (0, 0, 0);
     for job in jobs {
         let w = FinishWrite {
             fence: job.fence(),
@@ -283,26 +310,35 @@ pub(crate) async fn release_unstarted(
             let left = deadline.saturating_duration_since(Instant::now());
             let e = match tokio::time::timeout(left, store::finish_tx(&shared.pool, w)).await {
                 Ok(Ok(true)) => {
-                    info!(
-                        job_id = job.id,
-                        "claim's answer was lost; job given back, attempt refunded"
-                    );
+                    given_back += 1;
                     break;
                 }
                 // The claim did not commit (or the job moved on): nothing to give back.
-                Ok(Ok(false)) => break,
+                Ok(Ok(false)) => {
+                    not_claimed += 1;
+                    break;
+                }
                 Ok(Err(e)) => e,
                 Err(_) => sqlx::Error::PoolTimedOut,
             };
             let pause = retry.pause(&e);
             if Instant::now() + pause.wait >= deadline {
                 error!(job_id = job.id, error = %e,
-                       "could not give back a job whose claim's answer was lost; the rescue path will take it");
+                       "could not verify a job whose claim's outcome is unknown; if it was claimed, its lease expires and maintenance rescues it");
+                unverified += 1;
                 break;
             }
             tokio::time::sleep(pause.wait).await;
         }
     }
+    info!(
+        jobs = total,
+        given_back,
+        not_claimed,
+        unverified,
+        "verified the claim of unknown outcome: {given_back} had been claimed and went back \
+         (attempt refunded), {not_claimed} had not been claimed"
+    );
     // The slots these jobs may have occupied are free again only now.
     drop(slots);
 }

@@ -58,6 +58,15 @@ impl DbRetry {
     }
 }
 
+/// The pause after a claim lost a race it could only detect by its outcome (another node of
+/// a cluster took some of its jobs): like a transient error, retry at once.
+pub(crate) fn contended() -> Pause {
+    Pause {
+        wait: Duration::from_millis(rand::thread_rng().gen_range(1..20)),
+        transient: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,6 +128,9 @@ pub(crate) struct Throttled {
 pub(crate) struct ClaimError {
     pub(crate) source: sqlx::Error,
     pub(crate) maybe_claimed: Vec<ClaimedJob>,
+    /// The claim lost a race to another node (it updated fewer jobs than it read): retry at
+    /// once, as after a deadlock.
+    pub(crate) contended: bool,
 }
 
 impl From<sqlx::Error> for ClaimError {
@@ -135,6 +138,7 @@ impl From<sqlx::Error> for ClaimError {
         ClaimError {
             source,
             maybe_claimed: Vec::new(),
+            contended: false,
         }
     }
 }
@@ -196,7 +200,14 @@ pub(crate) async fn claim<S: Session>(
                 == Some(1)
         }
     };
-    let commit_sql = format!("COMMIT{}", release_sql.as_deref().unwrap_or(""));
+    // The confirmation: a row the server sends only once it has executed everything up to
+    // and including the COMMIT (`RELEASE_LOCK`'s answer in named-lock mode). Any error of any
+    // statement fails the round trip; a round trip that ends without this row is an unknown
+    // outcome too, never a success.
+    let commit_sql = inject(&format!(
+        "COMMIT{}",
+        release_sql.as_deref().unwrap_or("; SELECT 1 AS committed")
+    ));
     let nothing = |completed, rows: &[MySqlRow], rate_wait| Claimed {
         jobs: Vec::new(),
         completed,
@@ -268,7 +279,7 @@ pub(crate) async fn claim<S: Session>(
             let allowed = w.allowed(rate, now);
             if allowed == 0 {
                 let wait = Duration::from_micros((w.frees_at(now) - now).max(1) as u64);
-                let (rows, _) = tx.end(&commit_sql).await?;
+                let (rows, _) = end_confirmed(tx, &commit_sql).await?;
                 return Ok(nothing(completed, &rows, Some(wait)));
             }
             now_us = Some(now);
@@ -297,7 +308,7 @@ pub(crate) async fn claim<S: Session>(
         }
     }
     if rows.is_empty() && freed.is_empty() {
-        let (rows, _) = tx.end(&commit_sql).await?;
+        let (rows, _) = end_confirmed(tx, &commit_sql).await?;
         return Ok(nothing(completed, &rows, None));
     }
     let token: Token = rand::random();
@@ -531,7 +542,7 @@ pub(crate) async fn claim<S: Session>(
     }
     writes.extend(extra_writes);
     writes.push(commit_sql);
-    let (rows, counts) = match tx.end(&writes.join("; ")).await {
+    let (rows, counts) = match end_confirmed(tx, &writes.join("; ")).await {
         Ok(b) => b,
         // Whatever the error, the COMMIT may have been applied: the server may have answered
         // the statements before it and then failed (the named-lock release after it, a kill,
@@ -542,6 +553,7 @@ pub(crate) async fn claim<S: Session>(
             return Err(ClaimError {
                 source,
                 maybe_claimed: claimed,
+                contended: false,
             })
         }
     };
@@ -571,13 +583,23 @@ pub(crate) async fn claim<S: Session>(
     }
     let updated = counts.first().copied().unwrap_or(0);
     if !claimed.is_empty() && updated != claimed.len() as u64 {
-        // Cannot happen under the row locks; if it ever does, the jobs not updated carry no
-        // token of ours, so their handlers' writes would be fenced off. Say so loudly.
-        tracing::error!(
+        // Cannot happen under the row locks of one server. On a multi-primary cluster the
+        // row locks are node-local, and a job this claim read may have been taken on another
+        // node: its handler must not start here. None of them does: the jobs go back fenced
+        // by this claim's token, so only those it did take move.
+        tracing::warn!(
             expected = claimed.len(),
             updated,
-            "claim updated fewer rows than it locked"
+            "the claim updated fewer jobs than it read; giving them all back unstarted"
         );
+        return Err(ClaimError {
+            source: sqlx::Error::Protocol(format!(
+                "the claim updated {updated} of the {} jobs it read",
+                claimed.len()
+            )),
+            maybe_claimed: claimed,
+            contended: true,
+        });
     }
     Ok(Claimed {
         jobs: claimed,
@@ -589,6 +611,57 @@ pub(crate) async fn claim<S: Session>(
         promoted_keys: freed.into_keys().collect(),
         rate_wait: None,
     })
+}
+
+/// Ends the transaction with `sql` (which ends in the COMMIT and its confirmation row) and
+/// checks that the confirmation arrived.
+async fn end_confirmed<S: Session>(
+    tx: RawTx<'_, S>,
+    sql: &str,
+) -> Result<super::sql::Batch, sqlx::Error> {
+    let b = tx.end(sql).await?;
+    let confirmed =
+        b.0.last()
+            .is_some_and(|r| r.try_column("committed").is_ok() || r.try_column("released").is_ok());
+    if confirmed {
+        Ok(b)
+    } else {
+        Err(sqlx::Error::Protocol(
+            "the claim's round trip ended without the COMMIT's confirmation; its outcome is unknown"
+                .into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+tokio::task_local! {
+    /// Tests only: a fault written into the claim's final round trip.
+    pub(crate) static INJECT: Inject;
+}
+
+/// Tests only: where the claim's final round trip fails.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Inject {
+    /// A statement before the COMMIT fails: nothing commits.
+    BeforeCommit,
+    /// A statement after the COMMIT fails: the claim commits, its answer is an error.
+    AfterCommit,
+    /// The COMMIT runs but the confirmation row is missing from the answer.
+    NoConfirmation,
+}
+
+/// The final round trip's text, with the test's fault (if any) written in.
+fn inject(commit_sql: &str) -> String {
+    #[cfg(test)]
+    if let Ok(fault) = INJECT.try_with(|f| *f) {
+        return match fault {
+            Inject::BeforeCommit => format!("SELECT * FROM jobq_no_such_table; {commit_sql}"),
+            Inject::AfterCommit => format!("{commit_sql}; SELECT * FROM jobq_no_such_table"),
+            Inject::NoConfirmation => "COMMIT".to_owned(),
+        };
+    }
+    commit_sql.to_owned()
 }
 
 /// The claim's locking read, with the queue and limit given as SQL (literals or `?`).

@@ -37,6 +37,23 @@ pub(crate) async fn tx_intact(conn: &mut MySqlConnection) -> Result<bool, sqlx::
     }
 }
 
+/// The state of the job `fence` names, if it still carries that claim's token: how a writer
+/// whose COMMIT's answer was lost finds out whether it landed (`completed` with the token: it
+/// did; `running`: it did not; `None`: the job moved on, taken back or pruned).
+pub(crate) async fn state_by_fence(
+    pool: &MySqlPool,
+    fence: Fence,
+) -> Result<Option<String>, sqlx::Error> {
+    // language=MySQL
+    sqlx::query_scalar(
+        "SELECT CAST(state AS CHAR) FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id = ? AND claim_token = ?",
+    )
+    .bind(fence.id)
+    .bind(&fence.token[..])
+    .fetch_optional(pool)
+    .await
+}
+
 /// Marks many jobs `completed` in one transaction and one round trip: one UPDATE fenced per
 /// job by `(id, claim_token)`, one INSERT … SELECT of their transitions, COMMIT. Jobs whose
 /// fence no longer matches (rescued meanwhile) are left alone. Returns how many were completed.

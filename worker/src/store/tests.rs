@@ -720,3 +720,74 @@ async fn a_later_statement_failing_fails_the_batch(db: MySqlPool) {
     use sqlx::Row;
     assert_eq!(rows[0].get::<i64, _>("n"), 7);
 }
+
+/// A claim whose final round trip fails anywhere, or ends without the COMMIT's confirmation,
+/// is never a success: it returns the jobs it read as `maybe_claimed` (for the caller to give
+/// back, fenced by the claim's token) and starts nothing. Whether the claim committed decides
+/// only what that give-back finds.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_claim_is_confirmed_or_failed_never_assumed(db: MySqlPool) {
+    use super::claim::{Inject, INJECT};
+    let queue = QueueName::new("default").unwrap();
+    let worker = WorkerId::generate();
+    let p = Producer::new(db.clone());
+    for (fault, commits) in [
+        (Inject::BeforeCommit, false),
+        (Inject::AfterCommit, true),
+        (Inject::NoConfirmation, true),
+    ] {
+        sqlx::query("DELETE FROM jobq_jobs")
+            .execute(&db)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            p.enqueue(NewJob::json("noop", json!({}))).await.unwrap();
+        }
+        let mut conn = db.acquire().await.unwrap();
+        let r = INJECT
+            .scope(fault, claim(&mut conn, plain_claim(&queue, &worker, 10)))
+            .await;
+        let e = match r {
+            Ok(c) => panic!("{fault:?}: a claim succeeded with {} jobs", c.jobs.len()),
+            Err(e) => e,
+        };
+        assert_eq!(e.maybe_claimed.len(), 3, "{fault:?}: {}", e.source);
+        let running = count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'",
+        )
+        .await;
+        assert_eq!(running, if commits { 3 } else { 0 }, "{fault:?}");
+        // The give-back, fenced by the claim's token, finds exactly what committed.
+        let d = crate::transition::unstarted("test");
+        let mut given_back = 0;
+        for job in &e.maybe_claimed {
+            let w = FinishWrite {
+                fence: job.fence(),
+                attempt: job.attempt,
+                worker: &worker,
+                decision: &d,
+                result: None,
+            };
+            given_back += u32::from(finish_tx(&db, w).await.unwrap());
+        }
+        assert_eq!(given_back, if commits { 3 } else { 0 }, "{fault:?}");
+        let available = count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'available' AND max_attempts - attempt = 25",
+        )
+        .await;
+        assert_eq!(
+            available, 3,
+            "{fault:?}: every job is available again, no attempt used"
+        );
+        // The session is clean: no transaction left open on it.
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(open, 0, "{fault:?}: a transaction was left open");
+    }
+}
