@@ -466,6 +466,12 @@ pub struct WebSettings {
     /// Refuse every action (retry, cancel, discard, pause, resume, run): the console only
     /// shows. Default false.
     pub read_only: bool,
+    /// Without authentication, the console answers only requests whose `Host` is a loopback
+    /// name, its listen address, or one of these (e.g. the name a proxy forwards): a page
+    /// elsewhere cannot reach it by rebinding its own name to 127.0.0.1. Default empty. Env
+    /// `JOBQ_WEB__ALLOWED_HOSTS=a,b`.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[log]`

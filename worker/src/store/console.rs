@@ -17,8 +17,9 @@ pub(crate) const SCAN_ROWS: u32 = 200_000;
 const FAILURE: &str = "(event IN ('failed', 'rescued') \
      OR (event = 'discarded' AND from_state = 'running'))";
 
-/// The id below the newest `rows` history rows: reads that stay above it are a bounded
-/// range of the primary key (ids are dense: auto-increment, appended in order).
+/// The id `rows` below the newest history row: reads that stay above it are a bounded range
+/// of the primary key. Ids have gaps (an `INSERT … SELECT` reserves more than it uses, a
+/// rolled-back claim burns some), so the range may hold fewer rows, never more.
 pub(crate) async fn history_floor(pool: &MySqlPool, rows: u32) -> Result<u64, sqlx::Error> {
     // language=MySQL
     let newest: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM jobq_transitions")
@@ -40,18 +41,20 @@ pub(crate) struct Minute {
 
 /// The last hour by minute, read from at most [`SCAN_ROWS`] of the newest history rows.
 /// Returns the minutes that had any, and how many minutes back the read reaches (60 unless
-/// the newest rows all fall within the hour: then the chart covers less and says so).
+/// the rows read all fall within the hour and older ones exist: then the chart covers less
+/// and says so).
 pub(crate) async fn last_hour(pool: &MySqlPool) -> Result<(Vec<Minute>, u32), sqlx::Error> {
     // language=MySQL
     // A range of the primary key from its newest end; `at` is only filtered, never searched.
     let floor = history_floor(pool, SCAN_ROWS).await?;
+    // Rows older than the hour fall in one group (60); the rollup row tells how old the
+    // oldest row read is, on the database clock.
     let rows = sqlx::query(&format!(
-        "SELECT CAST(FLOOR(TIMESTAMPDIFF(SECOND, at, UTC_TIMESTAMP(6)) / 60) AS SIGNED) AS ago, \
+        "SELECT CAST(LEAST(FLOOR(TIMESTAMPDIFF(SECOND, at, UTC_TIMESTAMP(6)) / 60), 60) AS SIGNED) AS ago, \
                 CAST(SUM(event = 'completed') AS SIGNED) AS completed, \
                 CAST(SUM({FAILURE}) AS SIGNED) AS failed, \
-                COUNT(*) AS n, MIN(at) AS oldest \
-         FROM jobq_transitions \
-         WHERE id > ? AND at >= UTC_TIMESTAMP(6) - INTERVAL 1 HOUR \
+                CAST(TIMESTAMPDIFF(SECOND, MIN(at), UTC_TIMESTAMP(6)) AS SIGNED) AS oldest_s \
+         FROM jobq_transitions WHERE id > ? \
          GROUP BY ago WITH ROLLUP"
     ))
     .bind(floor)
@@ -62,17 +65,22 @@ pub(crate) async fn last_hour(pool: &MySqlPool) -> Result<(Vec<Minute>, u32), sq
     for r in rows {
         let ago: Option<i64> = r.try_get("ago")?;
         match ago {
-            Some(ago) => minutes.push(Minute {
-                ago: ago.clamp(0, 59) as u32,
+            Some(ago) if ago < 60 => minutes.push(Minute {
+                ago: ago.max(0) as u32,
                 completed: r.try_get::<Option<i64>, _>("completed")?.unwrap_or(0),
                 failed: r.try_get::<Option<i64>, _>("failed")?.unwrap_or(0),
             }),
+            Some(_) => {}
             None => {
-                // The rollup row: were the scanned rows all within the hour?
-                let n: i64 = r.try_get("n")?;
-                let oldest: Option<DateTime<Utc>> = r.try_get("oldest")?;
-                if let (true, Some(oldest)) = (n >= i64::from(SCAN_ROWS), oldest) {
-                    reach = (Utc::now() - oldest).num_minutes().clamp(1, 60) as u32;
+                // The rollup row. With rows left below the floor, the read covers only back
+                // to its oldest row: when that is within the hour, the chart says so. (By
+                // time, not by row count: ids have gaps, so the rows above the floor may be
+                // fewer than SCAN_ROWS.)
+                let oldest: Option<i64> = r.try_get("oldest_s")?;
+                if let (true, Some(oldest)) = (floor > 0, oldest) {
+                    if oldest < 3600 {
+                        reach = (oldest / 60).clamp(1, 60) as u32;
+                    }
                 }
             }
         }

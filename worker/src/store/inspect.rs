@@ -59,16 +59,17 @@ pub(crate) async fn queue_activity(
     let recent = "jobq_transitions n";
     let last_minute = "n.id > ? AND n.at >= UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE";
     // language=MySQL
-    let (scanned, span_us): (i64, Option<i64>) = sqlx::query_as(&format!(
-        "SELECT COUNT(*), TIMESTAMPDIFF(MICROSECOND, MIN(n.at), UTC_TIMESTAMP(6)) FROM {recent} \
-         WHERE {last_minute}"
+    // How far back the rows above the floor reach (database clock).
+    let span_us: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(n.at), UTC_TIMESTAMP(6)) FROM {recent} WHERE n.id > ?"
     ))
     .bind(floor)
     .fetch_one(pool)
     .await?;
-    // Within the minute were all the rows read: scale what they hold to a whole minute.
+    // Older rows exist and the ones read all fall within the minute: scale what they hold to
+    // a whole minute (by time, not row count: ids have gaps).
     let scale = match span_us {
-        Some(us) if scanned >= i64::from(RATE_SCAN_ROWS) && us > 0 => 60e6 / us as f64,
+        Some(us) if floor > 0 && us > 0 && us < 60_000_000 => 60e6 / us as f64,
         _ => 1.0,
     };
     // language=MySQL
@@ -285,6 +286,9 @@ pub struct JobFilter {
     pub after_run_at: Option<DateTime<Utc>>,
     /// The order.
     pub order: JobOrder,
+    /// Only jobs with at most this id: an act confirmed on a count leaves jobs enqueued after
+    /// the confirmation alone.
+    pub max_id: Option<JobId>,
     /// With a queue, kind or error filter: read at most about this many jobs per page (shared
     /// by the walks; the console's bound on a page's cost). The page then tells where it
     /// stopped. `None`: read as far as it takes to fill the page.
@@ -309,9 +313,13 @@ enum Bind {
     At(DateTime<Utc>),
 }
 
-/// The WHERE conditions every branch of a listing shares (queue, kind, error text), with
-/// their values.
+/// The WHERE conditions every branch of a listing shares (id bound, queue, kind, error text),
+/// with their values.
 fn filter_conds(f: &JobFilter, conds: &mut Vec<&'static str>, binds: &mut Vec<Bind>) {
+    if let Some(max) = f.max_id {
+        conds.push("id <= ?");
+        binds.push(Bind::Id(max.0));
+    }
     if let Some(v) = &f.queue {
         conds.push("queue = ?");
         binds.push(Bind::Text(v.clone()));
@@ -421,14 +429,20 @@ pub(crate) async fn list_page(
             ("PRIMARY", conds, "id DESC")
         }
     };
-    let filtered = f.queue.is_some() || f.kind.is_some() || f.error.is_some();
+    // What the walk's index cannot answer: queue, kind, error text, and the state of a walk
+    // along the primary key (which reads every state's rows).
+    let filtered = f.queue.is_some()
+        || f.kind.is_some()
+        || f.error.is_some()
+        || (f.state.is_some() && !by_run_at);
     let mut floor: Option<Cursor> = None;
     if let (Some(examine), true) = (f.examine, filtered) {
         // The budget is shared by the walks (8 without a state).
         let budget = (examine / walks.len() as u32).max(1);
         for &state in &walks {
             let mut binds = Vec::new();
-            let (index, conds, order) = walk(state, &mut binds);
+            // Along the primary key the budget counts rows of every state.
+            let (index, conds, order) = walk(state.filter(|_| by_run_at), &mut binds);
             let cond = if conds.is_empty() {
                 String::new()
             } else {
@@ -512,7 +526,15 @@ pub(crate) async fn list_page(
     Ok((jobs, stopped))
 }
 
-/// How many jobs in `state` match the filter's queue, kind and error text (a count over the
+/// The newest job's id (what a confirmation bounds its act with).
+pub(crate) async fn newest_job(pool: &MySqlPool) -> Result<Option<u64>, sqlx::Error> {
+    // language=MySQL
+    sqlx::query_scalar("SELECT MAX(id) FROM jobq_jobs")
+        .fetch_one(pool)
+        .await
+}
+
+/// How many jobs in `state` match the filter's id bound, queue, kind and error text (a count over the
 /// state's range of `jobq_jobs_due`; the cursor and order are ignored).
 pub(crate) async fn count_jobs(
     pool: &MySqlPool,

@@ -52,7 +52,7 @@ pub(crate) use finish::{
     complete_batch, finish, finish_tx, mark_tx, state_by_fence, tx_intact, FinishWrite,
 };
 pub(crate) use inspect::{
-    count_jobs, counts, history, job, list_jobs, list_page, queue_activity, workers,
+    count_jobs, counts, history, job, list_jobs, list_page, newest_job, queue_activity, workers,
 };
 pub use inspect::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys};

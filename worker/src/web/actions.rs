@@ -242,17 +242,19 @@ pub(crate) async fn login(State(app): State<App>, headers: HeaderMap, body: Byte
         return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
     }
     let session = app.sessions.open();
-    // Only a path on this console: never an absolute URL elsewhere.
-    let next = if form.next.starts_with('/') && !form.next.starts_with("//") {
-        form.next
-    } else {
-        "/".to_owned()
-    };
+    // Only a path on this console: never an address elsewhere.
+    let next = auth::safe_next(&form.next).unwrap_or("/").to_owned();
     let mut response = see(next);
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    // Lax: a console link opened from chat or mail arrives signed in; acts need the CSRF
+    // token anyway.
     let cookie = format!(
-        "{}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
         auth::SESSION_COOKIE,
-        auth::SESSION_TTL.as_secs()
+        auth::SESSION_TTL.as_secs(),
+        if https { "; Secure" } else { "" }
     );
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, v);

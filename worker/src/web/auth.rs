@@ -94,7 +94,8 @@ pub(crate) fn decide(c: &Credentials, p: &Presented<'_>) -> Option<Who> {
     if !c.required() {
         return Some(Who::Anyone);
     }
-    if let Some(token) = &c.token {
+    // An empty secret (possible only in an unvalidated configuration) never matches.
+    if let Some(token) = c.token.as_ref().filter(|t| !t.is_empty()) {
         if p.bearer.is_some_and(|b| same(b, token)) {
             return Some(Who::Token);
         }
@@ -103,6 +104,9 @@ pub(crate) fn decide(c: &Credentials, p: &Presented<'_>) -> Option<Who> {
         }
     }
     if let (Some((user, password)), Some((u, pw))) = (&c.basic, p.basic) {
+        if user.is_empty() || password.is_empty() {
+            return None;
+        }
         // Both compared, always, so the time taken does not tell which was wrong.
         if same(u, user) & same(pw, password) {
             return Some(Who::User(user.clone()));
@@ -125,15 +129,60 @@ pub(crate) fn random_token() -> String {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
+/// Read byte-wise: another application's non-ASCII cookie on the same host does not hide
+/// ours.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|kv| {
+            let eq = kv.iter().position(|&b| b == b'=')?;
+            let key = std::str::from_utf8(&kv[..eq]).ok()?.trim();
+            let value = std::str::from_utf8(&kv[eq + 1..]).ok()?.trim();
+            (key == name).then_some(value)
+        })
+        .next()
+}
+
+/// Whether `v` is a token [`random_token`] made (64 hex digits): anything else in the CSRF
+/// cookie is treated as no cookie, and replaced.
+pub(crate) fn well_formed(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Where a login may send the browser: a path of this console only. Refused: anything not
+/// starting with one `/`, a second `/` or a `\` (browsers read `/\host` as `//host`), and
+/// control characters (browsers drop tabs and newlines, which could make `/<TAB>/host`).
+pub(crate) fn safe_next(next: &str) -> Option<&str> {
+    let mut bytes = next.bytes();
+    let ok = bytes.next() == Some(b'/')
+        && !matches!(bytes.next(), Some(b'/' | b'\\'))
+        && !next.bytes().any(|b| b == b'\\' || b.is_ascii_control());
+    ok.then_some(next)
+}
+
+/// Whether a request's `Host` may be served without authentication: the loopback names, the
+/// address the console listens on, and `web.allowed_hosts`. Refusing the rest keeps a page
+/// elsewhere from reaching an unauthenticated console by rebinding its own name to 127.0.0.1.
+/// Requests without a `Host` (not from a browser) pass.
+pub(crate) fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // Without the port: `[::1]:9188` → `[::1]`, `localhost:9188` → `localhost`.
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    ["localhost", "127.0.0.1", "::1"]
+        .iter()
+        .any(|l| name.eq_ignore_ascii_case(l))
+        || allowed.iter().any(|a| name.eq_ignore_ascii_case(a))
 }
 
 /// The bearer token and basic credentials of an `Authorization` header. The decoded basic
@@ -290,6 +339,15 @@ mod tests {
     fn reads_cookies_and_authorization() {
         let h = headers(&[("cookie", "a=1; jobq_csrf=abc"), ("cookie", "b=2")]);
         assert_eq!(cookie(&h, "jobq_csrf"), Some("abc"));
+        // Another application's cookie with non-ASCII bytes does not hide ours.
+        let mut h2 = HeaderMap::new();
+        h2.append(
+            "cookie",
+            HeaderValue::from_bytes(b"x=\xc3\xa9t\xc3\xa9; jobq_csrf=abc").unwrap(),
+        );
+        assert_eq!(cookie(&h2, "jobq_csrf"), Some("abc"));
+        assert!(well_formed(&random_token()));
+        assert!(!well_formed("abc") && !well_formed(""));
         assert_eq!(cookie(&h, "b"), Some("2"));
         assert_eq!(cookie(&h, "c"), None);
         let h = headers(&[("authorization", "Bearer  tok ")]);
@@ -317,6 +375,65 @@ mod tests {
         let mut cross = ok.to_vec();
         cross.push(("sec-fetch-site", "cross-site"));
         assert!(!csrf_ok(&headers(&cross), "t1"));
+    }
+
+    #[test]
+    fn logins_only_go_to_our_own_paths() {
+        for ok in ["/", "/jobs?state=discarded&queue=a", "/jobs/12"] {
+            assert_eq!(safe_next(ok), Some(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "jobs",
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/a\nb",
+            "https://evil.example",
+            "/x\\y",
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hosts_without_auth_are_loopback_or_listed() {
+        let allowed = vec!["console.internal".to_owned(), "10.0.0.5".to_owned()];
+        for (host, ok) in [
+            ("127.0.0.1:9188", true),
+            ("localhost:9188", true),
+            ("LOCALHOST", true),
+            ("[::1]:9188", true),
+            ("console.internal", true),
+            ("10.0.0.5:9188", true),
+            ("attacker.example:9188", false),
+            ("127.0.0.1.attacker.example", false),
+            ("evil", false),
+        ] {
+            assert_eq!(
+                host_allowed(&headers(&[("host", host)]), &allowed),
+                ok,
+                "{host}"
+            );
+        }
+        assert!(
+            host_allowed(&HeaderMap::new(), &allowed),
+            "no Host: not a browser"
+        );
+    }
+
+    #[test]
+    fn empty_secrets_never_match() {
+        let c = Credentials {
+            token: Some(String::new()),
+            basic: Some((String::new(), String::new())),
+        };
+        let p = Presented {
+            bearer: Some(""),
+            basic: Some(("", "")),
+            session: false,
+        };
+        assert_eq!(decide(&c, &p), None);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub(crate) struct Inner {
     creds: Credentials,
     sessions: Sessions,
     pub(crate) read_only: bool,
+    /// The `Host` names served without authentication besides the loopback ones (see
+    /// `auth::host_allowed`).
+    allowed_hosts: Vec<String>,
 }
 
 impl std::ops::Deref for App {
@@ -63,6 +66,10 @@ impl std::ops::Deref for App {
 impl Console {
     /// A console over `pool`, with `config.web`'s authentication and read-only setting.
     pub fn new(pool: MySqlPool, config: &Config) -> Self {
+        let mut allowed_hosts = config.web.allowed_hosts.clone();
+        if let Some(addr) = config.web.listen {
+            allowed_hosts.push(addr.ip().to_string());
+        }
         Console {
             app: App(Arc::new(Inner {
                 pool,
@@ -70,6 +77,7 @@ impl Console {
                 creds: Credentials::from_settings(&config.web),
                 sessions: Sessions::default(),
                 read_only: config.web.read_only,
+                allowed_hosts,
             })),
         }
     }
@@ -105,16 +113,20 @@ impl Console {
     /// background until `stop` resolves. Logs a warning when the console is reachable beyond
     /// this host without authentication.
     pub async fn spawn(
-        self,
+        mut self,
         addr: SocketAddr,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        if let Some(inner) = Arc::get_mut(&mut self.app.0) {
+            inner.allowed_hosts.push(addr.ip().to_string());
+        }
         if !addr.ip().is_loopback() && !self.app.creds.required() {
             tracing::warn!(
                 %addr,
                 "the web console listens beyond loopback without authentication: set web.token \
-                 or web.basic_auth, or keep it behind a login proxy"
+                 or web.basic_auth, or keep it behind a login proxy (and list the name it \
+                 forwards in web.allowed_hosts)"
             );
         }
         tracing::info!(%addr, read_only = self.app.read_only, "serving the web console");
@@ -149,8 +161,24 @@ async fn guard(State(app): State<App>, mut req: Request, next: Next) -> Response
         session,
     };
     let who = auth::decide(&app.creds, &presented);
+    let rebound = !app.creds.required() && !auth::host_allowed(req.headers(), &app.allowed_hosts);
+    let https = req
+        .headers()
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     let mut response = match who {
-        None if !public => unauthorized(&app, &path),
+        _ if rebound => problem(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this console answers only its own host names without authentication: add the \
+             name to web.allowed_hosts, or set web.token or web.basic_auth",
+        ),
+        None if !public => {
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or(path.clone(), |p| p.as_str().to_owned());
+            unauthorized(&app, &target)
+        }
         _ if req.method() == Method::POST && app.read_only && !public && path != "/logout" => {
             problem(
                 StatusCode::FORBIDDEN,
@@ -158,7 +186,9 @@ async fn guard(State(app): State<App>, mut req: Request, next: Next) -> Response
             )
         }
         who => {
-            let existing = auth::cookie(req.headers(), auth::CSRF_COOKIE).map(str::to_owned);
+            let existing = auth::cookie(req.headers(), auth::CSRF_COOKIE)
+                .filter(|c| auth::well_formed(c))
+                .map(str::to_owned);
             let csrf = existing.clone().unwrap_or_else(auth::random_token);
             req.extensions_mut().insert(Ctx {
                 who: who.unwrap_or(Who::Anyone),
@@ -167,8 +197,9 @@ async fn guard(State(app): State<App>, mut req: Request, next: Next) -> Response
             let mut response = next.run(req).await;
             if existing.is_none() {
                 let cookie = format!(
-                    "{}={csrf}; Path=/; HttpOnly; SameSite=Strict",
-                    auth::CSRF_COOKIE
+                    "{}={csrf}; Path=/; HttpOnly; SameSite=Strict{}",
+                    auth::CSRF_COOKIE,
+                    if https { "; Secure" } else { "" }
                 );
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     response.headers_mut().append(header::SET_COOKIE, v);

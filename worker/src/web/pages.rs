@@ -264,15 +264,24 @@ pub(crate) struct JobsQuery {
     q: String,
     #[serde(default)]
     sort: String,
-    after: Option<u64>,
+    // Numbers arrive as text and are parsed by hand: serde's flatten (the confirmation form
+    // embeds this query) cannot read numbers from a form.
+    #[serde(default)]
+    after: String,
     #[serde(default)]
     after_run_at: String,
+    /// Only jobs up to this id (set by a confirmation).
+    #[serde(default)]
+    upto: String,
     // The outcome of a bulk act, shown once.
     #[serde(default)]
     did: String,
-    done: Option<u64>,
-    requested: Option<u64>,
-    skipped: Option<u64>,
+    #[serde(default)]
+    done: String,
+    #[serde(default)]
+    requested: String,
+    #[serde(default)]
+    skipped: String,
 }
 
 /// The filter as the form shows it, and as a query string for links.
@@ -311,6 +320,17 @@ pub(crate) fn parse_filter(q: &JobsQuery) -> Result<(JobFilter, FilterView), Pro
         "run_at" => JobOrder::RunAt,
         other => return Err(bad(format!("unknown sort {other:?}; use id or run_at"))),
     };
+    let id = |name: &str, v: &str| -> Result<Option<JobId>, Problem> {
+        match non_empty(v) {
+            Some(t) => t
+                .parse::<u64>()
+                .map(|n| Some(JobId(n)))
+                .map_err(|_| bad(format!("{name} {t:?} is not a job id"))),
+            None => Ok(None),
+        }
+    };
+    let after = id("after", &q.after)?;
+    let max_id = id("upto", &q.upto)?;
     let after_run_at = match non_empty(&q.after_run_at) {
         Some(t) => Some(
             DateTime::parse_from_rfc3339(&t)
@@ -325,9 +345,10 @@ pub(crate) fn parse_filter(q: &JobsQuery) -> Result<(JobFilter, FilterView), Pro
         kind: non_empty(&q.kind),
         error: non_empty(&q.q),
         limit: PAGE_ROWS,
-        after: q.after.map(JobId),
+        after,
         after_run_at,
         order,
+        max_id,
         examine: None,
     };
     let filter = JobFilter {
@@ -357,7 +378,7 @@ pub(crate) fn parse_filter(q: &JobsQuery) -> Result<(JobFilter, FilterView), Pro
         kind: q.kind.trim().to_owned(),
         q: q.q.trim().to_owned(),
         sort: sort.to_owned(),
-        after: q.after,
+        after: after.map(|a| a.0),
         query: pairs.finish(),
     };
     Ok((filter, view))
@@ -433,19 +454,16 @@ pub(crate) async fn jobs(
             rows.len()
         )
     });
-    let flash = match (q.did.as_str(), q.done, q.requested, q.skipped) {
-        ("", ..) => None,
-        (act, done, requested, skipped) => Some(format!(
+    let n = |v: &str| v.parse::<u64>().unwrap_or(0);
+    let flash = match q.did.as_str() {
+        act @ ("retry" | "cancel" | "discard") => Some(format!(
             "{}: {} jobs done, {} cancel requests, {} skipped (changed meanwhile).",
-            match act {
-                "retry" => "Retry",
-                "cancel" => "Cancel",
-                _ => "Discard",
-            },
-            done.unwrap_or(0),
-            requested.unwrap_or(0),
-            skipped.unwrap_or(0)
+            capitalised(act),
+            n(&q.done),
+            n(&q.requested),
+            n(&q.skipped)
         )),
+        _ => None,
     };
     let page = Jobs {
         page: Layout::new(&app, &ctx, "Jobs", "jobs").flash(flash, true),
@@ -527,6 +545,13 @@ pub(crate) async fn confirm(
             "choose a state first: acts on a selection apply to the jobs of one state",
         ));
     };
+    // The act applies to these jobs and no later ones: the count shown is what it touches,
+    // less any that change state meanwhile.
+    let upto = store::newest_job(&app.pool).await?.unwrap_or(0);
+    let filter = JobFilter {
+        max_id: Some(JobId(upto)),
+        ..filter
+    };
     let count = crate::count_jobs(&app.pool, state, &filter).await?;
     let verb = act_key(act);
     let mut scope = String::new();
@@ -539,8 +564,11 @@ pub(crate) async fn confirm(
             scope.push_str(&format!(", {label} {v:?}"));
         }
     }
+    let mut layout = Layout::new(&app, &ctx, "Confirm", "jobs");
+    // A count is a read of the whole selection: not every 3 s.
+    layout.live = false;
     let page = Confirm {
-        page: Layout::new(&app, &ctx, "Confirm", "jobs"),
+        page: layout,
         heading: format!("{} {state} jobs", capitalised(verb)),
         question: format!("This will {verb} {count} {state} jobs{scope}. Jobs that change state meanwhile are skipped."),
         button: format!("{} {count} jobs", capitalised(verb)),
@@ -551,6 +579,7 @@ pub(crate) async fn confirm(
             ("queue", view.queue.clone()),
             ("kind", view.kind.clone()),
             ("q", view.q.clone()),
+            ("upto", upto.to_string()),
         ],
         back: view.query,
     };
@@ -734,17 +763,17 @@ pub(crate) struct NameFlash {
     name: String,
 }
 
-/// A flash for `?did=ACT&name=NAME` after a queue or schedule act; only names that are valid
-/// queue or schedule names are echoed.
-fn name_flash(what: &str, q: &NameFlash) -> Option<String> {
+/// A flash for `?did=ACT&name=NAME` after a queue or schedule act, shown only for a name
+/// `known` accepts (a valid queue name, a configured schedule): a crafted link cannot put
+/// words of its own on the page.
+fn name_flash(what: &str, q: &NameFlash, known: impl Fn(&str) -> bool) -> Option<String> {
     let verb = match q.did.as_str() {
         "pause" => "paused",
         "resume" => "resumed",
         "run" => "enqueued to run now",
         _ => return None,
     };
-    let name: String = q.name.chars().take(128).collect();
-    Some(format!("{what} {name} {verb}."))
+    known(&q.name).then(|| format!("{what} {} {verb}.", q.name))
 }
 
 pub(crate) async fn queues(
@@ -796,7 +825,8 @@ pub(crate) async fn queues(
         });
     }
     let page = Queues {
-        page: Layout::new(&app, &ctx, "Queues", "queues").flash(name_flash("Queue", &q), true),
+        page: Layout::new(&app, &ctx, "Queues", "queues")
+            .flash(name_flash("Queue", &q, |n| QueueName::new(n).is_ok()), true),
         config_note: "each worker applies its own configuration".to_owned(),
         queues: lines,
     };
@@ -831,8 +861,12 @@ pub(crate) async fn schedules(
 ) -> Result<Response, Problem> {
     let list = crate::list_schedules(&app.pool, &app.config).await?;
     let page = Schedules {
-        page: Layout::new(&app, &ctx, "Schedules", "schedules")
-            .flash(name_flash("Schedule", &q), true),
+        page: Layout::new(&app, &ctx, "Schedules", "schedules").flash(
+            name_flash("Schedule", &q, |n| {
+                app.config.schedules().iter().any(|s| s.name == n)
+            }),
+            true,
+        ),
         schedules: list
             .into_iter()
             .map(|s| ScheduleLine {

@@ -164,6 +164,23 @@ async fn pages_render_and_escape_stored_text(db: MySqlPool) {
         get(&router, "/jobs/abc", &[]).await.status,
         StatusCode::NOT_FOUND
     );
+    // Without authentication only our own host names are served: a page elsewhere cannot
+    // reach the console by rebinding its name to 127.0.0.1.
+    for (host, status) in [
+        ("attacker.example:9188", StatusCode::MISDIRECTED_REQUEST),
+        ("127.0.0.1:9188", StatusCode::OK),
+        ("localhost:9188", StatusCode::OK),
+    ] {
+        let a = get(&router, "/", &[("host", host)]).await;
+        assert_eq!(a.status, status, "{host}");
+        if status != StatusCode::OK {
+            assert!(!a.body.contains("fail"), "no data for {host}");
+        }
+    }
+    let mut listed = s.clone();
+    listed.web.allowed_hosts = vec!["jobq.internal".into()];
+    let a = get(&console(&db, &listed), "/", &[("host", "jobq.internal")]).await;
+    assert_eq!(a.status, StatusCode::OK);
     // Pages are never framed, cached or scripted from elsewhere.
     let h = get(&router, "/", &[]).await.headers;
     assert_eq!(h["x-frame-options"], "DENY");
@@ -259,7 +276,22 @@ async fn auth_on_answers_strangers_401_without_data(db: MySqlPool) {
     let a = get(&router, "/jobs", &[("cookie", &cookie)]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body.contains("Sign out"));
-    // A login never redirects off the console.
+    // A login never redirects off the console, however the address is spelt.
+    for next in [
+        "%2F%5Cevil.example",
+        "%2F%09%2Fevil.example",
+        "%2F%2Fevil.example",
+    ] {
+        let off = send(
+            &router,
+            Method::POST,
+            "/login",
+            &[],
+            &format!("token={TOKEN}&next={next}"),
+        )
+        .await;
+        assert_eq!(off.location(), "/", "{next}");
+    }
     let off = send(
         &router,
         Method::POST,
@@ -418,12 +450,28 @@ async fn selection_acts_confirm_the_count_then_act(db: MySqlPool) {
         confirm.body
     );
     let csrf = confirm.csrf_cookie().unwrap();
+    let upto = confirm
+        .body
+        .split("name=\"upto\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the confirmation bounds the act by id")
+        .to_owned();
+    // A job that arrives after the confirmation is not part of what was confirmed.
+    let late = p
+        .enqueue(
+            NewJob::json("noop", json!({}))
+                .queue("a")
+                .delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
     let a = send(
         &router,
         Method::POST,
         "/jobs/act",
         &[("cookie", &format!("jobq_csrf={csrf}"))],
-        &format!("csrf={csrf}&act=discard&state=scheduled&queue=a&kind=&q="),
+        &format!("csrf={csrf}&act=discard&state=scheduled&queue=a&kind=&q=&upto={upto}"),
     )
     .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
@@ -443,6 +491,11 @@ async fn selection_acts_confirm_the_count_then_act(db: MySqlPool) {
         )
         .await,
         2
+    );
+    assert_eq!(
+        state_of(&db, late.0).await,
+        "scheduled",
+        "the job enqueued after the confirmation was left alone"
     );
     let shown = get(&router, a.location(), &[]).await.body;
     assert!(shown.contains("5 jobs done"), "{shown}");
@@ -512,6 +565,7 @@ async fn filtered_pages_stop_at_their_budget_and_resume(db: MySqlPool) {
     }
     for (order, state) in [
         (JobOrder::Id, None),
+        (JobOrder::Id, Some(JobState::Scheduled)),
         (JobOrder::RunAt, Some(JobState::Scheduled)),
         (JobOrder::RunAt, None),
     ] {

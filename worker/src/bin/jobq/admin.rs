@@ -55,6 +55,7 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
         after: a.after.map(JobId),
         after_run_at: None,
         order: jobq_worker::JobOrder::Natural,
+        max_id: None,
         examine: None,
     };
     let jobs = jobq_worker::list_jobs(&pool, &filter).await?;

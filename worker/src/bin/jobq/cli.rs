@@ -421,11 +421,18 @@ async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
         crate::http::spawn(addr, handle, &pool, worker.health()).await?;
     }
     if let Some(addr) = settings.web.listen {
-        // Lives as long as the process: it stops with it.
-        Console::new(pool.clone(), &settings)
+        // Lives as long as the process: it stops with it. Should it fail, say so.
+        let console = Console::new(pool.clone(), &settings)
             .spawn(addr, std::future::pending())
             .await
             .with_context(|| format!("binding web.listen {addr}"))?;
+        tokio::spawn(async move {
+            match console.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "the web console stopped serving"),
+                Err(e) => tracing::error!(error = %e, "the web console's task failed"),
+            }
+        });
     }
     let (shutdown, signal) = Shutdown::new();
     jobq_worker::on_signals(shutdown).context("installing the SIGTERM/SIGINT handlers")?;
