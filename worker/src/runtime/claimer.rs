@@ -167,6 +167,7 @@ pub(crate) async fn run(
                         shared.clone(),
                         maybe_claimed,
                         e.to_string(),
+                        contended || crate::error::is_transient(&e),
                         held,
                     ));
                 }

@@ -282,21 +282,50 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
 /// that did not commit changes nothing. Retried within the write budget; a job still not
 /// released then is left to the rescue path (which counts the attempt). `slots` are held until
 /// the end, as the rows may be `running` meanwhile.
+/// `contention`: the claim failed with a deadlock or a cluster's certification conflict, which
+/// roll the transaction back: the check is then expected to find nothing and is logged only at
+/// debug level.
 pub(crate) async fn release_unstarted(
     shared: Arc<Shared>,
-    jobs: Vec<ClaimedJob>,
+    mut jobs: Vec<ClaimedJob>,
     why: String,
+    contention: bool,
     slots: Vec<OwnedSemaphorePermit>,
 ) {
     let d = transition::unstarted(&why);
     let deadline = Instant::now() + shared.config.worker.lease_ttl;
     let total = jobs.len();
-    warn!(
-        jobs = total,
-        error = %why,
-        "a claim's outcome is unknown; verifying its jobs by the claim's token (none has started)"
-    );
+    if contention {
+        debug!(jobs = total, error = %why, "a claim lost a conflict; checking that it holds none of its jobs");
+    } else {
+        warn!(
+            jobs = total,
+            error = %why,
+            "a claim's outcome is unknown; verifying its jobs by the claim's token (none has started)"
+        );
+    }
     let (mut given_back, mut not_claimed, mut unverified) = (0, 0, 0);
+    // One read finds the jobs the claim holds (none if it did not commit); only those are
+    // given back. If the read fails, every job is given back, fenced, one by one.
+    if let Some(token) = jobs.first().map(|j| j.token) {
+        let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+        if let Ok(held) = store::held_by_claim(&shared.pool, &ids, token).await {
+            jobs.retain(|j| held.contains(&j.id));
+            not_claimed = total - jobs.len();
+        }
+    }
+    if jobs.is_empty() {
+        if contention {
+            debug!(jobs = total, "verified: the claim holds none of its jobs");
+        } else {
+            info!(
+                jobs = total,
+                "verified: the claim had not committed; none of its jobs was taken"
+            );
+        }
+        drop(slots);
+        return;
+    }
     for job in jobs {
         let w = FinishWrite {
             fence: job.fence(),

@@ -54,6 +54,26 @@ pub(crate) async fn state_by_fence(
     .await
 }
 
+/// Which of `ids` a claim with `token` holds (`running` with that token): one read by primary
+/// key that tells a claim that committed from one that did not.
+pub(crate) async fn held_by_claim(
+    pool: &MySqlPool,
+    ids: &[u64],
+    token: super::Token,
+) -> Result<Vec<u64>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // language=MySQL
+    sqlx::query_scalar(&format!(
+        "SELECT id FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({}) AND claim_token = {} AND state = 'running'",
+        super::sql::id_list(ids.iter().copied()),
+        super::sql::hex(&token)
+    ))
+    .fetch_all(pool)
+    .await
+}
+
 /// Marks many jobs `completed` in one transaction and one round trip: one UPDATE fenced per
 /// job by `(id, claim_token)`, one INSERT … SELECT of their transitions, COMMIT. Jobs whose
 /// fence no longer matches (rescued meanwhile) are left alone. Returns how many were completed.

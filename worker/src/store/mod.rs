@@ -49,7 +49,8 @@ pub(crate) use claim::{
 pub(crate) use console::{last_hour, recent_failures, Minute};
 pub(crate) use demo::{create_effects_table, insert_effect};
 pub(crate) use finish::{
-    complete_batch, finish, finish_tx, mark_tx, state_by_fence, tx_intact, FinishWrite,
+    complete_batch, finish, finish_tx, held_by_claim, mark_tx, state_by_fence, tx_intact,
+    FinishWrite,
 };
 pub(crate) use inspect::{
     count_jobs, counts, history, job, list_jobs, list_page, newest_job, queue_activity, workers,
