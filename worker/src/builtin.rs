@@ -129,9 +129,12 @@ impl Job for Panic {
     const KIND: &'static str = "panic";
 }
 
-/// `record {"ms": N?, "key": S?}`: optionally sleeps, then inserts a row into
+/// `record {"ms": N?, "key": S?, "runs": B?}`: optionally sleeps, then inserts a row into
 /// `jobq_demo_effects` (key defaults to the job id) in the transaction that completes the job,
-/// so a completed job has exactly one effect row however often it ran.
+/// so a completed job has exactly one effect row however often it ran. With `"runs": true`
+/// every run is also logged in `jobq_demo_runs` (its start, then its end), each on its own
+/// autocommit statement: what a side effect outside the job's transaction would see, so tests
+/// can check that no two runs of a job overlapped.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Record {
     /// Milliseconds to sleep first.
@@ -140,6 +143,9 @@ pub struct Record {
     /// Effect key.
     #[serde(default)]
     pub key: Option<String>,
+    /// Log each run's start and end in `jobq_demo_runs`, outside the job's transaction.
+    #[serde(default)]
+    pub runs: bool,
 }
 impl Job for Record {
     const KIND: &'static str = "record";
@@ -150,6 +156,7 @@ impl Job for Record {
 /// creates it too.
 pub async fn setup(pool: &sqlx::MySqlPool) -> Result<()> {
     store::create_effects_table(pool).await?;
+    store::create_runs_table(pool).await?;
     Ok(())
 }
 
@@ -176,6 +183,11 @@ pub fn register(r: &mut Registry) -> Result<()> {
         );
     })?;
     r.register::<Record>(|job: Record, ctx: JobContext| async move {
+        let run = if job.runs {
+            Some(store::run_started(ctx.pool(), ctx.id().0, ctx.attempt(), ctx.worker_id()).await?)
+        } else {
+            None
+        };
         if let Some(ms) = job.ms {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
@@ -191,6 +203,9 @@ pub fn register(r: &mut Registry) -> Result<()> {
                 store::insert_effect(&mut tx, id, attempt, worker, &key).await?;
             }
             other => other?,
+        }
+        if let Some(run) = run {
+            store::run_ended(ctx.pool(), run).await?;
         }
         Ok(())
     })?;

@@ -77,6 +77,12 @@ pub(crate) fn unblocked(queue: &str, n: u64) {
     counter!(UNBLOCKED, "queue" => queue.to_owned()).increment(n);
 }
 
+/// A claim that committed but whose jobs went back unstarted (its answer was uncertain): still
+/// a claim the database recorded, so it counts.
+pub(crate) fn claimed_unstarted(queue: &str, kind: &str) {
+    counter!(CLAIMED, "queue" => queue.to_owned(), "kind" => kind.to_owned()).increment(1);
+}
+
 pub(crate) fn claimed(queue: &str, kind: &str, wait: Duration) {
     counter!(CLAIMED, "queue" => queue.to_owned(), "kind" => kind.to_owned()).increment(1);
     histogram!(WAIT_SECONDS, "queue" => queue.to_owned(), "kind" => kind.to_owned())
@@ -172,7 +178,7 @@ pub const BATCH_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(ENQUEUED, "Jobs inserted by producers in this process");
-    describe_counter!(CLAIMED, "Jobs claimed by this process");
+    describe_counter!(CLAIMED, "Jobs claimed by this process (every claim the database recorded, including ones given back unstarted because the claim's answer was uncertain)");
     describe_counter!(
         FINISHED,
         "Attempts that ended, by outcome: completed, retried, discarded, cancelled, snoozed, released, lease_lost, abandoned"

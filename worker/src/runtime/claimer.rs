@@ -165,6 +165,7 @@ pub(crate) async fn run(
                     }
                     jobs.spawn(recorder::release_unstarted(
                         shared.clone(),
+                        queue.to_string(),
                         maybe_claimed,
                         e.to_string(),
                         contended || crate::error::is_transient(&e),

@@ -287,6 +287,7 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
 /// debug level.
 pub(crate) async fn release_unstarted(
     shared: Arc<Shared>,
+    queue: String,
     mut jobs: Vec<ClaimedJob>,
     why: String,
     contention: bool,
@@ -339,6 +340,8 @@ pub(crate) async fn release_unstarted(
             let left = deadline.saturating_duration_since(Instant::now());
             let e = match tokio::time::timeout(left, store::finish_tx(&shared.pool, w)).await {
                 Ok(Ok(true)) => {
+                    // The claim had committed: the database counts it, so do we.
+                    metrics::claimed_unstarted(&queue, job.kind.as_str());
                     given_back += 1;
                     break;
                 }

@@ -200,14 +200,17 @@ pub(crate) async fn claim<S: Session>(
                 == Some(1)
         }
     };
-    // The confirmation: a row the server sends only once it has executed everything up to
-    // and including the COMMIT (`RELEASE_LOCK`'s answer in named-lock mode). Any error of any
-    // statement fails the round trip; a round trip that ends without this row is an unknown
-    // outcome too, never a success.
-    let commit_sql = inject(&format!(
-        "COMMIT{}",
-        release_sql.as_deref().unwrap_or("; SELECT 1 AS committed")
-    ));
+    // The COMMIT and its confirmation: a read, after the COMMIT, of what the transaction
+    // should have left (see `end_confirmed`), then `RELEASE_LOCK` in named-lock mode. Any
+    // error of any statement fails the round trip; a round trip that ends without the
+    // confirmation, or with one that does not match, is never a success.
+    let commit_with = |confirm: &str| {
+        inject(&format!(
+            "COMMIT; {confirm}{}",
+            release_sql.as_deref().unwrap_or("")
+        ))
+    };
+    let commit_sql = commit_with("SELECT CAST(1 AS SIGNED) AS committed");
     let nothing = |completed, rows: &[MySqlRow], rate_wait| Claimed {
         jobs: Vec::new(),
         completed,
@@ -279,7 +282,7 @@ pub(crate) async fn claim<S: Session>(
             let allowed = w.allowed(rate, now);
             if allowed == 0 {
                 let wait = Duration::from_micros((w.frees_at(now) - now).max(1) as u64);
-                let (rows, _) = end_confirmed(tx, &commit_sql).await?;
+                let (rows, _) = end_confirmed(tx, &commit_sql, 1).await?;
                 return Ok(nothing(completed, &rows, Some(wait)));
             }
             now_us = Some(now);
@@ -308,7 +311,7 @@ pub(crate) async fn claim<S: Session>(
         }
     }
     if rows.is_empty() && freed.is_empty() {
-        let (rows, _) = end_confirmed(tx, &commit_sql).await?;
+        let (rows, _) = end_confirmed(tx, &commit_sql, 1).await?;
         return Ok(nothing(completed, &rows, None));
     }
     let token: Token = rand::random();
@@ -541,8 +544,25 @@ pub(crate) async fn claim<S: Session>(
         writes.push(promote_sql(&ids));
     }
     writes.extend(extra_writes);
-    writes.push(commit_sql);
-    let (rows, counts) = match end_confirmed(tx, &writes.join("; ")).await {
+    // The confirmation counts the jobs that carry this claim's token now: all of them if the
+    // claim committed. (On a Galera node a transaction aborted by a replicated conflict has
+    // been seen to answer its later statements, COMMIT included, as if nothing happened;
+    // this read, after the COMMIT, sees what actually committed.)
+    if claimed.is_empty() {
+        writes.push(commit_sql);
+    } else {
+        writes.push(commit_with(&format!(
+            "SELECT COUNT(*) AS committed FROM jobq_jobs FORCE INDEX (PRIMARY) \
+             WHERE id IN ({}) AND claim_token = {tok}",
+            id_list(claimed.iter().map(|j| j.id))
+        )));
+    }
+    let expected = if claimed.is_empty() {
+        1
+    } else {
+        claimed.len() as i64
+    };
+    let (rows, counts) = match end_confirmed(tx, &writes.join("; "), expected).await {
         Ok(b) => b,
         // Whatever the error, the COMMIT may have been applied: the server may have answered
         // the statements before it and then failed (the named-lock release after it, a kill,
@@ -550,11 +570,14 @@ pub(crate) async fn claim<S: Session>(
         // claim's token, which changes nothing if the claim did not commit. (Jobs sent to
         // `waiting` by a claim that did commit are promoted by maintenance.)
         Err(source) => {
+            // A confirmation that does not match is a conflict lost to another node.
+            let contended =
+                matches!(&source, sqlx::Error::Protocol(m) if m.contains("carry its token"));
             return Err(ClaimError {
                 source,
                 maybe_claimed: claimed,
-                contended: false,
-            })
+                contended,
+            });
         }
     };
     // A job holding a slot of a key this claim counted may have ended meanwhile, and its
@@ -613,23 +636,27 @@ pub(crate) async fn claim<S: Session>(
     })
 }
 
-/// Ends the transaction with `sql` (which ends in the COMMIT and its confirmation row) and
-/// checks that the confirmation arrived.
+/// Ends the transaction with `sql` (which ends in the COMMIT and its confirmation, a row with
+/// a `committed` column) and checks that the confirmation arrived and reads `expected`.
 async fn end_confirmed<S: Session>(
     tx: RawTx<'_, S>,
     sql: &str,
+    expected: i64,
 ) -> Result<super::sql::Batch, sqlx::Error> {
     let b = tx.end(sql).await?;
     let confirmed =
-        b.0.last()
-            .is_some_and(|r| r.try_column("committed").is_ok() || r.try_column("released").is_ok());
-    if confirmed {
-        Ok(b)
-    } else {
-        Err(sqlx::Error::Protocol(
+        b.0.iter()
+            .rev()
+            .find_map(|r| r.try_get::<i64, _>("committed").ok());
+    match confirmed {
+        Some(n) if n == expected => Ok(b),
+        Some(n) => Err(sqlx::Error::Protocol(format!(
+            "the claim's COMMIT answered, but {n} of its {expected} jobs carry its token: it did not commit as a whole"
+        ))),
+        None => Err(sqlx::Error::Protocol(
             "the claim's round trip ended without the COMMIT's confirmation; its outcome is unknown"
                 .into(),
-        ))
+        )),
     }
 }
 

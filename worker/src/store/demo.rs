@@ -1,6 +1,6 @@
-//! The `record` built-in kind's effects table, `jobq_demo_effects`. It is not part of the jobq
-//! schema: the demo, the bench and the tests create it (or the first `record` job does), so
-//! `jobq migrate` leaves users' schemas alone.
+//! The `record` built-in kind's tables, `jobq_demo_effects` and `jobq_demo_runs`. They are not
+//! part of the jobq schema: the demo, the bench and the tests create them (or the first
+//! `record` job does), so `jobq migrate` leaves users' schemas alone.
 
 use sqlx::{MySqlConnection, MySqlPool};
 
@@ -46,5 +46,63 @@ pub(crate) async fn insert_effect(
     .bind(key)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Creates `jobq_demo_runs` if it is missing: one row per run of a `record` job that asked
+/// for it (`"runs": true`), written outside the job's transaction.
+pub(crate) async fn create_runs_table(pool: &MySqlPool) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS jobq_demo_runs ( \
+           id         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, \
+           job_id     BIGINT UNSIGNED NOT NULL, \
+           attempt    INT UNSIGNED NOT NULL, \
+           worker     VARCHAR(64) NOT NULL, \
+           started_at DATETIME(6) NOT NULL, \
+           ended_at   DATETIME(6) NULL, \
+           PRIMARY KEY (id), \
+           KEY jobq_demo_runs_job (job_id) \
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Logs a run's start (autocommit) and returns its row's id.
+pub(crate) async fn run_started(
+    pool: &MySqlPool,
+    job_id: u64,
+    attempt: u32,
+    worker: &str,
+) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    let insert = || {
+        sqlx::query(
+            "INSERT INTO jobq_demo_runs (job_id, attempt, worker, started_at) \
+             VALUES (?, ?, ?, UTC_TIMESTAMP(6))",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(worker)
+    };
+    let done = match insert().execute(pool).await {
+        Err(e) if crate::error::is_number(&e, crate::error::codes::NO_SUCH_TABLE) => {
+            create_runs_table(pool).await?;
+            insert().execute(pool).await?
+        }
+        other => other?,
+    };
+    Ok(done.last_insert_id())
+}
+
+/// Logs a run's end (autocommit).
+pub(crate) async fn run_ended(pool: &MySqlPool, run: u64) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    sqlx::query("UPDATE jobq_demo_runs SET ended_at = UTC_TIMESTAMP(6) WHERE id = ?")
+        .bind(run)
+        .execute(pool)
+        .await?;
     Ok(())
 }

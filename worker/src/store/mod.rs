@@ -47,7 +47,9 @@ pub(crate) use claim::{
     Flow, Throttled,
 };
 pub(crate) use console::{last_hour, recent_failures, Minute};
-pub(crate) use demo::{create_effects_table, insert_effect};
+pub(crate) use demo::{
+    create_effects_table, create_runs_table, insert_effect, run_ended, run_started,
+};
 pub(crate) use finish::{
     complete_batch, finish, finish_tx, held_by_claim, mark_tx, state_by_fence, tx_intact,
     FinishWrite,

@@ -6,6 +6,8 @@
 mod browser;
 #[path = "../support/common.rs"]
 mod common;
+#[path = "../support/galera.rs"]
+mod galera;
 #[path = "../support/http.rs"]
 mod http;
 #[path = "../support/mariadb.rs"]
@@ -18,6 +20,7 @@ mod crash;
 mod endpoint;
 mod limits;
 mod locks;
+mod on_galera;
 mod pause;
 mod prom;
 mod restart;
