@@ -27,6 +27,7 @@
 //! is atomic — all of its jobs and their `enqueued` history rows are written, or none.
 
 mod error;
+mod failover;
 mod job;
 mod json;
 mod notify;
@@ -34,6 +35,10 @@ mod producer;
 mod store;
 
 pub use error::{Error, Result};
+pub use failover::{
+    connect_cluster, first_healthy_url, server_url, split_hosts, FAILS_TO_LEAVE, PROBE_EVERY,
+    PROBE_TIMEOUT, SETTLE,
+};
 pub use job::{
     validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,
 };

@@ -102,6 +102,39 @@ impl ServerInfo {
     }
 }
 
+/// How long a Galera cluster may stall every node's writes while it drops a dead node (the
+/// suspect timeout plus a view change): measured at about 6 s on loopback with the defaults.
+pub(crate) const GALERA_STALL: Duration = Duration::from_secs(6);
+/// What the keys below should be at least on Galera: the stall with a margin.
+const GALERA_TOLERANT: Duration = Duration::from_secs(15);
+
+/// On Galera, the settings that would turn the cluster's stall after a node crash into
+/// cancelled handlers and re-run jobs on the healthy nodes: one line per key, naming it, its
+/// value and what to set. Empty when the settings tolerate the stall.
+pub(crate) fn galera_advice(config: &Config) -> Vec<String> {
+    let mut advice = Vec::new();
+    let lease = config.worker.lease_ttl;
+    if lease < GALERA_TOLERANT {
+        advice.push(format!(
+            "worker.lease_ttl = {} is shorter than the ~{} s a Galera cluster stalls writes              after a node crash: leases on healthy nodes expire and their jobs are re-run; set              worker.lease_ttl = \"{}s\" (JOBQ_WORKER__LEASE_TTL)",
+            humantime::format_duration(lease),
+            GALERA_STALL.as_secs(),
+            GALERA_TOLERANT.as_secs(),
+        ));
+    }
+    let wait = config.database.lock_wait_timeout_secs;
+    if u64::from(wait) < GALERA_TOLERANT.as_secs() {
+        advice.push(format!(
+            "database.lock_wait_timeout_secs = {wait} is shorter than the ~{} s a Galera cluster \
+             stalls writes after a node crash: statements fail and are retried during it; set \
+             database.lock_wait_timeout_secs = {} (JOBQ_DATABASE__LOCK_WAIT_TIMEOUT_SECS)",
+            GALERA_STALL.as_secs(),
+            GALERA_TOLERANT.as_secs(),
+        ));
+    }
+    advice
+}
+
 /// Bytes of a multi-row INSERT beyond its payloads (up to 1,000 rows of names, times and
 /// lengths), rounded up.
 const INSERT_OVERHEAD: u64 = 512 << 10;
@@ -187,12 +220,23 @@ async fn setup_session(conn: &mut MySqlConnection, lock_wait_secs: u32) -> Resul
     Ok(())
 }
 
-/// Connect options for `url`, quiet about slow statements.
+/// A connection failure as a database error; a bad URL as the producer's validation error.
+fn connect_error(e: jobq_producer::Error) -> Error {
+    match e {
+        jobq_producer::Error::Database(e) => Error::Database(e),
+        other => Error::Producer(other),
+    }
+}
+
+/// `opts`, quiet about slow statements.
+fn quiet(opts: MySqlConnectOptions) -> MySqlConnectOptions {
+    opts.log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1))
+        .statement_cache_capacity(512)
+}
+
+/// Connect options for `url` (one host), quiet about slow statements.
 pub(crate) fn connect_options(url: &str) -> Result<MySqlConnectOptions> {
-    let opts = MySqlConnectOptions::from_str(url)?
-        .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1))
-        .statement_cache_capacity(512);
-    Ok(opts)
+    Ok(quiet(MySqlConnectOptions::from_str(url)?))
 }
 
 /// A pool of worker sessions (see [`setup_session`]) for `config`: `database.max_connections`,
@@ -202,16 +246,17 @@ pub(crate) async fn pool(config: &Config) -> Result<MySqlPool> {
         0 => config.total_concurrency() + 8,
         n => n,
     };
-    let opts = connect_options(&config.database_url)?;
     let lock_wait = config.database.lock_wait_timeout_secs;
-    let pool = MySqlPoolOptions::new()
+    let options = MySqlPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(config.database.connect_timeout)
         .after_connect(move |conn, _meta| {
             Box::pin(async move { setup_session(conn, lock_wait).await })
-        })
-        .connect_with(opts)
-        .await?;
+        });
+    // One host: a plain pool. Several hosts of one cluster: a pool that follows the healthy one.
+    let pool = jobq_producer::connect_cluster(&config.database_url, options, quiet)
+        .await
+        .map_err(connect_error)?;
     Ok(pool)
 }
 
@@ -230,6 +275,10 @@ pub(crate) async fn dedicated(
 /// run from several processes at once (`CREATE DATABASE IF NOT EXISTS`; sqlx serialises the
 /// migrations themselves with a named lock).
 pub async fn migrate(url: &str) -> Result<()> {
+    // Of several hosts of one cluster, the first that answers (the schema replicates).
+    let url = &jobq_producer::first_healthy_url(url)
+        .await
+        .map_err(connect_error)?;
     let opts = connect_options(url)?;
     if let Some(db) = opts.get_database() {
         let db = db.to_owned();
@@ -238,7 +287,7 @@ pub async fn migrate(url: &str) -> Result<()> {
                 "database name {db:?} in the URL is not usable"
             )));
         }
-        let mut conn = MySqlConnectOptions::from_str(&server_url(url))?
+        let mut conn = MySqlConnectOptions::from_str(&jobq_producer::server_url(url))?
             .connect()
             .await?;
         // language=MySQL
@@ -278,23 +327,6 @@ pub async fn migrate(url: &str) -> Result<()> {
     conn.close().await?;
     result?;
     Ok(())
-}
-
-/// `url` without its database path (keeps the query string).
-fn server_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[after_scheme..].find('/') {
-        Some(i) => &base[..after_scheme + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/?{q}"),
-        None => format!("{base}/"),
-    }
 }
 
 /// Fails with [`Error::NotMigrated`] unless every migration of this build is applied.
@@ -371,6 +403,24 @@ mod tests {
     }
 
     #[test]
+    fn galera_advice_names_the_keys() {
+        let mut s = jobq_config::Settings::default();
+        let advice = galera_advice(&s.clone().validate().unwrap());
+        assert_eq!(advice.len(), 2, "{advice:?}");
+        assert!(advice[0].contains("worker.lease_ttl = 5s"), "{advice:?}");
+        assert!(
+            advice[1].contains("database.lock_wait_timeout_secs = 5"),
+            "{advice:?}"
+        );
+        s.worker.lease_ttl = Duration::from_secs(15);
+        let advice = galera_advice(&s.clone().validate().unwrap());
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert!(advice[0].contains("JOBQ_DATABASE__LOCK_WAIT_TIMEOUT_SECS"));
+        s.database.lock_wait_timeout_secs = 20;
+        assert!(galera_advice(&s.validate().unwrap()).is_empty());
+    }
+
+    #[test]
     fn producer_limits_fit_the_server() {
         let maria = ServerInfo::parse("10.11.19-MariaDB", false).unwrap();
         let mysql = ServerInfo::parse("8.0.36", false).unwrap();
@@ -395,18 +445,5 @@ mod tests {
             let r = server.check_producer(&settings, packet);
             assert_eq!(r.is_ok(), ok, "{settings:?} at {packet}: {r:?}");
         }
-    }
-
-    #[test]
-    fn server_urls() {
-        assert_eq!(
-            server_url("mysql://root@127.0.0.1:3306/jobq"),
-            "mysql://root@127.0.0.1:3306/"
-        );
-        assert_eq!(
-            server_url("mysql://u:p@h/db?ssl-mode=disabled"),
-            "mysql://u:p@h/?ssl-mode=disabled"
-        );
-        assert_eq!(server_url("mysql://h"), "mysql://h/");
     }
 }

@@ -139,6 +139,12 @@ impl Worker {
     pub async fn run(self, mut signal: ShutdownSignal) -> Result<Stopped> {
         let info = db::detect(&self.pool).await?;
         info.check(self.config.worker_queues().iter().map(|q| q.claim_mode))?;
+        if info.galera {
+            info!("Galera cluster detected (wsrep_on = ON): claims confirm their commit");
+            for advice in db::galera_advice(&self.config) {
+                warn!("Galera: {advice}");
+            }
+        }
         db::check_migrated(&self.pool).await?;
         // The server is known already: only its packet limit is asked for.
         info.check_producer(

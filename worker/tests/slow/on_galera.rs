@@ -1,11 +1,14 @@
 //! A 3-node Galera cluster (the project's own helper, `support/galera.rs`), one `jobq work`
-//! process per node on the same queue. Certification conflicts between nodes are frequent
-//! here (row locks and SKIP LOCKED are node-local): the test checks that they never let a job
-//! run twice at once, that a job's effect commits exactly once, and that every claim a worker
-//! counted is a claim the database recorded (no phantom claims).
+//! process per node on the same queue, each given all three hosts with its own node first.
+//! Certification conflicts between nodes are frequent here (row locks and SKIP LOCKED are
+//! node-local): the test checks that they never let a job run twice at once, that a job's
+//! effect commits exactly once, and that every claim a worker counted is a claim the database
+//! recorded (no phantom claims). Then a node is killed (`kill -9`) mid-run and restarted: its
+//! worker fails over to another node and back, and every job still completes once. Last, the
+//! maintenance leader's worker is killed: leadership moves, and never to two workers at once.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use jobq_worker::{NewJob, Producer};
@@ -20,7 +23,17 @@ const JOBS: i64 = 1500;
 /// A run of a job: when it started, and when it ended (if it did).
 type Run = (DateTime<Utc>, Option<DateTime<Utc>>);
 
-/// The sum of `jobq_jobs_claimed_total` for `record` on the worker listening on `port`.
+/// The sum of the samples of `metric` (lines starting with `prefix`) on the worker at `port`.
+fn scrape(port: u16, prefix: &str) -> f64 {
+    let (status, body) = crate::http::get(port, "/metrics").expect("scraping a worker");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `jobq_jobs_claimed_total` for `record` on the worker listening on `port`.
 fn claimed_total(port: u16) -> f64 {
     let (status, body) = crate::http::get(port, "/metrics").expect("scraping a worker");
     assert_eq!(status, 200);
@@ -30,109 +43,86 @@ fn claimed_total(port: u16) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
-    let g = Galera::start().await;
-    let url1 = g.url(1, "jobq_galera");
-    jobq_worker::migrate(&url1).await.unwrap();
-    let db = MySqlPool::connect(&url1).await.unwrap();
-    jobq_worker::builtin::setup(&db).await.unwrap();
-    let jobs = (0..JOBS)
-        .map(|_| NewJob::json("record", json!({"runs": true, "ms": 2})))
-        .collect();
-    Producer::new(db.clone()).enqueue_many(jobs).await.unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| crate::http::free_port()).collect();
-    let mut workers: Vec<WorkerProc> = (1..=3)
-        .map(|n| {
-            let listen = format!("127.0.0.1:{}", ports[n - 1]);
-            WorkerProc::spawn(
-                &g.url(n, "jobq_galera"),
-                &["--concurrency", "8"],
-                &[("JOBQ_METRICS__LISTEN", listen.as_str())],
-            )
-        })
-        .collect();
-    let started = std::time::Instant::now();
+async fn scalar(db: &MySqlPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(db).await.unwrap()
+}
+
+/// Waits until `total` jobs are completed, every worker in `alive` staying up.
+async fn wait_completed(db: &MySqlPool, total: i64, workers: &mut [WorkerProc], limit: Duration) {
+    let started = Instant::now();
     loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        if done == JOBS {
-            break;
+        let done = scalar(
+            db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+        )
+        .await;
+        if done == total {
+            return;
         }
-        for w in &mut workers {
+        for w in workers.iter_mut() {
             assert!(w.alive(), "a worker died:\n{}", w.log_text());
         }
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{done} of {JOBS} completed after 120 s"
+            started.elapsed() < limit,
+            "{done} of {total} completed after {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Every worker has recorded everything it claimed (completions are written before the
-    // job counts as completed, claims before the job runs).
-    let counted: f64 = ports.iter().map(|&p| claimed_total(p)).sum();
-    for w in &mut workers {
-        w.stop_cleanly();
-    }
-    let claims: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM jobq_transitions WHERE event = 'claimed'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    if counted != claims as f64 {
-        let orphans: Vec<(u64, u32, String)> = sqlx::query_as(
-            "SELECT r.job_id, r.attempt, CAST(r.worker AS CHAR) FROM jobq_demo_runs r WHERE NOT EXISTS \
-             (SELECT 1 FROM jobq_transitions t WHERE t.job_id = r.job_id AND t.event = 'claimed' \
-              AND t.attempt = r.attempt AND t.worker_id = r.worker) LIMIT 20",
+}
+
+/// Runs (from `jobq_demo_runs`) with no `claimed` transition of their worker and attempt: a
+/// handler that ran on a claim the database does not have (a phantom claim). Prints each
+/// one's history and log lines.
+async fn phantoms(db: &MySqlPool, workers: &[WorkerProc]) -> usize {
+    let orphans: Vec<(u64, u32, String)> = sqlx::query_as(
+        "SELECT r.job_id, r.attempt, CAST(r.worker AS CHAR) FROM jobq_demo_runs r WHERE NOT EXISTS \
+         (SELECT 1 FROM jobq_transitions t WHERE t.job_id = r.job_id AND t.event = 'claimed' \
+          AND t.attempt = r.attempt AND t.worker_id = r.worker) LIMIT 20",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    for (job, _, _) in orphans.iter().take(3) {
+        let h: Vec<(String, String, u32, Option<String>, String)> = sqlx::query_as(
+            "SELECT CAST(event AS CHAR), CAST(to_state AS CHAR), attempt, CAST(worker_id AS CHAR), \
+             CAST(at AS CHAR) FROM jobq_transitions WHERE job_id = ? ORDER BY id",
         )
-        .fetch_all(&db)
+        .bind(job)
+        .fetch_all(db)
         .await
         .unwrap();
-        eprintln!("DIAG orphans: {orphans:?}");
-        for (job, _, _) in orphans.iter().take(3) {
-            let h: Vec<(String, String, u32, Option<String>, String)> = sqlx::query_as(
-                "SELECT CAST(event AS CHAR), CAST(to_state AS CHAR), attempt, CAST(worker_id AS CHAR), CAST(at AS CHAR) FROM jobq_transitions WHERE job_id = ? ORDER BY id",
-            )
-            .bind(job)
-            .fetch_all(&db)
-            .await
-            .unwrap();
-            eprintln!("DIAG job {job} history: {h:?}");
-            for w in &workers {
-                for line in w.log_text().lines().filter(|l| {
-                    l.contains(&format!("job_id={job} ")) || l.contains(&format!("job_id={job}}}"))
-                }) {
-                    eprintln!("DIAG log: {line}");
-                }
+        eprintln!("DIAG phantom run of job {job}; history: {h:?}");
+        for w in workers {
+            for line in w.log_text().lines().filter(|l| {
+                l.contains(&format!("job_id={job} ")) || l.contains(&format!("job_id={job}}}"))
+            }) {
+                eprintln!("DIAG log: {line}");
             }
         }
     }
-    assert_eq!(
-        counted, claims as f64,
-        "claims the workers counted vs claims the database recorded"
-    );
-    // Each job's effect committed exactly once.
+    orphans.len()
+}
+
+/// Every job's effect committed exactly once, every job ran, no two runs of a job overlapped
+/// in time and every run ended; returns the number of re-runs.
+async fn exactly_once(db: &MySqlPool, jobs: i64) -> usize {
     let (effects, distinct): (i64, i64) =
         sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT job_id) FROM jobq_demo_effects")
-            .fetch_one(&db)
+            .fetch_one(db)
             .await
             .unwrap();
-    assert_eq!((effects, distinct), (JOBS, JOBS), "one effect per job");
-    // No two runs of a job overlapped in time, and every run ended.
+    assert_eq!((effects, distinct), (jobs, jobs), "one effect per job");
     let runs: Vec<(u64, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT job_id, started_at, ended_at FROM jobq_demo_runs ORDER BY job_id, started_at",
     )
-    .fetch_all(&db)
+    .fetch_all(db)
     .await
     .unwrap();
     let mut by_job: HashMap<u64, Vec<Run>> = HashMap::new();
     for (job, start, end) in runs {
         by_job.entry(job).or_default().push((start, end));
     }
-    assert_eq!(by_job.len() as i64, JOBS, "every job ran");
+    assert_eq!(by_job.len() as i64, jobs, "every job ran");
     let mut reruns = 0;
     for (job, runs) in &by_job {
         reruns += runs.len() - 1;
@@ -143,8 +133,155 @@ async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
             assert!(end <= pair[1].0, "job {job}: two runs overlapped: {runs:?}");
         }
     }
+    reruns
+}
+
+async fn enqueue(db: &MySqlPool, n: i64) {
+    let jobs = (0..n)
+        .map(|_| NewJob::json("record", json!({"runs": true, "ms": 2})))
+        .collect();
+    Producer::new(db.clone()).enqueue_many(jobs).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
+    let mut g = Galera::start().await;
+    // Migrating through a host list uses the first node that answers.
+    jobq_worker::migrate(&g.cluster_url(1, "jobq_galera"))
+        .await
+        .unwrap();
+    let db = MySqlPool::connect(&g.url(1, "jobq_galera")).await.unwrap();
+    jobq_worker::builtin::setup(&db).await.unwrap();
+    enqueue(&db, JOBS).await;
+    let ports: Vec<u16> = (0..3).map(|_| crate::http::free_port()).collect();
+    // The settings the worker's Galera warning asks for: leases and lock waits longer than the
+    // cluster's stall after a node crash.
+    let mut workers: Vec<WorkerProc> = (1..=3)
+        .map(|n| {
+            let listen = format!("127.0.0.1:{}", ports[n - 1]);
+            WorkerProc::spawn(
+                &g.cluster_url(n, "jobq_galera"),
+                &["--concurrency", "8"],
+                &[
+                    ("JOBQ_METRICS__LISTEN", listen.as_str()),
+                    ("JOBQ_WORKER__LEASE_TTL", "15s"),
+                    ("JOBQ_DATABASE__LOCK_WAIT_TIMEOUT_SECS", "15"),
+                ],
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    wait_completed(&db, JOBS, &mut workers, Duration::from_secs(120)).await;
+    let phase1 = started.elapsed();
+    // Every worker has recorded everything it claimed (completions are written before the
+    // job counts as completed, claims before the job runs).
+    let counted: f64 = ports.iter().map(|&p| claimed_total(p)).sum();
+    let claims = scalar(
+        &db,
+        "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'claimed'",
+    )
+    .await;
+    assert_eq!(phantoms(&db, &workers).await, 0, "runs without a claim");
+    assert_eq!(
+        counted, claims as f64,
+        "claims the workers counted vs claims the database recorded"
+    );
+    let reruns = exactly_once(&db, JOBS).await;
     eprintln!(
         "galera: {JOBS} jobs, {claims} claims, {reruns} re-runs after a lost completion, {:.1} s",
-        started.elapsed().as_secs_f64()
+        phase1.as_secs_f64()
     );
+    for w in &workers {
+        assert!(
+            w.log_text().contains("Galera cluster detected"),
+            "the worker says it runs on Galera:\n{}",
+            w.log_text()
+        );
+    }
+
+    // A node crashes mid-run and comes back: its worker moves to another node and back.
+    enqueue(&db, JOBS).await;
+    let crash = Instant::now();
+    while scalar(
+        &db,
+        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+    )
+    .await
+        < JOBS + 300
+    {
+        assert!(crash.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    g.kill9(3);
+    let moved = Instant::now();
+    while !workers[2]
+        .log_text()
+        .contains("moving to the next healthy host")
+    {
+        assert!(
+            workers[2].alive(),
+            "worker 3 died:\n{}",
+            workers[2].log_text()
+        );
+        assert!(
+            moved.elapsed() < Duration::from_secs(20),
+            "worker 3 did not fail over within 20 s:\n{}",
+            workers[2].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "galera: worker 3 failed over {:.1} s after its node died",
+        moved.elapsed().as_secs_f64()
+    );
+    g.restart(3).await;
+    wait_completed(&db, 2 * JOBS, &mut workers, Duration::from_secs(180)).await;
+    let back = Instant::now();
+    while !workers[2].log_text().contains("moving back to it") {
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "worker 3 did not move back to its node:\n{}",
+            workers[2].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(phantoms(&db, &workers).await, 0, "runs without a claim");
+    let reruns = exactly_once(&db, 2 * JOBS).await;
+    eprintln!(
+        "galera: node 3 killed and restarted; {} jobs in {:.1} s, {reruns} re-runs in all",
+        JOBS,
+        crash.elapsed().as_secs_f64()
+    );
+
+    // The maintenance leader's worker dies: another takes over, and at no sample do two lead.
+    let leader_of = |ports: &[u16]| -> Vec<usize> {
+        (0..ports.len())
+            .filter(|&i| scrape(ports[i], "jobq_maintenance_leader ") >= 1.0)
+            .collect()
+    };
+    let leaders = leader_of(&ports);
+    assert_eq!(leaders.len(), 1, "one leader before the kill: {leaders:?}");
+    let dead = leaders[0];
+    workers[dead].kill9();
+    let survivors: Vec<u16> = (0..3).filter(|&i| i != dead).map(|i| ports[i]).collect();
+    let killed = Instant::now();
+    let mut led = None;
+    while killed.elapsed() < Duration::from_secs(12) {
+        let now = leader_of(&survivors);
+        assert!(now.len() <= 1, "two leaders at once: {now:?}");
+        if let Some(&i) = now.first() {
+            led.get_or_insert((i, killed.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, after) = led.expect("no survivor took over maintenance within 12 s");
+    eprintln!(
+        "galera: maintenance leadership moved {:.1} s after its worker was killed",
+        after.as_secs_f64()
+    );
+    for (i, w) in workers.iter_mut().enumerate() {
+        if i != dead {
+            w.stop_cleanly();
+        }
+    }
 }

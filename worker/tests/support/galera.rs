@@ -207,6 +207,22 @@ impl Galera {
         }
     }
 
+    /// Starts node `n` again after [`kill9`](Galera::kill9); returns once it is `Synced` (it
+    /// rejoins by state transfer).
+    pub(crate) async fn restart(&mut self, n: usize) {
+        self.launch(n, &[]).await;
+    }
+
+    /// `mysql://root@HOST:PORT,HOST:PORT,HOST:PORT/database`, node `first` first, then the
+    /// others in order: the URL a worker that prefers node `first` uses.
+    pub(crate) fn cluster_url(&self, first: usize, database: &str) -> String {
+        let order = std::iter::once(first).chain((1..=3).filter(|&n| n != first));
+        let hosts: Vec<String> = order
+            .map(|n| format!("127.0.0.1:{}", self.nodes[n - 1].port))
+            .collect();
+        format!("mysql://root@{}/{database}", hosts.join(","))
+    }
+
     /// The data directory of node `n` (for a test that reads its files).
     pub(crate) fn data_dir(&self, n: usize) -> PathBuf {
         self.node_dir(n).join("data")

@@ -15,7 +15,6 @@ use anyhow::{Context, Result};
 use jobq_worker::{Config, Health, Status};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
-use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -69,10 +68,7 @@ pub(crate) async fn spawn(
         }
     });
     let db_state = Arc::new(Mutex::new(Err("starting")));
-    tokio::spawn(check_database(
-        (*pool.connect_options()).clone(),
-        db_state.clone(),
-    ));
+    tokio::spawn(check_database(pool.clone(), db_state.clone()));
     let ready = Readiness { health, db_state };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
@@ -121,7 +117,8 @@ impl Readiness {
 
 /// Checks every [`READY_EVERY`] that the database answers on a connection of its own and the
 /// schema is migrated; logs the detail when the result changes, keeps a short reason.
-async fn check_database(options: MySqlConnectOptions, state: Arc<Mutex<Result<(), &'static str>>>) {
+/// Each new connection goes where the pool's do (after a failover, to the pool's new host).
+async fn check_database(pool: MySqlPool, state: Arc<Mutex<Result<(), &'static str>>>) {
     let mut conn: Option<MySqlConnection> = None;
     let mut last: Option<Result<(), String>> = None;
     loop {
@@ -129,7 +126,7 @@ async fn check_database(options: MySqlConnectOptions, state: Arc<Mutex<Result<()
             if conn.is_none() {
                 match tokio::time::timeout(
                     Duration::from_secs(2),
-                    MySqlConnection::connect_with(&options),
+                    MySqlConnection::connect_with(&*pool.connect_options()),
                 )
                 .await
                 {

@@ -1,0 +1,475 @@
+//! Failover across the hosts of one cluster. A database URL may name several hosts of one
+//! cluster, `mysql://user:pass@h1:3306,h2:3306,h3:3306/db` (a Galera cluster, or a primary and
+//! the replica it fails over to): [`connect_cluster`] opens the pool on the first healthy host in
+//! the order written, and one task per host probes it every [`PROBE_EVERY`] on a connection of
+//! its own.
+//!
+//! - The pool **leaves** its host after [`FAILS_TO_LEAVE`] failed probes in a row (about two
+//!   seconds) for the first host that answers, and stays where it is while no host answers (a
+//!   Galera cluster stalls all its nodes for a few seconds while it drops a dead one; moving
+//!   then would gain nothing).
+//! - It **moves back** to an earlier host once that host has answered for [`SETTLE`], so a
+//!   restarted node gets its clients back without flapping.
+//! - A probe succeeds when the server answers within [`PROBE_TIMEOUT`] and, on Galera, reports
+//!   `wsrep_ready = ON` and state 4 (Synced): a node outside the primary component refuses
+//!   queries, a joining one may stall them.
+//! - Moving replaces the pool's connect options and retires every connection opened before the
+//!   move (checked when one is acquired and when it is released), so new statements go to the
+//!   new host at once and statements in flight on the old one finish or fail there.
+//!
+//! Every decision is made by [`Chooser`], a pure state machine tested below. The probe tasks
+//! run until the pool is closed (`pool.close()`).
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Connection, MySqlConnection, MySqlPool};
+
+use crate::error::{Error, Result};
+
+/// How often each host is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe (connect and query) may take before the host counts as down.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Failed probes in a row after which the pool leaves its host.
+pub const FAILS_TO_LEAVE: u32 = 2;
+/// How long an earlier host must have answered before the pool moves back to it.
+pub const SETTLE: Duration = Duration::from_secs(3);
+
+/// Splits a URL naming several comma-separated hosts into one URL per host, in order; a URL
+/// with one host comes back as it is. Fails on an empty host (`h1,,h2`) or a URL without `://`.
+pub fn split_hosts(url: &str) -> Result<Vec<String>> {
+    let invalid = |message: String| Error::Invalid {
+        field: "database_url",
+        message,
+    };
+    let start = url
+        .find("://")
+        .map(|i| i + 3)
+        .ok_or_else(|| invalid("expected mysql://user:password@host:port/database".into()))?;
+    let rest = &url[start..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // The password may hold an unencoded '@': the hosts follow the last one.
+    let hosts_at = authority.rfind('@').map(|i| i + 1).unwrap_or(0);
+    let hosts = &authority[hosts_at..];
+    if !hosts.contains(',') {
+        return Ok(vec![url.to_owned()]);
+    }
+    let prefix = &url[..start + hosts_at];
+    let suffix = &rest[end..];
+    hosts
+        .split(',')
+        .map(|h| {
+            let h = h.trim();
+            if h.is_empty() {
+                Err(invalid(format!(
+                    "empty host in the host list {hosts:?}; write host:port,host:port"
+                )))
+            } else {
+                Ok(format!("{prefix}{h}{suffix}"))
+            }
+        })
+        .collect()
+}
+
+/// `url` without its database path (keeps the query string): the server itself, for probes
+/// and for creating the database.
+pub fn server_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/?{q}"),
+        None => format!("{base}/"),
+    }
+}
+
+/// One host of a cluster URL: where the pool connects, and where its probes do (the server,
+/// without the database, so a database not created yet does not make the host look down).
+#[derive(Clone, Debug)]
+struct Host {
+    opts: MySqlConnectOptions,
+    probe: MySqlConnectOptions,
+}
+
+impl Host {
+    fn parse(
+        url: &str,
+        tweak: &impl Fn(MySqlConnectOptions) -> MySqlConnectOptions,
+    ) -> Result<Host> {
+        Ok(Host {
+            opts: tweak(MySqlConnectOptions::from_str(url)?),
+            probe: MySqlConnectOptions::from_str(&server_url(url))?
+                .log_statements(tracing::log::LevelFilter::Trace),
+        })
+    }
+
+    fn label(&self) -> String {
+        label(&self.opts)
+    }
+}
+
+/// `host:port` of `opts`, for logs.
+fn label(opts: &MySqlConnectOptions) -> String {
+    format!("{}:{}", opts.get_host(), opts.get_port())
+}
+
+/// What the probes have seen of one host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct HostState {
+    /// Since when its probes have succeeded without a failure; `None` while it fails.
+    up_since: Option<Instant>,
+    /// Failed probes in a row.
+    failures: u32,
+}
+
+/// Which host the pool should use, from what the probes saw. Pure: time is passed in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Chooser {
+    current: usize,
+    hosts: Vec<HostState>,
+}
+
+impl Chooser {
+    fn new(hosts: usize, current: usize) -> Chooser {
+        Chooser {
+            current,
+            hosts: vec![HostState::default(); hosts],
+        }
+    }
+
+    /// Records one probe of `host`.
+    fn observe(&mut self, host: usize, healthy: bool, now: Instant) {
+        let h = &mut self.hosts[host];
+        if healthy {
+            h.failures = 0;
+            h.up_since.get_or_insert(now);
+        } else {
+            h.failures = h.failures.saturating_add(1);
+            h.up_since = None;
+        }
+    }
+
+    /// The host to move to, if the pool should move (see the module's rules); `None` to stay.
+    fn decide(&self, now: Instant) -> Option<usize> {
+        let up = |i: usize| self.hosts[i].up_since;
+        if self.hosts[self.current].failures >= FAILS_TO_LEAVE {
+            return (0..self.hosts.len()).find(|&i| i != self.current && up(i).is_some());
+        }
+        (0..self.current).find(|&i| up(i).is_some_and(|s| now.duration_since(s) >= SETTLE))
+    }
+
+    /// Moves to `host`.
+    fn moved(&mut self, host: usize) {
+        self.current = host;
+    }
+}
+
+/// Whether the server at the end of `conn` can take work: it answers and, on Galera, is
+/// Synced and in the primary component.
+async fn healthy(conn: &mut MySqlConnection) -> Result<bool, sqlx::Error> {
+    // language=MySQL
+    // No rows on a server without wsrep: nothing more to check there.
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.iter().all(|(name, value)| match name.as_str() {
+        "wsrep_ready" => value.eq_ignore_ascii_case("ON"),
+        "wsrep_local_state" => value == "4",
+        _ => true,
+    }))
+}
+
+/// One probe of a host, reusing `conn` when it is still open: `Err(why)` when it is down.
+async fn probe(host: &Host, conn: &mut Option<MySqlConnection>) -> Result<(), String> {
+    let attempt = async {
+        if conn.is_none() {
+            *conn = Some(host.probe.connect().await?);
+        }
+        healthy(conn.as_mut().expect("just set")).await
+    };
+    let why = match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
+        Ok(Ok(true)) => return Ok(()),
+        Ok(Ok(false)) => "a Galera node not ready or not Synced".to_owned(),
+        Ok(Err(e)) => {
+            *conn = None;
+            e.to_string()
+        }
+        Err(_) => {
+            *conn = None;
+            format!("no answer within {PROBE_TIMEOUT:?}")
+        }
+    };
+    tracing::debug!(host = %host.label(), %why, "database probe failed");
+    Err(why)
+}
+
+/// The shared state of one cluster pool's failover.
+struct Failover {
+    hosts: Vec<Host>,
+    chooser: Mutex<Chooser>,
+    /// When the pool last moved: connections older than this are retired.
+    moved_at: Mutex<Instant>,
+}
+
+impl Failover {
+    /// Whether a connection of this `age` was opened after the last move.
+    fn current(&self, age: Duration) -> bool {
+        age < self.moved_at.lock().expect("never poisoned").elapsed()
+    }
+
+    /// Records a probe and moves the pool if the chooser says so.
+    fn observe(&self, pool: &MySqlPool, host: usize, ok: bool) {
+        let mut c = self.chooser.lock().expect("never poisoned");
+        let now = Instant::now();
+        c.observe(host, ok, now);
+        let Some(to) = c.decide(now) else { return };
+        let from = c.current;
+        c.moved(to);
+        pool.set_connect_options(self.hosts[to].opts.clone());
+        *self.moved_at.lock().expect("never poisoned") = Instant::now();
+        metrics::counter!("jobq_database_failovers_total").increment(1);
+        if to < from {
+            tracing::info!(from = %self.hosts[from].label(), to = %self.hosts[to].label(),
+                "database host answers again; moving back to it");
+        } else {
+            tracing::warn!(from = %self.hosts[from].label(), to = %self.hosts[to].label(),
+                "database host stopped answering; moving to the next healthy host");
+        }
+    }
+}
+
+/// A pool on `url`, which may name several hosts of one cluster (see the module docs); `tweak`
+/// adjusts each host's connect options (logging, caches). `options`' `before_acquire` and
+/// `after_release` hooks are replaced when the URL names several hosts. Fails when no host
+/// answers, naming them.
+pub async fn connect_cluster(
+    url: &str,
+    options: MySqlPoolOptions,
+    tweak: impl Fn(MySqlConnectOptions) -> MySqlConnectOptions,
+) -> Result<MySqlPool> {
+    let hosts = split_hosts(url)?
+        .iter()
+        .map(|u| Host::parse(u, &tweak))
+        .collect::<Result<Vec<_>>>()?;
+    if hosts.len() == 1 {
+        return Ok(options.connect_with(hosts[0].opts.clone()).await?);
+    }
+    let (first, mut conns) = first_healthy(&hosts).await?;
+    let failover = Arc::new(Failover {
+        chooser: Mutex::new(Chooser::new(hosts.len(), first)),
+        moved_at: Mutex::new(Instant::now()),
+        hosts,
+    });
+    let (on_acquire, on_release) = (failover.clone(), failover.clone());
+    let pool = options
+        .before_acquire(move |_, meta| {
+            let keep = on_acquire.current(meta.age);
+            Box::pin(async move { Ok(keep) })
+        })
+        .after_release(move |_, meta| {
+            let keep = on_release.current(meta.age);
+            Box::pin(async move { Ok(keep) })
+        })
+        .connect_with(failover.hosts[first].opts.clone())
+        .await?;
+    for (i, conn) in conns.drain(..).enumerate() {
+        let (pool, failover) = (pool.clone(), failover.clone());
+        tokio::spawn(async move {
+            let mut conn = conn;
+            loop {
+                tokio::select! {
+                    _ = pool.close_event() => return,
+                    _ = tokio::time::sleep(PROBE_EVERY) => {}
+                }
+                let ok = probe(&failover.hosts[i], &mut conn).await.is_ok();
+                failover.observe(&pool, i, ok);
+            }
+        });
+    }
+    Ok(pool)
+}
+
+/// Probes every host at once; the first healthy one in order, with the probes' connections.
+async fn first_healthy(hosts: &[Host]) -> Result<(usize, Vec<Option<MySqlConnection>>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let host = host.clone();
+        tasks.spawn(async move {
+            let mut conn = None;
+            let found = probe(&host, &mut conn).await;
+            (i, found, conn)
+        });
+    }
+    let mut found: Vec<(Result<(), String>, Option<MySqlConnection>)> = (0..hosts.len())
+        .map(|_| (Err(String::new()), None))
+        .collect();
+    while let Some(r) = tasks.join_next().await {
+        let (i, ok, conn) = r.expect("a probe never panics");
+        found[i] = (ok, conn);
+    }
+    if let Some(i) = found.iter().position(|(ok, _)| ok.is_ok()) {
+        return Ok((i, found.into_iter().map(|(_, c)| c).collect()));
+    }
+    let why: Vec<String> = hosts
+        .iter()
+        .zip(&found)
+        .map(|(h, (r, _))| format!("{}: {}", h.label(), r.as_ref().err().map_or("", |s| s)))
+        .collect();
+    Err(Error::Invalid {
+        field: "database_url",
+        message: format!(
+            "no host answered as a healthy server ({}); start one, or check the addresses",
+            why.join("; ")
+        ),
+    })
+}
+
+/// The single-host URL of the first host of `url` that answers as healthy (for one-off
+/// connections such as migrations); `url` itself when it names one host.
+pub async fn first_healthy_url(url: &str) -> Result<String> {
+    let urls = split_hosts(url)?;
+    if urls.len() == 1 {
+        return Ok(urls.into_iter().next().expect("one"));
+    }
+    let hosts = urls
+        .iter()
+        .map(|u| Host::parse(u, &|o| o))
+        .collect::<Result<Vec<_>>>()?;
+    let (i, conns) = first_healthy(&hosts).await?;
+    for c in conns.into_iter().flatten() {
+        let _ = c.close().await;
+    }
+    Ok(urls[i].clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_lists() {
+        let table: [(&str, Option<&[&str]>); 7] = [
+            (
+                "mysql://root@127.0.0.1:3306/jobq",
+                Some(&["mysql://root@127.0.0.1:3306/jobq"]),
+            ),
+            (
+                "mysql://u:p@a:1,b:2,c:3/db?ssl-mode=disabled",
+                Some(&[
+                    "mysql://u:p@a:1/db?ssl-mode=disabled",
+                    "mysql://u:p@b:2/db?ssl-mode=disabled",
+                    "mysql://u:p@c:3/db?ssl-mode=disabled",
+                ]),
+            ),
+            // An '@' in the password: the hosts follow the last one.
+            (
+                "mysql://u:p@ss@a,b/db",
+                Some(&["mysql://u:p@ss@a/db", "mysql://u:p@ss@b/db"]),
+            ),
+            ("mysql://a:1, b:2", Some(&["mysql://a:1", "mysql://b:2"])),
+            ("mysql://u@a,,b/db", None),
+            ("mysql://u@a,/db", None),
+            ("a,b", None),
+        ];
+        for (url, want) in table {
+            let got = split_hosts(url).ok();
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(got, want, "{url}");
+        }
+    }
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(
+            server_url("mysql://root@127.0.0.1:3306/jobq"),
+            "mysql://root@127.0.0.1:3306/"
+        );
+        assert_eq!(
+            server_url("mysql://u:p@h/db?ssl-mode=disabled"),
+            "mysql://u:p@h/?ssl-mode=disabled"
+        );
+        assert_eq!(server_url("mysql://h"), "mysql://h/");
+    }
+
+    /// (probes as (host, healthy, at seconds), current host after each decision).
+    #[test]
+    fn choosing_a_host() {
+        type Step = (usize, bool, u64, usize);
+        let table: [(&str, &[Step]); 6] = [
+            (
+                "one failed probe is not enough to leave",
+                &[(0, true, 0, 0), (1, true, 0, 0), (0, false, 1, 0)],
+            ),
+            (
+                "two failed probes in a row leave for the first healthy host",
+                &[
+                    (1, false, 0, 0),
+                    (2, true, 0, 0),
+                    (0, false, 1, 0),
+                    (0, false, 2, 2),
+                ],
+            ),
+            (
+                "no healthy host: stay",
+                &[
+                    (1, false, 0, 0),
+                    (0, false, 1, 0),
+                    (0, false, 2, 0),
+                    (2, false, 2, 0),
+                ],
+            ),
+            (
+                "back to an earlier host only after it answered for SETTLE",
+                &[
+                    (1, true, 0, 0),
+                    (0, false, 0, 0),
+                    (0, false, 1, 1),
+                    (0, true, 2, 1),
+                    (0, true, 4, 1),
+                    (1, true, 5, 0),
+                ],
+            ),
+            (
+                "a failure restarts the settling time",
+                &[
+                    (1, true, 0, 0),
+                    (0, false, 0, 0),
+                    (0, false, 1, 1),
+                    (0, true, 2, 1),
+                    (0, false, 3, 1),
+                    (0, true, 4, 1),
+                    (0, true, 6, 1),
+                    (0, true, 7, 0),
+                ],
+            ),
+            (
+                "a later host never pulls the pool while its host answers",
+                &[(0, true, 0, 0), (1, true, 0, 0), (1, true, 10, 0)],
+            ),
+        ];
+        let base = Instant::now();
+        for (name, steps) in table {
+            let mut c = Chooser::new(3, 0);
+            for (n, &(host, ok, at, want)) in steps.iter().enumerate() {
+                let now = base + Duration::from_secs(at);
+                c.observe(host, ok, now);
+                if let Some(to) = c.decide(now) {
+                    c.moved(to);
+                }
+                assert_eq!(c.current, want, "{name}: step {n}");
+            }
+        }
+    }
+}
