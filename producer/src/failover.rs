@@ -75,6 +75,29 @@ pub fn split_hosts(url: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+/// `url` with its host list rotated so that host `first` (mod the number of hosts) comes
+/// first and the others follow in order: a process that should prefer that host (and fail
+/// over to the rest). A URL with one host comes back as it is.
+pub fn rotate_hosts(url: &str, first: usize) -> Result<String> {
+    let urls = split_hosts(url)?;
+    if urls.len() == 1 {
+        return Ok(url.to_owned());
+    }
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let hosts_at = rest[..end].rfind('@').map_or(0, |i| i + 1);
+    let hosts: Vec<&str> = rest[hosts_at..end].split(',').map(str::trim).collect();
+    let n = hosts.len();
+    let order: Vec<&str> = (0..n).map(|k| hosts[(first + k) % n]).collect();
+    Ok(format!(
+        "{}{}{}",
+        &url[..start + hosts_at],
+        order.join(","),
+        &rest[end..]
+    ))
+}
+
 /// `url` without its database path (keeps the query string): the server itself, for probes
 /// and for creating the database.
 pub fn server_url(url: &str) -> String {
@@ -388,6 +411,22 @@ mod tests {
             let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
             assert_eq!(got, want, "{url}");
         }
+    }
+
+    #[test]
+    fn rotated_host_lists() {
+        let url = "mysql://u:p@a:1,b:2,c:3/db?x=y";
+        assert_eq!(rotate_hosts(url, 0).unwrap(), url);
+        assert_eq!(
+            rotate_hosts(url, 1).unwrap(),
+            "mysql://u:p@b:2,c:3,a:1/db?x=y"
+        );
+        assert_eq!(
+            rotate_hosts(url, 5).unwrap(),
+            "mysql://u:p@c:3,a:1,b:2/db?x=y"
+        );
+        assert_eq!(rotate_hosts("mysql://h/db", 3).unwrap(), "mysql://h/db");
+        assert!(rotate_hosts("mysql://a,,b/db", 1).is_err());
     }
 
     #[test]

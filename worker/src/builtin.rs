@@ -160,6 +160,40 @@ pub async fn setup(pool: &sqlx::MySqlPool) -> Result<()> {
     Ok(())
 }
 
+/// The body of `record`: sleep, then the effect row in the job's transaction.
+async fn record(job: &Record, ctx: &JobContext) -> Result<(), JobError> {
+    if let Some(ms) = job.ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let key = job.key.clone().unwrap_or_else(|| ctx.id().to_string());
+    let mut tx = ctx.tx().await?;
+    let (id, attempt, worker) = (ctx.id().0, ctx.attempt(), ctx.worker_id());
+    match store::insert_effect(&mut tx, id, attempt, worker, &key).await {
+        // The effects table is not part of the schema; the first `record` job creates it
+        // (on another connection: DDL commits implicitly) and inserts again. A failed
+        // statement does not end the transaction.
+        Err(e) if is_number(&e, codes::NO_SUCH_TABLE) => {
+            store::create_effects_table(ctx.pool()).await?;
+            store::insert_effect(&mut tx, id, attempt, worker, &key).await?;
+        }
+        other => other?,
+    }
+    Ok(())
+}
+
+/// Logs the end of a run whatever the run's outcome, retried for up to 10 s: a run cut short
+/// by its database node dying ends too, and the pool may need a moment to fail over.
+async fn end_run(ctx: &JobContext, run: u64) -> Result<(), sqlx::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match store::run_ended(ctx.pool(), run).await {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() > Duration::from_secs(10) => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// Registers the built-in kinds.
 pub fn register(r: &mut Registry) -> Result<()> {
     r.register::<Noop>(|_: Noop, _ctx: JobContext| async { Ok(()) })?;
@@ -188,26 +222,11 @@ pub fn register(r: &mut Registry) -> Result<()> {
         } else {
             None
         };
-        if let Some(ms) = job.ms {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        let key = job.key.unwrap_or_else(|| ctx.id().to_string());
-        let mut tx = ctx.tx().await?;
-        let (id, attempt, worker) = (ctx.id().0, ctx.attempt(), ctx.worker_id());
-        match store::insert_effect(&mut tx, id, attempt, worker, &key).await {
-            // The effects table is not part of the schema; the first `record` job creates it
-            // (on another connection: DDL commits implicitly) and inserts again. A failed
-            // statement does not end the transaction.
-            Err(e) if is_number(&e, codes::NO_SUCH_TABLE) => {
-                store::create_effects_table(ctx.pool()).await?;
-                store::insert_effect(&mut tx, id, attempt, worker, &key).await?;
-            }
-            other => other?,
-        }
+        let result = record(&job, &ctx).await;
         if let Some(run) = run {
-            store::run_ended(ctx.pool(), run).await?;
+            end_run(&ctx, run).await?;
         }
-        Ok(())
+        result
     })?;
     Ok(())
 }

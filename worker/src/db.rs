@@ -203,6 +203,22 @@ pub(crate) async fn detect(pool: &MySqlPool) -> Result<ServerInfo> {
     })
 }
 
+/// Fails, before anything is written, when the server `url` names (the first healthy host of
+/// a list) cannot run `modes`: too old, no `SKIP LOCKED`, or named locks on Galera. Connects
+/// without the database, which may not exist yet.
+pub async fn check_server(url: &str, modes: &[ClaimMode]) -> Result<()> {
+    let url = jobq_producer::first_healthy_url(url)
+        .await
+        .map_err(connect_error)?;
+    let pool = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&jobq_producer::server_url(&url))
+        .await?;
+    let info = detect(&pool).await;
+    pool.close().await;
+    info?.check(modes.iter().copied())
+}
+
 /// Session settings of every jobq connection:
 /// - READ COMMITTED: locking reads take no gap locks, so claims do not block producers' inserts
 ///   or deadlock with them, and a drained queue's purge backlog is not locked (MYSQL-NOTES §1.7);

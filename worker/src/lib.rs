@@ -54,7 +54,7 @@ mod worker;
 
 pub use acts::{act_on_filter, act_on_jobs, count_jobs, Act, ActTally, Acted};
 pub use command::{register_commands, EXIT_DISCARD, EXIT_SNOOZE};
-pub use db::{check_migrated, check_server_limits, migrate};
+pub use db::{check_migrated, check_server, check_server_limits, migrate};
 pub use error::{Error, Result};
 pub use handler::{BoxError, Handler, JobContext, JobError, JobTx, MAX_RESULT_BYTES};
 pub use health::{Health, Loop, Status};

@@ -403,3 +403,40 @@ async fn settings_the_server_cannot_carry_are_refused_at_start(db: MySqlPool) {
         i64::from(!version.to_lowercase().contains("mariadb"))
     );
 }
+
+/// `jobq bench` notices worker processes that exit early instead of waiting for progress: here
+/// every worker fails to bind its metrics port, which this test holds.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn bench_fails_when_its_workers_exit_early(db: MySqlPool) {
+    // The bench works in `<database>_bench`: a short name, within MySQL's 64 characters.
+    let test_url = url_of(&db).await;
+    let url = format!(
+        "{}/jq_early_{}",
+        &test_url[..test_url.rfind('/').unwrap()],
+        rand_suffix()
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["bench", "--jobs", "300", "--processes", "2"])
+        .env("JOBQ_DATABASE_URL", &url)
+        .env("JOBQ_METRICS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("JOBQ_LOG__LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the bench must fail: {err}");
+    assert!(err.contains("exited early"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(50),
+        "noticed without waiting for the 60 s no-progress limit"
+    );
+    let bench_db = format!("{}_bench", url.rsplit('/').next().unwrap());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS `{bench_db}`"))
+        .execute(&db)
+        .await
+        .unwrap();
+    drop(taken);
+}

@@ -199,6 +199,29 @@ async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
         );
     }
 
+    // Named locks do not work on Galera: demo and bench refuse the mode before writing.
+    let url = g.cluster_url(2, "jobq_refused");
+    for args in [
+        &["demo", "--claim-mode", "named-lock"][..],
+        &["bench", "--claim-mode", "named-lock", "--jobs", "100"][..],
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
+            .args(args)
+            .env("JOBQ_DATABASE_URL", &url)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} must fail: {err}");
+        assert!(err.contains("Galera"), "{args:?}: {err}");
+    }
+    let created = scalar(
+        &db,
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'jobq_refused%'",
+    )
+    .await;
+    assert_eq!(created, 0, "nothing written for a refused mode");
+
     // A node crashes mid-run and comes back: its worker moves to another node and back.
     enqueue(&db, JOBS).await;
     let crash = Instant::now();

@@ -27,8 +27,10 @@ pub(crate) struct DemoArgs {
 
 pub(crate) async fn run(config: Config, a: DemoArgs) -> Result<ExitCode> {
     const QUEUE: &str = "demo";
-    migrate(&config).await?;
     let claim_mode = ClaimMode::from(a.claim_mode);
+    // Refused before anything is written (no database created, no job enqueued).
+    jobq_worker::check_server(&config.database_url, &[claim_mode]).await?;
+    migrate(&config).await?;
     let mut settings = config.settings().clone();
     settings.worker.queues = vec![QUEUE.to_owned()];
     settings.worker.concurrency = a.concurrency;

@@ -171,6 +171,9 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
     }
     let _ = WORKER_ENV.set(env);
     let url = bench_url(&config.database_url);
+    let modes: Vec<ClaimMode> = a.claim_mode.iter().map(|&m| m.into()).collect();
+    // Refused before anything is written (no bench database created).
+    jobq_worker::check_server(&url, &modes).await?;
     jobq_worker::migrate(&url)
         .await
         .with_context(|| format!("preparing the bench database {url}"))?;
@@ -179,7 +182,6 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
     bs.database.max_connections = 0;
     bs.worker.concurrency = a.ceiling_connections.max(4);
     let pool = jobq_worker::connect(&bs.validate()?).await?;
-    let modes: Vec<ClaimMode> = a.claim_mode.iter().map(|&m| m.into()).collect();
     let version: String = sqlx::query_scalar("SELECT VERSION()")
         .fetch_one(&pool)
         .await?;
@@ -384,7 +386,7 @@ impl Workers {
         let exe = std::env::current_exe()?;
         let mut v = Vec::new();
         let common = WORKER_ENV.get().map(Vec::as_slice).unwrap_or(&[]);
-        for _ in 0..processes {
+        for i in 0..processes {
             v.push(
                 Command::new(&exe)
                     .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -398,7 +400,7 @@ impl Workers {
                         "--concurrency",
                     ])
                     .arg(concurrency.to_string())
-                    .env("JOBQ_DATABASE_URL", url)
+                    .env("JOBQ_DATABASE_URL", prefer_host(url, i as usize))
                     .env("JOBQ_LOG__LEVEL", "warn")
                     .env_remove("RUST_LOG")
                     .stdin(Stdio::null())
@@ -427,6 +429,30 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Fails when a worker process has exited (they run until stopped): its error is on the
+    /// terminal, above.
+    fn check_alive(&mut self) -> Result<()> {
+        for (i, c) in self.0.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()? {
+                bail!(
+                    "worker process {} of {} exited early with {status}; its error is printed above",
+                    i + 1,
+                    self.0.len()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `url` for worker process `i`: with several hosts (one cluster), host `i mod n` first and
+/// the others after it, so P processes spread over the nodes (process 1 on the first host,
+/// process 2 on the second, …) and each still fails over; one host: `url` itself.
+fn prefer_host(url: &str, i: usize) -> String {
+    jobq_producer::rotate_hosts(url, i).unwrap_or_else(|_| url.to_owned())
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         for c in &mut self.0 {
@@ -437,7 +463,7 @@ impl Drop for Workers {
 }
 
 /// Waits until `n` jobs are completed, printing a progress line; fails after 60 s without progress.
-async fn wait_completed(pool: &MySqlPool, n: u32) -> Result<()> {
+async fn wait_completed(pool: &MySqlPool, n: u32, workers: &mut Workers) -> Result<()> {
     let started = Instant::now();
     let (mut last, mut last_change) = (0i64, Instant::now());
     loop {
@@ -451,6 +477,7 @@ async fn wait_completed(pool: &MySqlPool, n: u32) -> Result<()> {
             eprint!("\r{:60}\r", "");
             return Ok(());
         }
+        workers.check_alive()?;
         if done != last {
             (last, last_change) = (done, Instant::now());
         } else if last_change.elapsed() > Duration::from_secs(60) {
@@ -475,8 +502,8 @@ async fn burn_down(
     sql::bench_reset(pool).await?;
     let enqueue = fill(pool, n).await?;
     let (q0, w0) = sql::server_counters(pool).await?;
-    let workers = Workers::spawn(url, mode, processes, concurrency)?;
-    wait_completed(pool, n).await?;
+    let mut workers = Workers::spawn(url, mode, processes, concurrency)?;
+    wait_completed(pool, n, &mut workers).await?;
     let (q1, w1) = sql::server_counters(pool).await?;
     workers.stop()?;
     let (span, claims) = sql::run_span(pool, QUEUE).await?;
@@ -610,7 +637,7 @@ async fn steady(
     concurrency: u32,
 ) -> Result<Report> {
     sql::bench_reset(pool).await?;
-    let workers = Workers::spawn(url, mode, processes, concurrency)?;
+    let mut workers = Workers::spawn(url, mode, processes, concurrency)?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (q0, w0) = sql::server_counters(pool).await?;
     let producer = jobq_worker::Producer::new(pool.clone());
@@ -629,7 +656,7 @@ async fn steady(
         }
         eprint!("\r  steady: {inserted} inserted   ");
     }
-    wait_completed(pool, inserted).await?;
+    wait_completed(pool, inserted, &mut workers).await?;
     let (q1, w1) = sql::server_counters(pool).await?;
     workers.stop()?;
     let mut lat = sql::pickup_latencies(pool, QUEUE).await?;
@@ -661,7 +688,7 @@ async fn time_claims(pool: &MySqlPool, url: &str) -> Result<f64> {
         .local_addr()?
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let workers = Workers::spawn_with(
+    let mut workers = Workers::spawn_with(
         url,
         ClaimMode::SkipLocked,
         1,
@@ -671,7 +698,7 @@ async fn time_claims(pool: &MySqlPool, url: &str) -> Result<f64> {
             ("JOBQ_WORKER__MAX_BATCH", "100"),
         ],
     )?;
-    wait_completed(pool, 4_000).await?;
+    wait_completed(pool, 4_000, &mut workers).await?;
     let text = http_get(port, "/metrics").await?;
     workers.stop()?;
     let value = |name: &str| -> Result<f64> {
