@@ -1,8 +1,8 @@
 //! Maintenance, done by exactly one process at a time: the leader elected on the `jobq-lock`
 //! lease `jobq:maintenance` in `jobq_locks` ([`LEADER_LOCK`], shown by `jobq lock status`). The
-//! lease lasts 2 × `maintenance.interval` + 0.5 s and its watchdog renews it every quarter of
-//! that, so a live leader keeps it and a dead one loses it within that; a stopping leader
-//! releases it and another process takes over within a sixth of it. Every interval the leader
+//! lease lasts 2 × `maintenance.interval` + 0.5 s (at least 1 s) and its watchdog renews it
+//! every quarter of that, so a live leader keeps it and a dead one loses it within that; a
+//! stopping leader releases it and another process takes over within a sixth of it. Every interval the leader
 //! promotes due `scheduled` and `retryable` jobs, rescues expired leases, promotes `waiting` jobs
 //! whose concurrency key has a free slot (after a rescue, or a worker that died before doing
 //! it), and prunes finished
@@ -47,11 +47,18 @@ const KEY_IDLE: Duration = Duration::from_secs(2 * 86_400);
 /// The lease lock the maintenance leader holds.
 pub(crate) const LEADER_LOCK: &str = "jobq:maintenance";
 
+/// The leader's lease for a maintenance `interval`: two intervals and half a second, and never
+/// under a second, so a leader starved of CPU for a moment (a loaded 2-core machine running
+/// passes every 100 ms) keeps it.
+fn leader_lease(interval: Duration) -> Duration {
+    (interval * 2 + Duration::from_millis(500)).max(Duration::from_secs(1))
+}
+
 /// Campaigns for maintenance leadership until `stop`, leading whenever elected; releases the
 /// lease on the way out if it held it.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let m = shared.config.maintenance.clone();
-    let ttl = m.interval * 2 + Duration::from_millis(500);
+    let ttl = leader_lease(m.interval);
     let locks = LeaseLock::new(&shared.pool, shared.id.as_str()).ttl(ttl);
     metrics::leader(false);
     // A term never ends on its own, so this returns only at `stop` (campaign errors are
