@@ -6,8 +6,6 @@
 mod browser;
 #[path = "../support/common.rs"]
 mod common;
-#[path = "../support/galera.rs"]
-mod galera;
 #[path = "../support/http.rs"]
 mod http;
 #[path = "../support/mariadb.rs"]
@@ -20,7 +18,6 @@ mod crash;
 mod endpoint;
 mod limits;
 mod locks;
-mod on_galera;
 mod pause;
 mod prom;
 mod restart;
