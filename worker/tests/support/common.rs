@@ -217,11 +217,37 @@ pub(crate) async fn assert_consistent(pool: &MySqlPool) {
             }
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(12),
-            "transactions left open: {open:?}"
-        );
+        if start.elapsed() >= Duration::from_secs(12) {
+            panic!(
+                "transactions left open: {open:?}\nwhat they hold:\n{}",
+                held_locks(pool).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The TRANSACTIONS section of `SHOW ENGINE INNODB STATUS` with lock details (which table,
+/// which index, which record each open transaction holds), for a failure message: a leaked
+/// transaction is diagnosed by what it locked. Turns `innodb_status_output_locks` on for the
+/// test server (it only makes that report more detailed).
+async fn held_locks(pool: &MySqlPool) -> String {
+    let _ = sqlx::query("SET GLOBAL innodb_status_output_locks = ON")
+        .execute(pool)
+        .await;
+    let status: Result<(String, String, String), sqlx::Error> =
+        sqlx::query_as("SHOW ENGINE INNODB STATUS")
+            .fetch_one(pool)
+            .await;
+    match status {
+        Ok((_, _, text)) => {
+            let from = text.find("TRANSACTIONS\n").unwrap_or(0);
+            let to = text[from..]
+                .find("FILE I/O")
+                .map_or(text.len(), |i| from + i);
+            text[from..to].to_owned()
+        }
+        Err(e) => format!("(SHOW ENGINE INNODB STATUS failed: {e})"),
     }
 }
 
