@@ -38,64 +38,70 @@ pub const FAILS_TO_LEAVE: u32 = 2;
 /// How long an earlier host must have answered before the pool moves back to it.
 pub const SETTLE: Duration = Duration::from_secs(3);
 
+/// A URL cut around its host list: `prefix` (scheme and user info), the hosts, `suffix` (the
+/// database path and query).
+struct HostList<'a> {
+    prefix: &'a str,
+    hosts: Vec<&'a str>,
+    suffix: &'a str,
+}
+
+impl<'a> HostList<'a> {
+    /// Fails on an empty host (`h1,,h2`) or a URL without `://`.
+    fn parse(url: &'a str) -> Result<HostList<'a>> {
+        let invalid = |message: String| Error::Invalid {
+            field: "database_url",
+            message,
+        };
+        let start = url
+            .find("://")
+            .map(|i| i + 3)
+            .ok_or_else(|| invalid("expected mysql://user:password@host:port/database".into()))?;
+        let rest = &url[start..];
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        // The password may hold an unencoded '@': the hosts follow the last one.
+        let hosts_at = rest[..end].rfind('@').map_or(0, |i| i + 1);
+        let list = &rest[hosts_at..end];
+        let hosts: Vec<&str> = list.split(',').map(str::trim).collect();
+        if hosts.len() > 1 && hosts.iter().any(|h| h.is_empty()) {
+            return Err(invalid(format!(
+                "empty host in the host list {list:?}; write host:port,host:port"
+            )));
+        }
+        Ok(HostList {
+            prefix: &url[..start + hosts_at],
+            hosts,
+            suffix: &rest[end..],
+        })
+    }
+
+    /// The URL with `hosts` in place of the list.
+    fn with(&self, hosts: &str) -> String {
+        format!("{}{hosts}{}", self.prefix, self.suffix)
+    }
+}
+
 /// Splits a URL naming several comma-separated hosts into one URL per host, in order; a URL
 /// with one host comes back as it is. Fails on an empty host (`h1,,h2`) or a URL without `://`.
 pub fn split_hosts(url: &str) -> Result<Vec<String>> {
-    let invalid = |message: String| Error::Invalid {
-        field: "database_url",
-        message,
-    };
-    let start = url
-        .find("://")
-        .map(|i| i + 3)
-        .ok_or_else(|| invalid("expected mysql://user:password@host:port/database".into()))?;
-    let rest = &url[start..];
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    // The password may hold an unencoded '@': the hosts follow the last one.
-    let hosts_at = authority.rfind('@').map(|i| i + 1).unwrap_or(0);
-    let hosts = &authority[hosts_at..];
-    if !hosts.contains(',') {
+    let list = HostList::parse(url)?;
+    if list.hosts.len() == 1 {
         return Ok(vec![url.to_owned()]);
     }
-    let prefix = &url[..start + hosts_at];
-    let suffix = &rest[end..];
-    hosts
-        .split(',')
-        .map(|h| {
-            let h = h.trim();
-            if h.is_empty() {
-                Err(invalid(format!(
-                    "empty host in the host list {hosts:?}; write host:port,host:port"
-                )))
-            } else {
-                Ok(format!("{prefix}{h}{suffix}"))
-            }
-        })
-        .collect()
+    Ok(list.hosts.iter().map(|h| list.with(h)).collect())
 }
 
 /// `url` with its host list rotated so that host `first` (mod the number of hosts) comes
 /// first and the others follow in order: a process that should prefer that host (and fail
 /// over to the rest). A URL with one host comes back as it is.
 pub fn rotate_hosts(url: &str, first: usize) -> Result<String> {
-    let urls = split_hosts(url)?;
-    if urls.len() == 1 {
+    let list = HostList::parse(url)?;
+    let n = list.hosts.len();
+    if n == 1 {
         return Ok(url.to_owned());
     }
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[start..];
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let hosts_at = rest[..end].rfind('@').map_or(0, |i| i + 1);
-    let hosts: Vec<&str> = rest[hosts_at..end].split(',').map(str::trim).collect();
-    let n = hosts.len();
-    let order: Vec<&str> = (0..n).map(|k| hosts[(first + k) % n]).collect();
-    Ok(format!(
-        "{}{}{}",
-        &url[..start + hosts_at],
-        order.join(","),
-        &rest[end..]
-    ))
+    let order: Vec<&str> = (0..n).map(|k| list.hosts[(first + k) % n]).collect();
+    Ok(list.with(&order.join(",")))
 }
 
 /// `url` without its database path (keeps the query string): the server itself, for probes

@@ -116,7 +116,9 @@ pub(crate) fn galera_advice(config: &Config) -> Vec<String> {
     let lease = config.worker.lease_ttl;
     if lease < GALERA_TOLERANT {
         advice.push(format!(
-            "worker.lease_ttl = {} is shorter than the ~{} s a Galera cluster stalls writes              after a node crash: leases on healthy nodes expire and their jobs are re-run; set              worker.lease_ttl = \"{}s\" (JOBQ_WORKER__LEASE_TTL)",
+            "worker.lease_ttl = {} is shorter than the ~{} s a Galera cluster stalls writes \
+             after a node crash: leases on healthy nodes expire and their jobs are re-run; set \
+             worker.lease_ttl = \"{}s\" (JOBQ_WORKER__LEASE_TTL)",
             humantime::format_duration(lease),
             GALERA_STALL.as_secs(),
             GALERA_TOLERANT.as_secs(),

@@ -2,14 +2,14 @@
 //! lease `jobq:maintenance` in `jobq_locks` ([`LEADER_LOCK`], shown by `jobq lock status`). The
 //! lease lasts 2 × `maintenance.interval` + 0.5 s (at least 1 s) and its watchdog renews it
 //! every quarter of that, so a live leader keeps it and a dead one loses it within that; a
-//! stopping leader releases it and another process takes over within a sixth of it. Every interval the leader
-//! promotes due `scheduled` and `retryable` jobs, rescues expired leases, promotes `waiting` jobs
-//! whose concurrency key has a free slot (after a rescue, or a worker that died before doing
-//! it), and prunes finished
-//! jobs past their retention (with their history) in short primary-key batches for up to half
-//! an interval, so pruning keeps pace with thousands of completions a second; every few seconds
-//! it samples the depth gauges; about every 30 intervals it prunes stale worker rows and
-//! `jobq_keys` rows no live job has used for two days.
+//! stopping leader releases it and another process takes over within a sixth of it. Every
+//! interval the leader promotes due `scheduled` and `retryable` jobs, rescues expired leases,
+//! promotes `waiting` jobs whose concurrency key has a free slot (after a rescue, or a worker
+//! that died before doing it), and prunes finished jobs past their retention (with their
+//! history) in short primary-key batches for up to half an interval, so pruning keeps pace with
+//! thousands of completions a second; every few seconds it samples the depth gauges; about
+//! every 30 intervals it prunes stale worker rows and `jobq_keys` rows no live job has used for
+//! two days.
 //!
 //! When the lease is lost the leader's loop is dropped at its next await; a pass already
 //! started runs to its end in its own task (never cut off mid-transaction). A pass stops

@@ -23,24 +23,21 @@ const JOBS: i64 = 1500;
 /// A run of a job: when it started, and when it ended (if it did).
 type Run = (DateTime<Utc>, Option<DateTime<Utc>>);
 
-/// The sum of the samples of `metric` (lines starting with `prefix`) on the worker at `port`.
-fn scrape(port: u16, prefix: &str) -> f64 {
+/// The sum of the samples on the worker at `port` whose lines `keep` accepts.
+fn scrape(port: u16, keep: impl Fn(&str) -> bool) -> f64 {
     let (status, body) = crate::http::get(port, "/metrics").expect("scraping a worker");
     assert_eq!(status, 200);
     body.lines()
-        .filter(|l| l.starts_with(prefix))
+        .filter(|l| keep(l))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
 /// `jobq_jobs_claimed_total` for `record` on the worker listening on `port`.
 fn claimed_total(port: u16) -> f64 {
-    let (status, body) = crate::http::get(port, "/metrics").expect("scraping a worker");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| l.starts_with("jobq_jobs_claimed_total{") && l.contains("kind=\"record\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    scrape(port, |l| {
+        l.starts_with("jobq_jobs_claimed_total{") && l.contains("kind=\"record\"")
+    })
 }
 
 async fn scalar(db: &MySqlPool, sql: &str) -> i64 {
@@ -279,7 +276,7 @@ async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
     // The maintenance leader's worker dies: another takes over, and at no sample do two lead.
     let leader_of = |ports: &[u16]| -> Vec<usize> {
         (0..ports.len())
-            .filter(|&i| scrape(ports[i], "jobq_maintenance_leader ") >= 1.0)
+            .filter(|&i| scrape(ports[i], |l| l.starts_with("jobq_maintenance_leader ")) >= 1.0)
             .collect()
     };
     let leaders = leader_of(&ports);

@@ -427,9 +427,7 @@ impl Workers {
         self.0.clear();
         Ok(())
     }
-}
 
-impl Workers {
     /// Fails when a worker process has exited (they run until stopped): its error is on the
     /// terminal, above.
     fn check_alive(&mut self) -> Result<()> {
