@@ -18,12 +18,40 @@ use crate::procs::WorkerProc;
 const TOKEN: &str = "browser-test-token-0123";
 
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    let start = Instant::now();
+    loop {
+        let found = c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match found.text().await {
+            Ok(t) => return t,
+            Err(e)
+                if start.elapsed() < Duration::from_secs(10) && e.to_string().contains("stale") =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("reading {css}: {e}"),
+        }
+    }
+}
+
+/// Clicks the element `at` finds. The pages refresh themselves, so an element found just
+/// before a refresh can be stale by the time it is clicked: find it again then.
+async fn click(c: &Client, at: Locator<'_>) {
+    let start = Instant::now();
+    loop {
+        let found = c.find(at).await.unwrap_or_else(|e| panic!("{at:?}: {e}"));
+        match found.click().await {
+            Ok(_) => return,
+            Err(e)
+                if start.elapsed() < Duration::from_secs(10) && e.to_string().contains("stale") =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("clicking {at:?}: {e}"),
+        }
+    }
 }
 
 /// Waits until the text of `css` on the current page satisfies `ok`, reloading the page only
@@ -100,12 +128,7 @@ async fn console_in_headless_chromium(db: MySqlPool) {
         .send_keys(TOKEN)
         .await
         .unwrap();
-    c.find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("sign-in")).await;
 
     // The overview: queues with their counts, this worker, the failure.
     wait_text(&c, "h1", false, Duration::from_secs(10), |t| {
@@ -129,12 +152,7 @@ async fn console_in_headless_chromium(db: MySqlPool) {
         .select_by_value("discarded")
         .await
         .unwrap();
-    c.find(Locator::Id("f-apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("f-apply")).await;
     wait_text(&c, "#jobs", false, Duration::from_secs(10), |t| {
         t.contains("discarded")
     })
@@ -148,12 +166,11 @@ async fn console_in_headless_chromium(db: MySqlPool) {
     screenshot(&c, "02-jobs-discarded").await;
 
     // Open it and read its history; the error is shown as text, not run.
-    c.find(Locator::Css(&format!("#jobs a[href='/jobs/{failing}']")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &c,
+        Locator::Css(&format!("#jobs a[href='/jobs/{failing}']")),
+    )
+    .await;
     let history = wait_text(&c, "#history", false, Duration::from_secs(10), |t| {
         t.contains("claimed")
     })
@@ -170,12 +187,7 @@ async fn console_in_headless_chromium(db: MySqlPool) {
     screenshot(&c, "03-job-discarded").await;
 
     // Retry it: the live page shows it complete without a reload.
-    c.find(Locator::Id("act-retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("act-retry")).await;
     wait_text(&c, "#job-state", false, Duration::from_secs(30), |t| {
         t == "completed"
     })
@@ -189,12 +201,7 @@ async fn console_in_headless_chromium(db: MySqlPool) {
 
     // Pause a queue: its jobs are not claimed; resume: they are.
     c.goto(&format!("{base}/queues")).await.unwrap();
-    c.find(Locator::Id("pause-reports"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("pause-reports")).await;
     wait_text(&c, "#flash", false, Duration::from_secs(10), |t| {
         t.contains("paused")
     })
@@ -212,12 +219,7 @@ async fn console_in_headless_chromium(db: MySqlPool) {
         "available",
         "a paused queue's job was claimed"
     );
-    c.find(Locator::Id("resume-reports"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("resume-reports")).await;
     wait_for(
         Duration::from_secs(20),
         "the resumed queue's job to complete",
@@ -237,12 +239,7 @@ async fn console_in_headless_chromium(db: MySqlPool) {
     .await;
     c.goto(&format!("{base}/jobs/{long}")).await.unwrap();
     assert_eq!(text(&c, "#job-state").await, "running");
-    c.find(Locator::Id("act-cancel"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("act-cancel")).await;
     wait_text(&c, "#job-state", true, Duration::from_secs(30), |t| {
         t == "cancelled"
     })
