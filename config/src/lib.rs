@@ -394,4 +394,108 @@ mod tests {
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("kinds.bad kind"), "{e}");
     }
+
+    fn on(url: &str) -> QueueOverrides {
+        QueueOverrides {
+            database_url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Queues on other servers: each server gets its queues and schedules, the top-level
+    /// server first; one server's configuration comes back whole.
+    #[test]
+    fn a_configuration_splits_by_server() {
+        let mut s = Settings {
+            database_url: "mysql://u@main:3306/jobq".into(),
+            ..Default::default()
+        };
+        s.worker.queues = vec!["far".into(), "a".into(), "far2".into(), "b".into()];
+        s.queues
+            .insert("far".into(), on("mysql://u@other:3306/jobq"));
+        s.queues
+            .insert("far2".into(), on("mysql://u@other:3306/jobq"));
+        s.queues
+            .insert("idle".into(), on("mysql://u@third:3306/jobq"));
+        let c = s.validate().unwrap();
+        assert_eq!(c.database_of("far"), "mysql://u@other:3306/jobq");
+        assert_eq!(c.database_of("a"), "mysql://u@main:3306/jobq");
+        assert_eq!(c.database_of("unknown"), "mysql://u@main:3306/jobq");
+        assert_eq!(
+            c.servers(),
+            [
+                "mysql://u@main:3306/jobq",
+                "mysql://u@other:3306/jobq",
+                "mysql://u@third:3306/jobq"
+            ]
+        );
+        let parts = c.split_by_server().unwrap();
+        let got: Vec<(&str, Vec<&str>)> = parts
+            .iter()
+            .map(|p| {
+                (
+                    p.database_url.as_str(),
+                    p.worker_queues().iter().map(|q| q.name.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("mysql://u@main:3306/jobq", vec!["a", "b"]),
+                ("mysql://u@other:3306/jobq", vec!["far", "far2"]),
+            ]
+        );
+        assert_eq!(parts[1].worker.queues, ["far", "far2"]);
+        // One server: the configuration itself.
+        s.queues.clear();
+        let c = s.validate().unwrap();
+        assert_eq!(c.split_by_server().unwrap(), vec![c.clone()]);
+        let mut bad = Settings::default();
+        bad.queues.insert("x".into(), on("postgres://h/db"));
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("queues.x.database_url"), "{e}");
+    }
+
+    /// A schedule goes with its queue's server, and one whose server this process does not
+    /// work is refused when the process starts working.
+    #[test]
+    fn schedules_follow_their_queue_server() {
+        let text = r#"
+            database_url = "mysql://u@main:3306/jobq"
+            [worker]
+            queues = ["default", "far"]
+            [queues.far]
+            database_url = "mysql://u@other:3306/jobq"
+            [queues.nowhere]
+            database_url = "mysql://u@third:3306/jobq"
+            [[schedules]]
+            name = "near"
+            cron = "* * * * *"
+            kind = "noop"
+            [[schedules]]
+            name = "far"
+            cron = "* * * * *"
+            kind = "noop"
+            queue = "far"
+        "#;
+        let s: Settings = figment::Figment::from(figment::providers::Toml::string(text))
+            .extract()
+            .unwrap();
+        let parts = s.validate().unwrap().split_by_server().unwrap();
+        let names: Vec<Vec<&str>> = parts
+            .iter()
+            .map(|p| p.schedules().iter().map(|s| s.name.as_str()).collect())
+            .collect();
+        assert_eq!(names, [vec!["near"], vec!["far"]]);
+        let mut s = s;
+        s.schedules[1].queue = Some("nowhere".into());
+        let e = s
+            .validate()
+            .unwrap()
+            .split_by_server()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"far\"") && e.contains("nowhere"), "{e}");
+    }
 }

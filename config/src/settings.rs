@@ -209,6 +209,10 @@ impl Default for WorkerSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueOverrides {
+    /// This queue's own database server (`mysql://…`, a host list allowed): its jobs are
+    /// inserted, claimed and maintained there. Default: the top-level `database_url`. See
+    /// README "Outgrowing one server".
+    pub database_url: Option<String>,
     /// See [`WorkerSettings::concurrency`].
     pub concurrency: Option<u32>,
     /// See [`WorkerSettings::claim_mode`].

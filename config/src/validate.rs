@@ -156,6 +156,82 @@ impl Config {
         )
     }
 
+    /// The database server of `queue`: its `[queues.NAME] database_url`, or the top-level
+    /// `database_url`.
+    pub fn database_of(&self, queue: &str) -> &str {
+        self.settings
+            .queues
+            .get(queue)
+            .and_then(|o| o.database_url.as_deref())
+            .unwrap_or(&self.settings.database_url)
+    }
+
+    /// Every database server the configuration names: the top-level `database_url` first,
+    /// then each queue's own, in queue-name order, without repeats.
+    pub fn servers(&self) -> Vec<&str> {
+        let mut out = vec![self.settings.database_url.as_str()];
+        for o in self.settings.queues.values() {
+            if let Some(u) = o.database_url.as_deref() {
+                if !out.contains(&u) {
+                    out.push(u);
+                }
+            }
+        }
+        out
+    }
+
+    /// The configuration of each server this process works queues on: `database_url` set to
+    /// that server, `worker.queues` narrowed to its queues (in the configured order) and
+    /// `schedules` to those whose queue lives there. The top-level server comes first when
+    /// any worked queue is on it. A single-server configuration comes back whole.
+    ///
+    /// Fails when a schedule enqueues into a server this process works no queue of: no
+    /// maintenance leader of this process would ever enqueue it.
+    pub fn split_by_server(&self) -> Result<Vec<Config>, ConfigError> {
+        let mut urls: Vec<&str> = Vec::new();
+        for q in &self.queues {
+            let u = self.database_of(&q.name);
+            if !urls.contains(&u) {
+                urls.push(u);
+            }
+        }
+        if let Some(i) = urls.iter().position(|u| *u == self.settings.database_url) {
+            urls[..=i].rotate_right(1);
+        }
+        for sc in &self.schedules {
+            let u = self.database_of(&sc.queue);
+            if !urls.contains(&u) {
+                return Err(invalid(
+                    "schedules",
+                    format!(
+                        "schedule {:?} enqueues into queue {:?}, whose database this process \
+                         works no queue of; add a queue on that database to worker.queues, or \
+                         run the schedule from a process that works one",
+                        sc.name,
+                        sc.queue.as_str()
+                    ),
+                ));
+            }
+        }
+        if urls.len() == 1 && urls[0] == self.settings.database_url {
+            return Ok(vec![self.clone()]);
+        }
+        Ok(urls
+            .into_iter()
+            .map(|u| {
+                let mut c = self.clone();
+                c.settings.database_url = u.to_owned();
+                c.queues.retain(|q| self.database_of(&q.name) == u);
+                c.settings.worker.queues = c.queues.iter().map(|q| q.name.to_string()).collect();
+                c.schedules.retain(|s| self.database_of(&s.queue) == u);
+                c.settings
+                    .schedules
+                    .retain(|s| self.database_of(s.queue.as_deref().unwrap_or("default")) == u);
+                c
+            })
+            .collect())
+    }
+
     /// The concurrency-key limit for jobs of `kind` in `queue`: `[kinds.K] key_limit` over
     /// `[queues.Q] key_limit` over 1.
     pub fn key_limit(&self, queue: &str, kind: &str) -> u32 {
@@ -238,14 +314,7 @@ impl Settings {
     /// Checks what the types cannot and resolves the per-queue and per-kind policies. Errors
     /// name the key.
     pub fn validate(&self) -> Result<Config, ConfigError> {
-        if !self.database_url.starts_with("mysql://")
-            && !self.database_url.starts_with("mariadb://")
-        {
-            return Err(invalid(
-                "database_url",
-                "must be a mysql:// URL, e.g. mysql://root@127.0.0.1:3306/jobq",
-            ));
-        }
+        check_url("database_url", &self.database_url)?;
         let w = &self.worker;
         if w.queues.is_empty() {
             return Err(invalid("worker.queues", "list at least one queue"));
@@ -262,6 +331,9 @@ impl Settings {
         for (q, o) in &self.queues {
             let key = format!("queues.{q}");
             let name = QueueName::new(q).map_err(|e| name_error(&key, e))?;
+            if let Some(u) = &o.database_url {
+                check_url(&format!("{key}.database_url"), u)?;
+            }
             if let Some(c) = o.concurrency {
                 positive(&format!("{key}.concurrency"), c)?;
             }
@@ -408,6 +480,17 @@ impl Settings {
             kind_overrides,
             schedules,
         })
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            "must be a mysql:// URL, e.g. mysql://root@127.0.0.1:3306/jobq",
+        ))
     }
 }
 

@@ -49,6 +49,18 @@ pub enum Error {
         /// Rows sent.
         matched: u64,
     },
+    /// One enqueue call held jobs for queues on different database servers
+    /// (`[queues.NAME] database_url`, [`crate::Producer::route`]).
+    #[error(
+        "jobs for queues {first:?} and {other:?} go to different database servers, and one \
+         enqueue call is one transaction on one server; enqueue them in one call per server"
+    )]
+    SeveralServers {
+        /// The first job's queue.
+        first: String,
+        /// A queue on another server.
+        other: String,
+    },
     /// No job has this id (or it was pruned).
     #[error("job {0} does not exist (never enqueued, or pruned after it finished)")]
     NoSuchJob(crate::job::JobId),

@@ -38,6 +38,19 @@ pub const FAILS_TO_LEAVE: u32 = 2;
 /// How long an earlier host must have answered before the pool moves back to it.
 pub const SETTLE: Duration = Duration::from_secs(3);
 
+/// A name for the server (or cluster) of `url` without credentials or options:
+/// `host:port/database`, or `h1:3306,h2:3306/database` for a host list. The `server` label
+/// of jobq's per-server metrics and the heading of `jobq stats`.
+pub fn server_name(url: &str) -> String {
+    match HostList::parse(url) {
+        Ok(l) => {
+            let db = l.suffix.split('?').next().unwrap_or("");
+            format!("{}{db}", l.hosts.join(","))
+        }
+        Err(_) => "unknown".to_owned(),
+    }
+}
+
 /// A URL cut around its host list: `prefix` (scheme and user info), the hosts, `suffix` (the
 /// database path and query).
 struct HostList<'a> {
@@ -416,6 +429,18 @@ mod tests {
             let got = split_hosts(url).ok();
             let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
             assert_eq!(got, want, "{url}");
+        }
+    }
+
+    #[test]
+    fn server_names_leave_out_credentials_and_options() {
+        for (url, want) in [
+            ("mysql://root@127.0.0.1:3306/jobq", "127.0.0.1:3306/jobq"),
+            ("mysql://u:p@ss@a:1,b:2/db?ssl-mode=disabled", "a:1,b:2/db"),
+            ("mysql://h", "h"),
+            ("nonsense", "unknown"),
+        ] {
+            assert_eq!(server_name(url), want, "{url}");
         }
     }
 

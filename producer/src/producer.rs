@@ -2,6 +2,7 @@
 //! statements, or inside the caller's transaction), all or nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -271,11 +272,25 @@ impl NewJob {
     }
 }
 
-/// Inserts jobs. Cheap to clone (it holds a pool handle).
+/// Inserts jobs. Cheap to clone (it holds pool handles).
+///
+/// Jobs go to the producer's pool, or for the queues given to [`Producer::route`] to that
+/// queue's own server (README "Outgrowing one server").
 #[derive(Clone, Debug)]
 pub struct Producer {
     pool: MySqlPool,
     opts: ProducerOptions,
+    /// The other servers, each with the queues that live there.
+    routes: Arc<Routes>,
+}
+
+/// Queues on other servers than the producer's own pool.
+#[derive(Clone, Debug, Default)]
+struct Routes {
+    /// One pool per server, in the order [`Producer::route`] was called.
+    servers: Vec<MySqlPool>,
+    /// Queue name to its index in `servers`.
+    queues: BTreeMap<String, usize>,
 }
 
 impl Producer {
@@ -286,12 +301,64 @@ impl Producer {
 
     /// A producer with explicit limits and defaults.
     pub fn with_options(pool: MySqlPool, opts: ProducerOptions) -> Self {
-        Producer { pool, opts }
+        Producer {
+            pool,
+            opts,
+            routes: Arc::default(),
+        }
     }
 
-    /// The pool this producer writes to.
+    /// Sends the jobs of `queues` to the server of `pool` instead of the producer's own (what
+    /// `[queues.NAME] database_url` says for workers). Call it once per other server, with all
+    /// of that server's queues. A later route of a queue replaces an earlier one.
+    pub fn route<Q: Into<String>>(
+        mut self,
+        queues: impl IntoIterator<Item = Q>,
+        pool: MySqlPool,
+    ) -> Self {
+        let routes = Arc::make_mut(&mut self.routes);
+        routes.servers.push(pool);
+        let at = routes.servers.len() - 1;
+        for q in queues {
+            routes.queues.insert(q.into(), at);
+        }
+        self
+    }
+
+    /// The pool this producer writes to (for queues not routed elsewhere).
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
+    }
+
+    /// The pool the jobs of `queue` are written to.
+    pub fn pool_of(&self, queue: &str) -> &MySqlPool {
+        match self.routes.queues.get(queue) {
+            Some(&i) => &self.routes.servers[i],
+            None => &self.pool,
+        }
+    }
+
+    /// This producer with `queue`'s server as its own: [`Producer::wait_for`] then reads the
+    /// jobs of that queue (job ids are per server).
+    pub fn for_queue(&self, queue: &str) -> Producer {
+        Producer {
+            pool: self.pool_of(queue).clone(),
+            opts: self.opts.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+
+    /// The one server all of `rows` go to; an enqueue call is one transaction on one server.
+    fn server_of(&self, rows: &[store::JobInsert]) -> Result<&MySqlPool> {
+        let server = |q: &str| self.routes.queues.get(q).copied();
+        let first = &rows[0].queue;
+        if let Some(other) = rows.iter().find(|r| server(&r.queue) != server(first)) {
+            return Err(Error::SeveralServers {
+                first: first.clone(),
+                other: other.queue.clone(),
+            });
+        }
+        Ok(self.pool_of(first))
     }
 
     /// Waits until job `id` has finished (completed, discarded or cancelled) and returns how:
@@ -347,6 +414,7 @@ impl Producer {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        let pool = self.server_of(&rows)?;
         // Producers racing for one unique key can deadlock inside the server (each waits on
         // the others' shared lock on the duplicate key): the server rolls one transaction back
         // whole, so the whole transaction is retried.
@@ -354,7 +422,7 @@ impl Producer {
         let out = loop {
             tries += 1;
             let attempt = async {
-                let mut tx = store::begin(&self.pool).await?;
+                let mut tx = store::begin(pool).await?;
                 let out = store::insert_jobs(&mut tx, &rows).await?;
                 tx.commit().await?;
                 Ok::<_, Error>(out)
@@ -372,7 +440,9 @@ impl Producer {
     }
 
     /// Inserts one job through the caller's connection, usually `&mut *tx` of the caller's own
-    /// transaction: the job exists only if the caller commits.
+    /// transaction: the job exists only if the caller commits. The job goes to the server of
+    /// `conn`, whatever [`Producer::route`] says: use a connection of the queue's server
+    /// ([`Producer::pool_of`]).
     pub async fn enqueue_in(&self, conn: &mut MySqlConnection, job: NewJob) -> Result<JobId> {
         let ids = self.enqueue_many_in(conn, vec![job]).await?;
         Ok(ids[0])

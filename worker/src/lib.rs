@@ -68,7 +68,7 @@ pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.
 pub use jobq_lock as lock;
 pub use jobq_producer::{
-    Enqueued, Job, JobEnd, JobId, JobState, KindName, NewJob, OnDuplicate, Producer,
+    server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName, NewJob, OnDuplicate, Producer,
     ProducerOptions, QueueName, MIGRATOR,
 };
 pub use panics::install_panic_hook;
@@ -89,6 +89,29 @@ pub async fn connect(config: &Config) -> Result<sqlx::MySqlPool> {
 /// A producer configured from `config.producer`.
 pub fn producer(pool: sqlx::MySqlPool, config: &Config) -> Producer {
     Producer::with_options(pool, producer_options(config))
+}
+
+/// A producer for `config` over `pool` (the top-level `database_url`'s), with a pool of its
+/// own for every other server a queue names (`[queues.NAME] database_url`), that queue's jobs
+/// routed there (see [`Producer::route`]).
+pub async fn routed_producer(pool: sqlx::MySqlPool, config: &Config) -> Result<Producer> {
+    let mut p = producer(pool, config);
+    for url in config.servers().into_iter().skip(1) {
+        let queues = config
+            .queues
+            .keys()
+            .filter(|q| config.database_of(q) == url);
+        p = p.route(queues.cloned(), db::pool(&on_server(config, url)?).await?);
+    }
+    Ok(p)
+}
+
+/// `config` with `url` as its `database_url`: what a command acting on another server of the
+/// configuration uses.
+pub fn on_server(config: &Config, url: &str) -> Result<Config> {
+    let mut s = config.settings().clone();
+    s.database_url = url.to_owned();
+    Ok(s.validate()?)
 }
 
 /// The producer options `config.producer` asks for.

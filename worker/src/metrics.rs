@@ -109,8 +109,8 @@ pub(crate) fn heartbeat(ok: bool) {
     counter!(HEARTBEATS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
 }
 
-pub(crate) fn leader(leading: bool) {
-    gauge!(LEADER).set(if leading { 1.0 } else { 0.0 });
+pub(crate) fn leader(server: &str, leading: bool) {
+    gauge!(LEADER, "server" => server.to_owned()).set(if leading { 1.0 } else { 0.0 });
 }
 
 pub(crate) fn rescued(queue: String, outcome: &'static str) {
@@ -301,23 +301,29 @@ pub fn gauge_idle_timeout(config: &jobq_config::Config) -> std::time::Duration {
 }
 
 /// Leader sample: the paused gauge of every known queue, adding the paused ones to `known`.
-pub(crate) fn paused(known: &mut std::collections::BTreeSet<String>, paused: &[String]) {
+pub(crate) fn paused(
+    server: &str,
+    known: &mut std::collections::BTreeSet<String>,
+    paused: &[String],
+) {
     known.extend(paused.iter().cloned());
     for q in known.iter() {
         let v = if paused.contains(q) { 1.0 } else { 0.0 };
-        gauge!(PAUSED, "queue" => q.clone()).set(v);
+        gauge!(PAUSED, "server" => server.to_owned(), "queue" => q.clone()).set(v);
     }
 }
 
 /// Leader sample: depth per queue and state, oldest available age, live workers.
 pub(crate) fn depth(
+    server: &str,
     samples: &[(String, String, i64)],
     oldest: &[(String, f64)],
     known: &mut std::collections::BTreeSet<String>,
     workers: i64,
     max_id: u64,
 ) {
-    counter!(INSERTED).absolute(max_id);
+    let server = || server.to_owned();
+    counter!(INSERTED, "server" => server()).absolute(max_id);
     for (q, _, _) in samples {
         known.insert(q.clone());
     }
@@ -335,22 +341,23 @@ pub(crate) fn depth(
                 .iter()
                 .find(|(sq, ss, _)| sq == q && ss == s)
                 .map_or(0, |x| x.2);
-            gauge!(depth_name(s), "queue" => q.clone()).set(n as f64);
+            gauge!(depth_name(s), "server" => server(), "queue" => q.clone()).set(n as f64);
         }
         let age = oldest.iter().find(|(oq, _)| oq == q).map_or(0.0, |x| x.1);
-        gauge!(OLDEST_AVAILABLE, "queue" => q.clone()).set(age);
+        gauge!(OLDEST_AVAILABLE, "server" => server(), "queue" => q.clone()).set(age);
     }
-    gauge!(WORKERS_ALIVE).set(workers as f64);
+    gauge!(WORKERS_ALIVE, "server" => server()).set(workers as f64);
 }
 
 /// A process that stops leading zeroes its samples so only the leader's values stand.
-pub(crate) fn clear_depth(known: &std::collections::BTreeSet<String>) {
+pub(crate) fn clear_depth(server: &str, known: &std::collections::BTreeSet<String>) {
+    let server = || server.to_owned();
     for q in known {
         for s in DEPTH_STATES {
-            gauge!(depth_name(s), "queue" => q.clone()).set(0.0);
+            gauge!(depth_name(s), "server" => server(), "queue" => q.clone()).set(0.0);
         }
-        gauge!(OLDEST_AVAILABLE, "queue" => q.clone()).set(0.0);
-        gauge!(PAUSED, "queue" => q.clone()).set(0.0);
+        gauge!(OLDEST_AVAILABLE, "server" => server(), "queue" => q.clone()).set(0.0);
+        gauge!(PAUSED, "server" => server(), "queue" => q.clone()).set(0.0);
     }
-    gauge!(WORKERS_ALIVE).set(0.0);
+    gauge!(WORKERS_ALIVE, "server" => server()).set(0.0);
 }

@@ -136,7 +136,94 @@ impl Worker {
     /// the schema is not migrated. Database errors while running are logged, counted and
     /// retried with backoff; they never end the run. If a background loop panics, the worker
     /// stops gracefully and returns [`Error::LoopDied`].
-    pub async fn run(self, mut signal: ShutdownSignal) -> Result<Stopped> {
+    ///
+    /// Queues on other servers (`[queues.NAME] database_url`) are worked by one run per server
+    /// under this worker's id, each with its own pool, worker row, heartbeat and maintenance
+    /// election on its server, stopping together (see [`Worker::run_servers`]).
+    pub async fn run(self, signal: ShutdownSignal) -> Result<Stopped> {
+        let parts = self.config.split_by_server()?;
+        if parts.len() == 1 && parts[0].database_url == self.config.database_url {
+            return self.run_server(signal).await;
+        }
+        self.run_servers(parts, signal).await
+    }
+
+    /// One run per server of `parts`: the first to fail (or to lose a loop) stops the others
+    /// gracefully; a stop asked of this worker is passed on to all of them.
+    async fn run_servers(self, parts: Vec<Config>, mut signal: ShutdownSignal) -> Result<Stopped> {
+        let mut workers = Vec::with_capacity(parts.len());
+        for part in parts {
+            let pool = if part.database_url == self.config.database_url {
+                self.pool.clone()
+            } else {
+                db::pool(&part).await?
+            };
+            info!(server = %jobq_producer::server_name(&part.database_url),
+                  queues = ?part.worker.queues, "working queues on this server");
+            workers.push(Worker {
+                pool,
+                registry: self.registry.clone(),
+                config: part,
+                id: self.id.clone(),
+                drain: self.drain,
+                health: self.health.clone(),
+                #[cfg(test)]
+                fault: self.fault.clone(),
+                #[cfg(test)]
+                lose_claim_answers: self.lose_claim_answers,
+            });
+        }
+        let (inner, inner_signal) = crate::shutdown::Shutdown::new();
+        let mut runs = tokio::task::JoinSet::new();
+        for w in workers {
+            runs.spawn(w.run_server(inner_signal.clone()));
+        }
+        let forward = inner.clone();
+        let relay = tokio::spawn(async move {
+            signal.at_least(StopLevel::Graceful).await;
+            forward.stop();
+            signal.at_least(StopLevel::Immediate).await;
+            forward.kill();
+        });
+        let mut first_error = None;
+        let mut panicked = None;
+        let mut left = 0;
+        let mut drained = true;
+        let mut immediate = false;
+        while let Some(done) = runs.join_next().await {
+            match done {
+                Ok(Ok(Stopped::Immediate(n))) => {
+                    immediate = true;
+                    left += n;
+                }
+                Ok(Ok(Stopped::Drained)) => {}
+                Ok(Ok(Stopped::Graceful)) => drained = false,
+                Ok(Err(e)) => {
+                    error!(error = %e, "a server's run failed; stopping the others");
+                    inner.stop();
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    error!(error = %e, "a server's run panicked; stopping the others");
+                    inner.stop();
+                    panicked.get_or_insert(e);
+                }
+            }
+        }
+        relay.abort();
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p.into_panic());
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None if immediate => Ok(Stopped::Immediate(left)),
+            None if drained => Ok(Stopped::Drained),
+            None => Ok(Stopped::Graceful),
+        }
+    }
+
+    /// The run on one server: [`Worker::run`] when every queue lives on `database_url`.
+    async fn run_server(self, mut signal: ShutdownSignal) -> Result<Stopped> {
         let info = db::detect(&self.pool).await?;
         info.check(self.config.worker_queues().iter().map(|q| q.claim_mode))?;
         if info.galera {

@@ -60,7 +60,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let m = shared.config.maintenance.clone();
     let ttl = leader_lease(m.interval);
     let locks = LeaseLock::new(&shared.pool, shared.id.as_str()).ttl(ttl);
-    metrics::leader(false);
+    metrics::leader(&shared.server, false);
     // A term never ends on its own, so this returns only at `stop` (campaign errors are
     // retried inside).
     locks
@@ -71,13 +71,14 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 /// This process's leadership, while its loop runs: leaving (by stop or by a lost lease, when
 /// the loop is dropped) zeroes the leader's gauges.
 struct Leading {
+    server: String,
     known_queues: BTreeSet<String>,
 }
 
 impl Drop for Leading {
     fn drop(&mut self) {
-        metrics::clear_depth(&self.known_queues);
-        metrics::leader(false);
+        metrics::clear_depth(&self.server, &self.known_queues);
+        metrics::leader(&self.server, false);
         info!("maintenance leadership ended");
     }
 }
@@ -87,9 +88,10 @@ async fn lead(shared: Arc<Shared>, term: Term) {
     let m = shared.config.maintenance.clone();
     info!(worker = %shared.id, token = term.token(), "leading maintenance");
     let mut leading = Leading {
+        server: shared.server.clone(),
         known_queues: BTreeSet::new(),
     };
-    metrics::leader(true);
+    metrics::leader(&shared.server, true);
     let mut tick = tokio::time::interval(m.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -107,14 +109,21 @@ async fn lead(shared: Arc<Shared>, term: Term) {
                     // (see `metrics::gauge_idle_timeout`).
                     let known = &mut leading.known_queues;
                     *known = shared.slots.iter().map(|q| q.name.to_string()).collect();
-                    metrics::depth(&s.depth, &s.oldest, known, s.workers, s.max_id)
+                    metrics::depth(
+                        &shared.server,
+                        &s.depth,
+                        &s.oldest,
+                        known,
+                        s.workers,
+                        s.max_id,
+                    )
                 }
                 Err(e) => debug!(error = %e, "depth sample failed"),
             }
             match store::paused(&shared.pool).await {
                 Ok(p) => {
                     let names: Vec<String> = p.into_iter().map(|(q, ..)| q).collect();
-                    metrics::paused(&mut leading.known_queues, &names);
+                    metrics::paused(&shared.server, &mut leading.known_queues, &names);
                 }
                 Err(e) => debug!(error = %e, "paused sample failed"),
             }

@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) config: Config,
     pub(crate) id: WorkerId,
+    /// The `server` label of the leader's metrics: this server's hosts and database.
+    pub(crate) server: String,
     /// The registered kinds.
     pub(crate) kinds: Vec<KindName>,
     pub(crate) in_flight: in_flight::InFlight,
@@ -92,6 +94,7 @@ impl Shared {
             })
             .collect();
         Shared {
+            server: jobq_producer::server_name(&config.database_url),
             pool,
             registry,
             config,

@@ -252,11 +252,18 @@ fn init_logging(settings: &Config) {
     jobq_worker::install_panic_hook();
 }
 
+/// `jobq migrate`: every server the configuration names (`database_url` and each queue's).
 pub(crate) async fn migrate(settings: &Config) -> Result<ExitCode> {
-    jobq_worker::migrate(&settings.database_url)
-        .await
-        .with_context(|| format!("migrating {}", redact(&settings.database_url)))?;
-    eprintln!("jobq: database migrated");
+    let servers = settings.servers();
+    for url in &servers {
+        jobq_worker::migrate(url)
+            .await
+            .with_context(|| format!("migrating {}", redact(url)))?;
+    }
+    match servers.len() {
+        1 => eprintln!("jobq: database migrated"),
+        n => eprintln!("jobq: {n} databases migrated"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -313,7 +320,7 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
         a.payload
     };
     let mut job = NewJob::raw(a.kind, payload)
-        .queue(a.queue)
+        .queue(a.queue.clone())
         .priority(a.priority);
     if let Some(d) = a.delay {
         job = job.delay(d);
@@ -341,6 +348,8 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
         std::slice::from_ref(&job),
         &jobq_worker::producer_options(settings),
     )?;
+    // The queue's own server ([queues.NAME] database_url), or database_url.
+    let settings = &jobq_worker::on_server(settings, settings.database_of(&a.queue))?;
     let pool = connected(settings).await?;
     jobq_worker::check_server_limits(&pool, settings).await?;
     let producer = jobq_worker::producer(pool.clone(), settings);
@@ -472,13 +481,45 @@ async fn web(settings: &Config, listen: Option<std::net::SocketAddr>) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// `jobq stats`: every server the configuration names, each under a `server NAME` heading
+/// when there are several (JSON: one object, or an array of `{"server", "stats"}`).
 async fn stats(settings: &Config, json: bool) -> Result<ExitCode> {
-    let pool = connected(settings).await?;
-    let s = jobq_worker::stats(&pool).await?;
+    let servers = settings.servers();
+    let mut all = Vec::with_capacity(servers.len());
+    for url in &servers {
+        let pool = connected(&jobq_worker::on_server(settings, url)?).await?;
+        all.push((
+            jobq_worker::server_name(url),
+            jobq_worker::stats(&pool).await?,
+        ));
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let out = match &all[..] {
+            [(_, one)] => serde_json::to_value(one)?,
+            several => serde_json::Value::Array(
+                several
+                    .iter()
+                    .map(|(server, s)| serde_json::json!({"server": server, "stats": s}))
+                    .collect(),
+            ),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let several = all.len() > 1;
+    for (i, (server, s)) in all.iter().enumerate() {
+        if several {
+            if i > 0 {
+                println!();
+            }
+            println!("server {server}");
+        }
+        print_stats(s);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_stats(s: &jobq_worker::Stats) {
     let states: Vec<&str> = jobq_worker::JobState::ALL
         .iter()
         .map(|s| s.as_str())
@@ -508,7 +549,6 @@ async fn stats(settings: &Config, json: bool) -> Result<ExitCode> {
         print!(" {:>10}", s.totals.get(*st).copied().unwrap_or(0));
     }
     println!();
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `s` with control characters escaped (`\n`, `\u{1b}`, …): error texts and worker ids come
