@@ -276,7 +276,7 @@ async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
     // The maintenance leader's worker dies: another takes over, and at no sample do two lead.
     let leader_of = |ports: &[u16]| -> Vec<usize> {
         (0..ports.len())
-            .filter(|&i| scrape(ports[i], |l| l.starts_with("jobq_maintenance_leader ")) >= 1.0)
+            .filter(|&i| scrape(ports[i], |l| l.starts_with("jobq_maintenance_leader")) >= 1.0)
             .collect()
     };
     let leaders = leader_of(&ports);

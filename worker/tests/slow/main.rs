@@ -22,5 +22,6 @@ mod pause;
 mod prom;
 mod restart;
 mod schedules;
+mod servers;
 mod wakeup;
 mod web;
