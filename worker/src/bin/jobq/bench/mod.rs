@@ -10,7 +10,10 @@
 //!   the server can do, so each report shows jobq as a fraction of it;
 //! - `scaling`: one claim's time with 10k and 1M waiting jobs, and with 1M finished jobs present;
 //! - `locks`: the lock library's acquire/release latency and contended throughput (`locks.rs`);
-//! - `web`: the console's pages timed over HTTP with N jobs in a busy day's mix (`web.rs`).
+//! - `web`: the console's pages timed over HTTP with N jobs in a busy day's mix (`web.rs`);
+//! - `two-servers`: N jobs split over two queues on two servers (`--second-database-url`),
+//!   drained by P processes that each work both, against the same N on one server
+//!   (`servers.rs`).
 //!
 //! Every burn-down run is paired with a ceiling run of the same size and claim mode.
 
@@ -28,6 +31,7 @@ use serde_json::json;
 use sqlx::MySqlPool;
 
 mod locks;
+mod servers;
 mod sql;
 mod web;
 
@@ -53,6 +57,9 @@ pub(crate) enum Scenario {
     /// The web console's pages timed over HTTP with N jobs (default 20,000; the README's
     /// figure uses --jobs 1000000) in a busy day's mix of states.
     Web,
+    /// N jobs over two queues, one per server (`--second-database-url`), drained by P
+    /// processes working both, against the same N jobs on one server.
+    TwoServers,
     /// One contending process of `locks` (started by it).
     #[value(hide = true)]
     LockContender,
@@ -68,6 +75,7 @@ impl Scenario {
             Scenario::Retention => "retention",
             Scenario::Locks => "locks",
             Scenario::Web => "web",
+            Scenario::TwoServers => "two-servers",
             Scenario::LockContender => "lock-contender",
         }
     }
@@ -118,6 +126,9 @@ pub(crate) struct BenchArgs {
     /// lock-contender: the kind of lock.
     #[arg(long, value_enum, hide = true)]
     lock_kind: Option<locks::LockKind>,
+    /// two-servers: the second server (its `<db>_bench` database is used, like the first's).
+    #[arg(long, value_name = "URL")]
+    second_database_url: Option<String>,
     /// Print one JSON object per run instead of a table.
     #[arg(long)]
     json: bool,
@@ -228,6 +239,41 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
                 web::run(&pool, &bs.validate()?, jobs, a.json).await?;
             }
         }
+        Scenario::TwoServers => {
+            let second = a
+                .second_database_url
+                .as_deref()
+                .context("two-servers needs --second-database-url mysql://…")?;
+            let second = bench_url(second);
+            jobq_worker::check_server(&second, &modes).await?;
+            jobq_worker::migrate(&second)
+                .await
+                .with_context(|| format!("preparing the bench database {second}"))?;
+            let mut s2 = bs.clone();
+            s2.database_url = second.clone();
+            let pool2 = jobq_worker::connect(&s2.validate()?).await?;
+            for &jobs in &a.jobs {
+                for &mode in &modes {
+                    for &p in &a.processes {
+                        for &conc in &a.concurrency {
+                            let one = burn_down(&pool, &url, jobs, mode, p, conc).await?;
+                            emit(&a, &one);
+                            let r = servers::burn_down(
+                                [(&pool, url.as_str()), (&pool2, second.as_str())],
+                                jobs,
+                                mode,
+                                p,
+                                conc,
+                            )
+                            .await?;
+                            emit(&a, &r);
+                            reports.push(one);
+                            reports.push(r);
+                        }
+                    }
+                }
+            }
+        }
         Scenario::LockContender => unreachable!("handled above"),
         Scenario::Retention => {
             for &jobs in &a.jobs {
@@ -320,6 +366,11 @@ fn print_table(rows: &[Report]) {
 /// Inserts `n` noop jobs in calls of 10,000 (multi-row INSERTs with history) from `producers`
 /// concurrent connections; returns jobs/s.
 pub(super) async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
+    fill_queue(pool, n, QUEUE).await
+}
+
+/// [`fill`] into `queue`.
+pub(super) async fn fill_queue(pool: &MySqlPool, n: u32, queue: &'static str) -> Result<f64> {
     let producers = PRODUCERS.load(std::sync::atomic::Ordering::Relaxed).max(1);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -334,7 +385,7 @@ pub(super) async fn fill(pool: &MySqlPool, n: u32) -> Result<f64> {
                 let keys = CONCURRENCY_KEYS.load(std::sync::atomic::Ordering::Relaxed);
                 let jobs = (0..k)
                     .map(|i| {
-                        let mut job = NewJob::json("noop", json!({})).queue(QUEUE);
+                        let mut job = NewJob::json("noop", json!({})).queue(queue);
                         if keys > 0 {
                             job = job.concurrency_key(format!("key-{}", (left + i) % keys));
                         }
@@ -383,6 +434,18 @@ impl Workers {
         concurrency: u32,
         env: &[(&str, &str)],
     ) -> Result<Workers> {
+        Workers::spawn_on(url, QUEUE, mode, processes, concurrency, env)
+    }
+
+    /// `processes` workers of `queues` (comma-separated), `concurrency` slots per queue.
+    fn spawn_on(
+        url: &str,
+        queues: &str,
+        mode: ClaimMode,
+        processes: u32,
+        concurrency: u32,
+        env: &[(&str, &str)],
+    ) -> Result<Workers> {
         let exe = std::env::current_exe()?;
         let mut v = Vec::new();
         let common = WORKER_ENV.get().map(Vec::as_slice).unwrap_or(&[]);
@@ -394,7 +457,7 @@ impl Workers {
                     .args([
                         "work",
                         "--queues",
-                        QUEUE,
+                        queues,
                         "--claim-mode",
                         mode.as_str(),
                         "--concurrency",

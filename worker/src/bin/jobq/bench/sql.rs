@@ -245,3 +245,21 @@ pub(super) async fn console_mix(pool: &MySqlPool) -> Result<(), sqlx::Error> {
     }
     Ok(())
 }
+
+/// First claim and last completion of `queue` (seconds since the epoch, database clock) and
+/// its claims: for runs spread over several servers of one machine.
+pub(super) async fn run_bounds(
+    pool: &MySqlPool,
+    queue: &str,
+) -> Result<(f64, f64, i64), sqlx::Error> {
+    // language=MySQL
+    let (first, last, claims): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
+        "SELECT CAST(UNIX_TIMESTAMP(MIN(attempted_at)) AS DOUBLE), \
+                CAST(UNIX_TIMESTAMP(MAX(finalized_at)) AS DOUBLE), COUNT(DISTINCT claim_token) \
+         FROM jobq_jobs WHERE queue = ?",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await?;
+    Ok((first.unwrap_or(0.0), last.unwrap_or(0.0), claims))
+}
