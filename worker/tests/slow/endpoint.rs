@@ -94,8 +94,11 @@ async fn depth_series_of_vanished_queues_are_dropped(db: sqlx::MySqlPool) {
     .await;
     let (_, body) = get(port, "/metrics").unwrap();
     assert!(
-        body.contains("jobq_queue_available_jobs{queue=\"default\"}"),
-        "the worker's own queue keeps its series:\n{body}"
+        body.lines()
+            .any(|l| l.starts_with("jobq_queue_available_jobs{")
+                && l.contains("queue=\"default\"")
+                && l.contains(&format!("server=\"{}\"", jobq_worker::server_name(&url)))),
+        "the worker's own queue keeps its series, labelled with its server:\n{body}"
     );
     w.stop_cleanly();
 }
