@@ -1,6 +1,5 @@
 //! `jobq queues pause` / `resume` across real worker processes, in both claim modes.
 
-use std::process::Command;
 use std::time::Duration;
 
 use jobq_worker::{NewJob, Producer};
@@ -9,23 +8,6 @@ use sqlx::MySqlPool;
 
 use crate::common::*;
 use crate::procs::WorkerProc;
-
-/// `jobq ARGS` against `url`; its stdout, after checking it succeeded.
-fn jobq(url: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(args)
-        .env("JOBQ_DATABASE_URL", url)
-        .env("JOBQ_LOG__LEVEL", "warn")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "jobq {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Claims recorded later than 100 ms (one poll interval) after the pause.
 async fn claims_after(db: &MySqlPool, paused_at: &str) -> i64 {
@@ -64,11 +46,15 @@ async fn pause_and_resume(db: MySqlPool, mode: &str) {
     .await;
 
     assert_eq!(
-        jobq(&url, &["queues", "pause", "default"]).trim(),
+        jobq_ok(&url, &["queues", "pause", "default"], &[])
+            .await
+            .trim(),
         "paused default"
     );
     assert_eq!(
-        jobq(&url, &["queues", "pause", "default"]).trim(),
+        jobq_ok(&url, &["queues", "pause", "default"], &[])
+            .await
+            .trim(),
         "default was already paused"
     );
     let paused_at: String = sqlx::query_scalar(
@@ -119,13 +105,14 @@ async fn pause_and_resume(db: MySqlPool, mode: &str) {
     );
 
     // The state shows in `jobq stats` and `jobq queues`.
-    let stats: serde_json::Value = serde_json::from_str(&jobq(&url, &["stats", "--json"])).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&jobq_ok(&url, &["stats", "--json"], &[]).await).unwrap();
     assert!(
         stats["queues"]["default"]["paused_since"].is_string(),
         "{stats}"
     );
     let queues: serde_json::Value =
-        serde_json::from_str(&jobq(&url, &["queues", "--json"])).unwrap();
+        serde_json::from_str(&jobq_ok(&url, &["queues", "--json"], &[]).await).unwrap();
     let default = queues
         .as_array()
         .unwrap()
@@ -136,7 +123,9 @@ async fn pause_and_resume(db: MySqlPool, mode: &str) {
     assert_eq!(default["available"], left);
 
     assert_eq!(
-        jobq(&url, &["queues", "resume", "default"]).trim(),
+        jobq_ok(&url, &["queues", "resume", "default"], &[])
+            .await
+            .trim(),
         "resumed default"
     );
     wait_for(Duration::from_secs(60), "all jobs completed", || async {

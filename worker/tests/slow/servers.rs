@@ -30,26 +30,8 @@ async fn one_worker_serves_queues_on_two_servers(near: MySqlPool) {
         ("JOBQ_MAINTENANCE__INTERVAL", "100ms"),
     ];
     let cli = |args: &'static [&'static str]| {
-        let (url, env) = (near_url.clone(), env);
-        async move {
-            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"));
-            cmd.args(args)
-                .env("JOBQ_DATABASE_URL", url)
-                .env("JOBQ_LOG__LEVEL", "warn")
-                .env_remove("RUST_LOG");
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-                .await
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "jobq {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        }
+        let url = near_url.clone();
+        async move { jobq_ok(&url, args, &env).await }
     };
 
     // One `jobq migrate` creates the far database and its schema.

@@ -277,3 +277,23 @@ pub(crate) async fn jobq_cli(url: &str, args: &[&str]) -> std::process::Output {
         .await
         .unwrap()
 }
+
+/// `jobq ARGS` against `url` with the extra settings `env`, off the test's thread; its stdout,
+/// after checking it succeeded.
+pub(crate) async fn jobq_ok(url: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"));
+    cmd.args(args)
+        .env("JOBQ_DATABASE_URL", url)
+        .env("JOBQ_LOG__LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied());
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run jobq"))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "jobq {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -525,10 +525,20 @@ impl Drop for Workers {
 
 /// Waits until `n` jobs are completed, printing a progress line; fails after 60 s without progress.
 async fn wait_completed(pool: &MySqlPool, n: u32, workers: &mut Workers) -> Result<()> {
+    wait_done(n, workers, || sql::completed_in(pool, QUEUE)).await
+}
+
+/// Waits until `done()` reaches `n`, printing a progress line; fails at once when a worker
+/// process has exited, and after 60 s without progress.
+async fn wait_done<F, Fut>(n: u32, workers: &mut Workers, done: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<i64, sqlx::Error>>,
+{
     let started = Instant::now();
     let (mut last, mut last_change) = (0i64, Instant::now());
     loop {
-        let done = sql::completed_in(pool, QUEUE).await?;
+        let done = done().await?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         eprint!(
             "\r  {done:>8}/{n} done, {:>8.0} jobs/s   ",

@@ -4,13 +4,11 @@
 //! and a maintenance campaign on each server. Timed from the first claim to the last
 //! completion over both servers (one machine, one clock).
 
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Result};
+use anyhow::Result;
 use jobq_config::ClaimMode;
 use sqlx::MySqlPool;
 
-use super::{fill_queue, per_job, sql, Report, Workers, QUEUE};
+use super::{fill_queue, per_job, sql, wait_done, Report, Workers, QUEUE};
 
 /// The second server's queue.
 const FAR_QUEUE: &str = "bench_far";
@@ -37,7 +35,14 @@ pub(super) async fn burn_down(
     let env = [("JOBQ_QUEUES__BENCH_FAR__DATABASE_URL", far_url)];
     let both = format!("{QUEUE},{FAR_QUEUE}");
     let mut workers = Workers::spawn_on(url, &both, mode, processes, concurrency, &env)?;
-    wait_both(queues, n, &mut workers).await?;
+    wait_done(n, &mut workers, || async {
+        let mut done = 0;
+        for (pool, queue) in queues {
+            done += sql::completed_in(pool, queue).await?;
+        }
+        Ok(done)
+    })
+    .await?;
     let (mut statements, mut writes) = (0, 0);
     for ((pool, _), (q0, w0)) in queues.into_iter().zip(before) {
         let (q1, w1) = sql::server_counters(pool).await?;
@@ -72,32 +77,4 @@ pub(super) async fn burn_down(
         ),
         ..Default::default()
     })
-}
-
-/// Waits until `n` jobs are completed over both queues; fails after 60 s without progress.
-async fn wait_both(queues: [(&MySqlPool, &str); 2], n: u32, workers: &mut Workers) -> Result<()> {
-    let started = Instant::now();
-    let (mut last, mut last_change) = (0i64, Instant::now());
-    loop {
-        let mut done = 0;
-        for (pool, queue) in queues {
-            done += sql::completed_in(pool, queue).await?;
-        }
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        eprint!(
-            "\r  {done:>8}/{n} done, {:>8.0} jobs/s   ",
-            done as f64 / secs
-        );
-        if done >= i64::from(n) {
-            eprint!("\r{:60}\r", "");
-            return Ok(());
-        }
-        workers.check_alive()?;
-        if done != last {
-            (last, last_change) = (done, Instant::now());
-        } else if last_change.elapsed() > Duration::from_secs(60) {
-            bail!("no progress for 60 s at {done}/{n} completed");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
