@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::time::Duration;
 
-use jobq_producer::{KindName, QueueName};
+use jobq_producer::{same_server, KindName, QueueName};
 
 use crate::error::{invalid, ConfigError};
 use crate::settings::{
@@ -157,24 +157,28 @@ impl Config {
     }
 
     /// The database server of `queue`: its `[queues.NAME] database_url`, or the top-level
-    /// `database_url`.
+    /// `database_url` (also when the queue's URL names the same database, however spelled).
     pub fn database_of(&self, queue: &str) -> &str {
-        self.settings
+        match self
+            .settings
             .queues
             .get(queue)
             .and_then(|o| o.database_url.as_deref())
-            .unwrap_or(&self.settings.database_url)
+        {
+            Some(u) if !same_server(u, &self.settings.database_url) => u,
+            _ => &self.settings.database_url,
+        }
     }
 
     /// Every database server the configuration names: the top-level `database_url` first,
-    /// then each queue's own, in queue-name order, without repeats.
+    /// then each queue's own, in queue-name order, one URL per server (see
+    /// [`jobq_producer::same_server`]).
     pub fn servers(&self) -> Vec<&str> {
         let mut out = vec![self.settings.database_url.as_str()];
-        for o in self.settings.queues.values() {
-            if let Some(u) = o.database_url.as_deref() {
-                if !out.contains(&u) {
-                    out.push(u);
-                }
+        for q in self.settings.queues.keys() {
+            let u = self.database_of(q);
+            if !out.iter().any(|o| same_server(o, u)) {
+                out.push(u);
             }
         }
         out
@@ -185,51 +189,54 @@ impl Config {
     /// `schedules` to those whose queue lives there. The top-level server comes first when
     /// any worked queue is on it. A single-server configuration comes back whole.
     ///
-    /// Fails when a schedule enqueues into a server this process works no queue of: no
-    /// maintenance leader of this process would ever enqueue it.
-    pub fn split_by_server(&self) -> Result<Vec<Config>, ConfigError> {
+    /// Also returns the schedules left out: their queue is on a server this process works no
+    /// queue of, so the processes working that server enqueue them.
+    pub fn split_by_server(&self) -> (Vec<Config>, Vec<String>) {
         let mut urls: Vec<&str> = Vec::new();
         for q in &self.queues {
             let u = self.database_of(&q.name);
-            if !urls.contains(&u) {
+            if !urls.iter().any(|o| same_server(o, u)) {
                 urls.push(u);
             }
         }
         if let Some(i) = urls.iter().position(|u| *u == self.settings.database_url) {
             urls[..=i].rotate_right(1);
         }
-        for sc in &self.schedules {
-            let u = self.database_of(&sc.queue);
-            if !urls.contains(&u) {
-                return Err(invalid(
-                    "schedules",
-                    format!(
-                        "schedule {:?} enqueues into queue {:?}, whose database this process \
-                         works no queue of; add a queue on that database to worker.queues, or \
-                         run the schedule from a process that works one",
-                        sc.name,
-                        sc.queue.as_str()
-                    ),
-                ));
-            }
-        }
+        let here = |queue: &str| {
+            let u = self.database_of(queue);
+            urls.iter().any(|o| same_server(o, u))
+        };
+        let skipped: Vec<String> = self
+            .schedules
+            .iter()
+            .filter(|s| !here(&s.queue))
+            .map(|s| s.name.clone())
+            .collect();
+        let mut whole = self.clone();
+        whole.schedules.retain(|s| here(&s.queue));
+        whole
+            .settings
+            .schedules
+            .retain(|s| here(s.queue.as_deref().unwrap_or("default")));
         if urls.len() == 1 && urls[0] == self.settings.database_url {
-            return Ok(vec![self.clone()]);
+            return (vec![whole], skipped);
         }
-        Ok(urls
+        let parts = urls
             .into_iter()
             .map(|u| {
-                let mut c = self.clone();
+                let on = |queue: &str| same_server(self.database_of(queue), u);
+                let mut c = whole.clone();
                 c.settings.database_url = u.to_owned();
-                c.queues.retain(|q| self.database_of(&q.name) == u);
+                c.queues.retain(|q| on(&q.name));
                 c.settings.worker.queues = c.queues.iter().map(|q| q.name.to_string()).collect();
-                c.schedules.retain(|s| self.database_of(&s.queue) == u);
+                c.schedules.retain(|s| on(&s.queue));
                 c.settings
                     .schedules
-                    .retain(|s| self.database_of(s.queue.as_deref().unwrap_or("default")) == u);
+                    .retain(|s| on(s.queue.as_deref().unwrap_or("default")));
                 c
             })
-            .collect())
+            .collect();
+        (parts, skipped)
     }
 
     /// The concurrency-key limit for jobs of `kind` in `queue`: `[kinds.K] key_limit` over

@@ -38,17 +38,35 @@ pub const FAILS_TO_LEAVE: u32 = 2;
 /// How long an earlier host must have answered before the pool moves back to it.
 pub const SETTLE: Duration = Duration::from_secs(3);
 
-/// A name for the server (or cluster) of `url` without credentials or options:
-/// `host:port/database`, or `h1:3306,h2:3306/database` for a host list. The `server` label
-/// of jobq's per-server metrics and the heading of `jobq stats`.
+/// A name for the server (or cluster) of `url` without scheme, credentials or options:
+/// `host:port/database`, or `h1:3306,h2:3306/database` for a host list (hosts sorted, port
+/// 3306 written out), so two spellings of one database give one name. The `server` label of
+/// jobq's per-server metrics, the heading of `jobq stats`, and what [`same_server`] compares.
 pub fn server_name(url: &str) -> String {
     match HostList::parse(url) {
         Ok(l) => {
             let db = l.suffix.split('?').next().unwrap_or("");
-            format!("{}{db}", l.hosts.join(","))
+            let mut hosts: Vec<String> = l
+                .hosts
+                .iter()
+                .map(|h| match h.rsplit_once(':') {
+                    // An IPv6 address in brackets has colons of its own.
+                    Some((_, port)) if !port.ends_with(']') => h.to_string(),
+                    _ => format!("{h}:3306"),
+                })
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            format!("{}{db}", hosts.join(","))
         }
         Err(_) => "unknown".to_owned(),
     }
+}
+
+/// Whether two database URLs name the same database of the same server or cluster, however
+/// spelled (scheme, user, options, host order).
+pub fn same_server(a: &str, b: &str) -> bool {
+    a == b || server_name(a) == server_name(b)
 }
 
 /// A URL cut around its host list: `prefix` (scheme and user info), the hosts, `suffix` (the
@@ -436,12 +454,18 @@ mod tests {
     fn server_names_leave_out_credentials_and_options() {
         for (url, want) in [
             ("mysql://root@127.0.0.1:3306/jobq", "127.0.0.1:3306/jobq"),
-            ("mysql://u:p@ss@a:1,b:2/db?ssl-mode=disabled", "a:1,b:2/db"),
-            ("mysql://h", "h"),
+            ("mysql://u:p@ss@b:2,a:1/db?ssl-mode=disabled", "a:1,b:2/db"),
+            ("mysql://h", "h:3306"),
+            ("mariadb://other@h:3306/jobq", "h:3306/jobq"),
             ("nonsense", "unknown"),
         ] {
             assert_eq!(server_name(url), want, "{url}");
         }
+        assert!(same_server(
+            "mysql://u@h/jobq",
+            "mariadb://v:p@h:3306/jobq?x=y"
+        ));
+        assert!(!same_server("mysql://u@h/jobq", "mysql://u@h/jobq2"));
     }
 
     #[test]

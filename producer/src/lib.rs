@@ -36,8 +36,8 @@ mod store;
 
 pub use error::{Error, Result};
 pub use failover::{
-    connect_cluster, first_healthy_url, rotate_hosts, server_name, server_url, split_hosts,
-    FAILS_TO_LEAVE, PROBE_EVERY, PROBE_TIMEOUT, SETTLE,
+    connect_cluster, first_healthy_url, rotate_hosts, same_server, server_name, server_url,
+    split_hosts, FAILS_TO_LEAVE, PROBE_EVERY, PROBE_TIMEOUT, SETTLE,
 };
 pub use job::{
     validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,

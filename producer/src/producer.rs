@@ -310,7 +310,8 @@ impl Producer {
 
     /// Sends the jobs of `queues` to the server of `pool` instead of the producer's own (what
     /// `[queues.NAME] database_url` says for workers). Call it once per other server, with all
-    /// of that server's queues. A later route of a queue replaces an earlier one.
+    /// of that server's queues: each call is one server, and one enqueue call may not span two.
+    /// A later route of a queue replaces an earlier one.
     pub fn route<Q: Into<String>>(
         mut self,
         queues: impl IntoIterator<Item = Q>,
@@ -338,16 +339,6 @@ impl Producer {
         }
     }
 
-    /// This producer with `queue`'s server as its own: [`Producer::wait_for`] then reads the
-    /// jobs of that queue (job ids are per server).
-    pub fn for_queue(&self, queue: &str) -> Producer {
-        Producer {
-            pool: self.pool_of(queue).clone(),
-            opts: self.opts.clone(),
-            routes: self.routes.clone(),
-        }
-    }
-
     /// The one server all of `rows` go to; an enqueue call is one transaction on one server.
     fn server_of(&self, rows: &[store::JobInsert]) -> Result<&MySqlPool> {
         let server = |q: &str| self.routes.queues.get(q).copied();
@@ -367,26 +358,18 @@ impl Producer {
     /// 5 ms, then at doubling intervals up to 500 ms: a few reads a second at most, whatever
     /// the job takes; and at once when a worker in this process writes the job's outcome.
     pub async fn wait_for(&self, id: JobId, timeout: Duration) -> Result<Option<JobEnd>> {
-        let written = crate::notify::watch(id.0);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let end = store::job_end(&self.pool, id)
-                .await?
-                .ok_or(Error::NoSuchJob(id))?;
-            if end.state.is_final() {
-                return Ok(Some(end));
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(pause.min(deadline - now)) => {}
-                _ = written.notified() => {}
-            }
-            pause = (pause * 2).min(Duration::from_millis(500));
-        }
+        wait_on(&self.pool, id, timeout).await
+    }
+
+    /// [`Producer::wait_for`] for a job of `queue`, read on that queue's server (job ids are
+    /// per server; see [`Producer::route`]).
+    pub async fn wait_for_in(
+        &self,
+        queue: &str,
+        id: JobId,
+        timeout: Duration,
+    ) -> Result<Option<JobEnd>> {
+        wait_on(self.pool_of(queue), id, timeout).await
     }
 
     /// Inserts one job in its own transaction and returns its id (for a duplicate unique job,
@@ -544,6 +527,30 @@ pub struct Enqueued {
     /// True if the duplicate replaced the existing job's payload, priority and run-at
     /// ([`OnDuplicate::Replace`] and the job had not started).
     pub replaced: bool,
+}
+
+/// Reads job `id` on `pool` until it is final or `timeout` passed (see [`Producer::wait_for`]).
+async fn wait_on(pool: &MySqlPool, id: JobId, timeout: Duration) -> Result<Option<JobEnd>> {
+    let written = crate::notify::watch(id.0);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let end = store::job_end(pool, id)
+            .await?
+            .ok_or(Error::NoSuchJob(id))?;
+        if end.state.is_final() {
+            return Ok(Some(end));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause.min(deadline - now)) => {}
+            _ = written.notified() => {}
+        }
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
 }
 
 fn ids(out: Vec<Enqueued>) -> Vec<JobId> {

@@ -68,8 +68,8 @@ pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.
 pub use jobq_lock as lock;
 pub use jobq_producer::{
-    server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName, NewJob, OnDuplicate, Producer,
-    ProducerOptions, QueueName, MIGRATOR,
+    same_server, server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName, NewJob,
+    OnDuplicate, Producer, ProducerOptions, QueueName, MIGRATOR,
 };
 pub use panics::install_panic_hook;
 pub use registry::Registry;

@@ -140,16 +140,23 @@ impl Worker {
     /// Queues on other servers (`[queues.NAME] database_url`) are worked by one run per server
     /// under this worker's id, each with its own pool, worker row, heartbeat and maintenance
     /// election on its server, stopping together (see [`Worker::run_servers`]).
-    pub async fn run(self, signal: ShutdownSignal) -> Result<Stopped> {
-        let parts = self.config.split_by_server()?;
+    pub async fn run(mut self, signal: ShutdownSignal) -> Result<Stopped> {
+        let (mut parts, skipped) = self.config.split_by_server();
+        for name in skipped {
+            info!(schedule = %name, "this process works no queue on the schedule's server; \
+                  the processes working that server enqueue it");
+        }
         if parts.len() == 1 && parts[0].database_url == self.config.database_url {
-            return self.run_server(signal).await;
+            self.config = parts.remove(0);
+            return self.run_server(signal, None).await;
         }
         self.run_servers(parts, signal).await
     }
 
-    /// One run per server of `parts`: the first to fail (or to lose a loop) stops the others
-    /// gracefully; a stop asked of this worker is passed on to all of them.
+    /// One run per server of `parts`, each server checked before any starts: the first to
+    /// fail (or to lose a loop) stops the others gracefully; a stop asked of this worker is
+    /// passed on to all of them. With [`Worker::drain`], each server's run ends once its own
+    /// queues are drained.
     async fn run_servers(self, parts: Vec<Config>, mut signal: ShutdownSignal) -> Result<Stopped> {
         let mut workers = Vec::with_capacity(parts.len());
         for part in parts {
@@ -158,25 +165,32 @@ impl Worker {
             } else {
                 db::pool(&part).await?
             };
-            info!(server = %jobq_producer::server_name(&part.database_url),
-                  queues = ?part.worker.queues, "working queues on this server");
-            workers.push(Worker {
-                pool,
-                registry: self.registry.clone(),
-                config: part,
-                id: self.id.clone(),
-                drain: self.drain,
-                health: self.health.clone(),
-                #[cfg(test)]
-                fault: self.fault.clone(),
-                #[cfg(test)]
-                lose_claim_answers: self.lose_claim_answers,
-            });
+            let server = jobq_producer::server_name(&part.database_url);
+            let info = preflight(&pool, &part).await.map_err(|e| {
+                error!(%server, error = %e, "this server cannot be worked; nothing was claimed on any server");
+                e
+            })?;
+            info!(%server, queues = ?part.worker.queues, "working queues on this server");
+            workers.push((
+                info,
+                Worker {
+                    pool,
+                    registry: self.registry.clone(),
+                    config: part,
+                    id: self.id.clone(),
+                    drain: self.drain,
+                    health: self.health.clone(),
+                    #[cfg(test)]
+                    fault: self.fault.clone(),
+                    #[cfg(test)]
+                    lose_claim_answers: self.lose_claim_answers,
+                },
+            ));
         }
         let (inner, inner_signal) = crate::shutdown::Shutdown::new();
         let mut runs = tokio::task::JoinSet::new();
-        for w in workers {
-            runs.spawn(w.run_server(inner_signal.clone()));
+        for (info, w) in workers {
+            runs.spawn(w.run_server(inner_signal.clone(), Some(info)));
         }
         let forward = inner.clone();
         let relay = tokio::spawn(async move {
@@ -223,21 +237,16 @@ impl Worker {
     }
 
     /// The run on one server: [`Worker::run`] when every queue lives on `database_url`.
-    async fn run_server(self, mut signal: ShutdownSignal) -> Result<Stopped> {
-        let info = db::detect(&self.pool).await?;
-        info.check(self.config.worker_queues().iter().map(|q| q.claim_mode))?;
-        if info.galera {
-            info!("Galera cluster detected (wsrep_on = ON): claims confirm their commit");
-            for advice in db::galera_advice(&self.config) {
-                warn!("Galera: {advice}");
-            }
-        }
-        db::check_migrated(&self.pool).await?;
-        // The server is known already: only its packet limit is asked for.
-        info.check_producer(
-            &self.config.producer,
-            db::max_allowed_packet(&self.pool).await?,
-        )?;
+    /// `checked`: the server's [`preflight`], when done already.
+    async fn run_server(
+        self,
+        mut signal: ShutdownSignal,
+        checked: Option<db::ServerInfo>,
+    ) -> Result<Stopped> {
+        let info = match checked {
+            Some(info) => info,
+            None => preflight(&self.pool, &self.config).await?,
+        };
         let sup = Supervisor {
             health: self.health.clone(),
             #[cfg(test)]
@@ -429,6 +438,23 @@ impl Worker {
             Stopped::Graceful
         })
     }
+}
+
+/// What a run checks before it claims anything: the server runs the configured claim modes
+/// (Galera detected and advised on), the schema is migrated, the producer limits fit.
+async fn preflight(pool: &MySqlPool, config: &Config) -> Result<db::ServerInfo> {
+    let info = db::detect(pool).await?;
+    info.check(config.worker_queues().iter().map(|q| q.claim_mode))?;
+    if info.galera {
+        info!("Galera cluster detected (wsrep_on = ON): claims confirm their commit");
+        for advice in db::galera_advice(config) {
+            warn!("Galera: {advice}");
+        }
+    }
+    db::check_migrated(pool).await?;
+    // The server is known already: only its packet limit is asked for.
+    info.check_producer(&config.producer, db::max_allowed_packet(pool).await?)?;
+    Ok(info)
 }
 
 /// Resolves once nothing runnable is left for this worker.

@@ -3,7 +3,8 @@
 //! puts one queue on the private server; `jobq migrate` migrates both, `jobq enqueue` writes to
 //! the queue's server, a producer routes by queue (and refuses one call spanning both), one
 //! `jobq work` process serves both queues under one worker id with a maintenance leader on each
-//! server, `jobq stats` and `/metrics` show both servers.
+//! server, `jobq stats` and `/metrics` show both servers. A server that cannot be worked stops
+//! the process before anything is claimed anywhere.
 
 use std::time::Duration;
 
@@ -34,6 +35,25 @@ async fn one_worker_serves_queues_on_two_servers(near: MySqlPool) {
         async move { jobq_ok(&url, args, &env).await }
     };
 
+    // A server that cannot be worked (here: its database does not exist yet) stops the
+    // process before it claims anything on any server.
+    let early = Producer::new(near.clone())
+        .enqueue(NewJob::json("noop", json!({})).queue("near"))
+        .await
+        .unwrap();
+    let mut refused = WorkerProc::spawn(&near_url, &["--queues", "near,far"], &env);
+    let (code, _) = refused.wait(Duration::from_secs(30));
+    assert_ne!(code, Some(0), "{}", refused.log_text());
+    assert_eq!(state_of(&near, early.0).await, "available");
+    sqlx::query("DELETE FROM jobq_jobs")
+        .execute(&near)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM jobq_transitions")
+        .execute(&near)
+        .await
+        .unwrap();
+
     // One `jobq migrate` creates the far database and its schema.
     cli(&["migrate"]).await;
     let far = MySqlPoolOptions::new()
@@ -55,7 +75,21 @@ async fn one_worker_serves_queues_on_two_servers(near: MySqlPool) {
     assert_eq!(count(&near, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
 
     // A routed producer: each queue's jobs to its server; one call over both is refused whole.
-    let producer = Producer::new(near.clone()).route(["far"], far.clone());
+    let mut settings = jobq_config::Settings {
+        database_url: near_url.clone(),
+        ..Default::default()
+    };
+    settings.queues.insert(
+        "far".into(),
+        jobq_config::QueueOverrides {
+            database_url: Some(far_url.clone()),
+            ..Default::default()
+        },
+    );
+    let config = settings.validate().unwrap();
+    let producer = jobq_worker::routed_producer(near.clone(), &config)
+        .await
+        .unwrap();
     let mixed = vec![
         NewJob::json("record", json!({})).queue("near"),
         NewJob::json("record", json!({})).queue("far"),
@@ -74,7 +108,7 @@ async fn one_worker_serves_queues_on_two_servers(near: MySqlPool) {
     let far_jobs = (100..FAR)
         .map(|_| NewJob::json("record", json!({"ms": 2})).queue("far"))
         .collect();
-    producer.enqueue_many(far_jobs).await.unwrap();
+    let far_ids = producer.enqueue_many(far_jobs).await.unwrap();
     assert_eq!(
         count(&near, "SELECT COUNT(*) FROM jobq_jobs").await,
         NEAR as i64
@@ -113,6 +147,15 @@ async fn one_worker_serves_queues_on_two_servers(near: MySqlPool) {
         },
     )
     .await;
+    // Job ids are per server: a far job is read on the far server.
+    let last = *far_ids.last().unwrap();
+    let end = producer
+        .wait_for_in("far", last, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the far job ended");
+    assert_eq!(end.state, jobq_worker::JobState::Completed);
+
     // One worker id, registered on both servers, running each server's jobs.
     let ids = |db: MySqlPool| async move {
         sqlx::query_scalar::<_, String>("SELECT CAST(id AS CHAR) FROM jobq_workers")

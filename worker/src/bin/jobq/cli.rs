@@ -213,6 +213,28 @@ pub(crate) fn run() -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let one_server = matches!(
+        cli.command,
+        Command::Job { .. }
+            | Command::Jobs(_)
+            | Command::Cancel(_)
+            | Command::Retry(_)
+            | Command::Discard(_)
+            | Command::Prune(_)
+            | Command::Workers { .. }
+            | Command::Queues(_)
+            | Command::Web { .. }
+    );
+    let servers = settings.servers();
+    if one_server && servers.len() > 1 {
+        eprintln!(
+            "jobq: note: this configuration names {} database servers ([queues.NAME] \
+             database_url) and job ids are per server; this command acts on database_url ({}) \
+             only: set JOBQ_DATABASE_URL to act on another",
+            servers.len(),
+            jobq_worker::server_name(&settings.database_url)
+        );
+    }
     rt.block_on(async move {
         match cli.command {
             Command::Migrate => migrate(&settings).await,

@@ -34,8 +34,29 @@ enum SchedulesAction {
     },
 }
 
+/// The configuration of the server `name`'s queue lives on (`[queues.NAME] database_url`): a
+/// schedule's state and its jobs are kept there, by that server's maintenance leader.
+fn server_of(settings: &Config, name: &str) -> Result<Config> {
+    let queue = settings
+        .schedules()
+        .iter()
+        .find(|s| s.name == name)
+        .map_or("default", |s| s.queue.as_str());
+    Ok(jobq_worker::on_server(
+        settings,
+        settings.database_of(queue),
+    )?)
+}
+
 pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode> {
-    let pool = crate::cli::connected(settings).await?;
+    let pool = match &a.action {
+        Some(
+            SchedulesAction::Pause { name }
+            | SchedulesAction::Resume { name }
+            | SchedulesAction::Run { name },
+        ) => crate::cli::connected(&server_of(settings, name)?).await?,
+        None => crate::cli::connected(settings).await?,
+    };
     match a.action {
         Some(SchedulesAction::Pause { name }) => {
             let by = crate::acts::actor();
@@ -57,7 +78,21 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
             println!("{id}");
         }
         None => {
-            let list = jobq_worker::list_schedules(&pool, settings).await?;
+            // Each schedule as its own queue's server keeps it.
+            let mut list = Vec::new();
+            for url in settings.servers() {
+                let pool = if url == settings.database_url {
+                    pool.clone()
+                } else {
+                    crate::cli::connected(&jobq_worker::on_server(settings, url)?).await?
+                };
+                list.extend(
+                    jobq_worker::list_schedules(&pool, settings)
+                        .await?
+                        .into_iter()
+                        .filter(|s| jobq_worker::same_server(settings.database_of(&s.queue), url)),
+                );
+            }
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
