@@ -11,6 +11,7 @@
 //! - `scaling`: one claim's time with 10k and 1M waiting jobs, and with 1M finished jobs present;
 //! - `locks`: the lock library's acquire/release latency and contended throughput (`locks.rs`);
 //! - `web`: the console's pages timed over HTTP with N jobs in a busy day's mix (`web.rs`);
+//! - `price`: the ceiling's variants, pricing each index and each history row (`price.rs`);
 //! - `two-servers`: N jobs split over two queues on two servers (`--second-database-url`),
 //!   drained by P processes that each work both, against the same N on one server
 //!   (`servers.rs`).
@@ -31,6 +32,7 @@ use serde_json::json;
 use sqlx::MySqlPool;
 
 mod locks;
+mod price;
 mod servers;
 mod sql;
 mod web;
@@ -60,6 +62,9 @@ pub(crate) enum Scenario {
     /// N jobs over two queues, one per server (`--second-database-url`), drained by P
     /// processes working both, against the same N jobs on one server.
     TwoServers,
+    /// The hot path priced: the ceiling on jobq's schema with and without history, without
+    /// each secondary index in turn, and on a narrow table.
+    Price,
     /// One contending process of `locks` (started by it).
     #[value(hide = true)]
     LockContender,
@@ -76,6 +81,7 @@ impl Scenario {
             Scenario::Locks => "locks",
             Scenario::Web => "web",
             Scenario::TwoServers => "two-servers",
+            Scenario::Price => "price",
             Scenario::LockContender => "lock-contender",
         }
     }
@@ -274,6 +280,14 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
                 }
             }
         }
+        Scenario::Price => {
+            for &jobs in &a.jobs {
+                for r in price::run(&pool, jobs, a.ceiling_connections).await? {
+                    emit(&a, &r);
+                    reports.push(r);
+                }
+            }
+        }
         Scenario::LockContender => unreachable!("handled above"),
         Scenario::Retention => {
             for &jobs in &a.jobs {
@@ -287,7 +301,10 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
         }
     }
     if !a.json && !reports.is_empty() {
-        print_table(&reports);
+        match a.scenario {
+            Scenario::Price => price::print(&reports),
+            _ => print_table(&reports),
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -643,8 +660,37 @@ async fn retention(
 }
 
 async fn ceiling(pool: &MySqlPool, n: u32, mode: ClaimMode, connections: u32) -> Result<Report> {
-    sql::bench_reset(pool).await?;
-    let enqueue = fill(pool, n).await?;
+    ceiling_of(pool, n, mode, connections, Batch::Jobq { history: false }).await
+}
+
+/// What a ceiling run's connections do per batch of 100.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Batch {
+    /// Claim and finish on jobq's schema; with `history`, the claimed and completed
+    /// transition rows too (each in its statement's transaction, as jobq writes them).
+    Jobq { history: bool },
+    /// The same on a table holding only what a queue needs, with one index.
+    Narrow,
+}
+
+async fn ceiling_of(
+    pool: &MySqlPool,
+    n: u32,
+    mode: ClaimMode,
+    connections: u32,
+    batch: Batch,
+) -> Result<Report> {
+    let enqueue = match batch {
+        Batch::Narrow => {
+            let started = Instant::now();
+            sql::narrow_reset(pool, n).await?;
+            f64::from(n) / started.elapsed().as_secs_f64()
+        }
+        Batch::Jobq { .. } => {
+            sql::bench_reset(pool).await?;
+            fill(pool, n).await?
+        }
+    };
     let (q0, w0) = sql::server_counters(pool).await?;
     let started = Instant::now();
     let lock = match mode {
@@ -658,7 +704,12 @@ async fn ceiling(pool: &MySqlPool, n: u32, mode: ClaimMode, connections: u32) ->
             let mut conn = pool.acquire().await?;
             let mut total = 0usize;
             loop {
-                let got = sql::ceiling_batch(&mut conn, QUEUE, 100, lock.as_deref()).await?;
+                let got = match batch {
+                    Batch::Jobq { history } => {
+                        sql::ceiling_batch(&mut conn, QUEUE, 100, lock.as_deref(), history).await?
+                    }
+                    Batch::Narrow => sql::narrow_batch(&mut conn, 100).await?,
+                };
                 if got == 0 {
                     return Ok::<usize, sqlx::Error>(total);
                 }

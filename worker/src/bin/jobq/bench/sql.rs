@@ -94,6 +94,7 @@ pub(super) async fn ceiling_batch(
     queue: &str,
     limit: u32,
     lock: Option<&str>,
+    history: bool,
 ) -> Result<usize, sqlx::Error> {
     if let Some(name) = lock {
         // language=MySQL
@@ -132,6 +133,9 @@ pub(super) async fn ceiling_batch(
             q = q.bind(id);
         }
         q.execute(&mut *tx).await?;
+        if history {
+            history_rows(&mut tx, &ids, "available", "running", "claimed").await?;
+        }
     }
     tx.commit().await?;
     if let Some(name) = lock {
@@ -151,8 +155,133 @@ pub(super) async fn ceiling_batch(
         for id in &ids {
             q = q.bind(id);
         }
-        q.execute(&mut *conn).await?;
+        if history {
+            // With history the completion and its rows are one transaction, as in jobq.
+            let mut tx = conn.begin().await?;
+            q.execute(&mut *tx).await?;
+            history_rows(&mut tx, &ids, "running", "completed", "completed").await?;
+            tx.commit().await?;
+        } else {
+            q.execute(&mut *conn).await?;
+        }
     }
+    Ok(ids.len())
+}
+
+/// One transition row per job of `ids`, as jobq writes them (multi-row INSERT … SELECT).
+async fn history_rows(
+    conn: &mut MySqlConnection,
+    ids: &[u64],
+    from: &str,
+    to: &str,
+    event: &str,
+) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    let sql = format!(
+        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
+         SELECT id, ?, ?, ?, attempt, 'bench', UTC_TIMESTAMP(6) FROM jobq_jobs FORCE INDEX (PRIMARY) \
+         WHERE id IN ({})",
+        marks(ids.len())
+    );
+    let mut q = sqlx::query(&sql).bind(from).bind(to).bind(event);
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// The definition of index `name` of `table` (`[UNIQUE] KEY name (col, col(len))`), read from
+/// the catalogue so a price run can drop it and put it back as it was.
+pub(super) async fn index_definition(
+    pool: &MySqlPool,
+    table: &str,
+    name: &str,
+) -> Result<String, sqlx::Error> {
+    // language=MySQL
+    let cols: Vec<(i64, String, Option<i64>)> = sqlx::query_as(
+        "SELECT CAST(NON_UNIQUE AS SIGNED), CAST(COLUMN_NAME AS CHAR), CAST(SUB_PART AS SIGNED) \
+         FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND INDEX_NAME = ? ORDER BY SEQ_IN_INDEX",
+    )
+    .bind(table)
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    let unique = cols.first().is_some_and(|c| c.0 == 0);
+    let list: Vec<String> = cols
+        .iter()
+        .map(|(_, c, len)| match len {
+            Some(n) => format!("{c}({n})"),
+            None => c.clone(),
+        })
+        .collect();
+    Ok(format!(
+        "{}KEY {name} ({})",
+        if unique { "UNIQUE " } else { "" },
+        list.join(", ")
+    ))
+}
+
+/// `ALTER TABLE table action` (bench only: names come from the bench itself).
+pub(super) async fn alter(pool: &MySqlPool, table: &str, action: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("ALTER TABLE {table} {action}"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The narrow-table floor's table: what a queue needs and nothing else.
+pub(super) async fn narrow_reset(pool: &MySqlPool, n: u32) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    sqlx::query("DROP TABLE IF EXISTS jobq_bench_narrow")
+        .execute(pool)
+        .await?;
+    // language=MySQL
+    sqlx::query(
+        "CREATE TABLE jobq_bench_narrow (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, \
+         queue VARCHAR(64) NOT NULL, state TINYINT NOT NULL, priority SMALLINT NOT NULL, \
+         run_at DATETIME(6) NOT NULL, PRIMARY KEY (id), KEY claim (queue, state, priority, run_at, id)) \
+         ENGINE=InnoDB",
+    )
+    .execute(pool)
+    .await?;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        // language=MySQL
+        let sql = format!(
+            "INSERT INTO jobq_bench_narrow (queue, state, priority, run_at) VALUES {}",
+            vec!["('bench', 0, 0, UTC_TIMESTAMP(6))"; k as usize].join(", ")
+        );
+        sqlx::query(&sql).execute(pool).await?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// The narrow-table floor: claim up to `limit` (state 0 → 1), then finish them (1 → 2) with
+/// one UPDATE. Returns how many.
+pub(super) async fn narrow_batch(
+    conn: &mut MySqlConnection,
+    limit: u32,
+) -> Result<usize, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    // language=MySQL
+    let ids: Vec<u64> = sqlx::query_scalar(
+        "SELECT id FROM jobq_bench_narrow FORCE INDEX (claim) WHERE queue = 'bench' AND state = 0 \
+         ORDER BY priority, run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if ids.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    narrow_set(&mut tx, 1, &ids).await?;
+    tx.commit().await?;
+    narrow_set(conn, 2, &ids).await?;
     Ok(ids.len())
 }
 
@@ -262,4 +391,18 @@ pub(super) async fn run_bounds(
     .fetch_one(pool)
     .await?;
     Ok((first.unwrap_or(0.0), last.unwrap_or(0.0), claims))
+}
+
+async fn narrow_set(conn: &mut MySqlConnection, state: u8, ids: &[u64]) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    let sql = format!(
+        "UPDATE jobq_bench_narrow SET state = {state} WHERE id IN ({})",
+        marks(ids.len())
+    );
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.execute(conn).await?;
+    Ok(())
 }
