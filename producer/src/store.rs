@@ -105,9 +105,9 @@ pub(crate) async fn insert_jobs(
 }
 
 /// Inserts a unique job, or finds the unique job of the same kind and key that is waiting or
-/// running. The unique index `jobq_jobs_unique (kind, unique_active)` decides, where
-/// `unique_active` is the key while the job is `available`, `scheduled`, `running` or
-/// `retryable` and NULL after: no check-then-insert, so concurrent producers cannot both
+/// running. The unique index `jobq_jobs_unique (unique_active)` decides, where
+/// `unique_active` is `kind/key` while the job is `available`, `scheduled`, `running`,
+/// `retryable` or `waiting` and NULL after: no check-then-insert, so concurrent producers cannot both
 /// insert. On a duplicate, `id = LAST_INSERT_ID(id)` hands back the existing id and
 /// `duplicates + 1` both counts it and makes the reply say "updated" (2 rows) rather than
 /// "inserted" (1).
