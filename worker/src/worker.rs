@@ -255,7 +255,9 @@ impl Worker {
             fault: None,
         };
         let health = self.health.clone();
-        let shared = Arc::new(Shared::new(self.pool, self.registry, self.config, self.id));
+        let mut shared = Shared::new(self.pool, self.registry, self.config, self.id);
+        shared.galera = info.galera;
+        let shared = Arc::new(shared);
         #[cfg(test)]
         shared
             .lose_claim_answers

@@ -791,3 +791,59 @@ async fn a_claim_is_confirmed_or_failed_never_assumed(db: MySqlPool) {
         assert_eq!(open, 0, "{fault:?}: a transaction was left open");
     }
 }
+
+/// The Galera claim (`ClaimLock::Spread`) on one server, with the node's share set by hand
+/// (node 1 of 2: odd ids): the first claim locks its share of the head in claim order, the
+/// steal step fills the batch from the rest; a claimer of the other share takes the even ids;
+/// no job is claimed twice and every job is claimed once. Without Galera's status variables
+/// (this server) the share is empty and the steal step claims in plain queue order.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn spread_claims_take_their_share_then_steal(db: MySqlPool) {
+    let ids = Producer::new(db.clone())
+        .enqueue_many((0..12).map(|_| NewJob::json("noop", json!({}))).collect())
+        .await
+        .unwrap();
+    let ids: Vec<u64> = ids.into_iter().map(|i| i.0).collect();
+    let queue = QueueName::new("default").unwrap();
+    let worker = WorkerId::generate();
+    let spread = |limit| ClaimRequest {
+        lock: ClaimLock::Spread,
+        ..plain_claim(&queue, &worker, limit)
+    };
+    let mut odd = db.acquire().await.unwrap();
+    sqlx::query("SET @jobq_node = 1, @jobq_nodes = 2")
+        .execute(&mut *odd)
+        .await
+        .unwrap();
+    let mut even = db.acquire().await.unwrap();
+    sqlx::query("SET @jobq_node = 0, @jobq_nodes = 2")
+        .execute(&mut *even)
+        .await
+        .unwrap();
+    let got = |c: &super::claim::Claimed| c.jobs.iter().map(|j| j.id).collect::<Vec<u64>>();
+    let a = claim(&mut odd, spread(3)).await.unwrap();
+    let want: Vec<u64> = ids.iter().copied().filter(|i| i % 2 == 1).take(3).collect();
+    assert_eq!(got(&a), want, "node 1's share of the head, in claim order");
+    let b = claim(&mut even, spread(3)).await.unwrap();
+    let want: Vec<u64> = ids.iter().copied().filter(|i| i % 2 == 0).take(3).collect();
+    assert_eq!(got(&b), want, "node 0's share");
+    // Node 1's share has 3 left: a batch of 5 takes them and steals 2 from node 0's.
+    let c = claim(&mut odd, spread(5)).await.unwrap();
+    assert_eq!(got(&c).len(), 5);
+    assert_eq!(got(&c).iter().filter(|i| *i % 2 == 1).count(), 3);
+    // Without the variables (a plain server): everything left, in queue order.
+    let mut plain = db.acquire().await.unwrap();
+    let d = claim(&mut plain, spread(10)).await.unwrap();
+    let mut all: Vec<u64> = [got(&a), got(&b), got(&c), got(&d)].concat();
+    assert_eq!(all.len(), 12, "{all:?}");
+    all.sort();
+    assert_eq!(all, ids, "every job claimed once");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'"
+        )
+        .await,
+        12
+    );
+}
