@@ -255,9 +255,7 @@ impl Worker {
             fault: None,
         };
         let health = self.health.clone();
-        let mut shared = Shared::new(self.pool, self.registry, self.config, self.id);
-        shared.galera = info.galera;
-        let shared = Arc::new(shared);
+        let shared = Arc::new(Shared::new(self.pool, self.registry, self.config, self.id));
         #[cfg(test)]
         shared
             .lose_claim_answers

@@ -274,11 +274,7 @@ async fn claim_skip_locked<'a>(
             limit: want,
             worker: &shared.id,
             lease: shared.config.worker.lease_ttl,
-            lock: if shared.galera {
-                ClaimLock::Spread
-            } else {
-                ClaimLock::SkipLocked
-            },
+            lock: ClaimLock::SkipLocked,
             complete: &carried.fences(),
             freed: &carried.keys(flow.key_limit),
             results: &carried.results(),

@@ -55,9 +55,6 @@ pub(crate) struct Shared {
     pub(crate) id: WorkerId,
     /// The `server` label of the leader's metrics: this server's hosts and database.
     pub(crate) server: String,
-    /// The server is a Galera cluster: skip-locked claims spread over the nodes
-    /// ([`crate::store::ClaimLock::Spread`]).
-    pub(crate) galera: bool,
     /// The registered kinds.
     pub(crate) kinds: Vec<KindName>,
     pub(crate) in_flight: in_flight::InFlight,
@@ -98,7 +95,6 @@ impl Shared {
             .collect();
         Shared {
             server: jobq_producer::server_name(&config.database_url),
-            galera: false,
             pool,
             registry,
             config,

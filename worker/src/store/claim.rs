@@ -50,11 +50,6 @@ impl ClaimedJob {
 pub(crate) enum ClaimLock<'a> {
     /// `FOR UPDATE SKIP LOCKED`: claimers skip each other's rows.
     SkipLocked,
-    /// Galera: `SKIP LOCKED` over this node's share of the queue's head first (see
-    /// [`spread_select`]), then over the whole queue for what the share lacks. Locks are not
-    /// replicated, so claimers on two nodes reading the same head rows would both lock them,
-    /// and one would fail certification or be aborted by the other's write.
-    Spread,
     /// The caller holds this named lock, so no other jobq claimer competes; the lock is released
     /// in the claim's last round trip, after its COMMIT. The read still skips locked rows: a
     /// producer's uncommitted insert must not stall the queue behind it.
@@ -190,13 +185,13 @@ pub(crate) async fn claim<S: Session>(
     req: ClaimRequest<'_>,
 ) -> Result<Claimed, ClaimError> {
     let release_sql = match req.lock {
-        ClaimLock::SkipLocked | ClaimLock::Spread => None,
+        ClaimLock::SkipLocked => None,
         ClaimLock::NamedLock(name) => {
             Some(format!("; SELECT RELEASE_LOCK({}) AS released", lit(name)))
         }
     };
     let was_released = |rows: &[MySqlRow]| match req.lock {
-        ClaimLock::SkipLocked | ClaimLock::Spread => true,
+        ClaimLock::SkipLocked => true,
         ClaimLock::NamedLock(_) => {
             rows.iter()
                 .rev()
@@ -248,10 +243,7 @@ pub(crate) async fn claim<S: Session>(
              SET @jobq_now := UTC_TIMESTAMP(6); \
              SELECT CAST(rate_state AS CHAR) AS rate_state, {NOW_US} AS now_us FROM jobq_queues WHERE name = {q}"
         ),
-        None => match req.lock {
-            ClaimLock::Spread => format!("{}{probe}", spread_select(&q, req.limit)),
-            _ => format!("{}{probe}", claim_select(&q, &req.limit.to_string())),
-        },
+        None => format!("{}{probe}", claim_select(&q, &req.limit.to_string())),
     };
     let first = if req.complete.is_empty() {
         read
@@ -302,30 +294,9 @@ pub(crate) async fn claim<S: Session>(
             rows
         }
     };
-    let (probed, mut rows): (Vec<MySqlRow>, Vec<MySqlRow>) = rows
+    let (probed, rows): (Vec<MySqlRow>, Vec<MySqlRow>) = rows
         .into_iter()
         .partition(|r| r.try_column("probe_key").is_ok());
-    // Galera: what this node's share lacked is taken from the whole queue (the shares of
-    // nodes without a claimer, the end of the queue), skipping the rows already locked here.
-    if matches!(req.lock, ClaimLock::Spread)
-        && queue_rate.is_none()
-        && (rows.len() as u32) < req.limit
-    {
-        let mut have = Vec::with_capacity(rows.len());
-        for r in &rows {
-            match r.try_get::<u64, _>("id") {
-                Ok(id) => have.push(id),
-                Err(e) => {
-                    tx.rollback().await;
-                    return Err(e.into());
-                }
-            }
-        }
-        let sql = steal_select(&q, req.limit - rows.len() as u32, &have);
-        let (next, (more, _)) = tx.step(&sql).await?;
-        tx = next;
-        rows.extend(more);
-    }
     let mut freed: BTreeMap<String, u32> = BTreeMap::new();
     for r in &probed {
         let k = match text(r, "probe_key") {
@@ -745,54 +716,6 @@ pub(super) fn claim_select(queue: &str, limit: &str) -> String {
            AND (SELECT COUNT(*) FROM jobq_queues p WHERE p.name = {queue} AND p.paused_at IS NOT NULL) = 0 \
          ORDER BY priority, run_at, id \
          LIMIT {limit} FOR UPDATE SKIP LOCKED"
-    )
-}
-
-/// How far down the queue's head a Galera node looks for its share, in batches: two batches
-/// for each of 3 nodes (with more nodes a share is smaller and the steal step makes up the
-/// rest). Wider spreads the nodes further apart; narrower keeps claims closer to queue order.
-const SPREAD_WINDOW_BATCHES: u32 = 6;
-
-/// The claim's read on Galera: the first `limit` rows of this node's share of the queue's
-/// head, locked by primary key. The head (`limit` × [`SPREAD_WINDOW_BATCHES`] rows of
-/// `jobq_jobs_claim`, in claim order) is read without locks in a derived table, and only the
-/// rows whose `id mod cluster size` is this node's `wsrep_local_index` are locked: a locking
-/// read scanning the index would make every row it passes a certification key, filtered out
-/// or not. Node index and cluster size are read once per session (a session stays on one
-/// node); a stale value after the cluster changed only moves shares about, never lets two
-/// claims take one row (the locking read still checks `state` and skips locked rows).
-pub(super) fn spread_select(queue: &str, limit: u32) -> String {
-    // language=MySQL
-    format!(
-        "SET @jobq_node = IFNULL(@jobq_node, (SELECT CAST(VARIABLE_VALUE AS UNSIGNED) FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_LOCAL_INDEX')), \
-             @jobq_nodes = IFNULL(@jobq_nodes, (SELECT GREATEST(CAST(VARIABLE_VALUE AS UNSIGNED), 1) FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_CLUSTER_SIZE')); \
-         SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, concurrency_key, \
-                TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us \
-         FROM jobq_jobs FORCE INDEX (PRIMARY) \
-         WHERE id IN (SELECT head.id FROM (SELECT id FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
-                        WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) \
-                        ORDER BY priority, run_at, id LIMIT {window}) head \
-                      WHERE MOD(head.id, @jobq_nodes) = IFNULL(@jobq_node, 0)) \
-           AND queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) \
-           AND (SELECT COUNT(*) FROM jobq_queues p WHERE p.name = {queue} AND p.paused_at IS NOT NULL) = 0 \
-         ORDER BY priority, run_at, id \
-         LIMIT {limit} FOR UPDATE SKIP LOCKED",
-        window = limit.saturating_mul(SPREAD_WINDOW_BATCHES).min(10_000),
-    )
-}
-
-/// Galera, after [`spread_select`]: up to `limit` more rows from anywhere in the queue, not
-/// `have` (this transaction's own locks, which `SKIP LOCKED` does not skip).
-fn steal_select(queue: &str, limit: u32, have: &[u64]) -> String {
-    let select = claim_select(queue, &limit.to_string());
-    if have.is_empty() {
-        return select;
-    }
-    let list: Vec<String> = have.iter().map(u64::to_string).collect();
-    select.replacen(
-        "WHERE queue = ",
-        &format!("WHERE id NOT IN ({}) AND queue = ", list.join(", ")),
-        1,
     )
 }
 
