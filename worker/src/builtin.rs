@@ -182,14 +182,17 @@ async fn record(job: &Record, ctx: &JobContext) -> Result<(), JobError> {
 }
 
 /// Logs the end of a run whatever the run's outcome, retried for up to 10 s: a run cut short
-/// by its database node dying ends too, and the pool may need a moment to fail over.
+/// by its database node dying ends too, the pool may need a moment to fail over, and the node
+/// it moves to may not have applied the run's start yet.
 async fn end_run(ctx: &JobContext, run: u64) -> Result<(), sqlx::Error> {
     let started = std::time::Instant::now();
     loop {
+        let late = started.elapsed() > Duration::from_secs(10);
         match store::run_ended(ctx.pool(), run).await {
-            Ok(()) => return Ok(()),
-            Err(e) if started.elapsed() > Duration::from_secs(10) => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(true) => return Ok(()),
+            Ok(false) if late => return Err(sqlx::Error::RowNotFound),
+            Err(e) if late => return Err(e),
+            Ok(false) | Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }

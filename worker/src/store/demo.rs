@@ -98,11 +98,25 @@ pub(crate) async fn run_started(
 }
 
 /// Logs a run's end (autocommit).
-pub(crate) async fn run_ended(pool: &MySqlPool, run: u64) -> Result<(), sqlx::Error> {
+/// Returns whether the run's row was found: on a Galera node other than the one that logged
+/// the start (after a failover), the start may not be applied yet.
+pub(crate) async fn run_ended(pool: &MySqlPool, run: u64) -> Result<bool, sqlx::Error> {
     // language=MySQL
-    sqlx::query("UPDATE jobq_demo_runs SET ended_at = UTC_TIMESTAMP(6) WHERE id = ?")
-        .bind(run)
-        .execute(pool)
-        .await?;
-    Ok(())
+    let n = sqlx::query(
+        "UPDATE jobq_demo_runs SET ended_at = IFNULL(ended_at, UTC_TIMESTAMP(6)) WHERE id = ?",
+    )
+    .bind(run)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    // An already ended run (a retry after an unknown outcome) matches without changing.
+    if n == 0 {
+        // language=MySQL
+        let found: Option<u64> = sqlx::query_scalar("SELECT id FROM jobq_demo_runs WHERE id = ?")
+            .bind(run)
+            .fetch_optional(pool)
+            .await?;
+        return Ok(found.is_some());
+    }
+    Ok(true)
 }
