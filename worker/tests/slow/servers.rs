@@ -3,8 +3,8 @@
 //! puts one queue on the private server; `jobq migrate` migrates both, `jobq enqueue` writes to
 //! the queue's server, a producer routes by queue (and refuses one call spanning both), one
 //! `jobq work` process serves both queues under one worker id with a maintenance leader on each
-//! server, `jobq stats` and `/metrics` show both servers. A server that cannot be worked stops
-//! the process before anything is claimed anywhere.
+//! server, `jobq stats` and `/metrics` show both servers, and a SIGTERM drains both. A server
+//! that cannot be worked stops the process before anything is claimed anywhere.
 
 use std::time::Duration;
 
@@ -226,8 +226,24 @@ async fn one_worker_serves_queues_on_two_servers(near: MySqlPool) {
         "{text}"
     );
 
+    // SIGTERM while jobs run on both servers: both runs drain, the process exits 0, and
+    // nothing is left running or registered on either server.
+    for queue in ["near", "far"] {
+        let jobs = (0..16)
+            .map(|_| NewJob::json("sleep", json!({"ms": 400})).queue(queue))
+            .collect();
+        producer.enqueue_many(jobs).await.unwrap();
+    }
+    let running = "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'";
+    wait_for(
+        Duration::from_secs(20),
+        "jobs running on both servers",
+        || async { count(&near, running).await > 0 && count(&far, running).await > 0 },
+    )
+    .await;
     w.stop_cleanly();
     for db in [&near, &far] {
+        assert_eq!(count(db, running).await, 0, "a job was left running");
         assert_eq!(count(db, "SELECT COUNT(*) FROM jobq_workers").await, 0);
         assert_consistent(db).await;
     }
