@@ -221,7 +221,23 @@ pub fn register(r: &mut Registry) -> Result<()> {
     })?;
     r.register::<Record>(|job: Record, ctx: JobContext| async move {
         let run = if job.runs {
-            Some(store::run_started(ctx.pool(), ctx.id().0, ctx.attempt(), ctx.worker_id()).await?)
+            let (id, attempt, worker) = (ctx.id().0, ctx.attempt(), ctx.worker_id());
+            match store::run_started(ctx.pool(), id, attempt, worker).await {
+                Ok(run) => Some(run),
+                Err(e) => {
+                    // The start may be logged although its answer was lost: end it, or the
+                    // log would show a run that did nothing as never ended.
+                    let started = std::time::Instant::now();
+                    while store::runs_ended_for(ctx.pool(), id, attempt, worker)
+                        .await
+                        .is_err()
+                        && started.elapsed() < Duration::from_secs(10)
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    return Err(e.into());
+                }
+            }
         } else {
             None
         };

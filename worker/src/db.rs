@@ -235,6 +235,19 @@ async fn setup_session(conn: &mut MySqlConnection, lock_wait_secs: u32) -> Resul
              innodb_lock_wait_timeout = {lock_wait_secs}"
     );
     conn.execute(sqlx::raw_sql(&sql)).await?;
+    // Galera applies the other nodes' writes asynchronously: a session on a node the pool
+    // just moved to could read (or update) a job as it was before its claim on the old node,
+    // and a heartbeat would then take a held lease for lost and cancel the job. Reads, updates
+    // and deletes wait until the node has applied what the cluster committed before them.
+    // (`SHOW VARIABLES` answers on every server; MySQL has no wsrep variables.)
+    // language=MySQL
+    let wsrep: Option<(String, String)> = sqlx::query_as("SHOW VARIABLES LIKE 'wsrep_on'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    if wsrep.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON")) {
+        // language=MySQL
+        conn.execute("SET SESSION wsrep_sync_wait = 3").await?;
+    }
     Ok(())
 }
 

@@ -120,3 +120,24 @@ pub(crate) async fn run_ended(pool: &MySqlPool, run: u64) -> Result<bool, sqlx::
     }
     Ok(true)
 }
+
+/// Ends the runs of (`job_id`, `attempt`, `worker`) still open: a start whose answer was lost
+/// (its node died after committing it) is logged without the caller knowing its id.
+pub(crate) async fn runs_ended_for(
+    pool: &MySqlPool,
+    job_id: u64,
+    attempt: u32,
+    worker: &str,
+) -> Result<(), sqlx::Error> {
+    // language=MySQL
+    sqlx::query(
+        "UPDATE jobq_demo_runs SET ended_at = UTC_TIMESTAMP(6) \
+         WHERE job_id = ? AND attempt = ? AND worker = ? AND ended_at IS NULL",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .bind(worker)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
