@@ -448,6 +448,17 @@ mod tests {
             ]
         );
         assert_eq!(parts[1].worker.queues, ["far", "far2"]);
+        // A second spelling of the other server is that server.
+        s.queues.insert(
+            "far2".into(),
+            on("mariadb://v@other/jobq?ssl-mode=disabled"),
+        );
+        let c = s.validate().unwrap();
+        assert_eq!(c.servers().len(), 3);
+        assert!(c.lives_on("far2", "mysql://u@other:3306/jobq"));
+        assert!(!c.lives_on("a", "mysql://u@other:3306/jobq"));
+        let (parts, _) = c.split_by_server();
+        assert_eq!(parts[1].worker.queues, ["far", "far2"]);
         // One server: the configuration itself; a queue URL naming the top-level database
         // (spelled differently) is that server.
         s.queues.clear();

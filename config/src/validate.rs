@@ -170,18 +170,18 @@ impl Config {
         }
     }
 
+    /// Whether `queue` lives on the server `url` names (however spelled: see
+    /// [`jobq_producer::same_server`]).
+    pub fn lives_on(&self, queue: &str, url: &str) -> bool {
+        same_server(self.database_of(queue), url)
+    }
+
     /// Every database server the configuration names: the top-level `database_url` first,
     /// then each queue's own, in queue-name order, one URL per server (see
     /// [`jobq_producer::same_server`]).
     pub fn servers(&self) -> Vec<&str> {
-        let mut out = vec![self.settings.database_url.as_str()];
-        for q in self.settings.queues.keys() {
-            let u = self.database_of(q);
-            if !out.iter().any(|o| same_server(o, u)) {
-                out.push(u);
-            }
-        }
-        out
+        let queues = self.settings.queues.keys().map(|q| self.database_of(q));
+        distinct_servers(std::iter::once(self.settings.database_url.as_str()).chain(queues))
     }
 
     /// The configuration of each server this process works queues on: `database_url` set to
@@ -192,20 +192,11 @@ impl Config {
     /// Also returns the schedules left out: their queue is on a server this process works no
     /// queue of, so the processes working that server enqueue them.
     pub fn split_by_server(&self) -> (Vec<Config>, Vec<String>) {
-        let mut urls: Vec<&str> = Vec::new();
-        for q in &self.queues {
-            let u = self.database_of(&q.name);
-            if !urls.iter().any(|o| same_server(o, u)) {
-                urls.push(u);
-            }
-        }
+        let mut urls = distinct_servers(self.queues.iter().map(|q| self.database_of(&q.name)));
         if let Some(i) = urls.iter().position(|u| *u == self.settings.database_url) {
             urls[..=i].rotate_right(1);
         }
-        let here = |queue: &str| {
-            let u = self.database_of(queue);
-            urls.iter().any(|o| same_server(o, u))
-        };
+        let here = |queue: &str| urls.iter().any(|u| self.lives_on(queue, u));
         let skipped: Vec<String> = self
             .schedules
             .iter()
@@ -224,7 +215,7 @@ impl Config {
         let parts = urls
             .into_iter()
             .map(|u| {
-                let on = |queue: &str| same_server(self.database_of(queue), u);
+                let on = |queue: &str| self.lives_on(queue, u);
                 let mut c = whole.clone();
                 c.settings.database_url = u.to_owned();
                 c.queues.retain(|q| on(&q.name));
@@ -488,6 +479,17 @@ impl Settings {
             schedules,
         })
     }
+}
+
+/// `urls` without a second spelling of a server already listed, in order.
+fn distinct_servers<'a>(urls: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for u in urls {
+        if !out.iter().any(|o| same_server(o, u)) {
+            out.push(u);
+        }
+    }
+    out
 }
 
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {

@@ -97,10 +97,7 @@ pub fn producer(pool: sqlx::MySqlPool, config: &Config) -> Producer {
 pub async fn routed_producer(pool: sqlx::MySqlPool, config: &Config) -> Result<Producer> {
     let mut p = producer(pool, config);
     for url in config.servers().into_iter().skip(1) {
-        let queues = config
-            .queues
-            .keys()
-            .filter(|q| config.database_of(q) == url);
+        let queues = config.queues.keys().filter(|q| config.lives_on(q, url));
         p = p.route(queues.cloned(), db::pool(&on_server(config, url)?).await?);
     }
     Ok(p)

@@ -90,7 +90,7 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
                     jobq_worker::list_schedules(&pool, settings)
                         .await?
                         .into_iter()
-                        .filter(|s| jobq_worker::same_server(settings.database_of(&s.queue), url)),
+                        .filter(|s| settings.lives_on(&s.queue, url)),
                 );
             }
             if a.json {
