@@ -181,14 +181,18 @@ async fn record(job: &Record, ctx: &JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Logs the end of a run whatever the run's outcome, retried for up to 10 s: a run cut short
-/// by its database node dying ends too, the pool may need a moment to fail over, and the node
-/// it moves to may not have applied the run's start yet.
-async fn end_run(ctx: &JobContext, run: u64) -> Result<(), sqlx::Error> {
+/// Runs a write of the run log until it reports done, for up to 10 s: a run cut short by its
+/// database node dying ends too, the pool may need a moment to fail over, and the node it
+/// moves to may not have applied the run's start yet. The last error when time is up.
+async fn log_run<F, Fut>(write: F) -> Result<(), sqlx::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, sqlx::Error>>,
+{
     let started = std::time::Instant::now();
     loop {
         let late = started.elapsed() > Duration::from_secs(10);
-        match store::run_ended(ctx.pool(), run).await {
+        match write().await {
             Ok(true) => return Ok(()),
             Ok(false) if late => return Err(sqlx::Error::RowNotFound),
             Err(e) if late => return Err(e),
@@ -227,14 +231,13 @@ pub fn register(r: &mut Registry) -> Result<()> {
                 Err(e) => {
                     // The start may be logged although its answer was lost: end it, or the
                     // log would show a run that did nothing as never ended.
-                    let started = std::time::Instant::now();
-                    while store::runs_ended_for(ctx.pool(), id, attempt, worker)
-                        .await
-                        .is_err()
-                        && started.elapsed() < Duration::from_secs(10)
-                    {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    let end = || async {
+                        store::runs_ended_for(ctx.pool(), id, attempt, worker)
+                            .await
+                            .map(|()| true)
+                    };
+                    // The start's error is the one to report.
+                    let _ = log_run(end).await;
                     return Err(e.into());
                 }
             }
@@ -243,7 +246,7 @@ pub fn register(r: &mut Registry) -> Result<()> {
         };
         let result = record(&job, &ctx).await;
         if let Some(run) = run {
-            end_run(&ctx, run).await?;
+            log_run(|| store::run_ended(ctx.pool(), run)).await?;
         }
         result
     })?;

@@ -148,7 +148,8 @@ impl Worker {
         }
         if parts.len() == 1 && parts[0].database_url == self.config.database_url {
             self.config = parts.remove(0);
-            return self.run_server(signal, None).await;
+            let info = preflight(&self.pool, &self.config).await?;
+            return self.run_server(signal, info).await;
         }
         self.run_servers(parts, signal).await
     }
@@ -190,7 +191,7 @@ impl Worker {
         let (inner, inner_signal) = crate::shutdown::Shutdown::new();
         let mut runs = tokio::task::JoinSet::new();
         for (info, w) in workers {
-            runs.spawn(w.run_server(inner_signal.clone(), Some(info)));
+            runs.spawn(w.run_server(inner_signal.clone(), info));
         }
         let forward = inner.clone();
         let relay = tokio::spawn(async move {
@@ -236,17 +237,9 @@ impl Worker {
         }
     }
 
-    /// The run on one server: [`Worker::run`] when every queue lives on `database_url`.
-    /// `checked`: the server's [`preflight`], when done already.
-    async fn run_server(
-        self,
-        mut signal: ShutdownSignal,
-        checked: Option<db::ServerInfo>,
-    ) -> Result<Stopped> {
-        let info = match checked {
-            Some(info) => info,
-            None => preflight(&self.pool, &self.config).await?,
-        };
+    /// The run on one server, whose [`preflight`] answered `info`: [`Worker::run`] when every
+    /// queue lives on `database_url`.
+    async fn run_server(self, mut signal: ShutdownSignal, info: db::ServerInfo) -> Result<Stopped> {
         let sup = Supervisor {
             health: self.health.clone(),
             #[cfg(test)]

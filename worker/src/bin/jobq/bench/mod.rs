@@ -189,16 +189,11 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
     let _ = WORKER_ENV.set(env);
     let url = bench_url(&config.database_url);
     let modes: Vec<ClaimMode> = a.claim_mode.iter().map(|&m| m.into()).collect();
-    // Refused before anything is written (no bench database created).
-    jobq_worker::check_server(&url, &modes).await?;
-    jobq_worker::migrate(&url)
-        .await
-        .with_context(|| format!("preparing the bench database {url}"))?;
     let mut bs = config.settings().clone();
     bs.database_url = url.clone();
     bs.database.max_connections = 0;
     bs.worker.concurrency = a.ceiling_connections.max(4);
-    let pool = jobq_worker::connect(&bs.validate()?).await?;
+    let pool = bench_pool(&bs, &modes).await?;
     let version: String = sqlx::query_scalar("SELECT VERSION()")
         .fetch_one(&pool)
         .await?;
@@ -251,13 +246,9 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
                 .as_deref()
                 .context("two-servers needs --second-database-url mysql://…")?;
             let second = bench_url(second);
-            jobq_worker::check_server(&second, &modes).await?;
-            jobq_worker::migrate(&second)
-                .await
-                .with_context(|| format!("preparing the bench database {second}"))?;
             let mut s2 = bs.clone();
             s2.database_url = second.clone();
-            let pool2 = jobq_worker::connect(&s2.validate()?).await?;
+            let pool2 = bench_pool(&s2, &modes).await?;
             for &jobs in &a.jobs {
                 for &mode in &modes {
                     for &p in &a.processes {
@@ -307,6 +298,17 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A pool on the bench database `settings.database_url`, migrated; refused before anything is
+/// written (no database created) when the server cannot run `modes`.
+async fn bench_pool(settings: &jobq_config::Settings, modes: &[ClaimMode]) -> Result<MySqlPool> {
+    let url = &settings.database_url;
+    jobq_worker::check_server(url, modes).await?;
+    jobq_worker::migrate(url)
+        .await
+        .with_context(|| format!("preparing the bench database {url}"))?;
+    Ok(jobq_worker::connect(&settings.validate()?).await?)
 }
 
 /// `<database>_bench` on the same server.
