@@ -150,6 +150,12 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     /// Most jobs claimed in one round trip (bounded by free slots too). Default `100`.
     pub max_batch: u32,
+    /// Jobs claimed ahead of free slots, held in the process until a slot frees (README
+    /// "Prefetch"). Default `0`: a claim takes only what free slots can start at once. A
+    /// prefetched job is `running` in the database from its claim (its lease beaten, its
+    /// attempt counted); it starts when a slot frees and goes back, attempt refunded, if the
+    /// worker stops first. Not allowed with `rate_limit` or `key_rate_limit`.
+    pub prefetch: u32,
     /// Named-lock mode: how long `GET_LOCK` waits before backing off. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -192,6 +198,7 @@ impl Default for WorkerSettings {
             claim_mode: ClaimMode::SkipLocked,
             poll_interval: Duration::from_millis(100),
             max_batch: 100,
+            prefetch: 0,
             lock_timeout: Duration::from_secs(1),
             job_timeout: Duration::from_secs(30 * 60),
             heartbeat_interval: Duration::from_secs(1),
@@ -222,6 +229,8 @@ pub struct QueueOverrides {
     pub poll_interval: Option<Duration>,
     /// See [`WorkerSettings::max_batch`].
     pub max_batch: Option<u32>,
+    /// See [`WorkerSettings::prefetch`].
+    pub prefetch: Option<u32>,
     /// See [`WorkerSettings::job_timeout`].
     #[serde(with = "humantime_serde")]
     pub job_timeout: Option<Duration>,

@@ -26,6 +26,8 @@ pub struct QueueSettings {
     pub poll_interval: Duration,
     /// Most jobs per claim.
     pub max_batch: u32,
+    /// Jobs claimed ahead of free slots (`worker.prefetch`).
+    pub prefetch: u32,
     /// Jobs with the same concurrency key running at once (kinds may override).
     pub key_limit: u32,
     /// Starts per period in the queue.
@@ -302,6 +304,7 @@ fn resolve_queue(s: &Settings, name: QueueName, o: Option<&QueueOverrides>) -> Q
         claim_mode: o.and_then(|o| o.claim_mode).unwrap_or(w.claim_mode),
         poll_interval: o.and_then(|o| o.poll_interval).unwrap_or(w.poll_interval),
         max_batch: o.and_then(|o| o.max_batch).unwrap_or(w.max_batch),
+        prefetch: o.and_then(|o| o.prefetch).unwrap_or(w.prefetch),
         key_limit: o.and_then(|o| o.key_limit).unwrap_or(1),
         rate_limit: o.and_then(|o| o.rate_limit),
         key_rate_limit: o.and_then(|o| o.key_rate_limit),
@@ -341,6 +344,9 @@ impl Settings {
             if let Some(p) = o.poll_interval {
                 nonzero(&format!("{key}.poll_interval"), p)?;
             }
+            if let Some(p) = o.prefetch {
+                at_most(&format!("{key}.prefetch"), p, MAX_PREFETCH)?;
+            }
             if let Some(b) = o.backoff_base {
                 nonzero(&format!("{key}.backoff_base"), b)?;
             }
@@ -372,6 +378,7 @@ impl Settings {
         positive("worker.concurrency", w.concurrency)?;
         positive("worker.max_batch", w.max_batch)?;
         positive("worker.completion_batch", w.completion_batch)?;
+        at_most("worker.prefetch", w.prefetch, MAX_PREFETCH)?;
         nonzero("worker.poll_interval", w.poll_interval)?;
         nonzero("worker.heartbeat_interval", w.heartbeat_interval)?;
         nonzero("worker.backoff_base", w.backoff_base)?;
@@ -464,13 +471,16 @@ impl Settings {
             });
         }
         validate_web(&self.web)?;
-        let queues = worker_queues
+        let queues: Vec<QueueSettings> = worker_queues
             .into_iter()
             .map(|name| {
                 let o = queue_overrides.get(&name);
                 resolve_queue(self, name, o)
             })
             .collect();
+        for q in &queues {
+            check_prefetch(q, queue_overrides.get(&q.name))?;
+        }
         Ok(Config {
             settings: self.clone(),
             queues,
@@ -537,6 +547,37 @@ fn name_error(key: &str, e: jobq_producer::Error) -> ConfigError {
         jobq_producer::Error::Invalid { message, .. } => invalid(key, message),
         other => invalid(key, other.to_string()),
     }
+}
+
+/// The most jobs a queue may claim ahead of its slots.
+const MAX_PREFETCH: u32 = 10_000;
+
+fn at_most(key: &str, v: u32, max: u32) -> Result<(), ConfigError> {
+    if v > max {
+        return Err(invalid(key, format!("{v} is more than {max}")));
+    }
+    Ok(())
+}
+
+/// A rate limit counts a job's start when it is claimed: a prefetched job starting later would
+/// let two periods' starts fall into one, so the two do not mix.
+fn check_prefetch(q: &QueueSettings, o: Option<&QueueOverrides>) -> Result<(), ConfigError> {
+    if q.prefetch == 0 || (q.rate_limit.is_none() && q.key_rate_limit.is_none()) {
+        return Ok(());
+    }
+    let key = match o.and_then(|o| o.prefetch) {
+        Some(_) => format!("queues.{}.prefetch", q.name),
+        None => "worker.prefetch".to_owned(),
+    };
+    Err(invalid(
+        key,
+        format!(
+            "queue {:?} has a rate limit, which counts a start at the claim; a prefetched job \
+             would start later than counted. Set queues.{}.prefetch = 0",
+            q.name.as_str(),
+            q.name
+        ),
+    ))
 }
 
 fn positive(key: &str, v: u32) -> Result<(), ConfigError> {

@@ -147,6 +147,8 @@ pub(crate) enum Outcome {
     Cancel(String),
     /// The worker is shutting down and gave up waiting for the handler.
     Released,
+    /// The worker stopped before this prefetched job's handler started.
+    NotStarted,
 }
 
 /// Backoff parameters of one (queue, kind).
@@ -309,6 +311,16 @@ fn decide_unbounded(
             event: Event::Released,
             delay: None,
             error: Some("worker shut down before the job finished".to_owned()),
+            refund_attempt: true,
+        },
+        Outcome::NotStarted => Decision {
+            to: JobState::Available,
+            event: Event::Released,
+            delay: None,
+            error: Some(
+                "worker stopped before this prefetched job started; the attempt is not counted"
+                    .to_owned(),
+            ),
             refund_attempt: true,
         },
     }
@@ -563,6 +575,15 @@ mod tests {
             ),
             (
                 Outcome::Released,
+                25,
+                25,
+                Available,
+                Event::Released,
+                None,
+                true,
+            ),
+            (
+                Outcome::NotStarted,
                 25,
                 25,
                 Available,

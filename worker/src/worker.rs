@@ -279,7 +279,7 @@ impl Worker {
             }
         });
 
-        let stop_claiming = CancellationToken::new();
+        let stop_claiming = shared.stopping.clone();
         let stop_background = CancellationToken::new();
         let jobs = TaskTracker::new();
         let claimers = TaskTracker::new();
@@ -291,6 +291,7 @@ impl Worker {
                     shared.clone(),
                     q.clone(),
                     slots.sem.clone(),
+                    slots.run.clone(),
                     stop_claiming.clone(),
                     jobs.clone(),
                     wakers[&q.name].clone(),

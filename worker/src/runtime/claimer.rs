@@ -2,6 +2,10 @@
 //! transaction, and hands each claimed job to its own task. The queue's successes waiting to be
 //! written ride in the same transaction, and their slots are refilled by it (`pending.rs`).
 //!
+//! With `prefetch`, a claim may take more jobs than there are free handler slots: the extra
+//! ones wait in the process for a slot (`executor.rs`), so a slot that frees starts its next
+//! job without a round trip, and one claim serves many jobs even with a single slot.
+//!
 //! Polling adapts: after a full batch it claims again at once; after a claim that found jobs
 //! but fewer than asked for it polls again after 1 ms, doubling on every empty poll up to
 //! `poll_interval`. A same-process enqueue into the queue wakes it at once.
@@ -31,6 +35,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     q: QueueSettings,
     sem: Arc<Semaphore>,
+    run_slots: Arc<Semaphore>,
     stop: CancellationToken,
     jobs: TaskTracker,
     wake: Arc<Notify>,
@@ -49,32 +54,52 @@ pub(crate) async fn run(
         key_rate: q.key_rate_limit,
         key_limit: &key_limit,
     };
-    loop {
+    // Room for claimed jobs: `concurrency + prefetch` permits in all.
+    let room = (q.concurrency + q.prefetch).min(q.max_batch) as usize;
+    'claims: loop {
         // Wait for a free slot, or for a success whose slot this claim can fill. Only this task
         // takes permits, so every permit seen free below stays free until taken here.
-        let mut first = tokio::select! {
+        let mut held: Vec<OwnedSemaphorePermit> = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            p = sem.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
-            _ = successes.notified() => None,
+            p = sem.clone().acquire_owned() => vec![p.expect("semaphore never closed")],
+            _ = successes.notified() => Vec::new(),
         };
-        let free = |first: &Option<OwnedSemaphorePermit>| {
-            usize::from(first.is_some()) + sem.available_permits() + shared.pending.len(&queue)
+        let free = |held: &Vec<OwnedSemaphorePermit>| {
+            held.len() + sem.available_permits() + shared.pending.len(&queue)
         };
-        // After a full batch the slots come back one by one as jobs end; claiming at the first
-        // free slot would make every claim tiny. Give the jobs just started a few scheduler turns
-        // to finish and return their slots (cheap: no sleep), so one round trip serves many.
-        if last_full {
-            let target = (q.concurrency.min(q.max_batch) as usize).div_ceil(2);
+        if q.prefetch > 0 {
+            // Jobs claimed ahead are waiting for handler slots: claim again when a handler
+            // slot is idle (none waiting), or once half the room has freed, so one round trip
+            // serves many. Every event that frees room wakes this wait: a success pushed, a
+            // permit given back.
+            loop {
+                let f = free(&held);
+                if f > 0 && (run_slots.available_permits() > 0 || f >= room.div_ceil(2)) {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break 'claims,
+                    p = sem.clone().acquire_owned() => held.push(p.expect("semaphore never closed")),
+                    _ = successes.notified() => {}
+                }
+            }
+        } else if last_full {
+            // After a full batch the slots come back one by one as jobs end; claiming at the
+            // first free slot would make every claim tiny. Give the jobs just started a few
+            // scheduler turns to finish and return their slots (cheap: no sleep), so one round
+            // trip serves many.
+            let target = room.div_ceil(2);
             for _ in 0..16 {
-                if free(&first) >= target {
+                if free(&held) >= target {
                     break;
                 }
                 tokio::task::yield_now().await;
             }
         }
         // Slots free now; the queue's waiting successes add theirs once the claim carries them.
-        let base = usize::from(first.is_some()) + sem.available_permits();
+        let base = held.len() + sem.available_permits();
         if base == 0 && shared.pending.len(&queue) == 0 {
             continue;
         }
@@ -112,14 +137,14 @@ pub(crate) async fn run(
                 };
 
                 for job in claimed.jobs {
-                    let permit = first.take().or_else(|| permits.pop()).unwrap_or_else(|| {
+                    let permit = held.pop().or_else(|| permits.pop()).unwrap_or_else(|| {
                         sem.clone()
                             .try_acquire_owned()
                             .expect("free slots only shrink when this claimer takes them")
                     });
                     spawn_job(&shared, &jobs, &queue, job, permit, started + lease);
                 }
-                drop(first);
+                drop(held);
                 drop(permits);
                 if let Some(wait) = claimed.rate_wait {
                     // The queue's rate limit is used up until a permit frees.
@@ -156,7 +181,7 @@ pub(crate) async fn run(
                     // The claim may have committed unseen: give those jobs back, attempt
                     // refunded (fenced by the claim's token: nothing happens if it did not).
                     // The free slots stay held until then, as those rows may be running.
-                    let mut held: Vec<OwnedSemaphorePermit> = first.take().into_iter().collect();
+                    let mut held = std::mem::take(&mut held);
                     while held.len() < maybe_claimed.len() {
                         match sem.clone().try_acquire_owned() {
                             Ok(p) => held.push(p),
@@ -172,7 +197,7 @@ pub(crate) async fn run(
                         held,
                     ));
                 }
-                drop(first);
+                drop(held);
                 let pause = if contended {
                     super::retry::contended()
                 } else {

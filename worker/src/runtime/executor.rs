@@ -47,6 +47,33 @@ pub(crate) async fn run(
     };
     let slot = ctx.tx.clone();
     let result_slot = ctx.result.clone();
+    let backoff = |policy: &jobq_config::RunPolicy| Backoff {
+        base: policy.backoff_base,
+        max: policy.backoff_max,
+    };
+    // A handler slot: at once without prefetch; a job claimed ahead waits here for one.
+    let handler_slot = match handler_slot(&shared, &queue, fence, &cancel, &stop).await {
+        Ok(p) => p,
+        Err(None) => {
+            warn!("lease lost before the prefetched job started; nothing written");
+            metrics::finished(&queue, &job.kind, metrics::LEASE_LOST, None);
+            return;
+        }
+        Err(Some(outcome)) => {
+            let attempt = recorder::Attempt {
+                fence,
+                queue,
+                job,
+                outcome,
+                run: Duration::ZERO,
+                backoff: backoff(&policy),
+                tx: None,
+                result: None,
+            };
+            recorder::record(&shared, attempt, permit).await;
+            return;
+        }
+    };
     let started = Instant::now();
     let outcome = match shared.registry.get(&job.kind) {
         // Claims take any kind (filtering would make every claim read past the backlog of
@@ -109,6 +136,9 @@ pub(crate) async fn run(
         },
     };
     let run = started.elapsed();
+    // The slot is free for the next job as soon as the handler is done; the claimed-job permit
+    // stays held until the outcome is written.
+    drop(handler_slot);
     // The handler did not return by itself (timeout, panic, shutdown release, lost lease, an
     // operator's cancel): its future is gone, so tell whatever it spawned, before the job can
     // be claimed again.
@@ -128,10 +158,7 @@ pub(crate) async fn run(
         metrics::finished(&queue, &job.kind, metrics::LEASE_LOST, Some(run));
         return;
     };
-    let backoff = Backoff {
-        base: policy.backoff_base,
-        max: policy.backoff_max,
-    };
+    let backoff = backoff(&policy);
     let result = match outcome {
         Outcome::Success => result_slot.lock().unwrap_or_else(|p| p.into_inner()).take(),
         _ => None,
@@ -151,6 +178,38 @@ pub(crate) async fn run(
         permit,
     )
     .await;
+}
+
+/// Waits for a free handler slot of `queue`. Whatever ends the job's claim meanwhile ends the
+/// wait instead: `Err(None)` when the lease is lost (nothing to write), `Err(Some(outcome))`
+/// when an operator cancelled the job or the worker is stopping (the job goes back, its
+/// attempt refunded). Without prefetch a slot is always free here.
+async fn handler_slot(
+    shared: &Shared,
+    queue: &QueueName,
+    fence: crate::store::Fence,
+    cancel: &tokio_util::sync::CancellationToken,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<OwnedSemaphorePermit, Option<Outcome>> {
+    let slots = shared.run_slots(queue);
+    if let Ok(p) = slots.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => {
+            let by = shared
+                .in_flight
+                .cancelled_by(fence)
+                .unwrap_or_else(|| "an operator".into());
+            Err(Some(Outcome::Cancel(format!("cancelled by {by} before it started"))))
+        }
+        _ = cancel.cancelled() => Err(None),
+        _ = shared.in_flight.expiry(fence) => Err(None),
+        _ = shared.stopping.cancelled() => Err(Some(Outcome::NotStarted)),
+        _ = shared.release.cancelled() => Err(Some(Outcome::NotStarted)),
+        p = slots.acquire_owned() => Ok(p.expect("semaphore never closed")),
+    }
 }
 
 /// The outcome of a job an operator cancelled.

@@ -40,10 +40,18 @@ use tokio_util::sync::CancellationToken;
 use crate::ids::WorkerId;
 use crate::registry::Registry;
 
-/// A queue worked by this process: its name, its slot semaphore and its number of slots.
+/// A queue worked by this process: its name and its two semaphores.
+///
+/// `sem` counts claimed jobs: one permit per job from its claim until its outcome is written,
+/// `concurrency + prefetch` in all, so the process never holds more `running` rows of the queue
+/// than that. `run` counts handlers running: `concurrency` permits, taken by a claimed job when
+/// it starts and given back when its handler ends. Without prefetch every claimed job finds a
+/// `run` permit at once; with it, the jobs claimed ahead wait for one (`executor.rs`).
 pub(crate) struct QueueSlots {
     pub(crate) name: QueueName,
     pub(crate) sem: Arc<Semaphore>,
+    pub(crate) run: Arc<Semaphore>,
+    /// `sem`'s permits: concurrency + prefetch.
     pub(crate) total: u32,
 }
 
@@ -62,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) pending: pending::Pending,
     /// Fired when shutdown gives up waiting: running jobs are released.
     pub(crate) release: CancellationToken,
+    /// Fired when the process stops claiming: prefetched jobs not yet started go back.
+    pub(crate) stopping: CancellationToken,
     pub(crate) slots: Vec<QueueSlots>,
     /// Tests only: the answers of this many claims that took jobs are "lost" (the claim
     /// committed, the claimer sees a connection error).
@@ -79,8 +89,9 @@ impl Shared {
             .iter()
             .map(|q| QueueSlots {
                 name: q.name.clone(),
-                sem: Arc::new(Semaphore::new(q.concurrency as usize)),
-                total: q.concurrency,
+                sem: Arc::new(Semaphore::new((q.concurrency + q.prefetch) as usize)),
+                run: Arc::new(Semaphore::new(q.concurrency as usize)),
+                total: q.concurrency + q.prefetch,
             })
             .collect();
         let policies = slots
@@ -103,11 +114,21 @@ impl Shared {
             in_flight: in_flight::InFlight::default(),
             pending: pending::Pending::new(slots.iter().map(|q| &q.name)),
             release: CancellationToken::new(),
+            stopping: CancellationToken::new(),
             slots,
             #[cfg(test)]
             lose_claim_answers: Default::default(),
             policies,
         }
+    }
+
+    /// The handler slots of `queue` (see [`QueueSlots`]).
+    pub(crate) fn run_slots(&self, queue: &QueueName) -> Arc<Semaphore> {
+        self.slots
+            .iter()
+            .find(|q| &q.name == queue)
+            .map(|q| q.run.clone())
+            .expect("jobs only come from the queues this process works")
     }
 
     /// Timeout and backoff of a job of `kind` claimed from `queue`.

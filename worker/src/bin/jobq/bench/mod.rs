@@ -129,6 +129,10 @@ pub(crate) struct BenchArgs {
     /// Workers' rate_limit for the bench queue, e.g. 100000/1s: the cost of a rate limit.
     #[arg(long, value_name = "RATE")]
     rate_limit: Option<jobq_config::Rate>,
+    /// Workers' prefetch (jobs claimed ahead of free slots, README "Prefetch"); shown in the
+    /// table as `PxC+N`.
+    #[arg(long, default_value_t = 0)]
+    prefetch: u32,
     /// lock-contender: the kind of lock.
     #[arg(long, value_enum, hide = true)]
     lock_kind: Option<locks::LockKind>,
@@ -186,6 +190,10 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
             r.to_string(),
         ));
     }
+    if a.prefetch > 0 {
+        env.push(("JOBQ_WORKER__PREFETCH".into(), a.prefetch.to_string()));
+    }
+    PREFETCH.store(a.prefetch, std::sync::atomic::Ordering::Relaxed);
     let _ = WORKER_ENV.set(env);
     let url = bench_url(&config.database_url);
     let modes: Vec<ClaimMode> = a.claim_mode.iter().map(|&m| m.into()).collect();
@@ -335,11 +343,10 @@ fn emit(a: &BenchArgs, r: &Report) {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {
         eprintln!(
-            "\r  {:<9} {:<11} {}x{:<3} {:>7} jobs: {:>8.0} jobs/s{}",
+            "\r  {:<9} {:<11} {:<6} {:>7} jobs: {:>8.0} jobs/s{}",
             r.scenario,
             r.claim_mode,
-            r.processes,
-            r.concurrency,
+            slots_text(r),
             r.jobs,
             r.jobs_per_s,
             r.percent_of_ceiling
@@ -364,11 +371,10 @@ fn print_table(rows: &[Report]) {
             _ => "-".into(),
         };
         println!(
-            "| {} | {} | {}x{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} |",
             r.scenario,
             r.claim_mode,
-            r.processes,
-            r.concurrency,
+            slots_text(r),
             r.jobs,
             fmt_opt(r.enqueue_jobs_per_s, 0),
             r.jobs_per_s,
@@ -432,6 +438,19 @@ static CONCURRENCY_KEYS: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomi
 
 /// Settings every bench worker process gets (`--key-limit`, `--rate-limit`).
 static WORKER_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// `--prefetch`, for the tables.
+static PREFETCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The slots of a report: `PxC`, or `PxC+N` for the worker runs of a bench with prefetch.
+fn slots_text(r: &Report) -> String {
+    let n = PREFETCH.load(std::sync::atomic::Ordering::Relaxed);
+    if n > 0 && r.scenario != "ceiling" {
+        format!("{}x{}+{n}", r.processes, r.concurrency)
+    } else {
+        format!("{}x{}", r.processes, r.concurrency)
+    }
+}
 
 /// `--unique-keys`, shared with `fill`.
 static UNIQUE_KEYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
