@@ -257,6 +257,47 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_is_bounded_and_refused_with_rate_limits() {
+        let mut s = Settings::default();
+        s.worker.prefetch = 10_001;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("worker.prefetch") && e.contains("10000"), "{e}");
+
+        // A rate-limited queue worked here, with the worker-wide prefetch.
+        let mut s = Settings::default();
+        s.worker.prefetch = 8;
+        s.queues.insert(
+            "default".into(),
+            QueueOverrides {
+                rate_limit: Some("10/1s".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("worker.prefetch")
+                && e.contains("rate limit")
+                && e.contains("queues.default.prefetch = 0"),
+            "{e}"
+        );
+        // Its own prefetch = 0 lifts it; a key rate limit with its own prefetch is refused
+        // under that key.
+        s.queues.get_mut("default").unwrap().prefetch = Some(0);
+        let c = s.validate().unwrap();
+        assert_eq!(c.worker_queues()[0].prefetch, 0);
+        let q = s.queues.get_mut("default").unwrap();
+        q.rate_limit = None;
+        q.key_rate_limit = Some("1/1s".parse().unwrap());
+        q.prefetch = Some(3);
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("queues.default.prefetch"), "{e}");
+        // Without rate limits it resolves per queue.
+        s.queues.get_mut("default").unwrap().key_rate_limit = None;
+        let c = s.validate().unwrap();
+        assert_eq!(c.worker_queues()[0].prefetch, 3);
+    }
+
+    #[test]
     fn schedules_parse_and_validate() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

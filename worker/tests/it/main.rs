@@ -18,6 +18,7 @@ mod core;
 mod edges;
 mod foreign;
 mod outcomes;
+mod prefetch;
 mod results;
 mod schedules;
 mod unique;
