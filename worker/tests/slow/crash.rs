@@ -62,13 +62,15 @@ async fn assert_no_locks(db: &MySqlPool, queues: &[&str]) {
     }
 }
 
-async fn kill9_mid_work(db: MySqlPool, mode: ClaimMode) {
+/// Two workers of 16 slots (and `prefetch` jobs claimed ahead) share 400 jobs; one is killed.
+async fn kill9_mid_work(db: MySqlPool, mode: ClaimMode, prefetch: &str) {
     const N: usize = 400;
     let url = url_of(&db).await;
     enqueue(&db, N, "record", json!({"ms": 300}), "default").await;
     let m = mode.as_str();
-    let mut a = WorkerProc::spawn(&url, &["--concurrency", "16", "--claim-mode", m], &[]);
-    let mut b = WorkerProc::spawn(&url, &["--concurrency", "16", "--claim-mode", m], &[]);
+    let env = [("JOBQ_WORKER__PREFETCH", prefetch)];
+    let mut a = WorkerProc::spawn(&url, &["--concurrency", "16", "--claim-mode", m], &env);
+    let mut b = WorkerProc::spawn(&url, &["--concurrency", "16", "--claim-mode", m], &env);
     let pid = a.pid();
     wait_for(Duration::from_secs(30), "victim running jobs", || async {
         running_of(&db, pid).await >= 8
@@ -124,12 +126,18 @@ async fn kill9_mid_work(db: MySqlPool, mode: ClaimMode) {
 
 #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
 async fn kill9_mid_work_skip_locked(db: MySqlPool) {
-    kill9_mid_work(db, ClaimMode::SkipLocked).await;
+    kill9_mid_work(db, ClaimMode::SkipLocked, "0").await;
 }
 
 #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
 async fn kill9_mid_work_named_lock(db: MySqlPool) {
-    kill9_mid_work(db, ClaimMode::NamedLock).await;
+    kill9_mid_work(db, ClaimMode::NamedLock, "0").await;
+}
+
+/// The victim also holds 16 prefetched jobs that never started: rescued like running ones.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn kill9_mid_work_with_prefetch(db: MySqlPool) {
+    kill9_mid_work(db, ClaimMode::SkipLocked, "16").await;
 }
 
 #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
