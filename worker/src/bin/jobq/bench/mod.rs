@@ -139,6 +139,11 @@ pub(crate) struct BenchArgs {
     /// two-servers: the second server (its `<db>_bench` database is used, like the first's).
     #[arg(long, value_name = "URL")]
     second_database_url: Option<String>,
+    /// burn-down: also run the narrow-table floor (the `price` scenario's floor: claim 100,
+    /// mark them running, finish them, on a table with one index and no history) after the
+    /// ceiling, and report each burn-down against it too.
+    #[arg(long)]
+    floor: bool,
     /// Print one JSON object per run instead of a table.
     #[arg(long)]
     json: bool,
@@ -155,6 +160,8 @@ struct Report {
     jobs_per_s: f64,
     ceiling_jobs_per_s: Option<f64>,
     percent_of_ceiling: Option<f64>,
+    /// `--floor`: the rate against the narrow-table floor of the same invocation.
+    percent_of_floor: Option<f64>,
     pickup_p50_ms: Option<f64>,
     pickup_p95_ms: Option<f64>,
     pickup_p99_ms: Option<f64>,
@@ -218,11 +225,24 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
                     if a.scenario == Scenario::Ceiling {
                         continue;
                     }
+                    let floor = if a.floor {
+                        let mut f =
+                            ceiling_of(&pool, jobs, mode, a.ceiling_connections, Batch::Narrow)
+                                .await?;
+                        f.scenario = "floor".into();
+                        emit(&a, &f);
+                        let rate = f.jobs_per_s;
+                        reports.push(f);
+                        Some(rate)
+                    } else {
+                        None
+                    };
                     for &p in &a.processes {
                         for &conc in &a.concurrency {
                             let mut r = burn_down(&pool, &url, jobs, mode, p, conc).await?;
                             r.ceiling_jobs_per_s = Some(c);
                             r.percent_of_ceiling = Some(100.0 * r.jobs_per_s / c);
+                            r.percent_of_floor = floor.map(|f| 100.0 * r.jobs_per_s / f);
                             emit(&a, &r);
                             reports.push(r);
                         }
@@ -352,6 +372,9 @@ fn emit(a: &BenchArgs, r: &Report) {
             r.percent_of_ceiling
                 .map(|p| format!(" ({p:.0}% of ceiling)"))
                 .unwrap_or_default()
+                + &r.percent_of_floor
+                    .map(|p| format!(" ({p:.0}% of floor)"))
+                    .unwrap_or_default()
         );
     }
 }
@@ -378,7 +401,10 @@ fn print_table(rows: &[Report]) {
             r.jobs,
             fmt_opt(r.enqueue_jobs_per_s, 0),
             r.jobs_per_s,
-            fmt_opt(r.percent_of_ceiling, 0),
+            match r.percent_of_floor {
+                Some(f) => format!("{} ({f:.0} of floor)", fmt_opt(r.percent_of_ceiling, 0)),
+                None => fmt_opt(r.percent_of_ceiling, 0),
+            },
             pickup,
             fmt_opt(r.claims_per_job, 3),
             fmt_opt(r.claim_round_trips_per_job, 3),
@@ -445,7 +471,8 @@ static PREFETCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::ne
 /// The slots of a report: `PxC`, or `PxC+N` for the worker runs of a bench with prefetch.
 fn slots_text(r: &Report) -> String {
     let n = PREFETCH.load(std::sync::atomic::Ordering::Relaxed);
-    if n > 0 && r.scenario != "ceiling" {
+    // The ceiling and the floor are raw SQL: no worker, no prefetch.
+    if n > 0 && !matches!(r.scenario.as_str(), "ceiling" | "floor") {
         format!("{}x{}+{n}", r.processes, r.concurrency)
     } else {
         format!("{}x{}", r.processes, r.concurrency)
