@@ -63,6 +63,41 @@ async fn running(db: &MySqlPool) -> i64 {
     count(db, "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'").await
 }
 
+/// Waits until every job of the test database is completed.
+async fn all_completed(db: &MySqlPool) {
+    wait_for(Duration::from_secs(30), "all completed", || async {
+        count(
+            db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state <> 'completed'",
+        )
+        .await
+            == 0
+    })
+    .await;
+}
+
+/// A worker of one slot and `prefetch` more, started on `n` jobs of `ms` each, once all `n` are
+/// claimed (running rows) and the first handler has started.
+async fn one_slot_holding(
+    db: &MySqlPool,
+    prefetch: u32,
+    n: usize,
+    ms: u64,
+) -> (Settings, MySqlPool, Vec<u64>, Arc<Seen>, Running) {
+    let s = prefetch_settings(db, 1, prefetch).await;
+    let pool = pool(&s).await;
+    let ids = enqueue(&Producer::new(pool.clone()), n, ms).await;
+    let seen = Arc::new(Seen::default());
+    let w = start(pool.clone(), registry(seen.clone()), &s);
+    wait_for(
+        Duration::from_secs(10),
+        "every job claimed, one started",
+        || async { running(db).await == n as i64 && seen.started.lock().unwrap().len() == 1 },
+    )
+    .await;
+    (s, pool, ids, seen, w)
+}
+
 #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
 async fn prefetched_jobs_wait_for_a_slot_and_keep_their_history(db: MySqlPool) {
     for mode in [ClaimMode::SkipLocked, ClaimMode::NamedLock] {
@@ -121,16 +156,7 @@ async fn prefetched_jobs_wait_for_a_slot_and_keep_their_history(db: MySqlPool) {
 
 #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
 async fn a_stop_gives_prefetched_jobs_back_unstarted(db: MySqlPool) {
-    let s = prefetch_settings(&db, 1, 4).await;
-    let pool = pool(&s).await;
-    let p = Producer::new(pool.clone());
-    let ids = enqueue(&p, 5, 1500).await;
-    let seen = Arc::new(Seen::default());
-    let w = start(pool.clone(), registry(seen.clone()), &s);
-    wait_for(Duration::from_secs(10), "five running rows", || async {
-        running(&db).await == 5 && seen.started.lock().unwrap().len() == 1
-    })
-    .await;
+    let (s, pool, ids, seen, w) = one_slot_holding(&db, 4, 5, 1500).await;
     w.stop().await;
     let started = seen.started.lock().unwrap().clone();
     assert_eq!(started.len(), 1, "only the job in the slot ran");
@@ -161,31 +187,14 @@ async fn a_stop_gives_prefetched_jobs_back_unstarted(db: MySqlPool) {
     // Given back, they run once a worker claims again.
     let seen2 = Arc::new(Seen::default());
     let w = start(pool.clone(), registry(seen2.clone()), &s);
-    wait_for(Duration::from_secs(30), "all completed", || async {
-        count(
-            &db,
-            "SELECT COUNT(*) FROM jobq_jobs WHERE state <> 'completed'",
-        )
-        .await
-            == 0
-    })
-    .await;
+    all_completed(&db).await;
     w.stop().await;
     assert_eq!(seen2.started.lock().unwrap().len(), 4);
 }
 
 #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
 async fn a_cancelled_prefetched_job_never_runs(db: MySqlPool) {
-    let s = prefetch_settings(&db, 1, 2).await;
-    let pool = pool(&s).await;
-    let p = Producer::new(pool.clone());
-    let ids = enqueue(&p, 3, 4000).await;
-    let seen = Arc::new(Seen::default());
-    let w = start(pool.clone(), registry(seen.clone()), &s);
-    wait_for(Duration::from_secs(10), "three running rows", || async {
-        running(&db).await == 3 && seen.started.lock().unwrap().len() == 1
-    })
-    .await;
+    let (_, _, ids, seen, w) = one_slot_holding(&db, 2, 3, 4000).await;
     let waiting: Vec<JobId> = {
         let started = seen.started.lock().unwrap();
         ids.iter()
@@ -236,15 +245,7 @@ async fn a_prefetched_job_keeps_its_lease_while_it_waits(db: MySqlPool) {
     let ids = enqueue(&p, 3, 1500).await;
     let seen = Arc::new(Seen::default());
     let w = start(pool.clone(), registry(seen.clone()), &s);
-    wait_for(Duration::from_secs(30), "all completed", || async {
-        count(
-            &db,
-            "SELECT COUNT(*) FROM jobq_jobs WHERE state <> 'completed'",
-        )
-        .await
-            == 0
-    })
-    .await;
+    all_completed(&db).await;
     w.stop().await;
     assert_eq!(seen.started.lock().unwrap().len(), ids.len());
     for (id, h) in histories(&db).await {
