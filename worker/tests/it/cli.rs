@@ -82,6 +82,8 @@ async fn enqueue_work_stats_job(db: MySqlPool) {
             "2",
             "--claim-mode",
             "named-lock",
+            "--prefetch",
+            "3",
             "--drain",
         ],
         None,
@@ -91,6 +93,11 @@ async fn enqueue_work_stats_job(db: MySqlPool) {
         assert_eq!(state_of(&db, *id).await, "completed");
     }
     assert_eq!(state_of(&db, later).await, "scheduled");
+
+    // A flag is the config's last layer, checked like a key.
+    let o = jobq(&url, &["work", "--prefetch", "20000", "--drain"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("worker.prefetch"), "{}", stderr(&o));
 
     let o = jobq(&url, &["stats", "--json"], None);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -156,6 +156,10 @@ struct WorkArgs {
     /// Claim mode (sets worker.claim_mode; `[queues.NAME]` values still win).
     #[arg(long, value_enum)]
     claim_mode: Option<ModeArg>,
+    /// Jobs claimed ahead of free slots per queue (sets worker.prefetch; `[queues.NAME]` values
+    /// still win). See README "Prefetch".
+    #[arg(long)]
+    prefetch: Option<u32>,
     /// Exit once no available, running or retryable job of a built-in kind is left.
     #[arg(long)]
     drain: bool,
@@ -203,6 +207,9 @@ pub(crate) fn run() -> Result<ExitCode> {
         }
         if let Some(m) = a.claim_mode {
             fig = fig.merge(Serialized::default("worker.claim_mode", ClaimMode::from(m)));
+        }
+        if let Some(p) = a.prefetch {
+            fig = fig.merge(Serialized::default("worker.prefetch", p));
         }
     }
     let settings = jobq_config::extract(fig)?;
