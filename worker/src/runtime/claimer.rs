@@ -144,6 +144,10 @@ pub(crate) async fn run(
             Ok(claimed) => {
                 retry.reset();
                 let got = claimed.jobs.len();
+                if got > 0 {
+                    last_found = Instant::now();
+                    idle_wait = MIN_POLL;
+                }
                 let throttled = claimed.throttled;
                 // Jobs sent to wait or deferred left room in the batch: more may be behind them;
                 // jobs just made available are there to claim.
@@ -182,9 +186,6 @@ pub(crate) async fn run(
                     }
                 } else if !last_full && got < claimed.want as usize {
                     // Less than asked for: the queue is empty for now.
-                    if got > 0 {
-                        last_found = Instant::now();
-                    }
                     idle_wait = next_poll(idle_wait, got, last_found.elapsed(), q.poll_interval);
                     tokio::select! {
                         _ = tokio::time::sleep(idle_wait) => {}

@@ -204,10 +204,13 @@ async fn handler_slot(
                 .unwrap_or_else(|| "an operator".into());
             Err(Some(Outcome::Cancel(format!("cancelled by {by} before it started"))))
         }
-        _ = cancel.cancelled() => Err(None),
-        _ = shared.in_flight.expiry(fence) => Err(None),
+        // A stop first: an immediate stop also fires every job's `cancel`, and these jobs are
+        // better given back (fenced, so harmless if the lease was lost meanwhile) than left to
+        // the rescue, which counts the attempt.
         _ = shared.stopping.cancelled() => Err(Some(Outcome::NotStarted)),
         _ = shared.release.cancelled() => Err(Some(Outcome::NotStarted)),
+        _ = cancel.cancelled() => Err(None),
+        _ = shared.in_flight.expiry(fence) => Err(None),
         p = slots.acquire_owned() => Ok(p.expect("semaphore never closed")),
     }
 }

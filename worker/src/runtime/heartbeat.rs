@@ -32,8 +32,10 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         for q in &shared.slots {
-            let free = q.sem.available_permits();
-            metrics::slots(&q.name, q.total as usize - free, free);
+            // Jobs held (running, prefetched, or waiting for their completion to be written),
+            // and handler slots free.
+            let held = q.total as usize - q.sem.available_permits();
+            metrics::slots(&q.name, held, q.run.available_permits());
         }
         let fences = shared.in_flight.fences();
         let sent = Instant::now();
