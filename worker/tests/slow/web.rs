@@ -153,16 +153,26 @@ async fn console_in_headless_chromium(db: MySqlPool) {
         .await
         .unwrap();
     click(&c, Locator::Id("f-apply")).await;
-    wait_text(&c, "#jobs", false, Duration::from_secs(10), |t| {
-        t.contains("discarded")
-    })
-    .await;
-    assert!(c
+    // The unfiltered page lists the discarded job too: wait for the filtered page's URL
+    // before reading the list, or the old page may be the one read.
+    let start = Instant::now();
+    while !c
         .current_url()
         .await
         .unwrap()
         .as_str()
-        .contains("state=discarded"));
+        .contains("state=discarded")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the filter form did not lead to state=discarded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_text(&c, "#jobs", false, Duration::from_secs(10), |t| {
+        t.contains("discarded")
+    })
+    .await;
     screenshot(&c, "02-jobs-discarded").await;
 
     // Open it and read its history; the error is shown as text, not run.
