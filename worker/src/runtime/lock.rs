@@ -14,7 +14,7 @@ use super::Shared;
 use crate::db;
 use crate::ids::LockName;
 use crate::metrics;
-use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, Dedicated, Flow, Throttled};
+use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, Cursor, Dedicated, Flow, Throttled};
 
 /// A dedicated connection and the lock name of its queue.
 struct LockSession {
@@ -39,6 +39,7 @@ impl NamedLockClaims {
         queue: &QueueName,
         ask: Ask,
         flow: Flow<'_>,
+        after: Option<&Cursor>,
     ) -> Result<ClaimResult<'a>, ClaimError> {
         if self.session.is_none() {
             let mut conn =
@@ -74,6 +75,7 @@ impl NamedLockClaims {
                     unblocked: 0,
                     promoted_keys: Default::default(),
                     rate_wait: None,
+                    last: None,
                 });
             }
             None => {
@@ -100,6 +102,7 @@ impl NamedLockClaims {
                 freed: &carried.keys(flow.key_limit),
                 results: &carried.results(),
                 flow,
+                after,
             },
         )
         .await;
@@ -118,6 +121,7 @@ impl NamedLockClaims {
                     unblocked: c.unblocked,
                     promoted_keys: c.promoted_keys,
                     rate_wait: c.rate_wait,
+                    last: c.last,
                 })
             }
             Err(e) => {

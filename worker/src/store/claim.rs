@@ -45,6 +45,16 @@ impl ClaimedJob {
     }
 }
 
+/// Where a claim stopped reading, in claim order (`priority, run_at, id`): the last job it read.
+/// The next claim of the same claimer may start after it (see `ClaimRequest::after`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub(crate) priority: i16,
+    /// `run_at` in microseconds since 1970-01-01 00:00:00 (the column's own clock, UTC).
+    pub(crate) run_at_us: i64,
+    pub(crate) id: u64,
+}
+
 /// How concurrent claimers of one queue are kept apart.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum ClaimLock<'a> {
@@ -76,6 +86,11 @@ pub(crate) struct ClaimRequest<'a> {
     pub(crate) results: &'a [(u64, String)],
     /// The queue's flow limits.
     pub(crate) flow: Flow<'a>,
+    /// Read only jobs after this position in claim order: the entries before it were just
+    /// claimed by this claimer, and until purge removes them the index still holds them,
+    /// delete-marked, for every read from the head to step over (see `runtime/claimer.rs`
+    /// for when a claim may skip the head).
+    pub(crate) after: Option<&'a Cursor>,
 }
 
 /// No keys freed (a claim carrying no keyed completion).
@@ -161,6 +176,8 @@ pub(crate) struct Claimed {
     pub(crate) promoted_keys: BTreeSet<String>,
     /// The queue's rate limit is used up: a permit frees after this long (database clock).
     pub(crate) rate_wait: Option<Duration>,
+    /// The last job the claim read, in claim order (`None`: it read none).
+    pub(crate) last: Option<Cursor>,
 }
 
 /// Claims in one transaction of two round trips:
@@ -220,6 +237,7 @@ pub(crate) async fn claim<S: Session>(
         unblocked: 0,
         promoted_keys: BTreeSet::new(),
         rate_wait,
+        last: None,
     };
     if req.limit == 0 && req.complete.is_empty() {
         return Ok(nothing(0, &[], None));
@@ -243,7 +261,10 @@ pub(crate) async fn claim<S: Session>(
              SET @jobq_now := UTC_TIMESTAMP(6); \
              SELECT CAST(rate_state AS CHAR) AS rate_state, {NOW_US} AS now_us FROM jobq_queues WHERE name = {q}"
         ),
-        None => format!("{}{probe}", claim_select(&q, &req.limit.to_string())),
+        None => format!(
+            "{}{probe}",
+            claim_select(&q, &req.limit.to_string(), req.after)
+        ),
     };
     let first = if req.complete.is_empty() {
         read
@@ -288,7 +309,7 @@ pub(crate) async fn claim<S: Session>(
             now_us = Some(now);
             let limit = allowed.min(req.limit);
             queue_window = Some((rate, w, limit));
-            let sql = format!("{}{probe}", claim_select(&q, &limit.to_string()));
+            let sql = format!("{}{probe}", claim_select(&q, &limit.to_string(), req.after));
             let (next, (rows, _)) = tx.step(&sql).await?;
             tx = next;
             rows
@@ -314,6 +335,20 @@ pub(crate) async fn claim<S: Session>(
         let (rows, _) = end_confirmed(tx, &commit_sql, 1).await?;
         return Ok(nothing(completed, &rows, None));
     }
+    let last = match rows.last().map(|r| {
+        Ok::<_, sqlx::Error>(Cursor {
+            priority: r.try_get("priority")?,
+            run_at_us: r.try_get("run_at_us")?,
+            id: r.try_get("id")?,
+        })
+    }) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            tx.rollback().await;
+            return Err(e.into());
+        }
+        None => None,
+    };
     let token: Token = rand::random();
     let decoded: Result<Vec<ClaimedJob>, sqlx::Error> = rows
         .iter()
@@ -633,6 +668,7 @@ pub(crate) async fn claim<S: Session>(
         unblocked: promoted.len() as u64,
         promoted_keys: freed.into_keys().collect(),
         rate_wait: None,
+        last,
     })
 }
 
@@ -696,7 +732,7 @@ fn inject(commit_sql: &str) -> String {
 /// `SKIP LOCKED` in both claim modes: in `skip-locked` mode it keeps concurrent claimers apart;
 /// in both it steps over rows locked by anyone else, such as a producer's insert not yet
 /// committed, which a plain `FOR UPDATE` would wait for (holding the named lock meanwhile).
-pub(super) fn claim_select(queue: &str, limit: &str) -> String {
+pub(super) fn claim_select(queue: &str, limit: &str, after: Option<&Cursor>) -> String {
     // language=MySQL
     // The WHERE and ORDER BY match jobq_jobs_claim (queue, state, priority, run_at, id) exactly:
     // the index is read in order, the scan stops after `limit` matching rows, nothing is
@@ -708,11 +744,28 @@ pub(super) fn claim_select(queue: &str, limit: &str) -> String {
     // locked by the outer FOR UPDATE (a nested query takes no locks without a locking clause
     // of its own), and when the queue is paused the optimiser sees an impossible WHERE and
     // reads no job at all.
+    // With a cursor, the read starts after it: (priority, run_at, id) > the cursor's, written
+    // out as three ranges of the same index (the server does not range-scan a row
+    // comparison), still read in index order.
+    let after = match after {
+        None => String::new(),
+        Some(c) => {
+            let (p, i) = (c.priority, c.id);
+            let r = format!(
+                "TIMESTAMP'1970-01-01 00:00:00' + INTERVAL {} MICROSECOND",
+                c.run_at_us
+            );
+            format!(
+                "AND (priority > {p} OR (priority = {p} AND (run_at > {r} OR (run_at = {r} AND id > {i})))) "
+            )
+        }
+    };
     format!(
         "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, concurrency_key, \
-                TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us \
+                TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us, \
+                priority, TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', run_at) AS run_at_us \
          FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
-         WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) \
+         WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) {after}\
            AND (SELECT COUNT(*) FROM jobq_queues p WHERE p.name = {queue} AND p.paused_at IS NOT NULL) = 0 \
          ORDER BY priority, run_at, id \
          LIMIT {limit} FOR UPDATE SKIP LOCKED"

@@ -44,7 +44,7 @@ use sqlx::Row;
 pub(crate) use acts::apply as apply_act;
 pub(crate) use claim::{
     claim, get_lock, lock_name, release_lock, ClaimError, ClaimLock, ClaimRequest, ClaimedJob,
-    Flow, Throttled,
+    Cursor, Flow, Throttled,
 };
 pub(crate) use console::{last_hour, recent_failures, Minute};
 pub(crate) use demo::{

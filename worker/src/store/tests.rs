@@ -24,6 +24,7 @@ fn plain_claim<'a>(queue: &'a QueueName, worker: &'a WorkerId, limit: u32) -> Cl
         freed: &super::claim::NO_KEYS,
         results: &[],
         flow: Flow::DEFAULT,
+        after: None,
     }
 }
 
@@ -136,7 +137,7 @@ async fn claim_uses_its_index_without_filesort(db: MySqlPool) {
                 .collect::<Vec<_>>()
         }
     };
-    let rows = explain(claim_select("'default'", "100")).await;
+    let rows = explain(claim_select("'default'", "100", None)).await;
     // The claim reads jobq_jobs through its index; the only other row is the pause check, a
     // constant read of jobq_queues.
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -155,7 +156,7 @@ async fn claim_uses_its_index_without_filesort(db: MySqlPool) {
         .execute(&db)
         .await
         .unwrap();
-    let rows = explain(claim_select("'default'", "100")).await;
+    let rows = explain(claim_select("'default'", "100", None)).await;
     assert!(
         rows[0]
             .2
@@ -790,4 +791,69 @@ async fn a_claim_is_confirmed_or_failed_never_assumed(db: MySqlPool) {
         .unwrap();
         assert_eq!(open, 0, "{fault:?}: a transaction was left open");
     }
+}
+
+/// A claim with a cursor reads only jobs after it in claim order, through the claim index in
+/// order (no filesort); a job that sorts before the cursor is left for a claim from the head.
+#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+async fn a_cursor_claim_reads_after_the_cursor_and_a_full_claim_from_the_head(db: MySqlPool) {
+    let p = Producer::new(db.clone());
+    let jobs: Vec<NewJob> = (0..6).map(|_| NewJob::json("noop", json!({}))).collect();
+    p.enqueue_many(jobs).await.unwrap();
+    let queue = QueueName::new("default").unwrap();
+    let worker = WorkerId::generate();
+    let mut conn = db.acquire().await.unwrap();
+    let first = claim(&mut conn, plain_claim(&queue, &worker, 2))
+        .await
+        .unwrap();
+    let ids = |c: &super::claim::Claimed| c.jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(ids(&first), [1, 2]);
+    let cursor = first.last.clone().unwrap();
+    assert_eq!((cursor.priority, cursor.id), (0, 2));
+    // An urgent job (priority -1 sorts first) arrives after the cursor was taken.
+    let urgent = p
+        .enqueue(NewJob::json("noop", json!({})).priority(-1))
+        .await
+        .unwrap()
+        .0;
+    let after = ClaimRequest {
+        after: Some(&cursor),
+        ..plain_claim(&queue, &worker, 2)
+    };
+    let second = claim(&mut conn, after).await.unwrap();
+    assert_eq!(
+        ids(&second),
+        [3, 4],
+        "the cursor claim continues after job 2"
+    );
+    let from_head = claim(&mut conn, plain_claim(&queue, &worker, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&from_head),
+        [urgent, 5],
+        "a claim from the head takes the urgent job first"
+    );
+    // The cursor read uses the claim index in order.
+    let sql = format!(
+        "EXPLAIN {}",
+        claim_select("'default'", "100", Some(&second.last.clone().unwrap()))
+    );
+    let plan: Vec<(Option<String>, Option<String>)> = sqlx::query(&sql)
+        .fetch_all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            use sqlx::Row;
+            let col = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
+            (col("key"), col("Extra"))
+        })
+        .collect();
+    assert_eq!(plan[0].0.as_deref(), Some("jobq_jobs_claim"), "{plan:?}");
+    let extra = plan[0].1.clone().unwrap_or_default();
+    assert!(
+        !extra.contains("filesort") && !extra.contains("temporary"),
+        "{plan:?}"
+    );
 }
