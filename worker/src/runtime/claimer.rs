@@ -43,14 +43,26 @@ const BUSY_WINDOW: Duration = Duration::from_millis(10);
 /// reads the queue from its head again.
 const CURSOR_CLAIMS: u32 = 8;
 
+/// How long after the read from the head that started them cursor claims may go on. The head's
+/// delete-marked entries pile up only while claims follow each other closely; a queue claimed
+/// at a slower pace reads from the head every time, and its order stays strict.
+const CURSOR_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Whether a cursor taken `age` after the head read that started its run may still be used.
+fn cursor_usable(age: Duration) -> bool {
+    age < CURSOR_MAX_AGE
+}
+
 /// The cursor of the next claim and the count of cursor claims in a row, after a claim that
-/// filled its batch (`full`) or not, and read up to `last`. A claim reads from after the last
-/// job the previous one read while claims keep filling their batches, at most
-/// [`CURSOR_CLAIMS`] in a row: the head it skips holds the entries those claims just moved,
-/// which stay in the index, delete-marked, until purge removes them, and every read from the
-/// head steps over them (at 1M jobs a fifth of the rate). A claim that did not fill its batch,
-/// and every ninth, read from the head, so a job that sorts before the cursor (a more urgent
-/// priority, an earlier run_at) waits at most eight claims.
+/// filled its batch with jobs it started (`full`; a claim that sent jobs to wait or made
+/// waiting jobs available is not full: those sort before the cursor) or not, and read up to
+/// `last`. A claim reads from after the last job the previous one read while claims keep
+/// filling their batches, at most [`CURSOR_CLAIMS`] in a row and for [`CURSOR_MAX_AGE`]: the
+/// head it skips holds the entries those claims just moved, which stay in the index,
+/// delete-marked, until purge removes them, and every read from the head steps over them (at
+/// 1M jobs a fifth of the rate). Any other claim reads from the head, so a job that sorts
+/// before the cursor (a more urgent priority, an earlier run_at) waits at most eight claims
+/// and a second.
 fn next_cursor(streak: u32, full: bool, last: Option<Cursor>) -> (Option<Cursor>, u32) {
     match last {
         Some(c) if full && streak < CURSOR_CLAIMS => (Some(c), streak + 1),
@@ -94,6 +106,8 @@ pub(crate) async fn run(
     // Where the next claim may start reading (see `next_cursor`).
     let mut cursor: Option<Cursor> = None;
     let mut streak = 0;
+    // When the read from the head that started the current run of cursor claims began.
+    let mut streak_started = Instant::now();
     let mut named = NamedLockClaims::default();
     let mut retry = DbRetry::new();
     let mut last_full = false;
@@ -158,6 +172,9 @@ pub(crate) async fn run(
             carry_max,
         };
         let started = Instant::now();
+        if !cursor_usable(started.duration_since(streak_started)) {
+            (cursor, streak) = (None, 0);
+        }
         let result = match q.claim_mode {
             ClaimMode::SkipLocked => {
                 claim_skip_locked(&shared, &queue, ask, flow, cursor.as_ref()).await
@@ -184,7 +201,13 @@ pub(crate) async fn run(
                 last_full = got as u32 == claimed.want
                     || throttled != Throttled::default()
                     || claimed.unblocked > 0;
-                (cursor, streak) = next_cursor(streak, last_full, claimed.last.take());
+                let started_all = got as u32 == claimed.want
+                    && throttled == Throttled::default()
+                    && claimed.unblocked == 0;
+                if streak == 0 {
+                    streak_started = started;
+                }
+                (cursor, streak) = next_cursor(streak, started_all, claimed.last.take());
                 metrics::claim(&queue, started.elapsed(), got);
                 metrics::throttled(&queue, throttled.waiting, throttled.deferred);
                 metrics::unblocked(&queue, claimed.unblocked);
@@ -429,6 +452,19 @@ mod tests {
                 (want, want_streak),
                 "streak {streak}, full {full}, last {last:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_cursor_is_used_for_a_second_after_its_head_read() {
+        let ms = Duration::from_millis;
+        for (age, usable) in [
+            (ms(0), true),
+            (ms(999), true),
+            (ms(1000), false),
+            (ms(60_000), false),
+        ] {
+            assert_eq!(cursor_usable(age), usable, "{age:?}");
         }
     }
 

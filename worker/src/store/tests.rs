@@ -839,7 +839,7 @@ async fn a_cursor_claim_reads_after_the_cursor_and_a_full_claim_from_the_head(db
         "EXPLAIN {}",
         claim_select("'default'", "100", Some(&second.last.clone().unwrap()))
     );
-    let plan: Vec<(Option<String>, Option<String>)> = sqlx::query(&sql)
+    let plan: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query(&sql)
         .fetch_all(&db)
         .await
         .unwrap()
@@ -847,10 +847,13 @@ async fn a_cursor_claim_reads_after_the_cursor_and_a_full_claim_from_the_head(db
         .map(|r| {
             use sqlx::Row;
             let col = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
-            (col("key"), col("Extra"))
+            (col("key"), col("Extra"), col("type"))
         })
         .collect();
     assert_eq!(plan[0].0.as_deref(), Some("jobq_jobs_claim"), "{plan:?}");
+    // A range read that seeks to the cursor (not a read of the whole (queue, state) prefix
+    // that filters it, which would step over the head again).
+    assert_eq!(plan[0].2.as_deref(), Some("range"), "{plan:?}");
     let extra = plan[0].1.clone().unwrap_or_default();
     assert!(
         !extra.contains("filesort") && !extra.contains("temporary"),
