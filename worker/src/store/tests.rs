@@ -28,6 +28,21 @@ fn plain_claim<'a>(queue: &'a QueueName, worker: &'a WorkerId, limit: u32) -> Cl
     }
 }
 
+/// `EXPLAIN sql`: each row's table, key, Extra and type.
+async fn plan_of(db: &MySqlPool, sql: &str) -> Vec<[Option<String>; 4]> {
+    sqlx::query(&format!("EXPLAIN {sql}"))
+        .fetch_all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            use sqlx::Row;
+            let col = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
+            [col("table"), col("key"), col("Extra"), col("type")]
+        })
+        .collect()
+}
+
 async fn count(pool: &MySqlPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -124,16 +139,10 @@ async fn claim_uses_its_index_without_filesort(db: MySqlPool) {
     let explain = |sql: String| {
         let db = db.clone();
         async move {
-            sqlx::query(&format!("EXPLAIN {sql}"))
-                .fetch_all(&db)
+            plan_of(&db, &sql)
                 .await
-                .unwrap()
                 .into_iter()
-                .map(|r| {
-                    use sqlx::Row;
-                    let col = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
-                    (col("table"), col("key"), col("Extra"))
-                })
+                .map(|[table, key, extra, _]| (table, key, extra))
                 .collect::<Vec<_>>()
         }
     };
@@ -835,26 +844,17 @@ async fn a_cursor_claim_reads_after_the_cursor_and_a_full_claim_from_the_head(db
         "a claim from the head takes the urgent job first"
     );
     // The cursor read uses the claim index in order.
-    let sql = format!(
-        "EXPLAIN {}",
-        claim_select("'default'", "100", Some(&second.last.clone().unwrap()))
-    );
-    let plan: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query(&sql)
-        .fetch_all(&db)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            use sqlx::Row;
-            let col = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
-            (col("key"), col("Extra"), col("type"))
-        })
-        .collect();
-    assert_eq!(plan[0].0.as_deref(), Some("jobq_jobs_claim"), "{plan:?}");
+    let plan = plan_of(
+        &db,
+        &claim_select("'default'", "100", Some(&second.last.clone().unwrap())),
+    )
+    .await;
+    let [_, key, extra, kind] = &plan[0];
+    assert_eq!(key.as_deref(), Some("jobq_jobs_claim"), "{plan:?}");
     // A range read that seeks to the cursor (not a read of the whole (queue, state) prefix
     // that filters it, which would step over the head again).
-    assert_eq!(plan[0].2.as_deref(), Some("range"), "{plan:?}");
-    let extra = plan[0].1.clone().unwrap_or_default();
+    assert_eq!(kind.as_deref(), Some("range"), "{plan:?}");
+    let extra = extra.clone().unwrap_or_default();
     assert!(
         !extra.contains("filesort") && !extra.contains("temporary"),
         "{plan:?}"
