@@ -48,25 +48,59 @@ const CURSOR_CLAIMS: u32 = 8;
 /// at a slower pace reads from the head every time, and its order stays strict.
 const CURSOR_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// Whether a cursor taken `age` after the head read that started its run may still be used.
-fn cursor_usable(age: Duration) -> bool {
-    age < CURSOR_MAX_AGE
-}
-
-/// The cursor of the next claim and the count of cursor claims in a row, after a claim that
-/// filled its batch with jobs it started (`full`; a claim that sent jobs to wait or made
-/// waiting jobs available is not full: those sort before the cursor) or not, and read up to
-/// `last`. A claim reads from after the last job the previous one read while claims keep
-/// filling their batches, at most [`CURSOR_CLAIMS`] in a row and for [`CURSOR_MAX_AGE`]: the
+/// Where the claimer's next claim may start reading. A claim reads from after the last job
+/// the previous one read while claims keep filling their batches, at most [`CURSOR_CLAIMS`] in
+/// a row and for [`CURSOR_MAX_AGE`] after the read from the head that started the run: the
 /// head it skips holds the entries those claims just moved, which stay in the index,
 /// delete-marked, until purge removes them, and every read from the head steps over them (at
 /// 1M jobs a fifth of the rate). Any other claim reads from the head, so a job that sorts
 /// before the cursor (a more urgent priority, an earlier run_at) waits at most eight claims
 /// and a second.
-fn next_cursor(streak: u32, full: bool, last: Option<Cursor>) -> (Option<Cursor>, u32) {
-    match last {
-        Some(c) if full && streak < CURSOR_CLAIMS => (Some(c), streak + 1),
-        _ => (None, 0),
+struct ClaimCursor {
+    at: Option<Cursor>,
+    /// Cursor claims in the current run.
+    streak: u32,
+    /// When the read from the head that started the current run began.
+    since: Instant,
+}
+
+impl ClaimCursor {
+    fn new(now: Instant) -> ClaimCursor {
+        ClaimCursor {
+            at: None,
+            streak: 0,
+            since: now,
+        }
+    }
+
+    /// The cursor of a claim starting at `now`: none once its run is [`CURSOR_MAX_AGE`] old.
+    fn for_claim(&mut self, now: Instant) -> Option<&Cursor> {
+        if now.duration_since(self.since) >= CURSOR_MAX_AGE {
+            self.reset();
+        }
+        self.at.as_ref()
+    }
+
+    /// After a claim that began at `started`, filled its batch with jobs it started (`full`; a
+    /// claim that sent jobs to wait or made waiting jobs available is not full: those sort
+    /// before the cursor) or not, and read up to `last`.
+    fn after_claim(&mut self, started: Instant, full: bool, last: Option<Cursor>) {
+        if self.streak == 0 {
+            self.since = started;
+        }
+        match last {
+            Some(c) if full && self.streak < CURSOR_CLAIMS => {
+                self.at = Some(c);
+                self.streak += 1;
+            }
+            _ => self.reset(),
+        }
+    }
+
+    /// The next claim reads from the head.
+    fn reset(&mut self) {
+        self.at = None;
+        self.streak = 0;
     }
 }
 
@@ -103,11 +137,7 @@ pub(crate) async fn run(
     let mut idle_wait = MIN_POLL;
     // When a claim last found jobs: a queue busy a moment ago is polled at the shortest pace.
     let mut last_found = Instant::now();
-    // Where the next claim may start reading (see `next_cursor`).
-    let mut cursor: Option<Cursor> = None;
-    let mut streak = 0;
-    // When the read from the head that started the current run of cursor claims began.
-    let mut streak_started = Instant::now();
+    let mut cursor = ClaimCursor::new(Instant::now());
     let mut named = NamedLockClaims::default();
     let mut retry = DbRetry::new();
     let mut last_full = false;
@@ -172,18 +202,10 @@ pub(crate) async fn run(
             carry_max,
         };
         let started = Instant::now();
-        if !cursor_usable(started.duration_since(streak_started)) {
-            (cursor, streak) = (None, 0);
-        }
+        let after = cursor.for_claim(started);
         let result = match q.claim_mode {
-            ClaimMode::SkipLocked => {
-                claim_skip_locked(&shared, &queue, ask, flow, cursor.as_ref()).await
-            }
-            ClaimMode::NamedLock => {
-                named
-                    .claim(&shared, &queue, ask, flow, cursor.as_ref())
-                    .await
-            }
+            ClaimMode::SkipLocked => claim_skip_locked(&shared, &queue, ask, flow, after).await,
+            ClaimMode::NamedLock => named.claim(&shared, &queue, ask, flow, after).await,
         };
         #[cfg(test)]
         let result = lose_answer(&shared, result);
@@ -204,10 +226,7 @@ pub(crate) async fn run(
                 let started_all = got as u32 == claimed.want
                     && throttled == Throttled::default()
                     && claimed.unblocked == 0;
-                if streak == 0 {
-                    streak_started = started;
-                }
-                (cursor, streak) = next_cursor(streak, started_all, claimed.last.take());
+                cursor.after_claim(started, started_all, claimed.last.take());
                 metrics::claim(&queue, started.elapsed(), got);
                 metrics::throttled(&queue, throttled.waiting, throttled.deferred);
                 metrics::unblocked(&queue, claimed.unblocked);
@@ -254,7 +273,7 @@ pub(crate) async fn run(
                 maybe_claimed,
                 contended,
             }) => {
-                (cursor, streak) = (None, 0);
+                cursor.reset();
                 // Carried successes not known to be written went back to `pending` with their
                 // guard; the completer or the next claim writes them, fenced.
                 if !maybe_claimed.is_empty() {
@@ -446,9 +465,16 @@ mod tests {
             (2, false, Some(at(9)), None, 0),
             (2, true, None, None, 0),
         ];
+        let now = Instant::now();
         for (streak, full, last, want, want_streak) in table {
+            let mut c = ClaimCursor {
+                at: Some(at(1)),
+                streak,
+                since: now,
+            };
+            c.after_claim(now, full, last.clone());
             assert_eq!(
-                next_cursor(streak, full, last.clone()),
+                (c.at, c.streak),
                 (want, want_streak),
                 "streak {streak}, full {full}, last {last:?}"
             );
@@ -464,7 +490,17 @@ mod tests {
             (ms(1000), false),
             (ms(60_000), false),
         ] {
-            assert_eq!(cursor_usable(age), usable, "{age:?}");
+            // A run started by a head read at `t0`, one cursor claim in.
+            let t0 = Instant::now();
+            let mut c = ClaimCursor::new(t0);
+            let last = Cursor {
+                priority: 0,
+                run_at_us: 1_000,
+                id: 7,
+            };
+            c.after_claim(t0, true, Some(last.clone()));
+            let expected = usable.then_some(&last);
+            assert_eq!(c.for_claim(t0 + age), expected, "{age:?}");
         }
     }
 

@@ -112,7 +112,7 @@ pub(crate) async fn run(
                     _ = stop.cancelled() => {
                         let grace = shared.config.worker.cancel_grace;
                         let _ = tokio::time::timeout(grace, &mut handler).await;
-                        Some(cancelled(&shared, fence))
+                        Some(cancelled(&shared, fence, "while running"))
                     }
                     r = &mut handler => Some(match r {
                         None => Outcome::Timeout(policy.job_timeout.unwrap_or_default()),
@@ -128,7 +128,7 @@ pub(crate) async fn run(
                 // told the job would end cancelled.
                 match outcome {
                     Some(o) if stop.is_cancelled() && !matches!(o, Outcome::Cancel(_)) => {
-                        Some(cancelled(&shared, fence))
+                        Some(cancelled(&shared, fence, "while running"))
                     }
                     other => other,
                 }
@@ -197,13 +197,7 @@ async fn handler_slot(
     }
     tokio::select! {
         biased;
-        _ = stop.cancelled() => {
-            let by = shared
-                .in_flight
-                .cancelled_by(fence)
-                .unwrap_or_else(|| "an operator".into());
-            Err(Some(Outcome::Cancel(format!("cancelled by {by} before it started"))))
-        }
+        _ = stop.cancelled() => Err(Some(cancelled(shared, fence, "before it started"))),
         // A stop first: an immediate stop also fires every job's `cancel`, and these jobs are
         // better given back (fenced, so harmless if the lease was lost meanwhile) than left to
         // the rescue, which counts the attempt.
@@ -215,13 +209,13 @@ async fn handler_slot(
     }
 }
 
-/// The outcome of a job an operator cancelled.
-fn cancelled(shared: &Shared, fence: crate::store::Fence) -> Outcome {
+/// The outcome of a job an operator cancelled `when` ("while running", "before it started").
+fn cancelled(shared: &Shared, fence: crate::store::Fence, when: &str) -> Outcome {
     let by = shared
         .in_flight
         .cancelled_by(fence)
         .unwrap_or_else(|| "an operator".into());
-    Outcome::Cancel(format!("cancelled by {by} while running"))
+    Outcome::Cancel(format!("cancelled by {by} {when}"))
 }
 
 async fn with_timeout<F: Future>(timeout: Option<Duration>, fut: F) -> Option<F::Output> {

@@ -335,22 +335,16 @@ pub(crate) async fn claim<S: Session>(
         let (rows, _) = end_confirmed(tx, &commit_sql, 1).await?;
         return Ok(nothing(completed, &rows, None));
     }
-    let last = match rows.last().map(|r| {
-        Ok::<_, sqlx::Error>(Cursor {
+    let token: Token = rand::random();
+    // The jobs, and where the read stopped (its last row, in claim order).
+    let last_read = |r: &MySqlRow| -> Result<Cursor, sqlx::Error> {
+        Ok(Cursor {
             priority: r.try_get("priority")?,
             run_at_us: r.try_get("run_at_us")?,
             id: r.try_get("id")?,
         })
-    }) {
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => {
-            tx.rollback().await;
-            return Err(e.into());
-        }
-        None => None,
     };
-    let token: Token = rand::random();
-    let decoded: Result<Vec<ClaimedJob>, sqlx::Error> = rows
+    let decoded: Result<(Vec<ClaimedJob>, Option<Cursor>), sqlx::Error> = rows
         .iter()
         .map(|r| {
             let kind = text(r, "kind")?;
@@ -368,9 +362,10 @@ pub(crate) async fn claim<S: Session>(
                 concurrency_key: opt_text(r, "concurrency_key")?,
             })
         })
-        .collect();
-    let jobs = match decoded {
-        Ok(jobs) => jobs,
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|jobs| Ok((jobs, rows.last().map(last_read).transpose()?)));
+    let (jobs, last) = match decoded {
+        Ok(decoded) => decoded,
         Err(e) => {
             tx.rollback().await;
             return Err(e.into());
