@@ -11,8 +11,9 @@ use sqlx::MySqlPool;
 
 mod common;
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = false)]
 async fn a_lease_excludes_others_and_tokens_only_grow(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let a = LeaseLock::new(&db, "a");
     let b = LeaseLock::new(&db, "b");
     let ga = a
@@ -44,8 +45,9 @@ async fn a_lease_excludes_others_and_tokens_only_grow(db: MySqlPool) {
     assert_eq!(gc.token(), Some(3));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = false)]
 async fn the_watchdog_keeps_a_short_lease(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let a = LeaseLock::new(&db, "a").ttl(Duration::from_secs(2));
     let b = LeaseLock::new(&db, "b").ttl(Duration::from_secs(2));
     let ga = a
@@ -63,8 +65,9 @@ async fn the_watchdog_keeps_a_short_lease(db: MySqlPool) {
     ga.release().await.unwrap();
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = false)]
 async fn a_holder_that_lost_its_lease_cannot_write(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     sqlx::query("CREATE TABLE stock (id INT PRIMARY KEY, n INT NOT NULL)")
         .execute(&db)
         .await
@@ -111,8 +114,9 @@ async fn a_holder_that_lost_its_lease_cannot_write(db: MySqlPool) {
     gb.release().await.unwrap();
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = false)]
 async fn a_semaphore_never_admits_more_than_its_permits(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let inside = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -139,8 +143,9 @@ async fn a_semaphore_never_admits_more_than_its_permits(db: MySqlPool) {
     assert!((1..=3).contains(&most), "{most} holders at once");
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = false)]
 async fn lease_names_of_any_length_case_and_script_never_collide(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let a = LeaseLock::new(&db, "a");
     let b = LeaseLock::new(&db, "b");
     let names = common::tricky_names();
@@ -172,8 +177,9 @@ async fn lease_names_of_any_length_case_and_script_never_collide(db: MySqlPool) 
 
 /// Two campaigners: one leads at a time; when the leader's lease is taken from it its future is
 /// dropped, and when it stops the other takes over with a higher token.
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = false)]
 async fn one_leader_at_a_time_and_a_lost_term_is_dropped(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 

@@ -44,8 +44,9 @@ fn samples(v: &[&DebugValue]) -> usize {
         .sum()
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = false)]
 async fn acquisitions_holds_and_losses_are_recorded(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let recorder = DebuggingRecorder::new();
     let snap = recorder.snapshotter();
     recorder

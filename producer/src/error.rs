@@ -61,6 +61,27 @@ pub enum Error {
         /// A queue on another server.
         other: String,
     },
+    /// No connection could be made to the server (refused, unknown host, no answer in time,
+    /// access denied, TLS refused).
+    #[error("cannot connect to the database server {server}: {source}; {hint}")]
+    Connect {
+        /// `host:port/database`, without credentials.
+        server: String,
+        /// What to do about it, from the cause.
+        hint: &'static str,
+        /// sqlx's error, with the operating system's or the server's cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database failed while migrating or checking the schema.
+    #[error("database error while migrating the jobq schema: {0}")]
+    MigrationDatabase(#[source] sqlx::Error),
+    /// A migration could not be applied; the message says what to do.
+    #[error("migrating the jobq schema: {0}")]
+    Migration(String),
+    /// The database's jobq schema is missing or older than this build.
+    #[error("the jobq schema is not migrated in this database: {0}; run `jobq migrate` (or `jobq_producer::migrate`)")]
+    NotMigrated(String),
     /// No job has this id (or it was pruned).
     #[error("job {0} does not exist (never enqueued, or pruned after it finished)")]
     NoSuchJob(crate::job::JobId),

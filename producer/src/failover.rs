@@ -310,6 +310,57 @@ impl Failover {
     }
 }
 
+/// One connection to the server `opts` names, within `wait`. A failure is [`Error::Connect`],
+/// naming the server (`host:port/database`, no credentials) and keeping sqlx's cause.
+pub async fn connect_direct(opts: &MySqlConnectOptions, wait: Duration) -> Result<MySqlConnection> {
+    let server = format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("")
+    );
+    match tokio::time::timeout(wait, MySqlConnection::connect_with(opts)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(Error::Connect {
+            server,
+            hint: connect_hint(&source),
+            source,
+        }),
+        Err(_) => Err(Error::Connect {
+            server,
+            hint: "is the address right, and does a firewall drop the packets?",
+            source: sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {} s (database.connect_timeout)",
+                    wait.as_secs_f64()
+                ),
+            )),
+        }),
+    }
+}
+
+/// What to do about a failed connection, from its cause.
+fn connect_hint(e: &sqlx::Error) -> &'static str {
+    let number = match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|m| m.number()),
+        _ => None,
+    };
+    match (e, number) {
+        (_, Some(1049)) => "the database does not exist yet: `jobq migrate` creates it",
+        (_, Some(1044 | 1045 | 1698)) => "check the user and password in database_url",
+        (sqlx::Error::Tls(_), _) => {
+            "check ssl-mode and ssl-ca in database_url (README \"Connecting over TLS\")"
+        }
+        (sqlx::Error::Io(_), _) => {
+            "is the server running at that host and port? (database_url, or JOBQ_DATABASE_URL)"
+        }
+        _ => "check database_url (host, port, user, password, ssl-mode)",
+    }
+}
+
 /// A pool on `url`, which may name several hosts of one cluster (see the module docs); `tweak`
 /// adjusts each host's connect options (logging, caches). `options`' `before_acquire` and
 /// `after_release` hooks are replaced when the URL names several hosts. Fails when no host
@@ -324,6 +375,13 @@ pub async fn connect_cluster(
         .map(|u| Host::parse(u, &tweak))
         .collect::<Result<Vec<_>>>()?;
     if hosts.len() == 1 {
+        // sqlx's pool retries a refused connection until its acquire timeout and then reports
+        // only "pool timed out": one direct connection first keeps the cause (refused, unknown
+        // host, access denied, TLS) and fails at once when the answer is immediate.
+        let _ = connect_direct(&hosts[0].opts, options.get_acquire_timeout())
+            .await?
+            .close()
+            .await;
         return Ok(options.connect_with(hosts[0].opts.clone()).await?);
     }
     let (first, mut conns) = first_healthy(&hosts).await?;

@@ -1,6 +1,6 @@
 //! jobq producer: the job contract and enqueueing.
 //!
-//! This crate is the light half of jobq: it owns the schema ([`MIGRATOR`]), the job states and
+//! This crate is the light half of jobq: it owns the schema ([`migrate`], kept in its own `jobq_migrations` table), the job states and
 //! the [`Job`] trait, and inserts jobs over a `MySqlPool` or inside the caller's own transaction.
 //! The worker runtime lives in `jobq-worker` and depends on this crate, never the reverse.
 //!
@@ -30,27 +30,26 @@ mod error;
 mod failover;
 mod job;
 mod json;
+mod migrate;
 mod notify;
 mod producer;
 mod store;
 
 pub use error::{Error, Result};
 pub use failover::{
-    connect_cluster, first_healthy_url, rotate_hosts, same_server, server_name, server_url,
-    split_hosts, FAILS_TO_LEAVE, PROBE_EVERY, PROBE_TIMEOUT, SETTLE,
+    connect_cluster, connect_direct, first_healthy_url, rotate_hosts, same_server, server_name,
+    server_url, split_hosts, FAILS_TO_LEAVE, PROBE_EVERY, PROBE_TIMEOUT, SETTLE,
 };
 pub use job::{
     validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,
 };
 pub use json::{MYSQL_MAX_DEPTH, PORTABLE_MAX_DEPTH};
+pub use migrate::{
+    check_migrated, latest_version, migrate, migrate_conn, migrations, migrations_sql,
+    MigrateReport, Migration,
+};
 pub use notify::{job_written, subscribe, Subscription};
 pub use producer::{
     Enqueued, JobEnd, NewJob, OnDuplicate, Producer, ProducerOptions, UNIQUE_KEY_CHARS,
 };
 pub use store::CHUNK_BYTES;
-
-/// The jobq schema (the `migrations/` folder at the repository root), embedded.
-///
-/// Apply with `MIGRATOR.run(&pool)`, `jobq migrate`, or `jobq_worker::migrate`. sqlx serialises
-/// concurrent runs with a named lock, so several processes may migrate at once.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -8,7 +8,7 @@ use jobq_config::{ClaimMode, Config, ProducerSettings};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, MySqlConnection, MySqlPool};
 
-use crate::error::{codes, is_number, Error, Result};
+use crate::error::{Error, Result};
 
 /// Which server family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +205,9 @@ pub(crate) async fn detect(pool: &MySqlPool) -> Result<ServerInfo> {
     })
 }
 
+/// How long [`check_server`] and [`migrate`] wait for a server to answer.
+const CHECK_WAIT: Duration = Duration::from_secs(10);
+
 /// Fails, before anything is written, when the server `url` names (the first healthy host of
 /// a list) cannot run `modes`: too old, no `SKIP LOCKED`, or named locks on Galera. Connects
 /// without the database, which may not exist yet.
@@ -212,9 +215,17 @@ pub async fn check_server(url: &str, modes: &[ClaimMode]) -> Result<()> {
     let url = jobq_producer::first_healthy_url(url)
         .await
         .map_err(connect_error)?;
+    let opts = MySqlConnectOptions::from_str(&jobq_producer::server_url(&url))?;
+    // A direct connection first: a refused or silent server is reported at once with its
+    // address and cause (a pool would wait its acquire timeout and say only that).
+    let conn = jobq_producer::connect_direct(&opts, CHECK_WAIT)
+        .await
+        .map_err(connect_error)?;
+    let _ = conn.close().await;
     let pool = MySqlPoolOptions::new()
         .max_connections(1)
-        .connect(&jobq_producer::server_url(&url))
+        .acquire_timeout(CHECK_WAIT)
+        .connect_with(opts)
         .await?;
     let info = detect(&pool).await;
     pool.close().await;
@@ -302,10 +313,11 @@ pub(crate) async fn dedicated(
     Ok(conn)
 }
 
-/// Creates the database of `url` if missing and applies the migrations. Idempotent and safe to
-/// run from several processes at once (`CREATE DATABASE IF NOT EXISTS`; sqlx serialises the
-/// migrations themselves with a named lock).
-pub async fn migrate(url: &str) -> Result<()> {
+/// Creates the database of `url` if missing and applies the migrations
+/// ([`jobq_producer::migrate`]: history in `jobq_migrations`, never `_sqlx_migrations`).
+/// Idempotent and safe to run from several processes at once (`CREATE DATABASE IF NOT EXISTS`;
+/// the migrations themselves are serialised by a named lock).
+pub async fn migrate(url: &str) -> Result<jobq_producer::MigrateReport> {
     // Of several hosts of one cluster, the first that answers (the schema replicates).
     let url = &jobq_producer::first_healthy_url(url)
         .await
@@ -318,9 +330,10 @@ pub async fn migrate(url: &str) -> Result<()> {
                 "database name {db:?} in the URL is not usable"
             )));
         }
-        let mut conn = MySqlConnectOptions::from_str(&jobq_producer::server_url(url))?
-            .connect()
-            .await?;
+        let server = MySqlConnectOptions::from_str(&jobq_producer::server_url(url))?;
+        let mut conn = jobq_producer::connect_direct(&server, CHECK_WAIT)
+            .await
+            .map_err(connect_error)?;
         // language=MySQL
         conn.execute(sqlx::raw_sql(&format!(
             "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -328,36 +341,12 @@ pub async fn migrate(url: &str) -> Result<()> {
         .await?;
         conn.close().await?;
     }
-    let mut conn = opts.connect().await?;
-    // sqlx's own migration lock is GET_LOCK(name, -1): "wait forever" on MySQL, but NULL at
-    // once on MariaDB, which leaves concurrent runs unserialised there. Take our own lock with a
-    // positive timeout on the same session first (named locks are re-entrant per session).
-    // language=MySQL
-    let locked: Result<Option<i64>, sqlx::Error> =
-        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())), 300)")
-            .fetch_one(&mut conn)
-            .await;
-    let locked =
-        match locked {
-            Ok(Some(1)) => true,
-            Ok(_) => return Err(Error::UnsupportedServer(
-                "could not take the migration lock within 300 s; is another `jobq migrate` stuck?"
-                    .into(),
-            )),
-            // Galera refuses named locks (1235): run unserialised, as sqlx would.
-            Err(e) if is_number(&e, codes::NOT_SUPPORTED_YET) => false,
-            Err(e) => return Err(e.into()),
-        };
-    let result = jobq_producer::MIGRATOR.run(&mut conn).await;
-    if locked {
-        // language=MySQL
-        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())))")
-            .execute(&mut conn)
-            .await;
-    }
-    conn.close().await?;
-    result?;
-    Ok(())
+    let mut conn = jobq_producer::connect_direct(&opts, CHECK_WAIT)
+        .await
+        .map_err(connect_error)?;
+    let result = jobq_producer::migrate_conn(&mut conn).await;
+    let _ = conn.close().await;
+    Ok(result?)
 }
 
 /// Fails with [`Error::NotMigrated`] unless every migration of this build is applied.
@@ -365,25 +354,10 @@ pub async fn check_migrated<'c, E>(db: E) -> Result<()>
 where
     E: sqlx::Executor<'c, Database = sqlx::MySql>,
 {
-    let newest = jobq_producer::MIGRATOR
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0);
-    // language=MySQL
-    let applied: Result<Option<i64>, sqlx::Error> =
-        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-            .fetch_one(db)
-            .await;
-    match applied {
-        Ok(Some(v)) if v >= newest => Ok(()),
-        Ok(v) => Err(Error::NotMigrated(format!(
-            "newest applied migration is {}, this build needs {newest}",
-            v.map_or("none".to_owned(), |v| v.to_string())
-        ))),
-        Err(e) if is_number(&e, codes::NO_SUCH_TABLE) => {
-            Err(Error::NotMigrated("no _sqlx_migrations table".to_owned()))
-        }
+    match jobq_producer::check_migrated(db).await {
+        Ok(()) => Ok(()),
+        Err(jobq_producer::Error::NotMigrated(why)) => Err(Error::NotMigrated(why)),
+        Err(jobq_producer::Error::MigrationDatabase(e)) => Err(Error::Database(e)),
         Err(e) => Err(e.into()),
     }
 }

@@ -13,8 +13,6 @@ pub(crate) mod codes {
     pub(crate) const LOCK_WAIT_TIMEOUT: u16 = 1205;
     /// `ER_CHECKREAD`: snapshot-isolation conflict (MariaDB 11.6.2+ under REPEATABLE READ).
     pub(crate) const CHECKREAD: u16 = 1020;
-    /// `ER_NOT_SUPPORTED_YET`, e.g. GET_LOCK on Galera.
-    pub(crate) const NOT_SUPPORTED_YET: u16 = 1235;
     /// `ER_NO_SUCH_TABLE`.
     pub(crate) const NO_SUCH_TABLE: u16 = 1146;
     /// `ER_SP_DOES_NOT_EXIST`: here, a savepoint the server dropped with its transaction.
@@ -31,9 +29,6 @@ pub enum Error {
     /// A database call failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
-    /// Applying migrations failed.
-    #[error("migration failed")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     /// The producer refused a job or failed to write it.
     #[error(transparent)]
     Producer(#[from] jobq_producer::Error),
@@ -114,8 +109,9 @@ mod tests {
 
     /// A real lock-wait timeout and a real deadlock, provoked by two sessions, are recognised
     /// by their error numbers (1205, 1213) as transient: retried at once, counted as retried.
-    #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+    #[sqlx::test(migrations = false)]
     async fn transient_errors_are_recognised_by_number(db: MySqlPool) {
+        jobq_producer::migrate(&db).await.unwrap();
         db.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
             .await
             .unwrap();

@@ -140,6 +140,19 @@ pub async fn workers(pool: &MySqlPool) -> Result<Vec<store::WorkerInfo>> {
     Ok(store::workers(pool).await?)
 }
 
+/// How far back [`queues_handling`] looks: a worker that started or ran within a week.
+pub const KIND_SEEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// The queues on which a live or recent worker (seen within [`KIND_SEEN_WITHIN`]) has a handler
+/// for `kind`; empty when none has. `jobq enqueue` warns on an empty answer (a misspelt kind
+/// would otherwise wait unclaimed) or one without the job's queue.
+pub async fn queues_handling(
+    pool: &MySqlPool,
+    kind: &jobq_producer::KindName,
+) -> Result<Vec<String>> {
+    Ok(store::kind_queues(pool, kind, KIND_SEEN_WITHIN).await?)
+}
+
 /// Deletes jobs in final state `state` finalized more than `older_than` ago, with their
 /// history, in short batches. Returns how many were deleted.
 pub async fn prune_jobs(

@@ -61,15 +61,15 @@ pub use health::{Health, Loop, Status};
 pub use ids::{hostname, WorkerId};
 pub use inspect::{
     job_with_history, list_jobs, list_jobs_page, list_schedules, pause_queue, pause_schedule,
-    prune_jobs, resume_queue, resume_schedule, run_schedule_now, stats, workers, JobPage,
-    QueueStats, ScheduleInfo, Stats,
+    prune_jobs, queues_handling, resume_queue, resume_schedule, run_schedule_now, stats, workers,
+    JobPage, QueueStats, ScheduleInfo, Stats, KIND_SEEN_WITHIN,
 };
 pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.
 pub use jobq_lock as lock;
 pub use jobq_producer::{
-    same_server, server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName, NewJob,
-    OnDuplicate, Producer, ProducerOptions, QueueName, MIGRATOR,
+    migrations_sql, same_server, server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName,
+    MigrateReport, NewJob, OnDuplicate, Producer, ProducerOptions, QueueName,
 };
 pub use panics::install_panic_hook;
 pub use registry::Registry;

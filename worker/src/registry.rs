@@ -46,6 +46,8 @@ where
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: BTreeMap<KindName, Arc<dyn ErasedHandler>>,
+    /// `Job::QUEUE` of each kind registered with its type.
+    default_queues: BTreeMap<KindName, String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -63,7 +65,11 @@ impl Registry {
     /// Registers `handler` for `J::KIND`: `registry.register::<SendEmail>(send_email)`. A
     /// second handler for one kind is an error.
     pub fn register<J: Job>(&mut self, handler: impl Handler<J>) -> Result<&mut Self> {
-        self.insert(J::KIND, handler)
+        self.insert(J::KIND, handler)?;
+        if let Ok(kind) = KindName::new(J::KIND) {
+            self.default_queues.insert(kind, J::QUEUE.to_owned());
+        }
+        Ok(self)
     }
 
     /// Registers an untyped handler receiving the payload as a JSON value.
@@ -99,6 +105,17 @@ impl Registry {
         self.handlers.keys().map(|k| k.to_string()).collect()
     }
 
+    /// Kinds registered with their type whose default queue (`Job::QUEUE`) is not among
+    /// `worked`, with that queue: their jobs, enqueued without a queue, would wait for another
+    /// worker.
+    pub fn unworked_defaults(&self, worked: &[String]) -> Vec<(String, String)> {
+        self.default_queues
+            .iter()
+            .filter(|(_, q)| !worked.iter().any(|w| w == *q))
+            .map(|(k, q)| (k.to_string(), q.clone()))
+            .collect()
+    }
+
     pub(crate) fn kind_names(&self) -> Vec<KindName> {
         self.handlers.keys().cloned().collect()
     }
@@ -116,6 +133,36 @@ mod tests {
     struct Ping;
     impl Job for Ping {
         const KIND: &'static str = "ping";
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Invoice;
+    impl Job for Invoice {
+        const KIND: &'static str = "invoice";
+        const QUEUE: &'static str = "billing";
+    }
+
+    #[test]
+    fn kinds_whose_default_queue_is_not_worked_are_named() {
+        let mut r = Registry::new();
+        r.register::<Ping>(|_: Ping, _ctx: JobContext| async { Ok(()) })
+            .unwrap();
+        r.register::<Invoice>(|_: Invoice, _ctx: JobContext| async { Ok(()) })
+            .unwrap();
+        r.register_json("untyped", |_: serde_json::Value, _ctx: JobContext| async {
+            Ok(())
+        })
+        .unwrap();
+        let q = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        type Row<'a> = (&'a [&'a str], Vec<(String, String)>);
+        let table: [Row; 3] = [
+            (&["default"], vec![("invoice".into(), "billing".into())]),
+            (&["default", "billing"], vec![]),
+            (&["billing"], vec![("ping".into(), "default".into())]),
+        ];
+        for (worked, expected) in table {
+            assert_eq!(r.unworked_defaults(&q(worked)), expected, "{worked:?}");
+        }
     }
 
     #[test]

@@ -141,6 +141,14 @@ impl Worker {
     /// under this worker's id, each with its own pool, worker row, heartbeat and maintenance
     /// election on its server, stopping together (see [`Worker::run_servers`]).
     pub async fn run(mut self, signal: ShutdownSignal) -> Result<Stopped> {
+        for (kind, queue) in self.registry.unworked_defaults(&self.config.worker.queues) {
+            warn!(
+                %kind, %queue, worked = ?self.config.worker.queues,
+                "kind {kind} goes to queue {queue} unless its enqueue names another, and this \
+                 worker does not work {queue}: its jobs wait for a worker that does (add \
+                 {queue} to worker.queues, or `jobq work --queues {queue},…`)"
+            );
+        }
         let (mut parts, skipped) = self.config.split_by_server();
         for name in skipped {
             info!(schedule = %name, "this process works no queue on the schedule's server; \
@@ -487,8 +495,9 @@ mod tests {
 
     /// A background loop that panics does not leave a process that looks alive: the worker
     /// stops by itself, reports the loop through its health and returns an error naming it.
-    #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+    #[sqlx::test(migrations = false)]
     async fn a_dead_background_loop_stops_the_worker_loudly(pool: MySqlPool) {
+        jobq_producer::migrate(&pool).await.unwrap();
         let mut settings = jobq_config::Settings::default();
         settings.worker.shutdown_timeout = Duration::from_secs(2);
         let config = settings.validate().unwrap();
@@ -523,8 +532,9 @@ mod tests {
     /// A claim that committed but whose answer never arrived: its jobs never started, so they
     /// are given back with the attempt refunded; a job allowed one attempt still runs (before,
     /// it waited for its lease to expire and rescue discarded it, never having run).
-    #[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+    #[sqlx::test(migrations = false)]
     async fn a_lost_claim_answer_costs_no_attempt(pool: MySqlPool) {
+        jobq_producer::migrate(&pool).await.unwrap();
         let mut settings = jobq_config::Settings::default();
         settings.worker.poll_interval = Duration::from_millis(20);
         settings.maintenance.interval = Duration::from_millis(100);

@@ -1,6 +1,7 @@
 //! The heartbeat: once per `heartbeat_interval`, on a session of its own (never queued behind
 //! handlers for a pooled connection), it extends the leases of every job this process runs and
-//! beats the worker row (re-created if maintenance pruned it during an outage).
+//! beats the worker row (re-created if maintenance pruned it during an outage); hourly it notes
+//! again which kinds this process handles (`jobq_kinds`).
 //!
 //! Each job is judged alone: a row another session holds locked is skipped, not waited for, so
 //! one locked row costs only that job's lease push, never the others'. Jobs the server says are
@@ -8,7 +9,7 @@
 //! by each job's own timer there, not here.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -24,12 +25,19 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let every = shared.config.worker.heartbeat_interval;
     let lease = shared.config.worker.lease_ttl;
     let mut session: Option<Dedicated> = None;
+    let mut kinds_noted = Instant::now();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
+        }
+        if kinds_noted.elapsed() >= KINDS_EVERY {
+            kinds_noted = Instant::now();
+            if let Err(e) = note_kinds(&shared).await {
+                debug!(error = %e, "could not note this worker's kinds; tried again in an hour");
+            }
         }
         for q in &shared.slots {
             // Jobs held (running, prefetched, or waiting for their completion to be written),
@@ -114,5 +122,16 @@ pub(crate) async fn register(shared: &Shared) -> Result<(), sqlx::Error> {
             queues: &queues,
         },
     )
-    .await
+    .await?;
+    note_kinds(shared).await
 }
+
+/// Records the kinds this process handles on its queues (`jobq_kinds`, read by `jobq enqueue`).
+async fn note_kinds(shared: &Shared) -> Result<(), sqlx::Error> {
+    let queues: Vec<_> = shared.slots.iter().map(|q| &q.name).collect();
+    store::note_kinds(&shared.pool, &shared.kinds, &queues).await
+}
+
+/// How often a running worker notes its kinds again: well within the week `jobq enqueue`
+/// looks back.
+const KINDS_EVERY: Duration = Duration::from_secs(3600);

@@ -12,9 +12,9 @@
 //! two days.
 //!
 //! When the lease is lost the leader's loop is dropped at its next await; a pass already
-//! started runs to its end in its own task (never cut off mid-transaction). A pass stops
-//! starting new batches after half an interval, and each statement waits at most
-//! `database.lock_wait_timeout_secs` for a lock.
+//! started runs to its end in its own task (never cut off mid-transaction), and a stopping
+//! worker waits for it. A pass stops starting new batches after half an interval, and each
+//! statement waits at most `database.lock_wait_timeout_secs` for a lock.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use sqlx::MySqlPool;
 use jobq_lock::{LeaseLock, Term};
 use jobq_producer::JobState;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::retry::DbRetry;
@@ -61,11 +62,19 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let ttl = leader_lease(m.interval);
     let locks = LeaseLock::new(&shared.pool, shared.id.as_str()).ttl(ttl);
     metrics::leader(&shared.server, false);
+    // Passes run in tasks of their own (see `lead`); the worker's stop waits for one still
+    // running, so nothing of this worker writes after its `run` returned (a pass left running
+    // could prune a job its caller has just changed).
+    let passes = TaskTracker::new();
     // A term never ends on its own, so this returns only at `stop` (campaign errors are
     // retried inside).
     locks
-        .lead(LEADER_LOCK, &stop, |term| lead(shared.clone(), term))
+        .lead(LEADER_LOCK, &stop, |term| {
+            lead(shared.clone(), term, passes.clone())
+        })
         .await;
+    passes.close();
+    passes.wait().await;
 }
 
 /// This process's leadership, while its loop runs: leaving (by stop or by a lost lease, when
@@ -84,7 +93,7 @@ impl Drop for Leading {
 }
 
 /// One term of leadership: a maintenance pass every interval, until the term is dropped.
-async fn lead(shared: Arc<Shared>, term: Term) {
+async fn lead(shared: Arc<Shared>, term: Term, passes: TaskTracker) {
     let m = shared.config.maintenance.clone();
     info!(worker = %shared.id, token = term.token(), "leading maintenance");
     let mut leading = Leading {
@@ -134,7 +143,7 @@ async fn lead(shared: Arc<Shared>, term: Term) {
         // when the connection is next used), holding its locks. Each statement waits at most
         // database.lock_wait_timeout_secs for a lock, and the lease is renewed by its own
         // watchdog meanwhile, so a slow pass neither hangs nor costs the leadership.
-        let task = tokio::spawn({
+        let task = passes.spawn({
             let shared = shared.clone();
             async move { pass(&shared, ticks).await }
         });

@@ -5,6 +5,7 @@
 //! - [`claim`]: the claim transaction and the named-lock statements (hot path);
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
 //! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
+//! - [`kinds`]: which kinds workers handle on which queues (`jobq enqueue`'s warning);
 //! - [`lease`]: lease extension and the worker rows (heartbeat);
 //! - [`maintenance`]: leader lease, promotion, rescue, retention (leader only);
 //! - [`inspect`]: read-only views for the CLI and operators;
@@ -28,6 +29,7 @@ mod demo;
 mod finish;
 mod inspect;
 mod keys;
+mod kinds;
 mod lease;
 mod maintenance;
 mod queues;
@@ -59,6 +61,7 @@ pub(crate) use inspect::{
 };
 pub use inspect::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys};
+pub(crate) use kinds::{kind_queues, note_kinds};
 pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,
 };

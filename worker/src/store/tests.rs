@@ -70,8 +70,9 @@ async fn complete_single(pool: &MySqlPool, fence: Fence, attempt: u32) -> bool {
 
 /// A completion written with a stale claim token changes nothing: after the job was taken back
 /// and claimed again, the old holder's late completion must not touch the new claim.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn stale_token_changes_nothing(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let id = Producer::new(db.clone())
         .enqueue(NewJob::json("noop", json!({})))
         .await
@@ -122,8 +123,9 @@ async fn stale_token_changes_nothing(db: MySqlPool) {
 }
 
 /// The claim's locking read uses jobq_jobs_claim in order: no filesort, no temporary table.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn claim_uses_its_index_without_filesort(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     // Some rows so the optimiser has statistics to weigh.
     let jobs: Vec<NewJob> = (0..500)
         .map(|i| {
@@ -179,8 +181,9 @@ async fn claim_uses_its_index_without_filesort(db: MySqlPool) {
 /// A claim through the raw-transaction guard leaves no transaction open on the pooled session,
 /// and reads only about as many index entries as it returns, however many jobs of other kinds
 /// wait ahead (it takes any kind; filtering on kind once read past the whole backlog).
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut jobs: Vec<NewJob> = (0..5000)
         .map(|_| NewJob::json("nobody_runs_this", json!({})))
         .collect();
@@ -226,8 +229,9 @@ async fn claims_read_o_batch_whatever_the_backlog_of_other_kinds(db: MySqlPool) 
 
 /// A claim that carries completions commits them with the jobs it claims, one `completed`
 /// transition each, and leaves alone a completion whose fence is gone (taken back meanwhile).
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     Producer::new(db.clone())
         .enqueue_many((0..6).map(|_| NewJob::json("noop", json!({}))).collect())
         .await
@@ -311,8 +315,9 @@ async fn a_claim_completes_the_successes_it_carries(db: MySqlPool) {
 /// already finished (our completer won the race) is neither extended nor reported lost; a row
 /// claimed again by someone else or deleted is lost; a row locked by another session is
 /// skipped without waiting.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn lease_extension_judges_each_job_alone(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     use sqlx::{Connection, Executor};
     let ids = Producer::new(db.clone())
         .enqueue_many((0..5).map(|_| NewJob::json("noop", json!({}))).collect())
@@ -394,8 +399,9 @@ async fn lease_extension_judges_each_job_alone(db: MySqlPool) {
 /// A transaction's begin cut off while BEGIN is in flight (a timeout, a lost lease) must not
 /// hand its connection back to the pool inside a transaction sqlx does not know of: whoever
 /// borrowed it next would run inside that transaction, its writes never committed.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_cancelled_begin_leaves_no_transaction_behind(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
         .connect_with((*db.connect_options()).clone())
@@ -422,8 +428,9 @@ fn keyed(key: &str) -> NewJob {
 /// A claim starts at most `limit` jobs per key (counting those already running), sends the
 /// rest to `waiting` with a `throttled` transition, and promotion brings one back per slot
 /// freed, in claim order.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let p = Producer::new(db.clone());
     p.enqueue_many(vec![
         keyed("a"),
@@ -528,8 +535,9 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
 /// With 100,000 jobs waiting over 1,000 concurrency keys, a claim still reads about as many
 /// index entries as it returns, its plan is the claim index, and the key statements read
 /// each key's index range only.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     // 100,000 waiting jobs, 100 per key, written directly (the state a deep backlog reaches).
     sqlx::query(
         "INSERT INTO jobq_jobs (queue, kind, payload, state, concurrency_key) \
@@ -615,8 +623,9 @@ async fn claims_stay_o_batch_with_100k_waiting_jobs_over_1000_keys(db: MySqlPool
 
 /// A claim that carries the completion of a keyed job promotes the key's next waiting job in
 /// the same transaction (and says for which keys), and the next claim starts it.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_claim_promotes_the_waiting_jobs_of_the_completions_it_carries(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     Producer::new(db.clone())
         .enqueue_many(vec![keyed("a"), keyed("a"), keyed("b")])
         .await
@@ -659,8 +668,9 @@ async fn a_claim_promotes_the_waiting_jobs_of_the_completions_it_carries(db: MyS
 }
 
 /// Key rows no live job uses are pruned once idle; a key with a live job is kept.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn idle_key_rows_are_pruned(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     Producer::new(db.clone())
         .enqueue(keyed("live"))
         .await
@@ -689,8 +699,9 @@ async fn idle_key_rows_are_pruned(db: MySqlPool) {
 
 /// Keys compare byte for byte: `t` and `t ` are two keys (a PAD SPACE collation would make them
 /// one in SQL and two in the worker's bookkeeping).
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn keys_differing_in_trailing_spaces_are_different_keys(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     Producer::new(db.clone())
         .enqueue_many(vec![keyed("t"), keyed("t "), keyed("t")])
         .await
@@ -713,8 +724,9 @@ async fn keys_differing_in_trailing_spaces_are_different_keys(db: MySqlPool) {
 
 /// A statement that fails after others in one multi-statement round trip is that round trip's
 /// error (the claim's final `…; COMMIT` relies on it), whichever statement fails.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_later_statement_failing_fails_the_batch(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut conn = db.acquire().await.unwrap();
     for sql in [
         "SELECT 1; SELECT * FROM no_such_table",
@@ -735,8 +747,9 @@ async fn a_later_statement_failing_fails_the_batch(db: MySqlPool) {
 /// is never a success: it returns the jobs it read as `maybe_claimed` (for the caller to give
 /// back, fenced by the claim's token) and starts nothing. Whether the claim committed decides
 /// only what that give-back finds.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_claim_is_confirmed_or_failed_never_assumed(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     use super::claim::{Inject, INJECT};
     let queue = QueueName::new("default").unwrap();
     let worker = WorkerId::generate();
@@ -804,8 +817,9 @@ async fn a_claim_is_confirmed_or_failed_never_assumed(db: MySqlPool) {
 
 /// A claim with a cursor reads only jobs after it in claim order, through the claim index in
 /// order (no filesort); a job that sorts before the cursor is left for a claim from the head.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_cursor_claim_reads_after_the_cursor_and_a_full_claim_from_the_head(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let p = Producer::new(db.clone());
     let jobs: Vec<NewJob> = (0..6).map(|_| NewJob::json("noop", json!({}))).collect();
     p.enqueue_many(jobs).await.unwrap();

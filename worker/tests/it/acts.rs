@@ -14,8 +14,9 @@ use crate::common::*;
 /// Waiting jobs are cancelled or discarded at once, with a transition naming who asked; a
 /// finished job is refused with a clear message and a non-zero exit; an unknown id too; a
 /// discarded job retried runs again.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn waiting_and_finished_jobs(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let p = Producer::new(db.clone());
     let now = p.enqueue(NewJob::json("noop", json!({}))).await.unwrap();
@@ -99,8 +100,9 @@ async fn waiting_and_finished_jobs(db: MySqlPool) {
 /// A running job is cancelled at its worker's next heartbeat: its handler sees
 /// `ctx.cancelled()`, is dropped after the grace (it ignores the signal here), nothing it wrote
 /// in `ctx.tx()` commits, and the job ends `cancelled` with who asked.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_running_job_is_cancelled_within_a_heartbeat_and_the_grace(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.heartbeat_interval = Duration::from_millis(200);
     s.worker.lease_ttl = Duration::from_secs(2);
@@ -175,8 +177,9 @@ async fn a_running_job_is_cancelled_within_a_heartbeat_and_the_grace(db: MySqlPo
 
 /// `jobq retry --state discarded` retries 10,000 jobs in batches while a producer keeps
 /// enqueueing (no lock waits for it); a filter by queue leaves other queues alone.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn bulk_retry_by_filter(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
                   SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL \
@@ -254,8 +257,9 @@ async fn bulk_retry_by_filter(db: MySqlPool) {
 
 /// A cancel requested while the job runs wins over an attempt that ends short of finishing
 /// before the worker's heartbeat saw the request: the job ends cancelled, not retryable.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_cancel_request_wins_over_a_retry(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.heartbeat_interval = Duration::from_secs(5);
     s.worker.lease_ttl = Duration::from_secs(20);

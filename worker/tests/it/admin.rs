@@ -20,8 +20,9 @@ fn ids_of(out: &std::process::Output) -> Vec<u64> {
 }
 
 /// Filters and keyset pages: every matching job once, newest first, nothing else.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn jobs_list_filters_and_pages(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let p = Producer::new(db.clone());
     let mut mail = Vec::new();
@@ -109,8 +110,9 @@ async fn jobs_list_filters_and_pages(db: MySqlPool) {
 
 /// With 100,000 completed jobs, listing the 10 discarded ones reads about that many index
 /// entries: the state's range of jobq_jobs_due, backwards, no sort.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn jobs_list_by_state_reads_its_index_range(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
                   SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL \
                   SELECT 8 UNION ALL SELECT 9)";
@@ -158,8 +160,9 @@ async fn jobs_list_by_state_reads_its_index_range(db: MySqlPool) {
 
 /// `jobq workers` shows a running worker with its queues; `jobq prune` deletes old finished
 /// jobs with their history and keeps the rest.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn workers_and_prune(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let w = start(pool(&s).await, builtins(), &s);
@@ -193,7 +196,10 @@ async fn workers_and_prune(db: MySqlPool) {
         .unwrap();
     let out = jobq_cli(&url, &["prune", "--older-than", "1d"]).await;
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted 1 completed jobs"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deleted 1 completed jobs"),
+        "{out:?}"
+    );
     assert_eq!(state_of(&db, new.0).await, "completed");
     assert_eq!(
         count(

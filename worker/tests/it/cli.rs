@@ -38,8 +38,9 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn enqueue_work_stats_job(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let o = jobq(&url, &["migrate"], None);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -126,8 +127,9 @@ async fn enqueue_work_stats_job(db: MySqlPool) {
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn bad_enqueue_exits_non_zero_and_inserts_nothing(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let long = "q".repeat(300);
     let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
@@ -196,8 +198,9 @@ async fn bad_enqueue_exits_non_zero_and_inserts_nothing(db: MySqlPool) {
     assert!(stderr(&o).contains("worker.concurrency"), "{}", stderr(&o));
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn migrate_is_idempotent_and_concurrent(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     // A database that does not exist yet, created by `jobq migrate` run four times at once.
     let url = url_of(&db).await;
     let server = &url[..url.rfind('/').unwrap()];
@@ -242,8 +245,9 @@ fn rand_suffix() -> u64 {
 
 /// Error texts and worker ids come from handlers and other programs: `jobq job` shows their
 /// control characters escaped, never raw (an escape sequence must not drive the terminal).
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn job_shows_control_characters_escaped(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let id = jobq_worker::Producer::new(db.clone())
         .enqueue(jobq_worker::NewJob::json(
@@ -287,8 +291,9 @@ async fn job_shows_control_characters_escaped(db: MySqlPool) {
 
 /// `--payload -` stops reading at the limit: an endless standard input is refused at once,
 /// naming the limit, and nothing is enqueued.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn enqueue_stops_reading_stdin_past_the_limit(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
         .args(["enqueue", "noop", "--payload", "-"])
@@ -327,8 +332,9 @@ async fn enqueue_stops_reading_stdin_past_the_limit(db: MySqlPool) {
 
 /// `--count` builds and sends its copies in chunks, in one transaction: every id is printed
 /// once, across chunk boundaries.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn enqueue_count_is_sent_in_chunks(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let o = jobq(&url, &["enqueue", "noop", "--count", "2501"], None);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -348,8 +354,9 @@ async fn enqueue_count_is_sent_in_chunks(db: MySqlPool) {
 
 /// Payloads the server's JSON rules refuse are refused before anything is sent, naming the
 /// field and the place in the payload.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn payloads_the_server_refuses_are_refused_first(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let deep = format!("{{\"a\": {}{}}}", "[".repeat(40), "]".repeat(40));
     for (payload, says) in [
@@ -369,8 +376,9 @@ async fn payloads_the_server_refuses_are_refused_first(db: MySqlPool) {
 
 /// A payload limit the server's `max_allowed_packet` cannot carry (the server would drop the
 /// connection mid-insert) is refused when jobq starts, saying what to change.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn settings_the_server_cannot_carry_are_refused_at_start(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let packet = count(&db, "SELECT CAST(@@max_allowed_packet AS SIGNED)").await;
     let too_big = packet.to_string();
@@ -413,8 +421,9 @@ async fn settings_the_server_cannot_carry_are_refused_at_start(db: MySqlPool) {
 
 /// `jobq bench` notices worker processes that exit early instead of waiting for progress: here
 /// every worker fails to bind its metrics port, which this test holds.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn bench_fails_when_its_workers_exit_early(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     // The bench works in `<database>_bench`: a short name, within MySQL's 64 characters.
     let test_url = url_of(&db).await;
     let url = format!(

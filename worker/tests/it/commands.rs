@@ -18,8 +18,9 @@ fn fixture() -> String {
 
 /// The program sees its payload and environment; each exit status gives the documented
 /// outcome; a hanging program is killed at its timeout.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_python_program_handles_a_kind(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.cancel_grace = Duration::from_millis(300);
     s.kinds.insert(

@@ -96,18 +96,21 @@ async fn round_trip(db: MySqlPool, mode: ClaimMode) {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_workers").await, 0);
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn round_trip_skip_locked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     round_trip(db, ClaimMode::SkipLocked).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn round_trip_named_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     round_trip(db, ClaimMode::NamedLock).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn enqueue_in_callers_transaction(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let producer = Producer::new(pool.clone());
@@ -160,8 +163,9 @@ async fn enqueue_in_callers_transaction(db: MySqlPool) {
     assert_consistent(&db).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn bad_input_is_a_typed_error_and_writes_nothing(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     use jobq_producer::Error;
     let producer = Producer::with_options(
         db.clone(),
@@ -209,8 +213,9 @@ async fn bad_input_is_a_typed_error_and_writes_nothing(db: MySqlPool) {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_transitions").await, 0);
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn delayed_and_prioritised(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let producer = Producer::new(pool.clone());
@@ -272,8 +277,9 @@ async fn delayed_and_prioritised(db: MySqlPool) {
     assert_eq!(*order.lock().unwrap(), vec![-2, 0, 3, 5, 9]);
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn undecodable_payload_is_discarded_with_the_error(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let id = Producer::new(pool.clone())
@@ -300,8 +306,9 @@ async fn undecodable_payload_is_discarded_with_the_error(db: MySqlPool) {
 /// A job of a kind no worker of its queue registered does not wait silently or spin: its
 /// attempt fails with an error naming the kind and the worker, it is retried with backoff like
 /// any error, and discarded when its attempts are used up. Other jobs run meanwhile.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn unknown_kind_fails_visibly(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let producer = Producer::new(pool.clone());
@@ -334,8 +341,9 @@ async fn unknown_kind_fails_visibly(db: MySqlPool) {
 /// A producer enqueuing inside its own REPEATABLE READ transaction (the server default, as in
 /// callers' own pools) takes no locking read, so another producer's enqueue is not blocked
 /// while that transaction stays open.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn enqueue_in_a_repeatable_read_transaction_blocks_no_other_producer(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     use sqlx::{Connection, Executor};
     let mut caller = sqlx::MySqlConnection::connect_with(&db.connect_options())
         .await
@@ -411,12 +419,14 @@ async fn uncommitted_enqueue_stalls_nothing(db: MySqlPool, mode: ClaimMode) {
     assert_consistent(&db).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn uncommitted_enqueue_stalls_nothing_named_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     uncommitted_enqueue_stalls_nothing(db, ClaimMode::NamedLock).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn uncommitted_enqueue_stalls_nothing_skip_locked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     uncommitted_enqueue_stalls_nothing(db, ClaimMode::SkipLocked).await;
 }

@@ -16,8 +16,9 @@ use crate::common::*;
 /// Error texts over 64 KiB, snoozes past year 9999 and a refund at `max_attempts = 2^32-1`
 /// would each be refused by strict mode; they are cut, clamped and saturated instead, and the
 /// outcome is written.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn outcomes_the_server_would_refuse_are_cut_to_fit(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let mut r = Registry::new();
@@ -75,8 +76,9 @@ async fn outcomes_the_server_would_refuse_are_cut_to_fit(db: MySqlPool) {
 /// An outcome the database keeps refusing (here a trigger rejects it) is given up after the
 /// write budget: the job's lease is no longer renewed, its slot is freed for the next job, the
 /// rescue path takes it, and the worker still stops promptly.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn an_outcome_that_cannot_be_written_frees_its_slot(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.concurrency = 1;
     s.worker.heartbeat_interval = Duration::from_millis(300);
@@ -171,8 +173,9 @@ fn spawning_registry(kind: &str, seen: Arc<AtomicBool>) -> Registry {
 /// When the runtime gives up on an attempt, `ctx.cancelled()` fires for the tasks the handler
 /// spawned: on `job_timeout` and on a shutdown release (a lost lease is covered by
 /// `outcomes::lost_lease_cancels_the_handler`).
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn ctx_cancelled_fires_when_the_runtime_gives_up(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.kinds.insert(
         "stuck".into(),
@@ -237,8 +240,9 @@ async fn ctx_cancelled_fires_when_the_runtime_gives_up(db: MySqlPool) {
 
 /// Batched completions keep their slots until written: however far the completer lags (here a
 /// trigger makes every completion slow), a process never has more `running` rows than slots.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn running_rows_never_exceed_slots(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     const SLOTS: i64 = 4;
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.concurrency = SLOTS as u32;
@@ -282,8 +286,9 @@ async fn running_rows_never_exceed_slots(db: MySqlPool) {
 /// An operator's transaction holding one running job's row locked costs only that job its
 /// lease: the heartbeat skips the locked row instead of waiting for it, so every other job keeps
 /// its lease and completes in its first attempt.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn one_locked_row_costs_no_other_job_its_lease(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     use sqlx::{Connection, Executor};
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.concurrency = 4;
@@ -349,8 +354,9 @@ async fn one_locked_row_costs_no_other_job_its_lease(db: MySqlPool) {
 /// Retention keeps pace with burn-downs of thousands of jobs a second: 12,000 completed jobs
 /// past their retention are deleted, with their history, within a few one-second maintenance
 /// ticks (it once took 5,000 per 30 ticks), and a job still inside its retention is kept.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn retention_keeps_pace_with_completions(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.maintenance.interval = Duration::from_secs(1);
     s.maintenance.completed_retention = Duration::from_secs(3600);
@@ -398,8 +404,9 @@ async fn retention_keeps_pace_with_completions(db: MySqlPool) {
 /// "Exactly once with `ctx.tx()`" holds only while the transaction is the one the handler
 /// began: after DDL committed it implicitly (the handler's later writes autocommitted), the
 /// attempt fails with a reason instead of completing, and the next attempt completes.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_transaction_the_server_ended_fails_the_attempt(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let mut r = Registry::new();
@@ -461,8 +468,9 @@ async fn a_transaction_the_server_ended_fails_the_attempt(db: MySqlPool) {
 /// renews it independently of the pass, which waits out the lock in a task of its own. (Before
 /// both, the pass waited out the 5 s lock wait while a 0.7 s lease expired and the other worker
 /// took over.)
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_slow_maintenance_pass_never_outlives_the_leader_lease(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     use sqlx::{Connection, Executor};
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let first = start(pool(&s).await, builtins(), &s);

@@ -17,8 +17,9 @@ fn is_check_violation(e: &sqlx::Error) -> bool {
 
 /// The README's plain-SQL enqueue, as a service in another language would run it: the job row
 /// with only queue, kind and payload, and its `enqueued` transition, in one transaction.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn rows_inserted_with_plain_sql_run(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let mut tx = db.begin().await.unwrap();
@@ -84,8 +85,9 @@ async fn rows_inserted_with_plain_sql_run(db: MySqlPool) {
 
 /// Rows no jobq component could produce are refused by the schema itself: a running row
 /// without a lease (never rescued), no attempt allowed, names outside the producer's rule.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn impossible_rows_are_refused_by_the_schema(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let bad = [
         "INSERT INTO jobq_jobs (queue, kind, payload, state) VALUES ('default', 'noop', '{}', 'running')",
         "INSERT INTO jobq_jobs (queue, kind, payload, state, claim_token) \
@@ -121,8 +123,9 @@ async fn impossible_rows_are_refused_by_the_schema(db: MySqlPool) {
 /// On a server that does not enforce CHECK constraints (MySQL before 8.0.16) a running row
 /// without a lease can still exist; rescue treats a missing lease as expired instead of leaving
 /// the job `running` forever.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_running_row_without_a_lease_is_rescued(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     sqlx::query("ALTER TABLE jobq_jobs DROP CONSTRAINT jobq_jobs_running_is_leased")
@@ -164,8 +167,9 @@ async fn a_running_row_without_a_lease_is_rescued(db: MySqlPool) {
 
 /// An attempt counter at the column's maximum (written by another program) neither fails the
 /// claims of its queue nor the job: the counter saturates, and the queue's other jobs run.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_saturated_attempt_counter_does_not_stop_its_queue(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     sqlx::query(

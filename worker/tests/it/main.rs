@@ -17,6 +17,7 @@ mod commands;
 mod core;
 mod edges;
 mod foreign;
+mod migrations;
 mod outcomes;
 mod prefetch;
 mod results;

@@ -39,8 +39,9 @@ fn registry() -> Registry {
     r
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn typed_outcomes(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let p = Producer::new(pool.clone());
@@ -131,8 +132,9 @@ impl Drop for DropFlag {
 
 /// When the lease cannot be extended (here: the claim was taken over behind the worker's back),
 /// the handler is cancelled (its future dropped) and nothing is written for it.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn lost_lease_cancels_the_handler(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.heartbeat_interval = Duration::from_millis(200);
     s.worker.lease_ttl = Duration::from_secs(2);
@@ -199,8 +201,9 @@ async fn lost_lease_cancels_the_handler(db: MySqlPool) {
 /// If the completion transaction fails (here: its connection is killed after the handler wrote
 /// through it), the handler's writes are rolled back and the job goes back to `available` with
 /// its attempt refunded, instead of waiting for a rescue that would count the attempt.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn failed_completion_puts_the_job_back(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let mut r = Registry::new();

@@ -98,8 +98,9 @@ async fn one_slot_holding(
     (s, pool, ids, seen, w)
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn prefetched_jobs_wait_for_a_slot_and_keep_their_history(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     for mode in [ClaimMode::SkipLocked, ClaimMode::NamedLock] {
         sqlx::query("DELETE FROM jobq_transitions")
             .execute(&db)
@@ -154,8 +155,9 @@ async fn prefetched_jobs_wait_for_a_slot_and_keep_their_history(db: MySqlPool) {
     }
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_stop_gives_prefetched_jobs_back_unstarted(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let (s, pool, ids, seen, w) = one_slot_holding(&db, 4, 5, 1500).await;
     w.stop().await;
     let started = seen.started.lock().unwrap().clone();
@@ -192,8 +194,9 @@ async fn a_stop_gives_prefetched_jobs_back_unstarted(db: MySqlPool) {
     assert_eq!(seen2.started.lock().unwrap().len(), 4);
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_cancelled_prefetched_job_never_runs(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let (_, _, ids, seen, w) = one_slot_holding(&db, 2, 3, 4000).await;
     let waiting: Vec<JobId> = {
         let started = seen.started.lock().unwrap();
@@ -233,8 +236,9 @@ async fn a_cancelled_prefetched_job_never_runs(db: MySqlPool) {
     assert_eq!(started.len(), 1);
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_prefetched_job_keeps_its_lease_while_it_waits(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     // The third job waits two runs (3 s) for the one slot, past the 2 s lease: the heartbeat
     // must keep extending it, or maintenance would rescue it and it would run twice.
     let mut s = prefetch_settings(&db, 1, 2).await;

@@ -12,8 +12,9 @@ use crate::common::*;
 /// Results are stored with the completion on every completion path (batched, and in the
 /// handler's transaction), returned by `wait_for` and shown by `jobq job`; a result over the
 /// limit discards the job with a clear error; `wait_for` times out cleanly.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn results_are_stored_and_awaited(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
@@ -98,8 +99,9 @@ async fn results_are_stored_and_awaited(db: MySqlPool) {
 
 /// `jobq enqueue … --wait` prints the result and exits 0; 1 when the job failed for good; 3
 /// when the timeout passed first.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn enqueue_wait(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let w = start(pool(&s).await, builtins(), &s);

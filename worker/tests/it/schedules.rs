@@ -51,8 +51,9 @@ async fn jobq(url: &str, config: &std::path::Path, args: &[&str]) -> std::proces
         .unwrap()
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_schedule_enqueues_each_slot_once(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.schedules = vec![every_second("tick")];

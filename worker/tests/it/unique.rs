@@ -15,8 +15,9 @@ use crate::common::*;
 
 /// 16 producers on 16 connections enqueue the same unique job at the same moment: one job,
 /// 15 duplicates, all answered with its id.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn sixteen_concurrent_enqueues_of_one_key_create_one_job(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let pool = MySqlPoolOptions::new()
         .min_connections(16)
         .max_connections(16)
@@ -56,8 +57,9 @@ async fn sixteen_concurrent_enqueues_of_one_key_create_one_job(db: MySqlPool) {
 }
 
 /// Once the job is finished its key is free: the next enqueue creates a new job.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_finished_job_frees_its_key(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let pool = pool(&s).await;
     let producer = Producer::new(pool.clone());
@@ -86,8 +88,9 @@ async fn a_finished_job_frees_its_key(db: MySqlPool) {
 
 /// In a bulk insert duplicates are reported per job and do not fail the batch; keys are per
 /// kind.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn bulk_inserts_report_duplicates_per_job(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let producer = Producer::new(db.clone());
     let out = producer
         .insert_many(vec![
@@ -114,8 +117,9 @@ async fn bulk_inserts_report_duplicates_per_job(db: MySqlPool) {
 }
 
 /// `jobq enqueue --unique-key` prints the existing id and `duplicate`.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn the_cli_says_duplicate(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let enqueue = || {
         let o = Command::new(env!("CARGO_BIN_EXE_jobq"))
@@ -133,8 +137,9 @@ async fn the_cli_says_duplicate(db: MySqlPool) {
 }
 
 /// Plain SQL producers use the same index (README "Unique jobs").
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn plain_sql_producers_get_the_same_guarantee(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     for _ in 0..3 {
         sqlx::query(
             "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, max_attempts, created_at, unique_key) \
@@ -157,8 +162,9 @@ async fn plain_sql_producers_get_the_same_guarantee(db: MySqlPool) {
 
 /// Debounce: a duplicate with `OnDuplicate::Replace` replaces the payload and run-at of a job
 /// that never started (recording a `replaced` transition), and leaves a started one alone.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_replacing_duplicate_debounces_a_waiting_job(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     use jobq_worker::OnDuplicate;
     let producer = Producer::new(db.clone());
     let job = |n: u32| {
@@ -226,8 +232,9 @@ async fn a_replacing_duplicate_debounces_a_waiting_job(db: MySqlPool) {
 }
 
 /// With a period, a finished job keeps its key until the period has passed since it finished.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_unique_period_holds_the_key_after_completion(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let producer = Producer::new(db.clone());
     let job = || {
         NewJob::json("noop", json!({}))

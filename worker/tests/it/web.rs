@@ -106,8 +106,9 @@ async fn discarded_job(db: &MySqlPool, s: &Settings) -> u64 {
 }
 
 /// Every page answers 200 with its data; stored text (payloads, errors) renders as text.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn pages_render_and_escape_stored_text(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let id = discarded_job(&db, &s).await;
     let router = console(&db, &s);
@@ -192,8 +193,9 @@ async fn pages_render_and_escape_stored_text(db: MySqlPool) {
 
 /// With auth on, a request without credentials gets 401 and no data, whatever it asks for;
 /// a bearer token, basic auth, or a session from the login form get in.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn auth_on_answers_strangers_401_without_data(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     let id = discarded_job(&db, &s).await;
     s.web.token = Some(TOKEN.into());
@@ -305,8 +307,9 @@ async fn auth_on_answers_strangers_401_without_data(db: MySqlPool) {
 
 /// An act needs the CSRF cookie and the same value in the form; with them it acts and records
 /// who did it.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn acts_need_the_csrf_token_and_record_the_actor(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     let id = discarded_job(&db, &s).await;
     s.web.basic_auth = Some("ops:s3cret".into());
@@ -367,8 +370,9 @@ async fn acts_need_the_csrf_token_and_record_the_actor(db: MySqlPool) {
 }
 
 /// Read-only mode refuses every act, whatever the credentials and tokens, and offers none.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn read_only_refuses_every_act(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     let id = discarded_job(&db, &s).await;
     let waiting = Producer::new(db.clone())
@@ -417,8 +421,9 @@ async fn read_only_refuses_every_act(db: MySqlPool) {
 }
 
 /// An act on a selection shows the count first, then acts on exactly the matching jobs.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn selection_acts_confirm_the_count_then_act(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let s = settings(&db, ClaimMode::SkipLocked).await;
     let p = Producer::new(db.clone());
     let mut a_ids = Vec::new();
@@ -508,8 +513,9 @@ async fn selection_acts_confirm_the_count_then_act(db: MySqlPool) {
 
 /// The orders the jobs page offers: by id, by run-at within a state, and by run-at across
 /// states (merged per-state walks), each paging by keyset without repeats or gaps.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn job_orders_page_without_repeats(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let p = Producer::new(db.clone());
     let mut all = Vec::new();
     for i in 0..9u64 {
@@ -551,8 +557,9 @@ async fn job_orders_page_without_repeats(db: MySqlPool) {
 
 /// With an examine budget, a filtered page reads a bounded number of jobs and says where it
 /// stopped; following `next` finds every match once, in order, in both orders.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn filtered_pages_stop_at_their_budget_and_resume(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let p = Producer::new(db.clone());
     let mut rare = Vec::new();
     for i in 0..40u64 {

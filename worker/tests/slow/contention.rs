@@ -74,12 +74,14 @@ async fn contention(db: MySqlPool, mode: ClaimMode) {
     assert_consistent(&db).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn contention_skip_locked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     contention(db, ClaimMode::SkipLocked).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn contention_named_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     contention(db, ClaimMode::NamedLock).await;
 }

@@ -124,24 +124,28 @@ async fn kill9_mid_work(db: MySqlPool, mode: ClaimMode, prefetch: &str) {
     assert_no_locks(&db, &["default"]).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn kill9_mid_work_skip_locked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     kill9_mid_work(db, ClaimMode::SkipLocked, "0").await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn kill9_mid_work_named_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     kill9_mid_work(db, ClaimMode::NamedLock, "0").await;
 }
 
 /// The victim also holds 16 prefetched jobs that never started: rescued like running ones.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn kill9_mid_work_with_prefetch(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     kill9_mid_work(db, ClaimMode::SkipLocked, "16").await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn sigterm_lets_running_jobs_finish(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     enqueue(&db, 10, "record", json!({"ms": 1500}), "default").await;
     let mut w = WorkerProc::spawn(
@@ -193,8 +197,9 @@ async fn sigterm_lets_running_jobs_finish(db: MySqlPool) {
     assert_consistent(&db).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn sigterm_past_shutdown_timeout_releases_the_job(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let id = enqueue(&db, 1, "record", json!({"ms": 4000}), "default").await[0];
     let mut w = WorkerProc::spawn(&url, &[], &[("JOBQ_WORKER__SHUTDOWN_TIMEOUT", "1s")]);
@@ -233,8 +238,9 @@ async fn sigterm_past_shutdown_timeout_releases_the_job(db: MySqlPool) {
     assert_consistent(&db).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn kill_connection_mid_work(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     const N: usize = 600;
     let url = url_of(&db).await;
     enqueue(&db, N, "record", json!({"ms": 20}), "default").await;
@@ -285,8 +291,9 @@ async fn kill_connection_mid_work(db: MySqlPool) {
     assert_no_locks(&db, &["default", "locked"]).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn failures_retries_panics_and_timeouts(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let producer = Producer::new(db.clone());
     let flaky = producer

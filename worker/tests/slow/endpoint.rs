@@ -14,8 +14,9 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-#[sqlx::test(migrator = "jobq_worker::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn idle_connections_are_bounded(db: sqlx::MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let port = free_port();
     let mut w = WorkerProc::spawn(
@@ -52,8 +53,9 @@ async fn idle_connections_are_bounded(db: sqlx::MySqlPool) {
 
 /// The leader exports depth gauges for the queues it samples; once a queue has no rows left
 /// and no worker, its series disappear instead of being exported forever.
-#[sqlx::test(migrator = "jobq_worker::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn depth_series_of_vanished_queues_are_dropped(db: sqlx::MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let port = free_port();
     jobq_worker::Producer::new(db.clone())

@@ -157,13 +157,15 @@ async fn key_limit_holds_through_a_kill(db: MySqlPool, mode: &str) {
     assert_consistent(&db).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn key_limit_holds_through_a_kill_skip_locked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     key_limit_holds_through_a_kill(db, "skip-locked").await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn key_limit_holds_through_a_kill_named_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     key_limit_holds_through_a_kill(db, "named-lock").await;
 }
 
@@ -266,12 +268,14 @@ async fn rate_limit_holds(db: MySqlPool, mode: &str) {
     assert_consistent(&db).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn rate_limit_holds_skip_locked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     rate_limit_holds(db, "skip-locked").await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn rate_limit_holds_named_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     rate_limit_holds(db, "named-lock").await;
 }

@@ -142,8 +142,9 @@ async fn seckill(db: MySqlPool, flags: &[&str]) {
 
 /// Without a lock the same 16 buyers oversell: the seckill tests would catch a lock that does
 /// not exclude.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn seckill_without_a_lock_oversells(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     stock_of_one(&db).await;
     let url = url_of(&db).await;
     let buyers: Vec<Child> = (0..16)
@@ -162,18 +163,21 @@ async fn seckill_without_a_lock_oversells(db: MySqlPool) {
     assert!(sales > 1, "{sales} sales without a lock");
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn seckill_session_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     seckill(db, SESSION).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn seckill_lease_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     seckill(db, LEASE).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn seckill_semaphore_of_one(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     seckill(db, SEMAPHORE_OF_1).await;
 }
 
@@ -196,13 +200,15 @@ async fn counter_file(db: MySqlPool, flags: &[&str]) {
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "8");
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn counter_file_session_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     counter_file(db, SESSION).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn counter_file_lease_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     counter_file(db, LEASE).await;
 }
 
@@ -226,8 +232,9 @@ fn kill_command(dir: &Path) {
     signal(pid.trim().parse().unwrap(), "KILL");
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn kill9_of_a_session_holder_frees_the_lock_at_once(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let mut h = holder(&url, dir.path(), SESSION);
@@ -263,8 +270,9 @@ async fn kill9_of_a_session_holder_frees_the_lock_at_once(db: MySqlPool) {
     );
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn kill9_of_a_lease_holder_frees_the_lock_at_expiry(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let mut h = holder(&url, dir.path(), &["--lease", "--ttl", "3s"]);
@@ -304,8 +312,9 @@ async fn kill9_of_a_lease_holder_frees_the_lock_at_expiry(db: MySqlPool) {
 }
 
 /// A 2 s lease held for 8 s is never taken: the watchdog renews it.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn the_watchdog_keeps_a_lease_for_as_long_as_the_command_runs(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let h = lock_run(
@@ -352,8 +361,9 @@ const GUARDED_WRITE: &str = r#"$SQL -e "SET @t = NULL; BEGIN;
 /// A holder frozen past its lease: another process takes it with a higher token, and the frozen
 /// holder's guarded writes are refused once it runs again; its lost signal fires (the command
 /// is stopped and `jobq` exits with 76).
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_frozen_holder_loses_its_lease_and_cannot_write(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     sqlx::query("CREATE TABLE fenced (id INT PRIMARY KEY, writes INT NOT NULL, last_token BIGINT)")
         .execute(&db)
         .await
@@ -496,20 +506,23 @@ async fn skip_if_held(db: MySqlPool, flags: &[&str]) {
     assert_eq!(code, Some(0), "{err}");
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn skip_if_held_session_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     skip_if_held(db, SESSION).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn skip_if_held_lease_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     skip_if_held(db, LEASE).await;
 }
 
 /// A semaphore of 3 with 10 contending processes: never more than 3 holders at once, judged
 /// from the start and end times the holders record.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_semaphore_of_three_admits_three(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let runs: Vec<Child> = (0..10)
@@ -549,8 +562,9 @@ async fn a_semaphore_of_three_admits_three(db: MySqlPool) {
 }
 
 /// `jobq lock status` names the holder and the token.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn status_shows_holders(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let lease = lock_run(

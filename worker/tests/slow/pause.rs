@@ -138,12 +138,14 @@ async fn pause_and_resume(db: MySqlPool, mode: &str) {
     assert_consistent(&db).await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn pause_and_resume_skip_locked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     pause_and_resume(db, "skip-locked").await;
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn pause_and_resume_named_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     pause_and_resume(db, "named-lock").await;
 }

@@ -161,8 +161,9 @@ fn alert_queries() -> Vec<(String, String, Vec<String>)> {
     out
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn dashboards_and_alerts_against_real_prometheus(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let bin = prometheus()
         .expect("prometheus is not installed: apt-get install prometheus (.ci/run does)");
     let url = url_of(&db).await;

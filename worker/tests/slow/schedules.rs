@@ -40,8 +40,9 @@ async fn leader_pid(db: &MySqlPool) -> Option<u32> {
     parts.next()?.parse().ok()
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn one_job_per_slot_across_three_workers_and_a_leader_kill(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("jobq.toml");

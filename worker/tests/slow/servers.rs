@@ -20,8 +20,9 @@ use crate::procs::WorkerProc;
 const NEAR: usize = 300;
 const FAR: usize = 300;
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn one_worker_serves_queues_on_two_servers(near: MySqlPool) {
+    jobq_producer::migrate(&near).await.unwrap();
     let server = PrivateMariaDb::start().await;
     let near_url = url_of(&near).await;
     let far_url = server.url("jobq_far");

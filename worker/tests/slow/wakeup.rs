@@ -13,8 +13,9 @@ use crate::common::*;
 
 /// A producer in the worker's own process wakes the idle claimer at once: with a 10 s poll
 /// interval the job still runs long before the next poll.
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn same_process_enqueue_wakes_the_worker(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.poll_interval = Duration::from_secs(10);
     let pool = pool(&s).await;

@@ -84,8 +84,9 @@ async fn wait_text(
     }
 }
 
-#[sqlx::test(migrator = "jobq_producer::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn console_in_headless_chromium(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
     let url = url_of(&db).await;
     let p = Producer::new(db.clone());
     let failing = p

@@ -62,12 +62,12 @@ pub(crate) async fn run(settings: &Config, act: Act, a: ActArgs) -> Result<ExitC
         if a.json {
             let mut v = serde_json::to_value(acted)?;
             v["id"] = serde_json::json!(id.0);
-            println!("{v}");
+            outln!("{v}");
             continue;
         }
         match acted {
-            Acted::Done { from, to } => println!("{id} {to} (was {from})"),
-            Acted::CancelRequested => println!(
+            Acted::Done { from, to } => outln!("{id} {to} (was {from})"),
+            Acted::CancelRequested => outln!(
                 "{id} cancel requested: it is running; its worker stops it at its next heartbeat \
                  and it ends cancelled (unless it finishes first)"
             ),
@@ -109,12 +109,12 @@ async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> 
     let tally = jobq_worker::act_on_filter(&pool, act, state, &filter, &actor()).await?;
     let (done, requested, refused) = (tally.done, tally.cancel_requested, tally.skipped);
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"done": done, "cancel_requested": requested, "skipped": refused})
         );
     } else {
-        println!(
+        outln!(
             "{done} jobs done, {requested} cancel requests, {refused} skipped (changed meanwhile)"
         );
     }

@@ -60,12 +60,17 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
     };
     let jobs = jobq_worker::list_jobs(&pool, &filter).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        outln!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:>10} {:<16} {:<20} {:<10} {:>9} {:<27} last error",
-        "id", "queue", "kind", "state", "attempts", "run at (UTC)"
+        "id",
+        "queue",
+        "kind",
+        "state",
+        "attempts",
+        "run at (UTC)"
     );
     for j in &jobs {
         let error = j
@@ -76,7 +81,7 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
             .next()
             .unwrap_or("");
         let error: String = error.chars().take(60).collect();
-        println!(
+        outln!(
             "{:>10} {:<16} {:<20} {:<10} {:>9} {:<27} {}",
             j.id,
             j.queue,
@@ -99,15 +104,19 @@ pub(crate) async fn workers(settings: &Config, json: bool) -> Result<ExitCode> {
     let pool = crate::cli::connected(settings).await?;
     let ws = jobq_worker::workers(&pool).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&ws)?);
+        outln!("{}", serde_json::to_string_pretty(&ws)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<40} {:<20} {:>8} {:>8} {:>14}  queues",
-        "worker", "host", "pid", "running", "heartbeat age"
+        "worker",
+        "host",
+        "pid",
+        "running",
+        "heartbeat age"
     );
     for w in &ws {
-        println!(
+        outln!(
             "{:<40} {:<20} {:>8} {:>8} {:>13.1}s  {}",
             w.id,
             w.host,
@@ -137,9 +146,9 @@ pub(crate) async fn prune(settings: &Config, a: PruneArgs) -> Result<ExitCode> {
     let pool = crate::cli::connected(settings).await?;
     let n = jobq_worker::prune_jobs(&pool, a.state, a.older_than).await?;
     if a.json {
-        println!("{}", serde_json::json!({"deleted": n, "state": a.state}));
+        outln!("{}", serde_json::json!({"deleted": n, "state": a.state}));
     } else {
-        println!("deleted {n} {} jobs (with their history)", a.state);
+        outln!("deleted {n} {} jobs (with their history)", a.state);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 //! commands that are not big enough for a file of their own (migrate, enqueue, work, stats,
 //! job).
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,7 +30,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create the database if missing and apply migrations (idempotent, safe concurrently).
-    Migrate,
+    /// jobq records them in its own `jobq_migrations` table, never in `_sqlx_migrations`.
+    Migrate(MigrateArgs),
     /// Insert jobs; prints the new ids, one per line.
     Enqueue(EnqueueArgs),
     /// Run a worker with the built-in kinds and the configured command kinds until
@@ -85,6 +86,24 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct MigrateArgs {
+    /// Print the migrations as one SQL script (with the rows that record them in
+    /// jobq_migrations) instead of applying them, for schema tools that run SQL files.
+    /// Connects to nothing.
+    #[arg(long)]
+    print_sql: bool,
+    /// With --print-sql: only the migrations after this version (the newest one already
+    /// applied: `SELECT MAX(version) FROM jobq_migrations`).
+    #[arg(
+        long,
+        value_name = "VERSION",
+        requires = "print_sql",
+        default_value_t = 0
+    )]
+    after: i64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -244,7 +263,14 @@ pub(crate) fn run() -> Result<ExitCode> {
     }
     rt.block_on(async move {
         match cli.command {
-            Command::Migrate => migrate(&settings).await,
+            Command::Migrate(MigrateArgs {
+                print_sql: true,
+                after,
+            }) => {
+                out!("{}", jobq_worker::migrations_sql(after));
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Migrate(_) => migrate(&settings).await,
             Command::Enqueue(a) => enqueue(&settings, a).await,
             Command::Work(a) => work(settings, a).await,
             Command::Stats { json } => stats(&settings, json).await,
@@ -271,6 +297,10 @@ fn init_logging(settings: &Config) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     match settings.log.format {
         LogFormat::Json => builder.json().init(),
@@ -281,13 +311,28 @@ fn init_logging(settings: &Config) {
     jobq_worker::install_panic_hook();
 }
 
+/// Log lines are coloured only on a terminal, and never when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>): a file or a pipe gets plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// `jobq migrate`: every server the configuration names (`database_url` and each queue's).
 pub(crate) async fn migrate(settings: &Config) -> Result<ExitCode> {
     let servers = settings.servers();
     for url in &servers {
-        jobq_worker::migrate(url)
+        let report = jobq_worker::migrate(url)
             .await
             .with_context(|| format!("migrating {}", redact(url)))?;
+        if report.moved_from_sqlx > 0 {
+            eprintln!(
+                "jobq: moved {} rows of an earlier jobq from _sqlx_migrations to jobq_migrations",
+                report.moved_from_sqlx
+            );
+        }
+        for m in &report.applied {
+            eprintln!("jobq: applied {} {}", m.version, m.description);
+        }
     }
     match servers.len() {
         1 => eprintln!("jobq: database migrated"),
@@ -312,6 +357,30 @@ fn redact(url: &str) -> String {
             format!("{}:***{}", &url[..user_end], &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+/// After an enqueue: a warning on stderr (the exit status stays 0) when no live or recent worker
+/// handles `kind`, or none handles it on `queue`: the job would wait unclaimed.
+async fn warn_unhandled(pool: &sqlx::MySqlPool, kind: &str, queue: &str) {
+    let Ok(name) = jobq_worker::KindName::new(kind) else {
+        return;
+    };
+    let days = jobq_worker::KIND_SEEN_WITHIN.as_secs() / 86_400;
+    match jobq_worker::queues_handling(pool, &name).await {
+        Ok(queues) if queues.is_empty() => eprintln!(
+            "jobq: warning: no worker has had a handler for kind {kind:?} in the last {days} \
+             days; the job waits until one does (a misspelt kind? `jobq workers` lists the \
+             workers)"
+        ),
+        Ok(queues) if !queues.iter().any(|q| q == queue) => eprintln!(
+            "jobq: warning: kind {kind:?} is handled by workers of queue(s) {} but not {queue:?}; \
+             the job waits until a worker works {queue:?} (or enqueue it with --queue {})",
+            queues.join(", "),
+            queues[0]
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "could not read which kinds workers handle"),
     }
 }
 
@@ -348,6 +417,7 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     } else {
         a.payload
     };
+    let kind = a.kind.clone();
     let mut job = NewJob::raw(a.kind, payload)
         .queue(a.queue.clone())
         .priority(a.priority);
@@ -397,13 +467,14 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
         left -= n;
     }
     tx.commit().await?;
+    warn_unhandled(&pool, &kind, &a.queue).await;
     if a.wait {
         let id = done[0].id;
         return match producer.wait_for(id, a.timeout).await? {
             Some(end) if end.state == jobq_worker::JobState::Completed => {
                 match end.result {
-                    Some(r) => println!("{r}"),
-                    None => println!("{id} completed"),
+                    Some(r) => outln!("{r}"),
+                    None => outln!("{id} completed"),
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -435,7 +506,7 @@ async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
         }
         out.push('\n');
     }
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -532,16 +603,16 @@ async fn stats(settings: &Config, json: bool) -> Result<ExitCode> {
                     .collect(),
             ),
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let several = all.len() > 1;
     for (i, (server, s)) in all.iter().enumerate() {
         if several {
             if i > 0 {
-                println!();
+                outln!();
             }
-            println!("server {server}");
+            outln!("server {server}");
         }
         print_stats(s);
     }
@@ -554,30 +625,32 @@ fn print_stats(s: &jobq_worker::Stats) {
         .map(|s| s.as_str())
         .collect();
     let width = s.queues.keys().map(|q| q.len()).max().unwrap_or(5).max(5);
-    print!("{:<width$}", "queue");
+    out!("{:<width$}", "queue");
     for st in &states {
-        print!(" {st:>10}");
+        out!(" {st:>10}");
     }
-    println!(" {:>9} {:>11} {:>7}", "done/1m", "oldest(s)", "paused");
+    outln!(" {:>9} {:>11} {:>7}", "done/1m", "oldest(s)", "paused");
     for (name, q) in &s.queues {
-        print!("{name:<width$}");
+        out!("{name:<width$}");
         for st in &states {
-            print!(" {:>10}", q.states.get(*st).copied().unwrap_or(0));
+            out!(" {:>10}", q.states.get(*st).copied().unwrap_or(0));
         }
         let oldest = q
             .oldest_available_seconds
             .map_or("-".to_owned(), |s| format!("{s:.1}"));
         let paused = if q.paused_since.is_some() { "yes" } else { "-" };
-        println!(
+        outln!(
             " {:>9} {:>11} {:>7}",
-            q.completed_last_minute, oldest, paused
+            q.completed_last_minute,
+            oldest,
+            paused
         );
     }
-    print!("{:<width$}", "TOTAL");
+    out!("{:<width$}", "TOTAL");
     for st in &states {
-        print!(" {:>10}", s.totals.get(*st).copied().unwrap_or(0));
+        out!(" {:>10}", s.totals.get(*st).copied().unwrap_or(0));
     }
-    println!();
+    outln!();
 }
 
 /// `s` with control characters escaped (`\n`, `\u{1b}`, …): error texts and worker ids come
@@ -602,39 +675,42 @@ async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
     let pool = connected(settings).await?;
     let (job, history) = jobq_worker::job_with_history(&pool, JobId(id)).await?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "job": job, "history": history }))?
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "job {}  kind {}  queue {}  state {}",
-        job.id, job.kind, job.queue, job.state
+        job.id,
+        job.kind,
+        job.queue,
+        job.state
     );
-    println!("  payload      {}", job.payload);
-    println!("  priority     {}", job.priority);
-    println!("  attempt      {} of {}", job.attempt, job.max_attempts);
-    println!("  run_at       {}", job.run_at);
-    println!("  created_at   {}", job.created_at);
+    outln!("  payload      {}", job.payload);
+    outln!("  priority     {}", job.priority);
+    outln!("  attempt      {} of {}", job.attempt, job.max_attempts);
+    outln!("  run_at       {}", job.run_at);
+    outln!("  created_at   {}", job.created_at);
     if let Some(t) = job.attempted_at {
-        println!("  attempted_at {t}");
+        outln!("  attempted_at {t}");
     }
     if let Some(t) = job.finalized_at {
-        println!("  finalized_at {t}");
+        outln!("  finalized_at {t}");
     }
     if let Some(w) = &job.worker_id {
-        println!("  worker       {}", printable(w));
+        outln!("  worker       {}", printable(w));
     }
     if let Some(e) = &job.last_error {
-        println!("  last_error   {}", printable(e));
+        outln!("  last_error   {}", printable(e));
     }
     if let Some(r) = &job.result {
-        println!("  result       {r}");
+        outln!("  result       {r}");
     }
-    println!("history:");
+    outln!("history:");
     for t in history {
-        println!(
+        outln!(
             "  {}  {:>9} -> {:<9}  {:<9} attempt {}  {}{}{}",
             t.at.format("%Y-%m-%d %H:%M:%S%.6f"),
             t.from.map_or("-", |s| s.as_str()),

@@ -63,7 +63,7 @@ pub(crate) async fn run(config: Config, a: DemoArgs) -> Result<ExitCode> {
         .await?;
     let enqueue_secs = t0.elapsed().as_secs_f64();
     let (lo, hi) = (ids[0].0, ids[ids.len() - 1].0);
-    println!(
+    outln!(
         "jobq demo: enqueued {n} jobs in {:.0} ms ({:.0} jobs/s); working them with {} {} slots…",
         enqueue_secs * 1000.0,
         f64::from(n) / enqueue_secs,
@@ -94,17 +94,17 @@ pub(crate) async fn run(config: Config, a: DemoArgs) -> Result<ExitCode> {
     let secs = started.elapsed().as_secs_f64();
     shutdown.stop();
     handle.await??;
-    println!("jobq demo: all {n} jobs reached a final state in {secs:.2} s");
+    outln!("jobq demo: all {n} jobs reached a final state in {secs:.2} s");
     for (state, c) in &counts {
-        println!("  {state:<10} {c}");
+        outln!("  {state:<10} {c}");
     }
-    println!(
+    outln!(
         "  throughput {:.0} jobs/s ({} mode, concurrency {})",
         f64::from(n) / secs,
         claim_mode,
         a.concurrency
     );
-    println!("inspect one: jobq job {lo}    counts: jobq stats");
+    outln!("inspect one: jobq job {lo}    counts: jobq stats");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -269,22 +269,29 @@ async fn status(settings: &Config, a: StatusArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     if locks.is_empty() {
         match &a.name {
-            Some(n) => println!("lock {n:?}: not held (no lease permits, no session lock)"),
-            None => println!("no lease lock is held (session locks are listed by name only)"),
+            Some(n) => outln!("lock {n:?}: not held (no lease permits, no session lock)"),
+            None => outln!("no lease lock is held (session locks are listed by name only)"),
         }
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<8} {:<30} {:>4} {:<8} {:<28} {:>8} {:<27} {:>10}",
-        "KIND", "NAME", "SLOT", "STATE", "HOLDER", "TOKEN", "ACQUIRED (UTC)", "EXPIRES IN"
+        "KIND",
+        "NAME",
+        "SLOT",
+        "STATE",
+        "HOLDER",
+        "TOKEN",
+        "ACQUIRED (UTC)",
+        "EXPIRES IN"
     );
     for l in &locks {
-        println!(
+        outln!(
             "{:<8} {:<30} {:>4} {:<8} {:<28} {:>8} {:<27} {:>10}",
             l.kind,
             l.name,

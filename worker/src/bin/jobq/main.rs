@@ -2,6 +2,9 @@
 //! `demo.rs`, `bench/`, `lock.rs`, `queues.rs`, with the operator endpoint in `http.rs`); this file only maps the
 //! outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
+#[macro_use]
+mod out;
+
 mod acts;
 mod admin;
 mod bench;

@@ -59,18 +59,18 @@ pub(crate) async fn run(settings: &Config, a: QueuesArgs) -> Result<ExitCode> {
                 );
             }
             if jobq_worker::pause_queue(&pool, &q, &who()).await? {
-                println!("paused {q}");
+                outln!("paused {q}");
             } else {
-                println!("{q} was already paused");
+                outln!("{q} was already paused");
             }
             Ok(ExitCode::SUCCESS)
         }
         Some(QueuesAction::Resume { queue }) => {
             let q = QueueName::new(&queue)?;
             if jobq_worker::resume_queue(&pool, &q).await? {
-                println!("resumed {q}");
+                outln!("resumed {q}");
             } else {
-                println!("{q} was not paused");
+                outln!("{q} was not paused");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -111,7 +111,7 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
         }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     let width = rows
@@ -120,7 +120,7 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
         .max()
         .unwrap_or(5)
         .max(5);
-    println!(
+    outln!(
         "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:>8} {:<11} {:>11}  {:<24} paused since",
         "queue",
         "state",
@@ -140,7 +140,7 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
                 limits.push_str(&format!(" {l}={v}"));
             }
         }
-        println!(
+        outln!(
             "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:>8} {:<11} {:>11}  {:<24} {}",
             r["queue"].as_str().unwrap_or(""),
             r["state"].as_str().unwrap_or(""),

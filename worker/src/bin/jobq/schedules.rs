@@ -61,21 +61,21 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
         Some(SchedulesAction::Pause { name }) => {
             let by = crate::acts::actor();
             if jobq_worker::pause_schedule(&pool, settings, &name, &by).await? {
-                println!("paused {name}");
+                outln!("paused {name}");
             } else {
-                println!("{name} was already paused");
+                outln!("{name} was already paused");
             }
         }
         Some(SchedulesAction::Resume { name }) => {
             if jobq_worker::resume_schedule(&pool, settings, &name).await? {
-                println!("resumed {name}");
+                outln!("resumed {name}");
             } else {
-                println!("{name} was not paused");
+                outln!("{name} was not paused");
             }
         }
         Some(SchedulesAction::Run { name }) => {
             let id = jobq_worker::run_schedule_now(&pool, settings, &name).await?;
-            println!("{id}");
+            outln!("{id}");
         }
         None => {
             // Each schedule as its own queue's server keeps it.
@@ -94,7 +94,7 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
                 );
             }
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let t = |t: Option<chrono::DateTime<chrono::Utc>>| {
@@ -102,9 +102,15 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
                     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
                 })
             };
-            println!(
+            outln!(
                 "{:<20} {:<18} {:<16} {:<20} {:<7} {:<21} {:<21} last outcome",
-                "schedule", "cron", "timezone", "kind", "state", "next slot", "last slot"
+                "schedule",
+                "cron",
+                "timezone",
+                "kind",
+                "state",
+                "next slot",
+                "last slot"
             );
             for s in &list {
                 let outcome = match (&s.last_outcome, &s.last_job, &s.last_job_state) {
@@ -112,7 +118,7 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
                     (Some(o), _, _) => o.clone(),
                     _ => "-".into(),
                 };
-                println!(
+                outln!(
                     "{:<20} {:<18} {:<16} {:<20} {:<7} {:<21} {:<21} {}",
                     s.name,
                     s.cron,

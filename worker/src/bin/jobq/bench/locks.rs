@@ -102,7 +102,7 @@ pub(crate) async fn run(pool: &MySqlPool, url: &str, duration: Duration, json: b
             contended_wait_p99_ms: pct(&mut waits, 0.99),
         };
         if json {
-            println!("{}", serde_json::to_string(&row)?);
+            outln!("{}", serde_json::to_string(&row)?);
         } else {
             eprintln!(
                 "  {:<9} acquire p50 {:.2} ms, release p50 {:.2} ms; {} contenders: {:.0} locks/s",
@@ -116,15 +116,15 @@ pub(crate) async fn run(pool: &MySqlPool, url: &str, duration: Duration, json: b
         rows.push(row);
     }
     if !json {
-        println!("| kind | acquire p50 / p99 ms | release p50 / p99 ms | contenders | locks/s | contended acquire wait p50 / p99 ms |");
-        println!("|---|---:|---:|---:|---:|---:|");
+        outln!("| kind | acquire p50 / p99 ms | release p50 / p99 ms | contenders | locks/s | contended acquire wait p50 / p99 ms |");
+        outln!("|---|---:|---:|---:|---:|---:|");
         for r in &rows {
             let kind = match r.kind {
                 LockKind::Session => "session (GET_LOCK)".to_owned(),
                 LockKind::Lease => "lease".to_owned(),
                 LockKind::Semaphore => format!("semaphore of {SEMAPHORE_PERMITS}"),
             };
-            println!(
+            outln!(
                 "| {kind} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {:.0} | {:.1} / {:.1} |",
                 r.acquire_p50_ms,
                 r.acquire_p99_ms,
@@ -205,7 +205,7 @@ pub(crate) async fn contender(pool: &MySqlPool, kind: LockKind, duration: Durati
         g.release().await?;
         report.cycles += 1;
     }
-    println!("{}", serde_json::to_string(&report)?);
+    outln!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 

@@ -360,7 +360,7 @@ fn bench_url(url: &str) -> String {
 
 fn emit(a: &BenchArgs, r: &Report) {
     if a.json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        outln!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {
         eprintln!(
             "\r  {:<9} {:<11} {:<6} {:>7} jobs: {:>8.0} jobs/s{}",
@@ -384,16 +384,16 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 }
 
 fn print_table(rows: &[Report]) {
-    println!(
+    outln!(
         "| scenario | mode | procs x conc | jobs | enqueue jobs/s | jobs/s | % of ceiling | pickup p50/p95/p99 ms | claims/job | claim RTs/job | statements/job | rows written/job |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    outln!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let pickup = match (r.pickup_p50_ms, r.pickup_p95_ms, r.pickup_p99_ms) {
             (Some(a), Some(b), Some(c)) => format!("{a:.1} / {b:.1} / {c:.1}"),
             _ => "-".into(),
         };
-        println!(
+        outln!(
             "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} |",
             r.scenario,
             r.claim_mode,
@@ -920,14 +920,14 @@ async fn scaling(pool: &MySqlPool, url: &str, json: bool) -> Result<()> {
     fill(pool, 10_000).await?;
     out.insert("10k waiting + 1M completed", time_claims(pool, url).await?);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&json!({ "scenario": "scaling", "mean_claim_ms": out }))?
         );
     } else {
-        println!("| table | mean claim of up to 100 in a worker (ms) |\n|---|---:|");
+        outln!("| table | mean claim of up to 100 in a worker (ms) |\n|---|---:|");
         for (k, v) in out {
-            println!("| {k} | {v:.2} |");
+            outln!("| {k} | {v:.2} |");
         }
     }
     Ok(())

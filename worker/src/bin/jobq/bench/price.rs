@@ -99,10 +99,10 @@ pub(super) fn print(rows: &[Report]) {
         .iter()
         .find(|r| r.note.starts_with("jobq schema, history"))
         .map_or(1.0, |r| r.jobs_per_s);
-    println!("| variant | jobs | jobs/s | vs. with history | statements/job | rows written/job |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    outln!("| variant | jobs | jobs/s | vs. with history | statements/job | rows written/job |");
+    outln!("|---|---:|---:|---:|---:|---:|");
     for r in rows {
-        println!(
+        outln!(
             "| {} | {} | {:.0} | {:+.0}% | {:.2} | {:.2} |",
             r.note,
             r.jobs,

@@ -124,17 +124,17 @@ pub(super) async fn run(pool: &MySqlPool, config: &Config, jobs: u32, json: bool
     }
     if json {
         for (name, path, p50, max, bytes) in &rows {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"scenario": "web", "jobs": jobs, "page": name, "path": path,
                                    "p50_ms": p50, "max_ms": max, "bytes": bytes})
             );
         }
     } else {
-        println!("| page ({jobs} jobs) | path | median (ms) | slowest of {LOADS} (ms) |");
-        println!("|---|---|---:|---:|");
+        outln!("| page ({jobs} jobs) | path | median (ms) | slowest of {LOADS} (ms) |");
+        outln!("|---|---|---:|---:|");
         for (name, path, p50, max, _) in &rows {
-            println!("| {name} | `{path}` | {p50:.1} | {max:.1} |");
+            outln!("| {name} | `{path}` | {p50:.1} | {max:.1} |");
         }
     }
     Ok(())

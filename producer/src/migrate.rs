@@ -1,0 +1,394 @@
+//! The jobq schema and its history: [`migrate`], [`check_migrated`], [`migrations_sql`].
+//!
+//! jobq keeps the list of its applied migrations in a table of its own, `jobq_migrations`, never
+//! in sqlx's `_sqlx_migrations`: an application that runs its own sqlx migrations can share the
+//! database (and so enqueue inside its own transactions) without either side seeing the other's
+//! migrations as missing or applied. The SQL files are the repository's `migrations/` folder,
+//! embedded at build time with their checksums.
+//!
+//! Upgrade from a database migrated by an earlier jobq (which recorded its migrations in
+//! `_sqlx_migrations`): the first [`migrate`] moves jobq's rows (matched by version *and*
+//! checksum) into `jobq_migrations` and deletes them from `_sqlx_migrations`, dropping that table
+//! if nothing else was in it. Rows of the application's own migrations are never touched.
+//!
+//! Concurrent runs are serialised by a named lock per database (`GET_LOCK`, 300 s), taken on the
+//! migrating session; on Galera, which refuses named locks, they run unserialised.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use sqlx::mysql::MySqlDatabaseError;
+use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
+
+use crate::error::{Error, Result};
+
+/// The SQL files, embedded. Private on purpose: `Migrator::run` would record them in
+/// `_sqlx_migrations`, the table jobq must leave to the application.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// `ER_NO_SUCH_TABLE`.
+const NO_SUCH_TABLE: u16 = 1146;
+/// `ER_NOT_SUPPORTED_YET` (GET_LOCK on Galera).
+const NOT_SUPPORTED_YET: u16 = 1235;
+
+// language=MySQL
+const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS jobq_migrations (
+  version BIGINT NOT NULL PRIMARY KEY,
+  description VARCHAR(255) NOT NULL,
+  checksum VARBINARY(64) NOT NULL,
+  success TINYINT(1) NOT NULL,
+  installed_on TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  execution_ms BIGINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+/// One migration of this build: its version (the file name's number) and description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// The number that starts the file name, e.g. `20261123000001`.
+    pub version: i64,
+    /// The rest of the file name, words separated by spaces.
+    pub description: String,
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrateReport {
+    /// Migrations applied by this call, in order.
+    pub applied: Vec<Migration>,
+    /// Rows of an earlier jobq moved from `_sqlx_migrations` into `jobq_migrations`.
+    pub moved_from_sqlx: u64,
+}
+
+/// The migrations this build carries, oldest first.
+pub fn migrations() -> Vec<Migration> {
+    MIGRATIONS
+        .iter()
+        .map(|m| Migration {
+            version: m.version,
+            description: m.description.to_string(),
+        })
+        .collect()
+}
+
+/// The newest migration this build needs.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// Applies the migrations `pool`'s database lacks, recording them in `jobq_migrations`.
+/// Idempotent; safe to run from several processes at once. The database must exist (`jobq
+/// migrate` creates it; this function does not).
+pub async fn migrate(pool: &MySqlPool) -> Result<MigrateReport> {
+    let mut conn = pool.acquire().await.map_err(Error::MigrationDatabase)?;
+    migrate_conn(&mut conn).await
+}
+
+/// [`migrate`] on one connection (the named lock that serialises runs belongs to it).
+pub async fn migrate_conn(conn: &mut MySqlConnection) -> Result<MigrateReport> {
+    migrate_conn_inner(conn).await.map_err(in_migration)
+}
+
+/// A database error met while migrating says so (not "while enqueueing").
+fn in_migration(e: Error) -> Error {
+    match e {
+        Error::Database(e) => Error::MigrationDatabase(e),
+        other => other,
+    }
+}
+
+async fn migrate_conn_inner(conn: &mut MySqlConnection) -> Result<MigrateReport> {
+    // language=MySQL
+    let locked: std::result::Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())), 300)")
+            .fetch_one(&mut *conn)
+            .await;
+    let locked = match locked {
+        Ok(Some(1)) => true,
+        Ok(_) => {
+            return Err(Error::Migration(
+                "could not take the migration lock within 300 s; is another `jobq migrate` \
+                 stuck? (SELECT * FROM information_schema.METADATA_LOCK_INFO shows the holder)"
+                    .into(),
+            ))
+        }
+        Err(e) if number(&e) == Some(NOT_SUPPORTED_YET) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let result = migrate_locked(conn).await;
+    if locked {
+        // language=MySQL
+        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())))")
+            .execute(&mut *conn)
+            .await;
+    }
+    result
+}
+
+async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
+    conn.execute(CREATE_HISTORY).await?;
+    let mut report = MigrateReport {
+        moved_from_sqlx: adopt_sqlx_rows(conn).await?,
+        ..MigrateReport::default()
+    };
+    let applied = applied(conn).await?;
+    if let Some((v, _, _)) = applied.iter().find(|(_, _, ok)| !ok) {
+        return Err(Error::Migration(format!(
+            "migration {v} failed part way through in an earlier run; repair the schema by hand \
+             (compare with migrations/{v}_*.sql), then DELETE FROM jobq_migrations WHERE \
+             version = {v} and run `jobq migrate` again"
+        )));
+    }
+    for m in MIGRATIONS.iter() {
+        if let Some((_, checksum, _)) = applied.iter().find(|(v, _, _)| *v == m.version) {
+            if checksum.as_slice() != &*m.checksum {
+                return Err(Error::Migration(format!(
+                    "migration {} ({}) was applied with other contents than this build's; the \
+                     schema was made by a different jobq build, use that build's `jobq migrate`",
+                    m.version, m.description
+                )));
+            }
+            continue;
+        }
+        let started = Instant::now();
+        // language=MySQL
+        sqlx::query(
+            "INSERT INTO jobq_migrations (version, description, checksum, success) \
+             VALUES (?, ?, ?, 0)",
+        )
+        .bind(m.version)
+        .bind(&*m.description)
+        .bind(&*m.checksum)
+        .execute(&mut *conn)
+        .await?;
+        // DDL commits on its own in MySQL, so a file is not atomic: the row above stays at
+        // success = 0 if a statement fails, and the next run refuses until it is repaired.
+        if let Err(e) = conn.execute(sqlx::raw_sql(&m.sql)).await {
+            return Err(Error::Migration(format!(
+                "migration {} ({}) failed: {}; the row in jobq_migrations stays at success = 0 \
+                 until the schema is repaired",
+                m.version,
+                m.description,
+                describe(&e)
+            )));
+        }
+        // language=MySQL
+        sqlx::query("UPDATE jobq_migrations SET success = 1, execution_ms = ? WHERE version = ?")
+            .bind(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX))
+            .bind(m.version)
+            .execute(&mut *conn)
+            .await?;
+        report.applied.push(Migration {
+            version: m.version,
+            description: m.description.to_string(),
+        });
+    }
+    Ok(report)
+}
+
+/// (version, checksum, success) of every recorded migration.
+async fn applied(conn: &mut MySqlConnection) -> Result<Vec<(i64, Vec<u8>, bool)>> {
+    // language=MySQL
+    let rows: Vec<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT version, checksum, success FROM jobq_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows)
+}
+
+/// A `_sqlx_migrations` row: version, checksum, success, execution time in nanoseconds.
+type SqlxRow = (i64, Vec<u8>, bool, i64);
+
+/// Moves an earlier jobq's rows from `_sqlx_migrations` into `jobq_migrations` (only rows whose
+/// version and checksum are one of this build's migrations), in one transaction; drops
+/// `_sqlx_migrations` if that leaves it empty. Returns how many rows moved.
+async fn adopt_sqlx_rows(conn: &mut MySqlConnection) -> Result<u64> {
+    // language=MySQL
+    let rows: std::result::Result<Vec<SqlxRow>, sqlx::Error> =
+        sqlx::query_as("SELECT version, checksum, success, execution_time FROM _sqlx_migrations")
+            .fetch_all(&mut *conn)
+            .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) if number(&e) == Some(NO_SUCH_TABLE) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let ours: Vec<_> = rows
+        .into_iter()
+        .filter(|(v, sum, _, _)| {
+            MIGRATIONS
+                .iter()
+                .any(|m| m.version == *v && &*m.checksum == sum.as_slice())
+        })
+        .collect();
+    if ours.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = conn.begin().await?;
+    for (version, checksum, success, nanos) in &ours {
+        let description = MIGRATIONS
+            .iter()
+            .find(|m| m.version == *version)
+            .map(|m| m.description.to_string())
+            .unwrap_or_default();
+        // language=MySQL
+        sqlx::query(
+            "INSERT IGNORE INTO jobq_migrations (version, description, checksum, success, \
+             execution_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(version)
+        .bind(description)
+        .bind(checksum)
+        .bind(success)
+        .bind(nanos / 1_000_000)
+        .execute(&mut *tx)
+        .await?;
+        // language=MySQL
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ? AND checksum = ?")
+            .bind(version)
+            .bind(checksum)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    // language=MySQL
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&mut *conn)
+        .await?;
+    if left == 0 {
+        // It held only jobq's rows: it was ours alone. sqlx creates it again if the
+        // application ever runs its own migrations.
+        // language=MySQL
+        conn.execute("DROP TABLE IF EXISTS _sqlx_migrations")
+            .await?;
+    }
+    Ok(ours.len() as u64)
+}
+
+/// Fails with [`Error::NotMigrated`] unless every migration of this build is recorded as applied
+/// in `jobq_migrations` (a schema newer than this build is accepted). Reads a few rows.
+pub async fn check_migrated<'c, E>(db: E) -> Result<()>
+where
+    E: Executor<'c, Database = sqlx::MySql>,
+{
+    check_migrated_inner(db).await.map_err(in_migration)
+}
+
+async fn check_migrated_inner<'c, E>(db: E) -> Result<()>
+where
+    E: Executor<'c, Database = sqlx::MySql>,
+{
+    // language=MySQL
+    let rows: std::result::Result<Vec<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT version FROM jobq_migrations WHERE success = 1")
+            .fetch_all(db)
+            .await;
+    let applied = match rows {
+        Ok(rows) => rows,
+        Err(e) if number(&e) == Some(NO_SUCH_TABLE) => {
+            return Err(Error::NotMigrated(
+                "there is no jobq_migrations table (a database migrated by a jobq before \
+                 0.1 keeps its history in _sqlx_migrations; `jobq migrate` moves it)"
+                    .to_owned(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let missing: Vec<i64> = MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    match missing.as_slice() {
+        [] => Ok(()),
+        [first, ..] => Err(Error::NotMigrated(format!(
+            "{} of this build's {} migrations are not applied, the first is {first}",
+            missing.len(),
+            MIGRATIONS.iter().count()
+        ))),
+    }
+}
+
+/// Every migration as one SQL script, for teams whose schema changes are run by another tool
+/// (`jobq migrate --print-sql`): the `jobq_migrations` table, then each migration followed by
+/// the row that records it, so the workers' check passes once the script has run. Migrations at
+/// or before `after` are left out (pass the newest version already applied, or 0 for all).
+pub fn migrations_sql(after: i64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "-- jobq schema, migrations after {after} (generated by `jobq migrate --print-sql`).\n\
+         -- Run it once, in order, on the application's database. Each migration is recorded in\n\
+         -- jobq_migrations, which the workers check at start.\n\n{CREATE_HISTORY};\n"
+    );
+    for m in MIGRATIONS.iter().filter(|m| m.version > after) {
+        let sql = m.sql.trim_end();
+        let _ = writeln!(
+            out,
+            "-- {} {}\n{sql}{}\nINSERT INTO jobq_migrations (version, description, checksum, \
+             success) VALUES ({}, '{}', UNHEX('{}'), 1);\n",
+            m.version,
+            m.description,
+            if sql.ends_with(';') { "" } else { ";" },
+            m.version,
+            m.description.replace('\'', "''"),
+            hex(&m.checksum),
+        );
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .map(MySqlDatabaseError::number),
+        _ => None,
+    }
+}
+
+/// The server's error with its number, or sqlx's text.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<MySqlDatabaseError>() {
+            Some(my) => format!("error {}: {}", my.number(), my.message()),
+            None => db.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_records_every_migration_after_the_given_one() {
+        let all = migrations_sql(0);
+        assert!(all.starts_with("-- jobq schema"));
+        assert!(all.contains("CREATE TABLE IF NOT EXISTS jobq_migrations"));
+        for m in migrations() {
+            assert!(
+                all.contains(&format!("VALUES ({}, '", m.version)),
+                "{} not recorded",
+                m.version
+            );
+        }
+        let last = latest_version();
+        let tail = migrations_sql(last);
+        assert!(!tail.contains("INSERT INTO jobq_migrations"));
+        assert!(tail.contains("CREATE TABLE IF NOT EXISTS jobq_migrations"));
+    }
+
+    #[test]
+    fn hex_is_lowercase_pairs() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+}
