@@ -67,6 +67,8 @@ pub use inspect::{
 pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.
 pub use jobq_lock as lock;
+/// The producer's error (validation, enqueue, schema), as `jobq_producer::Error`.
+pub use jobq_producer::Error as ProducerError;
 pub use jobq_producer::{
     migrations_sql, same_server, server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName,
     MigrateReport, NewJob, OnDuplicate, Producer, ProducerOptions, QueueName,

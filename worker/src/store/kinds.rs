@@ -46,12 +46,14 @@ pub(crate) async fn kind_queues(
     within: Duration,
 ) -> Result<Vec<String>, sqlx::Error> {
     // language=MySQL
-    sqlx::query_scalar(
+    let rows = sqlx::query(
         "SELECT queue FROM jobq_kinds \
          WHERE kind = ? AND seen_at > UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND ORDER BY queue",
     )
     .bind(kind.as_str())
     .bind(super::micros(within))
     .fetch_all(pool)
-    .await
+    .await?;
+    // ascii_bin columns arrive flagged binary: read as bytes.
+    rows.iter().map(|r| super::text(r, "queue")).collect()
 }

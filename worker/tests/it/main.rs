@@ -17,6 +17,7 @@ mod commands;
 mod core;
 mod edges;
 mod foreign;
+mod manners;
 mod migrations;
 mod outcomes;
 mod prefetch;

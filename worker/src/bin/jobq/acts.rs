@@ -88,7 +88,7 @@ pub(crate) async fn run(settings: &Config, act: Act, a: ActArgs) -> Result<ExitC
 /// jobs each outcome got.
 async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> Result<ExitCode> {
     if std::io::stdin().is_terminal() && !a.yes {
-        bail!(
+        bail!(crate::Usage(format!(
             "this acts on every {state} job{}{}; add --yes to go ahead",
             a.queue
                 .as_deref()
@@ -98,7 +98,7 @@ async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> 
                 .as_deref()
                 .map(|k| format!(" of kind {k}"))
                 .unwrap_or_default(),
-        );
+        )));
     }
     let pool = crate::cli::connected(settings).await?;
     let filter = JobFilter {

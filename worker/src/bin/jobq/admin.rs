@@ -43,7 +43,10 @@ pub(crate) struct ListArgs {
 pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> {
     let JobsCommand::List(a) = c;
     if !(1..=10_000).contains(&a.limit) {
-        bail!("--limit must be 1 to 10000, not {}", a.limit);
+        bail!(crate::Usage(format!(
+            "--limit must be 1 to 10000, not {}",
+            a.limit
+        )));
     }
     let pool = crate::cli::connected(settings).await?;
     let filter = JobFilter {
@@ -63,15 +66,16 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
         outln!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
     }
-    outln!(
-        "{:>10} {:<16} {:<20} {:<10} {:>9} {:<27} last error",
-        "id",
-        "queue",
-        "kind",
-        "state",
-        "attempts",
-        "run at (UTC)"
-    );
+    use crate::table::{Align::*, Table};
+    let mut t = Table::new(&[
+        ("id", Right),
+        ("queue", Left),
+        ("kind", Left),
+        ("state", Left),
+        ("attempts", Right),
+        ("run at (UTC)", Left),
+        ("last error", Left),
+    ]);
     for j in &jobs {
         let error = j
             .last_error
@@ -81,17 +85,17 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
             .next()
             .unwrap_or("");
         let error: String = error.chars().take(60).collect();
-        outln!(
-            "{:>10} {:<16} {:<20} {:<10} {:>9} {:<27} {}",
-            j.id,
-            j.queue,
-            j.kind,
-            j.state,
+        t.row(vec![
+            j.id.to_string(),
+            j.queue.to_string(),
+            j.kind.to_string(),
+            j.state.to_string(),
             format!("{}/{}", j.attempt, j.max_attempts),
-            j.run_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
-            error
-        );
+            j.run_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            crate::cli::printable(&error).into_owned(),
+        ]);
     }
+    t.print();
     if jobs.len() == a.limit as usize {
         if let Some(last) = jobs.last() {
             eprintln!("more may follow: --after {}", last.id);
@@ -107,25 +111,26 @@ pub(crate) async fn workers(settings: &Config, json: bool) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&ws)?);
         return Ok(ExitCode::SUCCESS);
     }
-    outln!(
-        "{:<40} {:<20} {:>8} {:>8} {:>14}  queues",
-        "worker",
-        "host",
-        "pid",
-        "running",
-        "heartbeat age"
-    );
+    use crate::table::{Align::*, Table};
+    let mut t = Table::new(&[
+        ("worker", Left),
+        ("host", Left),
+        ("pid", Right),
+        ("running", Right),
+        ("heartbeat age", Right),
+        ("queues", Left),
+    ]);
     for w in &ws {
-        outln!(
-            "{:<40} {:<20} {:>8} {:>8} {:>13.1}s  {}",
-            w.id,
-            w.host,
-            w.pid,
-            w.running,
-            w.heartbeat_age_seconds,
-            w.queues.join(",")
-        );
+        t.row(vec![
+            crate::cli::printable(w.id.as_str()).into_owned(),
+            crate::cli::printable(&w.host).into_owned(),
+            w.pid.to_string(),
+            w.running.to_string(),
+            format!("{:.1}s", w.heartbeat_age_seconds),
+            w.queues.join(","),
+        ]);
     }
+    t.print();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -380,7 +380,7 @@ async fn warn_unhandled(pool: &sqlx::MySqlPool, kind: &str, queue: &str) {
             queues[0]
         ),
         Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "could not read which kinds workers handle"),
+        Err(e) => tracing::debug!(error = ?e, "could not read which kinds workers handle"),
     }
 }
 
@@ -396,20 +396,22 @@ fn read_payload(input: impl Read, limit: usize) -> Result<String> {
         .read_to_end(&mut buf)
         .context("reading the payload from standard input")?;
     if buf.len() > limit {
-        bail!(
+        bail!(crate::Usage(format!(
             "the payload on standard input is over the limit of {limit} bytes \
              (producer.max_payload_bytes); store large data elsewhere and enqueue a reference"
-        );
+        )));
     }
     String::from_utf8(buf).context("the payload on standard input is not UTF-8 text")
 }
 
 async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
     if a.count == 0 {
-        bail!("--count must be at least 1");
+        bail!(crate::Usage("--count must be at least 1".into()));
     }
     if a.wait && a.count != 1 {
-        bail!("--wait waits for one job; leave out --count");
+        bail!(crate::Usage(
+            "--wait waits for one job; leave out --count".into()
+        ));
     }
     let limit = settings.producer.max_payload_bytes;
     let payload = if a.payload == "-" {
@@ -624,38 +626,39 @@ fn print_stats(s: &jobq_worker::Stats) {
         .iter()
         .map(|s| s.as_str())
         .collect();
-    let width = s.queues.keys().map(|q| q.len()).max().unwrap_or(5).max(5);
-    out!("{:<width$}", "queue");
-    for st in &states {
-        out!(" {st:>10}");
-    }
-    outln!(" {:>9} {:>11} {:>7}", "done/1m", "oldest(s)", "paused");
+    use crate::table::{Align::*, Table};
+    let mut header = vec![("queue", Left)];
+    header.extend(states.iter().map(|st| (*st, Right)));
+    header.extend([("done/1m", Right), ("oldest(s)", Right), ("paused", Right)]);
+    let mut t = Table::new(&header);
     for (name, q) in &s.queues {
-        out!("{name:<width$}");
-        for st in &states {
-            out!(" {:>10}", q.states.get(*st).copied().unwrap_or(0));
-        }
-        let oldest = q
-            .oldest_available_seconds
-            .map_or("-".to_owned(), |s| format!("{s:.1}"));
-        let paused = if q.paused_since.is_some() { "yes" } else { "-" };
-        outln!(
-            " {:>9} {:>11} {:>7}",
-            q.completed_last_minute,
-            oldest,
-            paused
+        let mut cells = vec![name.clone()];
+        cells.extend(
+            states
+                .iter()
+                .map(|st| q.states.get(*st).copied().unwrap_or(0).to_string()),
         );
+        cells.push(q.completed_last_minute.to_string());
+        cells.push(
+            q.oldest_available_seconds
+                .map_or("-".to_owned(), |s| format!("{s:.1}")),
+        );
+        cells.push((if q.paused_since.is_some() { "yes" } else { "-" }).to_owned());
+        t.row(cells);
     }
-    out!("{:<width$}", "TOTAL");
-    for st in &states {
-        out!(" {:>10}", s.totals.get(*st).copied().unwrap_or(0));
-    }
-    outln!();
+    let mut total = vec!["TOTAL".to_owned()];
+    total.extend(
+        states
+            .iter()
+            .map(|st| s.totals.get(*st).copied().unwrap_or(0).to_string()),
+    );
+    t.row(total);
+    t.print();
 }
 
 /// `s` with control characters escaped (`\n`, `\u{1b}`, …): error texts and worker ids come
 /// from handlers and other programs, and must not drive the operator's terminal.
-fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.chars().any(char::is_control) {
         return s.into();
     }
@@ -727,4 +730,28 @@ async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let set = |v: &str| Some(std::ffi::OsString::from(v));
+        let table = [
+            (true, None, true),
+            (true, set(""), true),
+            (true, set("1"), false),
+            (false, None, false),
+            (false, set("1"), false),
+        ];
+        for (terminal, no_color, expected) in table {
+            assert_eq!(
+                colour(terminal, no_color.as_deref()),
+                expected,
+                "{terminal} {no_color:?}"
+            );
+        }
+    }
 }

@@ -89,7 +89,7 @@ fn holder() -> String {
 
 async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
     if a.permits == Some(0) {
-        bail!("--permits must be at least 1");
+        bail!(crate::Usage("--permits must be at least 1".into()));
     }
     let pool = jobq_worker::connect(settings)
         .await
@@ -279,30 +279,30 @@ async fn status(settings: &Config, a: StatusArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    outln!(
-        "{:<8} {:<30} {:>4} {:<8} {:<28} {:>8} {:<27} {:>10}",
-        "KIND",
-        "NAME",
-        "SLOT",
-        "STATE",
-        "HOLDER",
-        "TOKEN",
-        "ACQUIRED (UTC)",
-        "EXPIRES IN"
-    );
+    use crate::table::{Align::*, Table};
+    let mut t = Table::new(&[
+        ("KIND", Left),
+        ("NAME", Left),
+        ("SLOT", Right),
+        ("STATE", Left),
+        ("HOLDER", Left),
+        ("TOKEN", Right),
+        ("ACQUIRED (UTC)", Left),
+        ("EXPIRES IN", Right),
+    ]);
     for l in &locks {
-        outln!(
-            "{:<8} {:<30} {:>4} {:<8} {:<28} {:>8} {:<27} {:>10}",
-            l.kind,
-            l.name,
-            l.slot,
-            l.state.as_str(),
-            l.holder.as_deref().unwrap_or("-"),
+        t.row(vec![
+            l.kind.to_string(),
+            l.name.to_string(),
+            l.slot.to_string(),
+            l.state.as_str().to_owned(),
+            l.holder.as_deref().unwrap_or("-").to_owned(),
             l.token.map_or("-".into(), |t| t.to_string()),
-            l.acquired_at.as_deref().unwrap_or("-"),
+            l.acquired_at.as_deref().unwrap_or("-").to_owned(),
             l.expires_in
                 .map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
-        );
+        ]);
     }
+    t.print();
     Ok(ExitCode::SUCCESS)
 }

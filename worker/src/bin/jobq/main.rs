@@ -14,6 +14,7 @@ mod http;
 mod lock;
 mod queues;
 mod schedules;
+mod table;
 
 use std::process::ExitCode;
 
@@ -22,13 +23,43 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("jobq: error: {}", chain(&e));
-            if e.downcast_ref::<jobq_config::ConfigError>().is_some() {
+            if is_usage(&e) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
             }
         }
     }
+}
+
+/// A command line the command refuses before doing anything (exit status 2, like clap's own
+/// usage errors): `bail!(Usage("--count must be at least 1".into()))`.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Whether `e` is bad usage (exit 2): a refused flag or argument, invalid configuration, or a
+/// job the producer's validation refused before connecting (name, payload, size).
+fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Usage>()
+            || c.is::<jobq_config::ConfigError>()
+            || matches!(
+                c.downcast_ref::<jobq_worker::ProducerError>(),
+                Some(
+                    jobq_worker::ProducerError::Invalid { .. }
+                        | jobq_worker::ProducerError::InvalidJson(_)
+                        | jobq_worker::ProducerError::PayloadTooLarge { .. }
+                )
+            )
+    })
 }
 
 /// `error: cause: cause`, leaving out a cause whose text the previous message already contains

@@ -52,11 +52,11 @@ pub(crate) async fn run(settings: &Config, a: QueuesArgs) -> Result<ExitCode> {
                 || settings.queues.contains_key(&queue)
                 || jobq_worker::stats(&pool).await?.queues.contains_key(&queue);
             if !known && !new {
-                anyhow::bail!(
+                anyhow::bail!(crate::Usage(format!(
                     "queue {q:?} is unknown here: it has no jobs and is not in the configuration \
                      (`jobq queues` lists the known ones); pass --new to pause it ahead of its \
                      first job"
-                );
+                )));
             }
             if jobq_worker::pause_queue(&pool, &q, &who()).await? {
                 outln!("paused {q}");
@@ -114,25 +114,26 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
         outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let width = rows
-        .iter()
-        .map(|r| r["queue"].as_str().unwrap_or("").len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    outln!(
-        "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:>8} {:<11} {:>11}  {:<24} paused since",
-        "queue",
-        "state",
-        "available",
-        "scheduled",
-        "running",
-        "retryable",
-        "waiting",
-        "claim mode",
-        "concurrency",
-        "limits",
-    );
+    use crate::table::{Align::*, Table};
+    let mut t = Table::new(&[
+        ("queue", Left),
+        ("state", Left),
+        ("available", Right),
+        ("scheduled", Right),
+        ("running", Right),
+        ("retryable", Right),
+        ("waiting", Right),
+        ("claim mode", Left),
+        ("concurrency", Right),
+        ("limits", Left),
+        ("paused since", Left),
+    ]);
+    // A JSON value's Display ignores width and alignment: cells are plain strings.
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
     for r in &rows {
         let mut limits = format!("key_limit={}", r["key_limit"]);
         for l in ["rate_limit", "key_rate_limit"] {
@@ -140,20 +141,24 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
                 limits.push_str(&format!(" {l}={v}"));
             }
         }
-        outln!(
-            "{:<width$} {:<7} {:>10} {:>10} {:>8} {:>10} {:>8} {:<11} {:>11}  {:<24} {}",
-            r["queue"].as_str().unwrap_or(""),
-            r["state"].as_str().unwrap_or(""),
-            r["available"],
-            r["scheduled"],
-            r["running"],
-            r["retryable"],
-            r["waiting"],
-            r["claim_mode"].as_str().unwrap_or(""),
-            r["concurrency"],
-            limits,
-            r["paused_since"].as_str().unwrap_or("-"),
-        );
+        let mut cells: Vec<String> = [
+            "queue",
+            "state",
+            "available",
+            "scheduled",
+            "running",
+            "retryable",
+            "waiting",
+            "claim_mode",
+            "concurrency",
+        ]
+        .iter()
+        .map(|k| text(&r[*k]))
+        .collect();
+        cells.push(limits);
+        cells.push(text(&r["paused_since"]));
+        t.row(cells);
     }
+    t.print();
     Ok(ExitCode::SUCCESS)
 }

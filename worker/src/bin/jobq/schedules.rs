@@ -102,34 +102,35 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
                     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
                 })
             };
-            outln!(
-                "{:<20} {:<18} {:<16} {:<20} {:<7} {:<21} {:<21} last outcome",
-                "schedule",
-                "cron",
-                "timezone",
-                "kind",
-                "state",
-                "next slot",
-                "last slot"
-            );
+            use crate::table::{Align::*, Table};
+            let mut table = Table::new(&[
+                ("schedule", Left),
+                ("cron", Left),
+                ("timezone", Left),
+                ("kind", Left),
+                ("state", Left),
+                ("next slot", Left),
+                ("last slot", Left),
+                ("last outcome", Left),
+            ]);
             for s in &list {
                 let outcome = match (&s.last_outcome, &s.last_job, &s.last_job_state) {
                     (Some(o), Some(j), Some(st)) if o == "enqueued" => format!("job {j} {st}"),
                     (Some(o), _, _) => o.clone(),
                     _ => "-".into(),
                 };
-                outln!(
-                    "{:<20} {:<18} {:<16} {:<20} {:<7} {:<21} {:<21} {}",
-                    s.name,
-                    s.cron,
-                    s.timezone,
-                    s.kind,
-                    if s.paused { "paused" } else { "active" },
+                table.row(vec![
+                    s.name.clone(),
+                    s.cron.clone(),
+                    s.timezone.clone(),
+                    s.kind.clone(),
+                    (if s.paused { "paused" } else { "active" }).to_owned(),
                     t(s.next_slot),
                     t(s.last_slot),
-                    outcome
-                );
+                    outcome,
+                ]);
             }
+            table.print();
         }
     }
     Ok(ExitCode::SUCCESS)
