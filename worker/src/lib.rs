@@ -35,6 +35,8 @@ mod acts;
 pub mod builtin;
 mod command;
 mod db;
+#[cfg(test)]
+mod docs_tests;
 mod error;
 mod handler;
 mod health;
@@ -42,6 +44,11 @@ mod ids;
 mod inspect;
 mod limits;
 pub mod metrics;
+
+/// Every Rust snippet of README.md, compiled as a doctest (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeSnippets;
 mod panics;
 mod registry;
 mod runtime;

@@ -149,6 +149,15 @@ pub const INSERTED: &str = "jobq_jobs_inserted_total";
 /// Gauge: 1 in the process that currently runs maintenance, else 0.
 pub const LEADER: &str = "jobq_maintenance_leader";
 
+/// Every `outcome` of [`FINISHED`]: the events that end an attempt, the lost lease and the
+/// abandoned write.
+pub(crate) fn finished_outcomes() -> impl Iterator<Item = &'static str> + Clone {
+    Event::ALL
+        .iter()
+        .filter_map(|e| e.finished_outcome())
+        .chain([LEASE_LOST, ABANDONED])
+}
+
 /// States sampled as depth gauges (`waiting`: jobs held back by their concurrency key).
 pub const DEPTH_STATES: [&str; 5] = ["available", "scheduled", "running", "retryable", "waiting"];
 
@@ -267,10 +276,7 @@ pub(crate) fn init_series(queues: &[QueueName], named_lock: &[QueueName], kinds:
     for q in named_lock {
         counter!(LOCK_TIMEOUTS, "queue" => q.to_string()).increment(0);
     }
-    let outcomes = Event::ALL
-        .iter()
-        .filter_map(|e| e.finished_outcome())
-        .chain([LEASE_LOST, ABANDONED]);
+    let outcomes = finished_outcomes();
     for q in queues {
         gauge!(IN_FLIGHT, "queue" => q.to_string()).set(0.0);
         for reason in ["key_limit", "key_rate"] {

@@ -19,6 +19,7 @@ mod edges;
 mod foreign;
 mod manners;
 mod migrations;
+mod msrv;
 mod outcomes;
 mod prefetch;
 mod results;

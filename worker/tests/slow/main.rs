@@ -23,5 +23,6 @@ mod prom;
 mod restart;
 mod schedules;
 mod servers;
+mod tls;
 mod wakeup;
 mod web;

@@ -31,11 +31,21 @@ pub(crate) struct PrivateMariaDb {
     dir: tempfile::TempDir,
     port: u16,
     server: Option<Child>,
+    /// Extra `mariadbd` options (e.g. TLS certificates).
+    options: Vec<String>,
+    /// Query options of the URL the start-up check connects with (e.g. `?ssl-mode=required`).
+    url_options: String,
 }
 
 impl PrivateMariaDb {
     /// Creates a data directory and starts the server; returns once it accepts connections.
     pub(crate) async fn start() -> PrivateMariaDb {
+        PrivateMariaDb::start_with(Vec::new(), "").await
+    }
+
+    /// [`Self::start`] with extra `mariadbd` `options`; the start-up check connects with the
+    /// URL query `url_options` (e.g. `?ssl-mode=required` when the options require TLS).
+    pub(crate) async fn start_with(options: Vec<String>, url_options: &str) -> PrivateMariaDb {
         let install = find(&["mariadb-install-db", "mysql_install_db"]);
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(install)
@@ -54,9 +64,16 @@ impl PrivateMariaDb {
             dir,
             port,
             server: None,
+            options,
+            url_options: url_options.to_owned(),
         };
         db.launch().await;
         db
+    }
+
+    /// Its loopback port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     /// `mysql://root@127.0.0.1:PORT/<database>`.
@@ -79,13 +96,14 @@ impl PrivateMariaDb {
                 "--skip-name-resolve",
                 "--innodb-buffer-pool-size=64M",
             ])
+            .args(&self.options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("starting mariadbd");
         self.server = Some(child);
-        let url = self.url("mysql");
+        let url = format!("{}{}", self.url("mysql"), self.url_options);
         let started = Instant::now();
         loop {
             if let Ok(c) = sqlx::MySqlConnection::connect(&url).await {
