@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::common::*;
-use crate::http::{free_port, get};
+use crate::http::{free_port, get, request};
 use crate::procs::WorkerProc;
 
 fn open_fds(pid: u32) -> usize {
@@ -28,6 +28,17 @@ async fn idle_connections_are_bounded(db: sqlx::MySqlPool) {
         matches!(get(port, "/readyz"), Ok((200, _)))
     })
     .await;
+    // HEAD is answered like GET without a body; other methods get 405, unknown paths 404.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            request(port, "HEAD", path),
+            Ok((200, String::new())),
+            "HEAD {path}"
+        );
+    }
+    assert!(matches!(request(port, "POST", "/metrics"), Ok((405, _))));
+    assert!(matches!(get(port, "/nope"), Ok((404, b)) if b.contains("/metrics")));
+    assert!(matches!(get(port, "/metrics"), Ok((200, b)) if b.contains("jobq_")));
     let before = open_fds(w.pid());
     // 300 clients that connect and never send a request.
     let idle: Vec<TcpStream> = (0..300)

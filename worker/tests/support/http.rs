@@ -1,4 +1,4 @@
-//! A minimal blocking HTTP GET for tests (loopback only).
+//! A minimal blocking HTTP client for tests (loopback only).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -7,9 +7,18 @@ use std::time::Duration;
 
 /// `GET http://127.0.0.1:PORT/path` → (status, body). Errors as `Err(text)`.
 pub(crate) fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    request(port, "GET", path)
+}
+
+/// `METHOD http://127.0.0.1:PORT/path` (no body) → (status, body).
+pub(crate) fn request(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();

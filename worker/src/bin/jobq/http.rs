@@ -1,7 +1,9 @@
 //! The operator endpoint on `metrics.listen`: `/metrics` (Prometheus text format), `/healthz`
 //! (the process is up) and `/readyz` (the worker runs with every loop alive, the database
-//! answers and is migrated). A deliberately tiny HTTP/1.1 responder: one request per connection,
-//! GET only, no keep-alive, at most [`MAX_CONNECTIONS`] at once, each bounded in time.
+//! answers and is migrated), GET and HEAD, on axum like the console. Each connection is served
+//! by hyper directly (HTTP/1.1, no keep-alive) so that at most [`MAX_CONNECTIONS`] are held at
+//! once (more wait in the listen backlog) and each is bounded in time: idle or slow clients can
+//! neither pile up descriptors nor hold a slot.
 //! `/readyz` never touches the database itself: a background check on its own connection
 //! refreshes a cached answer, so probes cost nothing and cannot exhaust the workers' pool;
 //! clients get a short reason, the log gets the detail.
@@ -12,12 +14,16 @@ use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use jobq_worker::{Config, Health, Status};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use sqlx::{Connection, MySqlConnection, MySqlPool};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 /// Installs the Prometheus recorder (explicit buckets) and returns its handle.
@@ -70,19 +76,19 @@ pub(crate) async fn spawn(
     let db_state = Arc::new(Mutex::new(Err("starting")));
     tokio::spawn(check_database(pool.clone(), db_state.clone()));
     let ready = Readiness { health, db_state };
+    let app = router(handle, ready);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
             match listener.accept().await {
                 Ok((sock, _)) => {
-                    let (handle, ready) = (handle.clone(), ready.clone());
+                    let service = hyper_util::service::TowerToHyperService::new(app.clone());
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(
-                            CONNECTION_TIMEOUT,
-                            respond(sock, &handle, &ready),
-                        )
-                        .await;
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(false)
+                            .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
+                        let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
                         drop(permit);
                     });
                 }
@@ -94,6 +100,36 @@ pub(crate) async fn spawn(
         }
     });
     Ok(())
+}
+
+/// The endpoint's routes. axum answers HEAD on every GET route (headers, no body) and 405 with
+/// an `Allow` header for other methods.
+fn router(handle: PrometheusHandle, ready: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n") })
+        .with_state((handle, ready))
+}
+
+type EndpointState = (PrometheusHandle, Readiness);
+
+async fn metrics(State((handle, _)): State<EndpointState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+}
+
+async fn readyz(State((_, ready)): State<EndpointState>) -> impl IntoResponse {
+    match ready.check() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
 }
 
 /// What `/readyz` answers from: the worker's health and the last database check.
@@ -177,53 +213,4 @@ async fn check_database(pool: MySqlPool, state: Arc<Mutex<Result<(), &'static st
         *state.lock().expect("never poisoned") = short;
         tokio::time::sleep(READY_EVERY).await;
     }
-}
-
-async fn respond(
-    mut sock: TcpStream,
-    handle: &PrometheusHandle,
-    ready: &Readiness,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", handle.render()),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") => match ready.check() {
-            Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
-            Err(reason) => (
-                "503 Service Unavailable",
-                "text/plain",
-                format!("not ready: {reason}\n"),
-            ),
-        },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "try /metrics, /healthz or /readyz\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        ),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body.as_bytes()).await?;
-    sock.shutdown().await
 }

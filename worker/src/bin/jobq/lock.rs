@@ -47,7 +47,7 @@ pub(crate) struct RunArgs {
     /// token) instead of a session lock (GET_LOCK). Needed on Galera and behind proxies.
     #[arg(long)]
     lease: bool,
-    /// The lease length; renewed every third of it.
+    /// The lease length; renewed every quarter of it.
     #[arg(long, value_parser = parse_duration, default_value = "30s", requires = "lease")]
     ttl: Duration,
     /// Let up to N holders run at once (a semaphore; leases only).
