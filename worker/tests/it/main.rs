@@ -22,6 +22,7 @@ mod migrations;
 mod msrv;
 mod outcomes;
 mod prefetch;
+mod readme;
 mod results;
 mod schedules;
 mod unique;

@@ -15,6 +15,7 @@ mod procs;
 
 mod contention;
 mod crash;
+mod demo;
 mod endpoint;
 mod limits;
 mod locks;

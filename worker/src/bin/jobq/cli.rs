@@ -349,12 +349,18 @@ pub(crate) async fn connected(settings: &Config) -> Result<sqlx::MySqlPool> {
     Ok(pool)
 }
 
-/// The URL with any password hidden, for messages.
+/// The URL with any password hidden, for messages. The credentials end at the last `@` before
+/// the path or query (an `@` in the query, such as a file name in `ssl-ca`, is not theirs).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if url[s + 3..at].contains(':') => {
-            let user_end = s + 3 + url[s + 3..at].find(':').unwrap_or(0);
-            format!("{}:***{}", &url[..user_end], &url[at..])
+    let Some(s) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[s..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) if rest[..at].contains(':') => {
+            let user_end = s + rest[..at].find(':').unwrap_or(0);
+            format!("{}:***{}", &url[..user_end], &url[s + at..])
         }
         _ => url.to_owned(),
     }
@@ -735,6 +741,24 @@ async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_hides_only_the_password() {
+        let table = [
+            ("mysql://u:secret@h:3306/db", "mysql://u:***@h:3306/db"),
+            ("mysql://u:p@ss@h/db", "mysql://u:***@h/db"),
+            ("mysql://u@h/db", "mysql://u@h/db"),
+            (
+                "mysql://u:pw@db1:3306/app?ssl-ca=/etc/ssl/me@corp.pem",
+                "mysql://u:***@db1:3306/app?ssl-ca=/etc/ssl/me@corp.pem",
+            ),
+            ("mysql://h/db?x=a@b", "mysql://h/db?x=a@b"),
+            ("not a url", "not a url"),
+        ];
+        for (url, shown) in table {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

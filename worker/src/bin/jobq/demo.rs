@@ -11,6 +11,7 @@ use jobq_worker::{NewJob, Shutdown, Worker};
 use serde_json::json;
 
 use crate::cli::{builtin_registry, connected, migrate, ModeArg};
+use crate::throwaway::Throwaway;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
@@ -28,6 +29,7 @@ pub(crate) struct DemoArgs {
 pub(crate) async fn run(config: Config, a: DemoArgs) -> Result<ExitCode> {
     const QUEUE: &str = "demo";
     let claim_mode = ClaimMode::from(a.claim_mode);
+    let (config, throwaway) = server(config).await?;
     // Refused before anything is written (no database created, no job enqueued).
     jobq_worker::check_server(&config.database_url, &[claim_mode]).await?;
     migrate(&config).await?;
@@ -104,8 +106,56 @@ pub(crate) async fn run(config: Config, a: DemoArgs) -> Result<ExitCode> {
         claim_mode,
         a.concurrency
     );
-    outln!("inspect one: jobq job {lo}    counts: jobq stats");
+    match throwaway {
+        Some(t) => {
+            drop(t);
+            outln!(
+                "the throwaway server and its jobs are deleted now; to keep them, run a server \
+                 and set JOBQ_DATABASE_URL"
+            );
+        }
+        None => outln!("inspect one: jobq job {lo}    counts: jobq stats"),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server the demo runs on: the configured one; or, when the URL is the default, nothing
+/// listens on its port and MariaDB is installed, a throwaway server started here (said on
+/// stderr). Without a server to use or start, fails at once saying what to do.
+async fn server(config: Config) -> Result<(Config, Option<Throwaway>)> {
+    if config.database_url != jobq_config::DEFAULT_DATABASE_URL || listening("127.0.0.1:3306").await
+    {
+        return Ok((config, None));
+    }
+    if !crate::throwaway::installed() {
+        bail!(
+            "no database server answers at 127.0.0.1:3306 and no MariaDB is installed here: \
+             install one (Debian, Ubuntu: sudo apt-get install mariadb-server) and run the demo \
+             again, or set JOBQ_DATABASE_URL to a MySQL 8.0+ or MariaDB 10.6+ server"
+        );
+    }
+    eprintln!(
+        "jobq demo: no server answers at 127.0.0.1:3306 (the default database_url); starting a \
+         throwaway MariaDB for this run, deleted at its end (set JOBQ_DATABASE_URL to use a \
+         server of yours)"
+    );
+    let t = Throwaway::start().await?;
+    eprintln!(
+        "jobq demo: throwaway server on {} (data in {})",
+        t.url("jobq"),
+        t.dir().display()
+    );
+    let mut settings = config.settings().clone();
+    settings.database_url = t.url("jobq");
+    Ok((settings.validate()?, Some(t)))
+}
+
+/// Whether something accepts TCP connections at `addr` (within 2 s).
+async fn listening(addr: &str) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn demo_counts(pool: &sqlx::MySqlPool, lo: u64, hi: u64) -> Result<BTreeMap<String, i64>> {

@@ -15,6 +15,7 @@ mod lock;
 mod queues;
 mod schedules;
 mod table;
+mod throwaway;
 
 use std::process::ExitCode;
 
