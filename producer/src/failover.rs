@@ -331,10 +331,7 @@ pub async fn connect_direct(opts: &MySqlConnectOptions, wait: Duration) -> Resul
             hint: "is the address right, and does a firewall drop the packets?",
             source: sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!(
-                    "no answer within {} s (database.connect_timeout)",
-                    wait.as_secs_f64()
-                ),
+                format!("no answer within {} s", wait.as_secs_f64()),
             )),
         }),
     }
@@ -348,11 +345,21 @@ fn connect_hint(e: &sqlx::Error) -> &'static str {
             .map(|m| m.number()),
         _ => None,
     };
+    const TLS: &str = "check ssl-mode and ssl-ca in database_url (README \"Connecting over TLS\")";
     match (e, number) {
         (_, Some(1049)) => "the database does not exist yet: `jobq migrate` creates it",
-        (_, Some(1044 | 1045 | 1698)) => "check the user and password in database_url",
-        (sqlx::Error::Tls(_), _) => {
-            "check ssl-mode and ssl-ca in database_url (README \"Connecting over TLS\")"
+        (_, Some(1044 | 1045)) => "check the user and password in database_url",
+        // Debian's and Ubuntu's MariaDB: root logs in by unix socket only.
+        (_, Some(1698)) => {
+            "this user may log in only through the server's unix socket (root on a fresh \
+             Debian or Ubuntu MariaDB): create a user with a password for jobq, or name the \
+             socket with ?socket=/run/mysqld/mysqld.sock"
+        }
+        (sqlx::Error::Tls(_), _) => TLS,
+        // A refused TLS handshake (rustls) arrives as invalid data on the stream.
+        (sqlx::Error::Io(io), _) if io.kind() == std::io::ErrorKind::InvalidData => TLS,
+        (sqlx::Error::Io(io), _) if io.kind() == std::io::ErrorKind::NotFound => {
+            "a file database_url names (ssl-ca, ssl-cert, ssl-key, socket) does not exist"
         }
         (sqlx::Error::Io(_), _) => {
             "is the server running at that host and port? (database_url, or JOBQ_DATABASE_URL)"

@@ -30,6 +30,10 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 const NO_SUCH_TABLE: u16 = 1146;
 /// `ER_NOT_SUPPORTED_YET` (GET_LOCK on Galera).
 const NOT_SUPPORTED_YET: u16 = 1235;
+/// `ER_TABLEACCESS_DENIED_ERROR`.
+const NO_TABLE_ACCESS: u16 = 1142;
+/// `ER_DUP_ENTRY`.
+const DUPLICATE_KEY: u16 = 1062;
 
 // language=MySQL
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS jobq_migrations (
@@ -108,7 +112,8 @@ async fn migrate_conn_inner(conn: &mut MySqlConnection) -> Result<MigrateReport>
         Ok(_) => {
             return Err(Error::Migration(
                 "could not take the migration lock within 300 s; is another `jobq migrate` \
-                 stuck? (SELECT * FROM information_schema.METADATA_LOCK_INFO shows the holder)"
+                 stuck? (`SELECT IS_USED_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())))` \
+                 names the holding connection)"
                     .into(),
             ))
         }
@@ -133,11 +138,7 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
     };
     let applied = applied(conn).await?;
     if let Some((v, _, _)) = applied.iter().find(|(_, _, ok)| !ok) {
-        return Err(Error::Migration(format!(
-            "migration {v} failed part way through in an earlier run; repair the schema by hand \
-             (compare with migrations/{v}_*.sql), then DELETE FROM jobq_migrations WHERE \
-             version = {v} and run `jobq migrate` again"
-        )));
+        return Err(unfinished(conn, *v).await);
     }
     for m in MIGRATIONS.iter() {
         if let Some((_, checksum, _)) = applied.iter().find(|(v, _, _)| *v == m.version) {
@@ -152,7 +153,7 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
         }
         let started = Instant::now();
         // language=MySQL
-        sqlx::query(
+        let claimed = sqlx::query(
             "INSERT INTO jobq_migrations (version, description, checksum, success) \
              VALUES (?, ?, ?, 0)",
         )
@@ -160,7 +161,15 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
         .bind(&*m.description)
         .bind(&*m.checksum)
         .execute(&mut *conn)
-        .await?;
+        .await;
+        match claimed {
+            Ok(_) => {}
+            // Another run (on Galera, where nothing serialises them) recorded it first.
+            Err(e) if number(&e) == Some(DUPLICATE_KEY) => {
+                return Err(unfinished(conn, m.version).await)
+            }
+            Err(e) => return Err(e.into()),
+        }
         // DDL commits on its own in MySQL, so a file is not atomic: the row above stays at
         // success = 0 if a statement fails, and the next run refuses until it is repaired.
         if let Err(e) = conn.execute(sqlx::raw_sql(&m.sql)).await {
@@ -184,6 +193,36 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
         });
     }
     Ok(report)
+}
+
+/// The error for migration `v` recorded but not finished: another run applying it now (on
+/// Galera, where runs are not serialised), or one that failed part way and needs repair. A
+/// row younger than ten minutes is taken for the former.
+async fn unfinished(conn: &mut MySqlConnection, v: i64) -> Error {
+    // language=MySQL
+    let age: std::result::Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(SECOND, installed_on, CURRENT_TIMESTAMP(6)) \
+         FROM jobq_migrations WHERE version = ? AND success = 0",
+    )
+    .bind(v)
+    .fetch_optional(&mut *conn)
+    .await
+    .map(Option::flatten);
+    match age {
+        Ok(Some(secs)) if secs < 600 => Error::Migration(format!(
+            "migration {v} was started {secs} s ago by another `jobq migrate` that has not \
+             finished; wait for it and run `jobq migrate` again (do not delete its row)"
+        )),
+        Ok(None) => Error::Migration(format!(
+            "migration {v} was applied by another `jobq migrate` meanwhile; run `jobq \
+             migrate` again"
+        )),
+        _ => Error::Migration(format!(
+            "migration {v} failed part way through in an earlier run; repair the schema by \
+             hand (compare with migrations/{v}_*.sql), then DELETE FROM jobq_migrations WHERE \
+             version = {v} and run `jobq migrate` again"
+        )),
+    }
 }
 
 /// (version, checksum, success) of every recorded migration.
@@ -210,9 +249,21 @@ async fn adopt_sqlx_rows(conn: &mut MySqlConnection) -> Result<u64> {
             .await;
     let rows = match rows {
         Ok(rows) => rows,
-        Err(e) if number(&e) == Some(NO_SUCH_TABLE) => return Ok(0),
+        // No such table, or a jobq user without rights on it: nothing of jobq's is there.
+        Err(e) if matches!(number(&e), Some(NO_SUCH_TABLE | NO_TABLE_ACCESS)) => return Ok(0),
         Err(e) => return Err(e.into()),
     };
+    if let Some((v, _, _, _)) = rows.iter().find(|(v, sum, _, _)| {
+        MIGRATIONS
+            .iter()
+            .any(|m| m.version == *v && &*m.checksum != sum.as_slice())
+    }) {
+        return Err(Error::Migration(format!(
+            "_sqlx_migrations records version {v}, one of jobq's, with other contents than \
+             this build's migration; it was applied from another file (an edited copy, or an \
+             older jobq). Compare the schema with migrations/{v}_*.sql before going on"
+        )));
+    }
     let ours: Vec<_> = rows
         .into_iter()
         .filter(|(v, sum, _, _)| {
@@ -312,7 +363,8 @@ where
 /// Every migration as one SQL script, for teams whose schema changes are run by another tool
 /// (`jobq migrate --print-sql`): the `jobq_migrations` table, then each migration followed by
 /// the row that records it, so the workers' check passes once the script has run. Migrations at
-/// or before `after` are left out (pass the newest version already applied, or 0 for all).
+/// or before `after` are only recorded as applied, not run (pass the newest version already
+/// applied, or 0 for all).
 pub fn migrations_sql(after: i64) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -321,6 +373,26 @@ pub fn migrations_sql(after: i64) -> String {
          -- Run it once, in order, on the application's database. Each migration is recorded in\n\
          -- jobq_migrations, which the workers check at start.\n\n{CREATE_HISTORY};\n"
     );
+    let before: Vec<_> = MIGRATIONS.iter().filter(|m| m.version <= after).collect();
+    if !before.is_empty() {
+        let _ = writeln!(
+            out,
+            "-- Migrations up to {after}, already applied (by another tool, or recorded in \
+             _sqlx_migrations by an\n-- earlier jobq), recorded as such; rows already there \
+             are kept."
+        );
+        for m in before {
+            let _ = writeln!(
+                out,
+                "INSERT IGNORE INTO jobq_migrations (version, description, checksum, success) \
+                 VALUES ({}, '{}', UNHEX('{}'), 1);",
+                m.version,
+                m.description.replace('\'', "''"),
+                hex(&m.checksum),
+            );
+        }
+        out.push('\n');
+    }
     for m in MIGRATIONS.iter().filter(|m| m.version > after) {
         let sql = m.sql.trim_end();
         let _ = writeln!(
@@ -385,6 +457,12 @@ mod tests {
         let tail = migrations_sql(last);
         assert!(!tail.contains("INSERT INTO jobq_migrations"));
         assert!(tail.contains("CREATE TABLE IF NOT EXISTS jobq_migrations"));
+        // The ones before are recorded as applied, not run.
+        assert_eq!(
+            tail.matches("INSERT IGNORE INTO jobq_migrations").count(),
+            migrations().len()
+        );
+        assert!(!tail.contains("CREATE TABLE jobq_jobs"));
     }
 
     #[test]

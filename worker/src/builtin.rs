@@ -250,6 +250,14 @@ pub fn register(r: &mut Registry) -> Result<()> {
         }
         result
     })?;
+    r.any_queue(&[
+        Noop::KIND,
+        Echo::KIND,
+        Sleep::KIND,
+        Fail::KIND,
+        Panic::KIND,
+        Record::KIND,
+    ]);
     Ok(())
 }
 

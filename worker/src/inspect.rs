@@ -145,7 +145,7 @@ pub const KIND_SEEN_WITHIN: std::time::Duration = std::time::Duration::from_secs
 
 /// The queues on which a live or recent worker (seen within [`KIND_SEEN_WITHIN`]) has a handler
 /// for `kind`; empty when none has. `jobq enqueue` warns on an empty answer (a misspelt kind
-/// would otherwise wait unclaimed) or one without the job's queue.
+/// would otherwise fail attempt after attempt for days) or one without the job's queue.
 pub async fn queues_handling(
     pool: &MySqlPool,
     kind: &jobq_producer::KindName,

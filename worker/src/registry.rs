@@ -116,6 +116,13 @@ impl Registry {
             .collect()
     }
 
+    /// Marks the registered kinds as meant for whatever queue they are enqueued on (the
+    /// built-ins, which `jobq work --queues …` runs anywhere): no default-queue warning for them.
+    pub(crate) fn any_queue(&mut self, kinds: &[&str]) {
+        self.default_queues
+            .retain(|k, _| !kinds.contains(&k.as_str()));
+    }
+
     pub(crate) fn kind_names(&self) -> Vec<KindName> {
         self.handlers.keys().cloned().collect()
     }

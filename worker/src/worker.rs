@@ -262,6 +262,7 @@ impl Worker {
             .lose_claim_answers
             .store(self.lose_claim_answers, std::sync::atomic::Ordering::SeqCst);
         heartbeat::register(&shared).await?;
+        heartbeat::note_kinds(&shared).await;
         let queues = shared.config.worker_queues().to_vec();
         let names: Vec<QueueName> = queues.iter().map(|q| q.name.clone()).collect();
         info!(worker = %shared.id, server = %info.version_string, queues = ?names,

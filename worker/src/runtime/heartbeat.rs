@@ -34,10 +34,10 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         if kinds_noted.elapsed() >= KINDS_EVERY {
+            // In a task of its own: the beat never waits for it.
             kinds_noted = Instant::now();
-            if let Err(e) = note_kinds(&shared).await {
-                debug!(error = %e, "could not note this worker's kinds; tried again in an hour");
-            }
+            let shared = shared.clone();
+            tokio::spawn(async move { note_kinds(&shared).await });
         }
         for q in &shared.slots {
             // Jobs held (running, prefetched, or waiting for their completion to be written),
@@ -122,14 +122,31 @@ pub(crate) async fn register(shared: &Shared) -> Result<(), sqlx::Error> {
             queues: &queues,
         },
     )
-    .await?;
-    note_kinds(shared).await
+    .await
 }
 
-/// Records the kinds this process handles on its queues (`jobq_kinds`, read by `jobq enqueue`).
-async fn note_kinds(shared: &Shared) -> Result<(), sqlx::Error> {
-    let queues: Vec<_> = shared.slots.iter().map(|q| &q.name).collect();
-    store::note_kinds(&shared.pool, &shared.kinds, &queues).await
+/// Records the kinds this process handles on its queues (`jobq_kinds`, read by `jobq enqueue`
+/// for its warning). Best effort: never fails the worker. Workers starting together write the
+/// same rows (on Galera they then conflict at certification), so a rolled-back write is tried
+/// again a few times after a short random pause; a write that still fails is logged and made
+/// again within the hour.
+pub(crate) async fn note_kinds(shared: &Shared) {
+    let mut queues: Vec<_> = shared.slots.iter().map(|q| &q.name).collect();
+    // One order for every worker: two writing the same rows lock them in the same order.
+    queues.sort();
+    for attempt in 1..=5 {
+        match store::note_kinds(&shared.pool, &shared.kinds, &queues).await {
+            Ok(()) => return,
+            Err(e) if attempt < 5 && crate::error::is_transient(&e) => {
+                let pause = rand::random::<u64>() % (50 * attempt);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(e) => {
+                debug!(error = %e, "could not note this worker's kinds; tried again within the hour");
+                return;
+            }
+        }
+    }
 }
 
 /// How often a running worker notes its kinds again: well within the week `jobq enqueue`

@@ -27,10 +27,14 @@ pub(crate) async fn note_kinds(
                 .map(move |q| format!("({}, {}, UTC_TIMESTAMP(6))", lit(k), lit(*q)))
         })
         .collect();
+    // A row seen within the last minute is left as it is: workers starting together change
+    // nothing after the first, so they neither wait on each other's row locks for long nor
+    // (on Galera) replicate the same change.
     // language=MySQL
     sqlx::query(&format!(
         "INSERT INTO jobq_kinds (kind, queue, seen_at) VALUES {} \
-         ON DUPLICATE KEY UPDATE seen_at = VALUES(seen_at)",
+         ON DUPLICATE KEY UPDATE seen_at = IF(seen_at < VALUES(seen_at) - INTERVAL 1 MINUTE, \
+                                              VALUES(seen_at), seen_at)",
         rows.join(", ")
     ))
     .execute(pool)

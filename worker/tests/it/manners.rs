@@ -182,7 +182,7 @@ async fn enqueue_warns_of_a_kind_nobody_runs(db: MySqlPool) {
     let o = jobq_cli(&url, &["enqueue", "noop", "--queue", "elsewhere"]).await;
     assert!(o.status.success());
     assert!(
-        stderr(&o).contains("handled by workers of queue(s) default but not \"elsewhere\""),
+        stderr(&o).contains("handled by workers of queue(s) default but not of \"elsewhere\""),
         "{}",
         stderr(&o)
     );

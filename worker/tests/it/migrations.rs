@@ -239,3 +239,54 @@ async fn a_changed_migration_is_refused(db: MySqlPool) {
         "{err}"
     );
 }
+
+/// A schema applied from the SQL files by another tool, without jobq's history: the script of
+/// `--print-sql --after V` records what came before V as applied and runs the rest.
+#[sqlx::test(migrations = false)]
+async fn printed_sql_after_a_version_completes_a_tool_made_schema(db: MySqlPool) {
+    migrate_like_an_earlier_jobq(&db).await;
+    db.execute("DROP TABLE _sqlx_migrations").await.unwrap();
+    let all = jobq_producer::migrations();
+    let before_newest = all[all.len() - 2].version.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["migrate", "--print-sql", "--after", &before_newest])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    db.execute(sqlx::raw_sql(&String::from_utf8(out.stdout).unwrap()))
+        .await
+        .unwrap();
+    jobq_is_current(&db).await;
+}
+
+/// A migration recorded but unfinished: recently (another run is applying it) the answer is to
+/// wait; long ago (a run failed part way) it is to repair. Never a bare duplicate-key error.
+#[sqlx::test(migrations = false)]
+async fn an_unfinished_migration_is_explained(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let newest = jobq_producer::latest_version();
+    sqlx::query("UPDATE jobq_migrations SET success = 0 WHERE version = ?")
+        .bind(newest)
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = jobq_producer::migrate(&db).await.unwrap_err().to_string();
+    assert!(
+        err.contains("another `jobq migrate`") && err.contains("wait"),
+        "{err}"
+    );
+    sqlx::query(
+        "UPDATE jobq_migrations SET installed_on = installed_on - INTERVAL 1 HOUR WHERE version = ?",
+    )
+    .bind(newest)
+    .execute(&db)
+    .await
+    .unwrap();
+    let err = jobq_producer::migrate(&db).await.unwrap_err().to_string();
+    assert!(
+        err.contains("failed part way") && err.contains("repair"),
+        "{err}"
+    );
+    let err = jobq_producer::check_migrated(&db).await.unwrap_err();
+    assert!(matches!(err, jobq_producer::Error::NotMigrated(_)), "{err}");
+}

@@ -114,7 +114,8 @@ async fn tls_required_verified_and_worked() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&format!("127.0.0.1:{}", server.port())) && err.contains("ssl-ca"),
+        err.contains(&format!("127.0.0.1:{}", server.port()))
+            && err.contains("check ssl-mode and ssl-ca"),
         "{err}"
     );
 }

@@ -376,12 +376,14 @@ async fn warn_unhandled(pool: &sqlx::MySqlPool, kind: &str, queue: &str) {
     match jobq_worker::queues_handling(pool, &name).await {
         Ok(queues) if queues.is_empty() => eprintln!(
             "jobq: warning: no worker has had a handler for kind {kind:?} in the last {days} \
-             days; the job waits until one does (a misspelt kind? `jobq workers` lists the \
-             workers)"
+             days (a misspelt kind?): a worker of queue {queue:?} without one fails each attempt \
+             (\"no handler registered\") until the attempts are used up; `jobq cancel` it if \
+             it is a mistake"
         ),
         Ok(queues) if !queues.iter().any(|q| q == queue) => eprintln!(
-            "jobq: warning: kind {kind:?} is handled by workers of queue(s) {} but not {queue:?}; \
-             the job waits until a worker works {queue:?} (or enqueue it with --queue {})",
+            "jobq: warning: kind {kind:?} is handled by workers of queue(s) {} but not of \
+             {queue:?}: the job waits for a worker of {queue:?}, which fails it unless it has a \
+             handler (enqueue it with --queue {} instead?)",
             queues.join(", "),
             queues[0]
         ),

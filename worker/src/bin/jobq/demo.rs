@@ -140,9 +140,17 @@ async fn server(config: Config) -> Result<(Config, Option<Throwaway>)> {
          server of yours)"
     );
     let t = Throwaway::start().await?;
+    // Ctrl-C: stop the server and delete its data before exiting (the terminal's SIGINT does
+    // not stop mariadbd).
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            crate::throwaway::kill_now();
+            eprintln!("jobq demo: interrupted; the throwaway server is stopped and deleted");
+            std::process::exit(130);
+        }
+    });
     eprintln!(
-        "jobq demo: throwaway server on {} (data in {})",
-        t.url("jobq"),
+        "jobq demo: throwaway server on a unix socket only (data in {})",
         t.dir().display()
     );
     let mut settings = config.settings().clone();

@@ -52,14 +52,15 @@ fn is_usage(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<Usage>()
             || c.is::<jobq_config::ConfigError>()
-            || matches!(
-                c.downcast_ref::<jobq_worker::ProducerError>(),
+            || match c.downcast_ref::<jobq_worker::ProducerError>() {
                 Some(
-                    jobq_worker::ProducerError::Invalid { .. }
-                        | jobq_worker::ProducerError::InvalidJson(_)
-                        | jobq_worker::ProducerError::PayloadTooLarge { .. }
-                )
-            )
+                    jobq_worker::ProducerError::InvalidJson(_)
+                    | jobq_worker::ProducerError::PayloadTooLarge { .. },
+                ) => true,
+                // "no host answered" is about the servers, not the command line.
+                Some(jobq_worker::ProducerError::Invalid { field, .. }) => *field != "database_url",
+                _ => false,
+            }
     })
 }
 
