@@ -33,6 +33,23 @@ async fn sqlx_rows(db: &MySqlPool) -> Vec<i64> {
         .unwrap()
 }
 
+/// The script `jobq migrate --print-sql EXTRA…` prints (it connects to nothing: the URL is
+/// unreachable on purpose).
+fn print_sql(extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["migrate", "--print-sql"])
+        .args(extra)
+        .env("JOBQ_DATABASE_URL", "mysql://nobody@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// jobq's check passes and a further `migrate` applies nothing.
 async fn jobq_is_current(db: &MySqlPool) {
     jobq_producer::check_migrated(db).await.unwrap();
@@ -183,44 +200,15 @@ async fn upgrade_drops_an_emptied_sqlx_table(db: MySqlPool) {
 /// call), leaves a database the workers accept, and `jobq migrate` then has nothing to do.
 #[sqlx::test(migrations = false)]
 async fn printed_sql_is_a_complete_migration(db: MySqlPool) {
-    let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(["migrate", "--print-sql"])
-        .env("JOBQ_DATABASE_URL", "mysql://nobody@127.0.0.1:1/none")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sql = String::from_utf8(out.stdout).unwrap();
+    let sql = print_sql(&[]);
     db.execute(sqlx::raw_sql(&sql)).await.unwrap();
-    jobq_producer::check_migrated(&db).await.unwrap();
-    assert!(jobq_producer::migrate(&db)
-        .await
-        .unwrap()
-        .applied
-        .is_empty());
-    let url = url_of(&db).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(["stats"])
-        .env("JOBQ_DATABASE_URL", &url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    jobq_is_current(&db).await;
+    // The workers' check passes: `jobq stats` runs.
+    jobq_ok(&url_of(&db).await, &["stats"], &[]).await;
 
     // Only what comes after a version.
     let newest = jobq_producer::latest_version();
-    let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(["migrate", "--print-sql", "--after", &newest.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("INSERT INTO jobq_migrations"));
+    assert!(!print_sql(&["--after", &newest.to_string()]).contains("INSERT INTO jobq_migrations"));
 }
 
 /// A migration recorded with other contents than this build's is refused, naming it.
@@ -248,12 +236,7 @@ async fn printed_sql_after_a_version_completes_a_tool_made_schema(db: MySqlPool)
     db.execute("DROP TABLE _sqlx_migrations").await.unwrap();
     let all = jobq_producer::migrations();
     let before_newest = all[all.len() - 2].version.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(["migrate", "--print-sql", "--after", &before_newest])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    db.execute(sqlx::raw_sql(&String::from_utf8(out.stdout).unwrap()))
+    db.execute(sqlx::raw_sql(&print_sql(&["--after", &before_newest])))
         .await
         .unwrap();
     jobq_is_current(&db).await;
