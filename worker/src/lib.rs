@@ -56,6 +56,7 @@ mod schedule;
 mod shutdown;
 mod store;
 mod transition;
+#[cfg(feature = "console")]
 pub mod web;
 mod worker;
 

@@ -1,11 +1,12 @@
 //! Reads only the web console makes: the last hour's throughput by minute and the latest
 //! failures, both from the newest end of `jobq_transitions` (a range of its primary key above
-//! [`history_floor`]), each bounded in rows so a busy table costs the same as a quiet one.
+//! `inspect::history_floor`), each bounded in rows so a busy table costs the same as a quiet one.
 
 use chrono::{DateTime, Utc};
 use jobq_producer::JobId;
 use sqlx::{MySqlPool, Row};
 
+use super::inspect::history_floor;
 use super::{opt_text, text};
 
 /// The most history rows one read scans.
@@ -16,17 +17,6 @@ pub(crate) const SCAN_ROWS: u32 = 200_000;
 /// (`rescued`).
 const FAILURE: &str = "(event IN ('failed', 'rescued') \
      OR (event = 'discarded' AND from_state = 'running'))";
-
-/// The id `rows` below the newest history row: reads that stay above it are a bounded range
-/// of the primary key. Ids have gaps (an `INSERT … SELECT` reserves more than it uses, a
-/// rolled-back claim burns some), so the range may hold fewer rows, never more.
-pub(crate) async fn history_floor(pool: &MySqlPool, rows: u32) -> Result<u64, sqlx::Error> {
-    // language=MySQL
-    let newest: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM jobq_transitions")
-        .fetch_one(pool)
-        .await?;
-    Ok(newest.unwrap_or(0).saturating_sub(u64::from(rows)))
-}
 
 /// One minute of the last hour: attempts completed and attempts failed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -55,7 +55,7 @@ pub(crate) async fn queue_activity(
     )
     .fetch_all(pool)
     .await?;
-    let floor = super::console::history_floor(pool, RATE_SCAN_ROWS).await?;
+    let floor = history_floor(pool, RATE_SCAN_ROWS).await?;
     let recent = "jobq_transitions n";
     let last_minute = "n.id > ? AND n.at >= UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE";
     // language=MySQL
@@ -527,6 +527,7 @@ pub(crate) async fn list_page(
 }
 
 /// The newest job's id (what a confirmation bounds its act with).
+#[cfg(feature = "console")]
 pub(crate) async fn newest_job(pool: &MySqlPool) -> Result<Option<u64>, sqlx::Error> {
     // language=MySQL
     sqlx::query_scalar("SELECT MAX(id) FROM jobq_jobs")
@@ -604,4 +605,15 @@ pub(crate) async fn workers(pool: &MySqlPool) -> Result<Vec<WorkerInfo>, sqlx::E
             })
         })
         .collect()
+}
+
+/// The id `rows` below the newest history row: reads that stay above it are a bounded range
+/// of the primary key. Ids have gaps (an `INSERT … SELECT` reserves more than it uses, a
+/// rolled-back claim burns some), so the range may hold fewer rows, never more.
+pub(crate) async fn history_floor(pool: &MySqlPool, rows: u32) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    let newest: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM jobq_transitions")
+        .fetch_one(pool)
+        .await?;
+    Ok(newest.unwrap_or(0).saturating_sub(u64::from(rows)))
 }

@@ -1,7 +1,8 @@
 //! All SQL of the worker crate, one file per concern:
 //!
 //! - [`acts`]: operators' acts on jobs by id (cancel, retry, discard);
-//! - [`console`]: the web console's reads of recent history (throughput chart, failures);
+//! - `console`: the web console's reads of recent history (throughput chart, failures; feature
+//!   `console`);
 //! - [`claim`]: the claim transaction and the named-lock statements (hot path);
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
 //! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
@@ -24,6 +25,7 @@
 
 mod acts;
 mod claim;
+#[cfg(feature = "console")]
 mod console;
 mod demo;
 mod finish;
@@ -48,6 +50,7 @@ pub(crate) use claim::{
     claim, get_lock, lock_name, release_lock, ClaimError, ClaimLock, ClaimRequest, ClaimedJob,
     Cursor, Flow, Throttled,
 };
+#[cfg(feature = "console")]
 pub(crate) use console::{last_hour, recent_failures, Minute};
 pub(crate) use demo::{
     create_effects_table, create_runs_table, insert_effect, run_ended, run_started, runs_ended_for,
@@ -56,8 +59,10 @@ pub(crate) use finish::{
     complete_batch, finish, finish_tx, held_by_claim, mark_tx, state_by_fence, tx_intact,
     FinishWrite,
 };
+#[cfg(feature = "console")]
+pub(crate) use inspect::newest_job;
 pub(crate) use inspect::{
-    count_jobs, counts, history, job, list_jobs, list_page, newest_job, queue_activity, workers,
+    count_jobs, counts, history, job, list_jobs, list_page, queue_activity, workers,
 };
 pub use inspect::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys};
