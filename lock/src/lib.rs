@@ -2,7 +2,8 @@
 //!
 //! - the **session lock** ([`SessionLock`]): `GET_LOCK` on a connection the guard owns (never a
 //!   pooled one), freed by the server the moment the holder's process or connection dies;
-//! - the **lease lock** and **semaphore** ([`LeaseLock`]): rows in `jobq_locks` with a lease on
+//! - the **lease lock** and **semaphore** ([`LeaseLock`]): rows in `jobq_locks` (created by
+//!   [`ensure_schema`], or by `jobq migrate`) with a lease on
 //!   the database clock, a renewing watchdog and a strictly increasing fencing token per
 //!   permit, for Galera and proxies; [`LeaseGuard::fenced`] makes a write conditional on the
 //!   token still being current;
@@ -36,6 +37,7 @@ mod leader;
 mod lease;
 pub mod metrics;
 mod name;
+mod schema;
 mod session;
 mod status;
 
@@ -43,5 +45,6 @@ pub use error::{Error, Result};
 pub use guard::Guard;
 pub use leader::Term;
 pub use lease::{LeaseGuard, LeaseLock};
+pub use schema::{ensure_schema, CREATE_TABLE};
 pub use session::{SessionGuard, SessionLock};
 pub use status::{status, LockInfo, State};

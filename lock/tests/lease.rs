@@ -13,7 +13,7 @@ mod common;
 
 #[sqlx::test(migrations = false)]
 async fn a_lease_excludes_others_and_tokens_only_grow(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
+    jobq_lock::ensure_schema(&db).await.unwrap();
     let a = LeaseLock::new(&db, "a");
     let b = LeaseLock::new(&db, "b");
     let ga = a
@@ -47,7 +47,7 @@ async fn a_lease_excludes_others_and_tokens_only_grow(db: MySqlPool) {
 
 #[sqlx::test(migrations = false)]
 async fn the_watchdog_keeps_a_short_lease(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
+    jobq_lock::ensure_schema(&db).await.unwrap();
     let a = LeaseLock::new(&db, "a").ttl(Duration::from_secs(2));
     let b = LeaseLock::new(&db, "b").ttl(Duration::from_secs(2));
     let ga = a
@@ -67,7 +67,7 @@ async fn the_watchdog_keeps_a_short_lease(db: MySqlPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_holder_that_lost_its_lease_cannot_write(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
+    jobq_lock::ensure_schema(&db).await.unwrap();
     sqlx::query("CREATE TABLE stock (id INT PRIMARY KEY, n INT NOT NULL)")
         .execute(&db)
         .await
@@ -116,7 +116,7 @@ async fn a_holder_that_lost_its_lease_cannot_write(db: MySqlPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_semaphore_never_admits_more_than_its_permits(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
+    jobq_lock::ensure_schema(&db).await.unwrap();
     let inside = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -145,7 +145,7 @@ async fn a_semaphore_never_admits_more_than_its_permits(db: MySqlPool) {
 
 #[sqlx::test(migrations = false)]
 async fn lease_names_of_any_length_case_and_script_never_collide(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
+    jobq_lock::ensure_schema(&db).await.unwrap();
     let a = LeaseLock::new(&db, "a");
     let b = LeaseLock::new(&db, "b");
     let names = common::tricky_names();
@@ -179,7 +179,7 @@ async fn lease_names_of_any_length_case_and_script_never_collide(db: MySqlPool) 
 /// dropped, and when it stops the other takes over with a higher token.
 #[sqlx::test(migrations = false)]
 async fn one_leader_at_a_time_and_a_lost_term_is_dropped(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
+    jobq_lock::ensure_schema(&db).await.unwrap();
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
@@ -258,4 +258,37 @@ async fn one_leader_at_a_time_and_a_lost_term_is_dropped(db: MySqlPool) {
     for t in tasks {
         assert!(t.await.unwrap().is_none(), "stopped, not completed");
     }
+}
+
+/// On a database with no job tables at all, `ensure_schema` creates the one table lease locks
+/// use, twice without harm, and refuses a foreign table of the same name.
+#[sqlx::test(migrations = false)]
+async fn the_lock_crate_stands_alone(db: MySqlPool) {
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "the test database should start empty");
+    jobq_lock::ensure_schema(&db).await.unwrap();
+    jobq_lock::ensure_schema(&db).await.unwrap();
+    let g = LeaseLock::new(&db, "me")
+        .acquire("alone", Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(g.token(), Some(1));
+    g.release().await.unwrap();
+
+    sqlx::query("DROP TABLE jobq_locks")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE jobq_locks (id INT PRIMARY KEY)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = jobq_lock::ensure_schema(&db).await.unwrap_err().to_string();
+    assert!(err.contains("lacks the column(s) name_key"), "{err}");
 }

@@ -46,7 +46,7 @@ fn samples(v: &[&DebugValue]) -> usize {
 
 #[sqlx::test(migrations = false)]
 async fn acquisitions_holds_and_losses_are_recorded(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
+    jobq_lock::ensure_schema(&db).await.unwrap();
     let recorder = DebuggingRecorder::new();
     let snap = recorder.snapshotter();
     recorder

@@ -152,6 +152,10 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
             continue;
         }
         let started = Instant::now();
+        // jobq-lock creates the same jobq_locks on its own (`jobq_lock::ensure_schema`): a
+        // database where a lock user came first already has it, so this migration is only
+        // recorded.
+        let adopt = m.version == LOCKS_MIGRATION && table_exists(conn, "jobq_locks").await?;
         // language=MySQL
         let claimed = sqlx::query(
             "INSERT INTO jobq_migrations (version, description, checksum, success) \
@@ -172,7 +176,12 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
         }
         // DDL commits on its own in MySQL, so a file is not atomic: the row above stays at
         // success = 0 if a statement fails, and the next run refuses until it is repaired.
-        if let Err(e) = conn.execute(sqlx::raw_sql(&m.sql)).await {
+        let ran = if adopt {
+            Ok(Default::default())
+        } else {
+            conn.execute(sqlx::raw_sql(&m.sql)).await
+        };
+        if let Err(e) = ran {
             return Err(Error::Migration(format!(
                 "migration {} ({}) failed: {}; the row in jobq_migrations stays at success = 0 \
                  until the schema is repaired",
@@ -223,6 +232,22 @@ async fn unfinished(conn: &mut MySqlConnection, v: i64) -> Error {
              version = {v} and run `jobq migrate` again"
         )),
     }
+}
+
+/// The migration that creates `jobq_locks`, the table `jobq-lock` can also create itself.
+const LOCKS_MIGRATION: i64 = 20261202000009;
+
+/// Whether the connection's database has `table`.
+async fn table_exists(conn: &mut MySqlConnection, table: &str) -> Result<bool> {
+    // language=MySQL
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+    )
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
 }
 
 /// (version, checksum, success) of every recorded migration.

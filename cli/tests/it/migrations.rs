@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use jobq_producer::{NewJob, Producer};
 use sqlx::migrate::Migrator;
@@ -272,4 +273,40 @@ async fn an_unfinished_migration_is_explained(db: MySqlPool) {
     );
     let err = jobq_producer::check_migrated(&db).await.unwrap_err();
     assert!(matches!(err, jobq_producer::Error::NotMigrated(_)), "{err}");
+}
+
+/// `jobq migrate` and `jobq_lock::ensure_schema` make the same `jobq_locks`, so a lock user and
+/// a job user of one database agree, whichever came first.
+#[sqlx::test(migrations = false)]
+async fn the_lock_table_is_the_same_either_way(db: MySqlPool) {
+    async fn definition(db: &MySqlPool) -> String {
+        let (_, ddl): (String, String) = sqlx::query_as("SHOW CREATE TABLE jobq_locks")
+            .fetch_one(db)
+            .await
+            .unwrap();
+        ddl
+    }
+    jobq_lock::ensure_schema(&db).await.unwrap();
+    let by_lock_crate = definition(&db).await;
+    // A lock user came first, with a lock held: jobq migrate adopts the table as it is.
+    let held = jobq_lock::LeaseLock::new(&db, "early")
+        .acquire("kept", Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("free");
+    jobq_producer::migrate(&db).await.unwrap();
+    jobq_is_current(&db).await;
+    assert_eq!(held.token(), Some(1));
+    held.release().await.unwrap();
+    // Made by the migration alone, the table is the same.
+    for sql in [
+        "DROP TABLE jobq_locks, jobq_kinds, jobq_schedules, jobq_keys, jobq_queues, \
+         jobq_workers, jobq_transitions, jobq_jobs",
+        "DELETE FROM jobq_migrations",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    jobq_producer::migrate(&db).await.unwrap();
+    assert_eq!(definition(&db).await, by_lock_crate);
+    jobq_lock::ensure_schema(&db).await.unwrap();
 }
