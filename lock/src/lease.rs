@@ -262,16 +262,10 @@ impl LeaseLock {
     }
 }
 
-/// A deadlock (1213) or lock wait timeout (1205) between contenders.
+/// A deadlock (1213) or lock wait timeout (1205) between contenders, or a snapshot conflict:
+/// the attempt is simply made again.
 fn contention(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => matches!(
-            d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .map(|m| m.number()),
-            Some(1213 | 1205)
-        ),
-        _ => false,
-    }
+    jobq_sqlkit::is_transient(e)
 }
 
 /// The permit's row, while it is still this guard's: same token and holder, lease not passed.
@@ -487,24 +481,4 @@ fn display(name: &str) -> String {
     }
 }
 
-/// `pool.begin()`, safe to cancel: run in a task of its own, so a begin whose caller went
-/// away still completes and its transaction is rolled back when dropped, instead of the
-/// connection returning to the pool inside a transaction sqlx does not know of.
-async fn begin(pool: &MySqlPool) -> Result<Transaction<'static, MySql>, sqlx::Error> {
-    let pool = pool.clone();
-    detached(async move { pool.begin().await }).await
-}
-
-/// Runs `work` in a task of its own, so it completes even if the caller's future is dropped
-/// (what it returns is then dropped in that task). A task that panicked is an I/O error.
-async fn detached<T, E>(
-    work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
-) -> Result<T, E>
-where
-    T: Send + 'static,
-    E: From<sqlx::Error> + Send + 'static,
-{
-    tokio::spawn(work)
-        .await
-        .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e)).into()))
-}
+use jobq_sqlkit::{begin, detached};

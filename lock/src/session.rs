@@ -86,7 +86,7 @@ impl SessionLock {
         // language=MySQL
         // A positive timeout only: negative means "forever" on MySQL but NULL on MariaDB.
         let got: Result<Option<i64>, sqlx::Error> =
-            sqlx::query_scalar(&format!("SELECT GET_LOCK({SERVER_NAME}, ?)"))
+            sqlx::query_scalar(&format!("SELECT GET_LOCK({}, ?)", *SERVER_NAME))
                 .bind(name)
                 .bind(timeout.as_secs_f64())
                 .fetch_one(&mut conn)
@@ -98,8 +98,8 @@ impl SessionLock {
                 return Ok(None);
             }
             Ok(None) => return Err(Error::Refused(name.to_owned())),
-            // 1235: GET_LOCK is not supported in a Galera cluster.
-            Err(sqlx::Error::Database(e)) if e.message().contains("GET_LOCK in cluster") => {
+            // GET_LOCK is not supported in a Galera cluster.
+            Err(e) if jobq_sqlkit::is_number(&e, jobq_sqlkit::codes::NOT_SUPPORTED_YET) => {
                 return Err(Error::Refused(name.to_owned()))
             }
             Err(e) => return Err(e.into()),
@@ -180,7 +180,7 @@ impl SessionGuard {
         };
         // language=MySQL
         let released: Result<Option<i64>, sqlx::Error> =
-            sqlx::query_scalar(&format!("SELECT RELEASE_LOCK({SERVER_NAME})"))
+            sqlx::query_scalar(&format!("SELECT RELEASE_LOCK({})", *SERVER_NAME))
                 .bind(&self.name)
                 .fetch_one(&mut conn)
                 .await;
@@ -251,7 +251,7 @@ async fn watchdog(
         let mut slot = conn.lock().await;
         let Some(c) = slot.as_mut() else { return };
         // language=MySQL
-        let sql = format!("SELECT IS_USED_LOCK({SERVER_NAME}) = CONNECTION_ID()");
+        let sql = format!("SELECT IS_USED_LOCK({}) = CONNECTION_ID()", *SERVER_NAME);
         let check = sqlx::query_scalar::<_, Option<i64>>(&sql)
             .bind(&name)
             .fetch_one(c);

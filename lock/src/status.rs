@@ -121,8 +121,9 @@ pub async fn status(pool: &MySqlPool, name: Option<&str>) -> Result<Vec<LockInfo
         // The processlist may hide other users' connections; then only the id is known.
         let row = sqlx::query(&format!(
             "SELECT CAST(l.id AS UNSIGNED) AS id, p.USER, p.HOST, CAST(p.TIME AS SIGNED) AS TIME \
-             FROM (SELECT IS_USED_LOCK({SERVER_NAME}) AS id) l \
-             LEFT JOIN information_schema.PROCESSLIST p ON p.ID = l.id"
+             FROM (SELECT IS_USED_LOCK({server_name}) AS id) l \
+             LEFT JOIN information_schema.PROCESSLIST p ON p.ID = l.id",
+            server_name = *SERVER_NAME
         ))
         .bind(n)
         .fetch_one(pool)

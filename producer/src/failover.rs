@@ -339,12 +339,7 @@ pub async fn connect_direct(opts: &MySqlConnectOptions, wait: Duration) -> Resul
 
 /// What to do about a failed connection, from its cause.
 fn connect_hint(e: &sqlx::Error) -> &'static str {
-    let number = match e {
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .map(|m| m.number()),
-        _ => None,
-    };
+    let number = jobq_sqlkit::number(e);
     const TLS: &str = "check ssl-mode and ssl-ca in database_url (README \"Connecting over TLS\")";
     match (e, number) {
         (_, Some(1049)) => "the database does not exist yet: `jobq migrate` creates it",

@@ -17,7 +17,6 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use sqlx::mysql::MySqlDatabaseError;
 use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 
 use crate::error::{Error, Result};
@@ -26,14 +25,8 @@ use crate::error::{Error, Result};
 /// `_sqlx_migrations`, the table jobq must leave to the application.
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// `ER_NO_SUCH_TABLE`.
-const NO_SUCH_TABLE: u16 = 1146;
-/// `ER_NOT_SUPPORTED_YET` (GET_LOCK on Galera).
-const NOT_SUPPORTED_YET: u16 = 1235;
-/// `ER_TABLEACCESS_DENIED_ERROR`.
-const NO_TABLE_ACCESS: u16 = 1142;
-/// `ER_DUP_ENTRY`.
-const DUPLICATE_KEY: u16 = 1062;
+use jobq_sqlkit::codes::{DUPLICATE_KEY, NOT_SUPPORTED_YET, NO_SUCH_TABLE, NO_TABLE_ACCESS};
+use jobq_sqlkit::number;
 
 // language=MySQL
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS jobq_migrations (
@@ -103,8 +96,10 @@ fn in_migration(e: Error) -> Error {
 
 async fn migrate_conn_inner(conn: &mut MySqlConnection) -> Result<MigrateReport> {
     // language=MySQL
+    let name = jobq_sqlkit::lock_name_sql("jobq-migrate:");
     let locked: std::result::Result<Option<i64>, sqlx::Error> =
-        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())), 300)")
+        sqlx::query_scalar(&format!("SELECT GET_LOCK({name}, 300)"))
+            .bind("schema")
             .fetch_one(&mut *conn)
             .await;
     let locked = match locked {
@@ -112,8 +107,7 @@ async fn migrate_conn_inner(conn: &mut MySqlConnection) -> Result<MigrateReport>
         Ok(_) => {
             return Err(Error::Migration(
                 "could not take the migration lock within 300 s; is another `jobq migrate` \
-                 stuck? (`SELECT IS_USED_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())))` \
-                 names the holding connection)"
+                 stuck? (SHOW PROCESSLIST shows a session waiting in or holding GET_LOCK)"
                     .into(),
             ))
         }
@@ -123,7 +117,8 @@ async fn migrate_conn_inner(conn: &mut MySqlConnection) -> Result<MigrateReport>
     let result = migrate_locked(conn).await;
     if locked {
         // language=MySQL
-        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())))")
+        let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({name})"))
+            .bind("schema")
             .execute(&mut *conn)
             .await;
     }
@@ -442,19 +437,11 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn number(e: &sqlx::Error) -> Option<u16> {
-    match e {
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<MySqlDatabaseError>()
-            .map(MySqlDatabaseError::number),
-        _ => None,
-    }
-}
-
 /// The server's error with its number, or sqlx's text.
 fn describe(e: &sqlx::Error) -> String {
     match e {
-        sqlx::Error::Database(db) => match db.try_downcast_ref::<MySqlDatabaseError>() {
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        {
             Some(my) => format!("error {}: {}", my.number(), my.message()),
             None => db.to_string(),
         },

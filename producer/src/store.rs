@@ -7,7 +7,7 @@
 //! rows are inserted with plain `VALUES`.
 
 use chrono::{DateTime, Utc};
-use sqlx::{MySql, MySqlConnection, MySqlPool, Transaction};
+use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::error::{Error, Result};
 use crate::job::JobId;
@@ -39,18 +39,7 @@ const CHUNK_ROWS: usize = 1000;
 /// packet makes the server drop the connection instead of answering with an error.
 pub const CHUNK_BYTES: usize = 4 << 20;
 
-/// `pool.begin()`, safe to cancel. sqlx counts a transaction as open only once BEGIN's answer
-/// has arrived: a future dropped (by a timeout, a lost lease) while BEGIN is in flight returns
-/// the connection to the pool with a transaction open on the server that sqlx does not know of,
-/// and whoever borrows that connection next runs inside it, its writes never committed. Run in
-/// a task of its own, the begin always completes; if nobody awaits it any more, the transaction
-/// is dropped there and rolled back before the connection is reused.
-pub(crate) async fn begin(pool: &MySqlPool) -> Result<Transaction<'static, MySql>, sqlx::Error> {
-    let pool = pool.clone();
-    tokio::spawn(async move { pool.begin().await })
-        .await
-        .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
-}
+pub(crate) use jobq_sqlkit::begin;
 
 /// Inserts `rows` through `conn` (inside the caller's transaction when it has one) and writes
 /// one `enqueued` transition per job. Returns ids in input order.
@@ -230,14 +219,7 @@ async fn replace_waiting(
 
 /// Whether `e` is a deadlock (1213): the server rolled the whole transaction back.
 pub(crate) fn is_deadlock(e: &Error) -> bool {
-    match e {
-        Error::Database(sqlx::Error::Database(d)) => matches!(
-            d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .map(|m| m.number()),
-            Some(1213)
-        ),
-        _ => false,
-    }
+    matches!(e, Error::Database(e) if jobq_sqlkit::is_number(e, jobq_sqlkit::codes::DEADLOCK))
 }
 
 /// When a job may first run, and whether it starts `scheduled` (not yet due) or `available`.

@@ -2,24 +2,9 @@
 //! server's error number, never by SQLSTATE).
 
 use jobq_producer::JobId;
-use sqlx::mysql::MySqlDatabaseError;
 
-/// MySQL/MariaDB error numbers jobq reacts to.
-pub(crate) mod codes {
-    /// `ER_LOCK_DEADLOCK`: the whole transaction was rolled back; retry it.
-    pub(crate) const DEADLOCK: u16 = 1213;
-    /// `ER_LOCK_WAIT_TIMEOUT`: only the statement was rolled back; the transaction still holds
-    /// its locks and must be rolled back explicitly before retrying.
-    pub(crate) const LOCK_WAIT_TIMEOUT: u16 = 1205;
-    /// `ER_CHECKREAD`: snapshot-isolation conflict (MariaDB 11.6.2+ under REPEATABLE READ).
-    pub(crate) const CHECKREAD: u16 = 1020;
-    /// `ER_NO_SUCH_TABLE`.
-    pub(crate) const NO_SUCH_TABLE: u16 = 1146;
-    /// `ER_SP_DOES_NOT_EXIST`: here, a savepoint the server dropped with its transaction.
-    pub(crate) const NO_SUCH_SAVEPOINT: u16 = 1305;
-    /// `ER_DUP_ENTRY`: a unique index refused the row.
-    pub(crate) const DUPLICATE_KEY: u16 = 1062;
-}
+/// MySQL/MariaDB error numbers jobq reacts to (shared by every jobq crate).
+pub(crate) use jobq_sqlkit::codes;
 
 /// Errors of the worker runtime and the CLI's library calls. Each variant keeps its source;
 /// messages do not repeat it, so print the chain once (`{:#}` with anyhow, or walk `source()`).
@@ -64,29 +49,14 @@ pub enum Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The server's error number of `e`, if it is a server error.
-pub(crate) fn db_number(e: &sqlx::Error) -> Option<u16> {
-    match e {
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<MySqlDatabaseError>()
-            .map(MySqlDatabaseError::number),
-        _ => None,
-    }
-}
-
-/// Whether the failed transaction should simply be run again: deadlock, lock wait timeout,
-/// snapshot conflict. None of these means the job failed.
-pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
-    matches!(
-        db_number(e),
-        Some(codes::DEADLOCK | codes::LOCK_WAIT_TIMEOUT | codes::CHECKREAD)
-    )
-}
-
 /// Whether `e` is the server's answer `number`.
-pub(crate) fn is_number(e: &sqlx::Error, number: u16) -> bool {
-    db_number(e) == Some(number)
-}
+pub(crate) use jobq_sqlkit::is_number;
+/// Whether the failed transaction should simply be run again: deadlock (or Galera
+/// certification conflict), lock wait timeout, snapshot conflict. None of these means the job
+/// failed.
+pub(crate) use jobq_sqlkit::is_transient;
+/// The server's error number of `e`, if it is a server error.
+pub(crate) use jobq_sqlkit::number as db_number;
 
 #[cfg(test)]
 mod tests {

@@ -775,8 +775,9 @@ pub(crate) async fn lock_name(
     queue: &QueueName,
 ) -> Result<LockName, sqlx::Error> {
     // language=MySQL
+    // The same name as before the shared helper: `jobq:` + SHA1(database, 0x00, queue).
     let name: String =
-        sqlx::query_scalar("SELECT CONCAT('jobq:', SHA1(CONCAT(DATABASE(), X'00', ?)))")
+        sqlx::query_scalar(&format!("SELECT {}", jobq_sqlkit::lock_name_sql("jobq:")))
             .bind(queue.as_str())
             .fetch_one(conn)
             .await?;

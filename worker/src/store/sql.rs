@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use jobq_producer::{KindName, QueueName};
 use sqlx::mysql::MySqlRow;
 use sqlx::pool::PoolConnection;
-use sqlx::{MySql, MySqlConnection, MySqlPool, Transaction};
+use sqlx::{MySql, MySqlConnection};
 
 use crate::ids::{LockName, WorkerId};
 
@@ -296,18 +296,7 @@ impl<S: Session> Drop for RawTx<'_, S> {
     }
 }
 
-/// `pool.begin()`, safe to cancel. sqlx counts a transaction as open only once BEGIN's answer
-/// has arrived: a future dropped (by a timeout, a lost lease) while BEGIN is in flight returns
-/// the connection to the pool with a transaction open on the server that sqlx does not know of,
-/// and whoever borrows that connection next runs inside it, its writes never committed. Run in
-/// a task of its own, the begin always completes; if nobody awaits it any more, the transaction
-/// is dropped there and rolled back before the connection is reused.
-pub(crate) async fn begin(pool: &MySqlPool) -> Result<Transaction<'static, MySql>, sqlx::Error> {
-    let pool = pool.clone();
-    tokio::spawn(async move { pool.begin().await })
-        .await
-        .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
-}
+pub(crate) use jobq_sqlkit::begin;
 
 #[cfg(test)]
 mod tests {
