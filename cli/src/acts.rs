@@ -46,7 +46,7 @@ pub(crate) async fn run(settings: &Config, act: Act, a: ActArgs) -> Result<ExitC
     if let Some(state) = a.state {
         return by_filter(settings, act, state, a).await;
     }
-    let pool = crate::cli::connected(settings).await?;
+    let pool = crate::common::connected(settings).await?;
     let ids: Vec<JobId> = a.ids.iter().map(|&i| JobId(i)).collect();
     let out = jobq_worker::act_on_jobs(&pool, act, &ids, &actor()).await?;
     let verb = match act {
@@ -100,7 +100,7 @@ async fn by_filter(settings: &Config, act: Act, state: JobState, a: ActArgs) -> 
                 .unwrap_or_default(),
         )));
     }
-    let pool = crate::cli::connected(settings).await?;
+    let pool = crate::common::connected(settings).await?;
     let filter = JobFilter {
         queue: a.queue.clone(),
         kind: a.kind.clone(),

@@ -48,7 +48,7 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
             a.limit
         )));
     }
-    let pool = crate::cli::connected(settings).await?;
+    let pool = crate::common::connected(settings).await?;
     let filter = JobFilter {
         state: a.state,
         queue: a.queue,
@@ -92,7 +92,7 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
             j.state.to_string(),
             format!("{}/{}", j.attempt, j.max_attempts),
             j.run_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-            crate::cli::printable(&error).into_owned(),
+            crate::common::printable(&error).into_owned(),
         ]);
     }
     t.print();
@@ -105,7 +105,7 @@ pub(crate) async fn jobs(settings: &Config, c: JobsCommand) -> Result<ExitCode> 
 }
 
 pub(crate) async fn workers(settings: &Config, json: bool) -> Result<ExitCode> {
-    let pool = crate::cli::connected(settings).await?;
+    let pool = crate::common::connected(settings).await?;
     let ws = jobq_worker::workers(&pool).await?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&ws)?);
@@ -122,8 +122,8 @@ pub(crate) async fn workers(settings: &Config, json: bool) -> Result<ExitCode> {
     ]);
     for w in &ws {
         t.row(vec![
-            crate::cli::printable(w.id.as_str()).into_owned(),
-            crate::cli::printable(&w.host).into_owned(),
+            crate::common::printable(w.id.as_str()).into_owned(),
+            crate::common::printable(&w.host).into_owned(),
             w.pid.to_string(),
             w.running.to_string(),
             format!("{:.1}s", w.heartbeat_age_seconds),
@@ -137,7 +137,7 @@ pub(crate) async fn workers(settings: &Config, json: bool) -> Result<ExitCode> {
 #[derive(clap::Args, Debug)]
 pub(crate) struct PruneArgs {
     /// Delete jobs finished longer ago than this, e.g. 7d, 12h.
-    #[arg(long, value_parser = crate::cli::parse_duration, default_value = "7d")]
+    #[arg(long, value_parser = crate::common::parse_duration, default_value = "7d")]
     older_than: Duration,
     /// Which finished jobs: completed, discarded or cancelled.
     #[arg(long, default_value = "completed")]
@@ -148,7 +148,7 @@ pub(crate) struct PruneArgs {
 }
 
 pub(crate) async fn prune(settings: &Config, a: PruneArgs) -> Result<ExitCode> {
-    let pool = crate::cli::connected(settings).await?;
+    let pool = crate::common::connected(settings).await?;
     let n = jobq_worker::prune_jobs(&pool, a.state, a.older_than).await?;
     if a.json {
         outln!("{}", serde_json::json!({"deleted": n, "state": a.state}));

@@ -10,7 +10,7 @@ use jobq_config::{ClaimMode, Config};
 use jobq_worker::{NewJob, Shutdown, Worker};
 use serde_json::json;
 
-use crate::cli::{builtin_registry, connected, migrate, ModeArg};
+use crate::common::{builtin_registry, connected, migrate, ModeArg};
 use crate::throwaway::Throwaway;
 
 #[derive(clap::Args, Debug)]

@@ -21,7 +21,7 @@ use jobq_lock::{Guard, LeaseLock, SessionLock};
 use rustix::process::{kill_process, Pid, Signal};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::parse_duration;
+use crate::common::parse_duration;
 
 /// Exit status when the lock could not be acquired within `--timeout`.
 pub(crate) const EXIT_TIMEOUT: u8 = 75;
@@ -249,7 +249,7 @@ impl Interrupts {
 }
 
 async fn status(settings: &Config, a: StatusArgs) -> Result<ExitCode> {
-    let pool = crate::cli::connected(settings).await?;
+    let pool = crate::common::connected(settings).await?;
     let locks = jobq_lock::status(&pool, a.name.as_deref()).await?;
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     if a.json {

@@ -1,6 +1,8 @@
-//! `jobq`: migrate, enqueue, work, inspect, queues, demo, bench, lock, web. The commands live in `cli.rs` (and
-//! `demo.rs`, `bench/`, `lock.rs`, `queues.rs`, with the operator endpoint in `http.rs`); this file only maps the
-//! outcome to an exit code: 0 success, 1 failure at run time, 2 bad usage or config.
+//! `jobq`: migrate, enqueue, work, inspect, queues, demo, bench, lock, web. `cli.rs` parses
+//! the command line and dispatches; each command lives in a file of its own (`enqueue.rs`,
+//! `work.rs`, `show.rs`, `demo.rs`, `bench/`, …) and shares helpers through `common.rs`, never
+//! through `cli.rs`; the operator endpoint is `http.rs`. This file only maps the outcome to an
+//! exit code: 0 success, 1 failure at run time, 2 bad usage or config.
 
 #[macro_use]
 mod out;
@@ -9,13 +11,17 @@ mod acts;
 mod admin;
 mod bench;
 mod cli;
+mod common;
 mod demo;
+mod enqueue;
 mod http;
 mod lock;
 mod queues;
 mod schedules;
+mod show;
 mod table;
 mod throwaway;
+mod work;
 
 use std::process::ExitCode;
 

@@ -44,7 +44,7 @@ fn who() -> String {
 }
 
 pub(crate) async fn run(settings: &Config, a: QueuesArgs) -> Result<ExitCode> {
-    let pool = crate::cli::connected(settings).await?;
+    let pool = crate::common::connected(settings).await?;
     match a.action {
         Some(QueuesAction::Pause { queue, new }) => {
             let q = QueueName::new(&queue)?;

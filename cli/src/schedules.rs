@@ -54,8 +54,8 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
             SchedulesAction::Pause { name }
             | SchedulesAction::Resume { name }
             | SchedulesAction::Run { name },
-        ) => crate::cli::connected(&server_of(settings, name)?).await?,
-        None => crate::cli::connected(settings).await?,
+        ) => crate::common::connected(&server_of(settings, name)?).await?,
+        None => crate::common::connected(settings).await?,
     };
     match a.action {
         Some(SchedulesAction::Pause { name }) => {
@@ -84,7 +84,7 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
                 let pool = if url == settings.database_url {
                     pool.clone()
                 } else {
-                    crate::cli::connected(&jobq_worker::on_server(settings, url)?).await?
+                    crate::common::connected(&jobq_worker::on_server(settings, url)?).await?
                 };
                 list.extend(
                     jobq_worker::list_schedules(&pool, settings)

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use jobq_config::{ClaimMode, Config};
 
-use crate::cli::ModeArg;
+use crate::common::ModeArg;
 use jobq_worker::NewJob;
 use serde::Serialize;
 use serde_json::json;
@@ -108,7 +108,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 2000)]
     rate: u32,
     /// steady: how long the producer inserts.
-    #[arg(long, value_parser = crate::cli::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::common::parse_duration, default_value = "10s")]
     duration: Duration,
     /// Concurrent producer connections filling the queue (each inserts in 10,000-job calls).
     #[arg(long, default_value_t = 1)]

@@ -1,0 +1,225 @@
+//! `jobq enqueue`: validate before connecting, insert `--count` copies in one transaction a
+//! chunk at a time, print the ids (or wait for the job with `--wait`), and warn when no worker
+//! handles the kind.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use jobq_config::Config;
+use jobq_worker::NewJob;
+
+use crate::common::{connected, parse_duration, parse_time};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct EnqueueArgs {
+    /// Job kind, e.g. noop, sleep, fail, panic, record.
+    pub(crate) kind: String,
+    /// Queue.
+    #[arg(long, default_value = "default")]
+    pub(crate) queue: String,
+    /// JSON payload, or `-` to read it from standard input.
+    #[arg(long, default_value = "{}")]
+    pub(crate) payload: String,
+    /// Priority; lower runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) priority: i16,
+    /// Run no earlier than this from now, e.g. 500ms, 10s, 1h.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "run_at")]
+    pub(crate) delay: Option<Duration>,
+    /// Run no earlier than this time (RFC 3339, e.g. 2030-01-01T00:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Attempts before the job is discarded (default: producer.default_max_attempts).
+    #[arg(long)]
+    pub(crate) max_attempts: Option<u32>,
+    /// Insert this many copies (one transaction).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) count: u32,
+    /// Make the job unique: while a job of this kind with key K waits or runs, print its id
+    /// followed by `duplicate` instead of inserting another.
+    #[arg(long, value_name = "K")]
+    pub(crate) unique_key: Option<String>,
+    /// With --unique-key: keep the key taken this long after the job finishes, e.g. 1h.
+    #[arg(long, value_parser = parse_duration, requires = "unique_key")]
+    pub(crate) unique_period: Option<Duration>,
+    /// With --unique-key: `replace` gives a waiting duplicate that never started this job's
+    /// payload, priority and run-at (debounce; prints `ID duplicate replaced`).
+    #[arg(long, value_enum, default_value = "keep", requires = "unique_key")]
+    pub(crate) on_duplicate: OnDuplicateArg,
+    /// Give the job concurrency key K: at most `key_limit` jobs of the queue with key K run at
+    /// once across all workers (queues.NAME.key_limit, kinds.NAME.key_limit; default 1).
+    #[arg(long, value_name = "K")]
+    pub(crate) concurrency_key: Option<String>,
+    /// Wait for the job to finish: print its result (or `ID completed`), exit 0 if it
+    /// completed, 1 if it was discarded or cancelled, 3 if --timeout passed first.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// With --wait: how long to wait.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", requires = "wait")]
+    pub(crate) timeout: Duration,
+}
+
+/// `--on-duplicate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnDuplicateArg {
+    /// Keep the existing job.
+    Keep,
+    /// Replace a waiting, never-started job's payload, priority and run-at.
+    Replace,
+}
+
+/// After an enqueue: a warning on stderr (the exit status stays 0) when no live or recent worker
+/// handles `kind`, or none handles it on `queue`: the job would wait unclaimed.
+async fn warn_unhandled(pool: &sqlx::MySqlPool, kind: &str, queue: &str) {
+    let Ok(name) = jobq_worker::KindName::new(kind) else {
+        return;
+    };
+    let days = jobq_worker::KIND_SEEN_WITHIN.as_secs() / 86_400;
+    match jobq_worker::queues_handling(pool, &name).await {
+        Ok(queues) if queues.is_empty() => eprintln!(
+            "jobq: warning: no worker has had a handler for kind {kind:?} in the last {days} \
+             days (a misspelt kind?): a worker of queue {queue:?} without one fails each attempt \
+             (\"no handler registered\") until the attempts are used up; `jobq cancel` it if \
+             it is a mistake"
+        ),
+        Ok(queues) if !queues.iter().any(|q| q == queue) => eprintln!(
+            "jobq: warning: kind {kind:?} is handled by workers of queue(s) {} but not of \
+             {queue:?}: the job waits for a worker of {queue:?}, which fails it unless it has a \
+             handler (enqueue it with --queue {} instead?)",
+            queues.join(", "),
+            queues[0]
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = ?e, "could not read which kinds workers handle"),
+    }
+}
+
+/// Copies of a `--count` job built and inserted at a time.
+const ENQUEUE_CHUNK: usize = 1000;
+
+/// Reads a payload of at most `limit` bytes from `input`, refusing (without reading further)
+/// one that is longer.
+fn read_payload(input: impl Read, limit: usize) -> Result<String> {
+    let mut buf = Vec::new();
+    input
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .context("reading the payload from standard input")?;
+    if buf.len() > limit {
+        bail!(crate::Usage(format!(
+            "the payload on standard input is over the limit of {limit} bytes \
+             (producer.max_payload_bytes); store large data elsewhere and enqueue a reference"
+        )));
+    }
+    String::from_utf8(buf).context("the payload on standard input is not UTF-8 text")
+}
+
+pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCode> {
+    if a.count == 0 {
+        bail!(crate::Usage("--count must be at least 1".into()));
+    }
+    if a.wait && a.count != 1 {
+        bail!(crate::Usage(
+            "--wait waits for one job; leave out --count".into()
+        ));
+    }
+    let limit = settings.producer.max_payload_bytes;
+    let payload = if a.payload == "-" {
+        read_payload(std::io::stdin().lock(), limit)?
+    } else {
+        a.payload
+    };
+    let kind = a.kind.clone();
+    let mut job = NewJob::raw(a.kind, payload)
+        .queue(a.queue.clone())
+        .priority(a.priority);
+    if let Some(d) = a.delay {
+        job = job.delay(d);
+    }
+    if let Some(t) = a.run_at {
+        job = job.run_at(t);
+    }
+    if let Some(n) = a.max_attempts {
+        job = job.max_attempts(n);
+    }
+    if let Some(k) = a.unique_key {
+        job = job.unique_key(k);
+    }
+    if let Some(p) = a.unique_period {
+        job = job.unique_period(p);
+    }
+    if a.on_duplicate == OnDuplicateArg::Replace {
+        job = job.on_duplicate(jobq_worker::OnDuplicate::Replace);
+    }
+    if let Some(k) = a.concurrency_key {
+        job = job.concurrency_key(k);
+    }
+    // Validate before connecting, so bad input never needs a database.
+    jobq_worker::Producer::validate(
+        std::slice::from_ref(&job),
+        &jobq_worker::producer_options(settings),
+    )?;
+    // The queue's own server ([queues.NAME] database_url), or database_url.
+    let settings = &jobq_worker::on_server(settings, settings.database_of(&a.queue))?;
+    let pool = connected(settings).await?;
+    jobq_worker::check_server_limits(&pool, settings).await?;
+    let producer = jobq_worker::producer(pool.clone(), settings);
+    // `--count` copies are built and sent ENQUEUE_CHUNK at a time (never all in memory), in
+    // one transaction: all of them or none.
+    let mut tx = pool.begin().await?;
+    let mut done = Vec::with_capacity(a.count as usize);
+    let mut left = a.count as usize;
+    while left > 0 {
+        let n = left.min(ENQUEUE_CHUNK);
+        done.extend(
+            producer
+                .insert_many_in(&mut tx, vec![job.clone(); n])
+                .await?,
+        );
+        left -= n;
+    }
+    tx.commit().await?;
+    warn_unhandled(&pool, &kind, &a.queue).await;
+    if a.wait {
+        let id = done[0].id;
+        return match producer.wait_for(id, a.timeout).await? {
+            Some(end) if end.state == jobq_worker::JobState::Completed => {
+                match end.result {
+                    Some(r) => outln!("{r}"),
+                    None => outln!("{id} completed"),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(end) => {
+                eprintln!(
+                    "jobq: job {id} ended {}: {}",
+                    end.state,
+                    end.error.as_deref().unwrap_or("no error recorded")
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            None => {
+                eprintln!(
+                    "jobq: job {id} did not finish within {} (it stays queued; `jobq job {id}` shows it)",
+                    humantime::format_duration(a.timeout)
+                );
+                Ok(ExitCode::from(3))
+            }
+        };
+    }
+    let mut out = String::with_capacity(done.len() * 8);
+    for e in done {
+        out.push_str(&e.id.to_string());
+        if e.duplicate {
+            out.push_str(" duplicate");
+        }
+        if e.replaced {
+            out.push_str(" replaced");
+        }
+        out.push('\n');
+    }
+    out!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
