@@ -151,7 +151,7 @@ pub(crate) fn run() -> Result<ExitCode> {
              database_url) and job ids are per server; this command acts on database_url ({}) \
              only: set JOBQ_DATABASE_URL to act on another",
             servers.len(),
-            jobq_worker::server_name(&settings.database_url)
+            jobq_worker::server_name(settings.database_url())
         );
     }
     rt.block_on(async move {
@@ -186,7 +186,7 @@ pub(crate) fn run() -> Result<ExitCode> {
 
 fn init_logging(settings: &Config) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .or_else(|_| EnvFilter::try_new(&settings.log().level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -195,7 +195,7 @@ fn init_logging(settings: &Config) {
             std::env::var_os("NO_COLOR").as_deref(),
         ))
         .with_writer(std::io::stderr);
-    match settings.log.format {
+    match settings.log().format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }

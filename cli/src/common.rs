@@ -64,7 +64,7 @@ pub(crate) async fn migrate(settings: &Config) -> Result<ExitCode> {
 pub(crate) async fn connected(settings: &Config) -> Result<sqlx::MySqlPool> {
     let pool = jobq_worker::connect(settings)
         .await
-        .with_context(|| format!("connecting to {}", redact(&settings.database_url)))?;
+        .with_context(|| format!("connecting to {}", redact(settings.database_url())))?;
     jobq_worker::check_migrated(&pool).await?;
     Ok(pool)
 }

@@ -31,7 +31,7 @@ pub(crate) async fn run(config: Config, a: DemoArgs) -> Result<ExitCode> {
     let claim_mode = ClaimMode::from(a.claim_mode);
     let (config, throwaway) = server(config).await?;
     // Refused before anything is written (no database created, no job enqueued).
-    jobq_worker::check_server(&config.database_url, &[claim_mode]).await?;
+    jobq_worker::check_server(config.database_url(), &[claim_mode]).await?;
     migrate(&config).await?;
     let mut settings = config.settings().clone();
     settings.worker.queues = vec![QUEUE.to_owned()];
@@ -123,7 +123,8 @@ pub(crate) async fn run(config: Config, a: DemoArgs) -> Result<ExitCode> {
 /// listens on its port and MariaDB is installed, a throwaway server started here (said on
 /// stderr). Without a server to use or start, fails at once saying what to do.
 async fn server(config: Config) -> Result<(Config, Option<Throwaway>)> {
-    if config.database_url != jobq_config::DEFAULT_DATABASE_URL || listening("127.0.0.1:3306").await
+    if config.database_url() != jobq_config::DEFAULT_DATABASE_URL
+        || listening("127.0.0.1:3306").await
     {
         return Ok((config, None));
     }

@@ -125,7 +125,7 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
             "--wait waits for one job; leave out --count".into()
         ));
     }
-    let limit = settings.producer.max_payload_bytes;
+    let limit = settings.producer().max_payload_bytes;
     let payload = if a.payload == "-" {
         read_payload(std::io::stdin().lock(), limit)?
     } else {

@@ -48,8 +48,8 @@ pub(crate) async fn run(settings: &Config, a: QueuesArgs) -> Result<ExitCode> {
     match a.action {
         Some(QueuesAction::Pause { queue, new }) => {
             let q = QueueName::new(&queue)?;
-            let known = settings.worker.queues.contains(&queue)
-                || settings.queues.contains_key(&queue)
+            let known = settings.worker().queues.contains(&queue)
+                || settings.configured_queues().any(|q| q.as_str() == queue)
                 || jobq_worker::stats(&pool).await?.queues.contains_key(&queue);
             if !known && !new {
                 anyhow::bail!(crate::Usage(format!(
@@ -82,8 +82,8 @@ pub(crate) async fn run(settings: &Config, a: QueuesArgs) -> Result<ExitCode> {
 async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<ExitCode> {
     let stats = jobq_worker::stats(pool).await?;
     let mut names: BTreeSet<String> = stats.queues.keys().cloned().collect();
-    names.extend(settings.worker.queues.iter().cloned());
-    names.extend(settings.queues.keys().cloned());
+    names.extend(settings.worker().queues.iter().cloned());
+    names.extend(settings.configured_queues().map(|q| q.to_string()));
     let mut rows = Vec::new();
     for name in names {
         let Ok(q) = QueueName::new(&name) else {

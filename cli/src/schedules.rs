@@ -81,7 +81,7 @@ pub(crate) async fn run(settings: &Config, a: SchedulesArgs) -> Result<ExitCode>
             // Each schedule as its own queue's server keeps it.
             let mut list = Vec::new();
             for url in settings.servers() {
-                let pool = if url == settings.database_url {
+                let pool = if url == settings.database_url() {
                     pool.clone()
                 } else {
                     crate::common::connected(&jobq_worker::on_server(settings, url)?).await?

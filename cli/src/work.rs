@@ -31,7 +31,7 @@ pub(crate) struct WorkArgs {
 }
 
 pub(crate) async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
-    let recorder = match settings.metrics.listen {
+    let recorder = match settings.metrics().listen {
         Some(_) => Some(crate::http::install_recorder(&settings)?),
         None => None,
     };
@@ -40,10 +40,10 @@ pub(crate) async fn work(settings: Config, a: WorkArgs) -> Result<ExitCode> {
     let mut registry = builtin_registry()?;
     jobq_worker::register_commands(&mut registry, &settings)?;
     let worker = Worker::new(pool.clone(), registry, &settings).drain(a.drain);
-    if let (Some(addr), Some(handle)) = (settings.metrics.listen, recorder) {
+    if let (Some(addr), Some(handle)) = (settings.metrics().listen, recorder) {
         crate::http::spawn(addr, handle, &pool, worker.health()).await?;
     }
-    if let Some(addr) = settings.web.listen {
+    if let Some(addr) = settings.web().listen {
         // Lives as long as the process: it stops with it. Should it fail, say so.
         let console = Console::new(pool.clone(), &settings)
             .spawn(addr, std::future::pending())
@@ -75,7 +75,7 @@ pub(crate) async fn web(
     settings: &Config,
     listen: Option<std::net::SocketAddr>,
 ) -> Result<ExitCode> {
-    let addr = match listen.or(settings.web.listen) {
+    let addr = match listen.or(settings.web().listen) {
         Some(a) => a,
         None => jobq_worker::web::DEFAULT_LISTEN.parse()?,
     };

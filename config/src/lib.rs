@@ -99,8 +99,8 @@ mod tests {
                  [queues.mail]\nclaim_mode = \"named-lock\"\n",
             )?;
             let s = load(None).unwrap();
-            assert_eq!(s.database_url, "mysql://u@h:1/file");
-            assert_eq!(s.worker.concurrency, 3);
+            assert_eq!(s.database_url(), "mysql://u@h:1/file");
+            assert_eq!(s.worker().concurrency, 3);
             let q = |n: &str| s.queue(&n.parse().unwrap()).claim_mode;
             assert_eq!(q("mail"), ClaimMode::NamedLock);
             assert_eq!(q("other"), ClaimMode::SkipLocked);
@@ -110,10 +110,10 @@ mod tests {
             jail.set_env("JOBQ_WORKER__QUEUES", "a,b");
             jail.set_env("JOBQ_METRICS__LISTEN", "127.0.0.1:9187");
             let s = load(None).unwrap();
-            assert_eq!(s.database_url, "mysql://u@h:1/env");
-            assert_eq!(s.worker.concurrency, 7);
-            assert_eq!(s.worker.queues, vec!["a", "b"]);
-            assert_eq!(s.metrics.listen, Some("127.0.0.1:9187".parse().unwrap()));
+            assert_eq!(s.database_url(), "mysql://u@h:1/env");
+            assert_eq!(s.worker().concurrency, 7);
+            assert_eq!(s.worker().queues, vec!["a", "b"]);
+            assert_eq!(s.metrics().listen, Some("127.0.0.1:9187".parse().unwrap()));
             Ok(())
         });
     }
@@ -202,10 +202,7 @@ mod tests {
             )?;
             jail.set_env("JOBQ_QUEUES__API__KEY_RATE_LIMIT", "10/100ms");
             jail.set_env("JOBQ_QUEUES__MAIL__KEY_LIMIT", "3");
-            let c = load(Some(Path::new("limits.toml")))
-                .unwrap()
-                .validate()
-                .unwrap();
+            let c = load(Some(Path::new("limits.toml"))).unwrap();
             let api = c.queue(&"api".parse().unwrap());
             assert_eq!(api.key_limit, 2);
             let r = |max, ms| {
@@ -317,7 +314,7 @@ mod tests {
                 missed = "skip"
                 "#,
             )?;
-            let c = load(Some(Path::new("s.toml"))).unwrap().validate().unwrap();
+            let c = load(Some(Path::new("s.toml"))).unwrap();
             let s = c.schedules();
             assert_eq!(s.len(), 2);
             assert_eq!(s[0].tz, chrono_tz::Europe::Berlin);
@@ -398,7 +395,7 @@ mod tests {
             jail.set_env("JOBQ_LOCK_TOKEN", "17");
             jail.set_env("JOBQ_JOB_ID", "42");
             let s = load(None).unwrap();
-            assert_eq!(s.worker.concurrency, 10);
+            assert_eq!(s.worker().concurrency, 10);
             assert!(ignored_env_vars().contains(&"JOBQ_BIN".to_owned()));
             jail.set_env("JOBQ_WORKER__CONCURENCY", "3");
             let e = load(None).unwrap_err().to_string();
@@ -476,7 +473,7 @@ mod tests {
             .iter()
             .map(|p| {
                 (
-                    p.database_url.as_str(),
+                    p.database_url(),
                     p.worker_queues().iter().map(|q| q.name.as_str()).collect(),
                 )
             })
@@ -488,7 +485,7 @@ mod tests {
                 ("mysql://u@other:3306/jobq", vec!["far", "far2"]),
             ]
         );
-        assert_eq!(parts[1].worker.queues, ["far", "far2"]);
+        assert_eq!(parts[1].worker().queues, ["far", "far2"]);
         // A second spelling of the other server is that server.
         s.queues.insert(
             "far2".into(),
@@ -499,7 +496,7 @@ mod tests {
         assert!(c.lives_on("far2", "mysql://u@other:3306/jobq"));
         assert!(!c.lives_on("a", "mysql://u@other:3306/jobq"));
         let (parts, _) = c.split_by_server();
-        assert_eq!(parts[1].worker.queues, ["far", "far2"]);
+        assert_eq!(parts[1].worker().queues, ["far", "far2"]);
         // One server: the configuration itself; a queue URL naming the top-level database
         // (spelled differently) is that server.
         s.queues.clear();

@@ -3,14 +3,15 @@
 //! at raw overrides again.
 
 use std::collections::BTreeMap;
-use std::ops::Deref;
 use std::time::Duration;
 
 use jobq_producer::{same_server, KindName, QueueName};
 
 use crate::error::{invalid, ConfigError};
 use crate::settings::{
-    ClaimMode, KindOverrides, MissedSlots, Overlap, QueueOverrides, Rate, Settings,
+    ClaimMode, DatabaseSettings, KindOverrides, LogSettings, MaintenanceSettings, MetricsSettings,
+    MissedSlots, Overlap, ProducerSettings, QueueOverrides, Rate, Settings, WebSettings,
+    WorkerSettings,
 };
 
 /// The effective settings of one queue: `[queues.NAME]` over `[worker]`.
@@ -105,7 +106,7 @@ pub struct RunPolicy {
 }
 
 /// Validated settings: the only form [`jobq_worker::Worker`] accepts. Built by
-/// [`Settings::validate`] (or [`crate::load`]); read the plain values through `Deref`.
+/// [`Settings::validate`] (or [`crate::load`]); read through its accessors.
 ///
 /// [`jobq_worker::Worker`]: https://docs.rs/jobq-worker
 #[derive(Clone, Debug, PartialEq)]
@@ -118,17 +119,59 @@ pub struct Config {
     schedules: Vec<Schedule>,
 }
 
-impl Deref for Config {
-    type Target = Settings;
-    fn deref(&self) -> &Settings {
-        &self.settings
-    }
-}
-
 impl Config {
-    /// The validated plain values.
+    /// The settings this configuration was validated from, for building a changed one
+    /// (`config.settings().clone()`, change, `validate()` again). The runtime reads the
+    /// accessors below instead: per-queue and per-kind values only as resolved
+    /// ([`Config::worker_queues`], [`Config::queue`], [`Config::policy`]), never the raw
+    /// `[queues.NAME]`/`[kinds.NAME]` overrides.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The queues the configuration names in `[queues.NAME]` sections (validated names).
+    pub fn configured_queues(&self) -> impl Iterator<Item = &QueueName> {
+        self.queue_overrides.keys()
+    }
+
+    /// `database_url`.
+    pub fn database_url(&self) -> &str {
+        &self.settings.database_url
+    }
+
+    /// `[database]`.
+    pub fn database(&self) -> &DatabaseSettings {
+        &self.settings.database
+    }
+
+    /// `[worker]`: the process-wide values (per-queue ones are [`Config::worker_queues`]).
+    pub fn worker(&self) -> &WorkerSettings {
+        &self.settings.worker
+    }
+
+    /// `[producer]`.
+    pub fn producer(&self) -> &ProducerSettings {
+        &self.settings.producer
+    }
+
+    /// `[maintenance]`.
+    pub fn maintenance(&self) -> &MaintenanceSettings {
+        &self.settings.maintenance
+    }
+
+    /// `[metrics]`.
+    pub fn metrics(&self) -> &MetricsSettings {
+        &self.settings.metrics
+    }
+
+    /// `[web]`.
+    pub fn web(&self) -> &WebSettings {
+        &self.settings.web
+    }
+
+    /// `[log]`.
+    pub fn log(&self) -> &LogSettings {
+        &self.settings.log
     }
 
     /// The recurring jobs (`[[schedules]]`), validated.

@@ -36,7 +36,7 @@ const STDERR_KEPT: usize = 4 * 1024;
 
 /// Registers a handler for every kind the configuration gives a `command`.
 pub fn register_commands(r: &mut Registry, config: &Config) -> Result<()> {
-    let grace = config.worker.cancel_grace;
+    let grace = config.worker().cancel_grace;
     for (kind, argv) in config.command_kinds() {
         let argv = Arc::new(argv);
         r.register_json(

@@ -113,7 +113,7 @@ const GALERA_TOLERANT: Duration = Duration::from_secs(15);
 /// value and what to set. Empty when the settings tolerate the stall.
 pub(crate) fn galera_advice(config: &Config) -> Vec<String> {
     let mut advice = Vec::new();
-    let lease = config.worker.lease_ttl;
+    let lease = config.worker().lease_ttl;
     if lease < GALERA_TOLERANT {
         advice.push(format!(
             "worker.lease_ttl = {} is shorter than the ~{} s a Galera cluster stalls writes \
@@ -124,7 +124,7 @@ pub(crate) fn galera_advice(config: &Config) -> Vec<String> {
             GALERA_TOLERANT.as_secs(),
         ));
     }
-    let wait = config.database.lock_wait_timeout_secs;
+    let wait = config.database().lock_wait_timeout_secs;
     if u64::from(wait) < GALERA_TOLERANT.as_secs() {
         advice.push(format!(
             "database.lock_wait_timeout_secs = {wait} is shorter than the ~{} s a Galera cluster \
@@ -146,7 +146,7 @@ const INSERT_OVERHEAD: u64 = 512 << 10;
 /// and MariaDB refuses JSON nested 32 deep.
 pub async fn check_server_limits(pool: &MySqlPool, config: &Config) -> Result<()> {
     let info = detect(pool).await?;
-    info.check_producer(&config.producer, max_allowed_packet(pool).await?)
+    info.check_producer(config.producer(), max_allowed_packet(pool).await?)
 }
 
 /// The server's `max_allowed_packet`.
@@ -284,19 +284,19 @@ pub(crate) fn connect_options(url: &str) -> Result<MySqlConnectOptions> {
 /// A pool of worker sessions (see [`setup_session`]) for `config`: `database.max_connections`,
 /// or the process's total concurrency + 8 when 0.
 pub(crate) async fn pool(config: &Config) -> Result<MySqlPool> {
-    let max = match config.database.max_connections {
+    let max = match config.database().max_connections {
         0 => config.total_concurrency() + 8,
         n => n,
     };
-    let lock_wait = config.database.lock_wait_timeout_secs;
+    let lock_wait = config.database().lock_wait_timeout_secs;
     let options = MySqlPoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(config.database.connect_timeout)
+        .acquire_timeout(config.database().connect_timeout)
         .after_connect(move |conn, _meta| {
             Box::pin(async move { setup_session(conn, lock_wait).await })
         });
     // One host: a plain pool. Several hosts of one cluster: a pool that follows the healthy one.
-    let pool = jobq_producer::connect_cluster(&config.database_url, options, quiet)
+    let pool = jobq_producer::connect_cluster(config.database_url(), options, quiet)
         .await
         .map_err(connect_error)?;
     Ok(pool)

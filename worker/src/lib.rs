@@ -107,8 +107,11 @@ pub fn producer(pool: sqlx::MySqlPool, config: &Config) -> Producer {
 pub async fn routed_producer(pool: sqlx::MySqlPool, config: &Config) -> Result<Producer> {
     let mut p = producer(pool, config);
     for url in config.servers().into_iter().skip(1) {
-        let queues = config.queues.keys().filter(|q| config.lives_on(q, url));
-        p = p.route(queues.cloned(), db::pool(&on_server(config, url)?).await?);
+        let queues = config
+            .configured_queues()
+            .filter(|q| config.lives_on(q.as_str(), url))
+            .map(|q| q.to_string());
+        p = p.route(queues, db::pool(&on_server(config, url)?).await?);
     }
     Ok(p)
 }
@@ -124,8 +127,8 @@ pub fn on_server(config: &Config, url: &str) -> Result<Config> {
 /// The producer options `config.producer` asks for.
 pub fn producer_options(config: &Config) -> ProducerOptions {
     ProducerOptions {
-        max_payload_bytes: config.producer.max_payload_bytes,
-        default_max_attempts: config.producer.default_max_attempts,
-        max_json_depth: config.producer.max_json_depth,
+        max_payload_bytes: config.producer().max_payload_bytes,
+        default_max_attempts: config.producer().default_max_attempts,
+        max_json_depth: config.producer().max_json_depth,
     }
 }

@@ -303,7 +303,7 @@ pub(crate) fn init_series(queues: &[QueueName], named_lock: &[QueueName], kinds:
 /// worker) loses its series instead of being exported forever. Never shorter than 3 heartbeats
 /// (the per-process slot gauges). For `PrometheusBuilder::idle_timeout` on gauges.
 pub fn gauge_idle_timeout(config: &jobq_config::Config) -> std::time::Duration {
-    (config.maintenance.interval * 50).max(config.worker.heartbeat_interval * 3)
+    (config.maintenance().interval * 50).max(config.worker().heartbeat_interval * 3)
 }
 
 /// Leader sample: the paused gauge of every known queue, adding the paused ones to `known`.

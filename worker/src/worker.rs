@@ -141,9 +141,12 @@ impl Worker {
     /// under this worker's id, each with its own pool, worker row, heartbeat and maintenance
     /// election on its server, stopping together (see [`Worker::run_servers`]).
     pub async fn run(mut self, signal: ShutdownSignal) -> Result<Stopped> {
-        for (kind, queue) in self.registry.unworked_defaults(&self.config.worker.queues) {
+        for (kind, queue) in self
+            .registry
+            .unworked_defaults(&self.config.worker().queues)
+        {
             warn!(
-                %kind, %queue, worked = ?self.config.worker.queues,
+                %kind, %queue, worked = ?self.config.worker().queues,
                 "kind {kind} goes to queue {queue} unless its enqueue names another, and this \
                  worker does not work {queue}: its jobs wait for a worker that does (add \
                  {queue} to worker.queues, or `jobq work --queues {queue},…`)"
@@ -154,7 +157,7 @@ impl Worker {
             info!(schedule = %name, "this process works no queue on the schedule's server; \
                   the processes working that server enqueue it");
         }
-        if parts.len() == 1 && parts[0].database_url == self.config.database_url {
+        if parts.len() == 1 && parts[0].database_url() == self.config.database_url() {
             self.config = parts.remove(0);
             let info = preflight(&self.pool, &self.config).await?;
             return self.run_server(signal, info).await;
@@ -169,17 +172,17 @@ impl Worker {
     async fn run_servers(self, parts: Vec<Config>, mut signal: ShutdownSignal) -> Result<Stopped> {
         let mut workers = Vec::with_capacity(parts.len());
         for part in parts {
-            let pool = if part.database_url == self.config.database_url {
+            let pool = if part.database_url() == self.config.database_url() {
                 self.pool.clone()
             } else {
                 db::pool(&part).await?
             };
-            let server = jobq_producer::server_name(&part.database_url);
+            let server = jobq_producer::server_name(part.database_url());
             let info = preflight(&pool, &part).await.map_err(|e| {
                 error!(%server, error = %e, "this server cannot be worked; nothing was claimed on any server");
                 e
             })?;
-            info!(%server, queues = ?part.worker.queues, "working queues on this server");
+            info!(%server, queues = ?part.worker().queues, "working queues on this server");
             workers.push((
                 info,
                 Worker {
@@ -365,8 +368,8 @@ impl Worker {
         phase = Phase::Draining;
         stop_claiming.cancel();
         jobs.close();
-        let timeout = shared.config.worker.shutdown_timeout;
-        let bound = shared.config.worker.lease_ttl;
+        let timeout = shared.config.worker().shutdown_timeout;
+        let bound = shared.config.worker().lease_ttl;
         // Claimers first (a claim in flight may still start jobs), then the jobs, all within
         // shutdown_timeout: a claim round trip has no timeout of its own, so a claim that does
         // not answer must not hold the stop.
@@ -456,7 +459,7 @@ async fn preflight(pool: &MySqlPool, config: &Config) -> Result<db::ServerInfo> 
     }
     db::check_migrated(pool).await?;
     // The server is known already: only its packet limit is asked for.
-    info.check_producer(&config.producer, db::max_allowed_packet(pool).await?)?;
+    info.check_producer(config.producer(), db::max_allowed_packet(pool).await?)?;
     Ok(info)
 }
 

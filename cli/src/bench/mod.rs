@@ -202,7 +202,7 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
     }
     PREFETCH.store(a.prefetch, std::sync::atomic::Ordering::Relaxed);
     let _ = WORKER_ENV.set(env);
-    let url = bench_url(&config.database_url);
+    let url = bench_url(config.database_url());
     let modes: Vec<ClaimMode> = a.claim_mode.iter().map(|&m| m.into()).collect();
     let mut bs = config.settings().clone();
     bs.database_url = url.clone();
@@ -681,7 +681,7 @@ async fn retention(
     completed_per_s: f64,
 ) -> Result<Report> {
     let config = settings.validate()?;
-    let age = config.maintenance.completed_retention + Duration::from_secs(3600);
+    let age = config.maintenance().completed_retention + Duration::from_secs(3600);
     sql::age_finished(pool, age).await?;
     let (q0, w0) = sql::server_counters(pool).await?;
     let started = Instant::now();

@@ -131,8 +131,8 @@ pub(crate) async fn run(
     wake: Arc<Notify>,
 ) {
     let queue = q.name.clone();
-    let lease = shared.config.worker.lease_ttl;
-    let carry_max = shared.config.worker.completion_batch as usize;
+    let lease = shared.config.worker().lease_ttl;
+    let carry_max = shared.config.worker().completion_batch as usize;
     let successes = shared.pending.ready(&queue);
     let mut idle_wait = MIN_POLL;
     // When a claim last found jobs: a queue busy a moment ago is polled at the shortest pace.
@@ -400,7 +400,7 @@ async fn claim_skip_locked<'a>(
             queue,
             limit: want,
             worker: &shared.id,
-            lease: shared.config.worker.lease_ttl,
+            lease: shared.config.worker().lease_ttl,
             lock: ClaimLock::SkipLocked,
             complete: &carried.fences(),
             freed: &carried.keys(flow.key_limit),

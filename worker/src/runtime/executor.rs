@@ -110,7 +110,7 @@ pub(crate) async fn run(
                     // seen `ctx.cancelled()`; it gets the grace to stop, then it is dropped.
                     // Whatever it returns, the job ends `cancelled`.
                     _ = stop.cancelled() => {
-                        let grace = shared.config.worker.cancel_grace;
+                        let grace = shared.config.worker().cancel_grace;
                         let _ = tokio::time::timeout(grace, &mut handler).await;
                         Some(cancelled(&shared, fence, "while running"))
                     }

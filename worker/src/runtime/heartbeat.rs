@@ -22,8 +22,8 @@ use crate::store::{self, Dedicated, WorkerRow};
 
 /// Runs until `stop`.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = shared.config.worker.heartbeat_interval;
-    let lease = shared.config.worker.lease_ttl;
+    let every = shared.config.worker().heartbeat_interval;
+    let lease = shared.config.worker().lease_ttl;
     let mut session: Option<Dedicated> = None;
     let mut kinds_noted = Instant::now();
     let mut tick = tokio::time::interval(every);
@@ -89,15 +89,18 @@ async fn beat(
     fences: &[store::Fence],
 ) -> Result<store::LeaseReport, sqlx::Error> {
     if session.as_ref().is_none_or(Dedicated::is_broken) {
-        let conn =
-            db::dedicated(&shared.pool, shared.config.database.lock_wait_timeout_secs).await?;
+        let conn = db::dedicated(
+            &shared.pool,
+            shared.config.database().lock_wait_timeout_secs,
+        )
+        .await?;
         *session = Some(Dedicated::new(conn));
     }
     let s = session.as_mut().expect("opened above");
     let report = if fences.is_empty() {
         store::LeaseReport::default()
     } else {
-        store::extend_leases(s, fences, shared.config.worker.lease_ttl).await?
+        store::extend_leases(s, fences, shared.config.worker().lease_ttl).await?
     };
     if !store::beat_worker(s, &shared.id).await? {
         register(shared).await?;

@@ -42,8 +42,11 @@ impl NamedLockClaims {
         after: Option<&Cursor>,
     ) -> Result<ClaimResult<'a>, ClaimError> {
         if self.session.is_none() {
-            let mut conn =
-                db::dedicated(&shared.pool, shared.config.database.lock_wait_timeout_secs).await?;
+            let mut conn = db::dedicated(
+                &shared.pool,
+                shared.config.database().lock_wait_timeout_secs,
+            )
+            .await?;
             let name = store::lock_name(&mut conn, queue).await?;
             self.session = Some(LockSession {
                 conn: Dedicated::new(conn),
@@ -52,14 +55,15 @@ impl NamedLockClaims {
         }
         let s = self.session.as_mut().expect("just opened");
         let waited = Instant::now();
-        let got =
-            match store::get_lock(&mut s.conn, &s.name, shared.config.worker.lock_timeout).await {
-                Ok(g) => g,
-                Err(e) => {
-                    self.session = None;
-                    return Err(e.into());
-                }
-            };
+        let got = match store::get_lock(&mut s.conn, &s.name, shared.config.worker().lock_timeout)
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                self.session = None;
+                return Err(e.into());
+            }
+        };
         metrics::lock_wait(queue, waited.elapsed());
         match got {
             Some(true) => {}
@@ -96,7 +100,7 @@ impl NamedLockClaims {
                 queue,
                 limit: want,
                 worker: &shared.id,
-                lease: shared.config.worker.lease_ttl,
+                lease: shared.config.worker().lease_ttl,
                 lock: ClaimLock::NamedLock(&name),
                 complete: &carried.fences(),
                 freed: &carried.keys(flow.key_limit),

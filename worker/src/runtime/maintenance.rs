@@ -58,7 +58,7 @@ fn leader_lease(interval: Duration) -> Duration {
 /// Campaigns for maintenance leadership until `stop`, leading whenever elected; releases the
 /// lease on the way out if it held it.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let m = shared.config.maintenance.clone();
+    let m = shared.config.maintenance().clone();
     let ttl = leader_lease(m.interval);
     let locks = LeaseLock::new(&shared.pool, shared.id.as_str()).ttl(ttl);
     metrics::leader(&shared.server, false);
@@ -94,7 +94,7 @@ impl Drop for Leading {
 
 /// One term of leadership: a maintenance pass every interval, until the term is dropped.
 async fn lead(shared: Arc<Shared>, term: Term, passes: TaskTracker) {
-    let m = shared.config.maintenance.clone();
+    let m = shared.config.maintenance().clone();
     info!(worker = %shared.id, token = term.token(), "leading maintenance");
     let mut leading = Leading {
         server: shared.server.clone(),
@@ -110,7 +110,7 @@ async fn lead(shared: Arc<Shared>, term: Term, passes: TaskTracker) {
         ticks += 1;
         // Depth gauges every few seconds (the query scans the claim index).
         if ticks % 5 == 1 {
-            let alive = shared.config.worker.lease_ttl * 2;
+            let alive = shared.config.worker().lease_ttl * 2;
             match store::sample_depth(&shared.pool, alive).await {
                 Ok(s) => {
                     // The queues sampled now (with rows) and this process's own: a queue that
@@ -200,11 +200,11 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
             }
         }
     }
-    let deadline = Instant::now() + shared.config.maintenance.interval / 2;
-    retain(&shared.pool, &shared.config.maintenance, deadline).await?;
+    let deadline = Instant::now() + shared.config.maintenance().interval / 2;
+    retain(&shared.pool, shared.config.maintenance(), deadline).await?;
     // Worker-row pruning about every 30 passes.
     if ticks % 30 == 1 {
-        let stale = (shared.config.worker.lease_ttl * 10).max(Duration::from_secs(60));
+        let stale = (shared.config.worker().lease_ttl * 10).max(Duration::from_secs(60));
         store::prune_workers(&shared.pool, stale).await?;
         store::prune_keys(&shared.pool, KEY_IDLE, BATCH).await?;
     }
@@ -250,5 +250,5 @@ pub async fn prune_finished(
     config: &jobq_config::Config,
     budget: Duration,
 ) -> crate::Result<u64> {
-    Ok(retain(pool, &config.maintenance, Instant::now() + budget).await?)
+    Ok(retain(pool, config.maintenance(), Instant::now() + budget).await?)
 }

@@ -105,7 +105,7 @@ impl Shared {
             })
             .collect();
         Shared {
-            server: jobq_producer::server_name(&config.database_url),
+            server: jobq_producer::server_name(config.database_url()),
             pool,
             registry,
             config,

@@ -244,7 +244,7 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
         decision: d,
         result: a.result.as_deref(),
     };
-    let deadline = Instant::now() + shared.config.worker.lease_ttl;
+    let deadline = Instant::now() + shared.config.worker().lease_ttl;
     let mut retry = DbRetry::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -295,7 +295,7 @@ pub(crate) async fn release_unstarted(
     slots: Vec<OwnedSemaphorePermit>,
 ) {
     let d = transition::unstarted(&why);
-    let deadline = Instant::now() + shared.config.worker.lease_ttl;
+    let deadline = Instant::now() + shared.config.worker().lease_ttl;
     let total = jobs.len();
     if contention {
         debug!(jobs = total, error = %why, "a claim lost a conflict; checking that it holds none of its jobs");
@@ -379,7 +379,7 @@ pub(crate) async fn release_unstarted(
 /// The completer: writes, in batches of up to `worker.completion_batch`, the successes no
 /// claim carried within [`LINGER`], until `stop` and nothing is left waiting.
 pub(crate) async fn completer(shared: Arc<Shared>, stop: CancellationToken) {
-    let max = shared.config.worker.completion_batch as usize;
+    let max = shared.config.worker().completion_batch as usize;
     loop {
         if shared.pending.is_empty() {
             tokio::select! {
@@ -406,7 +406,7 @@ pub(crate) async fn completer(shared: Arc<Shared>, stop: CancellationToken) {
 /// Writes every waiting success, batch by batch (each within the write budget): the flush of a
 /// stop whose completer is gone.
 pub(crate) async fn flush(shared: &Shared) {
-    let max = shared.config.worker.completion_batch as usize;
+    let max = shared.config.worker().completion_batch as usize;
     loop {
         let batch = shared.pending.take_any(max);
         if batch.is_empty() {
@@ -443,7 +443,7 @@ pub(crate) fn count_written(batch: &[Completion], done: u64) {
 /// Writes one batch of completions, within the write budget. Completions not written by then
 /// are given up (the caller forgets them, so their leases lapse and they are rescued).
 async fn write_batch(shared: &Shared, batch: &mut Vec<Completion>) {
-    let deadline = Instant::now() + shared.config.worker.lease_ttl;
+    let deadline = Instant::now() + shared.config.worker().lease_ttl;
     let mut retry = DbRetry::new();
     loop {
         let fences: Vec<Fence> = batch.iter().map(|c| c.fence).collect();

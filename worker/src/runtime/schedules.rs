@@ -21,7 +21,7 @@ const SLOT_KEY_HELD: Duration = Duration::from_secs(86_400);
 
 /// Slots up to this old are run in any case: the leader's normal lateness.
 pub(crate) fn window(shared: &Shared) -> Duration {
-    shared.config.maintenance.interval * 2 + Duration::from_secs(1)
+    shared.config.maintenance().interval * 2 + Duration::from_secs(1)
 }
 
 /// One pass over every schedule. Errors are logged per schedule; the others go on.

@@ -66,17 +66,17 @@ impl std::ops::Deref for App {
 impl Console {
     /// A console over `pool`, with `config.web`'s authentication and read-only setting.
     pub fn new(pool: MySqlPool, config: &Config) -> Self {
-        let mut allowed_hosts = config.web.allowed_hosts.clone();
-        if let Some(addr) = config.web.listen {
+        let mut allowed_hosts = config.web().allowed_hosts.clone();
+        if let Some(addr) = config.web().listen {
             allowed_hosts.push(addr.ip().to_string());
         }
         Console {
             app: App(Arc::new(Inner {
                 pool,
                 config: config.clone(),
-                creds: Credentials::from_settings(&config.web),
+                creds: Credentials::from_settings(config.web()),
                 sessions: Sessions::default(),
-                read_only: config.web.read_only,
+                read_only: config.web().read_only,
                 allowed_hosts,
             })),
         }

@@ -179,7 +179,7 @@ pub(crate) struct Overview {
 async fn worker_rows(app: &App) -> Result<Vec<WorkerRow>, Problem> {
     // A worker whose heartbeat is older than its lease is presumed gone (its jobs are being
     // rescued); the row stays until maintenance prunes it.
-    let stale_after = app.config.worker.lease_ttl.as_secs_f64();
+    let stale_after = app.config.worker().lease_ttl.as_secs_f64();
     Ok(crate::workers(&app.pool)
         .await?
         .into_iter()
@@ -783,14 +783,10 @@ pub(crate) async fn queues(
 ) -> Result<Response, Problem> {
     let stats = crate::stats(&app.pool).await?;
     let mut names: Vec<String> = stats.queues.keys().cloned().collect();
-    for n in app
-        .config
-        .queues
-        .keys()
-        .chain(app.config.worker.queues.iter())
-    {
-        if !names.contains(n) {
-            names.push(n.clone());
+    let configured = app.config.configured_queues().map(|q| q.to_string());
+    for n in configured.chain(app.config.worker().queues.iter().cloned()) {
+        if !names.contains(&n) {
+            names.push(n);
         }
     }
     names.sort();
