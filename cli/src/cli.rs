@@ -1,5 +1,6 @@
 //! The command line: arguments (clap), configuration with the flags as its last layer, logging,
-//! `jobq migrate`, and the dispatch to each command's own file.
+//! and the dispatch to each command's own file (`jobq migrate` is in `common.rs`, which the
+//! demo shares).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

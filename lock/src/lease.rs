@@ -262,8 +262,10 @@ impl LeaseLock {
     }
 }
 
-/// A deadlock (1213) or lock wait timeout (1205) between contenders, or a snapshot conflict:
-/// the attempt is simply made again.
+/// A deadlock (1213) or lock wait timeout (1205) between contenders, or a snapshot conflict
+/// (1020, MariaDB 11.6.2+ under REPEATABLE READ with `innodb_snapshot_isolation`, the
+/// default from 11.8; the caller's pool may run at that level): the attempt is simply made
+/// again.
 fn contention(e: &sqlx::Error) -> bool {
     jobq_sqlkit::is_transient(e)
 }

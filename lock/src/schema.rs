@@ -34,19 +34,18 @@ const COLUMNS: [&str; 7] = [
 ];
 
 /// Creates `jobq_locks` in the pool's database if it is missing, and checks that an existing
-/// one has the columns lease locks use. Idempotent, cheap (one DDL that does nothing when the
-/// table exists, one read of the catalogue); call it once at start before using
+/// one has the columns lease locks use. Idempotent and cheap (a read of the catalogue; the DDL
+/// only when the table is missing); call it once at start before using
 /// [`LeaseLock`](crate::LeaseLock). Session locks need no table. A database `jobq migrate`
 /// prepared already has it.
 pub async fn ensure_schema(pool: &MySqlPool) -> Result<()> {
-    sqlx::query(CREATE_TABLE).execute(pool).await?;
-    // language=MySQL
-    let found: Vec<String> = sqlx::query_scalar(
-        "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobq_locks'",
-    )
-    .fetch_all(pool)
-    .await?;
+    // Read first: a user with no CREATE privilege (tables made by `jobq migrate`) can call
+    // this, and on Galera a DDL, even one that does nothing, pauses the cluster.
+    let mut found = columns(pool).await?;
+    if found.is_empty() {
+        sqlx::query(CREATE_TABLE).execute(pool).await?;
+        found = columns(pool).await?;
+    }
     let missing: Vec<&str> = COLUMNS
         .iter()
         .copied()
@@ -61,4 +60,18 @@ pub async fn ensure_schema(pool: &MySqlPool) -> Result<()> {
             missing.join(", ")
         )))
     }
+}
+
+/// The columns of the base table `jobq_locks` in the pool's database (none if there is none).
+async fn columns(pool: &MySqlPool) -> Result<Vec<String>> {
+    // language=MySQL
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(c.COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS c \
+         JOIN information_schema.TABLES t \
+           ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+         WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = 'jobq_locks' \
+           AND t.TABLE_TYPE = 'BASE TABLE'",
+    )
+    .fetch_all(pool)
+    .await?)
 }

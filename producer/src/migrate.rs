@@ -96,10 +96,10 @@ fn in_migration(e: Error) -> Error {
 
 async fn migrate_conn_inner(conn: &mut MySqlConnection) -> Result<MigrateReport> {
     // language=MySQL
-    let name = jobq_sqlkit::lock_name_sql("jobq-migrate:");
+    // The name earlier builds used too, so an old and a new `jobq migrate` exclude each other.
+    let name = "CONCAT('jobq-migrate:', SHA1(DATABASE()))";
     let locked: std::result::Result<Option<i64>, sqlx::Error> =
         sqlx::query_scalar(&format!("SELECT GET_LOCK({name}, 300)"))
-            .bind("schema")
             .fetch_one(&mut *conn)
             .await;
     let locked = match locked {
@@ -107,7 +107,8 @@ async fn migrate_conn_inner(conn: &mut MySqlConnection) -> Result<MigrateReport>
         Ok(_) => {
             return Err(Error::Migration(
                 "could not take the migration lock within 300 s; is another `jobq migrate` \
-                 stuck? (SHOW PROCESSLIST shows a session waiting in or holding GET_LOCK)"
+                 stuck? (`SELECT IS_USED_LOCK(CONCAT('jobq-migrate:', SHA1(DATABASE())))` \
+                 names the holding connection)"
                     .into(),
             ))
         }
@@ -118,7 +119,6 @@ async fn migrate_conn_inner(conn: &mut MySqlConnection) -> Result<MigrateReport>
     if locked {
         // language=MySQL
         let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({name})"))
-            .bind("schema")
             .execute(&mut *conn)
             .await;
     }
@@ -147,10 +147,6 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
             continue;
         }
         let started = Instant::now();
-        // jobq-lock creates the same jobq_locks on its own (`jobq_lock::ensure_schema`): a
-        // database where a lock user came first already has it, so this migration is only
-        // recorded.
-        let adopt = m.version == LOCKS_MIGRATION && table_exists(conn, "jobq_locks").await?;
         // language=MySQL
         let claimed = sqlx::query(
             "INSERT INTO jobq_migrations (version, description, checksum, success) \
@@ -171,11 +167,7 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
         }
         // DDL commits on its own in MySQL, so a file is not atomic: the row above stays at
         // success = 0 if a statement fails, and the next run refuses until it is repaired.
-        let ran = if adopt {
-            Ok(Default::default())
-        } else {
-            conn.execute(sqlx::raw_sql(&m.sql)).await
-        };
+        let ran = conn.execute(sqlx::raw_sql(&runnable_sql(m))).await;
         if let Err(e) = ran {
             return Err(Error::Migration(format!(
                 "migration {} ({}) failed: {}; the row in jobq_migrations stays at success = 0 \
@@ -184,6 +176,9 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
                 m.description,
                 describe(&e)
             )));
+        }
+        if m.version == LOCKS_MIGRATION {
+            check_lock_table(conn).await?;
         }
         // language=MySQL
         sqlx::query("UPDATE jobq_migrations SET success = 1, execution_ms = ? WHERE version = ?")
@@ -229,20 +224,62 @@ async fn unfinished(conn: &mut MySqlConnection, v: i64) -> Error {
     }
 }
 
-/// The migration that creates `jobq_locks`, the table `jobq-lock` can also create itself.
+/// The migration that creates `jobq_locks`, the table `jobq-lock` can also create itself
+/// (`jobq_lock::ensure_schema`, the same definition: a test compares them).
 const LOCKS_MIGRATION: i64 = 20261202000009;
 
-/// Whether the connection's database has `table`.
-async fn table_exists(conn: &mut MySqlConnection, table: &str) -> Result<bool> {
+/// The columns of `jobq_locks` the lease locks use (as `lock/src/schema.rs` checks them).
+const LOCK_COLUMNS: [&str; 7] = [
+    "name_key",
+    "slot",
+    "name",
+    "holder",
+    "token",
+    "acquired_at",
+    "expires_at",
+];
+
+/// The SQL that applies `m`: its file, except that the migration creating `jobq_locks` does
+/// so only if the table is missing, since a lock user may have created it first (the recorded
+/// checksum stays the file's).
+fn runnable_sql(m: &sqlx::migrate::Migration) -> std::borrow::Cow<'_, str> {
+    if m.version == LOCKS_MIGRATION {
+        m.sql
+            .replace(
+                "CREATE TABLE jobq_locks (",
+                "CREATE TABLE IF NOT EXISTS jobq_locks (",
+            )
+            .into()
+    } else {
+        std::borrow::Cow::Borrowed(&*m.sql)
+    }
+}
+
+/// Refuses a `jobq_locks` that is not jobq-lock's (a view, or a table without its columns).
+async fn check_lock_table(conn: &mut MySqlConnection) -> Result<()> {
     // language=MySQL
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM information_schema.TABLES \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(c.COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS c \
+         JOIN information_schema.TABLES t \
+           ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+         WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = 'jobq_locks' \
+           AND t.TABLE_TYPE = 'BASE TABLE'",
     )
-    .bind(table)
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(n > 0)
+    let missing: Vec<&str> = LOCK_COLUMNS
+        .into_iter()
+        .filter(|c| !found.iter().any(|f| f.eq_ignore_ascii_case(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Migration(format!(
+        "migration {LOCKS_MIGRATION}: the database has a jobq_locks that is not jobq-lock's \
+         (no base table with {}); rename it and run `jobq migrate` again (its row in \
+         jobq_migrations stays at success = 0: delete it first)",
+        missing.join(", ")
+    )))
 }
 
 /// (version, checksum, success) of every recorded migration.
@@ -414,7 +451,8 @@ pub fn migrations_sql(after: i64) -> String {
         out.push('\n');
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > after) {
-        let sql = m.sql.trim_end();
+        let runnable = runnable_sql(m);
+        let sql = runnable.trim_end();
         let _ = writeln!(
             out,
             "-- {} {}\n{sql}{}\nINSERT INTO jobq_migrations (version, description, checksum, \

@@ -39,16 +39,20 @@ pub mod codes {
     /// `ER_UNKNOWN_COM_ERROR`: a Galera node outside the primary component ("WSREP has not yet
     /// prepared node for application use").
     pub const NODE_NOT_READY: u16 = 1047;
-    /// `ER_ERROR_DURING_COMMIT`: Galera failed to replicate the commit.
-    pub const COMMIT_FAILED: u16 = 1180;
-    /// `ER_CONNECTION_KILLED` (MariaDB) and `ER_QUERY_INTERRUPTED`: the session was killed.
+    /// `ER_CONNECTION_KILLED` (MariaDB): the session was killed.
     pub const CONNECTION_KILLED: u16 = 1927;
-    /// `ER_SERVER_SHUTDOWN`.
+    /// `ER_SERVER_SHUTDOWN`: the server is shutting down.
     pub const SERVER_SHUTDOWN: u16 = 1053;
-    /// `CR_SERVER_GONE_ERROR` and `CR_SERVER_LOST`: the connection went away.
-    pub const SERVER_GONE: u16 = 2006;
-    /// See [`SERVER_GONE`].
-    pub const SERVER_LOST: u16 = 2013;
+    /// `ER_CON_COUNT_ERROR`: too many connections.
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    /// `ER_OPTION_PREVENTS_STATEMENT`: e.g. `read_only`, a replica or a demoted primary.
+    pub const READ_ONLY: u16 = 1290;
+    /// `ER_CLIENT_INTERACTION_TIMEOUT` (MySQL): the server closed an idle session.
+    pub const IDLE_DISCONNECT: u16 = 4031;
+    /// `ER_PARSE_ERROR`.
+    pub const SYNTAX: u16 = 1064;
+    /// `ER_BAD_FIELD_ERROR`: an unknown column.
+    pub const NO_SUCH_COLUMN: u16 = 1054;
 }
 
 /// The server's error number of `e`, if it is a server error.
@@ -73,17 +77,20 @@ pub enum ErrorClass {
     /// conflict) and may simply run again; nothing it did is kept (after a lock-wait timeout,
     /// once it is rolled back).
     Transient,
-    /// The connection is gone or the node cannot serve: reconnect (or move to another host).
-    /// A commit whose answer was lost this way may or may not have happened.
+    /// The connection is gone, or this server or node cannot serve now (killed, shutting
+    /// down, too many connections, read-only, a Galera node not ready): reconnect, or move to
+    /// another host. A commit whose answer was lost this way may or may not have happened.
     Connection,
-    /// The server refused the statement itself (a constraint, a missing table, unsupported):
-    /// running it again gives the same answer.
+    /// The server refused the statement itself (a constraint, a missing table or column,
+    /// unsupported, bad SQL): running it again gives the same answer.
     Refused,
-    /// Anything else (pool timeouts, decoding, protocol).
+    /// Anything else: other server errors (interrupted statements, failed commits, …), pool
+    /// timeouts, decoding, protocol.
     Other,
 }
 
-/// Classifies `e` by the server's error number (and sqlx's I/O errors as connection loss).
+/// Classifies `e` by the server's error number (and sqlx's I/O and TLS errors as connection
+/// loss). Numbers not listed in [`codes`] are [`ErrorClass::Other`].
 pub fn classify(e: &sqlx::Error) -> ErrorClass {
     use codes::*;
     match (e, number(e)) {
@@ -91,11 +98,18 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
         (
             _,
             Some(
-                NODE_NOT_READY | COMMIT_FAILED | CONNECTION_KILLED | SERVER_SHUTDOWN | SERVER_GONE
-                | SERVER_LOST,
+                NODE_NOT_READY | CONNECTION_KILLED | SERVER_SHUTDOWN | TOO_MANY_CONNECTIONS
+                | READ_ONLY | IDLE_DISCONNECT,
             ),
         ) => ErrorClass::Connection,
-        (_, Some(_)) => ErrorClass::Refused,
+        (
+            _,
+            Some(
+                NO_SUCH_TABLE | NO_TABLE_ACCESS | NOT_SUPPORTED_YET | DUPLICATE_KEY | CHECK_FAILED
+                | CHECK_VIOLATED | SYNTAX | NO_SUCH_COLUMN | NO_SUCH_SAVEPOINT,
+            ),
+        ) => ErrorClass::Refused,
+        (_, Some(_)) => ErrorClass::Other,
         (sqlx::Error::Io(_) | sqlx::Error::Tls(_), None) => ErrorClass::Connection,
         _ => ErrorClass::Other,
     }

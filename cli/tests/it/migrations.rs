@@ -310,3 +310,28 @@ async fn the_lock_table_is_the_same_either_way(db: MySqlPool) {
     assert_eq!(definition(&db).await, by_lock_crate);
     jobq_lock::ensure_schema(&db).await.unwrap();
 }
+
+/// A `jobq_locks` that is not jobq-lock's (another application's table of that name) is not
+/// adopted: the migration that creates it fails, naming the table, and the workers' check
+/// keeps refusing the schema.
+#[sqlx::test(migrations = false)]
+async fn a_foreign_lock_table_is_refused(db: MySqlPool) {
+    sqlx::query("CREATE TABLE jobq_locks (id INT PRIMARY KEY)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = jobq_producer::migrate(&db).await.unwrap_err().to_string();
+    assert!(
+        err.contains("not jobq-lock's") && err.contains("name_key"),
+        "{err}"
+    );
+    assert!(jobq_producer::check_migrated(&db).await.is_err());
+}
+
+/// The printed script too runs where a lock user created `jobq_locks` first.
+#[sqlx::test(migrations = false)]
+async fn the_printed_script_adopts_the_lock_table(db: MySqlPool) {
+    jobq_lock::ensure_schema(&db).await.unwrap();
+    db.execute(sqlx::raw_sql(&print_sql(&[]))).await.unwrap();
+    jobq_is_current(&db).await;
+}
