@@ -22,17 +22,6 @@ pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS jobq_locks (
   PRIMARY KEY (name_key, slot)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
 
-/// The columns the lease lock reads and writes.
-const COLUMNS: [&str; 7] = [
-    "name_key",
-    "slot",
-    "name",
-    "holder",
-    "token",
-    "acquired_at",
-    "expires_at",
-];
-
 /// Creates `jobq_locks` in the pool's database if it is missing, and checks that an existing
 /// one has the columns lease locks use. Idempotent and cheap (a read of the catalogue; the DDL
 /// only when the table is missing); call it once at start before using
@@ -41,16 +30,12 @@ const COLUMNS: [&str; 7] = [
 pub async fn ensure_schema(pool: &MySqlPool) -> Result<()> {
     // Read first: a user with no CREATE privilege (tables made by `jobq migrate`) can call
     // this, and on Galera a DDL, even one that does nothing, pauses the cluster.
-    let mut found = columns(pool).await?;
-    if found.is_empty() {
+    let all = jobq_sqlkit::LOCK_COLUMNS;
+    let mut missing = jobq_sqlkit::missing_columns(pool, "jobq_locks", &all).await?;
+    if missing.len() == all.len() {
         sqlx::query(CREATE_TABLE).execute(pool).await?;
-        found = columns(pool).await?;
+        missing = jobq_sqlkit::missing_columns(pool, "jobq_locks", &all).await?;
     }
-    let missing: Vec<&str> = COLUMNS
-        .iter()
-        .copied()
-        .filter(|c| !found.iter().any(|f| f.eq_ignore_ascii_case(c)))
-        .collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -60,18 +45,4 @@ pub async fn ensure_schema(pool: &MySqlPool) -> Result<()> {
             missing.join(", ")
         )))
     }
-}
-
-/// The columns of the base table `jobq_locks` in the pool's database (none if there is none).
-async fn columns(pool: &MySqlPool) -> Result<Vec<String>> {
-    // language=MySQL
-    Ok(sqlx::query_scalar(
-        "SELECT CAST(c.COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS c \
-         JOIN information_schema.TABLES t \
-           ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
-         WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = 'jobq_locks' \
-           AND t.TABLE_TYPE = 'BASE TABLE'",
-    )
-    .fetch_all(pool)
-    .await?)
 }

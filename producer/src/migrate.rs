@@ -228,17 +228,6 @@ async fn unfinished(conn: &mut MySqlConnection, v: i64) -> Error {
 /// (`jobq_lock::ensure_schema`, the same definition: a test compares them).
 const LOCKS_MIGRATION: i64 = 20261202000009;
 
-/// The columns of `jobq_locks` the lease locks use (as `lock/src/schema.rs` checks them).
-const LOCK_COLUMNS: [&str; 7] = [
-    "name_key",
-    "slot",
-    "name",
-    "holder",
-    "token",
-    "acquired_at",
-    "expires_at",
-];
-
 /// The SQL that applies `m`: its file, except that the migration creating `jobq_locks` does
 /// so only if the table is missing, since a lock user may have created it first (the recorded
 /// checksum stays the file's).
@@ -257,20 +246,8 @@ fn runnable_sql(m: &sqlx::migrate::Migration) -> std::borrow::Cow<'_, str> {
 
 /// Refuses a `jobq_locks` that is not jobq-lock's (a view, or a table without its columns).
 async fn check_lock_table(conn: &mut MySqlConnection) -> Result<()> {
-    // language=MySQL
-    let found: Vec<String> = sqlx::query_scalar(
-        "SELECT CAST(c.COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS c \
-         JOIN information_schema.TABLES t \
-           ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
-         WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = 'jobq_locks' \
-           AND t.TABLE_TYPE = 'BASE TABLE'",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let missing: Vec<&str> = LOCK_COLUMNS
-        .into_iter()
-        .filter(|c| !found.iter().any(|f| f.eq_ignore_ascii_case(c)))
-        .collect();
+    let missing =
+        jobq_sqlkit::missing_columns(&mut *conn, "jobq_locks", &jobq_sqlkit::LOCK_COLUMNS).await?;
     if missing.is_empty() {
         return Ok(());
     }

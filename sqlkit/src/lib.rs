@@ -5,7 +5,9 @@
 //! - [`codes`], [`number`], [`classify`]: database errors told apart by the server's error
 //!   number (never by message text or SQLSTATE);
 //! - [`lock_name_sql`]: the server-side name of a `GET_LOCK`, hashed so any name fits both
-//!   servers' rules and two databases on one server never share a lock.
+//!   servers' rules and two databases on one server never share a lock;
+//! - [`LOCK_COLUMNS`] and [`missing_columns`]: the shape of `jobq_locks`, which both the lock
+//!   crate and `jobq migrate` may create, checked one way.
 
 use std::future::Future;
 
@@ -158,6 +160,44 @@ pub fn lock_name_sql(prefix: &str) -> String {
         "CONCAT('{prefix}', SHA1(CONCAT(CAST(COALESCE(DATABASE(), '') AS BINARY), X'00', \
          CAST(? AS BINARY))))"
     )
+}
+
+/// The columns of `jobq_locks` that lease locks read and write.
+pub const LOCK_COLUMNS: [&str; 7] = [
+    "name_key",
+    "slot",
+    "name",
+    "holder",
+    "token",
+    "acquired_at",
+    "expires_at",
+];
+
+/// Which of `columns` the base table `table` of the current database lacks (all of them when
+/// there is no such base table: a missing table, or a view of that name).
+pub async fn missing_columns<'c, E>(
+    db: E,
+    table: &str,
+    columns: &[&str],
+) -> Result<Vec<String>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = MySql>,
+{
+    // language=MySQL
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(c.COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS c \
+         JOIN information_schema.TABLES t \
+           ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+         WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = ? AND t.TABLE_TYPE = 'BASE TABLE'",
+    )
+    .bind(table)
+    .fetch_all(db)
+    .await?;
+    Ok(columns
+        .iter()
+        .filter(|c| !found.iter().any(|f| f.eq_ignore_ascii_case(c)))
+        .map(|c| c.to_string())
+        .collect())
 }
 
 #[cfg(test)]
