@@ -128,7 +128,17 @@ pub(crate) fn run() -> Result<ExitCode> {
     let settings = jobq_config::extract(fig)?;
     init_logging(&settings);
     for var in jobq_config::ignored_env_vars() {
-        tracing::debug!(%var, "not a configuration variable; ignored");
+        if set_by_jobq(&var) {
+            tracing::debug!(%var, "not a configuration variable; ignored");
+        } else {
+            tracing::warn!(
+                %var,
+                "{var} is not a configuration variable (its first part names no section: \
+                 database_url, database, worker, queues, kinds, producer, maintenance, metrics, \
+                 web, log; sections and keys are joined with __, e.g. JOBQ_WORKER__CONCURRENCY); \
+                 ignored"
+            );
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -203,6 +213,14 @@ fn init_logging(settings: &Config) {
     // Handler panics are caught and recorded as attempt errors: one line each. Any other panic
     // is reported as the bug it is.
     jobq_worker::install_panic_hook();
+}
+
+/// `JOBQ_` variables jobq sets itself for the programs it runs (command handlers, `jobq lock
+/// run`), which a `jobq` run by them inherits: not configuration, and no mistake.
+fn set_by_jobq(var: &str) -> bool {
+    ["JOBQ_JOB_", "JOBQ_LOCK_"]
+        .iter()
+        .any(|p| var.starts_with(p))
 }
 
 /// Log lines are coloured only on a terminal, and never when `NO_COLOR` is set to anything but

@@ -143,6 +143,63 @@ mod tests {
         });
     }
 
+    /// Values that would make the process misbehave rather than fail are refused at load,
+    /// each naming its key: a misspelt log level (the log would go silent), a zero connect
+    /// timeout (every connection would fail as if the server were down), a port out of range.
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        let table: [(&str, &str, &str); 8] = [
+            ("JOBQ_LOG__LEVEL", "inof", "log.level"),
+            ("JOBQ_LOG__LEVEL", "info,sqlx=lots", "log.level"),
+            ("JOBQ_LOG__LEVEL", "=warn", "log.level"),
+            (
+                "JOBQ_DATABASE__CONNECT_TIMEOUT",
+                "0s",
+                "database.connect_timeout",
+            ),
+            ("JOBQ_DATABASE_URL", "mysql://u@h:70000/db", "database_url"),
+            ("JOBQ_DATABASE_URL", "mysql://u@h:0/db", "database_url"),
+            (
+                "JOBQ_DATABASE_URL",
+                "mysql://u@h1:3306,h2:x/db",
+                "database_url",
+            ),
+            (
+                "JOBQ_QUEUES__FAR__DATABASE_URL",
+                "mysql://u@h:99999/db",
+                "queues.far.database_url",
+            ),
+        ];
+        for (var, value, key) in table {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let e = load(None).unwrap_err().to_string();
+                assert!(e.contains(key), "{var}={value}: {e}");
+                Ok(())
+            });
+        }
+        let fine = [
+            ("JOBQ_LOG__LEVEL", "debug"),
+            (
+                "JOBQ_LOG__LEVEL",
+                "info,sqlx=warn,jobq_worker::runtime=TRACE",
+            ),
+            (
+                "JOBQ_DATABASE_URL",
+                "mysql://u:p@ss@h:3306/db?ssl-ca=/a@b:1",
+            ),
+            ("JOBQ_DATABASE_URL", "mysql://u@[::1]:3306/db"),
+            ("JOBQ_DATABASE_URL", "mysql://u@h/db"),
+        ];
+        for (var, value) in fine {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                load(None).map_err(|e| format!("{var}={value}: {e}"))?;
+                Ok(())
+            });
+        }
+    }
+
     #[test]
     fn missing_explicit_file_is_an_error() {
         let e = load(Some(Path::new("/nonexistent/jobq.toml"))).unwrap_err();

@@ -359,6 +359,8 @@ impl Settings {
     /// name the key.
     pub fn validate(&self) -> Result<Config, ConfigError> {
         check_url("database_url", &self.database_url)?;
+        nonzero("database.connect_timeout", self.database.connect_timeout)?;
+        check_log_level(&self.log.level)?;
         let w = &self.worker;
         if w.queues.is_empty() {
             return Err(invalid("worker.queues", "list at least one queue"));
@@ -546,14 +548,56 @@ fn distinct_servers<'a>(urls: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 }
 
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-        Ok(())
-    } else {
-        Err(invalid(
+    let Some(rest) = url
+        .strip_prefix("mysql://")
+        .or_else(|| url.strip_prefix("mariadb://"))
+    else {
+        return Err(invalid(
             key,
             "must be a mysql:// URL, e.g. mysql://root@127.0.0.1:3306/jobq",
-        ))
+        ));
+    };
+    // The hosts: after the credentials (the last '@' before the path), before the path.
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let hosts = &rest[rest[..end].rfind('@').map_or(0, |i| i + 1)..end];
+    for host in hosts.split(',') {
+        let port = match host.rsplit_once(':') {
+            // An IPv6 address in brackets has colons of its own.
+            Some((_, p)) if !p.ends_with(']') => p,
+            _ => continue,
+        };
+        if !matches!(port.parse::<u32>(), Ok(1..=65535)) {
+            return Err(invalid(
+                key,
+                format!("port {port:?} of host {host:?} is not a port (1 to 65535)"),
+            ));
+        }
     }
+    Ok(())
+}
+
+/// Checks a `log.level` filter: comma-separated directives, each a level or `target=level`
+/// (what `RUST_LOG` takes). A misspelt level would otherwise silence the log entirely.
+fn check_log_level(level: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, lvl) = match directive.rsplit_once('=') {
+            Some((t, l)) => (Some(t), l),
+            None => (None, directive),
+        };
+        let known = LEVELS.iter().any(|l| l.eq_ignore_ascii_case(lvl.trim()));
+        // A bare word that is not a level is a target at the default level: also a typo here.
+        if !known || target.is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{directive:?} is not a level: write trace, debug, info, warn, error or off, \
+                     optionally per target, e.g. \"info,sqlx=warn\""
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The shortest `web.token` accepted: a token guessable by trying is no protection.

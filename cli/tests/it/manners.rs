@@ -188,3 +188,45 @@ async fn enqueue_warns_of_a_kind_nobody_runs(db: MySqlPool) {
     );
     w.stop().await;
 }
+
+/// Bad configuration is refused before anything runs, naming the key, with exit status 2; a
+/// misspelt `JOBQ_` section is named in a warning.
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    for (var, value, key) in [
+        ("JOBQ_LOG__LEVEL", "inof", "log.level"),
+        (
+            "JOBQ_DATABASE__CONNECT_TIMEOUT",
+            "0s",
+            "database.connect_timeout",
+        ),
+        (
+            "JOBQ_DATABASE_URL",
+            "mysql://root@127.0.0.1:70000/jobq",
+            "database_url",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_jobq"))
+            .arg("stats")
+            .env(var, value)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{var}={value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(key), "{var}={value}: {}", stderr(&o));
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["migrate", "--print-sql"])
+        .env("JOBQ_WORKR__CONCURRENCY", "3")
+        .env("JOBQ_LOCK_TOKEN", "7")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("JOBQ_WORKR__CONCURRENCY is not a configuration variable"),
+        "{err}"
+    );
+    assert!(!err.contains("JOBQ_LOCK_TOKEN"), "{err}");
+}
