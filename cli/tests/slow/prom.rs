@@ -165,7 +165,7 @@ fn alert_queries() -> Vec<(String, String, Vec<String>)> {
 async fn dashboards_and_alerts_against_real_prometheus(db: MySqlPool) {
     jobq_producer::migrate(&db).await.unwrap();
     let bin = prometheus()
-        .expect("prometheus is not installed: apt-get install prometheus (.ci/run does)");
+        .expect("prometheus is not installed: apt-get install prometheus (scripts/test does)");
     let url = url_of(&db).await;
     let p = Producer::new(db.clone());
     let mut jobs = Vec::new();

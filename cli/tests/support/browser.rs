@@ -1,5 +1,5 @@
 //! A headless Chromium driven over WebDriver (`chromedriver` from Debian's `chromium-driver`,
-//! installed by `.ci/run`), for the console's end-to-end test. Missing binaries fail the test
+//! installed by `scripts/test`), for the console's end-to-end test. Missing binaries fail the test
 //! with what to install; nothing is skipped.
 #![allow(dead_code)]
 
@@ -37,7 +37,7 @@ fn find(name: &str) -> Option<PathBuf> {
 pub(crate) fn start_driver() -> Driver {
     let exe = find("chromedriver").expect(
         "chromedriver not found: install Debian's chromium and chromium-driver \
-         (apt-get install chromium chromium-driver; .ci/run does this)",
+         (apt-get install chromium chromium-driver; scripts/test does this)",
     );
     let port = crate::http::free_port();
     let child = Command::new(exe)
@@ -65,7 +65,7 @@ pub(crate) async fn browser(driver: &Driver) -> Client {
                  "--window-size=1280,1000", "--disable-extensions"],
     });
     let chromium = find("chromium").expect(
-        "chromium not found: install Debian's chromium (apt-get install chromium; .ci/run does this)",
+        "chromium not found: install Debian's chromium (apt-get install chromium; scripts/test does this)",
     );
     options["binary"] = chromium.to_string_lossy().into_owned().into();
     let mut caps = Capabilities::new();

@@ -1,7 +1,7 @@
 //! A private 3-node MariaDB Galera cluster on loopback, for the multi-primary tests: node 1
 //! bootstraps the cluster (`--wsrep-new-cluster`), nodes 2 and 3 join by state transfer
 //! (rsync). Every port is free-picked on 127.0.0.1; the machine's own server is untouched.
-//! Needs Debian's `mariadb-server`, `galera-4` and `rsync` (installed by `.ci/run`); a missing
+//! Needs Debian's `mariadb-server`, `galera-4` and `rsync` (installed by `scripts/test`); a missing
 //! one fails the test with what to install. As root the servers run as the `mysql` user: the
 //! rsync state transfer cannot write a joiner's data directory as root's `nobody`.
 #![allow(dead_code)]
@@ -17,7 +17,7 @@ fn find(paths: &[&str], what: &str) -> PathBuf {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{what} not found: install it (.ci/run does)"))
+        .unwrap_or_else(|| panic!("{what} not found: install it (scripts/test does)"))
 }
 
 struct Node {

@@ -2,7 +2,7 @@
 //! server is never touched: its own data directory (a temp dir), its own loopback port, root
 //! with no password. `kill9` crashes it, `restart` brings it back on the same data and port.
 //!
-//! Needs `mariadbd` and `mariadb-install-db` (Debian package `mariadb-server`; `.ci/run`
+//! Needs `mariadbd` and `mariadb-install-db` (Debian package `mariadb-server`; `scripts/test`
 //! installs it). A test that cannot find them fails, saying what to install.
 
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ fn find(names: &[&str]) -> PathBuf {
         }
     }
     panic!(
-        "{} not found: install the mariadb-server package (.ci/run does), \
+        "{} not found: install the mariadb-server package (scripts/test does), \
          this test needs a private server it may crash",
         names.join(" or ")
     );
