@@ -8,7 +8,7 @@
 //! (`auth.rs`), record who acted (`web`, `web:token` or `web:USER`) in the transition, and are
 //! refused altogether with `web.read_only`.
 //!
-//! Files: `auth.rs` (who gets in, CSRF), `pages.rs` (the GET pages), `actions.rs` (the POSTs),
+//! Files: `auth.rs` (who gets in, CSRF), `pages/` (the GET pages: overview, jobs, operations), `actions.rs` (the POSTs),
 //! `chart.rs` (the SVG chart); the SQL is in `store/` like the rest of the crate's.
 
 mod actions;

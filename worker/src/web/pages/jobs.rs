@@ -1,6 +1,5 @@
-//! The console's pages (GETs). Each reads through the crate's public views (`inspect.rs`,
-//! `acts.rs`, `jobq-lock`'s status) or `store/console.rs`, and hands the template plain,
-//! already formatted values; the templates escape every one of them.
+//! The jobs list (filters, bounded pages, bulk acts), a job with its history, and the page that
+//! confirms a bulk act.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -8,247 +7,22 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use chrono::{DateTime, Utc};
-use jobq_producer::{JobId, JobState, QueueName};
+use jobq_producer::{JobId, JobState};
 use serde::Deserialize;
 
-use super::{render, App, Ctx, Problem};
 use crate::acts::{decide, Act};
 use crate::store::{self, JobFilter, JobOrder};
+use crate::web::{render, App, Ctx, Problem};
+
+use super::*;
 
 /// Rows per page of the jobs list.
-const PAGE_ROWS: u32 = 50;
+pub(super) const PAGE_ROWS: u32 = 50;
 /// With a queue, kind or error-text filter, a page reads at most this many jobs and then
 /// offers to search on, so a page's cost stays bounded on any table: more along the primary
 /// key (rows in order) than along a secondary index (a row lookup each).
-const EXAMINE_BY_ID: u32 = 20_000;
-const EXAMINE_BY_RUN_AT: u32 = 5_000;
-
-/// What the layout (`base.html`) shows around every page.
-pub(crate) struct Layout {
-    pub(crate) title: String,
-    pub(crate) nav: &'static str,
-    pub(crate) csrf: String,
-    pub(crate) read_only: bool,
-    pub(crate) signed_in: bool,
-    pub(crate) live: bool,
-    pub(crate) flash: Option<String>,
-    pub(crate) flash_kind: &'static str,
-}
-
-pub(crate) struct NavItem {
-    pub(crate) href: &'static str,
-    pub(crate) label: &'static str,
-    pub(crate) on: bool,
-}
-
-impl Layout {
-    fn new(app: &App, ctx: &Ctx, title: impl Into<String>, nav: &'static str) -> Self {
-        Layout {
-            title: title.into(),
-            nav,
-            csrf: ctx.csrf.clone(),
-            read_only: app.read_only,
-            signed_in: ctx.who.has_session(),
-            live: true,
-            flash: None,
-            flash_kind: "",
-        }
-    }
-
-    /// For error pages, which know nothing of the request.
-    pub(crate) fn bare(title: &str) -> Self {
-        Layout {
-            title: title.to_owned(),
-            nav: "",
-            csrf: String::new(),
-            read_only: false,
-            signed_in: false,
-            live: false,
-            flash: None,
-            flash_kind: "",
-        }
-    }
-
-    fn flash(mut self, text: Option<String>, good: bool) -> Self {
-        self.flash = text;
-        self.flash_kind = if good { "good" } else { "bad" };
-        self
-    }
-
-    pub(crate) fn nav_items(&self) -> Vec<NavItem> {
-        [
-            ("/", "Overview", "overview"),
-            ("/jobs", "Jobs", "jobs"),
-            ("/queues", "Queues", "queues"),
-            ("/schedules", "Schedules", "schedules"),
-            ("/locks", "Locks", "locks"),
-            ("/workers", "Workers", "workers"),
-        ]
-        .into_iter()
-        .map(|(href, label, key)| NavItem {
-            href,
-            label,
-            on: key == self.nav,
-        })
-        .collect()
-    }
-}
-
-/// `2026-12-02 17:55:01.123Z`: to the millisecond, UTC.
-pub(crate) fn time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string()
-}
-
-/// A duration in seconds as a person reads it: `850ms`, `12.5s`, `7m 03s`, `2h 05m`, `3d 4h`.
-pub(crate) fn span(seconds: f64) -> String {
-    let s = seconds.max(0.0);
-    if s < 1.0 {
-        format!("{}ms", (s * 1000.0).round() as u64)
-    } else if s < 60.0 {
-        format!("{s:.1}s")
-    } else if s < 3600.0 {
-        let s = s as u64;
-        format!("{}m {:02}s", s / 60, s % 60)
-    } else if s < 86_400.0 {
-        let s = s as u64;
-        format!("{}h {:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        let s = s as u64;
-        format!("{}d {}h", s / 86_400, s % 86_400 / 3600)
-    }
-}
-
-/// At most `n` characters of `s`, with an ellipsis when cut.
-fn clip(s: &str, n: usize) -> String {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
-fn states() -> Vec<&'static str> {
-    JobState::ALL.iter().map(|s| s.as_str()).collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// Overview
-
-pub(crate) struct QueueRow {
-    pub(crate) name: String,
-    pub(crate) counts: Vec<(&'static str, i64)>,
-    pub(crate) per_minute: i64,
-    pub(crate) oldest: String,
-    pub(crate) paused: bool,
-}
-
-pub(crate) struct WorkerRow {
-    pub(crate) id: String,
-    pub(crate) host: String,
-    pub(crate) pid: u32,
-    pub(crate) queues: String,
-    pub(crate) running: i64,
-    pub(crate) started: String,
-    pub(crate) heartbeat: String,
-    pub(crate) stale: bool,
-}
-
-pub(crate) struct FailureRow {
-    pub(crate) job: u64,
-    pub(crate) queue: String,
-    pub(crate) kind: String,
-    pub(crate) attempt: u32,
-    pub(crate) event: String,
-    pub(crate) at: String,
-    pub(crate) error: String,
-}
-
-#[derive(Template)]
-#[template(path = "overview.html")]
-pub(crate) struct Overview {
-    page: Layout,
-    chart: String,
-    reach: u32,
-    hour_completed: i64,
-    hour_failed: i64,
-    states: Vec<&'static str>,
-    queues: Vec<QueueRow>,
-    workers: Vec<WorkerRow>,
-    failures: Vec<FailureRow>,
-}
-
-async fn worker_rows(app: &App) -> Result<Vec<WorkerRow>, Problem> {
-    // A worker whose heartbeat is older than its lease is presumed gone (its jobs are being
-    // rescued); the row stays until maintenance prunes it.
-    let stale_after = app.config.worker().lease_ttl.as_secs_f64();
-    Ok(crate::workers(&app.pool)
-        .await?
-        .into_iter()
-        .map(|w| WorkerRow {
-            stale: w.heartbeat_age_seconds > stale_after,
-            id: w.id,
-            host: w.host,
-            pid: w.pid,
-            queues: w.queues.join(", "),
-            running: w.running,
-            started: time(w.started_at),
-            heartbeat: format!("{} ago", span(w.heartbeat_age_seconds)),
-        })
-        .collect())
-}
-
-pub(crate) async fn overview(
-    State(app): State<App>,
-    Extension(ctx): Extension<Ctx>,
-) -> Result<Response, Problem> {
-    // Four independent reads, side by side on the pool.
-    let (stats, hour, failures, workers) = tokio::join!(
-        crate::stats(&app.pool),
-        store::last_hour(&app.pool),
-        store::recent_failures(&app.pool, 10),
-        worker_rows(&app),
-    );
-    let (stats, (minutes, reach), failures) = (stats?, hour?, failures?);
-    let queues = stats
-        .queues
-        .into_iter()
-        .map(|(name, q)| QueueRow {
-            counts: JobState::ALL
-                .iter()
-                .map(|s| (s.as_str(), q.states.get(s.as_str()).copied().unwrap_or(0)))
-                .collect(),
-            per_minute: q.completed_last_minute,
-            oldest: q.oldest_available_seconds.map(span).unwrap_or_default(),
-            paused: q.paused_since.is_some(),
-            name,
-        })
-        .collect();
-    let page = Overview {
-        page: Layout::new(&app, &ctx, "Overview", "overview"),
-        chart: super::chart::svg(&minutes, reach),
-        reach,
-        hour_completed: minutes.iter().map(|m| m.completed).sum(),
-        hour_failed: minutes.iter().map(|m| m.failed).sum(),
-        states: states(),
-        queues,
-        workers: workers?,
-        failures: failures
-            .into_iter()
-            .map(|f| FailureRow {
-                job: f.job.0,
-                queue: f.queue,
-                kind: f.kind,
-                attempt: f.attempt,
-                event: f.event,
-                at: time(f.at),
-                error: clip(f.error.as_deref().unwrap_or(""), 300),
-            })
-            .collect(),
-    };
-    Ok(render(&page))
-}
-
-// ---------------------------------------------------------------------------------------
-// Jobs
+pub(super) const EXAMINE_BY_ID: u32 = 20_000;
+pub(super) const EXAMINE_BY_RUN_AT: u32 = 5_000;
 
 /// The jobs page's query string: `/jobs?state=…&queue=…&kind=…&q=…&sort=id|run_at`, plus the
 /// keyset cursor (`after`, `after_run_at`) and the outcome of a bulk act.
@@ -296,7 +70,7 @@ pub(crate) struct FilterView {
     pub(crate) query: String,
 }
 
-fn non_empty(s: &str) -> Option<String> {
+pub(super) fn non_empty(s: &str) -> Option<String> {
     let t = s.trim();
     (!t.is_empty()).then(|| t.to_owned())
 }
@@ -410,7 +184,7 @@ pub(crate) struct Jobs {
 }
 
 /// The acts that make sense on a selection of jobs in `state`.
-fn bulk_acts(state: Option<JobState>) -> Vec<(&'static str, &'static str)> {
+pub(super) fn bulk_acts(state: Option<JobState>) -> Vec<(&'static str, &'static str)> {
     let Some(state) = state else {
         return Vec::new();
     };
@@ -586,7 +360,7 @@ pub(crate) async fn confirm(
     Ok(render(&page))
 }
 
-fn capitalised(s: &str) -> String {
+pub(super) fn capitalised(s: &str) -> String {
     let mut c = s.chars();
     c.next()
         .map(|f| f.to_uppercase().chain(c).collect())
@@ -633,7 +407,7 @@ pub(crate) struct JobQuery {
     refused: String,
 }
 
-fn pretty(v: &serde_json::Value) -> String {
+pub(super) fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
@@ -733,286 +507,9 @@ pub(crate) async fn job(
 // ---------------------------------------------------------------------------------------
 // Queues, schedules, locks, workers
 
-pub(crate) struct QueueLine {
-    pub(crate) name: String,
-    pub(crate) available: i64,
-    pub(crate) running: i64,
-    pub(crate) waiting: i64,
-    pub(crate) claim_mode: String,
-    pub(crate) concurrency: u32,
-    pub(crate) key_limit: u32,
-    pub(crate) rate_limit: String,
-    pub(crate) key_rate_limit: String,
-    pub(crate) paused: bool,
-    pub(crate) paused_note: String,
-}
-
-#[derive(Template)]
-#[template(path = "queues.html")]
-pub(crate) struct Queues {
-    page: Layout,
-    config_note: String,
-    queues: Vec<QueueLine>,
-}
-
-#[derive(Deserialize, Default)]
-pub(crate) struct NameFlash {
-    #[serde(default)]
-    did: String,
-    #[serde(default)]
-    name: String,
-}
-
-/// A flash for `?did=ACT&name=NAME` after a queue or schedule act, shown only for a name
-/// `known` accepts (a valid queue name, a configured schedule): a crafted link cannot put
-/// words of its own on the page.
-fn name_flash(what: &str, q: &NameFlash, known: impl Fn(&str) -> bool) -> Option<String> {
-    let verb = match q.did.as_str() {
-        "pause" => "paused",
-        "resume" => "resumed",
-        "run" => "enqueued to run now",
-        _ => return None,
-    };
-    known(&q.name).then(|| format!("{what} {} {verb}.", q.name))
-}
-
-pub(crate) async fn queues(
-    State(app): State<App>,
-    Extension(ctx): Extension<Ctx>,
-    Query(q): Query<NameFlash>,
-) -> Result<Response, Problem> {
-    let stats = crate::stats(&app.pool).await?;
-    let mut names: Vec<String> = stats.queues.keys().cloned().collect();
-    let configured = app.config.configured_queues().map(|q| q.to_string());
-    for n in configured.chain(app.config.worker().queues.iter().cloned()) {
-        if !names.contains(&n) {
-            names.push(n);
-        }
-    }
-    names.sort();
-    let mut lines = Vec::new();
-    for name in names {
-        let Ok(qn) = QueueName::new(&name) else {
-            continue;
-        };
-        let s = app.config.queue(&qn);
-        let st = stats.queues.get(&name).cloned().unwrap_or_default();
-        let count = |state: &str| st.states.get(state).copied().unwrap_or(0);
-        let rate = |r: Option<jobq_config::Rate>| {
-            r.map(|r| format!("{}/{}", r.max, humantime::format_duration(r.period)))
-                .unwrap_or_default()
-        };
-        lines.push(QueueLine {
-            available: count("available"),
-            running: count("running"),
-            waiting: count("waiting"),
-            claim_mode: format!("{:?}", s.claim_mode),
-            concurrency: s.concurrency,
-            key_limit: s.key_limit,
-            rate_limit: rate(s.rate_limit),
-            key_rate_limit: rate(s.key_rate_limit),
-            paused: st.paused_since.is_some(),
-            paused_note: match (&st.paused_since, &st.paused_by) {
-                (Some(since), Some(by)) => format!("since {since} by {by}"),
-                (Some(since), None) => format!("since {since}"),
-                _ => String::new(),
-            },
-            name,
-        });
-    }
-    let page = Queues {
-        page: Layout::new(&app, &ctx, "Queues", "queues")
-            .flash(name_flash("Queue", &q, |n| QueueName::new(n).is_ok()), true),
-        config_note: "each worker applies its own configuration".to_owned(),
-        queues: lines,
-    };
-    Ok(render(&page))
-}
-
-pub(crate) struct ScheduleLine {
-    pub(crate) name: String,
-    pub(crate) cron: String,
-    pub(crate) timezone: String,
-    pub(crate) kind: String,
-    pub(crate) queue: String,
-    pub(crate) next: String,
-    pub(crate) last: String,
-    pub(crate) outcome: String,
-    pub(crate) last_job: Option<u64>,
-    pub(crate) last_job_state: String,
-    pub(crate) paused: bool,
-}
-
-#[derive(Template)]
-#[template(path = "schedules.html")]
-pub(crate) struct Schedules {
-    page: Layout,
-    schedules: Vec<ScheduleLine>,
-}
-
-pub(crate) async fn schedules(
-    State(app): State<App>,
-    Extension(ctx): Extension<Ctx>,
-    Query(q): Query<NameFlash>,
-) -> Result<Response, Problem> {
-    let list = crate::list_schedules(&app.pool, &app.config).await?;
-    let page = Schedules {
-        page: Layout::new(&app, &ctx, "Schedules", "schedules").flash(
-            name_flash("Schedule", &q, |n| {
-                app.config.schedules().iter().any(|s| s.name == n)
-            }),
-            true,
-        ),
-        schedules: list
-            .into_iter()
-            .map(|s| ScheduleLine {
-                name: s.name,
-                cron: s.cron,
-                timezone: s.timezone,
-                kind: s.kind,
-                queue: s.queue,
-                next: s.next_slot.map(time).unwrap_or_default(),
-                last: s.last_slot.map(time).unwrap_or_default(),
-                outcome: s.last_outcome.unwrap_or_default(),
-                last_job: s.last_job.map(|j| j.0),
-                last_job_state: s.last_job_state.unwrap_or_default(),
-                paused: s.paused,
-            })
-            .collect(),
-    };
-    Ok(render(&page))
-}
-
-pub(crate) struct LockLine {
-    pub(crate) name: String,
-    pub(crate) slot: u32,
-    pub(crate) state: &'static str,
-    pub(crate) holder: String,
-    pub(crate) token: String,
-    pub(crate) since: String,
-    pub(crate) held_for: String,
-    pub(crate) expires_in: String,
-}
-
-#[derive(Template)]
-#[template(path = "locks.html")]
-pub(crate) struct Locks {
-    page: Layout,
-    locks: Vec<LockLine>,
-}
-
-pub(crate) async fn locks(
-    State(app): State<App>,
-    Extension(ctx): Extension<Ctx>,
-) -> Result<Response, Problem> {
-    let list = jobq_lock::status(&app.pool, None).await.map_err(|e| {
-        tracing::warn!(error = %e, "web console: reading the locks failed");
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading the locks failed: {e}"),
-        )
-    })?;
-    let page = Locks {
-        page: Layout::new(&app, &ctx, "Locks", "locks"),
-        locks: list
-            .into_iter()
-            .map(|l| LockLine {
-                name: l.name,
-                slot: l.slot,
-                state: l.state.as_str(),
-                holder: l.holder.unwrap_or_default(),
-                token: l.token.map(|t| t.to_string()).unwrap_or_default(),
-                since: l.acquired_at.unwrap_or_default(),
-                held_for: l
-                    .held_for
-                    .map(|d| span(d.as_secs_f64()))
-                    .unwrap_or_default(),
-                expires_in: l
-                    .expires_in
-                    .map(|d| span(d.as_secs_f64()))
-                    .unwrap_or_default(),
-            })
-            .collect(),
-    };
-    Ok(render(&page))
-}
-
-#[derive(Template)]
-#[template(path = "workers.html")]
-pub(crate) struct Workers {
-    page: Layout,
-    workers: Vec<WorkerRow>,
-}
-
-pub(crate) async fn workers(
-    State(app): State<App>,
-    Extension(ctx): Extension<Ctx>,
-) -> Result<Response, Problem> {
-    let page = Workers {
-        page: Layout::new(&app, &ctx, "Workers", "workers"),
-        workers: worker_rows(&app).await?,
-    };
-    Ok(render(&page))
-}
-
-// ---------------------------------------------------------------------------------------
-// Login and errors
-
-#[derive(Template)]
-#[template(path = "login.html")]
-pub(crate) struct Login {
-    pub(crate) token_login: bool,
-    pub(crate) next: String,
-    pub(crate) failed: bool,
-}
-
-#[derive(Deserialize, Default)]
-pub(crate) struct LoginQuery {
-    #[serde(default)]
-    next: String,
-}
-
-pub(crate) async fn login(State(app): State<App>, Query(q): Query<LoginQuery>) -> Response {
-    render(&Login {
-        token_login: app.creds.token.is_some(),
-        next: q.next,
-        failed: false,
-    })
-}
-
-#[derive(Template)]
-#[template(path = "error.html")]
-pub(crate) struct ErrorPage {
-    pub(crate) page: Layout,
-    pub(crate) status: u16,
-    pub(crate) message: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spans_read_like_a_person_would_say_them() {
-        for (s, want) in [
-            (0.0, "0ms"),
-            (0.85, "850ms"),
-            (12.46, "12.5s"),
-            (423.0, "7m 03s"),
-            (7_500.0, "2h 05m"),
-            (3.0 * 86_400.0 + 4.0 * 3600.0, "3d 4h"),
-            (-1.0, "0ms"),
-        ] {
-            assert_eq!(span(s), want, "{s}");
-        }
-    }
-
-    #[test]
-    fn clip_cuts_on_characters() {
-        assert_eq!(clip("héllo", 2), "hé…");
-        assert_eq!(clip("hi", 2), "hi");
-    }
-
     #[test]
     fn filters_are_checked_and_echoed() {
         let q = |state: &str, sort: &str| JobsQuery {
