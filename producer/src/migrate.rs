@@ -416,14 +416,7 @@ pub fn migrations_sql(after: i64) -> String {
              are kept."
         );
         for m in before {
-            let _ = writeln!(
-                out,
-                "INSERT IGNORE INTO jobq_migrations (version, description, checksum, success) \
-                 VALUES ({}, '{}', UNHEX('{}'), 1);",
-                m.version,
-                m.description.replace('\'', "''"),
-                hex(&m.checksum),
-            );
+            let _ = writeln!(out, "{}", record_row(m, "INSERT IGNORE"));
         }
         out.push('\n');
     }
@@ -432,24 +425,14 @@ pub fn migrations_sql(after: i64) -> String {
         let sql = runnable.trim_end();
         let _ = writeln!(
             out,
-            "-- {} {}\n{sql}{}\nINSERT INTO jobq_migrations (version, description, checksum, \
-             success) VALUES ({}, '{}', UNHEX('{}'), 1);\n",
+            "-- {} {}\n{sql}{}\n{}\n",
             m.version,
             m.description,
             if sql.ends_with(';') { "" } else { ";" },
-            m.version,
-            m.description.replace('\'', "''"),
-            hex(&m.checksum),
+            record_row(m, "INSERT"),
         );
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The server's error with its number, or sqlx's text.
@@ -462,6 +445,17 @@ fn describe(e: &sqlx::Error) -> String {
         },
         other => other.to_string(),
     }
+}
+
+/// The statement (`INSERT` or `INSERT IGNORE`) that records `m` as applied.
+fn record_row(m: &sqlx::migrate::Migration, insert: &str) -> String {
+    format!(
+        "{insert} INTO jobq_migrations (version, description, checksum, success) \
+         VALUES ({}, '{}', {}, 1);",
+        m.version,
+        m.description.replace('\'', "''"),
+        jobq_sqlkit::hex_literal(&m.checksum),
+    )
 }
 
 #[cfg(test)]
@@ -490,10 +484,5 @@ mod tests {
             migrations().len()
         );
         assert!(!tail.contains("CREATE TABLE jobq_jobs"));
-    }
-
-    #[test]
-    fn hex_is_lowercase_pairs() {
-        assert_eq!(hex(&[0, 15, 255]), "000fff");
     }
 }

@@ -162,6 +162,19 @@ pub fn lock_name_sql(prefix: &str) -> String {
     )
 }
 
+/// `bytes` as a MySQL hex literal, `X'…'` (lowercase): binary data, or text of any content,
+/// spliced into SQL so that nothing in it can end the literal.
+pub fn hex_literal(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2 + 3);
+    out.push_str("X'");
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push('\'');
+    out
+}
+
 /// The columns of `jobq_locks` that lease locks read and write.
 pub const LOCK_COLUMNS: [&str; 7] = [
     "name_key",
@@ -211,6 +224,12 @@ mod tests {
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Other);
         assert_eq!(classify(&sqlx::Error::RowNotFound), ErrorClass::Other);
         assert!(!is_transient(&io));
+    }
+
+    #[test]
+    fn hex_literals_are_lowercase_pairs() {
+        assert_eq!(hex_literal(&[0, 15, 255]), "X'000fff'");
+        assert_eq!(hex_literal(b""), "X''");
     }
 
     #[test]

@@ -190,14 +190,19 @@ impl ServerInfo {
 
 /// Asks the server what it is.
 pub(crate) async fn detect(pool: &MySqlPool) -> Result<ServerInfo> {
+    detect_on(&mut *pool.acquire().await?).await
+}
+
+/// [`detect`] on one connection.
+async fn detect_on(conn: &mut MySqlConnection) -> Result<ServerInfo> {
     // language=MySQL
     let version: String = sqlx::query_scalar("SELECT VERSION()")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     // language=MySQL
     // The variable exists only on wsrep builds; no row means no Galera.
     let wsrep: Option<(String, String)> = sqlx::query_as("SHOW VARIABLES LIKE 'wsrep_on'")
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?;
     let galera = wsrep.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON"));
     ServerInfo::parse(&version, galera).ok_or_else(|| {
@@ -216,19 +221,13 @@ pub async fn check_server(url: &str, modes: &[ClaimMode]) -> Result<()> {
         .await
         .map_err(connect_error)?;
     let opts = MySqlConnectOptions::from_str(&jobq_producer::server_url(&url))?;
-    // A direct connection first: a refused or silent server is reported at once with its
-    // address and cause (a pool would wait its acquire timeout and say only that).
-    let conn = jobq_producer::connect_direct(&opts, CHECK_WAIT)
+    // One direct connection: a refused or silent server is reported at once with its address
+    // and cause (a pool would wait its acquire timeout and say only that).
+    let mut conn = jobq_producer::connect_direct(&opts, CHECK_WAIT)
         .await
         .map_err(connect_error)?;
+    let info = detect_on(&mut conn).await;
     let _ = conn.close().await;
-    let pool = MySqlPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(CHECK_WAIT)
-        .connect_with(opts)
-        .await?;
-    let info = detect(&pool).await;
-    pool.close().await;
     info?.check(modes.iter().copied())
 }
 

@@ -76,27 +76,13 @@ fn quote(s: &str) -> String {
 
 /// A token as a hex literal, `X'…'`.
 pub(crate) fn hex(t: &Token) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(35);
-    out.push_str("X'");
-    for b in t {
-        let _ = write!(out, "{b:02x}");
-    }
-    out.push('\'');
-    out
+    jobq_sqlkit::hex_literal(t)
 }
 
 /// Text of any content (a concurrency key) as a hex literal of its UTF-8 bytes, `X'…'`, so
 /// nothing in it can end the literal. The key columns are VARBINARY: compared byte for byte.
 pub(crate) fn text_lit(s: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(s.len() * 2 + 3);
-    out.push_str("X'");
-    for b in s.as_bytes() {
-        let _ = write!(out, "{b:02x}");
-    }
-    out.push('\'');
-    out
+    jobq_sqlkit::hex_literal(s.as_bytes())
 }
 
 /// Ids as a comma-separated list of integer literals.
