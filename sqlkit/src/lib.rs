@@ -2,6 +2,8 @@
 //! written once so that they agree:
 //!
 //! - [`begin`] and [`detached`]: a transaction start that is safe to cancel;
+//! - [`OwnedTx`] and [`within`]: a transaction bounded by a deadline that never goes back to the
+//!   pool open, with [`TxError`] telling a deadline from a database error;
 //! - [`codes`], [`number`], [`classify`]: database errors told apart by the server's error
 //!   number (never by message text or SQLSTATE);
 //! - [`lock_name_sql`]: the server-side name of a `GET_LOCK`, hashed so any name fits both
@@ -9,10 +11,14 @@
 //! - [`LOCK_COLUMNS`] and [`missing_columns`]: the shape of `jobq_locks`, which both the lock
 //!   crate and `jobq migrate` may create, checked one way.
 
+mod tx;
+
 use std::future::Future;
 
 use sqlx::mysql::MySqlDatabaseError;
 use sqlx::{MySql, MySqlPool, Transaction};
+
+pub use tx::{within, OwnedTx, TxError, END_BUDGET};
 
 /// MySQL/MariaDB error numbers jobq reacts to.
 pub mod codes {

@@ -264,8 +264,8 @@ pub fn register(r: &mut Registry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::attempt::Outcome;
     use crate::runtime::executor::outcome_of;
-    use crate::transition::Outcome;
 
     fn fail(json: &str) -> Fail {
         serde_json::from_str(json).unwrap()

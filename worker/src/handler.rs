@@ -118,7 +118,7 @@ pub struct JobContext {
     /// The result `set_result` stored, as JSON text.
     pub(crate) result: ResultSlot,
     /// The claim's fencing token.
-    pub(crate) token: crate::store::Token,
+    pub(crate) token: crate::model::Token,
 }
 
 /// Where a handler's result waits until the attempt's outcome is written.

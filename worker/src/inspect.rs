@@ -237,7 +237,7 @@ pub async fn list_schedules(
                 last_outcome: r.last_outcome,
                 last_job: r.last_job_id.map(JobId),
                 last_job_state: r.last_job_state,
-                next_slot: crate::schedule::next_slot(s, now),
+                next_slot: crate::machine::schedule::next_slot(s, now),
             }
         })
         .collect())

@@ -29,7 +29,9 @@
 //!
 //! Where things live: [`Worker`] (`worker.rs`) wires the private runtime (`runtime/`: claimer,
 //! executor, recorder, heartbeat, maintenance, the in-flight table, the retry policy); every
-//! decision about a job's next state is in `transition.rs`; all SQL is in `store/`.
+//! decision about a job's next state is in `machine/` (pure, table-tested); all SQL is in
+//! `store/`, which writes what `machine/` decided and decides nothing; `model/` holds the
+//! values passed between them.
 
 mod acts;
 pub mod builtin;
@@ -42,8 +44,9 @@ mod handler;
 mod health;
 mod ids;
 mod inspect;
-mod limits;
+mod machine;
 pub mod metrics;
+mod model;
 
 /// Every Rust snippet of README.md, compiled as a doctest (`cargo test --doc`).
 #[cfg(doctest)]
@@ -52,15 +55,13 @@ struct ReadmeSnippets;
 mod panics;
 mod registry;
 mod runtime;
-mod schedule;
 mod shutdown;
 mod store;
-mod transition;
 #[cfg(feature = "console")]
 pub mod web;
 mod worker;
 
-pub use acts::{act_on_filter, act_on_jobs, count_jobs, Act, ActTally, Acted};
+pub use acts::{act_on_filter, act_on_jobs, count_jobs, ActTally};
 pub use command::{register_commands, EXIT_DISCARD, EXIT_SNOOZE};
 pub use db::{check_migrated, check_server, check_server_limits, migrate};
 pub use error::{Error, Result};
@@ -81,12 +82,13 @@ pub use jobq_producer::{
     migrations_sql, same_server, server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName,
     MigrateReport, NewJob, OnDuplicate, Producer, ProducerOptions, QueueName,
 };
+pub use machine::attempt::is_valid;
+pub use model::{Act, Acted, Event};
 pub use panics::install_panic_hook;
 pub use registry::Registry;
 pub use runtime::prune_finished;
 pub use shutdown::{on_signals, Shutdown, ShutdownSignal, Stopped};
 pub use store::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
-pub use transition::{is_valid, Event};
 pub use worker::Worker;
 
 /// A pool for `config`: `database.max_connections` connections, or the process's total

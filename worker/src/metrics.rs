@@ -7,7 +7,7 @@ use std::time::Duration;
 use jobq_producer::{KindName, QueueName};
 use metrics::{counter, gauge, histogram};
 
-use crate::transition::Event;
+use crate::model::Event;
 
 /// The `outcome` of `jobq_jobs_finished_total` for an attempt whose lease was lost: its handler
 /// was cancelled and nothing was written.

@@ -20,15 +20,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
+use super::claim::{claim, ClaimRequest, Claimed, Flow};
 use super::lock::NamedLockClaims;
 use super::pending::Carried;
 use super::recorder;
 use super::retry::DbRetry;
 use super::{executor, Shared};
 use crate::metrics;
-use crate::store::{
-    self, ClaimError, ClaimLock, ClaimRequest, ClaimedJob, Cursor, Flow, Throttled,
-};
+use crate::model::{ClaimOutcome, ClaimedJob, Cursor};
+use crate::store::{ClaimError, ClaimLock};
 
 const MIN_POLL: Duration = Duration::from_millis(1);
 
@@ -210,35 +210,36 @@ pub(crate) async fn run(
         #[cfg(test)]
         let result = lose_answer(&shared, result);
         match result {
-            Ok(mut claimed) => {
+            Ok(ClaimResult {
+                claimed: mut c,
+                carried,
+            }) => {
                 retry.reset();
-                let got = claimed.jobs.len();
+                let got = c.jobs.len();
                 if got > 0 {
                     last_found = Instant::now();
                     idle_wait = MIN_POLL;
                 }
-                let throttled = claimed.throttled;
-                // Jobs sent to wait or deferred left room in the batch: more may be behind them;
-                // jobs just made available are there to claim.
-                last_full = got as u32 == claimed.want
-                    || throttled != Throttled::default()
-                    || claimed.unblocked > 0;
-                let started_all = got as u32 == claimed.want
-                    && throttled == Throttled::default()
-                    && claimed.unblocked == 0;
-                cursor.after_claim(started, started_all, claimed.last.take());
+                let throttled = c.throttled;
+                // A full batch, or one that sent jobs to wait, deferred them or made waiting
+                // jobs available: more may be claimable at once.
+                last_full = matches!(c.outcome, ClaimOutcome::Full | ClaimOutcome::Throttled);
+                // Only a full batch of starts lets the next claim read from where it stopped
+                // (jobs sent to wait or made available sort before it).
+                let full = c.outcome == ClaimOutcome::Full;
+                cursor.after_claim(started, full, c.last.take());
                 metrics::claim(&queue, started.elapsed(), got);
                 metrics::throttled(&queue, throttled.waiting, throttled.deferred);
-                metrics::unblocked(&queue, claimed.unblocked);
-                shared.in_flight.free_keys(&queue, claimed.waited_for);
+                metrics::unblocked(&queue, c.unblocked);
+                shared.in_flight.free_keys(&queue, c.waited_for);
                 // The carried successes were completed in the claim's transaction (those taken
                 // back meanwhile were left alone); their slots pass to the jobs just claimed.
-                let mut permits = match claimed.carried {
-                    Some((carried, done)) => carried.written(&shared, done, &claimed.promoted_keys),
+                let mut permits = match carried {
+                    Some(carried) => carried.written(&shared, c.completed, &c.promoted_keys),
                     None => Vec::new(),
                 };
 
-                for job in claimed.jobs {
+                for job in c.jobs {
                     let permit = held.pop().or_else(|| permits.pop()).unwrap_or_else(|| {
                         sem.clone()
                             .try_acquire_owned()
@@ -248,7 +249,7 @@ pub(crate) async fn run(
                 }
                 drop(held);
                 drop(permits);
-                if let Some(wait) = claimed.rate_wait {
+                if let ClaimOutcome::RateLimited(wait) = c.outcome {
                     // The queue's rate limit is used up until a permit frees.
                     metrics::rate_limited(&queue);
                     idle_wait = MIN_POLL;
@@ -257,7 +258,7 @@ pub(crate) async fn run(
                         _ = successes.notified() => {}
                         _ = stop.cancelled() => break,
                     }
-                } else if !last_full && got < claimed.want as usize {
+                } else if c.outcome == ClaimOutcome::Partial {
                     // Less than asked for: the queue is empty for now.
                     idle_wait = next_poll(idle_wait, got, last_found.elapsed(), q.poll_interval);
                     tokio::select! {
@@ -268,12 +269,16 @@ pub(crate) async fn run(
                     }
                 }
             }
-            Err(ClaimError {
-                source: e,
-                maybe_claimed,
-                contended,
-            }) => {
+            Err(e) => {
                 cursor.reset();
+                let contended = matches!(e, ClaimError::Conflict { .. });
+                let pause = match e.sql() {
+                    _ if contended => super::retry::contended(),
+                    Some(sql) => retry.pause(sql),
+                    None => retry.pause_unexplained(),
+                };
+                let reason = e.to_string();
+                let maybe_claimed = e.into_maybe_claimed();
                 // Carried successes not known to be written went back to `pending` with their
                 // guard; the completer or the next claim writes them, fenced.
                 if !maybe_claimed.is_empty() {
@@ -291,21 +296,16 @@ pub(crate) async fn run(
                         shared.clone(),
                         queue.to_string(),
                         maybe_claimed,
-                        e.to_string(),
-                        contended || crate::error::is_transient(&e),
+                        reason.clone(),
+                        pause.transient,
                         held,
                     ));
                 }
                 drop(held);
-                let pause = if contended {
-                    super::retry::contended()
-                } else {
-                    retry.pause(&e)
-                };
                 if pause.transient {
-                    debug!(queue = %queue, error = %e, "claim hit a transient error; retrying");
+                    debug!(queue = %queue, error = %reason, "claim hit a transient error; retrying");
                 } else {
-                    warn!(queue = %queue, error = %e, retry_in = ?pause.wait, "claim failed; retrying");
+                    warn!(queue = %queue, error = %reason, retry_in = ?pause.wait, "claim failed; retrying");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(pause.wait) => {}
@@ -327,16 +327,15 @@ fn lose_answer<'a>(
     use std::sync::atomic::Ordering;
     match result {
         Ok(c)
-            if !c.jobs.is_empty()
+            if !c.claimed.jobs.is_empty()
                 && shared
                     .lose_claim_answers
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok() =>
         {
-            Err(ClaimError {
-                source: sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
-                maybe_claimed: c.jobs,
-                contended: false,
+            Err(ClaimError::Unknown {
+                source: Some(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())),
+                maybe_claimed: c.claimed.jobs,
             })
         }
         other => other,
@@ -360,25 +359,11 @@ impl Ask {
     }
 }
 
-/// What a claim returned: the jobs, the limit it asked for, and the successes it completed in
-/// its transaction with how many were still ours (`None`: it carried none, e.g. the named
-/// lock was busy).
+/// What a claim returned, and the successes it carried (`None`: it carried none, e.g. the
+/// named lock was busy), of which `claimed.completed` were written.
 pub(crate) struct ClaimResult<'a> {
-    pub(crate) jobs: Vec<ClaimedJob>,
-    pub(crate) want: u32,
-    pub(crate) carried: Option<(Carried<'a>, u64)>,
-    /// Jobs read but not started because of a concurrency key or key rate limit.
-    pub(crate) throttled: Throttled,
-    /// The keys jobs were sent to `waiting` for (see `store::Claimed::waited_for`).
-    pub(crate) waited_for: std::collections::BTreeSet<String>,
-    /// Waiting jobs the claim made available (the carried completions freed their slots).
-    pub(crate) unblocked: u64,
-    /// The carried completions' keys the claim promoted for (`store::Claimed::promoted_keys`).
-    pub(crate) promoted_keys: std::collections::BTreeSet<String>,
-    /// The queue's rate limit is used up for this long.
-    pub(crate) rate_wait: Option<Duration>,
-    /// The last job the claim read (`store::Claimed::last`).
-    pub(crate) last: Option<Cursor>,
+    pub(crate) claimed: Claimed,
+    pub(crate) carried: Option<Carried<'a>>,
 }
 
 /// One skip-locked claim on a pooled connection, carrying the queue's waiting successes. The
@@ -394,7 +379,7 @@ async fn claim_skip_locked<'a>(
     let mut conn = shared.pool.acquire().await?;
     let carried = shared.pending.take(queue, ask.carry_max);
     let want = ask.want(carried.len());
-    let claimed = store::claim(
+    let claimed = claim(
         &mut conn,
         ClaimRequest {
             queue,
@@ -411,15 +396,8 @@ async fn claim_skip_locked<'a>(
     )
     .await?;
     Ok(ClaimResult {
-        jobs: claimed.jobs,
-        want,
-        carried: Some((carried, claimed.completed)),
-        throttled: claimed.throttled,
-        waited_for: claimed.waited_for,
-        unblocked: claimed.unblocked,
-        promoted_keys: claimed.promoted_keys,
-        rate_wait: claimed.rate_wait,
-        last: claimed.last,
+        claimed,
+        carried: Some(carried),
     })
 }
 

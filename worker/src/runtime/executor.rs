@@ -16,9 +16,9 @@ use tracing::warn;
 use super::in_flight::Tokens;
 use super::{recorder, Shared};
 use crate::handler::{write_chain, JobContext, JobError};
+use crate::machine::attempt::{with_late_cancel, Backoff, Outcome};
 use crate::metrics;
-use crate::store::ClaimedJob;
-use crate::transition::{Backoff, Outcome};
+use crate::model::ClaimedJob;
 
 /// Runs `job` to its outcome and records it. `permit` is the job's slot; `cancel` its token from
 /// the in-flight table.
@@ -126,12 +126,11 @@ pub(crate) async fn run(
                 };
                 // A cancel that arrived as the handler returned still wins: the operator was
                 // told the job would end cancelled.
-                match outcome {
-                    Some(o) if stop.is_cancelled() && !matches!(o, Outcome::Cancel(_)) => {
-                        Some(cancelled(&shared, fence, "while running"))
-                    }
-                    other => other,
-                }
+                outcome.map(|o| {
+                    with_late_cancel(o, stop.is_cancelled(), || {
+                        cancelled(&shared, fence, "while running")
+                    })
+                })
             }
         },
     };
@@ -187,7 +186,7 @@ pub(crate) async fn run(
 async fn handler_slot(
     shared: &Shared,
     queue: &QueueName,
-    fence: crate::store::Fence,
+    fence: crate::model::Fence,
     cancel: &tokio_util::sync::CancellationToken,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<OwnedSemaphorePermit, Option<Outcome>> {
@@ -210,7 +209,7 @@ async fn handler_slot(
 }
 
 /// The outcome of a job an operator cancelled `when` ("while running", "before it started").
-fn cancelled(shared: &Shared, fence: crate::store::Fence, when: &str) -> Outcome {
+fn cancelled(shared: &Shared, fence: crate::model::Fence, when: &str) -> Outcome {
     let by = shared
         .in_flight
         .cancelled_by(fence)

@@ -86,7 +86,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 async fn beat(
     shared: &Shared,
     session: &mut Option<Dedicated>,
-    fences: &[store::Fence],
+    fences: &[crate::model::Fence],
 ) -> Result<store::LeaseReport, sqlx::Error> {
     if session.as_ref().is_none_or(Dedicated::is_broken) {
         let conn = db::dedicated(

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::store::{Fence, Token};
+use crate::model::{Fence, Token};
 
 struct Entry {
     token: Token,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::Shared;
+use crate::machine::flow::to_promote;
 use crate::metrics;
 use crate::store;
 
@@ -31,7 +32,7 @@ pub(crate) async fn run(
         };
         for (queue, keys) in shared.in_flight.take_freed() {
             let floor = shared.config.key_limit_ceiling(&queue);
-            match store::promote_waiting(&shared.pool, &queue, &keys, floor).await {
+            match store::promote_waiting(&shared.pool, &queue, &keys, floor, to_promote).await {
                 Ok(0) => {}
                 Ok(n) => {
                     metrics::unblocked(&queue, n);

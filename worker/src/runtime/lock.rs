@@ -9,12 +9,15 @@ use std::time::Instant;
 use jobq_producer::QueueName;
 use tracing::{debug, warn};
 
+use super::claim::{claim, ClaimRequest, Claimed, Flow};
 use super::claimer::{Ask, ClaimResult};
 use super::Shared;
 use crate::db;
 use crate::ids::LockName;
+use crate::machine::claim::outcome;
 use crate::metrics;
-use crate::store::{self, ClaimError, ClaimLock, ClaimRequest, Cursor, Dedicated, Flow, Throttled};
+use crate::model::{Cursor, Throttled};
+use crate::store::{self, ClaimError, ClaimLock, Dedicated};
 
 /// A dedicated connection and the lock name of its queue.
 struct LockSession {
@@ -70,16 +73,10 @@ impl NamedLockClaims {
             Some(false) => {
                 metrics::lock_timeout(queue);
                 debug!(queue = %queue, "named lock busy; backing off");
+                let idle = outcome(ask.want(0), 0, Throttled::default(), 0);
                 return Ok(ClaimResult {
-                    jobs: Vec::new(),
-                    want: ask.want(0),
+                    claimed: Claimed::nothing(0, true, idle),
                     carried: None,
-                    throttled: Throttled::default(),
-                    waited_for: Default::default(),
-                    unblocked: 0,
-                    promoted_keys: Default::default(),
-                    rate_wait: None,
-                    last: None,
                 });
             }
             None => {
@@ -94,7 +91,7 @@ impl NamedLockClaims {
         // Successes are taken only now, with the lock held: never parked behind a busy lock.
         let carried = shared.pending.take(queue, ask.carry_max);
         let want = ask.want(carried.len());
-        let result = store::claim(
+        let result = claim(
             &mut s.conn,
             ClaimRequest {
                 queue,
@@ -117,15 +114,8 @@ impl NamedLockClaims {
                     self.session = None;
                 }
                 Ok(ClaimResult {
-                    jobs: c.jobs,
-                    want,
-                    carried: Some((carried, c.completed)),
-                    throttled: c.throttled,
-                    waited_for: c.waited_for,
-                    unblocked: c.unblocked,
-                    promoted_keys: c.promoted_keys,
-                    rate_wait: c.rate_wait,
-                    last: c.last,
+                    claimed: c,
+                    carried: Some(carried),
                 })
             }
             Err(e) => {

@@ -31,9 +31,10 @@ use tracing::{debug, info, warn};
 
 use super::retry::DbRetry;
 use super::Shared;
+use crate::machine::attempt;
+use crate::machine::flow::to_promote;
 use crate::metrics;
 use crate::store;
-use crate::transition;
 
 const BATCH: u32 = 1000;
 /// Jobs deleted per retention transaction: short, so a prune never holds many row locks.
@@ -173,7 +174,7 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
     }
     super::schedules::run_due(shared).await;
     let rescued = store::rescue_expired(&shared.pool, BATCH, |j| {
-        transition::rescue(
+        attempt::rescue(
             j.attempt,
             j.max_attempts,
             j.worker.as_deref(),
@@ -194,7 +195,7 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
         for chunk in keys.chunks(100) {
             let chunk = chunk.iter().cloned().collect();
             let floor = shared.config.key_limit_ceiling(&queue);
-            let n = store::promote_waiting(&shared.pool, &queue, &chunk, floor).await?;
+            let n = store::promote_waiting(&shared.pool, &queue, &chunk, floor, to_promote).await?;
             if n > 0 {
                 metrics::unblocked(&queue, n);
             }

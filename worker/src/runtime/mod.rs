@@ -14,6 +14,7 @@
 //! - [`retry`]: the database-retry policy all loops share;
 //! - [`schedules`]: the leader's enqueueing of recurring jobs.
 
+pub(crate) mod claim;
 pub(crate) mod claimer;
 pub(crate) mod executor;
 pub(crate) mod heartbeat;

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::recorder::{count_written, Completion};
 use super::Shared;
-use crate::store::Fence;
+use crate::model::Fence;
 
 /// How long a success waits for its queue's claimer before the completer writes it.
 pub(crate) const LINGER: Duration = Duration::from_millis(5);

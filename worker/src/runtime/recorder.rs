@@ -5,7 +5,7 @@
 //! - a success with a handler transaction is completed **inside that transaction**, so the
 //!   handler's writes and the completion commit together; if that commit fails, the writes are
 //!   gone and the job is **put back** (`available`, attempt refunded);
-//! - every other outcome is written in a fresh transaction, as [`transition::decide`] says.
+//! - every other outcome is written in a fresh transaction, as [`crate::machine::attempt::decide`] says.
 //!
 //! Each write is fenced; a write that finds the fence gone writes nothing.
 //!
@@ -28,9 +28,10 @@ use tracing::{debug, error, info, warn};
 use super::pending::LINGER;
 use super::retry::DbRetry;
 use super::Shared;
+use crate::machine::attempt::{self, decide, Backoff, Outcome};
 use crate::metrics;
-use crate::store::{self, ClaimedJob, Fence, FinishWrite};
-use crate::transition::{self, decide, Backoff, Decision, Outcome};
+use crate::model::{ClaimedJob, Decision, Fence};
+use crate::store::{self, FinishWrite};
 
 /// A success waiting for the completer. It keeps the job's slot: a process never has more
 /// `running` rows than slots, however far the completer lags (backpressure on the claimer).
@@ -155,6 +156,7 @@ async fn complete_in_tx(
         worker: &shared.id,
         decision: &d,
         result: a.result.as_deref(),
+        on_cancel: attempt::overridden_by_cancel,
     };
     // The server may have ended the handler's transaction already (an implicit commit, a
     // deadlock's rollback); the handler's later writes then autocommitted. Completing now would
@@ -182,7 +184,7 @@ async fn complete_in_tx(
         Err(e) => {
             let _ = tx.rollback().await;
             metrics::db_error(&e, false);
-            return Some(transition::put_back(&e.to_string()));
+            return Some(attempt::put_back(&e.to_string()));
         }
     }
     let written = match store::finish(&mut tx, w).await {
@@ -215,7 +217,7 @@ async fn complete_in_tx(
                 }
                 Ok(Some(state)) if state == "running" => {
                     warn!("verified: the completion did not commit; the handler's writes were rolled back; putting the job back");
-                    Some(transition::put_back(&e.to_string()))
+                    Some(attempt::put_back(&e.to_string()))
                 }
                 Ok(other) => {
                     warn!(state = ?other, "verified: the job is no longer this claim's (taken back or moved on); nothing to write");
@@ -223,7 +225,7 @@ async fn complete_in_tx(
                 }
                 Err(v) => {
                     error!(error = %v, "could not verify the completion; putting the job back, fenced (this changes nothing if it did commit)");
-                    Some(transition::put_back(&e.to_string()))
+                    Some(attempt::put_back(&e.to_string()))
                 }
             }
         }
@@ -243,6 +245,7 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
         worker: &shared.id,
         decision: d,
         result: a.result.as_deref(),
+        on_cancel: attempt::overridden_by_cancel,
     };
     let deadline = Instant::now() + shared.config.worker().lease_ttl;
     let mut retry = DbRetry::new();
@@ -294,7 +297,7 @@ pub(crate) async fn release_unstarted(
     contention: bool,
     slots: Vec<OwnedSemaphorePermit>,
 ) {
-    let d = transition::unstarted(&why);
+    let d = attempt::unstarted(&why);
     let deadline = Instant::now() + shared.config.worker().lease_ttl;
     let total = jobs.len();
     if contention {
@@ -335,6 +338,7 @@ pub(crate) async fn release_unstarted(
             worker: &shared.id,
             decision: &d,
             result: None,
+            on_cancel: attempt::overridden_by_cancel,
         };
         let mut retry = DbRetry::new();
         loop {

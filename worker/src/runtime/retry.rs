@@ -56,6 +56,17 @@ impl DbRetry {
         };
         Pause { wait, transient }
     }
+
+    /// The pause after a failure that carries no database error (a claim whose answer lacked
+    /// its confirmation): backs off like any error that is not transient.
+    pub(crate) fn pause_unexplained(&mut self) -> Pause {
+        let d = self.next.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        self.next = (self.next * 2).min(MOST);
+        Pause {
+            wait: d,
+            transient: false,
+        }
+    }
 }
 
 /// The pause after a claim lost a race it could only detect by its outcome (another node of

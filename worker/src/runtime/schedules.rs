@@ -1,5 +1,5 @@
 //! The leader's pass over the recurring jobs: for each schedule, in a transaction of its own,
-//! lock its row, decide ([`crate::schedule::plan`]), enqueue the due slots (each job with the
+//! lock its row, decide ([`crate::machine::schedule::plan`]), enqueue the due slots (each job with the
 //! unique key `schedule:NAME:SLOT`) and record the newest slot decided. A slot is thereby
 //! enqueued once however many processes lead in turn: the row lock serialises them and the
 //! recorded slot is never decided again.
@@ -12,7 +12,7 @@ use jobq_producer::NewJob;
 use tracing::{debug, info, warn};
 
 use super::Shared;
-use crate::schedule::{plan, Plan};
+use crate::machine::schedule::{plan, Plan};
 use crate::store;
 
 /// How long a slot's unique key is held after its job finished: longer than any overlap of

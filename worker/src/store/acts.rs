@@ -1,13 +1,13 @@
 //! Operators' acts on jobs by id: cancel, retry, discard. Each runs in one short transaction
 //! that locks the jobs it reads (`FOR UPDATE`, waiting at most the session's lock timeout for
 //! a claim or a completion in flight), decides per job from the state it found
-//! ([`crate::acts::decide`]), and writes the change with its transition, the actor recorded.
+//! (the rule it is given, `machine/acts.rs`), and writes the change with its transition, the actor recorded.
 
 use jobq_producer::JobState;
 use sqlx::{MySqlPool, Row};
 
 use super::sql::marks;
-use crate::acts::{Act, Acted};
+use crate::model::{Act, ActRule, Acted};
 
 /// A job as the act found it.
 struct Found {
@@ -23,6 +23,7 @@ pub(crate) async fn apply(
     act: Act,
     ids: &[u64],
     actor: &str,
+    decide: ActRule,
 ) -> Result<Vec<(u64, Acted)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -55,7 +56,7 @@ pub(crate) async fn apply(
             out.push((id, Acted::NotFound));
             continue;
         };
-        let acted = crate::acts::decide(act, f.state);
+        let acted = decide(act, f.state);
         let written = match acted {
             Acted::Done { from, to } => write_done(&mut tx, act, f, from, to, actor).await?,
             Acted::CancelRequested => {

@@ -7,7 +7,7 @@ use sqlx::{MySqlConnection, MySqlPool};
 use super::sql::{hex, id_list, RawTx};
 use super::{micros, Fence};
 use crate::ids::WorkerId;
-use crate::transition::Decision;
+use crate::model::{CancelRule, Decision};
 
 /// The savepoint [`mark_tx`] takes when a handler's transaction begins.
 // language=MySQL
@@ -139,7 +139,7 @@ pub(super) fn completion_sql(fences: &[Fence], results: &[(u64, String)]) -> Str
     )
 }
 
-/// One attempt's outcome for one job, as decided by [`crate::transition`].
+/// One attempt's outcome for one job, as decided by `machine/attempt.rs`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FinishWrite<'a> {
     pub(crate) fence: Fence,
@@ -149,6 +149,8 @@ pub(crate) struct FinishWrite<'a> {
     pub(crate) decision: &'a Decision,
     /// The handler's result (JSON text), stored with a completion.
     pub(crate) result: Option<&'a str>,
+    /// What to write instead when an operator asked to cancel the job while it ran.
+    pub(crate) on_cancel: CancelRule,
 }
 
 /// Applies a decision to one running job through `conn` (the handler's transaction for a
@@ -157,9 +159,9 @@ pub(crate) async fn finish(
     conn: &mut MySqlConnection,
     w: FinishWrite<'_>,
 ) -> Result<bool, sqlx::Error> {
-    // An operator asked to cancel this job while it ran: whatever the attempt decided short of
-    // finishing (a retry, a snooze, a release), the job ends cancelled and never runs again.
-    // Read under the row's lock, so a request cannot slip in between.
+    // An operator asked to cancel this job while it ran: `on_cancel` says what to write instead.
+    // Read under the row's lock, so a request cannot slip in between; not read for a decision
+    // that finishes the job, which no request changes.
     let overridden;
     let mut d = w.decision;
     if !d.to.is_final() {
@@ -174,11 +176,10 @@ pub(crate) async fn finish(
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(by) = by {
-            overridden = crate::transition::cancel_requested(
-                by.as_deref().unwrap_or("an operator"),
-                d.error.as_deref(),
-            );
-            d = &overridden;
+            if let Some(o) = (w.on_cancel)(d, by.as_deref().unwrap_or("an operator")) {
+                overridden = o;
+                d = &overridden;
+            }
         }
     }
     // language=MySQL

@@ -6,7 +6,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlPool, Row};
 
 use super::{opt_text, text};
-use crate::transition::Event;
+use crate::model::Event;
 
 /// Parses a column holding one of our enums' database spellings.
 fn parsed<T: std::str::FromStr<Err = String>>(r: &MySqlRow, col: &str) -> Result<T, sqlx::Error> {

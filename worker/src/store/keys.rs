@@ -18,7 +18,7 @@ use sqlx::{MySqlPool, Row};
 
 use super::sql::{id_list, lit, text_lit, RawTx};
 use super::text;
-use crate::limits;
+use crate::model::{KeyState, PromoteRule};
 
 /// The database clock as microseconds since the Unix epoch, from `@jobq_now`.
 // language=MySQL
@@ -40,7 +40,7 @@ fn key_list<'a>(keys: impl Iterator<Item = &'a str>) -> String {
 /// promotion follows.
 pub(super) fn lock_and_count_sql(
     queue: &QueueName,
-    keys: &BTreeMap<&str, u32>,
+    keys: &BTreeMap<String, u32>,
     with_rate: bool,
     promote: &BTreeMap<String, u32>,
 ) -> String {
@@ -49,7 +49,7 @@ pub(super) fn lock_and_count_sql(
         .iter()
         .map(|(k, limit)| format!("({q},{},{limit})", text_lit(k)))
         .collect();
-    let list = key_list(keys.keys().copied());
+    let list = key_list(keys.keys().map(String::as_str));
     // language=MySQL
     // The count reads jobq_jobs_keys (queue, concurrency_key, key_state, …): per key, an index
     // range of its running jobs only (at most its limit).
@@ -97,42 +97,30 @@ pub(super) fn lock_and_count_sql(
     sql
 }
 
-/// What [`lock_and_count_sql`] returned.
-#[derive(Debug, Default)]
-pub(super) struct KeyState {
-    pub(super) running: std::collections::HashMap<String, u32>,
-    pub(super) available: std::collections::HashMap<String, u32>,
-    /// The first waiting jobs of the keys to promote, in claim order.
-    pub(super) waiting: std::collections::HashMap<String, Vec<u64>>,
-    pub(super) rate: std::collections::HashMap<String, Option<String>>,
-    pub(super) now_us: i64,
-}
-
-impl KeyState {
-    pub(super) fn read(rows: &[MySqlRow]) -> Result<KeyState, sqlx::Error> {
-        let mut out = KeyState::default();
-        for r in rows {
-            let what: String = r.try_get("what")?;
-            let n: i64 = r.try_get("n")?;
-            match what.as_str() {
-                "now" => out.now_us = n,
-                "running" => {
-                    out.running.insert(text(r, "k")?, n.max(0) as u32);
-                }
-                "available" => {
-                    out.available.insert(text(r, "k")?, n.max(0) as u32);
-                }
-                "waiting" => {
-                    out.waiting.entry(text(r, "k")?).or_default().push(n as u64);
-                }
-                "rate" => {
-                    out.rate.insert(text(r, "k")?, r.try_get("rate_state")?);
-                }
-                _ => {}
+/// What [`lock_and_count_sql`] returned, by its rows' tags.
+pub(super) fn read_key_state(rows: &[MySqlRow]) -> Result<KeyState, sqlx::Error> {
+    let mut out = KeyState::default();
+    for r in rows {
+        let what: String = r.try_get("what")?;
+        let n: i64 = r.try_get("n")?;
+        match what.as_str() {
+            "now" => out.now_us = n,
+            "running" => {
+                out.running.insert(text(r, "k")?, n.max(0) as u32);
             }
+            "available" => {
+                out.available.insert(text(r, "k")?, n.max(0) as u32);
+            }
+            "waiting" => {
+                out.waiting.entry(text(r, "k")?).or_default().push(n as u64);
+            }
+            "rate" => {
+                out.rate.insert(text(r, "k")?, r.try_get("rate_state")?);
+            }
+            _ => {}
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 /// Which of `keys` have waiting jobs, by a plain read (an index probe per key): rows with
@@ -163,11 +151,11 @@ pub(super) fn promote_sql(ids: &str) -> String {
 }
 
 /// Running jobs per key, by a plain read (no lock): the claim's check after it sent jobs to
-/// `waiting` (see `claim.rs`).
-pub(super) async fn running_now(
+/// `waiting` (see `runtime/claim.rs`).
+pub(crate) async fn running_now(
     conn: &mut sqlx::MySqlConnection,
     queue: &QueueName,
-    keys: &BTreeMap<&str, u32>,
+    keys: &BTreeMap<String, u32>,
 ) -> Result<std::collections::HashMap<String, u32>, sqlx::Error> {
     // language=MySQL
     let sql = format!(
@@ -176,7 +164,7 @@ pub(super) async fn running_now(
           WHERE queue = {} AND concurrency_key IN ({}) AND key_state = 'running' \
           GROUP BY concurrency_key",
         lit(queue),
-        key_list(keys.keys().copied())
+        key_list(keys.keys().map(String::as_str))
     );
     let rows = sqlx::query(&sql).fetch_all(conn).await?;
     rows.iter()
@@ -188,11 +176,10 @@ pub(super) async fn running_now(
 pub(super) fn store_windows_sql(queue: &QueueName, windows: &BTreeMap<String, String>) -> String {
     let mut cases = String::new();
     for (k, state) in windows {
-        cases.push_str(&format!(" WHEN {} THEN '{state}'", text_lit(k)));
+        cases.push_str(&format!(" WHEN {} THEN {}", text_lit(k), text_lit(state)));
     }
     let list = key_list(windows.keys().map(String::as_str));
     // language=MySQL
-    // The states are our own ASCII text (digits, ':' and ','), safe to quote as they are.
     format!(
         "UPDATE jobq_keys SET rate_state = CASE concurrency_key{cases} ELSE rate_state END, \
                 updated_at = UTC_TIMESTAMP(6) \
@@ -210,6 +197,7 @@ pub(crate) async fn promote_waiting(
     queue: &QueueName,
     keys: &BTreeSet<String>,
     floor: u32,
+    to_promote: PromoteRule,
 ) -> Result<u64, sqlx::Error> {
     if keys.is_empty() {
         return Ok(0);
@@ -267,7 +255,7 @@ pub(crate) async fn promote_waiting(
     let picks: Vec<String> = seen
         .iter()
         .filter_map(|(k, &(limit, running, available))| {
-            let n = limits::to_promote(limit.max(floor), running, available);
+            let n = to_promote(limit.max(floor), running, available);
             // language=MySQL
             // The key's waiting jobs in claim order, from jobq_jobs_keys; rows locked by
             // someone else are skipped (see lock_and_count_sql).

@@ -8,7 +8,7 @@ use sqlx::{MySqlPool, Row};
 
 use super::sql::marks;
 use super::{micros, opt_text, text};
-use crate::transition::Decision;
+use crate::model::Decision;
 
 /// Moves up to `limit` due jobs of `from` (`scheduled` or `retryable`) to `available`.
 /// Returns how many moved.
@@ -73,7 +73,7 @@ pub(crate) struct Expired {
 }
 
 /// Rescues up to `limit` running jobs whose lease expired, writing what `decide` says for each
-/// (see [`crate::transition::rescue`]) with its transition, in one transaction. Returns each
+/// (see `machine::attempt::rescue`) with its transition, in one transaction. Returns each
 /// rescued job with the state it went to.
 pub(crate) async fn rescue_expired(
     pool: &MySqlPool,

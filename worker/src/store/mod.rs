@@ -1,9 +1,13 @@
-//! All SQL of the worker crate, one file per concern:
+//! All SQL of the worker crate, one file per concern. The store decides nothing: it reads what a
+//! decision needs, and writes what `machine/` decided (given as values of `model/`, or as a
+//! rule the runtime passes in); it imports no decision module.
 //!
 //! - [`acts`]: operators' acts on jobs by id (cancel, retry, discard);
 //! - `console`: the web console's reads of recent history (throughput chart, failures; feature
 //!   `console`);
-//! - [`claim`]: the claim transaction and the named-lock statements (hot path);
+//! - [`claim`]: the claim transaction's reads in typed steps (hot path);
+//! - [`claim_write`]: the claim's final round trip, writing its plan, and its typed error;
+//! - [`named_lock`]: `GET_LOCK` and `RELEASE_LOCK` of `named-lock` claims;
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
 //! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
 //! - [`kinds`]: which kinds workers handle on which queues (`jobq enqueue`'s warning);
@@ -25,6 +29,7 @@
 
 mod acts;
 mod claim;
+mod claim_write;
 #[cfg(feature = "console")]
 mod console;
 mod demo;
@@ -34,6 +39,7 @@ mod keys;
 mod kinds;
 mod lease;
 mod maintenance;
+mod named_lock;
 mod queues;
 mod schedules;
 mod sql;
@@ -46,10 +52,8 @@ use sqlx::mysql::MySqlRow;
 use sqlx::Row;
 
 pub(crate) use acts::apply as apply_act;
-pub(crate) use claim::{
-    claim, get_lock, lock_name, release_lock, ClaimError, ClaimLock, ClaimRequest, ClaimedJob,
-    Cursor, Flow, Throttled,
-};
+pub(crate) use claim::{ClaimLock, ClaimTx, First, JobRead, Opening};
+pub(crate) use claim_write::ClaimError;
 #[cfg(feature = "console")]
 pub(crate) use console::{last_hour, recent_failures, Minute};
 pub(crate) use demo::{
@@ -65,7 +69,7 @@ pub(crate) use inspect::{
     count_jobs, counts, history, job, list_jobs, list_page, queue_activity, workers,
 };
 pub use inspect::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
-pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys};
+pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys, running_now};
 pub(crate) use kinds::{kind_queues, note_kinds};
 pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,
@@ -73,19 +77,12 @@ pub(crate) use lease::{
 pub(crate) use maintenance::{
     pending, promote_due, prune, prune_workers, rescue_expired, sample_depth,
 };
+pub(crate) use named_lock::{get_lock, lock_name, release_lock};
 pub(crate) use queues::{pause, paused, resume};
 pub(crate) use schedules::{lock_schedule, mark_schedule, schedule_rows, set_schedule_paused};
-pub(crate) use sql::{begin, Dedicated};
+pub(crate) use sql::{begin, Dedicated, Session, ROUND_TRIP_BUDGET};
 
-/// A fencing token: fresh random bytes per claim transaction.
-pub(crate) type Token = [u8; 16];
-
-/// `(id, token)` of a running job: what fences every write about it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Fence {
-    pub(crate) id: u64,
-    pub(crate) token: Token,
-}
+use crate::model::{Fence, Token};
 
 /// Reads a text column. Columns with a `_bin` collation arrive flagged binary, which sqlx will
 /// not decode as `String`; read the bytes and check they are UTF-8.

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool, Row};
 
 use super::opt_text;
-use crate::schedule::State;
+use crate::model::ScheduleState as State;
 
 /// Locks schedule `name`'s row (creating it on first sight) and reads its state and the
 /// database clock.

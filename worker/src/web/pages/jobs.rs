@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use jobq_producer::{JobId, JobState};
 use serde::Deserialize;
 
-use crate::acts::{decide, Act};
+use crate::machine::acts::decide;
+use crate::model::Act;
 use crate::store::{self, JobFilter, JobOrder};
 use crate::web::{render, App, Ctx, Problem};
 

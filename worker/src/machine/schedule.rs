@@ -18,16 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use jobq_config::{MissedSlots, Overlap, Schedule};
 
-/// What the schedule's row says.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct State {
-    /// The newest slot decided so far; `None` for a schedule never seen.
-    pub(crate) last_slot: Option<DateTime<Utc>>,
-    /// The job of the previous slot has not finished.
-    pub(crate) previous_unfinished: bool,
-    /// Paused by an operator.
-    pub(crate) paused: bool,
-}
+use crate::model::ScheduleState;
 
 /// What to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +72,12 @@ pub(crate) fn next_slot(s: &Schedule, at: DateTime<Utc>) -> Option<DateTime<Utc>
 }
 
 /// Decides schedule `s` at `now` (database clock) given its row's `state`.
-pub(crate) fn plan(s: &Schedule, state: State, now: DateTime<Utc>, window: Duration) -> Plan {
+pub(crate) fn plan(
+    s: &Schedule,
+    state: ScheduleState,
+    now: DateTime<Utc>,
+    window: Duration,
+) -> Plan {
     if state.paused {
         return Plan::Nothing;
     }
@@ -158,7 +154,7 @@ mod tests {
     fn every_second_runs_each_slot_once_and_collapses_old_ones() {
         let s = sched("* * * * * *", chrono_tz::UTC);
         let t0 = utc(2026, 12, 2, 12, 0, 0);
-        let st = |last| State {
+        let st = |last| ScheduleState {
             last_slot: last,
             ..Default::default()
         };
@@ -207,7 +203,7 @@ mod tests {
         let mut s = sched("0 3 * * *", chrono_tz::UTC);
         let last = utc(2026, 12, 1, 3, 0, 0);
         let now = utc(2026, 12, 4, 12, 0, 0);
-        let st = State {
+        let st = ScheduleState {
             last_slot: Some(last),
             ..Default::default()
         };
@@ -224,7 +220,7 @@ mod tests {
         assert!(matches!(plan(&s, st, now, W), Plan::Skip { why, .. } if why.contains("missed")));
         // On time, the previous run unfinished: overlap = skip skips, allow runs.
         let on_time = utc(2026, 12, 2, 3, 0, 1);
-        let busy = State {
+        let busy = ScheduleState {
             previous_unfinished: true,
             ..st
         };
@@ -234,7 +230,7 @@ mod tests {
             matches!(plan(&s, busy, on_time, W), Plan::Skip { why, .. } if why.contains("unfinished"))
         );
         // Paused: nothing.
-        let paused = State { paused: true, ..st };
+        let paused = ScheduleState { paused: true, ..st };
         assert_eq!(plan(&s, paused, on_time, W), Plan::Nothing);
     }
 

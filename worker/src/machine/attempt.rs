@@ -1,125 +1,14 @@
-//! The job state machine, pure: no I/O, no clock. Every decision about a job's next state is
-//! made here: how an attempt ended ([`decide`]), a lease that expired ([`rescue`]), a completion
-//! that could not be committed ([`put_back`]), and the metric outcome of each event. The store
-//! only writes what a [`Decision`] says.
+//! How attempts end, pure: no I/O, no clock. How an attempt ended ([`decide`]), a lease that
+//! expired ([`rescue`]), a completion that could not be committed ([`put_back`]), an operator's
+//! cancel request that arrives while the job runs ([`with_late_cancel`],
+//! [`overridden_by_cancel`]), and which state changes are valid at all ([`is_valid`]). The
+//! store only writes what a [`Decision`] says.
 
 use std::time::Duration;
 
 use jobq_producer::JobState;
 
-/// Why a transition happened; stored in `jobq_transitions.event`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// Inserted by a producer.
-    Enqueued,
-    /// A due `scheduled`/`retryable` job became `available`.
-    Promoted,
-    /// A worker claimed it.
-    Claimed,
-    /// The handler succeeded.
-    Completed,
-    /// The attempt failed and the job will run again.
-    Failed,
-    /// The job failed for good.
-    Discarded,
-    /// The handler asked to run again later, without using an attempt.
-    Snoozed,
-    /// The handler cancelled the job.
-    Cancelled,
-    /// Its lease expired (the worker died or lost the database); taken back by maintenance.
-    Rescued,
-    /// Put back by a worker shutting down (not counted as a failure).
-    Released,
-    /// A duplicate of this unique job replaced its payload, priority and run-at before it
-    /// ever started (`OnDuplicate::Replace`); it may move between `available` and `scheduled`.
-    Replaced,
-    /// A claim held it back: its concurrency key was at its limit (`available → waiting`), or
-    /// its key's rate limit was used up (`available → scheduled`).
-    Throttled,
-    /// An operator retried it (`jobq retry`): back to `available`.
-    Requeued,
-}
-
-impl Event {
-    /// Database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Enqueued => "enqueued",
-            Event::Promoted => "promoted",
-            Event::Claimed => "claimed",
-            Event::Completed => "completed",
-            Event::Failed => "failed",
-            Event::Discarded => "discarded",
-            Event::Snoozed => "snoozed",
-            Event::Cancelled => "cancelled",
-            Event::Rescued => "rescued",
-            Event::Released => "released",
-            Event::Replaced => "replaced",
-            Event::Throttled => "throttled",
-            Event::Requeued => "requeued",
-        }
-    }
-
-    /// Every event, for parsing and tests.
-    pub const ALL: [Event; 13] = [
-        Event::Enqueued,
-        Event::Promoted,
-        Event::Claimed,
-        Event::Completed,
-        Event::Failed,
-        Event::Discarded,
-        Event::Snoozed,
-        Event::Cancelled,
-        Event::Rescued,
-        Event::Released,
-        Event::Replaced,
-        Event::Throttled,
-        Event::Requeued,
-    ];
-
-    /// The `outcome` label of `jobq_jobs_finished_total` for an attempt that ended with this
-    /// event; `None` for events that do not end an attempt in the worker (insertion,
-    /// promotion, claim, and rescue, which maintenance counts in `jobq_jobs_rescued_total`).
-    pub(crate) fn finished_outcome(self) -> Option<&'static str> {
-        match self {
-            Event::Completed => Some("completed"),
-            Event::Failed => Some("retried"),
-            Event::Discarded => Some("discarded"),
-            Event::Snoozed => Some("snoozed"),
-            Event::Cancelled => Some("cancelled"),
-            Event::Released => Some("released"),
-            Event::Enqueued
-            | Event::Promoted
-            | Event::Claimed
-            | Event::Rescued
-            | Event::Replaced
-            | Event::Throttled
-            | Event::Requeued => None,
-        }
-    }
-}
-
-impl serde::Serialize for Event {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for Event {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Event {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Event::ALL
-            .into_iter()
-            .find(|e| e.as_str() == s)
-            .ok_or_else(|| format!("unknown event {s:?}"))
-    }
-}
+use crate::model::{Decision, Event};
 
 /// How one attempt ended, as seen by the executor.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,21 +47,6 @@ pub(crate) struct Backoff {
     pub(crate) base: Duration,
     /// Upper bound.
     pub(crate) max: Duration,
-}
-
-/// What to write for an attempt's outcome.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Decision {
-    /// The job's next state.
-    pub(crate) to: JobState,
-    /// Recorded event.
-    pub(crate) event: Event,
-    /// For `retryable`/`scheduled`: how long from now until it may run.
-    pub(crate) delay: Option<Duration>,
-    /// Recorded error, also stored as `last_error`.
-    pub(crate) error: Option<String>,
-    /// Whether `max_attempts` grows by one so this attempt does not count (snooze, release).
-    pub(crate) refund_attempt: bool,
 }
 
 /// `base × 2^(attempt-1)` capped at `max`, scaled by `jitter` (0.75..=1.25 in production,
@@ -379,6 +253,29 @@ pub(crate) fn cancel_requested(by: &str, error: Option<&str>) -> Decision {
     })
 }
 
+/// The cancel-override rule, applied when a running job's attempt is written and an operator
+/// asked (`by`, read under the row's lock) to cancel it: whatever the attempt decided short of
+/// finishing (an error to retry, a snooze, a release), the job ends `cancelled` and never runs
+/// again. `None`: the decision finishes the job and stands.
+pub(crate) fn overridden_by_cancel(d: &Decision, by: &str) -> Option<Decision> {
+    (!d.to.is_final()).then(|| cancel_requested(by, d.error.as_deref()))
+}
+
+/// The late-cancel rule: a cancel request seen as the handler returned (`requested`) wins over
+/// whatever it returned, but its own cancel, since the operator was told the job would end
+/// cancelled; `cancelled` is that outcome, naming who asked.
+pub(crate) fn with_late_cancel(
+    outcome: Outcome,
+    requested: bool,
+    cancelled: impl FnOnce() -> Outcome,
+) -> Outcome {
+    if requested && !matches!(outcome, Outcome::Cancel(_)) {
+        cancelled()
+    } else {
+        outcome
+    }
+}
+
 /// A job whose outcome could not be committed with the handler's writes (a failed completion
 /// commit): the writes are gone, so the job goes back to `available` with its attempt refunded,
 /// instead of waiting for a rescue that would count the attempt.
@@ -437,6 +334,55 @@ pub fn is_valid(from: Option<JobState>, to: JobState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancel_request_overrides_every_outcome_short_of_finishing() {
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        let outcomes = [
+            Outcome::Success,
+            Outcome::Error {
+                message: "boom".into(),
+                retry_after: None,
+            },
+            Outcome::Discard("bad".into()),
+            Outcome::Snooze(Duration::from_secs(5)),
+            Outcome::Released,
+            Outcome::NotStarted,
+        ];
+        for o in outcomes {
+            let d = decide(&o, 1, 3, b, 1.0);
+            match overridden_by_cancel(&d, "cli:ops@host") {
+                None => assert!(d.to.is_final(), "{o:?}: only a finishing decision stands"),
+                Some(c) => {
+                    assert!(!d.to.is_final(), "{o:?}");
+                    assert_eq!((c.to, c.event), (JobState::Cancelled, Event::Cancelled));
+                    assert!(c.error.unwrap().contains("cancelled by cli:ops@host"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_late_cancel_wins_over_all_but_the_handlers_own_cancel() {
+        let by_operator = || Outcome::Cancel("cancelled by ops while running".into());
+        let own = Outcome::Cancel("handler said so".into());
+        assert_eq!(
+            with_late_cancel(Outcome::Success, true, by_operator),
+            by_operator()
+        );
+        assert_eq!(
+            with_late_cancel(Outcome::Released, true, by_operator),
+            by_operator()
+        );
+        assert_eq!(with_late_cancel(own.clone(), true, by_operator), own);
+        assert_eq!(
+            with_late_cancel(Outcome::Success, false, by_operator),
+            Outcome::Success
+        );
+    }
     use JobState::*;
 
     const B: Backoff = Backoff {

@@ -1,6 +1,6 @@
-//! Flow-control decisions, pure: no I/O, no clock. The claim (`store/claim.rs`) reads the state
-//! under row locks, asks [`plan`] what to do with each job it read, and writes the answer in
-//! the same transaction. Two mechanisms:
+//! Flow-control decisions, pure: no I/O, no clock. A claim's plan (`claim.rs`) asks [`plan`]
+//! what to do with each job it read, given the state the store read under row locks; the
+//! promoter asks [`to_promote`]. Two mechanisms:
 //!
 //! - **Concurrency keys.** A job whose key already has `limit` jobs running is not claimed; it
 //!   goes to `waiting`, out of the claim index, until a job of its key stops running.

@@ -1,0 +1,131 @@
+//! [`OwnedTx`]: a transaction that owns its pooled connection and never gives it back to the
+//! pool inside a transaction. sqlx's own `Transaction`, dropped unfinished, queues a ROLLBACK
+//! that reaches the server only when the connection is next used or returned, possibly after
+//! the statement still in flight ends; meanwhile the server holds whatever the transaction
+//! locked. An `OwnedTx` that is not ended by a confirmed COMMIT or ROLLBACK closes its
+//! connection instead (the server rolls back as it sees the disconnect), and both ends are
+//! bounded by a deadline ([`END_BUDGET`]), so a caller's own timeout around a transaction is
+//! enough to bound everything the transaction holds.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Executor, MySql, MySqlConnection, MySqlPool};
+
+/// How long a COMMIT or ROLLBACK may take before the connection is closed instead. Its
+/// statements wait at most the session's `innodb_lock_wait_timeout` for a lock each, so an
+/// end that takes much longer is not coming.
+pub const END_BUDGET: Duration = Duration::from_secs(15);
+
+/// Why a transaction ended without the outcome its caller asked for.
+#[derive(Debug)]
+pub enum TxError {
+    /// A statement (or the COMMIT) failed.
+    Sql(sqlx::Error),
+    /// The deadline passed: the connection was closed, so whatever the transaction did is
+    /// rolled back, unless a COMMIT had already been sent (then the outcome is unknown).
+    Deadline(Duration),
+}
+
+impl std::fmt::Display for TxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxError::Sql(e) => write!(f, "{e}"),
+            TxError::Deadline(d) => write!(
+                f,
+                "the transaction did not finish within {d:?}; its connection was closed"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TxError::Sql(e) => Some(e),
+            TxError::Deadline(_) => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        TxError::Sql(e)
+    }
+}
+
+/// Runs `work` until `deadline` ([`TxError::Deadline`] after it). Dropping `work` drops the
+/// [`OwnedTx`] it uses, which closes that connection.
+pub async fn within<T>(
+    deadline: Duration,
+    work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, TxError> {
+    match tokio::time::timeout(deadline, work).await {
+        Ok(r) => r.map_err(TxError::Sql),
+        Err(_) => Err(TxError::Deadline(deadline)),
+    }
+}
+
+/// A transaction on a pooled connection it owns. Use it as `&mut *tx` (a `MySqlConnection`).
+/// End it with [`commit`](OwnedTx::commit) or [`rollback`](OwnedTx::rollback); dropped without
+/// either (a timeout, a cancelled task), it closes its connection.
+#[derive(Debug)]
+pub struct OwnedTx {
+    conn: PoolConnection<MySql>,
+    /// A `START TRANSACTION` may have been sent and no end confirmed since.
+    open: bool,
+}
+
+impl OwnedTx {
+    /// A connection from `pool` with a transaction begun on it. Safe to cancel: a begin cut
+    /// off midway closes the connection.
+    pub async fn begin(pool: &MySqlPool) -> Result<OwnedTx, sqlx::Error> {
+        let conn = pool.acquire().await?;
+        let mut tx = OwnedTx { conn, open: true };
+        tx.conn.execute("START TRANSACTION").await?;
+        Ok(tx)
+    }
+
+    /// COMMIT within [`END_BUDGET`]. On an error or past the budget the connection is closed
+    /// (a COMMIT that failed leaves nothing committed; one past the budget may have been
+    /// applied without the answer arriving).
+    pub async fn commit(self) -> Result<(), TxError> {
+        self.end("COMMIT").await
+    }
+
+    /// ROLLBACK within [`END_BUDGET`]; on an error or past it the connection is closed, which
+    /// rolls back as well.
+    pub async fn rollback(self) -> Result<(), TxError> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(mut self, sql: &'static str) -> Result<(), TxError> {
+        within(END_BUDGET, self.conn.execute(sql)).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Deref for OwnedTx {
+    type Target = MySqlConnection;
+    fn deref(&self) -> &MySqlConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for OwnedTx {
+    fn deref_mut(&mut self) -> &mut MySqlConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for OwnedTx {
+    fn drop(&mut self) {
+        if self.open {
+            // Closed instead of returned: the pool never hands out a session inside a
+            // transaction, and the server releases the transaction's locks at the disconnect.
+            self.conn.close_on_drop();
+        }
+    }
+}

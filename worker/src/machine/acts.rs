@@ -1,0 +1,103 @@
+//! Operators' acts on jobs, decided: what cancel, retry and discard do to a job in each state
+//! (`acts.rs` has the public API, `store/acts.rs` locks the jobs and writes what is decided
+//! here).
+//!
+//! - **cancel**: a job not yet running (`available`, `scheduled`, `retryable`, `waiting`) is
+//!   `cancelled` at once; a `running` one gets a cancel request, which its worker reads at its
+//!   next heartbeat: the handler sees `ctx.cancelled()`, has `worker.cancel_grace` to stop, is
+//!   dropped, and the job ends `cancelled` with its `ctx.tx()` rolled back.
+//! - **retry**: a `discarded`, `cancelled`, `retryable` or `scheduled` job is `available` now,
+//!   with one more attempt if it had used them all.
+//! - **discard**: a job not yet running is `discarded` at once.
+//!
+//! Anything else (a finished job, a running one for retry or discard) is refused with the
+//! state it is in.
+
+use jobq_producer::JobState;
+
+use crate::model::{Act, Acted};
+
+/// What `act` does to a job in `state`.
+pub(crate) fn decide(act: Act, state: JobState) -> Acted {
+    use JobState::*;
+    let refuse = |why: &str| Acted::Refused {
+        state,
+        why: why.to_owned(),
+    };
+    let waiting = matches!(state, Available | Scheduled | Retryable | Waiting);
+    match act {
+        Act::Cancel if waiting => Acted::Done {
+            from: state,
+            to: Cancelled,
+        },
+        Act::Cancel if state == Running => Acted::CancelRequested,
+        Act::Cancel => refuse("it has already finished"),
+        Act::Discard if waiting => Acted::Done {
+            from: state,
+            to: Discarded,
+        },
+        Act::Discard if state == Running => refuse("it is running; cancel it instead"),
+        Act::Discard => refuse("it has already finished"),
+        Act::Retry if matches!(state, Discarded | Cancelled | Retryable | Scheduled) => {
+            Acted::Done {
+                from: state,
+                to: Available,
+            }
+        }
+        Act::Retry if state == Completed => refuse("it completed; enqueue a new job instead"),
+        Act::Retry if state == Running => refuse("it is running"),
+        Act::Retry => refuse("it is already waiting to run"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use JobState::*;
+
+    #[test]
+    fn every_act_in_every_state() {
+        let done = |from, to| Acted::Done { from, to };
+        for state in JobState::ALL {
+            let waiting = matches!(state, Available | Scheduled | Retryable | Waiting);
+            let cancel = decide(Act::Cancel, state);
+            let discard = decide(Act::Discard, state);
+            let retry = decide(Act::Retry, state);
+            match state {
+                Running => {
+                    assert_eq!(cancel, Acted::CancelRequested);
+                    assert!(!discard.ok() && !retry.ok());
+                }
+                s if waiting => {
+                    assert_eq!(cancel, done(s, Cancelled));
+                    assert_eq!(discard, done(s, Discarded));
+                }
+                _ => {
+                    assert!(!cancel.ok(), "{state}: a finished job cannot be cancelled");
+                    assert!(!discard.ok());
+                }
+            }
+            let retried = matches!(state, Discarded | Cancelled | Retryable | Scheduled);
+            assert_eq!(retry.ok(), retried, "{state}");
+            if retried {
+                assert_eq!(retry, done(state, Available));
+            }
+            // Every change is an edge of the state machine.
+            for a in [cancel, discard, retry] {
+                if let Acted::Done { from, to } = a {
+                    assert!(
+                        super::super::attempt::is_valid(Some(from), to),
+                        "{from} -> {to}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            decide(Act::Cancel, Completed),
+            Acted::Refused {
+                state: Completed,
+                why: "it has already finished".into()
+            }
+        );
+    }
+}
