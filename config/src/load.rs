@@ -7,7 +7,7 @@ use figment::Figment;
 
 use crate::error::{invalid, ConfigError};
 use crate::settings::Settings;
-use crate::validate::Config;
+use crate::validated::Config;
 
 /// The file read when no `--config` is given, relative to the working directory. It is optional.
 pub const DEFAULT_CONFIG_FILE: &str = "config/jobq.toml";

@@ -49,6 +49,19 @@ impl std::error::Error for TxError {
     }
 }
 
+/// For callers that report database errors only: a deadline becomes an I/O timeout naming it.
+impl From<TxError> for sqlx::Error {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Sql(e) => e,
+            deadline @ TxError::Deadline(_) => sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                deadline.to_string(),
+            )),
+        }
+    }
+}
+
 impl From<sqlx::Error> for TxError {
     fn from(e: sqlx::Error) -> Self {
         TxError::Sql(e)
@@ -83,7 +96,7 @@ impl OwnedTx {
     pub async fn begin(pool: &MySqlPool) -> Result<OwnedTx, sqlx::Error> {
         let conn = pool.acquire().await?;
         let mut tx = OwnedTx { conn, open: true };
-        tx.conn.execute("START TRANSACTION").await?;
+        tx.conn.execute(sqlx::raw_sql("START TRANSACTION")).await?;
         Ok(tx)
     }
 
@@ -101,7 +114,7 @@ impl OwnedTx {
     }
 
     async fn end(mut self, sql: &'static str) -> Result<(), TxError> {
-        within(END_BUDGET, self.conn.execute(sql)).await?;
+        within(END_BUDGET, self.conn.execute(sqlx::raw_sql(sql))).await?;
         self.open = false;
         Ok(())
     }
@@ -127,5 +140,114 @@ impl Drop for OwnedTx {
             // transaction, and the server releases the transaction's locks at the disconnect.
             self.conn.close_on_drop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    async fn table(pool: &MySqlPool) {
+        sqlx::raw_sql(
+            "CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB; \
+             INSERT INTO t VALUES (1, 0)",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    /// Whether the server still has a session `id` inside a transaction.
+    async fn in_transaction(pool: &MySqlPool, id: u64) -> bool {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ?",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+            > 0
+    }
+
+    /// A transaction that set the row's value to `v`, and its session's id.
+    async fn updated(pool: &MySqlPool, v: i32) -> (OwnedTx, u64) {
+        let mut tx = OwnedTx::begin(pool).await.unwrap();
+        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE t SET v = ? WHERE id = 1")
+            .bind(v)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        (tx, id)
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn commit_and_rollback_end_it_and_keep_the_connection(pool: MySqlPool) {
+        table(&pool).await;
+        let (tx, id) = updated(&pool, 1).await;
+        tx.commit().await.unwrap();
+        assert!(!in_transaction(&pool, id).await);
+        let (tx, _) = updated(&pool, 2).await;
+        tx.rollback().await.unwrap();
+        let v: i32 = sqlx::query_scalar("SELECT v FROM t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(v, 1, "committed once, rolled back once");
+    }
+
+    /// An `OwnedTx` dropped unended (a caller's deadline, a cancelled task) closes its
+    /// connection: the server rolls back and the row lock is free, not held until the
+    /// connection is next used.
+    #[sqlx::test(migrations = false)]
+    async fn one_dropped_unended_closes_its_connection_and_frees_its_locks(pool: MySqlPool) {
+        table(&pool).await;
+        let (mut tx, id) = updated(&pool, 5).await;
+        // Cut off by a deadline while it waits on something else.
+        let cut = within(
+            Duration::from_millis(50),
+            sqlx::query("SELECT SLEEP(1)").execute(&mut *tx),
+        )
+        .await;
+        assert!(matches!(cut, Err(TxError::Deadline(_))), "{cut:?}");
+        drop(tx);
+        // The row is free again once the server has seen the disconnect (after the statement
+        // in flight ends), and the session is gone.
+        let start = Instant::now();
+        loop {
+            let mut other = pool.acquire().await.unwrap();
+            let locked = sqlx::raw_sql(
+                "SET SESSION innodb_lock_wait_timeout = 1; START TRANSACTION; \
+                 SELECT v FROM t WHERE id = 1 FOR UPDATE; ROLLBACK",
+            )
+            .execute(&mut *other)
+            .await;
+            let alive: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if locked.is_ok() && alive == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the dropped transaction's session still holds its lock: {locked:?}, alive {alive}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let v: i32 = sqlx::query_scalar("SELECT v FROM t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(v, 0, "rolled back");
+        let e: sqlx::Error = TxError::Deadline(Duration::from_millis(50)).into();
+        assert!(e.to_string().contains("did not finish within 50ms"), "{e}");
     }
 }

@@ -3,11 +3,13 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jobq_producer::{JobId, KindName, QueueName};
-use sqlx::{MySql, MySqlPool, Transaction};
+use jobq_sqlkit::OwnedTx;
+use sqlx::MySqlPool;
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
@@ -91,13 +93,14 @@ pub(crate) fn write_chain(
     Ok(())
 }
 
-/// The completion transaction, borrowed from the job's context by [`JobContext::tx`]. Derefs to
-/// `sqlx::Transaction`; pass `&mut **tx` (or `&mut *tx` where a `&mut MySqlConnection` is
-/// inferred) to queries.
-pub type JobTx =
-    OwnedMappedMutexGuard<Option<Transaction<'static, MySql>>, Transaction<'static, MySql>>;
+/// The completion transaction, borrowed from the job's context by [`JobContext::tx`]: a
+/// [`jobq_sqlkit::OwnedTx`], which derefs to the `MySqlConnection` it runs on; pass `&mut **tx`
+/// to queries. jobq ends it (COMMIT with the completion, or ROLLBACK); should the attempt be cut
+/// off before that, its connection is closed rather than returned to the pool, so the handler's
+/// locks never outlive the attempt.
+pub type JobTx = OwnedMappedMutexGuard<Option<OwnedTx>, OwnedTx>;
 
-pub(crate) type TxSlot = Arc<Mutex<Option<Transaction<'static, MySql>>>>;
+pub(crate) type TxSlot = Arc<Mutex<Option<OwnedTx>>>;
 
 /// What a handler knows about the job it runs, and its way to the database.
 ///
@@ -114,6 +117,9 @@ pub struct JobContext {
     pub(crate) worker_id: WorkerId,
     pub(crate) pool: MySqlPool,
     pub(crate) tx: TxSlot,
+    /// Set (under the slot's lock) once the attempt's outcome is being written: `tx()` refuses
+    /// to begin a transaction nobody would end.
+    pub(crate) tx_closed: Arc<AtomicBool>,
     pub(crate) cancel: CancellationToken,
     /// The result `set_result` stored, as JSON text.
     pub(crate) result: ResultSlot,
@@ -182,6 +188,12 @@ impl JobContext {
     /// ```
     pub async fn tx(&self) -> Result<JobTx, sqlx::Error> {
         let mut slot = self.tx.clone().lock_owned().await;
+        if self.tx_closed.load(Ordering::SeqCst) {
+            return Err(sqlx::Error::Io(std::io::Error::other(
+                "this attempt has ended: ctx.tx() cannot begin its transaction any more \
+                 (a task the handler spawned outlived it)",
+            )));
+        }
         if slot.is_none() {
             let mut tx = crate::store::begin(&self.pool).await?;
             crate::store::mark_tx(&mut tx).await?;

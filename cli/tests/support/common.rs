@@ -200,14 +200,12 @@ pub(crate) async fn assert_consistent(pool: &MySqlPool) {
          FROM information_schema.innodb_trx t JOIN information_schema.processlist p \
          ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID()";
     //
-    // Judged: jobq's sessions (all READ COMMITTED, see db.rs) that hold row locks or changed
-    // rows. Not judged, only reported: REPEATABLE READ ones (the test's own connections and the
-    // sqlx test pool) and idle empty ones (no lock, no change). Those empty ones are a known open
-    // bug: under the full parallel suite a worker session is sometimes left idle inside an
-    // empty transaction after the worker stopped (seen on the code of before 2026-12-02 too);
-    // the cause is not found yet. They block no one, so they do not fail the test.
-    let harmful =
-        |t: &String| t.contains("READ COMMITTED") && !t.contains("rows locked 0, modified 0");
+    // Judged: every jobq session (all READ COMMITTED, see db.rs): none may still be inside a
+    // transaction, empty or not. A transaction jobq cut off closes its connection (OwnedTx,
+    // RawTx), and an attempt's handler transaction cannot be begun once the attempt ended.
+    // Not judged, only reported: REPEATABLE READ ones, the test's own connections and the sqlx
+    // test pool, which a test may hold open on purpose.
+    let harmful = |t: &String| t.contains("READ COMMITTED");
     let start = Instant::now();
     loop {
         let open: Vec<String> = sqlx::query_scalar(open_sql).fetch_all(pool).await.unwrap();

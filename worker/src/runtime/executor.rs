@@ -41,11 +41,13 @@ pub(crate) async fn run(
         worker_id: shared.id.clone(),
         pool: shared.pool.clone(),
         tx: Default::default(),
+        tx_closed: Default::default(),
         cancel: cancel.clone(),
         result: Default::default(),
         token: job.token,
     };
     let slot = ctx.tx.clone();
+    let tx_closed = ctx.tx_closed.clone();
     let result_slot = ctx.result.clone();
     let backoff = |policy: &jobq_config::RunPolicy| Backoff {
         base: policy.backoff_base,
@@ -149,9 +151,16 @@ pub(crate) async fn run(
     {
         cancel.cancel();
     }
-    let tx = slot.lock().await.take();
+    // The handler's transaction, taken for the outcome: from now on a task the handler spawned
+    // cannot begin another one that nobody would end.
+    let tx = {
+        let mut slot = slot.lock().await;
+        tx_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        slot.take()
+    };
     let Some(outcome) = outcome else {
-        // The lease could not be extended: someone else may own the job now. Write nothing.
+        // The lease could not be extended: someone else may own the job now. Write nothing; the
+        // handler's transaction closes its connection (the server rolls it back).
         drop(tx);
         warn!("lease lost; handler cancelled, outcome not written");
         metrics::finished(&queue, &job.kind, metrics::LEASE_LOST, Some(run));

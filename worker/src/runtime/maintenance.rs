@@ -138,12 +138,13 @@ async fn lead(shared: Arc<Shared>, term: Term, passes: TaskTracker) {
                 Err(e) => debug!(error = %e, "paused sample failed"),
             }
         }
-        // The pass runs in a task of its own and is never cut off: this term is dropped
-        // wherever it stands when the lease is lost or the worker stops, and a transaction
-        // dropped mid-way would go back to the pool still open (sqlx sends its ROLLBACK only
-        // when the connection is next used), holding its locks. Each statement waits at most
+        // The pass runs in a task of its own, so this term can be dropped wherever it stands
+        // when the lease is lost or the worker stops, while the pass ends its short
+        // transactions (tracked: the worker awaits it on stop). Each statement waits at most
         // database.lock_wait_timeout_secs for a lock, and the lease is renewed by its own
-        // watchdog meanwhile, so a slow pass neither hangs nor costs the leadership.
+        // watchdog meanwhile, so a slow pass neither hangs nor costs the leadership. Its
+        // transactions are `OwnedTx` (store::begin): one cut off closes its connection rather
+        // than return to the pool open.
         let task = passes.spawn({
             let shared = shared.clone();
             async move { pass(&shared, ticks).await }

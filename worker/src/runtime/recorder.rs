@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobq_producer::{KindName, QueueName};
+use jobq_sqlkit::{within, OwnedTx, TxError};
 use rand::Rng;
-use sqlx::{MySql, Transaction};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -59,7 +59,7 @@ pub(crate) struct Attempt {
     pub(crate) run: Duration,
     pub(crate) backoff: Backoff,
     /// The handler's transaction, if it opened one.
-    pub(crate) tx: Option<Transaction<'static, MySql>>,
+    pub(crate) tx: Option<OwnedTx>,
     /// The result the handler stored (successes only), JSON text.
     pub(crate) result: Option<String>,
 }
@@ -138,11 +138,7 @@ pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemapho
 /// Completes the job inside the handler's transaction. `None` when done (written, or fenced
 /// off and rolled back); `Some(decision)` to write on its own when the commit failed (put back)
 /// or the transaction was no longer the handler's (the attempt fails).
-async fn complete_in_tx(
-    shared: &Shared,
-    a: &Attempt,
-    mut tx: Transaction<'static, MySql>,
-) -> Option<Decision> {
+async fn complete_in_tx(shared: &Shared, a: &Attempt, mut tx: OwnedTx) -> Option<Decision> {
     let d = decide(
         &Outcome::Success,
         a.job.attempt,
@@ -161,7 +157,10 @@ async fn complete_in_tx(
     // The server may have ended the handler's transaction already (an implicit commit, a
     // deadlock's rollback); the handler's later writes then autocommitted. Completing now would
     // not be "exactly once with the handler's writes": fail the attempt instead.
-    match store::tx_intact(&mut tx).await {
+    // Every step is bounded: the transaction holds the handler's locks until it ends. One cut
+    // off by its deadline is dropped, which closes its connection (the server rolls it back).
+    let budget = shared.config.worker().lease_ttl;
+    match within(budget, store::tx_intact(&mut tx)).await {
         Ok(true) => {}
         Ok(false) => {
             let _ = tx.rollback().await;
@@ -182,16 +181,18 @@ async fn complete_in_tx(
             ));
         }
         Err(e) => {
-            let _ = tx.rollback().await;
-            metrics::db_error(&e, false);
+            drop(tx);
+            if let TxError::Sql(e) = &e {
+                metrics::db_error(e, false);
+            }
             return Some(attempt::put_back(&e.to_string()));
         }
     }
-    let written = match store::finish(&mut tx, w).await {
+    let written = match within(budget, store::finish(&mut tx, w)).await {
         Ok(true) => tx.commit().await.map(|_| true),
         Ok(false) => tx.rollback().await.map(|_| false),
         Err(e) => {
-            let _ = tx.rollback().await;
+            drop(tx);
             Err(e)
         }
     };
@@ -205,7 +206,9 @@ async fn complete_in_tx(
             None
         }
         Err(e) => {
-            metrics::db_error(&e, false);
+            if let TxError::Sql(e) = &e {
+                metrics::db_error(e, false);
+            }
             // The COMMIT may have landed with only its answer lost: look before saying what
             // happened to the handler's writes.
             warn!(error = %e, "completing the job in the handler's transaction failed; verifying whether it committed");
@@ -261,9 +264,9 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
                 return;
             }
             Ok(Err(e)) => e,
-            Err(_) => sqlx::Error::PoolTimedOut,
+            Err(_) => TxError::Deadline(left),
         };
-        let pause = retry.pause(&e);
+        let pause = retry.pause_tx(&e);
         if Instant::now() + pause.wait >= deadline {
             error!(error = %e, state = %d.to,
                    "could not record the outcome; giving the job up to the rescue path");
@@ -356,9 +359,9 @@ pub(crate) async fn release_unstarted(
                     break;
                 }
                 Ok(Err(e)) => e,
-                Err(_) => sqlx::Error::PoolTimedOut,
+                Err(_) => TxError::Deadline(left),
             };
-            let pause = retry.pause(&e);
+            let pause = retry.pause_tx(&e);
             if Instant::now() + pause.wait >= deadline {
                 error!(job_id = job.id, error = %e,
                        "could not verify a job whose claim's outcome is unknown; if it was claimed, its lease expires and maintenance rescues it");
@@ -462,10 +465,10 @@ async fn write_batch(shared: &Shared, batch: &mut Vec<Completion>) {
                 count_written(batch, done);
                 return;
             }
-            Ok(Err(e)) => e,
-            Err(_) => sqlx::Error::PoolTimedOut,
+            Ok(Err(e)) => TxError::Sql(e),
+            Err(_) => TxError::Deadline(left),
         };
-        let pause = retry.pause(&e);
+        let pause = retry.pause_tx(&e);
         if Instant::now() + pause.wait >= deadline {
             error!(error = %e, jobs = fences.len(),
                    "could not write completions; giving the jobs up to the rescue path");

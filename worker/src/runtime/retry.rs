@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use jobq_sqlkit::TxError;
+
 use crate::error::is_transient;
 use crate::metrics;
 
@@ -55,6 +57,18 @@ impl DbRetry {
             d
         };
         Pause { wait, transient }
+    }
+
+    /// [`pause`](DbRetry::pause) for a transaction's error; a deadline passed is no reason to
+    /// wait (the caller's budget is spent).
+    pub(crate) fn pause_tx(&mut self, e: &TxError) -> Pause {
+        match e {
+            TxError::Sql(e) => self.pause(e),
+            TxError::Deadline(_) => Pause {
+                wait: Duration::ZERO,
+                transient: false,
+            },
+        }
     }
 
     /// The pause after a failure that carries no database error (a claim whose answer lacked

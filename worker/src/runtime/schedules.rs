@@ -67,11 +67,11 @@ async fn one(shared: &Shared, s: &Schedule) -> crate::Result<()> {
     let (state, now) = store::lock_schedule(&mut tx, &s.name).await?;
     match plan(s, state, now, window(shared)) {
         Plan::Nothing => {
-            tx.commit().await?;
+            tx.commit().await.map_err(sqlx::Error::from)?;
         }
         Plan::Skip { mark, why } => {
             store::mark_schedule(&mut tx, &s.name, mark, None, why).await?;
-            tx.commit().await?;
+            tx.commit().await.map_err(sqlx::Error::from)?;
             debug!(schedule = %s.name, slot = %mark, why, "slot not run");
         }
         Plan::Run {
@@ -89,7 +89,7 @@ async fn one(shared: &Shared, s: &Schedule) -> crate::Result<()> {
                 "enqueued"
             };
             store::mark_schedule(&mut tx, &s.name, mark, last, outcome).await?;
-            tx.commit().await?;
+            tx.commit().await.map_err(sqlx::Error::from)?;
             info!(schedule = %s.name, slots = slots.len(), dropped, job = ?last, "schedule enqueued");
         }
     }

@@ -2,6 +2,7 @@
 //! one) and the batched completions. Every write is fenced by `(id, claim_token)` and
 //! `state = 'running'`.
 
+use jobq_sqlkit::TxError;
 use sqlx::{MySqlConnection, MySqlPool};
 
 use super::sql::{hex, id_list, RawTx};
@@ -231,8 +232,9 @@ pub(crate) async fn finish(
     Ok(true)
 }
 
-/// [`finish`] in its own transaction.
-pub(crate) async fn finish_tx(pool: &MySqlPool, w: FinishWrite<'_>) -> Result<bool, sqlx::Error> {
+/// [`finish`] in its own transaction. Cut off (its future dropped by the caller's deadline),
+/// the transaction's connection is closed, which rolls it back.
+pub(crate) async fn finish_tx(pool: &MySqlPool, w: FinishWrite<'_>) -> Result<bool, TxError> {
     let mut tx = super::begin(pool).await?;
     match finish(&mut tx, w).await {
         Ok(applied) => {
@@ -241,7 +243,7 @@ pub(crate) async fn finish_tx(pool: &MySqlPool, w: FinishWrite<'_>) -> Result<bo
         }
         Err(e) => {
             let _ = tx.rollback().await;
-            Err(e)
+            Err(e.into())
         }
     }
 }

@@ -13,7 +13,9 @@
 //! - [`kinds`]: which kinds workers handle on which queues (`jobq enqueue`'s warning);
 //! - [`lease`]: lease extension and the worker rows (heartbeat);
 //! - [`maintenance`]: leader lease, promotion, rescue, retention (leader only);
-//! - [`inspect`]: read-only views for the CLI and operators;
+//! - [`inspect`]: read-only views for the CLI and operators: counts, a job, its history,
+//!   workers;
+//! - [`listing`]: jobs listed by filter and paged, and counted by the same filter;
 //! - [`queues`]: queue state every worker obeys (pause/resume);
 //! - [`schedules`]: recurring jobs' rows (the leader's lock and mark, pause, listing);
 //! - [`demo`]: the `record` built-in kind's effects table;
@@ -38,6 +40,7 @@ mod inspect;
 mod keys;
 mod kinds;
 mod lease;
+mod listing;
 mod maintenance;
 mod named_lock;
 mod queues;
@@ -63,17 +66,17 @@ pub(crate) use finish::{
     complete_batch, finish, finish_tx, held_by_claim, mark_tx, state_by_fence, tx_intact,
     FinishWrite,
 };
-#[cfg(feature = "console")]
-pub(crate) use inspect::newest_job;
-pub(crate) use inspect::{
-    count_jobs, counts, history, job, list_jobs, list_page, queue_activity, workers,
-};
-pub use inspect::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
+pub(crate) use inspect::{counts, history, job, queue_activity, workers};
+pub use inspect::{JobRecord, TransitionRecord, WorkerInfo};
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys, running_now};
 pub(crate) use kinds::{kind_queues, note_kinds};
 pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,
 };
+#[cfg(feature = "console")]
+pub(crate) use listing::newest_job;
+pub(crate) use listing::{count_jobs, list_jobs, list_page};
+pub use listing::{JobFilter, JobOrder, JobSummary};
 pub(crate) use maintenance::{
     pending, promote_due, prune, prune_workers, rescue_expired, sample_depth,
 };

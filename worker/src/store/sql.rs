@@ -282,7 +282,14 @@ impl<S: Session> Drop for RawTx<'_, S> {
     }
 }
 
-pub(crate) use jobq_sqlkit::begin;
+/// A transaction on a pooled connection of its own ([`jobq_sqlkit::OwnedTx`]): ended by a
+/// confirmed COMMIT or ROLLBACK within their budget, or its connection is closed, so a pass or
+/// a write cut off by a timeout never leaves a transaction open in the pool.
+pub(crate) async fn begin(pool: &sqlx::MySqlPool) -> Result<OwnedTx, sqlx::Error> {
+    OwnedTx::begin(pool).await
+}
+
+pub(crate) use jobq_sqlkit::OwnedTx;
 
 #[cfg(test)]
 mod tests {

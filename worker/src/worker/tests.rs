@@ -1,0 +1,160 @@
+//! Tests of the worker's wiring (`worker.rs`): loops, stop phases, lost claim answers, and
+//! contexts that outlive their attempt.
+
+use super::*;
+use crate::health::Status;
+use crate::shutdown::Shutdown;
+
+/// A background loop that panics does not leave a process that looks alive: the worker
+/// stops by itself, reports the loop through its health and returns an error naming it.
+#[sqlx::test(migrations = false)]
+async fn a_dead_background_loop_stops_the_worker_loudly(pool: MySqlPool) {
+    jobq_producer::migrate(&pool).await.unwrap();
+    let mut settings = jobq_config::Settings::default();
+    settings.worker.shutdown_timeout = Duration::from_secs(2);
+    let config = settings.validate().unwrap();
+    let queue = QueueName::new("default").unwrap();
+    for which in [
+        Loop::Claimer(queue.clone()),
+        Loop::Completer,
+        Loop::Heartbeat,
+        Loop::Maintenance,
+    ] {
+        let (_shutdown, signal) = Shutdown::new();
+        let worker =
+            Worker::new(pool.clone(), Registry::new(), &config).inject_panic(which.clone());
+        let health = worker.health();
+        assert_eq!(health.status(), Status::Running);
+        let result = tokio::time::timeout(Duration::from_secs(20), worker.run(signal))
+            .await
+            .unwrap_or_else(|_| panic!("the worker kept running after its {which} died"));
+        match result {
+            Err(Error::LoopDied(l)) => assert_eq!(l, which),
+            other => panic!("expected LoopDied({which}), got {other:?}"),
+        }
+        assert_eq!(health.status(), Status::Dead(which));
+    }
+    let workers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobq_workers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, 0, "each stopped worker removed its row");
+}
+
+/// A claim that committed but whose answer never arrived: its jobs never started, so they
+/// are given back with the attempt refunded; a job allowed one attempt still runs (before,
+/// it waited for its lease to expire and rescue discarded it, never having run).
+#[sqlx::test(migrations = false)]
+async fn a_lost_claim_answer_costs_no_attempt(pool: MySqlPool) {
+    jobq_producer::migrate(&pool).await.unwrap();
+    let mut settings = jobq_config::Settings::default();
+    settings.worker.poll_interval = Duration::from_millis(20);
+    settings.maintenance.interval = Duration::from_millis(100);
+    let config = settings.validate().unwrap();
+    let mut registry = Registry::new();
+    crate::builtin::register(&mut registry).unwrap();
+    let id = jobq_producer::Producer::new(pool.clone())
+        .enqueue(jobq_producer::NewJob::json("noop", serde_json::json!({})).max_attempts(1))
+        .await
+        .unwrap();
+    let (shutdown, signal) = Shutdown::new();
+    let worker = Worker::new(pool.clone(), registry, &config).lose_claim_answers(1);
+    let run = tokio::spawn(worker.run(signal));
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?")
+            .bind(id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    while !matches!(state().await.as_str(), "completed" | "discarded") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the job never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.stop();
+    run.await.unwrap().unwrap();
+    assert_eq!(state().await, "completed");
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(event AS CHAR) FROM jobq_transitions WHERE job_id = ? ORDER BY id",
+    )
+    .bind(id.0)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        ["enqueued", "claimed", "released", "claimed", "completed"]
+    );
+}
+
+/// A task the handler spawned that outlives the attempt cannot begin a transaction nobody
+/// would end (before, it opened one that stayed open in the pool for as long as the task
+/// held the context); and the handler's own transaction is ended with the attempt.
+#[sqlx::test(migrations = false)]
+async fn a_context_that_outlives_its_attempt_opens_no_transaction(pool: MySqlPool) {
+    jobq_producer::migrate(&pool).await.unwrap();
+    let mut settings = jobq_config::Settings::default();
+    settings.worker.poll_interval = Duration::from_millis(20);
+    let config = settings.validate().unwrap();
+    let kept: Arc<std::sync::Mutex<Option<crate::JobContext>>> = Arc::default();
+    let mut registry = Registry::new();
+    let keep = kept.clone();
+    registry
+        .register_json(
+            "keep",
+            move |_: serde_json::Value, ctx: crate::JobContext| {
+                let keep = keep.clone();
+                async move {
+                    // The handler's own transaction, used and ended with the attempt.
+                    let mut tx = ctx.tx().await?;
+                    sqlx::query("SELECT 1").execute(&mut **tx).await?;
+                    drop(tx);
+                    *keep.lock().unwrap() = Some(ctx);
+                    Ok(())
+                }
+            },
+        )
+        .unwrap();
+    let id = jobq_producer::Producer::new(pool.clone())
+        .enqueue(jobq_producer::NewJob::json("keep", serde_json::json!({})))
+        .await
+        .unwrap();
+    let (shutdown, signal) = Shutdown::new();
+    let run = tokio::spawn(Worker::new(pool.clone(), registry, &config).run(signal));
+    let start = std::time::Instant::now();
+    loop {
+        let state: String =
+            sqlx::query_scalar("SELECT CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?")
+                .bind(id.0)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if state == "completed" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "still {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ctx = kept.lock().unwrap().take().expect("the handler ran");
+    let late = ctx.tx().await.map(|_| ()).unwrap_err();
+    assert!(
+        late.to_string().contains("this attempt has ended"),
+        "{late}"
+    );
+    shutdown.stop();
+    run.await.unwrap().unwrap();
+    // No session of this database is inside a transaction.
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.innodb_trx t \
+             JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
+             WHERE p.db = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 0);
+}
