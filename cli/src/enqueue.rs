@@ -96,6 +96,36 @@ async fn warn_unhandled(pool: &sqlx::MySqlPool, kind: &str, queue: &str) {
     }
 }
 
+/// Tries of an enqueue whose transaction the server rolled back (a deadlock).
+const ENQUEUE_TRIES: u64 = 5;
+
+/// `count` copies of `job`, built and sent ENQUEUE_CHUNK at a time (never all in memory), in
+/// one transaction: all of them or none.
+async fn insert_copies(
+    pool: &sqlx::MySqlPool,
+    producer: &jobq_worker::Producer,
+    job: &jobq_worker::NewJob,
+    count: usize,
+) -> Result<Vec<jobq_worker::Enqueued>, jobq_worker::ProducerError> {
+    let mut tx = pool.begin().await?;
+    let mut done = Vec::with_capacity(count);
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(ENQUEUE_CHUNK);
+        done.extend(
+            producer
+                .insert_many_in(&mut tx, vec![job.clone(); n])
+                .await?,
+        );
+        left -= n;
+    }
+    // A cluster's certification conflict fails the COMMIT itself with a deadlock.
+    tx.commit()
+        .await
+        .map_err(jobq_worker::ProducerError::from_database)?;
+    Ok(done)
+}
+
 /// Copies of a `--count` job built and inserted at a time.
 const ENQUEUE_CHUNK: usize = 1000;
 
@@ -166,21 +196,20 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
     let pool = connected(settings).await?;
     jobq_worker::check_server_limits(&pool, settings).await?;
     let producer = jobq_worker::producer(pool.clone(), settings);
-    // `--count` copies are built and sent ENQUEUE_CHUNK at a time (never all in memory), in
-    // one transaction: all of them or none.
-    let mut tx = pool.begin().await?;
-    let mut done = Vec::with_capacity(a.count as usize);
-    let mut left = a.count as usize;
-    while left > 0 {
-        let n = left.min(ENQUEUE_CHUNK);
-        done.extend(
-            producer
-                .insert_many_in(&mut tx, vec![job.clone(); n])
-                .await?,
-        );
-        left -= n;
-    }
-    tx.commit().await?;
+    // Producers racing for one unique key can deadlock inside the server, which then rolls the
+    // whole transaction back (nothing kept): run it again, as the library's own insert does.
+    let mut tries = 0;
+    let done = loop {
+        tries += 1;
+        match insert_copies(&pool, &producer, &job, a.count as usize).await {
+            Ok(done) => break done,
+            Err(jobq_worker::ProducerError::RolledBack(e)) if tries < ENQUEUE_TRIES => {
+                tracing::debug!(error = %e, "the enqueue's transaction was rolled back; running it again");
+                tokio::time::sleep(std::time::Duration::from_millis(2 * tries)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     warn_unhandled(&pool, &kind, &a.queue).await;
     if a.wait {
         let id = done[0].id;

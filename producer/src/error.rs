@@ -39,6 +39,15 @@ pub enum Error {
     /// The database refused or failed; the enqueue's transaction was rolled back.
     #[error("database error while enqueueing: {0}")]
     Database(#[from] sqlx::Error),
+    /// The server rolled back the whole transaction the enqueue ran in (a deadlock between
+    /// producers racing for one unique key, or a cluster's certification conflict): nothing of
+    /// it was kept, the caller's other writes in it included. Run the whole transaction again;
+    /// [`crate::Producer::insert`] and `insert_many` do so themselves.
+    #[error(
+        "the server rolled back the transaction this enqueue ran in ({0}); nothing of it was \
+         kept: run the whole transaction again"
+    )]
+    RolledBack(#[source] sqlx::Error),
     /// A multi-row insert reported a different number of rows than it was sent, so the history
     /// rows could not be matched to ids; the enqueue failed (rolled back unless it ran in the
     /// caller's transaction, which the caller should roll back).
@@ -89,3 +98,15 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A database error of an enqueue inside a caller's transaction: [`Error::RolledBack`] when
+    /// the server rolled the whole transaction back, else [`Error::Database`].
+    pub fn from_database(e: sqlx::Error) -> Error {
+        if jobq_sqlkit::is_number(&e, jobq_sqlkit::codes::DEADLOCK) {
+            Error::RolledBack(e)
+        } else {
+            Error::Database(e)
+        }
+    }
+}

@@ -17,7 +17,7 @@ enum Frame {
 
 /// Checks `text` (already valid JSON syntax) against the servers' rules: nesting at most
 /// `max_depth`, no lone surrogate escapes. `Err` says what and where.
-pub(crate) fn check(text: &str, max_depth: u32) -> Result<(), String> {
+pub fn check(text: &str, max_depth: u32) -> Result<(), String> {
     let b = text.as_bytes();
     let mut stack: Vec<Frame> = Vec::new();
     let mut i = 0;

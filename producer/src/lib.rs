@@ -43,7 +43,7 @@ pub use failover::{
 pub use job::{
     validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,
 };
-pub use json::{MYSQL_MAX_DEPTH, PORTABLE_MAX_DEPTH};
+pub use json::{check as check_json, MYSQL_MAX_DEPTH, PORTABLE_MAX_DEPTH};
 pub use migrate::{
     check_migrated, latest_version, migrate, migrate_conn, migrations, migrations_sql,
     MigrateReport, Migration,

@@ -441,7 +441,12 @@ impl Producer {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let out = store::insert_jobs(conn, &rows).await?;
+        // A deadlock rolled the caller's whole transaction back: say so, typed, so the caller
+        // knows to run it again (it is not ours to retry).
+        let out = store::insert_jobs(conn, &rows).await.map_err(|e| match e {
+            Error::Database(e) => Error::from_database(e),
+            other => other,
+        })?;
         record_enqueued(&rows, &out);
         Ok(out)
     }

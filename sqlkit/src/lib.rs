@@ -1,9 +1,13 @@
 //! `jobq-sqlkit`: what the producer, the lock crate and the worker each need of MySQL/MariaDB,
 //! written once so that they agree:
 //!
-//! - [`begin`] and [`detached`]: a transaction start that is safe to cancel;
 //! - [`OwnedTx`] and [`within`]: a transaction bounded by a deadline that never goes back to the
-//!   pool open, with [`TxError`] telling a deadline from a database error;
+//!   pool open, with [`TxError`] telling a deadline from a database error: for every
+//!   transaction that a deadline or the end of an attempt may cut off (the worker's);
+//! - [`begin`] and [`detached`]: sqlx's own `Transaction`, begun safely to cancel, for
+//!   transactions nothing cuts off and that a caller holds (the producer's retried inserts,
+//!   where an error then costs a queued ROLLBACK rather than a new connection, and the lock
+//!   crate's `fenced` transaction handed to users);
 //! - [`codes`], [`number`], [`classify`]: database errors told apart by the server's error
 //!   number (never by message text or SQLSTATE);
 //! - [`lock_name_sql`]: the server-side name of a `GET_LOCK`, hashed so any name fits both

@@ -11,7 +11,12 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Executor, MySql, MySqlConnection, MySqlPool};
+use sqlx::{Database, MySql, MySqlConnection, MySqlPool, TransactionManager};
+
+/// sqlx's transaction bookkeeping for MySQL: begun through it, a transaction is one sqlx knows
+/// of, so a nested `begin` on its connection (a handler's library opening its own transaction)
+/// becomes a SAVEPOINT instead of a `BEGIN` that would commit everything before it.
+type Manager = <MySql as Database>::TransactionManager;
 
 /// How long a COMMIT or ROLLBACK may take before the connection is closed instead. Its
 /// statements wait at most the session's `innodb_lock_wait_timeout` for a lock each, so an
@@ -96,25 +101,40 @@ impl OwnedTx {
     pub async fn begin(pool: &MySqlPool) -> Result<OwnedTx, sqlx::Error> {
         let conn = pool.acquire().await?;
         let mut tx = OwnedTx { conn, open: true };
-        tx.conn.execute(sqlx::raw_sql("START TRANSACTION")).await?;
+        Manager::begin(&mut tx.conn, None).await?;
         Ok(tx)
     }
 
-    /// COMMIT within [`END_BUDGET`]. On an error or past the budget the connection is closed
-    /// (a COMMIT that failed leaves nothing committed; one past the budget may have been
-    /// applied without the answer arriving).
+    /// COMMIT within [`END_BUDGET`]. On an error or past the budget the connection is closed.
+    /// A COMMIT the server refused committed nothing; one that failed on the way (a lost
+    /// connection) or ran past the budget may have been applied without the answer arriving:
+    /// its outcome is unknown, and the caller must look before saying which.
     pub async fn commit(self) -> Result<(), TxError> {
-        self.end("COMMIT").await
+        self.end(true).await
     }
 
     /// ROLLBACK within [`END_BUDGET`]; on an error or past it the connection is closed, which
     /// rolls back as well.
     pub async fn rollback(self) -> Result<(), TxError> {
-        self.end("ROLLBACK").await
+        self.end(false).await
     }
 
-    async fn end(mut self, sql: &'static str) -> Result<(), TxError> {
-        within(END_BUDGET, self.conn.execute(sqlx::raw_sql(sql))).await?;
+    async fn end(mut self, commit: bool) -> Result<(), TxError> {
+        // A nested transaction left open inside (a savepoint nobody released): ending at its
+        // level would leave this one open. Refused; the drop closes the connection.
+        let depth = Manager::get_transaction_depth(&self.conn);
+        if depth != 1 {
+            return Err(TxError::Sql(sqlx::Error::Protocol(format!(
+                "a transaction nested inside was left open ({depth} levels deep); the \
+                 connection was closed, which rolls everything back"
+            ))));
+        }
+        let conn = &mut *self.conn;
+        if commit {
+            within(END_BUDGET, Manager::commit(conn)).await?;
+        } else {
+            within(END_BUDGET, Manager::rollback(conn)).await?;
+        }
         self.open = false;
         Ok(())
     }
@@ -198,6 +218,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v, 1, "committed once, rolled back once");
+    }
+
+    /// A transaction opened inside it (a handler's library calling `begin` on the connection)
+    /// is a savepoint of it, not a `BEGIN` that would commit what came before: rolling the
+    /// outer one back undoes both. One left open makes the outer end refuse (and close).
+    #[sqlx::test(migrations = false)]
+    async fn a_nested_transaction_is_a_savepoint(pool: MySqlPool) {
+        use sqlx::Connection;
+        table(&pool).await;
+        let (mut tx, _) = updated(&pool, 1).await;
+        let mut nested = (*tx).begin().await.unwrap();
+        sqlx::query("UPDATE t SET v = v + 10")
+            .execute(&mut *nested)
+            .await
+            .unwrap();
+        nested.commit().await.unwrap();
+        tx.rollback().await.unwrap();
+        let v: i32 = sqlx::query_scalar("SELECT v FROM t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            v, 0,
+            "the outer rollback undid the nested transaction's write"
+        );
+        let (mut tx, _) = updated(&pool, 2).await;
+        let nested = (*tx).begin().await.unwrap();
+        std::mem::forget(nested);
+        let e = tx.commit().await.unwrap_err();
+        assert!(e.to_string().contains("nested inside was left open"), "{e}");
+        let v: i32 = sqlx::query_scalar("SELECT v FROM t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(v, 0, "nothing committed");
     }
 
     /// An `OwnedTx` dropped unended (a caller's deadline, a cancelled task) closes its

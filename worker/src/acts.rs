@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::MySqlPool;
 
 use crate::error::Result;
-use crate::model::{Act, Acted};
+use crate::model::{Act, ActRule, Acted};
 use crate::store::{JobFilter, JobOrder};
 
 /// Applies `act` to the jobs `ids` on behalf of `actor` (recorded with each transition; the
@@ -20,19 +20,40 @@ pub async fn act_on_jobs(
     ids: &[JobId],
     actor: &str,
 ) -> Result<Vec<(JobId, Acted)>> {
+    act_with(pool, act, ids, actor, &crate::machine::acts::decide).await
+}
+
+/// [`act_on_jobs`] with the rule that decides each job from the state found under its lock.
+async fn act_with(
+    pool: &MySqlPool,
+    act: Act,
+    ids: &[JobId],
+    actor: &str,
+    rule: ActRule<'_>,
+) -> Result<Vec<(JobId, Acted)>> {
     // The column holds 128 characters.
     let actor: String = actor.chars().take(128).collect();
-    let actor = actor.as_str();
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1000) {
         let raw: Vec<u64> = chunk.iter().map(|i| i.0).collect();
-        for (id, acted) in
-            crate::store::apply_act(pool, act, &raw, actor, crate::machine::acts::decide).await?
-        {
+        for (id, acted) in crate::store::apply_act(pool, act, &raw, &actor, rule).await? {
             out.push((JobId(id), acted));
         }
     }
     Ok(out)
+}
+
+/// Applies `act` to the jobs `ids` listed in state `listed` (a page of an act by filter): each
+/// is checked again under its row lock, and one no longer in `listed` is skipped.
+async fn act_on_listed(
+    pool: &MySqlPool,
+    act: Act,
+    listed: JobState,
+    ids: &[JobId],
+    actor: &str,
+) -> Result<Vec<(JobId, Acted)>> {
+    let rule = move |a: Act, s: JobState| crate::machine::acts::decide_listed(a, listed, s);
+    act_with(pool, act, ids, actor, &rule).await
 }
 
 /// Jobs acted on per transaction when acting on a filter.
@@ -77,7 +98,7 @@ pub async fn act_on_filter(
         page_filter.after = Some(last.id);
         page_filter.after_run_at = Some(last.run_at);
         let ids: Vec<JobId> = page.iter().map(|j| j.id).collect();
-        for (_, acted) in act_on_jobs(pool, act, &ids, actor).await? {
+        for (_, acted) in act_on_listed(pool, act, state, &ids, actor).await? {
             match acted {
                 Acted::Done { .. } => tally.done += 1,
                 Acted::CancelRequested => tally.cancel_requested += 1,
@@ -95,4 +116,55 @@ pub async fn act_on_filter(
 /// [`act_on_filter`] would act on now (the console's confirmation shows it).
 pub async fn count_jobs(pool: &MySqlPool, state: JobState, filter: &JobFilter) -> Result<i64> {
     Ok(crate::store::count_jobs(pool, state, filter).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An act by filter re-checks each job under its row lock: a job listed as `scheduled`
+    /// that started before the act reached it gets no cancel request (before, it was asked to
+    /// stop); the job still scheduled is cancelled.
+    #[sqlx::test(migrations = false)]
+    async fn an_act_by_filter_skips_a_job_that_changed_since_listed(pool: MySqlPool) {
+        jobq_producer::migrate(&pool).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, attempt, claim_token, lease_expires_at) \
+             VALUES ('default', 'noop', '{}', 'running', 1, X'0123456789abcdef0123456789abcdef', \
+                     UTC_TIMESTAMP(6) + INTERVAL 1 HOUR); \
+             INSERT INTO jobq_jobs (queue, kind, payload, state, run_at) \
+             VALUES ('default', 'noop', '{}', 'scheduled', UTC_TIMESTAMP(6) + INTERVAL 1 HOUR)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let ids: Vec<JobId> = sqlx::query_scalar::<_, u64>("SELECT id FROM jobq_jobs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(JobId)
+            .collect();
+        let out = act_on_listed(&pool, Act::Cancel, JobState::Scheduled, &ids, "test")
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out[0].1, Acted::Refused { state: JobState::Running, why } if why.contains("no longer scheduled")),
+            "{out:?}"
+        );
+        assert_eq!(
+            out[1].1,
+            Acted::Done {
+                from: JobState::Scheduled,
+                to: JobState::Cancelled
+            }
+        );
+        let asked: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobq_jobs WHERE cancel_requested_at IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(asked, 0, "the job that started meanwhile was asked to stop");
+    }
 }

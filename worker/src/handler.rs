@@ -189,10 +189,11 @@ impl JobContext {
     pub async fn tx(&self) -> Result<JobTx, sqlx::Error> {
         let mut slot = self.tx.clone().lock_owned().await;
         if self.tx_closed.load(Ordering::SeqCst) {
-            return Err(sqlx::Error::Io(std::io::Error::other(
+            return Err(sqlx::Error::Protocol(
                 "this attempt has ended: ctx.tx() cannot begin its transaction any more \
-                 (a task the handler spawned outlived it)",
-            )));
+                 (a task the handler spawned outlived it)"
+                    .into(),
+            ));
         }
         if slot.is_none() {
             let mut tx = crate::store::begin(&self.pool).await?;
@@ -212,19 +213,12 @@ impl JobContext {
 
     /// Stores the job's result: written with its completion if the attempt succeeds (the last
     /// call wins), shown by `jobq job ID`, returned by `Producer::wait_for` and `jobq enqueue
-    /// --wait`. At most [`MAX_RESULT_BYTES`] of JSON: a larger one is an error that discards
-    /// the job (retrying would produce it again), so use `ctx.set_result(&v)?`.
+    /// --wait`. At most [`MAX_RESULT_BYTES`] of JSON, nested at most 31 levels (what every
+    /// supported server stores): another is an error that discards the job (retrying would
+    /// produce it again; written anyway, the server would refuse the completion and every
+    /// completion batched with it), so use `ctx.set_result(&v)?`.
     pub fn set_result<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), JobError> {
-        let text = serde_json::to_string(value).map_err(|e| {
-            JobError::discard(format!("the job's result does not serialise to JSON: {e}"))
-        })?;
-        if text.len() > MAX_RESULT_BYTES {
-            return Err(JobError::discard(format!(
-                "the job's result is {} bytes, over the limit of {MAX_RESULT_BYTES}; store large \
-                 results elsewhere and return a reference",
-                text.len()
-            )));
-        }
+        let text = result_text(value)?;
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
         Ok(())
     }
@@ -238,6 +232,23 @@ impl JobContext {
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await
     }
+}
+
+/// A result as the JSON text written with the completion, or why it cannot be stored.
+fn result_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, JobError> {
+    let text = serde_json::to_string(value).map_err(|e| {
+        JobError::discard(format!("the job's result does not serialise to JSON: {e}"))
+    })?;
+    if text.len() > MAX_RESULT_BYTES {
+        return Err(JobError::discard(format!(
+            "the job's result is {} bytes, over the limit of {MAX_RESULT_BYTES}; store large \
+             results elsewhere and return a reference",
+            text.len()
+        )));
+    }
+    jobq_producer::check_json(&text, jobq_producer::PORTABLE_MAX_DEPTH)
+        .map_err(|e| JobError::discard(format!("the job's result cannot be stored: {e}")))?;
+    Ok(text)
 }
 
 /// A job handler for payload type `J`.
@@ -256,5 +267,34 @@ where
 {
     fn handle(&self, job: J, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send {
         self(job, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A result the server would refuse (nested 32 levels: MariaDB's JSON_VALID says no) is
+    /// refused when the handler sets it, discarding that job with the reason, instead of
+    /// failing the completion write and every completion batched with it.
+    #[test]
+    fn results_the_server_would_refuse_discard_the_job() {
+        fn nested(depth: usize) -> serde_json::Value {
+            let text = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            serde_json::from_str(&text).unwrap()
+        }
+        assert!(result_text(&nested(31)).is_ok());
+        match result_text(&nested(32)) {
+            Err(JobError::Discard(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("cannot be stored") && e.contains("nested deeper"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let big = "x".repeat(MAX_RESULT_BYTES);
+        assert!(matches!(result_text(&big), Err(JobError::Discard(_))));
     }
 }

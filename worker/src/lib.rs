@@ -82,6 +82,7 @@ pub use jobq_producer::{
     migrations_sql, same_server, server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName,
     MigrateReport, NewJob, OnDuplicate, Producer, ProducerOptions, QueueName,
 };
+pub use jobq_sqlkit::OwnedTx;
 pub use machine::attempt::is_valid;
 pub use model::{Act, Acted, Event};
 pub use panics::install_panic_hook;

@@ -129,6 +129,12 @@ pub(crate) fn db_error(e: &sqlx::Error, retried: bool) {
     counter!(name, "outcome" => code).increment(1);
 }
 
+/// A database failure that is not a server error: `deadline` (no answer within the budget) or
+/// `unknown` (an answer that lacked what it must hold, such as a claim's confirmation).
+pub(crate) fn db_failure(outcome: &'static str) {
+    counter!(DB_ERRORS, "outcome" => outcome).increment(1);
+}
+
 pub(crate) fn slots(queue: &str, in_flight: usize, free: usize) {
     gauge!(IN_FLIGHT, "queue" => queue.to_owned()).set(in_flight as f64);
     gauge!(FREE_SLOTS, "queue" => queue.to_owned()).set(free as f64);

@@ -50,6 +50,20 @@ pub(crate) fn decide(act: Act, state: JobState) -> Acted {
     }
 }
 
+/// What `act` does to a job found in `state` that was listed in `listed` (an act by filter): a
+/// job whose state changed since the listing is left alone (a scheduled job that started
+/// meanwhile is not cancelled), whatever the act would do in its new state.
+pub(crate) fn decide_listed(act: Act, listed: JobState, state: JobState) -> Acted {
+    if state == listed {
+        decide(act, state)
+    } else {
+        Acted::Refused {
+            state,
+            why: format!("it is {state} now, no longer {listed} as it was when listed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +103,17 @@ mod tests {
                         super::super::attempt::is_valid(Some(from), to),
                         "{from} -> {to}"
                     );
+                }
+            }
+        }
+        // By filter: only jobs still in the listed state.
+        for listed in JobState::ALL {
+            for state in JobState::ALL {
+                let d = decide_listed(Act::Cancel, listed, state);
+                if state == listed {
+                    assert_eq!(d, decide(Act::Cancel, state));
+                } else {
+                    assert!(!d.ok(), "listed {listed}, found {state}: {d:?}");
                 }
             }
         }

@@ -17,7 +17,9 @@ use std::time::Duration;
 use jobq_config::Rate;
 
 use super::flow::{self, Candidate, Limits, Verdict, Window};
-use crate::model::{ClaimOutcome, ClaimPlan, ClaimedJob, Deferred, KeyState, Throttled};
+use crate::model::{
+    ClaimOutcome, ClaimPlan, ClaimedJob, Deferred, KeyState, Throttled, Undecodable,
+};
 
 /// The queue's rate window once the claim may read: charged with the jobs it starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +89,8 @@ pub(crate) fn keys_to_lock(
 pub(crate) struct Read {
     /// The jobs, in claim order.
     pub(crate) jobs: Vec<ClaimedJob>,
+    /// The rows it could not decode.
+    pub(crate) undecodable: Vec<Undecodable>,
     /// Each job's key limit (`kinds.K.key_limit`, else the queue's).
     pub(crate) limits: Vec<u32>,
     /// The carried completions' keys that have waiting jobs, with their kinds' limits.
@@ -111,6 +115,7 @@ pub(crate) struct Read {
 pub(crate) fn plan(read: Read) -> ClaimPlan {
     let Read {
         jobs,
+        undecodable,
         limits,
         freed,
         locked,
@@ -127,6 +132,7 @@ pub(crate) fn plan(read: Read) -> ClaimPlan {
         // Nothing limits this claim: no key, no rate.
         return ClaimPlan {
             start: jobs,
+            discard: undecodable,
             ..ClaimPlan::default()
         };
     };
@@ -154,6 +160,7 @@ pub(crate) fn plan(read: Read) -> ClaimPlan {
         },
     );
     let mut out = ClaimPlan {
+        discard: undecodable,
         at_lock_clock: true,
         promoted_keys: freed.keys().cloned().collect(),
         ..ClaimPlan::default()
@@ -250,14 +257,15 @@ pub(crate) fn free_after_commit(
         .collect()
 }
 
-/// How a claim that asked for `want` jobs went, from what it started, held back and promoted.
+/// How a claim that asked for `want` jobs went, from what it started, held back, and moved
+/// otherwise (waiting jobs promoted, undecodable rows discarded: the queue may hold more).
 pub(crate) fn outcome(
     want: u32,
     started: usize,
     throttled: Throttled,
-    promoted: usize,
+    moved: usize,
 ) -> ClaimOutcome {
-    if throttled != Throttled::default() || promoted > 0 {
+    if throttled != Throttled::default() || moved > 0 {
         ClaimOutcome::Throttled
     } else if started >= want as usize {
         ClaimOutcome::Full
@@ -327,6 +335,31 @@ mod tests {
         assert!(!p.at_lock_clock, "no lock clock was read");
         assert!(p.wait.is_empty() && p.defer.is_empty() && p.promote.is_empty());
         assert!(p.key_windows.is_empty() && p.queue_window.is_none());
+    }
+
+    #[test]
+    fn undecodable_rows_are_discarded_with_and_without_limits() {
+        let bad = Undecodable {
+            id: 9,
+            reason: "kind \"noop\\n\" is not a valid kind name".into(),
+        };
+        let mut r = read(&[(1, None)], 1, KeyState::default());
+        r.undecodable = vec![bad.clone()];
+        let p = plan(r);
+        assert_eq!(
+            (ids(&p.start), p.discard.clone()),
+            (vec![1], vec![bad.clone()])
+        );
+        // With a key in play as well.
+        let mut r = read(&[(1, Some("a"))], 1, keys(&[]));
+        r.undecodable = vec![bad.clone()];
+        let p = plan(r);
+        assert_eq!((ids(&p.start), p.discard.clone()), (vec![1], vec![bad]));
+        // A claim that discarded rows claims again at once: more may be behind them.
+        assert_eq!(
+            outcome(2, 1, Throttled::default(), 1),
+            ClaimOutcome::Throttled
+        );
     }
 
     #[test]

@@ -69,6 +69,15 @@ pub(crate) struct Throttled {
     pub(crate) deferred: u32,
 }
 
+/// A row the claim read but could not decode (a kind or queue the runtime refuses, a key that
+/// is not UTF-8: written by another program past the server's checks). It is discarded with
+/// `reason`, so one bad row never stops its queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Undecodable {
+    pub(crate) id: u64,
+    pub(crate) reason: String,
+}
+
 /// A job deferred by its key's rate limit: `scheduled` to run at `at_us` (µs since the epoch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Deferred {
@@ -88,6 +97,8 @@ pub(crate) struct ClaimPlan {
     /// `waiting → available`: waiting jobs of the carried completions' keys, into the slots
     /// those completions free.
     pub(crate) promote: Vec<u64>,
+    /// `available → discarded`: rows that could not be decoded, with the reason.
+    pub(crate) discard: Vec<Undecodable>,
     /// Rate windows to store per key (`jobq_keys.rate_state`).
     pub(crate) key_windows: BTreeMap<String, String>,
     /// The queue's rate window to store (`jobq_queues.rate_state`), charged with the starts.

@@ -16,12 +16,13 @@ use jobq_producer::JobState;
 pub use act::{Act, Acted};
 pub(crate) use claim::{
     ClaimPlan, ClaimedJob, Cursor, Deferred, KeyState, Outcome as ClaimOutcome, Throttled,
+    Undecodable,
 };
 pub use event::Event;
 
 /// A rule the store applies to a row it read under lock, given by the runtime from `machine/`
 /// (the store decides nothing itself): what an act does to a job in a state.
-pub(crate) type ActRule = fn(Act, JobState) -> Acted;
+pub(crate) type ActRule<'a> = &'a (dyn Fn(Act, JobState) -> Acted + Send + Sync);
 
 /// The cancel-override rule (`machine::attempt::overridden_by_cancel`): the decision to write
 /// instead, when an operator asked (the text: who) to cancel the running job.

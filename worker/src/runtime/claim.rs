@@ -117,7 +117,11 @@ pub(crate) async fn claim<S: Session>(
 ) -> Result<Claimed, ClaimError> {
     let idle = decide::outcome(req.limit, 0, Throttled::default(), 0);
     if req.limit == 0 && req.complete.is_empty() {
-        let released = matches!(req.lock, ClaimLock::SkipLocked);
+        // Nothing to take or write; in named-lock mode the lock the caller took goes back.
+        let released = match req.lock {
+            ClaimLock::SkipLocked => true,
+            ClaimLock::NamedLock(name) => store::release_lock(&mut *session, name).await?,
+        };
         return Ok(Claimed::nothing(0, released, idle));
     }
     let probe: BTreeSet<String> = req.freed.keys().cloned().collect();
@@ -165,7 +169,10 @@ pub(crate) async fn claim<S: Session>(
         .filter(|(k, _)| batch.probed.contains(*k))
         .map(|(k, &l)| (k.clone(), l))
         .collect();
-    if batch.jobs.is_empty() && freed.is_empty() {
+    for bad in &batch.undecodable {
+        tracing::warn!(queue = %req.queue, job_id = bad.id, reason = %bad.reason, "discarding a job row the claim could not decode");
+    }
+    if batch.jobs.is_empty() && batch.undecodable.is_empty() && freed.is_empty() {
         let c = tx.commit(&ClaimPlan::default()).await?;
         return Ok(Claimed::nothing(completed, c.released, idle));
     }
@@ -185,6 +192,7 @@ pub(crate) async fn claim<S: Session>(
     }
     let plan = decide::plan(Read {
         jobs: batch.jobs,
+        undecodable: batch.undecodable,
         limits,
         freed,
         locked,
@@ -210,7 +218,8 @@ pub(crate) async fn claim<S: Session>(
         }
     };
     let throttled = plan.throttled();
-    let outcome = decide::outcome(req.limit, plan.start.len(), throttled, plan.promote.len());
+    let moved = plan.promote.len() + plan.discard.len();
+    let outcome = decide::outcome(req.limit, plan.start.len(), throttled, moved);
     Ok(Claimed {
         completed,
         released: committed.released,

@@ -152,11 +152,28 @@ pub(crate) async fn run(
         cancel.cancel();
     }
     // The handler's transaction, taken for the outcome: from now on a task the handler spawned
-    // cannot begin another one that nobody would end.
-    let tx = {
-        let mut slot = slot.lock().await;
-        tx_closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        slot.take()
+    // cannot begin another one that nobody would end. A task still holding it (`ctx.tx()`'s
+    // guard) a whole lease after the handler returned fails the attempt instead of holding it
+    // open: the transaction closes its connection when that task lets go of the context.
+    let wait = shared.config.worker().lease_ttl;
+    let (tx, outcome) = match tokio::time::timeout(wait, slot.lock()).await {
+        Ok(mut slot) => {
+            tx_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            (slot.take(), outcome)
+        }
+        Err(_) => {
+            tx_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            cancel.cancel();
+            let held = Outcome::Error {
+                message: format!(
+                    "a task the handler spawned still held ctx.tx() {wait:?} after the handler \
+                     returned; the attempt's writes in it are rolled back. Let go of the \
+                     transaction before the handler returns"
+                ),
+                retry_after: None,
+            };
+            (None, outcome.map(|_| held))
+        }
     };
     let Some(outcome) = outcome else {
         // The lease could not be extended: someone else may own the job now. Write nothing; the

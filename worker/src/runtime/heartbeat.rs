@@ -49,63 +49,91 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let sent = Instant::now();
         // Bounded: a stalled database must not hold the heartbeat (the jobs' own lease timers
         // stop their handlers in any case). A session cut off mid-statement is not reused.
-        let result = tokio::time::timeout(lease / 2, beat(&shared, &mut session, &fences))
+        // Extensions that committed are applied even when the worker row's beat after them
+        // fails or runs out of time.
+        let mut beat = Beat::default();
+        let cut_off = tokio::time::timeout(lease / 2, beat.run(&shared, &mut session, &fences))
             .await
-            .unwrap_or_else(|_| {
-                session = None;
-                Err(sqlx::Error::Protocol("heartbeat timed out".into()))
-            });
-        match result {
-            Ok(report) => {
-                metrics::heartbeat(true);
-                shared.in_flight.extend(&report.extended, sent + lease);
-                for f in report.lost {
-                    shared.in_flight.lose(f);
-                }
-                for (f, by) in report.cancel {
-                    shared.in_flight.request_cancel(f, by);
-                }
-                if !report.skipped.is_empty() {
-                    debug!(
-                        jobs = report.skipped.len(),
-                        "leases skipped: rows locked by another session"
-                    );
-                }
+            .is_err();
+        if let Some(report) = beat.extended.take() {
+            shared.in_flight.extend(&report.extended, sent + lease);
+            for f in report.lost {
+                shared.in_flight.lose(f);
             }
-            Err(e) => {
+            for (f, by) in report.cancel {
+                shared.in_flight.request_cancel(f, by);
+            }
+            if !report.skipped.is_empty() {
+                debug!(
+                    jobs = report.skipped.len(),
+                    "leases skipped: rows locked by another session"
+                );
+            }
+        }
+        match (cut_off, beat.failed.take()) {
+            (false, None) => metrics::heartbeat(true),
+            (true, _) => {
+                session = None;
+                metrics::heartbeat(false);
+                metrics::db_failure("deadline");
+                warn!(budget = ?(lease / 2), "heartbeat got no answer in time; leases not extended beyond what committed");
+            }
+            (false, Some(e)) => {
                 session = None;
                 metrics::heartbeat(false);
                 metrics::db_error(&e, false);
-                warn!(error = %e, "heartbeat failed; leases not extended");
+                warn!(error = %e, "heartbeat failed; leases not extended beyond what committed");
             }
         }
     }
 }
 
-/// One beat on the heartbeat's session (opened on first use and after any failure).
-async fn beat(
-    shared: &Shared,
-    session: &mut Option<Dedicated>,
-    fences: &[crate::model::Fence],
-) -> Result<store::LeaseReport, sqlx::Error> {
-    if session.as_ref().is_none_or(Dedicated::is_broken) {
-        let conn = db::dedicated(
-            &shared.pool,
-            shared.config.database().lock_wait_timeout_secs,
-        )
-        .await?;
-        *session = Some(Dedicated::new(conn));
+/// One beat on the heartbeat's session (opened on first use and after any failure): what it
+/// achieved is kept in the fields as it goes, so a beat cut off by its deadline still reports
+/// the extensions that committed.
+#[derive(Default)]
+struct Beat {
+    extended: Option<store::LeaseReport>,
+    failed: Option<sqlx::Error>,
+}
+
+impl Beat {
+    async fn run(
+        &mut self,
+        shared: &Shared,
+        session: &mut Option<Dedicated>,
+        fences: &[crate::model::Fence],
+    ) {
+        if let Err(e) = self.steps(shared, session, fences).await {
+            self.failed = Some(e);
+        }
     }
-    let s = session.as_mut().expect("opened above");
-    let report = if fences.is_empty() {
-        store::LeaseReport::default()
-    } else {
-        store::extend_leases(s, fences, shared.config.worker().lease_ttl).await?
-    };
-    if !store::beat_worker(s, &shared.id).await? {
-        register(shared).await?;
+
+    async fn steps(
+        &mut self,
+        shared: &Shared,
+        session: &mut Option<Dedicated>,
+        fences: &[crate::model::Fence],
+    ) -> Result<(), sqlx::Error> {
+        if session.as_ref().is_none_or(Dedicated::is_broken) {
+            let conn = db::dedicated(
+                &shared.pool,
+                shared.config.database().lock_wait_timeout_secs,
+            )
+            .await?;
+            *session = Some(Dedicated::new(conn));
+        }
+        let s = session.as_mut().expect("opened above");
+        if !fences.is_empty() {
+            // Each chunk's extensions are recorded as it commits.
+            let report = self.extended.get_or_insert_with(Default::default);
+            store::extend_leases(s, fences, shared.config.worker().lease_ttl, report).await?;
+        }
+        if !store::beat_worker(s, &shared.id).await? {
+            register(shared).await?;
+        }
+        Ok(())
     }
-    Ok(report)
 }
 
 /// Inserts or refreshes this process's worker row.

@@ -143,8 +143,9 @@ async fn lead(shared: Arc<Shared>, term: Term, passes: TaskTracker) {
         // transactions (tracked: the worker awaits it on stop). Each statement waits at most
         // database.lock_wait_timeout_secs for a lock, and the lease is renewed by its own
         // watchdog meanwhile, so a slow pass neither hangs nor costs the leadership. Its
-        // transactions are `OwnedTx` (store::begin): one cut off closes its connection rather
-        // than return to the pool open.
+        // transactions are `OwnedTx` (store::begin): each COMMIT or ROLLBACK has its budget,
+        // and one abandoned by an error closes its connection rather than return to the pool
+        // open.
         let task = passes.spawn({
             let shared = shared.clone();
             async move { pass(&shared, ticks).await }

@@ -1,6 +1,8 @@
 //! The machinery of a running worker, one responsibility per file. Private: the public face is
 //! [`crate::Worker`], which wires these together in `worker.rs`.
 //!
+//! - [`claim`]: one claim, run: the store's read and write steps with `machine::claim`'s
+//!   decisions between them;
 //! - [`claimer`]: one task per queue, feeding that queue's slots (named-lock session in
 //!   [`lock`]);
 //! - [`executor`]: runs one attempt (decode, timeout, panic, cancellation) to an outcome;

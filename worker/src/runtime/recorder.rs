@@ -157,10 +157,12 @@ async fn complete_in_tx(shared: &Shared, a: &Attempt, mut tx: OwnedTx) -> Option
     // The server may have ended the handler's transaction already (an implicit commit, a
     // deadlock's rollback); the handler's later writes then autocommitted. Completing now would
     // not be "exactly once with the handler's writes": fail the attempt instead.
-    // Every step is bounded: the transaction holds the handler's locks until it ends. One cut
-    // off by its deadline is dropped, which closes its connection (the server rolls it back).
-    let budget = shared.config.worker().lease_ttl;
-    match within(budget, store::tx_intact(&mut tx)).await {
+    // The steps share one deadline (`lease_ttl`; the COMMIT then has its own 15 s): the
+    // transaction holds the handler's locks until it ends. One cut off by the deadline is
+    // dropped, which closes its connection (the server rolls it back).
+    let deadline = Instant::now() + shared.config.worker().lease_ttl;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    match within(left(), store::tx_intact(&mut tx)).await {
         Ok(true) => {}
         Ok(false) => {
             let _ = tx.rollback().await;
@@ -188,7 +190,7 @@ async fn complete_in_tx(shared: &Shared, a: &Attempt, mut tx: OwnedTx) -> Option
             return Some(attempt::put_back(&e.to_string()));
         }
     }
-    let written = match within(budget, store::finish(&mut tx, w)).await {
+    let written = match within(left(), store::finish(&mut tx, w)).await {
         Ok(true) => tx.commit().await.map(|_| true),
         Ok(false) => tx.rollback().await.map(|_| false),
         Err(e) => {

@@ -64,16 +64,20 @@ impl DbRetry {
     pub(crate) fn pause_tx(&mut self, e: &TxError) -> Pause {
         match e {
             TxError::Sql(e) => self.pause(e),
-            TxError::Deadline(_) => Pause {
-                wait: Duration::ZERO,
-                transient: false,
-            },
+            TxError::Deadline(_) => {
+                metrics::db_failure("deadline");
+                Pause {
+                    wait: Duration::ZERO,
+                    transient: false,
+                }
+            }
         }
     }
 
     /// The pause after a failure that carries no database error (a claim whose answer lacked
     /// its confirmation): backs off like any error that is not transient.
     pub(crate) fn pause_unexplained(&mut self) -> Pause {
+        metrics::db_failure("unknown");
         let d = self.next.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
         self.next = (self.next * 2).min(MOST);
         Pause {

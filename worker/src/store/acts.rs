@@ -23,7 +23,7 @@ pub(crate) async fn apply(
     act: Act,
     ids: &[u64],
     actor: &str,
-    decide: ActRule,
+    decide: ActRule<'_>,
 ) -> Result<Vec<(u64, Acted)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());

@@ -31,7 +31,7 @@ use super::keys::{lock_and_count_sql, read_key_state, waiting_probe_sql, NOW_US}
 use super::sql::{lit, RawTx, Session};
 use super::{opt_text, text};
 use crate::ids::{LockName, WorkerId};
-use crate::model::{ClaimedJob, Cursor, Fence, KeyState, Token};
+use crate::model::{ClaimedJob, Cursor, Fence, KeyState, Token, Undecodable};
 
 /// How concurrent claimers of one queue are kept apart.
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +81,8 @@ pub(crate) struct Opening<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub(crate) jobs: Vec<ClaimedJob>,
+    /// Rows it read but could not decode (locked like the others).
+    pub(crate) undecodable: Vec<Undecodable>,
     /// The probed keys that have waiting jobs.
     pub(crate) probed: BTreeSet<String>,
     /// Where the read stopped: its last row (`None`: it read none).
@@ -214,10 +216,21 @@ impl<'s, 'a, S: Session> ClaimTx<'s, 'a, S> {
             .iter()
             .map(|r| text(r, "probe_key"))
             .collect::<Result<_, _>>()?;
-        let jobs = rows
-            .iter()
-            .map(|r| decode_job(r, self.token))
-            .collect::<Result<_, _>>()?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut undecodable = Vec::new();
+        for r in &rows {
+            match decode_job(r, self.token) {
+                Ok(job) => jobs.push(job),
+                Err(e) => undecodable.push(Undecodable {
+                    id: r.try_get("id")?,
+                    reason: format!(
+                        "jobq could not read this job's row ({e}); it was discarded so that its \
+                         queue goes on. Check the program that wrote it: names are ASCII letters, \
+                         digits and _ . : - only, and text columns UTF-8"
+                    ),
+                }),
+            }
+        }
         let last = rows
             .last()
             .map(|r| {
@@ -228,7 +241,12 @@ impl<'s, 'a, S: Session> ClaimTx<'s, 'a, S> {
                 })
             })
             .transpose()?;
-        Ok(Batch { jobs, probed, last })
+        Ok(Batch {
+            jobs,
+            undecodable,
+            probed,
+            last,
+        })
     }
 }
 

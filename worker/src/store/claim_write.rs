@@ -33,6 +33,9 @@ pub(crate) enum ClaimError {
     Conflict {
         expected: u64,
         got: u64,
+        /// How `got` was seen: `true` the UPDATE's count (the confirmation matched), `false`
+        /// the confirmation's.
+        by_update: bool,
         maybe_claimed: Vec<ClaimedJob>,
     },
 }
@@ -72,6 +75,15 @@ impl std::fmt::Display for ClaimError {
             }
             ClaimError::Unknown { source: None, .. } => f.write_str(
                 "the claim's round trip ended without the COMMIT's confirmation; its outcome is unknown",
+            ),
+            ClaimError::Conflict {
+                expected,
+                got,
+                by_update: true,
+                ..
+            } => write!(
+                f,
+                "the claim lost a conflict to another node: it updated {got} of the {expected} jobs it read"
             ),
             ClaimError::Conflict { expected, got, .. } => write!(
                 f,
@@ -160,6 +172,25 @@ impl<S: Session> ClaimTx<'_, '_, S> {
         if !plan.promote.is_empty() {
             writes.push(promote_sql(&id_list(plan.promote.iter().copied())));
         }
+        if !plan.discard.is_empty() {
+            let ids = id_list(plan.discard.iter().map(|d| d.id));
+            let cases: String = plan
+                .discard
+                .iter()
+                .map(|d| format!(" WHEN {} THEN {}", d.id, text_lit(&d.reason)))
+                .collect();
+            // language=MySQL
+            // Rows the claim could not decode (locked by its read): discarded with the reason, so
+            // the queue's next claims do not read them again. The attempt is not counted.
+            writes.push(format!(
+                "UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'discarded', finalized_at = UTC_TIMESTAMP(6), \
+                        last_error = CONVERT(CASE id{cases} END USING utf8mb4) \
+                 WHERE id IN ({ids}) AND state = 'available'; \
+                 INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, error, at) \
+                 SELECT id, 'available', 'discarded', 'discarded', attempt, last_error, finalized_at \
+                 FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND state = 'discarded'"
+            ));
+        }
         if !plan.key_windows.is_empty() {
             writes.push(store_windows_sql(opening.queue, &plan.key_windows));
         }
@@ -212,6 +243,7 @@ impl<S: Session> ClaimTx<'_, '_, S> {
                 return Err(ClaimError::Conflict {
                     expected,
                     got: n.max(0) as u64,
+                    by_update: false,
                     maybe_claimed: plan.start.clone(),
                 })
             }
@@ -228,6 +260,7 @@ impl<S: Session> ClaimTx<'_, '_, S> {
                 return Err(ClaimError::Conflict {
                     expected,
                     got: updated,
+                    by_update: true,
                     maybe_claimed: plan.start.clone(),
                 });
             }

@@ -46,8 +46,11 @@ pub(crate) async fn state_by_fence(
     fence: Fence,
 ) -> Result<Option<String>, sqlx::Error> {
     // language=MySQL
+    // A locking read: it waits for a COMMIT still landing on the row, so it never reports
+    // `running` for a completion that is about to commit.
     sqlx::query_scalar(
-        "SELECT CAST(state AS CHAR) FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id = ? AND claim_token = ?",
+        "SELECT CAST(state AS CHAR) FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id = ? AND claim_token = ? \
+         LOCK IN SHARE MODE",
     )
     .bind(fence.id)
     .bind(&fence.token[..])
@@ -101,7 +104,7 @@ pub(super) const COMPLETION_UPDATE: usize = 1;
 
 /// The statements that complete `fences` inside an open transaction (no COMMIT), storing the
 /// `results` (job id, JSON text) of those that have one: shared by the completer's own
-/// transaction and a claim that carries completions (`store::claim`).
+/// transaction and a claim that carries completions (`claim.rs`).
 pub(super) fn completion_sql(fences: &[Fence], results: &[(u64, String)]) -> String {
     let ids = id_list(fences.iter().map(|f| f.id));
     let mut pairs = String::new();

@@ -35,14 +35,15 @@ pub(crate) struct LeaseReport {
 }
 
 /// Extends the leases of `fences` to the server's now + `lease`, on the heartbeat's own
-/// session. A row another session holds locked is skipped, never waited for (`SKIP LOCKED`), so
-/// one locked row cannot cost the other jobs their leases.
+/// session, recording into `report` as each chunk commits (a caller that gives up midway keeps
+/// what committed). A row another session holds locked is skipped, never waited for (`SKIP
+/// LOCKED`), so one locked row cannot cost the other jobs their leases.
 pub(crate) async fn extend_leases<S: Session>(
     session: &mut S,
     fences: &[Fence],
     lease: Duration,
-) -> Result<LeaseReport, sqlx::Error> {
-    let mut report = LeaseReport::default();
+    report: &mut LeaseReport,
+) -> Result<(), sqlx::Error> {
     for chunk in fences.chunks(500) {
         let ids = id_list(chunk.iter().map(|f| f.id));
         let pairs = chunk
@@ -117,7 +118,7 @@ pub(crate) async fn extend_leases<S: Session>(
             }
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Inserts or refreshes this process's `jobq_workers` row.

@@ -369,12 +369,14 @@ async fn lease_extension_judges_each_job_alone(db: MySqlPool) {
             .await
             .unwrap(),
     );
-    let report = tokio::time::timeout(
+    let mut report = LeaseReport::default();
+    tokio::time::timeout(
         Duration::from_secs(3),
         extend_leases(
             &mut session,
             &(0..5).map(f).collect::<Vec<_>>(),
             Duration::from_secs(60),
+            &mut report,
         ),
     )
     .await
