@@ -1,15 +1,18 @@
 //! `jobq lock run` and `jobq lock status`: the lock library for scripts and cron jobs.
 //!
-//! `run` takes the lock, runs the command (in `jobq`'s own process group, so a terminal's
-//! Ctrl-C and Ctrl-Z reach both), and releases when the command exits. Exit statuses: the
+//! `run` takes the lock, runs the command in a process group of its own, and releases when the
+//! command exits. Its own group, so that a lost lock stops all of the command: the script and
+//! whatever it started (an `rsync`, a `python`), not only the direct child. Exit statuses: the
 //! command's own (128 + N when it died of signal N); [`EXIT_TIMEOUT`] when the lock could not be
-//! had in time; [`EXIT_LOST`] when the lock was lost while the command ran (the command got
-//! SIGTERM, then SIGKILL after `--grace`, for a lease at most a quarter of its ttl); 0 with a
-//! message when `--skip-if-held` found it held; 126/127 when the command could not be started;
+//! had in time; [`EXIT_LOST`] when the lock was lost while the command ran (the command's group
+//! got SIGTERM, then SIGKILL after `--grace`; for a lease at most an eighth of its ttl, so the
+//! group is gone at least an eighth of the ttl before the lease can pass to anyone else); 0 with
+//! a message when `--skip-if-held` found it held; 126/127 when the command could not be started;
 //! 1 on any other error (the database was unreachable, …). SIGINT, SIGTERM and SIGHUP sent to
-//! `jobq` are passed on to the command, and the lock is released once it exits. If `jobq` itself
-//! is killed with SIGKILL, a session lock is freed by the server at once and a lease runs out
-//! after its ttl, but the command goes on (kill the process group to stop both).
+//! `jobq` (a terminal's Ctrl-C included) are passed on to the command's group, and the lock is
+//! released once the command exits. Being in a group of its own, the command does not read
+//! from the terminal. If `jobq` itself is killed with SIGKILL, a session lock is freed by the
+//! server at once and a lease runs out after its ttl, but the command goes on.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -18,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use jobq_config::Config;
 use jobq_lock::{Guard, LeaseLock, SessionLock};
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::common::parse_duration;
@@ -57,7 +60,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     skip_if_held: bool,
     /// After a lost lock, how long the command has between SIGTERM and SIGKILL (for a lease,
-    /// at most a quarter of its ttl).
+    /// at most an eighth of its ttl).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     grace: Duration,
     /// The command and its arguments (after `--`).
@@ -141,7 +144,10 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
     };
 
     let mut cmd = tokio::process::Command::new(&a.command[0]);
-    cmd.args(&a.command[1..]).env("JOBQ_LOCK_NAME", &a.name);
+    cmd.args(&a.command[1..])
+        .env("JOBQ_LOCK_NAME", &a.name)
+        // A process group of its own, led by the command: signals reach all of it.
+        .process_group(0);
     if let Guard::Lease(g) = &guard {
         cmd.env("JOBQ_LOCK_TOKEN", g.token().unwrap_or(0).to_string())
             .env("JOBQ_LOCK_SLOT", g.slot().to_string());
@@ -164,14 +170,16 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
         .id()
         .and_then(|id| Pid::from_raw(id as i32))
         .context("the command has no process id")?;
+    // The command's group (its pid: it leads it), with everything the command started.
     let signal_command = |sig: Signal| {
-        // It may have exited already; nothing to do then.
-        let _ = kill_process(pid, sig);
+        // It may be gone already; nothing to do then.
+        let _ = kill_process_group(pid, sig);
     };
     // After a lost lease the command must be gone before the lease can pass to anyone else:
-    // the watchdog reports the loss a quarter of the ttl ahead of that.
+    // the watchdog reports the loss a quarter of the ttl ahead of that, and SIGKILL comes at
+    // most an eighth of the ttl later, leaving the other eighth as margin.
     let grace = if a.lease {
-        a.grace.min(a.ttl / 4)
+        a.grace.min(a.ttl / 8)
     } else {
         a.grace
     };
@@ -187,10 +195,11 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
                     humantime::format_duration(grace)
                 );
                 signal_command(Signal::TERM);
-                if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                    signal_command(Signal::KILL);
-                    let _ = child.wait().await;
-                }
+                let _ = tokio::time::timeout(grace, child.wait()).await;
+                // Whatever is left of the group, the command itself or what it started (a
+                // script's child outlives a script that exits on SIGTERM), is killed now.
+                signal_command(Signal::KILL);
+                let _ = child.wait().await;
                 let _ = guard.release().await;
                 return Ok(ExitCode::from(EXIT_LOST));
             }

@@ -115,7 +115,7 @@ fn errors_name_the_key() {
 /// timeout (every connection would fail as if the server were down), a port out of range.
 #[test]
 fn bad_values_are_refused_naming_the_key() {
-    let table: [(&str, &str, &str); 8] = [
+    let table: [(&str, &str, &str); 13] = [
         ("JOBQ_LOG__LEVEL", "inof", "log.level"),
         ("JOBQ_LOG__LEVEL", "info,sqlx=lots", "log.level"),
         ("JOBQ_LOG__LEVEL", "=warn", "log.level"),
@@ -135,6 +135,30 @@ fn bad_values_are_refused_naming_the_key() {
             "JOBQ_QUEUES__FAR__DATABASE_URL",
             "mysql://u@h:99999/db",
             "queues.far.database_url",
+        ),
+        // A backoff whose cap is below its base, on each level.
+        (
+            "JOBQ_QUEUES__MAIL__BACKOFF_MAX",
+            "1ms",
+            "queues.mail.backoff_max",
+        ),
+        (
+            "JOBQ_KINDS__SEND__BACKOFF_MAX",
+            "1ms",
+            "kinds.send.backoff_max",
+        ),
+        // A lease the server's DATETIME arithmetic cannot carry (and no lease needs).
+        ("JOBQ_WORKER__LEASE_TTL", "1000000years", "worker.lease_ttl"),
+        // Slots that overflow once prefetch is added.
+        (
+            "JOBQ_WORKER__CONCURRENCY",
+            "4294967295",
+            "worker.concurrency",
+        ),
+        (
+            "JOBQ_QUEUES__MAIL__CONCURRENCY",
+            "4294967295",
+            "queues.mail.concurrency",
         ),
     ];
     for (var, value, key) in table {

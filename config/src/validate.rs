@@ -39,6 +39,7 @@ impl Settings {
             }
             if let Some(c) = o.concurrency {
                 positive(&format!("{key}.concurrency"), c)?;
+                at_most(&format!("{key}.concurrency"), c, MAX_CONCURRENCY)?;
             }
             if let Some(b) = o.max_batch {
                 positive(&format!("{key}.max_batch"), b)?;
@@ -52,6 +53,7 @@ impl Settings {
             if let Some(b) = o.backoff_base {
                 nonzero(&format!("{key}.backoff_base"), b)?;
             }
+            backoff_in_order(&key, o.backoff_base, o.backoff_max, w)?;
             if let Some(l) = o.key_limit {
                 positive(&format!("{key}.key_limit"), l)?;
             }
@@ -64,6 +66,7 @@ impl Settings {
             if let Some(b) = o.backoff_base {
                 nonzero(&format!("{key}.backoff_base"), b)?;
             }
+            backoff_in_order(&key, o.backoff_base, o.backoff_max, w)?;
             if let Some(l) = o.key_limit {
                 positive(&format!("{key}.key_limit"), l)?;
             }
@@ -78,6 +81,17 @@ impl Settings {
             kind_overrides.insert(name, o.clone());
         }
         positive("worker.concurrency", w.concurrency)?;
+        at_most("worker.concurrency", w.concurrency, MAX_CONCURRENCY)?;
+        if w.lease_ttl > MAX_LEASE_TTL {
+            return Err(invalid(
+                "worker.lease_ttl",
+                format!(
+                    "must be at most {} (the heartbeat renews it every heartbeat_interval; a \
+                     longer lease only delays the rescue of a crashed worker's jobs)",
+                    humantime::format_duration(MAX_LEASE_TTL)
+                ),
+            ));
+        }
         positive("worker.max_batch", w.max_batch)?;
         positive("worker.completion_batch", w.completion_batch)?;
         at_most("worker.prefetch", w.prefetch, MAX_PREFETCH)?;
@@ -191,6 +205,37 @@ impl Settings {
             schedules,
         })
     }
+}
+
+/// Slots per process (and per queue): far above what one pool serves, and `concurrency +
+/// prefetch` never overflows.
+const MAX_CONCURRENCY: u32 = 100_000;
+/// The longest lease: a day.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(86_400);
+
+/// `backoff_max` not below `backoff_base` at one level of overrides (`queues.NAME`,
+/// `kinds.KIND`), each side falling back to `[worker]`'s.
+fn backoff_in_order(
+    key: &str,
+    base: Option<Duration>,
+    max: Option<Duration>,
+    w: &crate::settings::WorkerSettings,
+) -> Result<(), ConfigError> {
+    if base.is_none() && max.is_none() {
+        return Ok(());
+    }
+    let (base, max) = (base.unwrap_or(w.backoff_base), max.unwrap_or(w.backoff_max));
+    if max < base {
+        return Err(invalid(
+            format!("{key}.backoff_max"),
+            format!(
+                "is {} here, smaller than backoff_base ({}); raise it or lower the base",
+                humantime::format_duration(max),
+                humantime::format_duration(base)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {

@@ -609,3 +609,49 @@ async fn status_shows_holders(db: MySqlPool) {
         assert_eq!(code, Some(0), "{err}");
     }
 }
+
+/// Whether process `pid` still runs (a zombie waiting for its parent counts as gone).
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+}
+
+/// A lost lease stops all of the command: the script, and the program it started in the
+/// background, which before (only the script was signalled) ran on, orphaned, while the next
+/// holder started.
+#[sqlx::test(migrations = false)]
+async fn a_lost_lock_stops_what_the_command_started(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let url = url_of(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let holder = lock_run(
+        &url,
+        dir.path(),
+        "group",
+        &["--lease", "--ttl", "4s", "--grace", "1s"],
+        r#"sleep 300 & echo $! > "$DIR/child.tmp"; mv "$DIR/child.tmp" "$DIR/child"; wait"#,
+    );
+    wait_file(&dir.path().join("child"), Duration::from_secs(20));
+    let child: u32 = std::fs::read_to_string(dir.path().join("child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(child));
+    // Someone else takes the lease: the holder's next renewal finds it gone.
+    sqlx::query("UPDATE jobq_locks SET holder = 'thief', token = token + 1 WHERE name = 'group'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (code, err) = finish(holder, Duration::from_secs(20));
+    assert_eq!(code, Some(76), "the lost signal fired: {err}");
+    let start = Instant::now();
+    while alive(child) {
+        if start.elapsed() >= Duration::from_secs(5) {
+            signal(child, "KILL");
+            panic!("the command's background program outlived the lost lock");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
