@@ -1,27 +1,30 @@
 //! `jobq lock run` and `jobq lock status`: the lock library for scripts and cron jobs.
 //!
-//! `run` takes the lock, runs the command in a process group of its own, and releases when the
-//! command exits. Its own group, so that a lost lock stops all of the command: the script and
-//! whatever it started (an `rsync`, a `python`), not only the direct child. Exit statuses: the
+//! `run` takes the lock, runs the command, and releases when the command exits. Unless `jobq`'s
+//! standard input is a terminal, the command runs in a process group of its own, so that a lost
+//! lock stops all of it: the script and whatever it started (an `rsync`, a `python`), not only
+//! the direct child. At a terminal it stays in `jobq`'s group instead, so that it can use the
+//! terminal and Ctrl-C and Ctrl-Z reach both; a lost lock then signals the command itself.
+//! Exit statuses: the
 //! command's own (128 + N when it died of signal N); [`EXIT_TIMEOUT`] when the lock could not be
 //! had in time; [`EXIT_LOST`] when the lock was lost while the command ran (the command's group
 //! got SIGTERM, then SIGKILL after `--grace`; for a lease at most an eighth of its ttl, so the
 //! group is gone at least an eighth of the ttl before the lease can pass to anyone else); 0 with
 //! a message when `--skip-if-held` found it held; 126/127 when the command could not be started;
 //! 1 on any other error (the database was unreachable, …). SIGINT, SIGTERM and SIGHUP sent to
-//! `jobq` (a terminal's Ctrl-C included) are passed on to the command's group, and the lock is
-//! released once the command exits. Being in a group of its own, the command does not read
-//! from the terminal. If `jobq` itself is killed with SIGKILL, a session lock is freed by the
-//! server at once and a lease runs out after its ttl, but the command goes on.
+//! `jobq` are passed on to the command (its group, when it has one), and the lock is released
+//! once the command exits. If `jobq` itself is killed with SIGKILL, a session lock is freed by
+//! the server at once and a lease runs out after its ttl, but the command goes on.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use jobq_config::Config;
 use jobq_lock::{Guard, LeaseLock, SessionLock};
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::common::parse_duration;
@@ -144,10 +147,13 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
     };
 
     let mut cmd = tokio::process::Command::new(&a.command[0]);
-    cmd.args(&a.command[1..])
-        .env("JOBQ_LOCK_NAME", &a.name)
-        // A process group of its own, led by the command: signals reach all of it.
-        .process_group(0);
+    cmd.args(&a.command[1..]).env("JOBQ_LOCK_NAME", &a.name);
+    // Scripts, cron and services: a process group of its own, led by the command, so signals
+    // reach all of it. At a terminal the command stays in ours (see the module header).
+    let own_group = !std::io::stdin().is_terminal();
+    if own_group {
+        cmd.process_group(0);
+    }
     if let Guard::Lease(g) = &guard {
         cmd.env("JOBQ_LOCK_TOKEN", g.token().unwrap_or(0).to_string())
             .env("JOBQ_LOCK_SLOT", g.slot().to_string());
@@ -170,10 +176,15 @@ async fn run_locked(settings: &Config, a: RunArgs) -> Result<ExitCode> {
         .id()
         .and_then(|id| Pid::from_raw(id as i32))
         .context("the command has no process id")?;
-    // The command's group (its pid: it leads it), with everything the command started.
+    // The command's group (its pid: it leads it), with everything the command started; at a
+    // terminal, the command alone.
     let signal_command = |sig: Signal| {
         // It may be gone already; nothing to do then.
-        let _ = kill_process_group(pid, sig);
+        let _ = if own_group {
+            kill_process_group(pid, sig)
+        } else {
+            kill_process(pid, sig)
+        };
     };
     // After a lost lease the command must be gone before the lease can pass to anyone else:
     // the watchdog reports the loss a quarter of the ttl ahead of that, and SIGKILL comes at

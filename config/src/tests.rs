@@ -110,6 +110,37 @@ fn errors_name_the_key() {
     });
 }
 
+/// The backoff is checked as the runtime resolves it, field by field over kind, queue and
+/// worker: a kind's cap below the base its queue gives is refused; a kind's large base under a
+/// queue's larger cap is fine, whatever `[worker]` says.
+#[test]
+fn backoff_is_checked_as_the_runtime_resolves_it() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("JOBQ_QUEUES__MAIL__BACKOFF_BASE", "10m");
+        jail.set_env("JOBQ_QUEUES__MAIL__BACKOFF_MAX", "1h");
+        jail.set_env("JOBQ_KINDS__SEND__BACKOFF_MAX", "5m");
+        let e = load(None).unwrap_err().to_string();
+        assert!(
+            e.contains("kinds.send.backoff_max") && e.contains("queue mail"),
+            "{e}"
+        );
+        jail.set_env("JOBQ_KINDS__SEND__BACKOFF_MAX", "2h");
+        load(None).unwrap();
+        Ok(())
+    });
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("JOBQ_KINDS__SLOW__BACKOFF_BASE", "2h");
+        jail.set_env("JOBQ_QUEUES__BULK__BACKOFF_MAX", "10h");
+        // Kind `slow` in the worked queue `default` would cap at the worker's 1h: refused.
+        let e = load(None).unwrap_err().to_string();
+        assert!(
+            e.contains("worker.backoff_max") && e.contains("kind slow in queue default"),
+            "{e}"
+        );
+        Ok(())
+    });
+}
+
 /// Values that would make the process misbehave rather than fail are refused at load,
 /// each naming its key: a misspelt log level (the log would go silent), a zero connect
 /// timeout (every connection would fail as if the server were down), a port out of range.

@@ -53,7 +53,6 @@ impl Settings {
             if let Some(b) = o.backoff_base {
                 nonzero(&format!("{key}.backoff_base"), b)?;
             }
-            backoff_in_order(&key, o.backoff_base, o.backoff_max, w)?;
             if let Some(l) = o.key_limit {
                 positive(&format!("{key}.key_limit"), l)?;
             }
@@ -66,7 +65,6 @@ impl Settings {
             if let Some(b) = o.backoff_base {
                 nonzero(&format!("{key}.backoff_base"), b)?;
             }
-            backoff_in_order(&key, o.backoff_base, o.backoff_max, w)?;
             if let Some(l) = o.key_limit {
                 positive(&format!("{key}.key_limit"), l)?;
             }
@@ -111,12 +109,6 @@ impl Settings {
                      would let another worker rescue a running job",
                     humantime::format_duration(w.heartbeat_interval)
                 ),
-            ));
-        }
-        if w.backoff_max < w.backoff_base {
-            return Err(invalid(
-                "worker.backoff_max",
-                "must not be smaller than worker.backoff_base",
             ));
         }
         if self.producer.max_payload_bytes == 0 {
@@ -197,13 +189,15 @@ impl Settings {
         for q in &queues {
             check_prefetch(q, queue_overrides.get(&q.name))?;
         }
-        Ok(Config {
+        let config = Config {
             settings: self.clone(),
             queues,
             queue_overrides,
             kind_overrides,
             schedules,
-        })
+        };
+        check_backoffs(&config)?;
+        Ok(config)
     }
 }
 
@@ -213,27 +207,59 @@ const MAX_CONCURRENCY: u32 = 100_000;
 /// The longest lease: a day.
 const MAX_LEASE_TTL: Duration = Duration::from_secs(86_400);
 
-/// `backoff_max` not below `backoff_base` at one level of overrides (`queues.NAME`,
-/// `kinds.KIND`), each side falling back to `[worker]`'s.
-fn backoff_in_order(
-    key: &str,
-    base: Option<Duration>,
-    max: Option<Duration>,
-    w: &crate::settings::WorkerSettings,
-) -> Result<(), ConfigError> {
-    if base.is_none() && max.is_none() {
-        return Ok(());
-    }
-    let (base, max) = (base.unwrap_or(w.backoff_base), max.unwrap_or(w.backoff_max));
-    if max < base {
-        return Err(invalid(
-            format!("{key}.backoff_max"),
-            format!(
-                "is {} here, smaller than backoff_base ({}); raise it or lower the base",
-                humantime::format_duration(max),
-                humantime::format_duration(base)
-            ),
-        ));
+/// The backoff every configured (queue, kind) pair gets (the queues worked or overridden, the
+/// kinds overridden, and any other kind), resolved as the runtime resolves it (kind, else
+/// queue, else `[worker]`, field by field): `backoff_max` never below `backoff_base`. The error
+/// names the key that set the cap.
+fn check_backoffs(c: &Config) -> Result<(), ConfigError> {
+    let queues = c
+        .queues
+        .iter()
+        .map(|q| q.name.as_str())
+        .chain(c.queue_overrides.keys().map(|q| q.as_str()));
+    let kinds: Vec<&str> = c
+        .kind_overrides
+        .keys()
+        .map(|k| k.as_str())
+        .chain([""])
+        .collect();
+    for q in queues {
+        for &k in &kinds {
+            let p = c.run_policy(q, k);
+            if p.backoff_max >= p.backoff_base {
+                continue;
+            }
+            let set_in_kind = c
+                .kind_overrides
+                .get(k)
+                .and_then(|o| o.backoff_max)
+                .is_some();
+            let set_in_queue = c
+                .queue_overrides
+                .get(q)
+                .and_then(|o| o.backoff_max)
+                .is_some();
+            let key = if set_in_kind {
+                format!("kinds.{k}.backoff_max")
+            } else if set_in_queue {
+                format!("queues.{q}.backoff_max")
+            } else {
+                "worker.backoff_max".to_owned()
+            };
+            let scope = match k {
+                "" => format!(" in queue {q}"),
+                k => format!(" for kind {k} in queue {q}"),
+            };
+            return Err(invalid(
+                key,
+                format!(
+                    "the retry delay's cap{scope} is {}, smaller than its backoff_base ({}); \
+                     raise the cap or lower the base",
+                    humantime::format_duration(p.backoff_max),
+                    humantime::format_duration(p.backoff_base)
+                ),
+            ));
+        }
     }
     Ok(())
 }

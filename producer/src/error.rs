@@ -100,8 +100,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// A database error of an enqueue inside a caller's transaction: [`Error::RolledBack`] when
-    /// the server rolled the whole transaction back, else [`Error::Database`].
+    /// A database error of an enqueue inside a transaction (only there): [`Error::RolledBack`]
+    /// when the server rolled the whole transaction back, else [`Error::Database`].
     pub fn from_database(e: sqlx::Error) -> Error {
         if jobq_sqlkit::is_number(&e, jobq_sqlkit::codes::DEADLOCK) {
             Error::RolledBack(e)

@@ -425,7 +425,9 @@ impl Producer {
     /// Inserts one job through the caller's connection, usually `&mut *tx` of the caller's own
     /// transaction: the job exists only if the caller commits. The job goes to the server of
     /// `conn`, whatever [`Producer::route`] says: use a connection of the queue's server
-    /// ([`Producer::pool_of`]).
+    /// ([`Producer::pool_of`]). Producers racing for one unique key can deadlock inside the
+    /// server, which then rolls the caller's whole transaction back: that is
+    /// [`Error::RolledBack`], and the caller runs its transaction again.
     pub async fn enqueue_in(&self, conn: &mut MySqlConnection, job: NewJob) -> Result<JobId> {
         let ids = self.enqueue_many_in(conn, vec![job]).await?;
         Ok(ids[0])
@@ -441,10 +443,14 @@ impl Producer {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        // A deadlock rolled the caller's whole transaction back: say so, typed, so the caller
-        // knows to run it again (it is not ours to retry).
+        // Inside the caller's transaction (one sqlx knows of), a deadlock rolled all of it
+        // back: say so, typed, so the caller knows to run it again (it is not ours to retry).
+        // Outside one, the statements before the deadlock committed on their own: a plain
+        // database error.
+        use sqlx::{Database, TransactionManager};
+        let in_tx = <sqlx::MySql as Database>::TransactionManager::get_transaction_depth(conn) > 0;
         let out = store::insert_jobs(conn, &rows).await.map_err(|e| match e {
-            Error::Database(e) => Error::from_database(e),
+            Error::Database(e) if in_tx => Error::from_database(e),
             other => other,
         })?;
         record_enqueued(&rows, &out);

@@ -99,9 +99,25 @@ async fn impossible_rows_are_refused_by_the_schema(db: MySqlPool) {
         // `$` of a REGEXP matches before a trailing newline: refused by a check of its own.
         "INSERT INTO jobq_jobs (queue, kind, payload) VALUES ('default', CONCAT('noop', CHAR(10)), '{}')",
         "INSERT INTO jobq_jobs (queue, kind, payload) VALUES (CONCAT('default', CHAR(10)), 'noop', '{}')",
+        "INSERT INTO jobq_jobs (queue, kind, payload) VALUES ('default', CONCAT('noop', CHAR(13)), '{}')",
         // A key that is not UTF-8 (what a latin1 client's 'é' becomes in the VARBINARY column).
         "INSERT INTO jobq_jobs (queue, kind, payload, concurrency_key) VALUES ('default', 'noop', '{}', X'E9')",
     ];
+    // A lenient session converts the bad bytes with a warning instead of an error: the check
+    // itself refuses the row.
+    let mut lenient = db.acquire().await.unwrap();
+    sqlx::query("SET SESSION sql_mode = ''")
+        .execute(&mut *lenient)
+        .await
+        .unwrap();
+    let e = sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, concurrency_key) VALUES ('default', 'noop', '{}', X'E9')",
+    )
+    .execute(&mut *lenient)
+    .await
+    .expect_err("a lenient session wrote a key that is not UTF-8");
+    assert!(is_check_violation(&e), "unexpected error {e}");
+    drop(lenient);
     for sql in bad {
         let e = sqlx::query(sql)
             .execute(&db)
@@ -216,7 +232,7 @@ async fn a_saturated_attempt_counter_does_not_stop_its_queue(db: MySqlPool) {
 async fn a_row_the_claim_cannot_read_is_discarded_and_its_queue_goes_on(db: MySqlPool) {
     jobq_producer::migrate(&db).await.unwrap();
     sqlx::raw_sql(
-        "ALTER TABLE jobq_jobs DROP CONSTRAINT jobq_jobs_names_one_line, \
+        "ALTER TABLE jobq_jobs DROP CONSTRAINT jobq_jobs_names_allowed, \
                                DROP CONSTRAINT jobq_jobs_key_utf8",
     )
     .execute(&db)

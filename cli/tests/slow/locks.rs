@@ -630,15 +630,21 @@ async fn a_lost_lock_stops_what_the_command_started(db: MySqlPool) {
         dir.path(),
         "group",
         &["--lease", "--ttl", "4s", "--grace", "1s"],
-        r#"sleep 300 & echo $! > "$DIR/child.tmp"; mv "$DIR/child.tmp" "$DIR/child"; wait"#,
+        r#"sleep 300 & echo $! > "$DIR/child.tmp"; mv "$DIR/child.tmp" "$DIR/child";
+           sh -c 'trap "" TERM; exec sleep 300' & echo $! > "$DIR/stubborn.tmp";
+           mv "$DIR/stubborn.tmp" "$DIR/stubborn"; wait"#,
     );
-    wait_file(&dir.path().join("child"), Duration::from_secs(20));
-    let child: u32 = std::fs::read_to_string(dir.path().join("child"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(alive(child));
+    wait_file(&dir.path().join("stubborn"), Duration::from_secs(20));
+    let pid_in = |f: &str| -> u32 {
+        std::fs::read_to_string(dir.path().join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // One background program that stops on SIGTERM, one that ignores it (SIGKILL's work).
+    let (child, stubborn) = (pid_in("child"), pid_in("stubborn"));
+    assert!(alive(child) && alive(stubborn));
     // Someone else takes the lease: the holder's next renewal finds it gone.
     sqlx::query("UPDATE jobq_locks SET holder = 'thief', token = token + 1 WHERE name = 'group'")
         .execute(&db)
@@ -647,10 +653,12 @@ async fn a_lost_lock_stops_what_the_command_started(db: MySqlPool) {
     let (code, err) = finish(holder, Duration::from_secs(20));
     assert_eq!(code, Some(76), "the lost signal fired: {err}");
     let start = Instant::now();
-    while alive(child) {
+    while alive(child) || alive(stubborn) {
         if start.elapsed() >= Duration::from_secs(5) {
-            signal(child, "KILL");
-            panic!("the command's background program outlived the lost lock");
+            for pid in [child, stubborn].into_iter().filter(|p| alive(*p)) {
+                signal(pid, "KILL");
+            }
+            panic!("the command's background programs outlived the lost lock");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

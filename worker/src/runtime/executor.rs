@@ -153,8 +153,9 @@ pub(crate) async fn run(
     }
     // The handler's transaction, taken for the outcome: from now on a task the handler spawned
     // cannot begin another one that nobody would end. A task still holding it (`ctx.tx()`'s
-    // guard) a whole lease after the handler returned fails the attempt instead of holding it
-    // open: the transaction closes its connection when that task lets go of the context.
+    // guard) a whole lease after the handler returned: a success cannot complete without it
+    // and fails instead (any other outcome stands); the transaction closes its connection,
+    // rolling back, when that task lets go of the context.
     let wait = shared.config.worker().lease_ttl;
     let (tx, outcome) = match tokio::time::timeout(wait, slot.lock()).await {
         Ok(mut slot) => {
@@ -172,7 +173,8 @@ pub(crate) async fn run(
                 ),
                 retry_after: None,
             };
-            (None, outcome.map(|_| held))
+            let outcome = outcome.map(|o| if o == Outcome::Success { held } else { o });
+            (None, outcome)
         }
     };
     let Some(outcome) = outcome else {

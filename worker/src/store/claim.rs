@@ -221,7 +221,9 @@ impl<'s, 'a, S: Session> ClaimTx<'s, 'a, S> {
         for r in &rows {
             match decode_job(r, self.token) {
                 Ok(job) => jobs.push(job),
-                Err(e) => undecodable.push(Undecodable {
+                // Only what the row holds is the row's fault; anything else (a column missing,
+                // a type that does not match) is the claim's and fails it, loudly.
+                Err(e) if is_content_error(&e) => undecodable.push(Undecodable {
                     id: r.try_get("id")?,
                     reason: format!(
                         "jobq could not read this job's row ({e}); it was discarded so that its \
@@ -229,6 +231,7 @@ impl<'s, 'a, S: Session> ClaimTx<'s, 'a, S> {
                          digits and _ . : - only, and text columns UTF-8"
                     ),
                 }),
+                Err(e) => return Err(e),
             }
         }
         let last = rows
@@ -248,6 +251,13 @@ impl<'s, 'a, S: Session> ClaimTx<'s, 'a, S> {
             last,
         })
     }
+}
+
+/// Whether a decode error is about a row's content (a name the runtime refuses, text that is not
+/// UTF-8): the errors this file's own decoding raises, naming the column without quotes.
+fn is_content_error(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::ColumnDecode { index, .. }
+        if ["kind", "payload", "concurrency_key"].contains(&index.as_str()))
 }
 
 /// One row of the claim's read, as the job it starts under `token`.
