@@ -442,6 +442,10 @@ pub struct MaintenanceSettings {
     /// Keep `discarded` and `cancelled` jobs this long. Default `7days`; `0s` keeps forever.
     #[serde(with = "humantime_serde")]
     pub failed_retention: Duration,
+    /// Whether this process campaigns for maintenance leadership. Default `true`; `false` for
+    /// processes that should only work jobs, as long as another process leads (without a
+    /// leader nothing is promoted, rescued, pruned or scheduled).
+    pub lead: bool,
 }
 
 impl Default for MaintenanceSettings {
@@ -450,6 +454,7 @@ impl Default for MaintenanceSettings {
             interval: Duration::from_secs(1),
             completed_retention: Duration::from_secs(24 * 3600),
             failed_retention: Duration::from_secs(7 * 24 * 3600),
+            lead: true,
         }
     }
 }

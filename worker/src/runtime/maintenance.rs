@@ -60,6 +60,13 @@ fn leader_lease(interval: Duration) -> Duration {
 /// lease on the way out if it held it.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let m = shared.config.maintenance().clone();
+    metrics::leader(&shared.server, false);
+    if !m.lead {
+        // `maintenance.lead = false`: this process only works jobs; the loop stays alive (it is
+        // supervised like the others) until the stop.
+        stop.cancelled().await;
+        return;
+    }
     let ttl = leader_lease(m.interval);
     let locks = LeaseLock::new(&shared.pool, shared.id.as_str()).ttl(ttl);
     metrics::leader(&shared.server, false);

@@ -158,3 +158,54 @@ async fn a_context_that_outlives_its_attempt_opens_no_transaction(pool: MySqlPoo
     .unwrap();
     assert_eq!(open, 0);
 }
+
+/// `maintenance.lead = false`: the process works jobs but never leads maintenance, so a due
+/// scheduled job waits until a process that may lead is there to promote it.
+#[sqlx::test(migrations = false)]
+async fn a_process_that_may_not_lead_does_no_maintenance(pool: MySqlPool) {
+    jobq_producer::migrate(&pool).await.unwrap();
+    let mut settings = jobq_config::Settings::default();
+    settings.worker.poll_interval = Duration::from_millis(20);
+    settings.maintenance.interval = Duration::from_millis(100);
+    settings.maintenance.lead = false;
+    let follower = settings.validate().unwrap();
+    settings.maintenance.lead = true;
+    let leader = settings.validate().unwrap();
+    let registry = || {
+        let mut r = Registry::new();
+        crate::builtin::register(&mut r).unwrap();
+        r
+    };
+    sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at) \
+         VALUES ('default', 'noop', '{}', 'scheduled', UTC_TIMESTAMP(6) - INTERVAL 1 SECOND)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT CAST(state AS CHAR) FROM jobq_jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let (stop_follower, signal) = Shutdown::new();
+    let follower = tokio::spawn(Worker::new(pool.clone(), registry(), &follower).run(signal));
+    // Ten maintenance intervals: a leader would have promoted it many times over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(state().await, "scheduled", "the follower did maintenance");
+    let (stop_leader, signal) = Shutdown::new();
+    let leader = tokio::spawn(Worker::new(pool.clone(), registry(), &leader).run(signal));
+    let start = std::time::Instant::now();
+    while state().await != "completed" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never promoted and run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_follower.stop();
+    stop_leader.stop();
+    follower.await.unwrap().unwrap();
+    leader.await.unwrap().unwrap();
+}
