@@ -96,9 +96,6 @@ async fn warn_unhandled(pool: &sqlx::MySqlPool, kind: &str, queue: &str) {
     }
 }
 
-/// Tries of an enqueue whose transaction the server rolled back (a deadlock).
-const ENQUEUE_TRIES: u64 = 5;
-
 /// `count` copies of `job`, built and sent ENQUEUE_CHUNK at a time (never all in memory), in
 /// one transaction: all of them or none.
 async fn insert_copies(
@@ -198,18 +195,10 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
     let producer = jobq_worker::producer(pool.clone(), settings);
     // Producers racing for one unique key can deadlock inside the server, which then rolls the
     // whole transaction back (nothing kept): run it again, as the library's own insert does.
-    let mut tries = 0;
-    let done = loop {
-        tries += 1;
-        match insert_copies(&pool, &producer, &job, a.count as usize).await {
-            Ok(done) => break done,
-            Err(jobq_worker::ProducerError::RolledBack(e)) if tries < ENQUEUE_TRIES => {
-                tracing::debug!(error = %e, "the enqueue's transaction was rolled back; running it again");
-                tokio::time::sleep(std::time::Duration::from_millis(2 * tries)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let done = jobq_worker::run_again_if_rolled_back(|| {
+        insert_copies(&pool, &producer, &job, a.count as usize)
+    })
+    .await?;
     warn_unhandled(&pool, &kind, &a.queue).await;
     if a.wait {
         let id = done[0].id;

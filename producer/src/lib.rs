@@ -50,6 +50,7 @@ pub use migrate::{
 };
 pub use notify::{job_written, subscribe, Subscription};
 pub use producer::{
-    Enqueued, JobEnd, NewJob, OnDuplicate, Producer, ProducerOptions, UNIQUE_KEY_CHARS,
+    run_again_if_rolled_back, Enqueued, JobEnd, NewJob, OnDuplicate, Producer, ProducerOptions,
+    UNIQUE_KEY_CHARS,
 };
 pub use store::CHUNK_BYTES;

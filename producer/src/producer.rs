@@ -401,23 +401,13 @@ impl Producer {
         // Producers racing for one unique key can deadlock inside the server (each waits on
         // the others' shared lock on the duplicate key): the server rolls one transaction back
         // whole, so the whole transaction is retried.
-        let mut tries = 0;
-        let out = loop {
-            tries += 1;
-            let attempt = async {
-                let mut tx = store::begin(pool).await?;
-                let out = store::insert_jobs(&mut tx, &rows).await?;
-                tx.commit().await?;
-                Ok::<_, Error>(out)
-            };
-            match attempt.await {
-                Ok(out) => break out,
-                Err(e) if tries < DEADLOCK_TRIES && store::is_deadlock(&e) => {
-                    tokio::time::sleep(Duration::from_millis(2 * tries)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let out = run_again_if_rolled_back(|| async {
+            let mut tx = store::begin(pool).await?;
+            let out = store::insert_jobs(&mut tx, &rows).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await?;
         record_enqueued(&rows, &out);
         Ok(out)
     }
@@ -496,6 +486,30 @@ fn micros_up_to_a_century(d: Duration, field: &'static str) -> Result<i64> {
 
 /// How often a transaction the server rolled back for a deadlock is tried in all.
 const DEADLOCK_TRIES: u64 = 5;
+
+/// Runs `transaction` (one whole transaction, begun and committed inside) again while the server
+/// rolls it back for a deadlock ([`Error::RolledBack`], or a deadlock of a transaction of its
+/// own), at most 5 times in all, a few milliseconds apart. For an enqueue in a transaction of
+/// the caller's that may race other producers for a unique key.
+pub async fn run_again_if_rolled_back<T, F, Fut>(mut transaction: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match transaction().await {
+            Err(e)
+                if tries < DEADLOCK_TRIES
+                    && (matches!(e, Error::RolledBack(_)) || store::is_deadlock(&e)) =>
+            {
+                tokio::time::sleep(Duration::from_millis(2 * tries)).await;
+            }
+            done => return done,
+        }
+    }
+}
 
 /// The most characters a unique or concurrency key may have (`jobq_jobs.unique_key` and
 /// `concurrency_key` are VARCHAR(255)).

@@ -79,8 +79,9 @@ pub use jobq_lock as lock;
 /// The producer's error (validation, enqueue, schema), as `jobq_producer::Error`.
 pub use jobq_producer::Error as ProducerError;
 pub use jobq_producer::{
-    migrations_sql, same_server, server_name, Enqueued, Job, JobEnd, JobId, JobState, KindName,
-    MigrateReport, NewJob, OnDuplicate, Producer, ProducerOptions, QueueName,
+    migrations_sql, run_again_if_rolled_back, same_server, server_name, Enqueued, Job, JobEnd,
+    JobId, JobState, KindName, MigrateReport, NewJob, OnDuplicate, Producer, ProducerOptions,
+    QueueName,
 };
 pub use jobq_sqlkit::OwnedTx;
 pub use machine::attempt::is_valid;

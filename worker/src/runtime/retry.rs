@@ -48,15 +48,19 @@ impl DbRetry {
     pub(crate) fn pause(&mut self, e: &sqlx::Error) -> Pause {
         let transient = is_transient(e);
         metrics::db_error(e, transient);
-        let mut rng = rand::thread_rng();
         let wait = if transient {
-            Duration::from_millis(rng.gen_range(1..20))
+            Duration::from_millis(rand::thread_rng().gen_range(1..20))
         } else {
-            let d = self.next.mul_f64(rng.gen_range(0.5..1.0));
-            self.next = (self.next * 2).min(MOST);
-            d
+            self.back_off()
         };
         Pause { wait, transient }
+    }
+
+    /// The next exponential wait (jittered), doubling the one after it up to [`MOST`].
+    fn back_off(&mut self) -> Duration {
+        let d = self.next.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        self.next = (self.next * 2).min(MOST);
+        d
     }
 
     /// [`pause`](DbRetry::pause) for a transaction's error; a deadline passed is no reason to
@@ -78,10 +82,8 @@ impl DbRetry {
     /// its confirmation): backs off like any error that is not transient.
     pub(crate) fn pause_unexplained(&mut self) -> Pause {
         metrics::db_failure("unknown");
-        let d = self.next.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-        self.next = (self.next * 2).min(MOST);
         Pause {
-            wait: d,
+            wait: self.back_off(),
             transient: false,
         }
     }
