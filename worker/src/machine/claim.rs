@@ -180,21 +180,19 @@ pub(crate) fn plan(read: Read) -> ClaimPlan {
     let limit_of = |k: &str| locked.get(k).copied().unwrap_or(1);
     for (job, verdict) in jobs.into_iter().zip(verdicts) {
         match verdict {
-            Verdict::Claim => out.start.push(job),
-            Verdict::Wait | Verdict::Defer(_) => {
-                if let Verdict::Defer(at_us) = verdict {
-                    out.defer.push(Deferred { id: job.id, at_us });
-                } else {
-                    out.wait.push(job.id);
-                }
-                // A deferred job's place is free again: the check after the commit looks at
-                // its key too.
-                if let Some(k) = job.concurrency_key {
-                    let limit = limit_of(&k);
-                    out.waited_for.insert(k, limit);
-                }
+            Verdict::Claim => {
+                out.start.push(job);
+                continue;
             }
-            Verdict::Leave => {}
+            Verdict::Wait => out.wait.push(job.id),
+            Verdict::Defer(at_us) => out.defer.push(Deferred { id: job.id, at_us }),
+            Verdict::Leave => continue,
+        }
+        // A job held back (waiting, or deferred: its place is free again): the check after
+        // the commit looks at its key.
+        if let Some(k) = job.concurrency_key {
+            let limit = limit_of(&k);
+            out.waited_for.insert(k, limit);
         }
     }
     out
