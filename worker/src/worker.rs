@@ -4,9 +4,10 @@
 //! (first stop request, or nothing left in drain mode): claimers stop, running jobs get
 //! `shutdown_timeout` to finish. `Releasing`: what still runs is cancelled and put back as
 //! `available`. `Flushing`: batched completions are written while the heartbeat still keeps
-//! their leases. Then the background tasks stop and the worker row is removed. Releasing and
-//! Flushing are bounded by `lease_ttl` each, so a graceful stop takes at most
-//! `shutdown_timeout` + 2 × `lease_ttl` whatever the database does. An immediate
+//! their leases. Then the background tasks stop and the worker row is removed. Releasing,
+//! Flushing and that wind-up share one budget of 2 × `lease_ttl` (releasing and flushing at
+//! most `lease_ttl` each), so a graceful stop takes at most `shutdown_timeout` + 2 ×
+//! `lease_ttl` whatever the database does. An immediate
 //! stop request in any phase ends the run at once: every handler is cancelled and its job is
 //! left to be rescued when its lease expires.
 
@@ -383,6 +384,8 @@ impl Worker {
             } => done,
             _ = signal.at_least(StopLevel::Immediate) => return immediate(phase),
         };
+        // What follows (releasing, flushing, winding up) shares one budget: 2 × lease_ttl.
+        let budget_end = tokio::time::Instant::now() + 2 * bound;
         if !finished {
             // Releasing: cancel what is still running and put it back.
             phase = Phase::Releasing;
@@ -423,7 +426,9 @@ impl Worker {
             let _ = promoter.await;
             store::deregister_worker(&shared.pool, &shared.id).await
         };
-        match tokio::time::timeout(bound, wind_up).await {
+        // Whatever the budget has left: normally most of it. With none left the row stays,
+        // and maintenance prunes it once its heartbeat is old.
+        match tokio::time::timeout_at(budget_end, wind_up).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 warn!(error = %e, "could not remove the worker row; maintenance prunes it later")

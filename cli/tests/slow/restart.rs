@@ -100,3 +100,75 @@ async fn database_restart_mid_run() {
         "the outage went unnoticed in the log"
     );
 }
+
+/// A graceful stop ends within `shutdown_timeout` + 2 × `lease_ttl` even when the database stops
+/// answering just before it: releasing the running jobs, flushing the batched completions and
+/// removing the worker row share that budget (each of them alone would wait a whole
+/// `lease_ttl` on a server that does not answer). Nothing is lost: once the server runs again,
+/// another worker finishes every job.
+#[tokio::test]
+async fn shutdown_ends_in_time_with_a_frozen_database() {
+    const SHORT: usize = 400;
+    const LONG: usize = 2;
+    let server = PrivateMariaDb::start().await;
+    let url = server.url("jobq_frozen");
+    jobq_worker::migrate(&url).await.unwrap();
+    let db = MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut jobs: Vec<NewJob> = (0..LONG)
+        .map(|_| NewJob::json("sleep", json!({"ms": 4000})))
+        .collect();
+    jobs.extend((0..SHORT).map(|_| NewJob::json("sleep", json!({"ms": 20}))));
+    Producer::new(db.clone()).enqueue_many(jobs).await.unwrap();
+
+    let settings = [
+        ("JOBQ_WORKER__SHUTDOWN_TIMEOUT", "1s"),
+        ("JOBQ_WORKER__LEASE_TTL", "3s"),
+        ("JOBQ_MAINTENANCE__LEAD", "false"),
+    ];
+    let mut w = WorkerProc::spawn(&url, &["--concurrency", "6"], &settings);
+    wait_for(Duration::from_secs(30), "some jobs completed", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+        )
+        .await
+            >= 20
+    })
+    .await;
+    // Short jobs go on completing into the batch while nothing can be written.
+    server.freeze();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.signal("TERM");
+    // shutdown_timeout (1 s) + 2 × lease_ttl (3 s) = 7 s. The margin is for a loaded machine's
+    // timers and process exit.
+    let (code, took) = w.wait(Duration::from_secs(30));
+    server.thaw();
+    assert_eq!(code, Some(0), "{}", w.log_text());
+    assert!(
+        took < Duration::from_millis(8_500),
+        "the stop took {took:?}, beyond shutdown_timeout + 2 × lease_ttl (7 s); log:\n{}",
+        w.log_text()
+    );
+
+    // Nothing lost: what the stopped worker could not write is rescued and run again.
+    let mut again = WorkerProc::spawn(&url, &["--concurrency", "6"], &[]);
+    wait_for(
+        Duration::from_secs(90),
+        "every job completed by the next worker",
+        || async {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+            )
+            .await
+                == (SHORT + LONG) as i64
+        },
+    )
+    .await;
+    again.stop_cleanly();
+    assert_consistent(&db).await;
+}

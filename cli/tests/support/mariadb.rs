@@ -134,6 +134,30 @@ impl PrivateMariaDb {
         }
     }
 
+    /// Stops the server process (SIGSTOP) without closing anything: connections stay open and
+    /// new ones are accepted by the kernel, but nothing is answered until [`Self::thaw`].
+    pub(crate) fn freeze(&self) {
+        self.send("STOP");
+    }
+
+    /// Lets a [`Self::freeze`]d server run again (SIGCONT).
+    pub(crate) fn thaw(&self) {
+        self.send("CONT");
+    }
+
+    fn send(&self, sig: &str) {
+        let pid = self
+            .server
+            .as_ref()
+            .expect("the server is not running")
+            .id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(ok.success(), "kill -{sig} {pid} failed");
+    }
+
     /// Starts the server again on the same data directory and port (after [`Self::kill9`]).
     pub(crate) async fn restart(&mut self) {
         assert!(self.server.is_none(), "the server is still running");

@@ -95,5 +95,11 @@ impl Drop for WorkerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failing test keeps the worker's log for whoever investigates.
+            let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+            let kept = dir.keep();
+            eprintln!("worker log kept: {}", kept.join("worker.log").display());
+        }
     }
 }
