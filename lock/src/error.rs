@@ -6,7 +6,7 @@
 #[non_exhaustive]
 pub enum Error {
     /// The database failed or refused.
-    #[error("database error")]
+    #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// This process already holds the lock. Session locks are not reentrant: the server would
     /// grant the same session the lock again and count it, so two owners in one process would

@@ -124,3 +124,20 @@ async fn names_of_any_length_case_and_script_never_collide(db: MySqlPool) {
         g.release().await.unwrap();
     }
 }
+
+/// A database error printed on its own (as a log line's `%e` does) keeps the server's error
+/// number and message.
+#[sqlx::test]
+async fn a_database_error_shows_its_cause(db: MySqlPool) {
+    let e = Error::from(
+        sqlx::query("SELECT * FROM no_such_table")
+            .execute(&db)
+            .await
+            .unwrap_err(),
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.contains("1146") && shown.contains("no_such_table"),
+        "{shown}"
+    );
+}

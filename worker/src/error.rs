@@ -6,13 +6,15 @@ use jobq_producer::JobId;
 /// MySQL/MariaDB error numbers jobq reacts to (shared by every jobq crate).
 pub(crate) use jobq_sqlkit::codes;
 
-/// Errors of the worker runtime and the CLI's library calls. Each variant keeps its source;
-/// messages do not repeat it, so print the chain once (`{:#}` with anyhow, or walk `source()`).
+/// Errors of the worker runtime and the CLI's library calls. Each variant keeps its source. A
+/// database error's message also carries the server's (error number and text), so a log line
+/// that prints it with `%` keeps the cause; printers of the whole chain may skip a cause whose
+/// text the message already holds (the CLI does).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A database call failed.
-    #[error("database error")]
+    #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// The producer refused a job or failed to write it.
     #[error(transparent)]
@@ -129,5 +131,17 @@ mod tests {
         assert_eq!(db_number(&e), Some(codes::NO_SUCH_TABLE));
         assert!(!is_transient(&e));
         assert_eq!(db_number(&sqlx::Error::PoolTimedOut), None);
+    }
+
+    /// A database error printed on its own (as a log line's `%e` does) keeps the server's
+    /// error number and message.
+    #[sqlx::test(migrations = false)]
+    async fn a_database_error_shows_its_cause(db: MySqlPool) {
+        let e = Error::from(db.execute("SELECT * FROM no_such_table").await.unwrap_err());
+        let shown = e.to_string();
+        assert!(
+            shown.contains("1146") && shown.contains("no_such_table"),
+            "{shown}"
+        );
     }
 }

@@ -115,3 +115,82 @@ async fn depth_series_of_vanished_queues_are_dropped(db: sqlx::MySqlPool) {
     );
     w.stop_cleanly();
 }
+
+/// A completion for a job taken back while its handler ran (its claim token replaced, as a
+/// rescue does) is not written and not counted as `completed`: the batch finds it stale and
+/// the metrics count it as `lease_lost`.
+#[sqlx::test(migrations = false)]
+async fn a_stale_completion_is_counted_as_lease_lost(db: sqlx::MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let url = url_of(&db).await;
+    let port = free_port();
+    jobq_worker::Producer::new(db.clone())
+        .enqueue(jobq_worker::NewJob::json(
+            "sleep",
+            serde_json::json!({"ms": 2000}),
+        ))
+        .await
+        .unwrap();
+    // A heartbeat every 20 s: the handler ends before any heartbeat could notice the loss.
+    let mut w = WorkerProc::spawn(
+        &url,
+        &["--concurrency", "1"],
+        &[
+            ("JOBQ_METRICS__LISTEN", &format!("127.0.0.1:{port}")),
+            ("JOBQ_WORKER__LEASE_TTL", "60s"),
+            ("JOBQ_WORKER__HEARTBEAT_INTERVAL", "20s"),
+        ],
+    );
+    wait_for(Duration::from_secs(20), "the job running", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let taken = sqlx::query(
+        "UPDATE jobq_jobs SET claim_token = UNHEX(REPEAT('ab', 16)) WHERE state = 'running'",
+    )
+    .execute(&db)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(taken, 1);
+    let finished = |outcome: &'static str| {
+        get(port, "/metrics")
+            .map(|(_, body)| {
+                body.lines()
+                    .find(|l| {
+                        l.starts_with("jobq_jobs_finished_total{")
+                            && l.contains("kind=\"sleep\"")
+                            && l.contains(&format!("outcome=\"{outcome}\""))
+                    })
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the stale completion counted",
+        || async { finished("lease_lost") == 1.0 },
+    )
+    .await;
+    assert_eq!(
+        finished("completed"),
+        0.0,
+        "a completion that was not written was counted"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'running'"
+        )
+        .await,
+        1,
+        "the completion was written despite the replaced token"
+    );
+    w.stop_cleanly();
+}

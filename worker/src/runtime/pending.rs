@@ -80,7 +80,7 @@ impl Carried<'_> {
         promoted: &std::collections::BTreeSet<String>,
     ) -> Vec<OwnedSemaphorePermit> {
         let items = std::mem::take(&mut self.items);
-        count_written(&items, done);
+        count_written(shared, &items, done);
         items
             .into_iter()
             .map(|c| {

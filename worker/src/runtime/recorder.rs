@@ -436,17 +436,41 @@ async fn write_and_forget(shared: &Shared, mut batch: Vec<Completion>) {
 
 /// Counts completions written in one transaction (`done` of them still ours; the others had
 /// been taken back meanwhile and were left alone). Shared by the completer and by claims that
-/// carry completions.
-pub(crate) fn count_written(batch: &[Completion], done: u64) {
-    if done < batch.len() as u64 {
-        warn!(
-            stale = batch.len() as u64 - done,
-            "completions for jobs taken back meanwhile were not written"
-        );
+/// carry completions. When some were left alone, which ones is asked afterwards (off the
+/// caller's path): those are counted as `lease_lost`, never as `completed`.
+pub(crate) fn count_written(shared: &Shared, batch: &[Completion], done: u64) {
+    if done >= batch.len() as u64 {
+        for c in batch {
+            metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
+        }
+        return;
     }
-    for c in batch {
-        metrics::finished(&c.queue, &c.kind, "completed", Some(c.run));
-    }
+    warn!(
+        stale = batch.len() as u64 - done,
+        "completions for jobs taken back meanwhile were not written"
+    );
+    let pool = shared.pool.clone();
+    let batch: Vec<(Fence, QueueName, KindName, Duration)> = batch
+        .iter()
+        .map(|c| (c.fence, c.queue.clone(), c.kind.clone(), c.run))
+        .collect();
+    tokio::spawn(async move {
+        let fences: Vec<Fence> = batch.iter().map(|b| b.0).collect();
+        match store::completed_with_token(&pool, &fences).await {
+            Ok(written) => {
+                for (fence, queue, kind, run) in &batch {
+                    let outcome = if written.contains(&fence.id) {
+                        "completed"
+                    } else {
+                        metrics::LEASE_LOST
+                    };
+                    metrics::finished(queue, kind, outcome, Some(*run));
+                }
+            }
+            Err(e) => warn!(error = %e, jobs = batch.len(),
+                            "could not tell which completions of a batch were written; not counted"),
+        }
+    });
 }
 
 /// Writes one batch of completions, within the write budget. Completions not written by then
@@ -464,7 +488,7 @@ async fn write_batch(shared: &Shared, batch: &mut Vec<Completion>) {
         let write = store::complete_batch(&shared.pool, &fences, &results);
         let e = match tokio::time::timeout(left, write).await {
             Ok(Ok(done)) => {
-                count_written(batch, done);
+                count_written(shared, batch, done);
                 return;
             }
             Ok(Err(e)) => TxError::Sql(e),

@@ -78,6 +78,38 @@ pub(crate) async fn held_by_claim(
     .await
 }
 
+/// Which of `fences`' jobs are `completed` under their claim's token: after a batch completed
+/// fewer jobs than it carried, tells the ones it wrote from the ones taken back meanwhile.
+pub(crate) async fn completed_with_token(
+    pool: &MySqlPool,
+    fences: &[Fence],
+) -> Result<Vec<u64>, sqlx::Error> {
+    if fences.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pairs = fence_pairs(fences);
+    // language=MySQL
+    sqlx::query_scalar(&format!(
+        "SELECT id FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({}) AND (id, claim_token) IN ({pairs}) \
+         AND state = 'completed'",
+        id_list(fences.iter().map(|f| f.id)),
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// `(id, token),…` of `fences`, for a `(id, claim_token) IN (…)` fence.
+fn fence_pairs(fences: &[Fence]) -> String {
+    let mut pairs = String::new();
+    for (i, f) in fences.iter().enumerate() {
+        if i > 0 {
+            pairs.push(',');
+        }
+        pairs.push_str(&format!("({},{})", f.id, hex(&f.token)));
+    }
+    pairs
+}
+
 /// Marks many jobs `completed` in one transaction and one round trip: one UPDATE fenced per
 /// job by `(id, claim_token)`, one INSERT … SELECT of their transitions, COMMIT. Jobs whose
 /// fence no longer matches (rescued meanwhile) are left alone. Returns how many were completed.
@@ -107,13 +139,7 @@ pub(super) const COMPLETION_UPDATE: usize = 1;
 /// transaction and a claim that carries completions (`claim.rs`).
 pub(super) fn completion_sql(fences: &[Fence], results: &[(u64, String)]) -> String {
     let ids = id_list(fences.iter().map(|f| f.id));
-    let mut pairs = String::new();
-    for (i, f) in fences.iter().enumerate() {
-        if i > 0 {
-            pairs.push(',');
-        }
-        pairs.push_str(&format!("({},{})", f.id, hex(&f.token)));
-    }
+    let pairs = fence_pairs(fences);
     // language=MySQL
     // `id IN (…)` gives a primary-key range on every server; `(id, claim_token) IN (…)` fences
     // each job by its own token. The INSERT finds exactly the rows this UPDATE completed (same

@@ -63,8 +63,8 @@ pub(crate) use demo::{
     create_effects_table, create_runs_table, insert_effect, run_ended, run_started, runs_ended_for,
 };
 pub(crate) use finish::{
-    complete_batch, finish, finish_tx, held_by_claim, mark_tx, state_by_fence, tx_intact,
-    FinishWrite,
+    complete_batch, completed_with_token, finish, finish_tx, held_by_claim, mark_tx,
+    state_by_fence, tx_intact, FinishWrite,
 };
 pub(crate) use inspect::{counts, history, job, queue_activity, workers};
 pub use inspect::{JobRecord, TransitionRecord, WorkerInfo};
