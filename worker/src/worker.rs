@@ -172,81 +172,95 @@ impl Worker {
     /// queues are drained.
     async fn run_servers(self, parts: Vec<Config>, mut signal: ShutdownSignal) -> Result<Stopped> {
         let mut workers = Vec::with_capacity(parts.len());
-        for part in parts {
-            let pool = if part.database_url() == self.config.database_url() {
-                self.pool.clone()
-            } else {
-                db::pool(&part).await?
-            };
-            let server = jobq_producer::server_name(part.database_url());
-            let info = preflight(&pool, &part).await.map_err(|e| {
-                error!(%server, error = %e, "this server cannot be worked; nothing was claimed on any server");
-                e
-            })?;
-            info!(%server, queues = ?part.worker().queues, "working queues on this server");
-            workers.push((
-                info,
-                Worker {
-                    pool,
-                    registry: self.registry.clone(),
-                    config: part,
-                    id: self.id.clone(),
-                    drain: self.drain,
-                    health: self.health.clone(),
-                    #[cfg(test)]
-                    fault: self.fault.clone(),
-                    #[cfg(test)]
-                    lose_claim_answers: self.lose_claim_answers,
-                },
-            ));
-        }
-        let (inner, inner_signal) = crate::shutdown::Shutdown::new();
-        let mut runs = tokio::task::JoinSet::new();
-        for (info, w) in workers {
-            runs.spawn(w.run_server(inner_signal.clone(), info));
-        }
-        let forward = inner.clone();
-        let relay = tokio::spawn(async move {
-            signal.at_least(StopLevel::Graceful).await;
-            forward.stop();
-            signal.at_least(StopLevel::Immediate).await;
-            forward.kill();
-        });
-        let mut first_error = None;
+        // Pools this run opened (for the other servers) are closed when it ends, whatever the
+        // way: the caller's own pool is the caller's to close.
+        let mut opened = Vec::new();
         let mut panicked = None;
-        let mut left = 0;
-        let mut drained = true;
-        let mut immediate = false;
-        while let Some(done) = runs.join_next().await {
-            match done {
-                Ok(Ok(Stopped::Immediate(n))) => {
-                    immediate = true;
-                    left += n;
-                }
-                Ok(Ok(Stopped::Drained)) => {}
-                Ok(Ok(Stopped::Graceful)) => drained = false,
-                Ok(Err(e)) => {
-                    error!(error = %e, "a server's run failed; stopping the others");
-                    inner.stop();
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    error!(error = %e, "a server's run panicked; stopping the others");
-                    inner.stop();
-                    panicked.get_or_insert(e);
+        let result = async {
+            for part in parts {
+                let pool = if part.database_url() == self.config.database_url() {
+                    self.pool.clone()
+                } else {
+                    let pool = db::pool(&part).await?;
+                    opened.push(pool.clone());
+                    pool
+                };
+                let server = jobq_producer::server_name(part.database_url());
+                let info = preflight(&pool, &part).await.map_err(|e| {
+                    error!(%server, error = %e, "this server cannot be worked; nothing was claimed on any server");
+                    e
+                })?;
+                info!(%server, queues = ?part.worker().queues, "working queues on this server");
+                workers.push((
+                    info,
+                    Worker {
+                        pool,
+                        registry: self.registry.clone(),
+                        config: part,
+                        id: self.id.clone(),
+                        drain: self.drain,
+                        health: self.health.clone(),
+                        #[cfg(test)]
+                        fault: self.fault.clone(),
+                        #[cfg(test)]
+                        lose_claim_answers: self.lose_claim_answers,
+                    },
+                ));
+            }
+            let (inner, inner_signal) = crate::shutdown::Shutdown::new();
+            let mut runs = tokio::task::JoinSet::new();
+            for (info, w) in workers {
+                runs.spawn(w.run_server(inner_signal.clone(), info));
+            }
+            let forward = inner.clone();
+            let relay = tokio::spawn(async move {
+                signal.at_least(StopLevel::Graceful).await;
+                forward.stop();
+                signal.at_least(StopLevel::Immediate).await;
+                forward.kill();
+            });
+            let mut first_error = None;
+            let mut left = 0;
+            let mut drained = true;
+            let mut immediate = false;
+            while let Some(done) = runs.join_next().await {
+                match done {
+                    Ok(Ok(Stopped::Immediate(n))) => {
+                        immediate = true;
+                        left += n;
+                    }
+                    Ok(Ok(Stopped::Drained)) => {}
+                    Ok(Ok(Stopped::Graceful)) => drained = false,
+                    Ok(Err(e)) => {
+                        error!(error = %e, "a server's run failed; stopping the others");
+                        inner.stop();
+                        first_error.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        error!(error = %e, "a server's run panicked; stopping the others");
+                        inner.stop();
+                        panicked.get_or_insert(e);
+                    }
                 }
             }
+            relay.abort();
+            match first_error {
+                Some(e) => Err(e),
+                None if immediate => Ok(Stopped::Immediate(left)),
+                None if drained => Ok(Stopped::Drained),
+                None => Ok(Stopped::Graceful),
+            }
         }
-        relay.abort();
+        .await;
+        for pool in opened {
+            // Connections still lent out (a task left running) are closed when returned;
+            // this waits for them only briefly.
+            let _ = tokio::time::timeout(Duration::from_secs(1), pool.close()).await;
+        }
         if let Some(p) = panicked {
             std::panic::resume_unwind(p.into_panic());
         }
-        match first_error {
-            Some(e) => Err(e),
-            None if immediate => Ok(Stopped::Immediate(left)),
-            None if drained => Ok(Stopped::Drained),
-            None => Ok(Stopped::Graceful),
-        }
+        result
     }
 
     /// The run on one server, whose [`preflight`] answered `info`: [`Worker::run`] when every

@@ -611,3 +611,85 @@ async fn filtered_pages_stop_at_their_budget_and_resume(db: MySqlPool) {
         );
     }
 }
+
+/// A schedule whose queue lives on another server (`[queues.NAME] database_url`; here a second
+/// database, which counts as another server) is listed with that server's state and paused,
+/// resumed and run there, never on the console's own server.
+#[sqlx::test(migrations = false)]
+async fn schedule_acts_go_to_the_schedules_server(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let near_url = url_of(&db).await;
+    let name: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let far_db = format!("far_{}", &name[name.len().saturating_sub(40)..]);
+    let far_url = format!("{}/{far_db}", &near_url[..near_url.rfind('/').unwrap()]);
+    jobq_worker::migrate(&far_url).await.unwrap();
+    let far = MySqlPool::connect(&far_url).await.unwrap();
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    let mut sched = crate::schedules::every_second("faraway");
+    sched.queue = Some("far".into());
+    s.schedules = vec![sched];
+    s.queues.insert(
+        "far".into(),
+        jobq_config::QueueOverrides {
+            database_url: Some(far_url.clone()),
+            ..Default::default()
+        },
+    );
+    let router = console(&db, &s);
+    let page = get(&router, "/schedules", &[]).await;
+    assert!(page.body.contains("faraway"), "{}", page.body);
+    let csrf = page.csrf_cookie().unwrap();
+    let cookie = format!("jobq_csrf={csrf}");
+    let headers = [("cookie", cookie.as_str())];
+    let form = format!("csrf={csrf}");
+    let act = |what: &'static str| {
+        let (router, headers, form) = (router.clone(), headers, form.clone());
+        async move {
+            let path = format!("/schedules/faraway/{what}");
+            let a = send(&router, Method::POST, &path, &headers, &form).await;
+            assert_eq!(a.status, StatusCode::SEE_OTHER, "{what}: {}", a.body);
+        }
+    };
+    let paused = |pool: MySqlPool| async move {
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM jobq_schedules WHERE name = 'faraway' AND paused_at IS NOT NULL",
+        )
+        .await
+    };
+    act("pause").await;
+    assert_eq!(
+        paused(far.clone()).await,
+        1,
+        "paused on the schedule's server"
+    );
+    assert_eq!(
+        paused(db.clone()).await,
+        0,
+        "nothing written on the console's own server"
+    );
+    assert!(
+        get(&router, "/schedules", &[])
+            .await
+            .body
+            .contains("badge warn\">paused"),
+        "the page reads the state where it is kept"
+    );
+    act("resume").await;
+    assert_eq!(paused(far.clone()).await, 0);
+    act("run").await;
+    assert_eq!(
+        count(&far, "SELECT COUNT(*) FROM jobq_jobs WHERE queue = 'far'").await,
+        1,
+        "run now enqueues on the schedule's server"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
+    far.close().await;
+    sqlx::query(&format!("DROP DATABASE `{far_db}`"))
+        .execute(&db)
+        .await
+        .unwrap();
+}

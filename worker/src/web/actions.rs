@@ -184,19 +184,30 @@ pub(crate) async fn schedule(
         crate::Error::Invalid(m) => Problem::new(StatusCode::NOT_FOUND, m),
         e => e.into(),
     };
+    // The schedule's state and its jobs live on its queue's server.
+    let queue = app
+        .config
+        .schedules()
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.queue.to_string());
+    let pool = match &queue {
+        Some(q) => app.pool_on(app.config.database_of(q)).await?,
+        None => app.pool.clone(),
+    };
     match act.as_str() {
         "pause" => {
-            crate::pause_schedule(&app.pool, &app.config, &name, &ctx.who.actor())
+            crate::pause_schedule(&pool, &app.config, &name, &ctx.who.actor())
                 .await
                 .map_err(unknown)?;
         }
         "resume" => {
-            crate::resume_schedule(&app.pool, &app.config, &name)
+            crate::resume_schedule(&pool, &app.config, &name)
                 .await
                 .map_err(unknown)?;
         }
         "run" => {
-            crate::run_schedule_now(&app.pool, &app.config, &name)
+            crate::run_schedule_now(&pool, &app.config, &name)
                 .await
                 .map_err(unknown)?;
         }

@@ -47,6 +47,9 @@ pub(crate) struct App(Arc<Inner>);
 
 pub(crate) struct Inner {
     pub(crate) pool: MySqlPool,
+    /// Pools for the configuration's other servers (`[queues.NAME] database_url`), opened on
+    /// first use: a schedule is read and acted on where its queue lives.
+    others: tokio::sync::Mutex<std::collections::HashMap<String, MySqlPool>>,
     pub(crate) config: Config,
     creds: Credentials,
     sessions: Sessions,
@@ -63,6 +66,23 @@ impl std::ops::Deref for App {
     }
 }
 
+impl Inner {
+    /// The pool of server `url` (one of the configuration's servers): the console's own for
+    /// `database_url`, else one opened on first use and kept.
+    pub(crate) async fn pool_on(&self, url: &str) -> crate::Result<MySqlPool> {
+        if url == self.config.database_url() {
+            return Ok(self.pool.clone());
+        }
+        let mut others = self.others.lock().await;
+        if let Some(p) = others.get(url) {
+            return Ok(p.clone());
+        }
+        let pool = crate::db::pool(&crate::on_server(&self.config, url)?).await?;
+        others.insert(url.to_owned(), pool.clone());
+        Ok(pool)
+    }
+}
+
 impl Console {
     /// A console over `pool`, with `config.web`'s authentication and read-only setting.
     pub fn new(pool: MySqlPool, config: &Config) -> Self {
@@ -73,6 +93,7 @@ impl Console {
         Console {
             app: App(Arc::new(Inner {
                 pool,
+                others: Default::default(),
                 config: config.clone(),
                 creds: Credentials::from_settings(config.web()),
                 sessions: Sessions::default(),

@@ -209,3 +209,68 @@ async fn a_process_that_may_not_lead_does_no_maintenance(pool: MySqlPool) {
     follower.await.unwrap().unwrap();
     leader.await.unwrap().unwrap();
 }
+
+/// A run over two servers closes the pool it opened for the other one when it ends: an
+/// application embedding the worker keeps no idle connections to a server it no longer works.
+/// (A second database on the machine's server counts as another server.)
+#[sqlx::test(migrations = false)]
+async fn pools_opened_for_other_servers_are_closed_at_the_end(pool: MySqlPool) {
+    jobq_producer::migrate(&pool).await.unwrap();
+    let db: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let far_db = format!("far_{}", &db[db.len().saturating_sub(40)..]);
+    let opts = pool.connect_options();
+    let far_url = format!(
+        "mysql://root@{}:{}/{far_db}",
+        opts.get_host(),
+        opts.get_port()
+    );
+    crate::migrate(&far_url).await.unwrap();
+    let mut settings = jobq_config::Settings {
+        database_url: format!("mysql://root@{}:{}/{db}", opts.get_host(), opts.get_port()),
+        ..Default::default()
+    };
+    settings.worker.queues = vec!["default".into(), "far".into()];
+    settings.worker.poll_interval = Duration::from_millis(20);
+    settings.queues.insert(
+        "far".into(),
+        jobq_config::QueueOverrides {
+            database_url: Some(far_url.clone()),
+            ..Default::default()
+        },
+    );
+    let config = settings.validate().unwrap();
+    let far = MySqlPool::connect(&far_url).await.unwrap();
+    jobq_producer::Producer::new(far.clone())
+        .enqueue(jobq_producer::NewJob::json("noop", serde_json::json!({})).queue("far"))
+        .await
+        .unwrap();
+    let mut registry = Registry::new();
+    crate::builtin::register(&mut registry).unwrap();
+    let (_shutdown, signal) = Shutdown::new();
+    let worker = Worker::new(pool.clone(), registry, &config).drain(true);
+    let stopped = tokio::time::timeout(Duration::from_secs(30), worker.run(signal))
+        .await
+        .expect("the drain never ended")
+        .unwrap();
+    assert!(matches!(stopped, Stopped::Drained), "{stopped:?}");
+    let done: String = sqlx::query_scalar("SELECT CAST(state AS CHAR) FROM jobq_jobs")
+        .fetch_one(&far)
+        .await
+        .unwrap();
+    assert_eq!(done, "completed");
+    far.close().await;
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.processlist WHERE db = ?")
+            .bind(&far_db)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query(&format!("DROP DATABASE `{far_db}`"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "connections to the other server left open");
+}

@@ -138,7 +138,17 @@ pub(crate) async fn schedules(
     Extension(ctx): Extension<Ctx>,
     Query(q): Query<NameFlash>,
 ) -> Result<Response, Problem> {
-    let list = crate::list_schedules(&app.pool, &app.config).await?;
+    // Each schedule as the server of its queue keeps it.
+    let mut list = Vec::new();
+    for url in app.config.servers() {
+        let pool = app.pool_on(url).await?;
+        list.extend(
+            crate::list_schedules(&pool, &app.config)
+                .await?
+                .into_iter()
+                .filter(|s| app.config.lives_on(&s.queue, url)),
+        );
+    }
     let page = Schedules {
         page: Layout::new(&app, &ctx, "Schedules", "schedules").flash(
             name_flash("Schedule", &q, |n| {
