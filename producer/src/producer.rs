@@ -402,8 +402,10 @@ impl Producer {
         // the others' shared lock on the duplicate key): the server rolls one transaction back
         // whole, so the whole transaction is retried.
         let out = run_again_if_rolled_back(|| async {
+            // Before the transaction takes a connection of the pool.
+            let running = store::running_holders(pool, &rows, PEEK_WAIT).await;
             let mut tx = store::begin(pool).await?;
-            let out = store::insert_jobs(&mut tx, &rows).await?;
+            let out = store::insert_jobs(&mut tx, &rows, &running).await?;
             tx.commit().await?;
             Ok(out)
         })
@@ -439,10 +441,14 @@ impl Producer {
         // database error.
         use sqlx::{Database, TransactionManager};
         let in_tx = <sqlx::MySql as Database>::TransactionManager::get_transaction_depth(conn) > 0;
-        let out = store::insert_jobs(conn, &rows).await.map_err(|e| match e {
-            Error::Database(e) if in_tx => Error::from_database(e),
-            other => other,
-        })?;
+        // Read on the queue's server; counts only if `conn` writes there too.
+        let running = store::running_holders(self.pool_of(&rows[0].queue), &rows, PEEK_WAIT).await;
+        let out = store::insert_jobs(conn, &rows, &running)
+            .await
+            .map_err(|e| match e {
+                Error::Database(e) if in_tx => Error::from_database(e),
+                other => other,
+            })?;
         record_enqueued(&rows, &out);
         Ok(out)
     }
@@ -486,6 +492,10 @@ fn micros_up_to_a_century(d: Duration, field: &'static str) -> Result<i64> {
 
 /// How often a transaction the server rolled back for a deadlock is tried in all.
 const DEADLOCK_TRIES: u64 = 5;
+
+/// How long an enqueue of unique jobs waits for a connection to look for running duplicates
+/// (`store::running_holders`) before it goes on without knowing.
+const PEEK_WAIT: Duration = Duration::from_millis(250);
 
 /// Runs `transaction` (one whole transaction, begun and committed inside) again while the server
 /// rolls it back for a deadlock ([`Error::RolledBack`], or a deadlock of a transaction of its

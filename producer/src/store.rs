@@ -43,17 +43,90 @@ pub(crate) use jobq_sqlkit::begin;
 
 /// Inserts `rows` through `conn` (inside the caller's transaction when it has one) and writes
 /// one `enqueued` transition per job. Returns ids in input order.
+/// The unique jobs of `rows`' keys that are `running`, read on a session of their own (see
+/// [`running_holders`]): a duplicate of one of them is answered without touching its row.
+#[derive(Debug, Default)]
+pub(crate) struct RunningHolders {
+    /// The server and database they were read on (`SERVER_IDENTITY`).
+    server: String,
+    /// `kind/key` → the running job's id.
+    ids: std::collections::HashMap<String, JobId>,
+}
+
+/// `host:port/database` of a session: whether two sessions write to the same jobs table.
+const SERVER_IDENTITY: &str = "CONCAT(@@hostname, ':', @@port, '/', COALESCE(DATABASE(), ''))";
+
+/// Reads which of `rows`' unique keys are held by a `running` job, on a session of `pool`
+/// other than the writer's. Why: a duplicate's `ON DUPLICATE KEY UPDATE` locks the existing
+/// job's row until the enqueueing transaction ends, and a running job whose row a producer's
+/// open transaction holds cannot be completed (its worker waits, then fails with 1205) and is
+/// run again. This read locks nothing and sees the newest committed state. Waits at most
+/// `wait` for a connection (the caller may hold the pool's last one). Without a connection,
+/// or if the read fails, nothing is known and every duplicate takes the locking path.
+pub(crate) async fn running_holders(
+    pool: &MySqlPool,
+    rows: &[JobInsert],
+    wait: std::time::Duration,
+) -> RunningHolders {
+    match read_running_holders(pool, rows, wait).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not look for running duplicates; taking the locking path");
+            RunningHolders::default()
+        }
+    }
+}
+
+async fn read_running_holders(
+    pool: &MySqlPool,
+    rows: &[JobInsert],
+    wait: std::time::Duration,
+) -> Result<RunningHolders> {
+    let keys: Vec<String> = rows
+        .iter()
+        .filter_map(|r| Some(format!("{}/{}", r.kind, r.unique_key.as_ref()?)))
+        .collect();
+    if keys.is_empty() {
+        return Ok(RunningHolders::default());
+    }
+    let Ok(conn) = tokio::time::timeout(wait, pool.acquire()).await else {
+        return Ok(RunningHolders::default());
+    };
+    let mut conn = conn?;
+    let marks = vec!["?"; keys.len()].join(", ");
+    // language=MySQL
+    // By the unique index; `unique_active` is `kind/key` while the job holds its key.
+    let sql = format!(
+        "SELECT id, CAST(unique_active AS CHAR), {SERVER_IDENTITY} FROM jobq_jobs \
+         WHERE unique_active IN ({marks}) AND state = 'running'"
+    );
+    let mut q = sqlx::query_as::<_, (u64, String, String)>(&sql);
+    for k in &keys {
+        q = q.bind(k);
+    }
+    let mut out = RunningHolders::default();
+    for (id, key, server) in q.fetch_all(&mut *conn).await? {
+        out.server = server;
+        out.ids.insert(key, JobId(id));
+    }
+    Ok(out)
+}
+
 pub(crate) async fn insert_jobs(
     conn: &mut MySqlConnection,
     rows: &[JobInsert],
+    running: &RunningHolders,
 ) -> Result<Vec<Enqueued>> {
     // language=MySQL
     // The database clock, read once: every time of this call derives from it, so the state a
-    // job starts in and its history row agree.
-    let (inc, now): (u64, DateTime<Utc>) =
-        sqlx::query_as("SELECT @@auto_increment_increment, UTC_TIMESTAMP(6)")
-            .fetch_one(&mut *conn)
-            .await?;
+    // job starts in and its history row agree. The session's server too: `running` counts
+    // only if it was read where these rows go.
+    let (inc, now, server): (u64, DateTime<Utc>, String) = sqlx::query_as(&format!(
+        "SELECT @@auto_increment_increment, UTC_TIMESTAMP(6), {SERVER_IDENTITY}"
+    ))
+    .fetch_one(&mut *conn)
+    .await?;
+    let running = (running.server == server).then_some(&running.ids);
     let mut out: Vec<Option<Enqueued>> = vec![None; rows.len()];
     // Plain jobs go in multi-row INSERTs; unique ones one by one, since each may turn out a
     // duplicate (and a multi-row INSERT's ids are only known when every row is inserted).
@@ -83,9 +156,18 @@ pub(crate) async fn insert_jobs(
         start = end;
     }
     for (i, r) in rows.iter().enumerate() {
-        if r.unique_key.is_some() {
-            out[i] = Some(insert_unique(conn, r, now).await?);
-        }
+        let Some(key) = &r.unique_key else { continue };
+        // A duplicate of a running job: its id, and its row left alone (a running job is
+        // never replaced, and its `duplicates` counter is not raised).
+        let holder = running.and_then(|m| m.get(&format!("{}/{key}", r.kind)));
+        out[i] = Some(match holder {
+            Some(&id) => Enqueued {
+                id,
+                duplicate: true,
+                replaced: false,
+            },
+            None => insert_unique(conn, r, now).await?,
+        });
     }
     Ok(out
         .into_iter()

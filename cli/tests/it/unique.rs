@@ -86,6 +86,50 @@ async fn a_finished_job_frees_its_key(db: MySqlPool) {
     assert_consistent(&db).await;
 }
 
+/// A duplicate of a running unique job, enqueued inside a producer's transaction that stays
+/// open, does not lock the running job's row: the job completes on its first attempt while the
+/// transaction is still open (before, its completion waited for the producer's lock, failed
+/// with 1205, and the job was run again).
+#[sqlx::test(migrations = false)]
+async fn a_duplicate_in_an_open_transaction_leaves_the_running_job_alone(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    let producer = Producer::new(pool.clone());
+    let job = || NewJob::json("sleep", json!({"ms": 800})).unique_key("nightly");
+    let first = producer.insert(job()).await.unwrap();
+    let w = start(pool.clone(), builtins(), &s);
+    wait_for(Duration::from_secs(10), "the job running", || async {
+        state_of(&db, first.id.0).await == "running"
+    })
+    .await;
+    let mut tx = db.begin().await.unwrap();
+    let dup = producer.insert_many_in(&mut tx, vec![job()]).await.unwrap();
+    assert_eq!((dup[0].id, dup[0].duplicate), (first.id, true));
+    wait_for(
+        Duration::from_secs(15),
+        "the running job completed while the producer's transaction is open",
+        || async { state_of(&db, first.id.0).await == "completed" },
+    )
+    .await;
+    tx.commit().await.unwrap();
+    w.stop().await;
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM jobq_transitions WHERE job_id = {} AND to_state = 'running'",
+                first.id.0
+            )
+        )
+        .await,
+        1,
+        "the job ran once"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 1);
+    assert_consistent(&db).await;
+}
+
 /// In a bulk insert duplicates are reported per job and do not fail the batch; keys are per
 /// kind.
 #[sqlx::test(migrations = false)]
