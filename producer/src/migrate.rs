@@ -135,6 +135,12 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
     if let Some((v, _, _)) = applied.iter().find(|(_, _, ok)| !ok) {
         return Err(unfinished(conn, *v).await);
     }
+    let pending = MIGRATIONS
+        .iter()
+        .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version));
+    if let Some(m) = pending.clone().find(|m| needs_a_stop(m)) {
+        refuse_while_workers_run(conn, m).await?;
+    }
     for m in MIGRATIONS.iter() {
         if let Some((_, checksum, _)) = applied.iter().find(|(v, _, _)| *v == m.version) {
             if checksum.as_slice() != &*m.checksum {
@@ -192,6 +198,63 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
         });
     }
     Ok(report)
+}
+
+/// Whether migration `m` must run with no worker and no producer running: it alters
+/// `jobq_jobs` or `jobq_transitions`. Such an ALTER may copy the table (blocking every write,
+/// heartbeats included, so leases expire under running jobs) or, as in migrations 13 and 16,
+/// drop and re-add the unique index in two statements (a duplicate enqueued in between leaves
+/// the index impossible to re-add). Migrations that only create or drop other tables run live.
+fn needs_a_stop(m: &sqlx::migrate::Migration) -> bool {
+    let sql = m.sql.to_ascii_lowercase();
+    ["alter table jobq_jobs", "alter table jobq_transitions"]
+        .iter()
+        .any(|t| sql.contains(t))
+}
+
+/// How recent a worker's heartbeat must be for [`refuse_while_workers_run`] to count it as
+/// running; older rows are crashed workers' (maintenance prunes them).
+const LIVE_WORKER_SECS: u32 = 600;
+
+/// Refuses to apply `m` ([`needs_a_stop`]) while a worker is registered with a recent
+/// heartbeat, naming them.
+async fn refuse_while_workers_run(
+    conn: &mut MySqlConnection,
+    m: &sqlx::migrate::Migration,
+) -> Result<()> {
+    // language=MySQL
+    let live: std::result::Result<Vec<(String, String, u32)>, sqlx::Error> = sqlx::query_as(
+        "SELECT CAST(id AS CHAR), CAST(host AS CHAR), pid FROM jobq_workers \
+         WHERE last_heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL ? SECOND ORDER BY id",
+    )
+    .bind(LIVE_WORKER_SECS)
+    .fetch_all(&mut *conn)
+    .await;
+    let live = match live {
+        Ok(rows) => rows,
+        // A database jobq never ran on has no workers table yet.
+        Err(e) if number(&e) == Some(NO_SUCH_TABLE) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if live.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = live
+        .iter()
+        .map(|(id, host, pid)| format!("{id} (host {host}, pid {pid})"))
+        .collect();
+    Err(Error::Migration(format!(
+        "migration {} ({}) alters jobq_jobs and is not safe while jobs are enqueued or worked, \
+         and {} worker(s) are running (heartbeat within {} s): {}; stop every worker and \
+         producer of this database, then run `jobq migrate` again (a crashed worker's row stops \
+         counting {} s after its last heartbeat)",
+        m.version,
+        m.description,
+        live.len(),
+        LIVE_WORKER_SECS,
+        names.join(", "),
+        LIVE_WORKER_SECS
+    )))
 }
 
 /// The error for migration `v` recorded but not finished: another run applying it now (on

@@ -335,3 +335,65 @@ async fn the_printed_script_adopts_the_lock_table(db: MySqlPool) {
     db.execute(sqlx::raw_sql(&print_sql(&[]))).await.unwrap();
     jobq_is_current(&db).await;
 }
+
+/// A migration that alters `jobq_jobs` (here 16, which rebuilds the unique index in two
+/// statements) is refused while a worker is running, naming the migration and the worker, and
+/// nothing is applied; once no worker has beaten for ten minutes (stopped or crashed), it runs.
+#[sqlx::test(migrations = false)]
+async fn a_migration_that_needs_a_stop_waits_for_the_workers(db: MySqlPool) {
+    // The schema of a jobq from before migration 16, recorded as it recorded it.
+    let dir = tempfile::tempdir().unwrap();
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for f in std::fs::read_dir(ours).unwrap() {
+        let f = f.unwrap();
+        if f.file_name().to_string_lossy().as_ref() < "20261205000016" {
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+    }
+    Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&db)
+        .await
+        .unwrap();
+    // A worker of that jobq, running.
+    db.execute(
+        "INSERT INTO jobq_workers (id, host, pid, queues, started_at, last_heartbeat_at) \
+         VALUES ('old-worker-1', 'app-7', 4242, 'default', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+    )
+    .await
+    .unwrap();
+    let url = url_of(&db).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .arg("migrate")
+        .env("JOBQ_DATABASE_URL", &url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for part in [
+        "20261205000016",
+        "not safe while jobs are enqueued or worked",
+        "old-worker-1 (host app-7, pid 4242)",
+        "stop every worker",
+    ] {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+    assert!(
+        jobq_producer::check_migrated(&db).await.is_err(),
+        "nothing applied"
+    );
+    let has_16: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobq_migrations WHERE version = 20261205000016")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(has_16, 0);
+    // The worker stopped long ago (or crashed): its row no longer counts.
+    db.execute("UPDATE jobq_workers SET last_heartbeat_at = UTC_TIMESTAMP(6) - INTERVAL 11 MINUTE")
+        .await
+        .unwrap();
+    jobq_ok(&url, &["migrate"], &[]).await;
+    jobq_is_current(&db).await;
+}
