@@ -10,7 +10,8 @@
 //!   then would gain nothing).
 //! - It **moves back** to an earlier host once that host has answered for [`SETTLE`], so a
 //!   restarted node gets its clients back without flapping.
-//! - A probe succeeds when the server answers within [`PROBE_TIMEOUT`] and, on Galera, reports
+//! - A probe succeeds when the server answers within [`PROBE_TIMEOUT`], is writable
+//!   (`read_only` off: never a replica or a demoted primary) and, on Galera, reports
 //!   `wsrep_ready = ON` and state 4 (Synced): a node outside the primary component refuses
 //!   queries, a joining one may stall them.
 //! - Moving replaces the pool's connect options and retires every connection opened before the
@@ -234,34 +235,55 @@ impl Chooser {
     }
 }
 
-/// Whether the server at the end of `conn` can take work: it answers and, on Galera, is
+/// Why the server at the end of `conn` cannot take work, or `None` when it can: it answers, it
+/// is writable (not a replica or a demoted primary: `read_only` off), and on Galera it is
 /// Synced and in the primary component.
-async fn healthy(conn: &mut MySqlConnection) -> Result<bool, sqlx::Error> {
+async fn unfit(conn: &mut MySqlConnection) -> Result<Option<&'static str>, sqlx::Error> {
     // language=MySQL
-    // No rows on a server without wsrep: nothing more to check there.
+    // `read_only` on a replica and on a primary an orchestrator demoted (MySQL's
+    // `super_read_only` implies it); jobq writes on every host it uses.
+    let read_only: i64 = sqlx::query_scalar("SELECT @@global.read_only")
+        .fetch_one(&mut *conn)
+        .await?;
+    if read_only != 0 {
+        return Ok(Some("read-only (a replica, or a demoted primary)"));
+    }
+    // language=MySQL
+    // No row on a server built without wsrep (MySQL); OFF on a MariaDB that is not a Galera
+    // node, whose wsrep status then says "not ready" although it serves: nothing more to check
+    // on either.
+    let galera: Vec<(String, String)> = sqlx::query_as("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        .fetch_all(&mut *conn)
+        .await?;
+    if !galera.iter().any(|(_, v)| v.eq_ignore_ascii_case("ON")) {
+        return Ok(None);
+    }
+    // language=MySQL
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')",
     )
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows.iter().all(|(name, value)| match name.as_str() {
+    let synced = rows.iter().all(|(name, value)| match name.as_str() {
         "wsrep_ready" => value.eq_ignore_ascii_case("ON"),
         "wsrep_local_state" => value == "4",
         _ => true,
-    }))
+    });
+    Ok((!synced).then_some("a Galera node not ready or not Synced"))
 }
 
-/// One probe of a host, reusing `conn` when it is still open: `Err(why)` when it is down.
+/// One probe of a host, reusing `conn` when it is still open: `Err(why)` when it is down or
+/// unfit.
 async fn probe(host: &Host, conn: &mut Option<MySqlConnection>) -> Result<(), String> {
     let attempt = async {
         if conn.is_none() {
             *conn = Some(host.probe.connect().await?);
         }
-        healthy(conn.as_mut().expect("just set")).await
+        unfit(conn.as_mut().expect("just set")).await
     };
     let why = match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
-        Ok(Ok(true)) => return Ok(()),
-        Ok(Ok(false)) => "a Galera node not ready or not Synced".to_owned(),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(why))) => why.to_owned(),
         Ok(Err(e)) => {
             *conn = None;
             e.to_string()

@@ -17,6 +17,7 @@ mod contention;
 mod crash;
 mod demo;
 mod endpoint;
+mod failover;
 mod limits;
 mod locks;
 mod pause;
