@@ -52,7 +52,7 @@ pub(crate) const LEADER_LOCK: &str = "jobq:maintenance";
 /// The leader's lease for a maintenance `interval`: two intervals and half a second, and never
 /// under a second, so a leader starved of CPU for a moment (a loaded 2-core machine running
 /// passes every 100 ms) keeps it.
-fn leader_lease(interval: Duration) -> Duration {
+pub(crate) fn leader_lease(interval: Duration) -> Duration {
     (interval * 2 + Duration::from_millis(500)).max(Duration::from_secs(1))
 }
 

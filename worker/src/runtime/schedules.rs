@@ -19,9 +19,20 @@ use crate::store;
 /// leaders, so a slot decided twice (it cannot be, see above) would still be one job.
 const SLOT_KEY_HELD: Duration = Duration::from_secs(86_400);
 
-/// Slots up to this old are run in any case: the leader's normal lateness.
+/// Slots up to this old are run in any case: the leader's normal lateness, a handover
+/// included.
 pub(crate) fn window(shared: &Shared) -> Duration {
-    shared.config.maintenance().interval * 2 + Duration::from_secs(1)
+    catch_up_window(shared.config.maintenance().interval)
+}
+
+/// The worst lateness of a slot when nothing is wrong but a leader's death, for maintenance
+/// `interval`: the dead leader's last pass was up to an interval before its death; its lease
+/// ([`super::maintenance::leader_lease`]) runs out up to a lease after that; a follower tries
+/// every sixth of a lease, so one takes over within 7/6 of a lease; its first pass starts at
+/// once and may take up to an interval. Plus a second for a loaded machine's timers.
+pub(crate) fn catch_up_window(interval: Duration) -> Duration {
+    let lease = super::maintenance::leader_lease(interval);
+    interval * 2 + lease * 7 / 6 + Duration::from_secs(1)
 }
 
 /// One pass over every schedule. Errors are logged per schedule; the others go on.
@@ -133,5 +144,28 @@ mod tests {
         let unique = key(&job_for(&c.schedules()[0], Some(slot)));
         assert!(unique.contains("\"schedule:n\""), "{unique}");
         assert!(key(&job_for(&c.schedules()[0], None)).contains("\"schedule:n\""));
+    }
+
+    /// The window covers a leader's death at every interval: the last pass an interval before
+    /// it, the lease running out, a follower's retry pace and its first pass.
+    #[test]
+    fn the_catch_up_window_covers_a_takeover() {
+        let ms = Duration::from_millis;
+        for (interval, window) in [
+            (ms(100), ms(200 + 1166 + 1000)),
+            (ms(200), ms(400 + 1166 + 1000)),
+            (ms(1000), ms(2000 + 2916 + 1000)),
+            (ms(3000), ms(6000 + 7583 + 1000)),
+            (ms(60_000), ms(120_000 + 140_583 + 1000)),
+        ] {
+            let got = catch_up_window(interval);
+            assert!(
+                got.abs_diff(window) < ms(1),
+                "interval {interval:?}: {got:?}, expected {window:?}"
+            );
+            let lease = super::super::maintenance::leader_lease(interval);
+            let worst_takeover = interval + lease + lease / 6 + interval;
+            assert!(got > worst_takeover, "interval {interval:?}");
+        }
     }
 }
