@@ -11,7 +11,10 @@
 //!   (`30s`, `2m`, or seconds), 60 s if none; anything else, a signal included: the attempt
 //!   fails and is retried with backoff, the last lines of standard error as the error;
 //! - when the runtime gives up on the attempt (its `job_timeout`, a cancel, a lost lease, a
-//!   shutdown release) the program gets SIGTERM, then SIGKILL after `worker.cancel_grace`.
+//!   shutdown release) the program's whole process group gets SIGTERM, then SIGKILL after
+//!   `worker.cancel_grace`; the attempt's outcome is written (and the job can run again) only
+//!   once the group is gone, its lease renewed meanwhile. A program that exits leaves nothing
+//!   behind: what is left of its group gets SIGKILL.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -56,6 +59,46 @@ struct Running {
     /// exit so what it started can still be stopped.
     group: Option<rustix::process::Pid>,
     grace: Duration,
+    /// The attempt's lingering work: the task that stops the group goes there, so the
+    /// attempt's outcome (and the job's next run) waits until the group is gone.
+    lingering: crate::handler::Lingering,
+}
+
+/// The process groups of the programs running now, with the worker that started each: what
+/// [`kill_groups_of`] stops when that worker's run ends.
+static GROUPS: std::sync::Mutex<Vec<(rustix::process::Pid, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn groups() -> std::sync::MutexGuard<'static, Vec<(rustix::process::Pid, String)>> {
+    GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// SIGKILLs every program group worker `worker` started that is still running: the end of a
+/// worker's run (graceful or immediate) leaves no program behind, whatever the grace left.
+pub(crate) fn kill_groups_of(worker: &str) {
+    groups().retain(|(g, w)| {
+        if w == worker {
+            let _ = rustix::process::kill_process_group(*g, rustix::process::Signal::KILL);
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// How long after SIGKILL a process group is waited for (its members are normally gone at
+/// once; a zombie nobody reaps would keep it forever).
+const GONE_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits until no process of `group` is left, at most [`GONE_WAIT`]; then forgets it.
+async fn group_gone(group: Option<rustix::process::Pid>) {
+    let Some(g) = group else { return };
+    let until = tokio::time::Instant::now() + GONE_WAIT;
+    while rustix::process::test_kill_process_group(g).is_ok() && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    groups().retain(|(p, _)| *p != g);
 }
 
 /// Sends `sig` to a process group (the program and whatever it started).
@@ -73,13 +116,18 @@ impl Drop for Running {
             let grace = self.grace;
             // Reaped in a task of its own: SIGKILL if it outlives the grace.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
+                let stopping = rt.spawn(async move {
                     let exited = tokio::time::timeout(grace, child.wait()).await.is_ok();
                     signal_group(group, rustix::process::Signal::KILL);
                     if !exited {
                         let _ = child.kill().await;
                     }
+                    group_gone(group).await;
                 });
+                self.lingering
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(stopping);
             } else {
                 let _ = child.start_kill();
             }
@@ -166,10 +214,14 @@ async fn run(
     let group = child
         .id()
         .and_then(|p| rustix::process::Pid::from_raw(p as i32));
+    if let Some(g) = group {
+        groups().push((g, ctx.worker_id().to_owned()));
+    }
     let mut running = Running {
         child: Some(child),
         group,
         grace,
+        lingering: ctx.lingering.clone(),
     };
     let child = running.child.as_mut().expect("just started");
     let (mut stdin, stdout, stderr) = (
@@ -199,6 +251,7 @@ async fn run(
     // its output open (and this attempt waiting) forever.
     running.child = None;
     signal_group(group, rustix::process::Signal::KILL);
+    group_gone(group).await;
     let status = status.map_err(|e| JobError::retry(format!("waiting for {program:?}: {e}")))?;
     let read = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
         tokio::time::timeout(grace, h)

@@ -125,7 +125,13 @@ pub struct JobContext {
     pub(crate) result: ResultSlot,
     /// The claim's fencing token.
     pub(crate) token: crate::model::Token,
+    /// Work the attempt left behind that must end before its outcome is written (and so
+    /// before the job can run again): a command handler's program still stopping.
+    pub(crate) lingering: Lingering,
 }
+
+/// See [`JobContext::lingering`].
+pub(crate) type Lingering = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
 
 /// Where a handler's result waits until the attempt's outcome is written.
 pub(crate) type ResultSlot = std::sync::Arc<std::sync::Mutex<Option<String>>>;

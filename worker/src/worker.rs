@@ -141,7 +141,16 @@ impl Worker {
     /// Queues on other servers (`[queues.NAME] database_url`) are worked by one run per server
     /// under this worker's id, each with its own pool, worker row, heartbeat and maintenance
     /// election on its server, stopping together (see [`Worker::run_servers`]).
-    pub async fn run(mut self, signal: ShutdownSignal) -> Result<Stopped> {
+    pub async fn run(self, signal: ShutdownSignal) -> Result<Stopped> {
+        let id = self.id.clone();
+        let stopped = self.run_all(signal).await;
+        // Command handlers' programs still in their grace (an immediate stop, or a release
+        // bounded by the stop) do not outlive the run.
+        crate::command::kill_groups_of(id.as_str());
+        stopped
+    }
+
+    async fn run_all(mut self, signal: ShutdownSignal) -> Result<Stopped> {
         for (kind, queue) in self
             .registry
             .unworked_defaults(&self.config.worker().queues)

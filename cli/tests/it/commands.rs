@@ -131,3 +131,132 @@ async fn a_python_program_handles_a_kind(db: MySqlPool) {
     w.stop().await;
     assert_consistent(&db).await;
 }
+
+/// A program that ignores SIGTERM, with a grandchild that does too, times out: the job runs
+/// again only once the whole process group is gone (killed at the end of the grace), never
+/// while the previous attempt's processes still run. Before, the attempt's outcome was
+/// written at the timeout and the next attempt started during the grace.
+#[sqlx::test(migrations = false)]
+async fn a_timed_out_program_is_gone_before_the_job_runs_again(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.cancel_grace = Duration::from_millis(1500);
+    s.worker.backoff_base = Duration::from_millis(10);
+    s.worker.backoff_max = Duration::from_millis(10);
+    s.kinds.insert(
+        "py".into(),
+        KindOverrides {
+            command: Some(vec!["python3".into(), fixture()]),
+            job_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    );
+    let config = s.validate().unwrap();
+    let mut r = Registry::new();
+    jobq_worker::register_commands(&mut r, &config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let job = Producer::new(db.clone())
+        .enqueue(NewJob::json("py", json!({"mode": "stubborn", "log": log})).max_attempts(2))
+        .await
+        .unwrap();
+    let w = start(pool(&s).await, r, &s);
+    let end = Producer::new(db.clone())
+        .wait_for(job, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the job ended");
+    w.stop().await;
+    assert_eq!(
+        end.state.as_str(),
+        "discarded",
+        "two attempts, both timed out"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("start 1") && text.contains("start 2"),
+        "{text}"
+    );
+    assert!(!text.contains("overlap"), "{text}");
+    // Both attempts' grandchildren are gone too.
+    for attempt in [1, 2] {
+        let pid = std::fs::read_to_string(format!("{}.{attempt}", log.display())).unwrap();
+        let proc = format!("/proc/{}", pid.trim());
+        wait_for(Duration::from_secs(5), "the grandchild killed", || {
+            let proc = proc.clone();
+            async move {
+                std::fs::read_to_string(format!("{proc}/stat"))
+                    .map(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
+                    .unwrap_or(true)
+            }
+        })
+        .await;
+    }
+    assert_consistent(&db).await;
+}
+
+/// An immediate stop (a second signal) while a program that ignores SIGTERM runs, with a grace
+/// far longer than the test: when the worker's run returns, the program's whole process group
+/// is gone, the grandchild included (before, only the direct child was killed).
+#[sqlx::test(migrations = false)]
+async fn an_immediate_stop_leaves_no_program_behind(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.cancel_grace = Duration::from_secs(120);
+    s.kinds.insert(
+        "py".into(),
+        KindOverrides {
+            command: Some(vec!["python3".into(), fixture()]),
+            ..Default::default()
+        },
+    );
+    let config = s.validate().unwrap();
+    let mut r = Registry::new();
+    jobq_worker::register_commands(&mut r, &config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    Producer::new(db.clone())
+        .enqueue(NewJob::json("py", json!({"mode": "stubborn", "log": log})))
+        .await
+        .unwrap();
+    let w = start(pool(&s).await, r, &s);
+    let pidfile = format!("{}.1", log.display());
+    wait_for(Duration::from_secs(20), "the program running", || {
+        let pidfile = pidfile.clone();
+        async move { std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty()) }
+    })
+    .await;
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    w.shutdown.kill();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), w.handle)
+        .await
+        .expect("the run did not end")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(stopped, jobq_worker::Stopped::Immediate(1)),
+        "{stopped:?}"
+    );
+    let proc = format!("/proc/{}", pid.trim());
+    wait_for(Duration::from_secs(5), "the grandchild killed", || {
+        let proc = proc.clone();
+        async move {
+            std::fs::read_to_string(format!("{proc}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        }
+    })
+    .await;
+}

@@ -45,7 +45,9 @@ pub(crate) async fn run(
         cancel: cancel.clone(),
         result: Default::default(),
         token: job.token,
+        lingering: Default::default(),
     };
+    let lingering = ctx.lingering.clone();
     let slot = ctx.tx.clone();
     let tx_closed = ctx.tx_closed.clone();
     let result_slot = ctx.result.clone();
@@ -151,6 +153,23 @@ pub(crate) async fn run(
     {
         cancel.cancel();
     }
+    // What the attempt left stopping (a command handler's program and its process group)
+    // ends before the outcome is written: until then the job stays in flight, its lease
+    // renewed, so no other worker can start it while the program still runs. Bounded: the
+    // program gets its grace, then SIGKILL.
+    let left: Vec<_> = std::mem::take(&mut *lingering.lock().unwrap_or_else(|p| p.into_inner()));
+    if !left.is_empty() {
+        let bound = shared.config.worker().cancel_grace + LINGER_SLACK;
+        if tokio::time::timeout(bound, futures::future::join_all(left))
+            .await
+            .is_err()
+        {
+            warn!(
+                ?bound,
+                "what the attempt left running did not stop in time; writing its outcome anyway"
+            );
+        }
+    }
     // The handler's transaction, taken for the outcome: from now on a task the handler spawned
     // cannot begin another one that nobody would end. A task still holding it (`ctx.tx()`'s
     // guard) a whole lease after the handler returned: a success cannot complete without it
@@ -206,6 +225,10 @@ pub(crate) async fn run(
     )
     .await;
 }
+
+/// How long past `cancel_grace` the outcome waits for what an attempt left stopping: a
+/// process group killed with SIGKILL at the end of the grace is normally gone at once.
+const LINGER_SLACK: Duration = Duration::from_secs(2);
 
 /// Waits for a free handler slot of `queue`. Whatever ends the job's claim meanwhile ends the
 /// wait instead: `Err(None)` when the lease is lost (nothing to write), `Err(Some(outcome))`
