@@ -133,6 +133,60 @@ async fn exactly_once(db: &MySqlPool, jobs: i64) -> usize {
     reruns
 }
 
+/// Enqueues jobs of three concurrency keys on queue `keyed` (limit 1 per key), waits for them,
+/// checks that no two runs of one key overlapped, and removes them (and their effects) so
+/// the rest of the test counts only its own jobs.
+async fn keyed_jobs_never_overlap(db: &MySqlPool, workers: &mut [WorkerProc]) {
+    const KEYED: i64 = 300;
+    let before = scalar(
+        db,
+        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+    )
+    .await;
+    let jobs = (0..KEYED)
+        .map(|i| {
+            NewJob::json("record", json!({"runs": true, "ms": 10}))
+                .queue("keyed")
+                .concurrency_key(format!("k{}", i % 3))
+        })
+        .collect();
+    Producer::new(db.clone()).enqueue_many(jobs).await.unwrap();
+    wait_completed(db, before + KEYED, workers, Duration::from_secs(120)).await;
+    let runs: Vec<(String, u64, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT CAST(j.concurrency_key AS CHAR), r.job_id, r.started_at, r.ended_at \
+         FROM jobq_demo_runs r JOIN jobq_jobs j ON j.id = r.job_id \
+         WHERE j.queue = 'keyed' ORDER BY j.concurrency_key, r.started_at",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    assert!(runs.len() as i64 >= KEYED, "every keyed job ran");
+    for pair in runs.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.0 != b.0 {
+            continue;
+        }
+        let end =
+            a.3.unwrap_or_else(|| panic!("job {}: a run never ended", a.1));
+        assert!(
+            end <= b.2,
+            "key {}: jobs {} and {} ran at once ({a:?}, {b:?})",
+            a.0,
+            a.1,
+            b.1
+        );
+    }
+    for sql in [
+        "DELETE FROM jobq_demo_effects WHERE job_id IN (SELECT id FROM jobq_jobs WHERE queue = 'keyed')",
+        "DELETE FROM jobq_demo_runs WHERE job_id IN (SELECT id FROM jobq_jobs WHERE queue = 'keyed')",
+        "DELETE FROM jobq_transitions WHERE job_id IN (SELECT id FROM jobq_jobs WHERE queue = 'keyed')",
+        "DELETE FROM jobq_jobs WHERE queue = 'keyed'",
+    ] {
+        sqlx::query(sql).execute(db).await.unwrap();
+    }
+    eprintln!("galera: {KEYED} jobs of 3 keys (limit 1) on 3 nodes, no two of a key at once");
+}
+
 async fn enqueue(db: &MySqlPool, n: i64) {
     let jobs = (0..n)
         .map(|_| NewJob::json("record", json!({"runs": true, "ms": 2})))
@@ -158,9 +212,10 @@ async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
             let listen = format!("127.0.0.1:{}", ports[n - 1]);
             WorkerProc::spawn(
                 &g.cluster_url(n, "jobq_galera"),
-                &["--concurrency", "8"],
+                &["--concurrency", "8", "--queues", "default,keyed"],
                 &[
                     ("JOBQ_METRICS__LISTEN", listen.as_str()),
+                    ("JOBQ_QUEUES__KEYED__KEY_LIMIT", "1"),
                     ("JOBQ_WORKER__LEASE_TTL", "15s"),
                     ("JOBQ_DATABASE__LOCK_WAIT_TIMEOUT_SECS", "15"),
                 ],
@@ -203,6 +258,11 @@ async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
             w.log_text()
         );
     }
+
+    // Per-key limits hold across nodes: jobs of three keys with a limit of one each, claimed
+    // by workers on three nodes, never run two of a key at once. A key's lock (its jobq_keys
+    // row) is node-local; only the row's change is certified, so every claim changes it.
+    keyed_jobs_never_overlap(&db, &mut workers).await;
 
     // Named locks do not work on Galera: demo and bench refuse the mode before writing.
     let url = g.cluster_url(2, "jobq_refused");

@@ -25,6 +25,13 @@ use crate::model::{KeyState, PromoteRule};
 pub(super) const NOW_US: &str =
     "TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', @jobq_now)";
 
+/// What the key lock's `ON DUPLICATE KEY UPDATE` writes besides: a value that always changes,
+/// so the lock is a real write of the row. On one server the row lock alone serialises; on
+/// Galera a lock is not replicated and only rows a transaction changed are certified, so two
+/// nodes' claims of one key conflict (one is aborted and retried) only if both change its row.
+// language=MySQL
+const TOUCH: &str = "updated_at = GREATEST(UTC_TIMESTAMP(6), updated_at + INTERVAL 1 MICROSECOND)";
+
 /// `k1,k2,…` as literals (keys in ascending order).
 fn key_list<'a>(keys: impl Iterator<Item = &'a str>) -> String {
     keys.map(text_lit).collect::<Vec<_>>().join(",")
@@ -60,7 +67,7 @@ pub(super) fn lock_and_count_sql(
     };
     let mut sql = format!(
         "INSERT INTO jobq_keys (queue, concurrency_key, key_limit) VALUES {rows} \
-           ON DUPLICATE KEY UPDATE key_limit = VALUES(key_limit); \
+           ON DUPLICATE KEY UPDATE key_limit = VALUES(key_limit), {TOUCH}; \
          SELECT CAST(key_state AS CHAR) AS what, CAST(concurrency_key AS BINARY) AS k, COUNT(*) AS n, NULL AS rate_state \
            FROM jobq_jobs FORCE INDEX (jobq_jobs_keys) \
           WHERE queue = {q} AND concurrency_key IN ({list}) AND key_state IN ({states}) \
@@ -227,7 +234,7 @@ pub(crate) async fn promote_waiting(
     // jobs, in statements after the lock.
     let first = format!(
         "INSERT INTO jobq_keys (queue, concurrency_key) VALUES {rows} \
-           ON DUPLICATE KEY UPDATE queue = queue; \
+           ON DUPLICATE KEY UPDATE {TOUCH}; \
          SELECT CAST(concurrency_key AS BINARY) AS k, CAST(key_limit AS SIGNED) AS n, 'limit' AS what \
            FROM jobq_keys WHERE queue = {q} AND concurrency_key IN ({list}); \
          SELECT CAST(concurrency_key AS BINARY) AS k, COUNT(*) AS n, key_state AS what \
