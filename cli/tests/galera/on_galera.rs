@@ -133,6 +133,9 @@ async fn exactly_once(db: &MySqlPool, jobs: i64) -> usize {
     reruns
 }
 
+/// A run of a keyed job: its key, its job, when it started and ended (if it did).
+type KeyedRun = (String, u64, DateTime<Utc>, Option<DateTime<Utc>>);
+
 /// Enqueues jobs of three concurrency keys on queue `keyed` (limit 1 per key), waits for them,
 /// checks that no two runs of one key overlapped, and removes them (and their effects) so
 /// the rest of the test counts only its own jobs.
@@ -152,7 +155,7 @@ async fn keyed_jobs_never_overlap(db: &MySqlPool, workers: &mut [WorkerProc]) {
         .collect();
     Producer::new(db.clone()).enqueue_many(jobs).await.unwrap();
     wait_completed(db, before + KEYED, workers, Duration::from_secs(120)).await;
-    let runs: Vec<(String, u64, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let runs: Vec<KeyedRun> = sqlx::query_as(
         "SELECT CAST(j.concurrency_key AS CHAR), r.job_id, r.started_at, r.ended_at \
          FROM jobq_demo_runs r JOIN jobq_jobs j ON j.id = r.job_id \
          WHERE j.queue = 'keyed' ORDER BY j.concurrency_key, r.started_at",
