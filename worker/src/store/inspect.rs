@@ -47,17 +47,11 @@ const RATE_SCAN_ROWS: u32 = 50_000;
 pub(crate) async fn queue_activity(
     pool: &MySqlPool,
 ) -> Result<Vec<(String, i64, Option<f64>)>, sqlx::Error> {
-    // language=MySQL
-    // jobq_jobs_claim by (queue, state): a loose scan for the queues, then each queue's
-    // available range.
-    let rows = sqlx::query(
-        "SELECT q.queue, \
-           (SELECT TIMESTAMPDIFF(MICROSECOND, MIN(a.run_at), UTC_TIMESTAMP(6)) / 1e6 FROM jobq_jobs a \
-              WHERE a.queue = q.queue AND a.state = 'available') AS oldest \
-         FROM (SELECT DISTINCT queue FROM jobq_jobs) q",
-    )
-    .fetch_all(pool)
-    .await?;
+    let mut rows = Vec::new();
+    for queue in queues_with_jobs(pool).await? {
+        let oldest = oldest_available(pool, &queue).await?;
+        rows.push((queue, oldest));
+    }
     let floor = history_floor(pool, RATE_SCAN_ROWS).await?;
     let recent = "jobq_transitions n";
     let last_minute = "n.id > ? AND n.at >= UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE";
@@ -92,17 +86,46 @@ pub(crate) async fn queue_activity(
             )
         })
         .collect();
-    rows.into_iter()
-        .map(|r| {
-            let queue = text(&r, "queue")?;
-            Ok((
+    Ok(rows
+        .into_iter()
+        .map(|(queue, oldest)| {
+            (
+                queue.clone(),
                 done.get(&queue).copied().unwrap_or(0),
-                queue,
-                r.try_get::<Option<f64>, _>("oldest")?,
-            ))
+                oldest,
+            )
         })
-        .map(|r: Result<_, sqlx::Error>| r.map(|(d, q, o)| (q, d, o)))
-        .collect()
+        .collect())
+}
+
+/// The queues that have jobs: a loose index scan of `jobq_jobs_claim` (queue, …), one probe
+/// per queue, whatever the number of jobs.
+pub(crate) async fn queues_with_jobs(pool: &MySqlPool) -> Result<Vec<String>, sqlx::Error> {
+    // language=MySQL
+    let rows = sqlx::query("SELECT DISTINCT queue FROM jobq_jobs FORCE INDEX (jobq_jobs_claim)")
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| text(r, "queue")).collect()
+}
+
+/// Seconds since the oldest available job of `queue` became due (`None`: none available).
+/// Per priority, the first entry of `jobq_jobs_claim`'s (queue, 'available', priority) range
+/// holds its least `run_at`: a loose index scan reads one entry per priority in use, never the
+/// whole backlog; the least of those is the oldest. (Grouping by the equality columns too is
+/// what lets MariaDB take the loose scan; by `priority` alone it reads the whole range.)
+pub(crate) async fn oldest_available(
+    pool: &MySqlPool,
+    queue: &str,
+) -> Result<Option<f64>, sqlx::Error> {
+    // language=MySQL
+    sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(p.first), UTC_TIMESTAMP(6)) / 1e6 FROM \
+           (SELECT MIN(run_at) AS first FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
+             WHERE queue = ? AND state = 'available' GROUP BY queue, state, priority) p",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await
 }
 
 /// One job as stored.

@@ -250,35 +250,28 @@ pub(crate) async fn sample_depth(
     pool: &MySqlPool,
     alive: Duration,
 ) -> Result<DepthSample, sqlx::Error> {
-    // language=MySQL
-    // An index-only scan of jobq_jobs_claim (queue, state, …); final states are filtered out
-    // but still scanned, which is why the leader samples this only every few seconds.
-    let rows = sqlx::query(
-        "SELECT queue, CAST(state AS CHAR) AS state, COUNT(*) AS n FROM jobq_jobs \
-         WHERE state IN ('available', 'scheduled', 'running', 'retryable', 'waiting') GROUP BY queue, state",
-    )
-    .fetch_all(pool)
-    .await?;
-    let depth = rows
-        .into_iter()
-        .map(|r| Ok((text(&r, "queue")?, text(&r, "state")?, r.try_get("n")?)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    // language=MySQL
-    let rows = sqlx::query(
-        "SELECT queue, TIMESTAMPDIFF(MICROSECOND, MIN(run_at), UTC_TIMESTAMP(6)) / 1e6 AS age \
-         FROM jobq_jobs WHERE state = 'available' GROUP BY queue",
-    )
-    .fetch_all(pool)
-    .await?;
-    let oldest = rows
-        .into_iter()
-        .map(|r| {
-            Ok((
-                text(&r, "queue")?,
-                r.try_get::<Option<f64>, _>("age")?.unwrap_or(0.0),
-            ))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // Per queue (a loose index scan finds them), the ranges of jobq_jobs_claim's
+    // (queue, state) for the live states only: the finished jobs, however many, are never
+    // read. Counting reads each live job's index entry once.
+    let mut depth = Vec::new();
+    let mut oldest = Vec::new();
+    for queue in super::inspect::queues_with_jobs(pool).await? {
+        // language=MySQL
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT CAST(state AS CHAR), COUNT(*) FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
+             WHERE queue = ? AND state IN ('available', 'scheduled', 'running', 'retryable', 'waiting') \
+             GROUP BY state",
+        )
+        .bind(&queue)
+        .fetch_all(pool)
+        .await?;
+        let available = rows.iter().any(|(s, n)| s == "available" && *n > 0);
+        depth.extend(rows.into_iter().map(|(s, n)| (queue.clone(), s, n)));
+        if available {
+            let age = super::inspect::oldest_available(pool, &queue).await?;
+            oldest.push((queue, age.unwrap_or(0.0)));
+        }
+    }
     // language=MySQL
     let workers: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM jobq_workers WHERE last_heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",

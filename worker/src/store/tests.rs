@@ -906,3 +906,85 @@ async fn a_cursor_claim_reads_after_the_cursor_and_a_full_claim_from_the_head(db
         "{plan:?}"
     );
 }
+
+/// Index and row reads of one session (`Handler_read_*`), summed.
+async fn rows_read(conn: &mut sqlx::MySqlConnection) -> i64 {
+    let rows: Vec<(String, String)> = sqlx::query_as("SHOW SESSION STATUS LIKE 'Handler_read%'")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|(_, v)| v.parse::<i64>().unwrap_or(0))
+        .sum()
+}
+
+/// The periodic reads behind `jobq stats`, the console's overview and the leader's gauges read
+/// what they report, not the table: with 100,000 finished jobs and 20,000 available ones in
+/// three priorities, the depth sample reads the live jobs' index entries (it counts them) and
+/// never the finished ones, and the oldest available job costs a few reads per priority.
+/// Reads are counted by the server's handler counters on a one-connection pool.
+#[sqlx::test(migrations = false)]
+async fn periodic_reads_cost_what_they_find(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    // language=MySQL
+    for (n, state, priority) in [
+        (100_000, "completed", "0"),
+        (20_000, "available", "seq % 3"),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, finalized_at) \
+             SELECT 'default', 'noop', '{{}}', '{state}', {priority}, \
+                    UTC_TIMESTAMP(6) - INTERVAL seq SECOND, 1, UTC_TIMESTAMP(6), \
+                    IF('{state}' = 'completed', UTC_TIMESTAMP(6), NULL) \
+             FROM seq_1_to_{n}"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    sqlx::query("ANALYZE TABLE jobq_jobs")
+        .execute(&db)
+        .await
+        .unwrap();
+    let one = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*db.connect_options()).clone())
+        .await
+        .unwrap();
+    let reads = |what: &'static str| {
+        let one = one.clone();
+        async move {
+            let mut c = one.acquire().await.unwrap();
+            let before = rows_read(&mut c).await;
+            drop(c);
+            match what {
+                "oldest" => {
+                    let age = super::inspect::oldest_available(&one, "default")
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert!(age > 19_000.0, "the oldest is 20,000 s old: {age}");
+                }
+                "depth" => {
+                    let s = sample_depth(&one, Duration::from_secs(10)).await.unwrap();
+                    assert_eq!(
+                        s.depth,
+                        vec![("default".into(), "available".into(), 20_000)]
+                    );
+                    assert_eq!(s.oldest.len(), 1);
+                }
+                _ => unreachable!(),
+            }
+            let mut c = one.acquire().await.unwrap();
+            // Less the SHOW itself.
+            rows_read(&mut c).await - before
+        }
+    };
+    let oldest = reads("oldest").await;
+    assert!(oldest < 100, "the oldest available job cost {oldest} reads");
+    let depth = reads("depth").await;
+    assert!(
+        depth < 20_000 + 1_000,
+        "the depth sample read {depth} rows for 20,000 live jobs among 120,000"
+    );
+}
