@@ -1,6 +1,7 @@
 //! The lock crate's one table, `jobq_locks`, which it creates or checks itself
 //! ([`ensure_schema`]): a project can use lease locks without jobq's job schema. `jobq migrate`
-//! creates the same table (migration 9); both definitions are one, and a test compares them.
+//! creates the same table (migrations 9 and 19); both definitions are one, and a test compares
+//! them.
 
 use sqlx::MySqlPool;
 
@@ -19,7 +20,8 @@ pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS jobq_locks (
   token       BIGINT UNSIGNED NOT NULL,
   acquired_at DATETIME(6) NULL,
   expires_at  DATETIME(6) NOT NULL,
-  PRIMARY KEY (name_key, slot)
+  PRIMARY KEY (name_key, slot),
+  KEY jobq_locks_holder (holder)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
 
 /// Creates `jobq_locks` in the pool's database if it is missing, and checks that an existing

@@ -81,6 +81,7 @@ pub async fn status(pool: &MySqlPool, name: Option<&str>) -> Result<Vec<LockInfo
         }
         None => {
             sqlx::query(&format!(
+                // By jobq_locks_holder: the held and expired permits, not every row ever used.
                 "{base} WHERE holder IS NOT NULL ORDER BY name, slot"
             ))
             .fetch_all(pool)

@@ -292,3 +292,58 @@ async fn the_lock_crate_stands_alone(db: MySqlPool) {
     let err = jobq_lock::ensure_schema(&db).await.unwrap_err().to_string();
     assert!(err.contains("lacks the column(s) name_key"), "{err}");
 }
+
+/// Listing the held locks reads the held and expired permits, not every permit ever used:
+/// with 100,000 released permits and two held ones, `status(None)` costs a handful of reads
+/// (handler counters of a one-connection pool).
+#[sqlx::test(migrations = false)]
+async fn listing_held_locks_reads_only_them(db: MySqlPool) {
+    jobq_lock::ensure_schema(&db).await.unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_locks (name_key, slot, name, holder, token, acquired_at, expires_at) \
+         SELECT UNHEX(SHA1(CONCAT('done:', seq))), 0, CONCAT('done:', seq), NULL, 1, NULL, UTC_TIMESTAMP(6) \
+         FROM seq_1_to_100000",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let lock = LeaseLock::new(&db, "holder-1");
+    let _a = lock
+        .acquire("held:a", Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    let _b = lock
+        .acquire("held:b", Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    sqlx::query("ANALYZE TABLE jobq_locks")
+        .execute(&db)
+        .await
+        .unwrap();
+    let one = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*db.connect_options()).clone())
+        .await
+        .unwrap();
+    let reads = || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SHOW SESSION STATUS LIKE 'Handler_read%'")
+                .fetch_all(&one)
+                .await
+                .unwrap();
+        rows.iter()
+            .map(|(_, v)| v.parse::<i64>().unwrap_or(0))
+            .sum::<i64>()
+    };
+    let before = reads().await;
+    let held = jobq_lock::status(&one, None).await.unwrap();
+    let cost = reads().await - before;
+    let names: Vec<&str> = held.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["held:a", "held:b"]);
+    assert!(
+        cost < 200,
+        "listing 2 held locks among 100,002 read {cost} rows"
+    );
+}
