@@ -165,11 +165,13 @@ pub async fn prune_jobs(
             "only finished jobs are pruned (completed, discarded, cancelled), not {state}"
         )));
     }
+    // One pass over the range, window by window.
     let mut total = 0;
+    let mut cursor = store::PruneCursor::default();
     loop {
-        let n = store::prune(pool, state, older_than, 500).await?;
+        let (n, more) = store::prune(pool, state, older_than, 500, &mut cursor).await?;
         total += n;
-        if n < 500 {
+        if !more {
             return Ok(total);
         }
     }

@@ -40,8 +40,10 @@ const BATCH: u32 = 1000;
 /// Jobs deleted per retention transaction: short, so a prune never holds many row locks.
 const PRUNE_BATCH: u32 = 500;
 
-/// Concurrency keys looked at per pass.
-const KEYS_SWEPT: u32 = 10_000;
+/// Rows of `jobq_keys` the waiting-key sweep reads per pass (it goes on from there on the
+/// next): a safety net for lost promotions, so a bounded cost per pass matters more than
+/// finding every such key at once.
+const KEYS_SWEPT: u32 = 1_000;
 /// A `jobq_keys` row no live job uses is deleted after this long without a write (longer than
 /// the longest rate period).
 const KEY_IDLE: Duration = Duration::from_secs(2 * 86_400);
@@ -199,7 +201,14 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
     // Concurrency keys with waiting jobs and a free slot: after a rescue, or when a worker
     // died between a job's end and its own promotion.
     let floor = shared.config.key_limit_ceiling_anywhere();
-    for (queue, keys) in store::keys_to_promote(&shared.pool, floor, KEYS_SWEPT).await? {
+    let mut cursor = shared
+        .key_sweep
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let due = store::keys_to_promote(&shared.pool, floor, KEYS_SWEPT, &mut cursor).await?;
+    *shared.key_sweep.lock().unwrap_or_else(|p| p.into_inner()) = cursor;
+    for (queue, keys) in due {
         let keys: Vec<String> = keys.into_iter().collect();
         for chunk in keys.chunks(100) {
             let chunk = chunk.iter().cloned().collect();
@@ -211,7 +220,23 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
         }
     }
     let deadline = Instant::now() + shared.config.maintenance().interval / 2;
-    retain(&shared.pool, shared.config.maintenance(), deadline).await?;
+    // Where the last pass's retention scans stopped: each pass goes on from there.
+    let mut cursors = *shared
+        .prune_cursors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let retained = retain(
+        &shared.pool,
+        shared.config.maintenance(),
+        deadline,
+        &mut cursors,
+    )
+    .await;
+    *shared
+        .prune_cursors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = cursors;
+    retained?;
     // Worker-row pruning about every 30 passes.
     if ticks % 30 == 1 {
         let stale = (shared.config.worker().lease_ttl * 10).max(Duration::from_secs(60));
@@ -221,26 +246,31 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Deletes finished jobs past their retention, with their history, in batches of
-/// [`PRUNE_BATCH`] until none is left or `deadline` passes. Returns how many were deleted.
+/// Deletes finished jobs past their retention, with their history, window by window
+/// ([`PRUNE_BATCH`] rows read each, from `cursors`, one per final state) until a state's range
+/// ends or `deadline` passes. Returns how many were deleted.
 async fn retain(
     pool: &MySqlPool,
     m: &MaintenanceSettings,
     deadline: Instant,
+    cursors: &mut [store::PruneCursor; 3],
 ) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
-    for (state, age) in [
+    for (i, (state, age)) in [
         (JobState::Completed, m.completed_retention),
         (JobState::Discarded, m.failed_retention),
         (JobState::Cancelled, m.failed_retention),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         if age.is_zero() {
             continue;
         }
         loop {
-            let n = store::prune(pool, state, age, PRUNE_BATCH).await?;
+            let (n, more) = store::prune(pool, state, age, PRUNE_BATCH, &mut cursors[i]).await?;
             deleted += n;
-            if n < u64::from(PRUNE_BATCH) {
+            if !more {
                 break;
             }
             if Instant::now() >= deadline {
@@ -260,5 +290,12 @@ pub async fn prune_finished(
     config: &jobq_config::Config,
     budget: Duration,
 ) -> crate::Result<u64> {
-    Ok(retain(pool, config.maintenance(), Instant::now() + budget).await?)
+    let mut cursors = Default::default();
+    Ok(retain(
+        pool,
+        config.maintenance(),
+        Instant::now() + budget,
+        &mut cursors,
+    )
+    .await?)
 }

@@ -76,6 +76,10 @@ pub(crate) struct Shared {
     /// Fired when the process stops claiming: prefetched jobs not yet started go back.
     pub(crate) stopping: CancellationToken,
     pub(crate) slots: Vec<QueueSlots>,
+    /// Maintenance's sweeps, resumed by each pass where the last one stopped: retention per
+    /// final state (completed, discarded, cancelled) and the waiting-key sweep.
+    pub(crate) prune_cursors: std::sync::Mutex<[crate::store::PruneCursor; 3]>,
+    pub(crate) key_sweep: std::sync::Mutex<crate::store::KeyCursor>,
     /// Tests only: the answers of this many claims that took jobs are "lost" (the claim
     /// committed, the claimer sees a connection error).
     #[cfg(test)]
@@ -119,6 +123,8 @@ impl Shared {
             release: CancellationToken::new(),
             stopping: CancellationToken::new(),
             slots,
+            prune_cursors: Default::default(),
+            key_sweep: Default::default(),
             #[cfg(test)]
             lose_claim_answers: Default::default(),
             policies,

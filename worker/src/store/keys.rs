@@ -295,32 +295,53 @@ pub(crate) async fn promote_waiting(
     Ok(counts.first().copied().unwrap_or(0))
 }
 
-/// Keys (by queue) that have `waiting` jobs and, by a plain read, a free slot: what
-/// maintenance promotes after a rescue, or after a worker died between a job's end and its
-/// promotion. Read without locks; [`promote_waiting`] decides under them. At most `limit`.
+/// Where the waiting-key sweep stands: the last (queue, key) it read, or the start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyCursor(Option<(String, String)>);
+
+/// One window of the waiting-key sweep: reads at most `scan` rows of `jobq_keys` past `cursor`
+/// (by its primary key) and returns those of their keys that have waiting jobs and a free slot
+/// (fewer running and available jobs than the greater of the key's limit and `floor`), each
+/// probe an index range of `jobq_jobs_keys`; moves the cursor, back to the start once the table
+/// ends. A pass costs at most `scan` key rows, however many keys were ever claimed; the whole
+/// table is covered over successive passes.
 pub(crate) async fn keys_to_promote(
     pool: &MySqlPool,
     floor: u32,
-    limit: u32,
+    scan: u32,
+    cursor: &mut KeyCursor,
 ) -> Result<BTreeMap<QueueName, BTreeSet<String>>, sqlx::Error> {
     // language=MySQL
-    // One pass over jobq_keys (a row per key ever claimed), each probe an index range of
-    // jobq_jobs_keys.
-    let rows = sqlx::query(
-        "SELECT k.queue, CAST(k.concurrency_key AS BINARY) AS k FROM jobq_keys k \
-         WHERE EXISTS (SELECT 1 FROM jobq_jobs w FORCE INDEX (jobq_jobs_keys) \
-                        WHERE w.queue = k.queue AND w.concurrency_key = k.concurrency_key AND w.key_state = 'waiting') \
+    let after = match &cursor.0 {
+        Some(_) => "WHERE queue > ? OR (queue = ? AND concurrency_key > ?)",
+        None => "",
+    };
+    let sql = format!(
+        "SELECT k.queue, CAST(k.concurrency_key AS BINARY) AS k, \
+           EXISTS (SELECT 1 FROM jobq_jobs w FORCE INDEX (jobq_jobs_keys) \
+                    WHERE w.queue = k.queue AND w.concurrency_key = k.concurrency_key AND w.key_state = 'waiting') \
            AND (SELECT COUNT(*) FROM jobq_jobs r FORCE INDEX (jobq_jobs_keys) \
                  WHERE r.queue = k.queue AND r.concurrency_key = k.concurrency_key \
-                   AND r.key_state IN ('running', 'available')) < GREATEST(k.key_limit, ?) \
-         LIMIT ?",
-    )
-    .bind(floor)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+                   AND r.key_state IN ('running', 'available')) < GREATEST(k.key_limit, ?) AS due \
+         FROM (SELECT queue, concurrency_key, key_limit FROM jobq_keys {after} \
+                ORDER BY queue, concurrency_key LIMIT ?) k"
+    );
+    let mut q = sqlx::query(&sql).bind(floor);
+    if let Some((queue, key)) = &cursor.0 {
+        q = q.bind(queue).bind(queue).bind(key.as_bytes());
+    }
+    let rows = q.bind(scan).fetch_all(pool).await?;
+    let last = match rows.last() {
+        Some(r) if rows.len() as u64 >= u64::from(scan) => Some((text(r, "queue")?, text(r, "k")?)),
+        _ => None,
+    };
+    *cursor = KeyCursor(last);
     let mut out: BTreeMap<QueueName, BTreeSet<String>> = BTreeMap::new();
     for r in rows {
+        let due: Option<i64> = r.try_get("due")?;
+        if due != Some(1) {
+            continue;
+        }
         let Ok(queue) = QueueName::new(text(&r, "queue")?) else {
             continue;
         };

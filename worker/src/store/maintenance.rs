@@ -148,33 +148,75 @@ pub(crate) async fn rescue_expired(
     Ok(out)
 }
 
-/// Deletes up to `limit` jobs in final state `state` finalised before now − `age`, with their
-/// history. Returns how many jobs were deleted.
+/// Where a retention scan of one final state stands: the (`run_at`, id) of the last job it
+/// read, or the start of the range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PruneCursor(Option<(chrono::DateTime<chrono::Utc>, u64)>);
+
+/// One window of retention for final state `state`: reads at most `scan` jobs past `cursor`
+/// whose `run_at` is older than now − `age` (a plain read of `jobq_jobs_due`, no locks),
+/// deletes those of them finalised before now − `age`, with their history, and moves the
+/// cursor past the window. Returns how many jobs it deleted and whether the range goes on
+/// (`false`: it ended, and the cursor is back at its start).
+///
+/// Why a window and a cursor: `run_at <= finalized_at`, so the range bounds the candidates,
+/// but a job can have an old `run_at` and a recent `finalized_at` (a backlog worked through
+/// slowly). A query asking for the first N ripe jobs would read past every such job on every
+/// pass; a window reads at most `scan` rows, and the cursor takes the next pass further.
 pub(crate) async fn prune(
     pool: &MySqlPool,
     state: JobState,
     age: Duration,
-    limit: u32,
-) -> Result<u64, sqlx::Error> {
+    scan: u32,
+    cursor: &mut PruneCursor,
+) -> Result<(u64, bool), sqlx::Error> {
+    // language=MySQL
+    let after = match cursor.0 {
+        Some(_) => "AND (run_at > ? OR (run_at = ? AND id > ?))",
+        None => "",
+    };
+    let sql = format!(
+        "SELECT id, run_at, finalized_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND AS ripe \
+         FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
+         WHERE state = ? AND run_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND {after} \
+         ORDER BY run_at, id LIMIT ?"
+    );
+    let mut q = sqlx::query_as::<_, (u64, chrono::DateTime<chrono::Utc>, Option<i64>)>(&sql)
+        .bind(micros(age))
+        .bind(state.as_str())
+        .bind(micros(age));
+    if let Some((run_at, id)) = cursor.0 {
+        q = q.bind(run_at).bind(run_at).bind(id);
+    }
+    let window = q.bind(scan).fetch_all(pool).await?;
+    let more = window.len() as u64 >= u64::from(scan);
+    *cursor = match window.last() {
+        Some(&(id, run_at, _)) if more => PruneCursor(Some((run_at, id))),
+        _ => PruneCursor::default(),
+    };
+    let ripe: Vec<u64> = window
+        .iter()
+        .filter(|(_, _, ripe)| *ripe == Some(1))
+        .map(|(id, _, _)| *id)
+        .collect();
+    if ripe.is_empty() {
+        return Ok((0, more));
+    }
     let mut tx = super::begin(pool).await?;
     // language=MySQL
-    // run_at <= finalized_at always, so the range on jobq_jobs_due (state, run_at) bounds the
-    // scan and finalized_at decides.
-    let ids: Vec<u64> = sqlx::query_scalar(
-        "SELECT id FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
-         WHERE state = ? AND run_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
-           AND finalized_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
-         ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
-    )
+    // Locked by primary key and checked again (a retried job is no longer in its final state).
+    let ids: Vec<u64> = sqlx::query_scalar(&format!(
+        "SELECT id FROM jobq_jobs WHERE id IN ({}) AND state = ? \
+           AND finalized_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND FOR UPDATE SKIP LOCKED",
+        super::sql::id_list(ripe.iter().copied())
+    ))
     .bind(state.as_str())
     .bind(micros(age))
-    .bind(micros(age))
-    .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
     if ids.is_empty() {
         tx.rollback().await?;
-        return Ok(0);
+        return Ok((0, more));
     }
     let list = marks(ids.len());
     for table_sql in [
@@ -189,7 +231,7 @@ pub(crate) async fn prune(
         q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(ids.len() as u64)
+    Ok((ids.len() as u64, more))
 }
 
 /// Deletes worker rows not beaten for `age`.

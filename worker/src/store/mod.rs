@@ -68,7 +68,7 @@ pub(crate) use finish::{
 };
 pub(crate) use inspect::{counts, history, job, queue_activity, workers};
 pub use inspect::{JobRecord, TransitionRecord, WorkerInfo};
-pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys, running_now};
+pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys, running_now, KeyCursor};
 pub(crate) use kinds::{kind_queues, note_kinds};
 pub(crate) use lease::{
     beat_worker, deregister_worker, extend_leases, register_worker, LeaseReport, WorkerRow,
@@ -78,7 +78,7 @@ pub(crate) use listing::newest_job;
 pub(crate) use listing::{count_jobs, list_jobs, list_page};
 pub use listing::{JobFilter, JobOrder, JobSummary};
 pub(crate) use maintenance::{
-    pending, promote_due, prune, prune_workers, rescue_expired, sample_depth,
+    pending, promote_due, prune, prune_workers, rescue_expired, sample_depth, PruneCursor,
 };
 pub(crate) use named_lock::{get_lock, lock_name, release_lock};
 pub(crate) use queues::{pause, paused, resume};

@@ -530,7 +530,9 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
         .execute(&db)
         .await
         .unwrap();
-    let to_promote = keys_to_promote(&db, 1, 100).await.unwrap();
+    let to_promote = keys_to_promote(&db, 1, 100, &mut KeyCursor::default())
+        .await
+        .unwrap();
     assert_eq!(
         to_promote.get(&queue),
         Some(&a),
@@ -552,7 +554,10 @@ async fn keys_limit_the_claim_and_promotion_fills_freed_slots(db: MySqlPool) {
         .await,
         2
     );
-    assert!(keys_to_promote(&db, 1, 100).await.unwrap().is_empty());
+    assert!(keys_to_promote(&db, 1, 100, &mut KeyCursor::default())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// With 100,000 jobs waiting over 1,000 concurrency keys, a claim still reads about as many
@@ -987,4 +992,118 @@ async fn periodic_reads_cost_what_they_find(db: MySqlPool) {
         depth < 20_000 + 1_000,
         "the depth sample read {depth} rows for 20,000 live jobs among 120,000"
     );
+}
+
+/// Reads of `what` on a one-connection pool, by its handler counters.
+async fn reads_of<T>(one: &MySqlPool, what: impl std::future::Future<Output = T>) -> (T, i64) {
+    let mut c = one.acquire().await.unwrap();
+    let before = rows_read(&mut c).await;
+    drop(c);
+    let out = what.await;
+    let mut c = one.acquire().await.unwrap();
+    let after = rows_read(&mut c).await;
+    (out, after - before)
+}
+
+async fn one_connection(db: &MySqlPool) -> MySqlPool {
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*db.connect_options()).clone())
+        .await
+        .unwrap()
+}
+
+/// Retention reads a window, not the range: 100,000 completed jobs whose `run_at` is old but
+/// which finished a minute ago (a backlog worked through slowly) cost each call at most its
+/// window; the 10 jobs that are ripe, at the far end of the range, are still found and
+/// deleted by the calls that follow, and nothing else is.
+#[sqlx::test(migrations = false)]
+async fn retention_reads_a_window_per_call(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    // language=MySQL
+    for (n, run_ago, done_ago) in [(100_000, "7200 + seq", "60"), (10, "3700 - seq", "3650")] {
+        sqlx::query(&format!(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, max_attempts, created_at, finalized_at) \
+             SELECT 'default', 'noop', '{{}}', 'completed', UTC_TIMESTAMP(6) - INTERVAL {run_ago} SECOND, 1, \
+                    UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) - INTERVAL {done_ago} SECOND \
+             FROM seq_1_to_{n}"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let one = one_connection(&db).await;
+    let hour = Duration::from_secs(3600);
+    let mut cursor = PruneCursor::default();
+    let (pruned, cost) = reads_of(
+        &one,
+        prune(&one, jobq_producer::JobState::Completed, hour, 500, &mut cursor),
+    )
+    .await;
+    let (deleted, more) = pruned.unwrap();
+    assert_eq!(deleted, 0);
+    assert!(more, "the range goes on");
+    assert!(cost < 2_000, "one window of 500 read {cost} rows");
+    let mut total = 0;
+    let mut calls = 1;
+    loop {
+        let (n, more) = prune(&one, jobq_producer::JobState::Completed, hour, 500, &mut cursor)
+            .await
+            .unwrap();
+        total += n;
+        calls += 1;
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(total, 10, "exactly the ripe jobs");
+    assert!(
+        calls <= 202,
+        "{calls} calls for 100,010 rows in windows of 500"
+    );
+    assert_eq!(cursor, PruneCursor::default(), "back at the start");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 100_000);
+}
+
+/// The waiting-key sweep reads a window of `jobq_keys` per call, not every key ever claimed:
+/// with 50,000 idle keys, a call reads about its window, and a key with a waiting job and a
+/// free slot (the last in the table) is found by a later call of the same sweep.
+#[sqlx::test(migrations = false)]
+async fn the_waiting_key_sweep_reads_a_window_per_call(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_keys (queue, concurrency_key, key_limit) \
+         SELECT 'default', CONCAT('idle:', LPAD(seq, 6, '0')), 1 FROM seq_1_to_50000",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_keys (queue, concurrency_key, key_limit) VALUES ('default', 'zz:last', 1)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, max_attempts, created_at, concurrency_key) \
+         VALUES ('default', 'noop', '{}', 'waiting', UTC_TIMESTAMP(6), 1, UTC_TIMESTAMP(6), 'zz:last')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let one = one_connection(&db).await;
+    let mut cursor = KeyCursor::default();
+    let (found, cost) = reads_of(&one, keys_to_promote(&one, 1, 1_000, &mut cursor)).await;
+    assert!(found.unwrap().is_empty());
+    assert!(cost < 5_000, "one window of 1,000 keys read {cost} rows");
+    let mut seen = None;
+    for _ in 0..60 {
+        let found = keys_to_promote(&one, 1, 1_000, &mut cursor).await.unwrap();
+        if let Some(keys) = found.get(&QueueName::new("default").unwrap()) {
+            seen = Some(keys.clone());
+            break;
+        }
+    }
+    let want: std::collections::BTreeSet<String> = ["zz:last".to_owned()].into();
+    assert_eq!(seen, Some(want), "the sweep reached the last key");
 }
