@@ -149,6 +149,65 @@ pub async fn check_server_limits(pool: &MySqlPool, config: &Config) -> Result<()
     info.check_producer(config.producer(), max_allowed_packet(pool).await?)
 }
 
+/// Bytes a batched completion adds to its statement, at most: its result spliced as hex (twice
+/// the largest result a batch carries, see `recorder.rs`), its fence and its `CASE` arm.
+const COMPLETION_BYTES: u64 = 2 * 8 * 1024 + 256;
+/// Bytes a claimed job adds to the claim's statements, at most (its id twice, its fence, its
+/// history row).
+const CLAIMED_BYTES: u64 = 256;
+/// Bytes of a claim's or completion batch's statements beyond its jobs.
+const BATCH_OVERHEAD: u64 = 64 << 10;
+
+/// Fails when a worked queue's batches could make statements larger than the server's
+/// `max_allowed_packet` (the server would drop the connection instead of answering): a claim
+/// of `max_batch` jobs carrying up to `completion_batch` completions.
+pub(crate) fn check_batches(config: &Config, packet: u64) -> Result<()> {
+    let completions = u64::from(config.worker().completion_batch);
+    for q in config.worker_queues() {
+        let claim = u64::from(q.max_batch);
+        let statement = completions
+            .saturating_mul(COMPLETION_BYTES)
+            .saturating_add(claim.saturating_mul(CLAIMED_BYTES))
+            .saturating_add(BATCH_OVERHEAD);
+        if statement > packet {
+            return Err(Error::ServerLimit(format!(
+                "worker.completion_batch = {completions} with max_batch = {claim} (queue {}) \
+                 can make statements of up to {statement} bytes, but the server's \
+                 max_allowed_packet is {packet} and it drops the connection of a larger one; \
+                 lower worker.completion_batch or max_batch ([worker] or [queues.{}]), or raise \
+                 max_allowed_packet (SET GLOBAL max_allowed_packet = {statement})",
+                q.name, q.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Fails unless `pool`'s sessions run at READ COMMITTED, as the worker's claims and key
+/// counts need (each statement reads the latest committed rows; locking reads take no gap
+/// locks). [`pool`] and [`crate::connect`] set it; a pool of the application's own may not.
+pub(crate) async fn check_isolation(pool: &MySqlPool) -> Result<()> {
+    // language=MySQL
+    // The session's level: `transaction_isolation` on MySQL 8 and MariaDB 11.1+,
+    // `tx_isolation` before.
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SHOW SESSION VARIABLES WHERE Variable_name IN ('transaction_isolation', 'tx_isolation')",
+    )
+    .fetch_all(pool)
+    .await?;
+    match rows.first() {
+        Some((_, level)) if !level.eq_ignore_ascii_case("READ-COMMITTED") => {
+            Err(Error::ServerLimit(format!(
+                "the worker's pool runs its sessions at {level}, but the worker needs READ \
+                 COMMITTED (its claims count running jobs and lock rows as of each statement); \
+                 build the pool with jobq_worker::connect(&config), or set \
+                 `SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED` in its after_connect"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The server's `max_allowed_packet`.
 pub(crate) async fn max_allowed_packet(pool: &MySqlPool) -> Result<u64> {
     // language=MySQL

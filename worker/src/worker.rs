@@ -487,7 +487,10 @@ async fn preflight(pool: &MySqlPool, config: &Config) -> Result<db::ServerInfo> 
     }
     db::check_migrated(pool).await?;
     // The server is known already: only its packet limit is asked for.
-    info.check_producer(config.producer(), db::max_allowed_packet(pool).await?)?;
+    let packet = db::max_allowed_packet(pool).await?;
+    info.check_producer(config.producer(), packet)?;
+    db::check_batches(config, packet)?;
+    db::check_isolation(pool).await?;
     Ok(info)
 }
 

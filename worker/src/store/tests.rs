@@ -1037,7 +1037,13 @@ async fn retention_reads_a_window_per_call(db: MySqlPool) {
     let mut cursor = PruneCursor::default();
     let (pruned, cost) = reads_of(
         &one,
-        prune(&one, jobq_producer::JobState::Completed, hour, 500, &mut cursor),
+        prune(
+            &one,
+            jobq_producer::JobState::Completed,
+            hour,
+            500,
+            &mut cursor,
+        ),
     )
     .await;
     let (deleted, more) = pruned.unwrap();
@@ -1047,9 +1053,15 @@ async fn retention_reads_a_window_per_call(db: MySqlPool) {
     let mut total = 0;
     let mut calls = 1;
     loop {
-        let (n, more) = prune(&one, jobq_producer::JobState::Completed, hour, 500, &mut cursor)
-            .await
-            .unwrap();
+        let (n, more) = prune(
+            &one,
+            jobq_producer::JobState::Completed,
+            hour,
+            500,
+            &mut cursor,
+        )
+        .await
+        .unwrap();
         total += n;
         calls += 1;
         if !more {

@@ -5,6 +5,24 @@ use super::*;
 use crate::health::Status;
 use crate::shutdown::Shutdown;
 
+/// A pool on the test's database whose sessions run at READ COMMITTED, as a worker requires
+/// (the test harness's pool runs at the server's default).
+async fn rc(pool: &MySqlPool) -> MySqlPool {
+    use sqlx::Executor;
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(20)
+        .after_connect(|c, _| {
+            Box::pin(async move {
+                c.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .await
+                    .map(drop)
+            })
+        })
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap()
+}
+
 /// A background loop that panics does not leave a process that looks alive: the worker
 /// stops by itself, reports the loop through its health and returns an error naming it.
 #[sqlx::test(migrations = false)]
@@ -22,7 +40,7 @@ async fn a_dead_background_loop_stops_the_worker_loudly(pool: MySqlPool) {
     ] {
         let (_shutdown, signal) = Shutdown::new();
         let worker =
-            Worker::new(pool.clone(), Registry::new(), &config).inject_panic(which.clone());
+            Worker::new(rc(&pool).await, Registry::new(), &config).inject_panic(which.clone());
         let health = worker.health();
         assert_eq!(health.status(), Status::Running);
         let result = tokio::time::timeout(Duration::from_secs(20), worker.run(signal))
@@ -58,7 +76,7 @@ async fn a_lost_claim_answer_costs_no_attempt(pool: MySqlPool) {
         .await
         .unwrap();
     let (shutdown, signal) = Shutdown::new();
-    let worker = Worker::new(pool.clone(), registry, &config).lose_claim_answers(1);
+    let worker = Worker::new(rc(&pool).await, registry, &config).lose_claim_answers(1);
     let run = tokio::spawn(worker.run(signal));
     let state = || async {
         sqlx::query_scalar::<_, String>("SELECT CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?")
@@ -124,7 +142,7 @@ async fn a_context_that_outlives_its_attempt_opens_no_transaction(pool: MySqlPoo
         .await
         .unwrap();
     let (shutdown, signal) = Shutdown::new();
-    let run = tokio::spawn(Worker::new(pool.clone(), registry, &config).run(signal));
+    let run = tokio::spawn(Worker::new(rc(&pool).await, registry, &config).run(signal));
     let start = std::time::Instant::now();
     loop {
         let state: String =
@@ -190,12 +208,12 @@ async fn a_process_that_may_not_lead_does_no_maintenance(pool: MySqlPool) {
             .unwrap()
     };
     let (stop_follower, signal) = Shutdown::new();
-    let follower = tokio::spawn(Worker::new(pool.clone(), registry(), &follower).run(signal));
+    let follower = tokio::spawn(Worker::new(rc(&pool).await, registry(), &follower).run(signal));
     // Ten maintenance intervals: a leader would have promoted it many times over.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(state().await, "scheduled", "the follower did maintenance");
     let (stop_leader, signal) = Shutdown::new();
-    let leader = tokio::spawn(Worker::new(pool.clone(), registry(), &leader).run(signal));
+    let leader = tokio::spawn(Worker::new(rc(&pool).await, registry(), &leader).run(signal));
     let start = std::time::Instant::now();
     while state().await != "completed" {
         assert!(
@@ -250,7 +268,7 @@ async fn pools_opened_for_other_servers_are_closed_at_the_end(pool: MySqlPool) {
     let mut registry = Registry::new();
     crate::builtin::register(&mut registry).unwrap();
     let (_shutdown, signal) = Shutdown::new();
-    let worker = Worker::new(pool.clone(), registry, &config).drain(true);
+    let worker = Worker::new(rc(&pool).await, registry, &config).drain(true);
     let stopped = tokio::time::timeout(Duration::from_secs(30), worker.run(signal))
         .await
         .expect("the drain never ended")
@@ -273,4 +291,59 @@ async fn pools_opened_for_other_servers_are_closed_at_the_end(pool: MySqlPool) {
         .await
         .unwrap();
     assert_eq!(left, 0, "connections to the other server left open");
+}
+
+/// A worker given a pool whose sessions run at REPEATABLE READ (an application's own pool at
+/// the server's default) refuses to start, saying what to do, and claims nothing.
+#[sqlx::test(migrations = false)]
+async fn a_repeatable_read_pool_is_refused(pool: MySqlPool) {
+    jobq_producer::migrate(&pool).await.unwrap();
+    let id = jobq_producer::Producer::new(pool.clone())
+        .enqueue(jobq_producer::NewJob::json("noop", serde_json::json!({})))
+        .await
+        .unwrap();
+    let config = jobq_config::Settings::default().validate().unwrap();
+    let mut registry = Registry::new();
+    crate::builtin::register(&mut registry).unwrap();
+    let (_shutdown, signal) = Shutdown::new();
+    let err = Worker::new(pool.clone(), registry, &config)
+        .run(signal)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("REPEATABLE-READ") && err.contains("jobq_worker::connect"),
+        "{err}"
+    );
+    let state: String =
+        sqlx::query_scalar("SELECT CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?")
+            .bind(id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "available");
+}
+
+/// Batches whose statements could outgrow the server's `max_allowed_packet` are refused at
+/// start, naming the keys; the defaults fit the smallest usual packet (4 MiB, MySQL 8.0's
+/// default is 64 MiB, MariaDB's 16 MiB).
+#[test]
+fn batches_beyond_the_packet_are_refused() {
+    let fits = jobq_config::Settings::default().validate().unwrap();
+    db::check_batches(&fits, 4 << 20).unwrap();
+    let mut s = jobq_config::Settings::default();
+    s.worker.completion_batch = 2_000;
+    let err = db::check_batches(&s.validate().unwrap(), 16 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("worker.completion_batch = 2000") && err.contains("max_allowed_packet"),
+        "{err}"
+    );
+    let mut s = jobq_config::Settings::default();
+    s.worker.max_batch = 100_000;
+    let err = db::check_batches(&s.validate().unwrap(), 16 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_batch = 100000"), "{err}");
 }
