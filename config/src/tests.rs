@@ -456,6 +456,25 @@ fn schedules_parse_and_validate() {
         },
         "schedules[0].kind",
     );
+    // A payload the producer would refuse at every slot: too deep for the server, too large.
+    let mut deep = serde_json::json!(1);
+    for _ in 0..40 {
+        deep = serde_json::json!([deep]);
+    }
+    bad(
+        ScheduleSettings {
+            payload: deep,
+            ..base.clone()
+        },
+        "`schedules[0].payload`: nested deeper than 31",
+    );
+    bad(
+        ScheduleSettings {
+            payload: serde_json::json!({"blob": "x".repeat(2 << 20)}),
+            ..base.clone()
+        },
+        "`schedules[0].payload`: 2097163 bytes is over producer.max_payload_bytes",
+    );
     let s = Settings {
         schedules: vec![base.clone(), base],
         ..Default::default()

@@ -163,13 +163,28 @@ impl Settings {
                 .max_attempts
                 .unwrap_or(self.producer.default_max_attempts);
             positive(&format!("{key}.max_attempts"), max_attempts)?;
+            // What the producer would refuse at every slot is refused now, once.
+            let payload = sc.payload.to_string();
+            if payload.len() > self.producer.max_payload_bytes {
+                return Err(invalid(
+                    format!("{key}.payload"),
+                    format!(
+                        "{} bytes is over producer.max_payload_bytes ({}); store large data \
+                         elsewhere and put a reference in the payload",
+                        payload.len(),
+                        self.producer.max_payload_bytes
+                    ),
+                ));
+            }
+            jobq_producer::check_json(&payload, self.producer.max_json_depth)
+                .map_err(|m| invalid(format!("{key}.payload"), m))?;
             schedules.push(Schedule {
                 name: sc.name.clone(),
                 cron_text: sc.cron.clone(),
                 cron,
                 tz,
                 kind,
-                payload: sc.payload.to_string(),
+                payload,
                 queue,
                 priority: sc.priority,
                 max_attempts,
