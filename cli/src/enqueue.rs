@@ -96,24 +96,25 @@ async fn warn_unhandled(pool: &sqlx::MySqlPool, kind: &str, queue: &str) {
     }
 }
 
-/// `count` copies of `job`, built and sent ENQUEUE_CHUNK at a time (never all in memory), in
-/// one transaction: all of them or none.
+/// `count` copies of `job`, built and sent ENQUEUE_CHUNK at a time (never all in memory, nor
+/// their answers: see [`Runs`]), in one transaction: all of them or none.
 async fn insert_copies(
     pool: &sqlx::MySqlPool,
     producer: &jobq_worker::Producer,
     job: &jobq_worker::NewJob,
     count: usize,
-) -> Result<Vec<jobq_worker::Enqueued>, jobq_worker::ProducerError> {
+) -> Result<Runs, jobq_worker::ProducerError> {
     let mut tx = pool.begin().await?;
-    let mut done = Vec::with_capacity(count);
+    let mut done = Runs::default();
     let mut left = count;
     while left > 0 {
         let n = left.min(ENQUEUE_CHUNK);
-        done.extend(
-            producer
-                .insert_many_in(&mut tx, vec![job.clone(); n])
-                .await?,
-        );
+        for e in producer
+            .insert_many_in(&mut tx, vec![job.clone(); n])
+            .await?
+        {
+            done.push(e);
+        }
         left -= n;
     }
     // A cluster's certification conflict fails the COMMIT itself with a deadlock.
@@ -121,6 +122,71 @@ async fn insert_copies(
         .await
         .map_err(jobq_worker::ProducerError::from_database)?;
     Ok(done)
+}
+
+/// What `--count` copies were answered, in order, kept as runs (ids that go up by one step
+/// with the same answer), so a count of millions takes a few bytes per chunk, not per job.
+#[derive(Debug, Default)]
+struct Runs(Vec<Run>);
+
+#[derive(Debug)]
+struct Run {
+    first: u64,
+    step: u64,
+    len: u64,
+    duplicate: bool,
+    replaced: bool,
+}
+
+impl Runs {
+    fn push(&mut self, e: jobq_worker::Enqueued) {
+        let id = e.id.0;
+        if let Some(r) = self.0.last_mut() {
+            let next = r.first + r.step * r.len;
+            let same = (r.duplicate, r.replaced) == (e.duplicate, e.replaced);
+            if same && (r.len == 1 && id > r.first || id == next) {
+                if r.len == 1 {
+                    r.step = id - r.first;
+                }
+                r.len += 1;
+                return;
+            }
+        }
+        self.0.push(Run {
+            first: id,
+            step: 1,
+            len: 1,
+            duplicate: e.duplicate,
+            replaced: e.replaced,
+        });
+    }
+
+    fn first(&self) -> Option<u64> {
+        self.0.first().map(|r| r.first)
+    }
+
+    /// Prints one line per job (`ID`, `ID duplicate`, `ID duplicate replaced`), a chunk of
+    /// lines at a time.
+    fn print(&self) {
+        let mut out = String::new();
+        for r in &self.0 {
+            for i in 0..r.len {
+                out.push_str(&(r.first + i * r.step).to_string());
+                if r.duplicate {
+                    out.push_str(" duplicate");
+                }
+                if r.replaced {
+                    out.push_str(" replaced");
+                }
+                out.push('\n');
+                if out.len() >= 64 << 10 {
+                    out!("{out}");
+                    out.clear();
+                }
+            }
+        }
+        out!("{out}");
+    }
 }
 
 /// Copies of a `--count` job built and inserted at a time.
@@ -201,7 +267,7 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
     .await?;
     warn_unhandled(&pool, &kind, &a.queue).await;
     if a.wait {
-        let id = done[0].id;
+        let id = jobq_worker::JobId(done.first().expect("at least one job"));
         return match producer.wait_for(id, a.timeout).await? {
             Some(end) if end.state == jobq_worker::JobState::Completed => {
                 match end.result {
@@ -227,17 +293,49 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
             }
         };
     }
-    let mut out = String::with_capacity(done.len() * 8);
-    for e in done {
-        out.push_str(&e.id.to_string());
-        if e.duplicate {
-            out.push_str(" duplicate");
-        }
-        if e.replaced {
-            out.push_str(" replaced");
-        }
-        out.push('\n');
-    }
-    out!("{out}");
+    done.print();
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(id: u64, duplicate: bool) -> jobq_worker::Enqueued {
+        jobq_worker::Enqueued {
+            id: jobq_worker::JobId(id),
+            duplicate,
+            replaced: false,
+        }
+    }
+
+    /// Answers are kept as runs: consecutive ids (any fixed step, as with
+    /// `auto_increment_increment`) with the same answer share one run; a duplicate, a gap or a
+    /// repeated id starts another. A million plain inserts are one run.
+    #[test]
+    fn answers_are_kept_as_runs() {
+        let mut r = Runs::default();
+        for id in [10, 11, 12, 7, 7, 20, 23, 26] {
+            r.push(e(id, id == 7));
+        }
+        let runs: Vec<(u64, u64, u64, bool)> =
+            r.0.iter()
+                .map(|r| (r.first, r.step, r.len, r.duplicate))
+                .collect();
+        assert_eq!(
+            runs,
+            [
+                (10, 1, 3, false),
+                (7, 1, 1, true),
+                (7, 1, 1, true),
+                (20, 3, 3, false)
+            ]
+        );
+        let mut big = Runs::default();
+        for id in 1..=1_000_000 {
+            big.push(e(id, false));
+        }
+        assert_eq!(big.0.len(), 1);
+        assert_eq!(big.first(), Some(1));
+    }
 }

@@ -251,9 +251,13 @@ async fn end_expired_hold(conn: &mut MySqlConnection, id: JobId) -> Result<bool>
 }
 
 /// Debounce: gives the existing job `id` the new job's payload, priority and run-at if it has
-/// never started (`available` or `scheduled` with attempt 0), recording a `replaced`
-/// transition. The duplicate's UPDATE above holds the row's lock until this transaction ends,
-/// so no claim can take the job in between (claims skip locked rows).
+/// never started (`available`, `scheduled` or `waiting` with attempt 0), recording a
+/// `replaced` transition; true only if it did. Inside the caller's transaction the duplicate's
+/// UPDATE above already holds the row's lock until it ends, so no claim can take the job in
+/// between (claims skip locked rows). Outside one (each statement commits on its own) the
+/// replacement runs in a transaction of its own that locks the row first: the job is replaced
+/// together with its transition, or not at all, and a job a claim took meanwhile is reported
+/// as not replaced.
 async fn replace_waiting(
     conn: &mut MySqlConnection,
     id: JobId,
@@ -262,10 +266,30 @@ async fn replace_waiting(
     state: &str,
     now: DateTime<Utc>,
 ) -> Result<bool> {
+    use sqlx::{Connection, Database, TransactionManager};
+    if <sqlx::MySql as Database>::TransactionManager::get_transaction_depth(conn) == 0 {
+        let mut tx = conn.begin().await?;
+        let replaced = replace_in(&mut tx, id, r, run_at, state, now).await?;
+        tx.commit().await?;
+        return Ok(replaced);
+    }
+    replace_in(conn, id, r, run_at, state, now).await
+}
+
+/// [`replace_waiting`] inside a transaction.
+async fn replace_in(
+    conn: &mut MySqlConnection,
+    id: JobId,
+    r: &JobInsert,
+    run_at: DateTime<Utc>,
+    state: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
     // language=MySQL
+    // A locking read of one row by primary key (no gap lock): the job as it is now.
     let before: Option<String> = sqlx::query_scalar(
         "SELECT CAST(state AS CHAR) FROM jobq_jobs \
-         WHERE id = ? AND state IN ('available', 'scheduled', 'waiting') AND attempt = 0",
+         WHERE id = ? AND state IN ('available', 'scheduled', 'waiting') AND attempt = 0 FOR UPDATE",
     )
     .bind(id.0)
     .fetch_optional(&mut *conn)
@@ -274,7 +298,7 @@ async fn replace_waiting(
         return Ok(false);
     };
     // language=MySQL
-    sqlx::query(
+    let changed = sqlx::query(
         "UPDATE jobq_jobs SET payload = ?, priority = ?, run_at = ?, state = ? \
          WHERE id = ? AND state IN ('available', 'scheduled', 'waiting') AND attempt = 0",
     )
@@ -284,7 +308,12 @@ async fn replace_waiting(
     .bind(state)
     .bind(id.0)
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        // The row is locked above, so this cannot happen; if it did, nothing was replaced.
+        return Ok(false);
+    }
     // language=MySQL
     sqlx::query(
         "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \

@@ -275,6 +275,48 @@ async fn a_replacing_duplicate_debounces_a_waiting_job(db: MySqlPool) {
     );
 }
 
+/// Debounce through a connection outside any transaction (each statement commits on its
+/// own): the replacement and its `replaced` transition commit together in a transaction of
+/// their own that locks the row first, so it is reported as replaced only when it was. Unique
+/// keys are compared as the server compares
+/// text (a PAD SPACE collation): keys that differ only by trailing spaces are one key.
+#[sqlx::test(migrations = false)]
+async fn a_replacing_duplicate_outside_a_transaction_is_atomic(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    use jobq_worker::OnDuplicate;
+    let producer = Producer::new(db.clone());
+    let job = |n: u32| {
+        NewJob::json("noop", json!({ "n": n }))
+            .unique_key("outside")
+            .on_duplicate(OnDuplicate::Replace)
+    };
+    let first = producer.insert(job(1)).await.unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    let again = producer
+        .insert_many_in(&mut conn, vec![job(2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (again[0].id, again[0].duplicate, again[0].replaced),
+        (first.id, true, true)
+    );
+    let replaced = count(
+        &db,
+        &format!(
+            "SELECT COUNT(*) FROM jobq_transitions WHERE job_id = {} AND event = 'replaced'",
+            first.id.0
+        ),
+    )
+    .await;
+    assert_eq!(replaced, 1);
+    // Trailing spaces: the same key.
+    let spaced = producer
+        .insert(NewJob::json("noop", json!({})).unique_key("outside  "))
+        .await
+        .unwrap();
+    assert_eq!((spaced.id, spaced.duplicate), (first.id, true));
+}
+
 /// With a period, a finished job keeps its key until the period has passed since it finished.
 #[sqlx::test(migrations = false)]
 async fn a_unique_period_holds_the_key_after_completion(db: MySqlPool) {
