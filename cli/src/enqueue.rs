@@ -144,7 +144,9 @@ impl Runs {
         if let Some(r) = self.0.last_mut() {
             let next = r.first + r.step * r.len;
             let same = (r.duplicate, r.replaced) == (e.duplicate, e.replaced);
-            if same && (r.len == 1 && id > r.first || id == next) {
+            // A second answer fixes the run's step: 0 for the same id again (duplicates of
+            // one unique job), else the distance.
+            if same && (r.len == 1 && id >= r.first || r.len > 1 && id == next) {
                 if r.len == 1 {
                     r.step = id - r.first;
                 }
@@ -310,8 +312,9 @@ mod tests {
     }
 
     /// Answers are kept as runs: consecutive ids (any fixed step, as with
-    /// `auto_increment_increment`) with the same answer share one run; a duplicate, a gap or a
-    /// repeated id starts another. A million plain inserts are one run.
+    /// `auto_increment_increment`, or 0 for duplicates of one job) with the same answer share
+    /// one run; another answer or a gap starts another. A million plain inserts are one run,
+    /// and so are a million duplicates of one unique job.
     #[test]
     fn answers_are_kept_as_runs() {
         let mut r = Runs::default();
@@ -324,12 +327,7 @@ mod tests {
                 .collect();
         assert_eq!(
             runs,
-            [
-                (10, 1, 3, false),
-                (7, 1, 1, true),
-                (7, 1, 1, true),
-                (20, 3, 3, false)
-            ]
+            [(10, 1, 3, false), (7, 0, 2, true), (20, 3, 3, false)]
         );
         let mut big = Runs::default();
         for id in 1..=1_000_000 {
@@ -337,5 +335,11 @@ mod tests {
         }
         assert_eq!(big.0.len(), 1);
         assert_eq!(big.first(), Some(1));
+        let mut dups = Runs::default();
+        dups.push(e(5, false));
+        for _ in 0..1_000_000 {
+            dups.push(e(5, true));
+        }
+        assert_eq!(dups.0.len(), 2);
     }
 }

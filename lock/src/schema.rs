@@ -39,6 +39,7 @@ pub async fn ensure_schema(pool: &MySqlPool) -> Result<()> {
         missing = jobq_sqlkit::missing_columns(pool, "jobq_locks", &all).await?;
     }
     if missing.is_empty() {
+        add_holder_index(pool).await;
         Ok(())
     } else {
         Err(Error::Invalid(format!(
@@ -46,5 +47,29 @@ pub async fn ensure_schema(pool: &MySqlPool) -> Result<()> {
              (rename it, or use another database)",
             missing.join(", ")
         )))
+    }
+}
+
+/// Adds `jobq_locks_holder` to a table an earlier version created without it (listing the
+/// held locks reads every row ever used without it). Best effort: a user without the ALTER
+/// privilege keeps the table as it is (the listing still works, only slower); `jobq migrate`
+/// (migration 19) adds it too.
+async fn add_holder_index(pool: &MySqlPool) {
+    // language=MySQL
+    let present: std::result::Result<i64, sqlx::Error> = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobq_locks' AND INDEX_NAME = 'jobq_locks_holder'",
+    )
+    .fetch_one(pool)
+    .await;
+    if !matches!(present, Ok(0)) {
+        return;
+    }
+    // language=MySQL
+    if let Err(e) = sqlx::query("ALTER TABLE jobq_locks ADD KEY jobq_locks_holder (holder)")
+        .execute(pool)
+        .await
+    {
+        tracing::warn!(error = %e, "could not add the index jobq_locks_holder to jobq_locks; listing held locks reads every permit row until it is added (`jobq migrate` does)");
     }
 }

@@ -243,17 +243,20 @@ async fn refuse_while_workers_run(
         .iter()
         .map(|(id, host, pid)| format!("{id} (host {host}, pid {pid})"))
         .collect();
+    let ids: Vec<String> = live.iter().map(|(id, _, _)| format!("'{id}'")).collect();
     Err(Error::Migration(format!(
         "migration {} ({}) alters jobq_jobs and is not safe while jobs are enqueued or worked, \
          and {} worker(s) are running (heartbeat within {} s): {}; stop every worker and \
          producer of this database, then run `jobq migrate` again (a crashed worker's row stops \
-         counting {} s after its last heartbeat)",
+         counting {} s after its last heartbeat; if you know those workers are gone, remove \
+         their rows now: DELETE FROM jobq_workers WHERE id IN ({}))",
         m.version,
         m.description,
         live.len(),
         LIVE_WORKER_SECS,
         names.join(", "),
-        LIVE_WORKER_SECS
+        LIVE_WORKER_SECS,
+        ids.join(", ")
     )))
 }
 

@@ -420,6 +420,11 @@ impl Producer {
     /// ([`Producer::pool_of`]). Producers racing for one unique key can deadlock inside the
     /// server, which then rolls the caller's whole transaction back: that is
     /// [`Error::RolledBack`], and the caller runs its transaction again.
+    ///
+    /// Open the transaction with sqlx (`pool.begin()`, `conn.begin()`): one opened with a raw
+    /// `BEGIN` statement is invisible to sqlx, so jobq takes the connection for one outside a
+    /// transaction (a replacing duplicate would then run its own, and its `BEGIN` would commit
+    /// yours).
     pub async fn enqueue_in(&self, conn: &mut MySqlConnection, job: NewJob) -> Result<JobId> {
         let ids = self.enqueue_many_in(conn, vec![job]).await?;
         Ok(ids[0])
@@ -442,7 +447,13 @@ impl Producer {
         use sqlx::{Database, TransactionManager};
         let in_tx = <sqlx::MySql as Database>::TransactionManager::get_transaction_depth(conn) > 0;
         // Read on the queue's server; counts only if `conn` writes there too.
-        let running = store::running_holders(self.pool_of(&rows[0].queue), &rows, PEEK_WAIT).await;
+        // Outside a transaction each statement commits at once: no lock outlives it, nothing
+        // to look for.
+        let running = if in_tx {
+            store::running_holders(self.pool_of(&rows[0].queue), &rows, PEEK_WAIT).await
+        } else {
+            store::RunningHolders::default()
+        };
         let out = store::insert_jobs(conn, &rows, &running)
             .await
             .map_err(|e| match e {
@@ -494,8 +505,9 @@ fn micros_up_to_a_century(d: Duration, field: &'static str) -> Result<i64> {
 const DEADLOCK_TRIES: u64 = 5;
 
 /// How long an enqueue of unique jobs waits for a connection to look for running duplicates
-/// (`store::running_holders`) before it goes on without knowing.
-const PEEK_WAIT: Duration = Duration::from_millis(250);
+/// (`store::running_holders`) before it goes on without knowing (a saturated pool, or one
+/// whose last connection the caller holds).
+const PEEK_WAIT: Duration = Duration::from_millis(50);
 
 /// Runs `transaction` (one whole transaction, begun and committed inside) again while the server
 /// rolls it back for a deadlock ([`Error::RolledBack`], or a deadlock of a transaction of its

@@ -41,8 +41,6 @@ pub const CHUNK_BYTES: usize = 4 << 20;
 
 pub(crate) use jobq_sqlkit::begin;
 
-/// Inserts `rows` through `conn` (inside the caller's transaction when it has one) and writes
-/// one `enqueued` transition per job. Returns ids in input order.
 /// The unique jobs of `rows`' keys that are `running`, read on a session of their own (see
 /// [`running_holders`]): a duplicate of one of them is answered without touching its row.
 #[derive(Debug, Default)]
@@ -53,8 +51,10 @@ pub(crate) struct RunningHolders {
     ids: std::collections::HashMap<String, JobId>,
 }
 
-/// `host:port/database` of a session: whether two sessions write to the same jobs table.
-const SERVER_IDENTITY: &str = "CONCAT(@@hostname, ':', @@port, '/', COALESCE(DATABASE(), ''))";
+/// `host:port#server_id/database` of a session: whether two sessions write to the same jobs
+/// table.
+const SERVER_IDENTITY: &str =
+    "CONCAT(@@hostname, ':', @@port, '#', @@server_id, '/', COALESCE(DATABASE(), ''))";
 
 /// Reads which of `rows`' unique keys are held by a `running` job, on a session of `pool`
 /// other than the writer's. Why: a duplicate's `ON DUPLICATE KEY UPDATE` locks the existing
@@ -112,6 +112,8 @@ async fn read_running_holders(
     Ok(out)
 }
 
+/// Inserts `rows` through `conn` (inside the caller's transaction when it has one) and writes
+/// one `enqueued` transition per job. Returns ids in input order.
 pub(crate) async fn insert_jobs(
     conn: &mut MySqlConnection,
     rows: &[JobInsert],

@@ -116,18 +116,20 @@ impl Drop for Running {
             let grace = self.grace;
             // Reaped in a task of its own: SIGKILL if it outlives the grace.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let hurry = self.lingering.hurry.clone();
                 let stopping = rt.spawn(async move {
-                    let exited = tokio::time::timeout(grace, child.wait()).await.is_ok();
+                    // The grace, unless the runtime says there is no time for one.
+                    let exited = tokio::select! {
+                        r = tokio::time::timeout(grace, child.wait()) => r.is_ok(),
+                        _ = hurry.cancelled() => false,
+                    };
                     signal_group(group, rustix::process::Signal::KILL);
                     if !exited {
                         let _ = child.kill().await;
                     }
                     group_gone(group).await;
                 });
-                self.lingering
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(stopping);
+                self.lingering.push(stopping);
             } else {
                 let _ = child.start_kill();
             }

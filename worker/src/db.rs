@@ -150,8 +150,8 @@ pub async fn check_server_limits(pool: &MySqlPool, config: &Config) -> Result<()
 }
 
 /// Bytes a batched completion adds to its statement, at most: its result spliced as hex (twice
-/// the largest result a batch carries, see `recorder.rs`), its fence and its `CASE` arm.
-const COMPLETION_BYTES: u64 = 2 * 8 * 1024 + 256;
+/// the largest result a batch carries), its fence and its `CASE` arm.
+const COMPLETION_BYTES: u64 = 2 * crate::runtime::CARRIED_RESULT_BYTES as u64 + 256;
 /// Bytes a claimed job adds to the claim's statements, at most (its id twice, its fence, its
 /// history row).
 const CLAIMED_BYTES: u64 = 256;

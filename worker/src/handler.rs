@@ -130,8 +130,29 @@ pub struct JobContext {
     pub(crate) lingering: Lingering,
 }
 
-/// See [`JobContext::lingering`].
-pub(crate) type Lingering = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+/// See [`JobContext::lingering`]: the tasks still stopping what an attempt left, and a token
+/// the runtime fires when they must stop at once (the lease is lost, or a shutdown release
+/// cannot wait for a grace).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Lingering {
+    pub(crate) tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    pub(crate) hurry: CancellationToken,
+}
+
+impl Lingering {
+    /// Adds a task the attempt's outcome waits for.
+    pub(crate) fn push(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    /// The tasks added so far (the caller awaits them).
+    pub(crate) fn take(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 /// Where a handler's result waits until the attempt's outcome is written.
 pub(crate) type ResultSlot = std::sync::Arc<std::sync::Mutex<Option<String>>>;

@@ -261,11 +261,10 @@ impl Worker {
             }
         }
         .await;
-        for pool in opened {
-            // Connections still lent out (a task left running) are closed when returned;
-            // this waits for them only briefly.
-            let _ = tokio::time::timeout(Duration::from_secs(1), pool.close()).await;
-        }
+        // All at once, and briefly: connections still lent out (a task left running) are
+        // closed when returned.
+        let closing = futures::future::join_all(opened.iter().map(|p| p.close()));
+        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
         if let Some(p) = panicked {
             std::panic::resume_unwind(p.into_panic());
         }

@@ -9,6 +9,19 @@ use sqlx::MySqlPool;
 
 use crate::common::*;
 
+/// Whether process `pid` is gone (or a zombie: dead, not yet reaped).
+fn gone(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
 fn fixture() -> String {
     format!(
         "{}/tests/fixtures/command_handler.py",
@@ -181,20 +194,8 @@ async fn a_timed_out_program_is_gone_before_the_job_runs_again(db: MySqlPool) {
     // Both attempts' grandchildren are gone too.
     for attempt in [1, 2] {
         let pid = std::fs::read_to_string(format!("{}.{attempt}", log.display())).unwrap();
-        let proc = format!("/proc/{}", pid.trim());
-        wait_for(Duration::from_secs(5), "the grandchild killed", || {
-            let proc = proc.clone();
-            async move {
-                std::fs::read_to_string(format!("{proc}/stat"))
-                    .map(|s| {
-                        s.rsplit(')')
-                            .next()
-                            .unwrap_or("")
-                            .trim_start()
-                            .starts_with('Z')
-                    })
-                    .unwrap_or(true)
-            }
+        wait_for(Duration::from_secs(5), "the grandchild killed", || async {
+            gone(pid.trim())
         })
         .await;
     }
@@ -243,20 +244,54 @@ async fn an_immediate_stop_leaves_no_program_behind(db: MySqlPool) {
         matches!(stopped, jobq_worker::Stopped::Immediate(1)),
         "{stopped:?}"
     );
-    let proc = format!("/proc/{}", pid.trim());
-    wait_for(Duration::from_secs(5), "the grandchild killed", || {
-        let proc = proc.clone();
-        async move {
-            std::fs::read_to_string(format!("{proc}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(true)
-        }
+    wait_for(Duration::from_secs(5), "the grandchild killed", || async {
+        gone(pid.trim())
     })
     .await;
+}
+
+/// A program whose job's lease is lost (here its claim token is replaced, as a rescue does)
+/// is SIGKILLed at once, grandchild included, whatever `cancel_grace` says: the job may
+/// already run elsewhere.
+#[sqlx::test(migrations = false)]
+async fn a_lost_lease_kills_the_program_at_once(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+    s.worker.cancel_grace = Duration::from_secs(120);
+    s.kinds.insert(
+        "py".into(),
+        KindOverrides {
+            command: Some(vec!["python3".into(), fixture()]),
+            ..Default::default()
+        },
+    );
+    let config = s.validate().unwrap();
+    let mut r = Registry::new();
+    jobq_worker::register_commands(&mut r, &config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    Producer::new(db.clone())
+        .enqueue(NewJob::json("py", json!({"mode": "stubborn", "log": log})))
+        .await
+        .unwrap();
+    let w = start(pool(&s).await, r, &s);
+    let pidfile = format!("{}.1", log.display());
+    wait_for(Duration::from_secs(20), "the program running", || {
+        let pidfile = pidfile.clone();
+        async move { std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty()) }
+    })
+    .await;
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    sqlx::query(
+        "UPDATE jobq_jobs SET claim_token = UNHEX(REPEAT('cd', 16)) WHERE state = 'running'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    // The next heartbeat finds the lease gone; the group is killed then, not 120 s later.
+    wait_for(Duration::from_secs(15), "the grandchild killed", || async {
+        gone(pid.trim())
+    })
+    .await;
+    w.stop().await;
 }

@@ -155,19 +155,28 @@ pub(crate) async fn run(
     }
     // What the attempt left stopping (a command handler's program and its process group)
     // ends before the outcome is written: until then the job stays in flight, its lease
-    // renewed, so no other worker can start it while the program still runs. Bounded: the
-    // program gets its grace, then SIGKILL.
-    let left: Vec<_> = std::mem::take(&mut *lingering.lock().unwrap_or_else(|p| p.into_inner()));
+    // renewed, so no other worker can start it while the program still runs. The program gets
+    // its grace, then SIGKILL; at once when the lease is lost (the job may soon run
+    // elsewhere); and at most half a lease at a shutdown release, which must be written
+    // within the release phase (`lease_ttl`).
+    let left = lingering.take();
     if !left.is_empty() {
-        let bound = shared.config.worker().cancel_grace + LINGER_SLACK;
-        if tokio::time::timeout(bound, futures::future::join_all(left))
-            .await
-            .is_err()
-        {
-            warn!(
-                ?bound,
-                "what the attempt left running did not stop in time; writing its outcome anyway"
-            );
+        let lease = shared.config.worker().lease_ttl;
+        let grace = match outcome {
+            None => Duration::ZERO,
+            Some(Outcome::Released) => (lease / 2).min(shared.config.worker().cancel_grace),
+            _ => shared.config.worker().cancel_grace,
+        };
+        let mut all = std::pin::pin!(futures::future::join_all(left));
+        if tokio::time::timeout(grace, &mut all).await.is_err() {
+            lingering.hurry.cancel();
+            let bound = LINGER_SLACK.min(lease / 4);
+            if tokio::time::timeout(bound, &mut all).await.is_err() {
+                warn!(
+                    ?bound,
+                    "what the attempt left running did not stop after SIGKILL; writing its outcome anyway"
+                );
+            }
         }
     }
     // The handler's transaction, taken for the outcome: from now on a task the handler spawned
@@ -226,8 +235,8 @@ pub(crate) async fn run(
     .await;
 }
 
-/// How long past `cancel_grace` the outcome waits for what an attempt left stopping: a
-/// process group killed with SIGKILL at the end of the grace is normally gone at once.
+/// How long after SIGKILL the outcome waits for what an attempt left stopping (at most a
+/// quarter of a lease): a process group killed with SIGKILL is normally gone at once.
 const LINGER_SLACK: Duration = Duration::from_secs(2);
 
 /// Waits for a free handler slot of `queue`. Whatever ends the job's claim meanwhile ends the

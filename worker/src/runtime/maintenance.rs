@@ -247,8 +247,8 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
 }
 
 /// Deletes finished jobs past their retention, with their history, window by window
-/// ([`PRUNE_BATCH`] rows read each, from `cursors`, one per final state) until a state's range
-/// ends or `deadline` passes. Returns how many were deleted.
+/// ([`PRUNE_BATCH`] rows read each, from `cursors`, one per final state) while windows find
+/// ripe jobs, until a state's range ends or `deadline` passes. Returns how many were deleted.
 async fn retain(
     pool: &MySqlPool,
     m: &MaintenanceSettings,
@@ -270,7 +270,9 @@ async fn retain(
         loop {
             let (n, more) = store::prune(pool, state, age, PRUNE_BATCH, &mut cursors[i]).await?;
             deleted += n;
-            if !more {
+            // A window with nothing ripe ends this state's turn: the next pass goes on from
+            // the cursor, so unripe jobs cost one window per pass, not the whole range.
+            if !more || n == 0 {
                 break;
             }
             if Instant::now() >= deadline {
@@ -284,7 +286,9 @@ async fn retain(
 /// Deletes finished jobs past the configured retention (`[maintenance]`), with their history,
 /// for up to `budget`; what the maintenance leader does every interval, for an operator or a
 /// benchmark to run on demand. Returns how many jobs were deleted; call again while it returns
-/// a positive count to prune everything due.
+/// a positive count to prune everything due. (Each call scans from the start of the range and
+/// stops at the first window with nothing ripe: for a range with unripe jobs in front, use
+/// `prune_jobs`, which goes through the whole range once.)
 pub async fn prune_finished(
     pool: &MySqlPool,
     config: &jobq_config::Config,

@@ -30,6 +30,7 @@ pub(crate) mod retry;
 pub(crate) mod schedules;
 
 pub use maintenance::prune_finished;
+pub(crate) use recorder::CARRIED_RESULT_BYTES;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -66,7 +66,7 @@ pub(crate) struct Attempt {
 
 /// The largest result a batched completion carries (spliced as hex, twice its size); larger
 /// ones are written with their job alone.
-const CARRIED_RESULT_BYTES: usize = 8 * 1024;
+pub(crate) const CARRIED_RESULT_BYTES: usize = 8 * 1024;
 
 /// Records `a`. The slot (`permit`) is freed once the job no longer needs this process.
 pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemaphorePermit) {

@@ -297,7 +297,7 @@ pub(crate) async fn promote_waiting(
 
 /// Where the waiting-key sweep stands: the last (queue, key) it read, or the start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct KeyCursor(Option<(String, String)>);
+pub(crate) struct KeyCursor(Option<(String, Vec<u8>)>);
 
 /// One window of the waiting-key sweep: reads at most `scan` rows of `jobq_keys` past `cursor`
 /// (by its primary key) and returns those of their keys that have waiting jobs and a free slot
@@ -328,11 +328,14 @@ pub(crate) async fn keys_to_promote(
     );
     let mut q = sqlx::query(&sql).bind(floor);
     if let Some((queue, key)) = &cursor.0 {
-        q = q.bind(queue).bind(queue).bind(key.as_bytes());
+        q = q.bind(queue).bind(queue).bind(key);
     }
     let rows = q.bind(scan).fetch_all(pool).await?;
     let last = match rows.last() {
-        Some(r) if rows.len() as u64 >= u64::from(scan) => Some((text(r, "queue")?, text(r, "k")?)),
+        // The key as stored (bytes): a row that is not UTF-8 must not stop the sweep.
+        Some(r) if rows.len() as u64 >= u64::from(scan) => {
+            Some((text(r, "queue")?, r.try_get::<Vec<u8>, _>("k")?))
+        }
         _ => None,
     };
     *cursor = KeyCursor(last);
@@ -342,10 +345,10 @@ pub(crate) async fn keys_to_promote(
         if due != Some(1) {
             continue;
         }
-        let Ok(queue) = QueueName::new(text(&r, "queue")?) else {
+        let (Ok(queue), Ok(key)) = (QueueName::new(text(&r, "queue")?), text(&r, "k")) else {
             continue;
         };
-        out.entry(queue).or_default().insert(text(&r, "k")?);
+        out.entry(queue).or_default().insert(key);
     }
     Ok(out)
 }

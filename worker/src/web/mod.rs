@@ -68,20 +68,27 @@ impl std::ops::Deref for App {
 
 impl Inner {
     /// The pool of server `url` (one of the configuration's servers): the console's own for
-    /// `database_url`, else one opened on first use and kept.
+    /// `database_url`, else a small one opened on first use and kept. Connecting happens
+    /// outside the lock, so a slow server does not hold up pages of the others.
     pub(crate) async fn pool_on(&self, url: &str) -> crate::Result<MySqlPool> {
         if url == self.config.database_url() {
             return Ok(self.pool.clone());
         }
-        let mut others = self.others.lock().await;
-        if let Some(p) = others.get(url) {
+        if let Some(p) = self.others.lock().await.get(url) {
             return Ok(p.clone());
         }
-        let pool = crate::db::pool(&crate::on_server(&self.config, url)?).await?;
-        others.insert(url.to_owned(), pool.clone());
-        Ok(pool)
+        let mut settings = crate::on_server(&self.config, url)?.settings().clone();
+        // A console's reads and acts on that server: a few connections suffice.
+        settings.database.max_connections = OTHER_SERVER_CONNECTIONS;
+        let pool = crate::db::pool(&settings.validate()?).await?;
+        let mut others = self.others.lock().await;
+        // Another request may have connected meanwhile: keep one pool per server.
+        Ok(others.entry(url.to_owned()).or_insert(pool).clone())
     }
 }
+
+/// Connections of a console's pool on another server.
+const OTHER_SERVER_CONNECTIONS: u32 = 4;
 
 impl Console {
     /// A console over `pool`, with `config.web`'s authentication and read-only setting.
