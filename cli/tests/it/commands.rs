@@ -202,13 +202,11 @@ async fn a_timed_out_program_is_gone_before_the_job_runs_again(db: MySqlPool) {
     assert_consistent(&db).await;
 }
 
-/// An immediate stop (a second signal) while a program that ignores SIGTERM runs, with a grace
-/// far longer than the test: when the worker's run returns, the program's whole process group
-/// is gone, the grandchild included (before, only the direct child was killed).
-#[sqlx::test(migrations = false)]
-async fn an_immediate_stop_leaves_no_program_behind(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
-    let mut s = settings(&db, ClaimMode::SkipLocked).await;
+/// A worker running one `stubborn` program (it and its grandchild ignore SIGTERM) with a
+/// 120 s grace; returns the worker, the grandchild's pid and the directory of its files.
+async fn stubborn_running(db: &MySqlPool) -> (Running, String, tempfile::TempDir) {
+    jobq_producer::migrate(db).await.unwrap();
+    let mut s = settings(db, ClaimMode::SkipLocked).await;
     s.worker.cancel_grace = Duration::from_secs(120);
     s.kinds.insert(
         "py".into(),
@@ -234,6 +232,15 @@ async fn an_immediate_stop_leaves_no_program_behind(db: MySqlPool) {
     })
     .await;
     let pid = std::fs::read_to_string(&pidfile).unwrap();
+    (w, pid, dir)
+}
+
+/// An immediate stop (a second signal) while a program that ignores SIGTERM runs, with a grace
+/// far longer than the test: when the worker's run returns, the program's whole process group
+/// is gone, the grandchild included (before, only the direct child was killed).
+#[sqlx::test(migrations = false)]
+async fn an_immediate_stop_leaves_no_program_behind(db: MySqlPool) {
+    let (w, pid, _dir) = stubborn_running(&db).await;
     w.shutdown.kill();
     let stopped = tokio::time::timeout(Duration::from_secs(30), w.handle)
         .await
@@ -255,33 +262,7 @@ async fn an_immediate_stop_leaves_no_program_behind(db: MySqlPool) {
 /// already run elsewhere.
 #[sqlx::test(migrations = false)]
 async fn a_lost_lease_kills_the_program_at_once(db: MySqlPool) {
-    jobq_producer::migrate(&db).await.unwrap();
-    let mut s = settings(&db, ClaimMode::SkipLocked).await;
-    s.worker.cancel_grace = Duration::from_secs(120);
-    s.kinds.insert(
-        "py".into(),
-        KindOverrides {
-            command: Some(vec!["python3".into(), fixture()]),
-            ..Default::default()
-        },
-    );
-    let config = s.validate().unwrap();
-    let mut r = Registry::new();
-    jobq_worker::register_commands(&mut r, &config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    Producer::new(db.clone())
-        .enqueue(NewJob::json("py", json!({"mode": "stubborn", "log": log})))
-        .await
-        .unwrap();
-    let w = start(pool(&s).await, r, &s);
-    let pidfile = format!("{}.1", log.display());
-    wait_for(Duration::from_secs(20), "the program running", || {
-        let pidfile = pidfile.clone();
-        async move { std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty()) }
-    })
-    .await;
-    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let (w, pid, _dir) = stubborn_running(&db).await;
     sqlx::query(
         "UPDATE jobq_jobs SET claim_token = UNHEX(REPEAT('cd', 16)) WHERE state = 'running'",
     )
