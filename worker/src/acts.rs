@@ -20,7 +20,8 @@ pub async fn act_on_jobs(
     ids: &[JobId],
     actor: &str,
 ) -> Result<Vec<(JobId, Acted)>> {
-    act_with(pool, act, ids, actor, &crate::machine::acts::decide).await
+    let rule = |a: Act, s: JobState, _: bool| crate::machine::acts::decide(a, s);
+    act_with(pool, act, ids, actor, None, &rule).await
 }
 
 /// [`act_on_jobs`] with the rule that decides each job from the state found under its lock.
@@ -29,6 +30,7 @@ async fn act_with(
     act: Act,
     ids: &[JobId],
     actor: &str,
+    error: Option<&str>,
     rule: ActRule<'_>,
 ) -> Result<Vec<(JobId, Acted)>> {
     // The column holds 128 characters.
@@ -36,24 +38,27 @@ async fn act_with(
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1000) {
         let raw: Vec<u64> = chunk.iter().map(|i| i.0).collect();
-        for (id, acted) in crate::store::apply_act(pool, act, &raw, &actor, rule).await? {
+        for (id, acted) in crate::store::apply_act(pool, act, &raw, &actor, error, rule).await? {
             out.push((JobId(id), acted));
         }
     }
     Ok(out)
 }
 
-/// Applies `act` to the jobs `ids` listed in state `listed` (a page of an act by filter): each
-/// is checked again under its row lock, and one no longer in `listed` is skipped.
+/// Applies `act` to the jobs `ids` listed in state `listed` with error text `error` (a page of
+/// an act by filter): each is checked again under its row lock, and one no longer in `listed`,
+/// or whose error no longer contains `error`, is skipped.
 async fn act_on_listed(
     pool: &MySqlPool,
     act: Act,
     listed: JobState,
+    error: Option<&str>,
     ids: &[JobId],
     actor: &str,
 ) -> Result<Vec<(JobId, Acted)>> {
-    let rule = move |a: Act, s: JobState| crate::machine::acts::decide_listed(a, listed, s);
-    act_with(pool, act, ids, actor, &rule).await
+    let rule =
+        move |a: Act, s: JobState, m: bool| crate::machine::acts::decide_listed(a, listed, s, m);
+    act_with(pool, act, ids, actor, error, &rule).await
 }
 
 /// Jobs acted on per transaction when acting on a filter.
@@ -98,7 +103,9 @@ pub async fn act_on_filter(
         page_filter.after = Some(last.id);
         page_filter.after_run_at = Some(last.run_at);
         let ids: Vec<JobId> = page.iter().map(|j| j.id).collect();
-        for (_, acted) in act_on_listed(pool, act, state, &ids, actor).await? {
+        for (_, acted) in
+            act_on_listed(pool, act, state, filter.error.as_deref(), &ids, actor).await?
+        {
             match acted {
                 Acted::Done { .. } => tally.done += 1,
                 Acted::CancelRequested => tally.cancel_requested += 1,
@@ -145,7 +152,7 @@ mod tests {
             .into_iter()
             .map(JobId)
             .collect();
-        let out = act_on_listed(&pool, Act::Cancel, JobState::Scheduled, &ids, "test")
+        let out = act_on_listed(&pool, Act::Cancel, JobState::Scheduled, None, &ids, "test")
             .await
             .unwrap();
         assert!(
@@ -166,5 +173,50 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(asked, 0, "the job that started meanwhile was asked to stop");
+    }
+
+    /// An act by filter with an error text re-checks the text under the row lock: a job that
+    /// failed again meanwhile with another error is not retried; the one whose error still
+    /// contains the text (LIKE's wildcards matched literally) is.
+    #[sqlx::test(migrations = false)]
+    async fn an_act_by_filter_skips_a_job_whose_error_changed(pool: MySqlPool) {
+        jobq_producer::migrate(&pool).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, attempt, finalized_at, last_error) \
+             VALUES ('default', 'noop', '{}', 'discarded', 1, UTC_TIMESTAMP(6), 'smtp 100% down'), \
+                    ('default', 'noop', '{}', 'discarded', 2, UTC_TIMESTAMP(6), 'disk full')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let ids: Vec<JobId> = sqlx::query_scalar::<_, u64>("SELECT id FROM jobq_jobs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(JobId)
+            .collect();
+        // Both were listed by "100% down"; the second has failed again since, with another error.
+        let out = act_on_listed(
+            &pool,
+            Act::Retry,
+            JobState::Discarded,
+            Some("100% down"),
+            &ids,
+            "test",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out[0].1,
+            Acted::Done {
+                from: JobState::Discarded,
+                to: JobState::Available
+            }
+        );
+        assert!(
+            matches!(&out[1].1, Acted::Refused { state: JobState::Discarded, why } if why.contains("error no longer")),
+            "{out:?}"
+        );
     }
 }

@@ -52,15 +52,28 @@ pub(crate) fn decide(act: Act, state: JobState) -> Acted {
 
 /// What `act` does to a job found in `state` that was listed in `listed` (an act by filter): a
 /// job whose state changed since the listing is left alone (a scheduled job that started
-/// meanwhile is not cancelled), whatever the act would do in its new state.
-pub(crate) fn decide_listed(act: Act, listed: JobState, state: JobState) -> Acted {
-    if state == listed {
-        decide(act, state)
-    } else {
+/// meanwhile is not cancelled), whatever the act would do in its new state; so is one whose
+/// error no longer contains the filter's text (`still_matches` false: it ran and failed again
+/// meanwhile, with another error).
+pub(crate) fn decide_listed(
+    act: Act,
+    listed: JobState,
+    state: JobState,
+    still_matches: bool,
+) -> Acted {
+    if state != listed {
         Acted::Refused {
             state,
             why: format!("it is {state} now, no longer {listed} as it was when listed"),
         }
+    } else if !still_matches {
+        Acted::Refused {
+            state,
+            why: "its error no longer contains the filter's text (it failed again meanwhile)"
+                .to_owned(),
+        }
+    } else {
+        decide(act, state)
     }
 }
 
@@ -106,14 +119,21 @@ mod tests {
                 }
             }
         }
-        // By filter: only jobs still in the listed state.
-        for listed in JobState::ALL {
-            for state in JobState::ALL {
-                let d = decide_listed(Act::Cancel, listed, state);
-                if state == listed {
-                    assert_eq!(d, decide(Act::Cancel, state));
-                } else {
-                    assert!(!d.ok(), "listed {listed}, found {state}: {d:?}");
+        // By filter: only jobs still in the listed state, still matching the error text.
+        for act in [Act::Cancel, Act::Discard, Act::Retry] {
+            for listed in JobState::ALL {
+                for state in JobState::ALL {
+                    for matches in [true, false] {
+                        let d = decide_listed(act, listed, state, matches);
+                        if state == listed && matches {
+                            assert_eq!(d, decide(act, state));
+                        } else {
+                            assert!(
+                                matches!(d, Acted::Refused { state: s, .. } if s == state),
+                                "{act:?}: listed {listed}, found {state}, matches {matches}: {d:?}"
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -21,8 +21,9 @@ pub(crate) use claim::{
 pub use event::Event;
 
 /// A rule the store applies to a row it read under lock, given by the runtime from `machine/`
-/// (the store decides nothing itself): what an act does to a job in a state.
-pub(crate) type ActRule<'a> = &'a (dyn Fn(Act, JobState) -> Acted + Send + Sync);
+/// (the store decides nothing itself): what an act does to a job in a state, and whether the
+/// job still matches the error text an act by filter listed it by (true when there is none).
+pub(crate) type ActRule<'a> = &'a (dyn Fn(Act, JobState, bool) -> Acted + Send + Sync);
 
 /// The cancel-override rule (`machine::attempt::overridden_by_cancel`): the decision to write
 /// instead, when an operator asked (the text: who) to cancel the running job.

@@ -14,6 +14,8 @@ struct Found {
     id: u64,
     state: JobState,
     attempt: u32,
+    /// Still matches the act by filter's error text (true without one).
+    matches: bool,
 }
 
 /// Applies `act` to `ids` (at most a few thousand per call) on behalf of `actor`. Returns what
@@ -23,6 +25,7 @@ pub(crate) async fn apply(
     act: Act,
     ids: &[u64],
     actor: &str,
+    error: Option<&str>,
     decide: ActRule<'_>,
 ) -> Result<Vec<(u64, Acted)>, sqlx::Error> {
     if ids.is_empty() {
@@ -30,11 +33,21 @@ pub(crate) async fn apply(
     }
     let mut tx = super::begin(pool).await?;
     // language=MySQL
+    // `matches`: whether the job's error still contains the filter's text, as the listing
+    // matched it (LIKE's wildcards escaped), read under the row lock; 1 without a text.
+    let matches = match error {
+        Some(_) => "COALESCE(last_error LIKE CONCAT('%', ?, '%'), 0)",
+        None => "1",
+    };
     let sql = format!(
-        "SELECT id, CAST(state AS CHAR) AS state, attempt FROM jobq_jobs WHERE id IN ({}) FOR UPDATE",
+        "SELECT id, CAST(state AS CHAR) AS state, attempt, CAST({matches} AS SIGNED) AS matches \
+         FROM jobq_jobs WHERE id IN ({}) FOR UPDATE",
         marks(ids.len())
     );
     let mut q = sqlx::query(&sql);
+    if let Some(text) = error {
+        q = q.bind(super::listing::like_literal(text));
+    }
     for id in ids {
         q = q.bind(id);
     }
@@ -47,6 +60,7 @@ pub(crate) async fn apply(
                 .parse()
                 .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             attempt: r.try_get("attempt")?,
+            matches: r.try_get::<i64, _>("matches")? == 1,
         };
         found.insert(f.id, f);
     }
@@ -56,7 +70,7 @@ pub(crate) async fn apply(
             out.push((id, Acted::NotFound));
             continue;
         };
-        let acted = decide(act, f.state);
+        let acted = decide(act, f.state, f.matches);
         let written = match acted {
             Acted::Done { from, to } => write_done(&mut tx, act, f, from, to, actor).await?,
             Acted::CancelRequested => {

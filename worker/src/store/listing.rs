@@ -107,13 +107,15 @@ fn filter_conds(f: &JobFilter, conds: &mut Vec<&'static str>, binds: &mut Vec<Bi
     }
     if let Some(v) = &f.error {
         conds.push("last_error LIKE CONCAT('%', ?, '%')");
-        // LIKE's own wildcards in the text are matched literally.
-        binds.push(Bind::Text(
-            v.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_"),
-        ));
+        binds.push(Bind::Text(like_literal(v)));
     }
+}
+
+/// `text` for a LIKE pattern in which it is matched literally (LIKE's own wildcards escaped).
+pub(super) fn like_literal(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 const SUMMARY_COLUMNS: &str =
