@@ -129,6 +129,17 @@ pub async fn count_jobs(pool: &MySqlPool, state: JobState, filter: &JobFilter) -
 mod tests {
     use super::*;
 
+    /// Every job's id, in order.
+    async fn all_ids(pool: &MySqlPool) -> Vec<JobId> {
+        sqlx::query_scalar::<_, u64>("SELECT id FROM jobq_jobs ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(JobId)
+            .collect()
+    }
+
     /// An act by filter re-checks each job under its row lock: a job listed as `scheduled`
     /// that started before the act reached it gets no cancel request (before, it was asked to
     /// stop); the job still scheduled is cancelled.
@@ -145,13 +156,7 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        let ids: Vec<JobId> = sqlx::query_scalar::<_, u64>("SELECT id FROM jobq_jobs ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(JobId)
-            .collect();
+        let ids = all_ids(&pool).await;
         let out = act_on_listed(&pool, Act::Cancel, JobState::Scheduled, None, &ids, "test")
             .await
             .unwrap();
@@ -189,13 +194,7 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        let ids: Vec<JobId> = sqlx::query_scalar::<_, u64>("SELECT id FROM jobq_jobs ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(JobId)
-            .collect();
+        let ids = all_ids(&pool).await;
         // Both were listed by "100% down"; the second has failed again since, with another error.
         let out = act_on_listed(
             &pool,
