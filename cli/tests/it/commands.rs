@@ -22,6 +22,29 @@ fn gone(pid: &str) -> bool {
         .unwrap_or(true)
 }
 
+/// Test settings in which kind `py` runs the fixture program (with `grace` as
+/// `worker.cancel_grace` and `timeout` as its `job_timeout`), and a registry holding its
+/// command handler.
+async fn python_kind(
+    db: &MySqlPool,
+    grace: Duration,
+    timeout: Option<Duration>,
+) -> (jobq_config::Settings, Registry) {
+    let mut s = settings(db, ClaimMode::SkipLocked).await;
+    s.worker.cancel_grace = grace;
+    s.kinds.insert(
+        "py".into(),
+        KindOverrides {
+            command: Some(vec!["python3".into(), fixture()]),
+            job_timeout: timeout,
+            ..Default::default()
+        },
+    );
+    let mut r = Registry::new();
+    jobq_worker::register_commands(&mut r, &s.validate().unwrap()).unwrap();
+    (s, r)
+}
+
 fn fixture() -> String {
     format!(
         "{}/tests/fixtures/command_handler.py",
@@ -34,19 +57,12 @@ fn fixture() -> String {
 #[sqlx::test(migrations = false)]
 async fn a_python_program_handles_a_kind(db: MySqlPool) {
     jobq_producer::migrate(&db).await.unwrap();
-    let mut s = settings(&db, ClaimMode::SkipLocked).await;
-    s.worker.cancel_grace = Duration::from_millis(300);
-    s.kinds.insert(
-        "py".into(),
-        KindOverrides {
-            command: Some(vec!["python3".into(), fixture()]),
-            job_timeout: Some(Duration::from_secs(2)),
-            ..Default::default()
-        },
-    );
-    let config = s.validate().unwrap();
-    let mut r = Registry::new();
-    jobq_worker::register_commands(&mut r, &config).unwrap();
+    let (s, r) = python_kind(
+        &db,
+        Duration::from_millis(300),
+        Some(Duration::from_secs(2)),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
     let p = Producer::new(db.clone());
@@ -152,21 +168,14 @@ async fn a_python_program_handles_a_kind(db: MySqlPool) {
 #[sqlx::test(migrations = false)]
 async fn a_timed_out_program_is_gone_before_the_job_runs_again(db: MySqlPool) {
     jobq_producer::migrate(&db).await.unwrap();
-    let mut s = settings(&db, ClaimMode::SkipLocked).await;
-    s.worker.cancel_grace = Duration::from_millis(1500);
+    let (mut s, r) = python_kind(
+        &db,
+        Duration::from_millis(1500),
+        Some(Duration::from_secs(1)),
+    )
+    .await;
     s.worker.backoff_base = Duration::from_millis(10);
     s.worker.backoff_max = Duration::from_millis(10);
-    s.kinds.insert(
-        "py".into(),
-        KindOverrides {
-            command: Some(vec!["python3".into(), fixture()]),
-            job_timeout: Some(Duration::from_secs(1)),
-            ..Default::default()
-        },
-    );
-    let config = s.validate().unwrap();
-    let mut r = Registry::new();
-    jobq_worker::register_commands(&mut r, &config).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let job = Producer::new(db.clone())
@@ -206,18 +215,7 @@ async fn a_timed_out_program_is_gone_before_the_job_runs_again(db: MySqlPool) {
 /// 120 s grace; returns the worker, the grandchild's pid and the directory of its files.
 async fn stubborn_running(db: &MySqlPool) -> (Running, String, tempfile::TempDir) {
     jobq_producer::migrate(db).await.unwrap();
-    let mut s = settings(db, ClaimMode::SkipLocked).await;
-    s.worker.cancel_grace = Duration::from_secs(120);
-    s.kinds.insert(
-        "py".into(),
-        KindOverrides {
-            command: Some(vec!["python3".into(), fixture()]),
-            ..Default::default()
-        },
-    );
-    let config = s.validate().unwrap();
-    let mut r = Registry::new();
-    jobq_worker::register_commands(&mut r, &config).unwrap();
+    let (s, r) = python_kind(db, Duration::from_secs(120), None).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     Producer::new(db.clone())

@@ -11,17 +11,23 @@ use crate::common::*;
 use crate::mariadb::PrivateMariaDb;
 use crate::procs::WorkerProc;
 
-#[tokio::test]
-async fn database_restart_mid_run() {
-    const N: usize = 1500;
-    let mut server = PrivateMariaDb::start().await;
-    let url = server.url("jobq_restart");
+/// Database `name` on `server`, migrated: its URL and a small pool on it.
+async fn migrated(server: &PrivateMariaDb, name: &str) -> (String, sqlx::MySqlPool) {
+    let url = server.url(name);
     jobq_worker::migrate(&url).await.unwrap();
     let db = MySqlPoolOptions::new()
         .max_connections(2)
         .connect(&url)
         .await
         .unwrap();
+    (url, db)
+}
+
+#[tokio::test]
+async fn database_restart_mid_run() {
+    const N: usize = 1500;
+    let mut server = PrivateMariaDb::start().await;
+    let (url, db) = migrated(&server, "jobq_restart").await;
     let jobs = (0..N)
         .map(|_| NewJob::json("record", json!({"ms": 5})))
         .collect();
@@ -111,13 +117,7 @@ async fn shutdown_ends_in_time_with_a_frozen_database() {
     const SHORT: usize = 400;
     const LONG: usize = 2;
     let server = PrivateMariaDb::start().await;
-    let url = server.url("jobq_frozen");
-    jobq_worker::migrate(&url).await.unwrap();
-    let db = MySqlPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .unwrap();
+    let (url, db) = migrated(&server, "jobq_frozen").await;
     let mut jobs: Vec<NewJob> = (0..LONG)
         .map(|_| NewJob::json("sleep", json!({"ms": 4000})))
         .collect();
