@@ -6,6 +6,7 @@
 //! rsync state transfer cannot write a joiner's data directory as root's `nobody`.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -154,10 +155,11 @@ impl Galera {
 
     async fn launch(&mut self, n: usize, extra: &[&str]) {
         let d = self.node_dir(n);
-        let server = find(&["/usr/sbin/mariadbd", "/usr/sbin/mysqld"], "mariadbd");
-        let child = Command::new(server)
+        // Its own process group: a kill reaches the state-transfer scripts and rsync it starts.
+        let child = Command::new(server())
             .arg(format!("--defaults-file={}", d.join("my.cnf").display()))
             .args(extra)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -167,7 +169,10 @@ impl Galera {
         let url = self.url(n, "mysql");
         let started = Instant::now();
         loop {
-            if let Ok(mut c) = sqlx::MySqlConnection::connect(&url).await {
+            // A joiner may accept a connection and not answer it until its state transfer
+            // ends: each try is bounded, or the 120 s limit below would never be checked.
+            let connect = sqlx::MySqlConnection::connect(&url);
+            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(5), connect).await {
                 let state: Option<(String, String)> = sqlx::query_as(
                     "SELECT (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_LOCAL_STATE_COMMENT'), \
                             (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_READY')",
@@ -202,15 +207,43 @@ impl Galera {
     /// `kill -9` of node `n`: a crash.
     pub(crate) fn kill9(&mut self, n: usize) {
         if let Some(mut c) = self.nodes[n - 1].server.take() {
+            let group = rustix::process::Pid::from_child(&c);
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// Starts node `n` again after [`kill9`](Galera::kill9); returns once it is `Synced` (it
-    /// rejoins by state transfer).
+    /// Starts node `n` again after [`kill9`](Galera::kill9); returns once it is `Synced`. It
+    /// rejoins by incremental state transfer from a peer's cache: the position its crashed
+    /// data holds is recovered first (`--wsrep-recover`, what the packaged service does), as
+    /// a node started without it asks for a full copy of a donor's data directory, which
+    /// blocks the donor's writes while it runs.
     pub(crate) async fn restart(&mut self, n: usize) {
-        self.launch(n, &[]).await;
+        let d = self.node_dir(n);
+        let log = d.join("recover.log");
+        let out = Command::new(server())
+            .arg(format!("--defaults-file={}", d.join("my.cnf").display()))
+            .arg("--wsrep-recover")
+            .arg(format!("--log-error={}", log.display()))
+            .output()
+            .expect("starting mariadbd --wsrep-recover");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let position = text
+            .split("WSREP: Recovered position: ")
+            .skip(1)
+            .filter_map(recovered)
+            .last();
+        let Some(position) = position.filter(|_| out.status.success()) else {
+            panic!(
+                "node {n}: mariadbd --wsrep-recover exited with {}, no position:\n{}{}\n{text}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        self.launch(n, &[&format!("--wsrep_start_position={position}")])
+            .await;
     }
 
     /// `mysql://root@HOST:PORT,HOST:PORT,HOST:PORT/database`, node `first` first, then the
@@ -237,6 +270,24 @@ impl Galera {
     pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// `UUID:SEQNO` from the text after "Recovered position: ". The server may write the next
+/// message on the same line, so a seqno that runs into a `YYYY-MM-DD` date loses the year.
+fn recovered(after: &str) -> Option<String> {
+    let (uuid, rest) = after.split_at_checked(36)?;
+    let rest = rest.strip_prefix(':')?;
+    let sign = usize::from(rest.starts_with('-'));
+    let digits = rest[sign..].bytes().take_while(u8::is_ascii_digit).count();
+    let mut end = sign + digits;
+    if rest[end..].starts_with('-') && digits > 4 {
+        end -= 4;
+    }
+    (digits > 0).then(|| format!("{uuid}:{}", &rest[..end]))
+}
+
+fn server() -> PathBuf {
+    find(&["/usr/sbin/mariadbd", "/usr/sbin/mysqld"], "mariadbd")
 }
 
 impl Drop for Galera {
