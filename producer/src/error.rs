@@ -91,6 +91,9 @@ pub enum Error {
     /// The database's jobq schema is missing or older than this build.
     #[error("the jobq schema is not migrated in this database: {0}; run `jobq migrate` (or `jobq_producer::migrate`)")]
     NotMigrated(String),
+    /// A job was to run after a job that does not exist on its queue's server.
+    #[error("parent job {0} does not exist (never enqueued on this server, or pruned after it finished); nothing was enqueued")]
+    NoSuchParent(crate::job::JobId),
     /// No job has this id (or it was pruned).
     #[error("job {0} does not exist (never enqueued, or pruned after it finished)")]
     NoSuchJob(crate::job::JobId),

@@ -61,11 +61,15 @@ pub enum JobState {
     /// Ready, but its concurrency key was at its limit when a claim read it: it waits out of
     /// the claim's way until a job of its key stops running.
     Waiting,
+    /// Waits for the jobs it runs after (its parents, see [`crate::NewJob::after`]): out of the
+    /// claim's way until the last of them ends.
+    Blocked,
 }
 
 impl JobState {
     /// Every state, in display order.
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 9] = [
+        JobState::Blocked,
         JobState::Available,
         JobState::Waiting,
         JobState::Scheduled,
@@ -87,6 +91,7 @@ impl JobState {
             JobState::Discarded => "discarded",
             JobState::Cancelled => "cancelled",
             JobState::Waiting => "waiting",
+            JobState::Blocked => "blocked",
         }
     }
 

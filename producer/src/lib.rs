@@ -26,6 +26,7 @@
 //! Guarantees: validation (names, JSON, size) happens before any write, and every enqueue call
 //! is atomic — all of its jobs and their `enqueued` history rows are written, or none.
 
+pub mod deps;
 mod error;
 mod failover;
 mod job;
@@ -34,7 +35,9 @@ mod migrate;
 mod notify;
 mod producer;
 mod store;
+mod workflow;
 
+pub use deps::OnParentFailure;
 pub use error::{Error, Result};
 pub use failover::{
     connect_cluster, connect_direct, first_healthy_url, rotate_hosts, same_server, server_name,
@@ -54,3 +57,4 @@ pub use producer::{
     UNIQUE_KEY_CHARS,
 };
 pub use store::CHUNK_BYTES;
+pub use workflow::{Workflow, WorkflowEnqueued, WorkflowId, WORKFLOW_NAME_CHARS};

@@ -8,10 +8,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
+use crate::deps::OnParentFailure;
 use crate::error::{Error, Result};
 use crate::job::{validate_kind, validate_queue, Job, JobId, DEFAULT_QUEUE};
 use crate::json::{self, PORTABLE_MAX_DEPTH};
 use crate::store;
+use crate::workflow::{Workflow, WorkflowEnqueued};
 
 /// Limits and defaults of a [`Producer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct NewJob {
     unique_period: Option<Duration>,
     on_duplicate: OnDuplicate,
     concurrency_key: Option<String>,
+    after: Vec<JobId>,
+    on_parent_failure: OnParentFailure,
 }
 
 /// What enqueueing a duplicate of a unique job does (see [`NewJob::unique_key`]).
@@ -119,6 +123,8 @@ impl NewJob {
             unique_period: None,
             on_duplicate: OnDuplicate::Keep,
             concurrency_key: None,
+            after: Vec::new(),
+            on_parent_failure: OnParentFailure::Cancel,
         }
     }
 
@@ -185,9 +191,39 @@ impl NewJob {
         self
     }
 
+    /// Runs after job `parent` (call it once per parent): the job starts `blocked` and becomes
+    /// `available` (or `scheduled`, by its run-at) in the transaction that ends its last
+    /// parent. A parent that already completed counts as done; one that does not exist on the
+    /// job's server fails the enqueue ([`Error::NoSuchParent`]). What a failed parent does is
+    /// [`on_parent_failure`](NewJob::on_parent_failure)'s. For a graph of new jobs, see
+    /// [`crate::Workflow`].
+    pub fn after(mut self, parent: JobId) -> Self {
+        if !self.after.contains(&parent) {
+            self.after.push(parent);
+        }
+        self
+    }
+
+    /// What this job does when a parent ends without completing (discarded or cancelled):
+    /// default [`OnParentFailure::Cancel`].
+    pub fn on_parent_failure(mut self, policy: OnParentFailure) -> Self {
+        self.on_parent_failure = policy;
+        self
+    }
+
     /// The kind name.
     pub fn kind(&self) -> &str {
         &self.kind
+    }
+
+    /// The policy set by [`on_parent_failure`](NewJob::on_parent_failure).
+    pub(crate) fn parent_failure(&self) -> OnParentFailure {
+        self.on_parent_failure
+    }
+
+    /// The parents set by [`after`](NewJob::after).
+    pub(crate) fn parents(&self) -> &[JobId] {
+        &self.after
     }
 
     fn check(self, opts: &ProducerOptions) -> Result<store::JobInsert> {
@@ -234,6 +270,14 @@ impl NewJob {
             }
             (Some(p), Some(_)) => Some(micros_up_to_a_century(p, "unique_period")?),
         };
+        if !self.after.is_empty() && self.on_duplicate == OnDuplicate::Replace {
+            return Err(Error::Invalid {
+                field: "after",
+                message: "a job with parents cannot replace a duplicate (on_duplicate = replace); \
+                          keep the default"
+                    .to_owned(),
+            });
+        }
         let max_attempts = self.max_attempts.unwrap_or(opts.default_max_attempts);
         if max_attempts == 0 {
             return Err(Error::Invalid {
@@ -268,6 +312,8 @@ impl NewJob {
             unique_period_us,
             replace: self.on_duplicate == OnDuplicate::Replace,
             concurrency_key: self.concurrency_key,
+            parents: self.after,
+            on_parent_failure: self.on_parent_failure,
         })
     }
 }
@@ -476,6 +522,66 @@ impl Producer {
         Ok(ids(self.insert_many_in(conn, jobs).await?))
     }
 
+    /// Inserts a [`Workflow`] in one transaction: every job, its name and its edges, or
+    /// nothing. The graph is checked first (names, parents, cycles) and all its jobs must go to
+    /// one server ([`Error::SeveralServers`]). A workflow with the unique key of one still
+    /// running is a duplicate: nothing is inserted and the running one is returned.
+    pub async fn enqueue_workflow(&self, workflow: Workflow) -> Result<WorkflowEnqueued> {
+        let (checked, rows) = self.check_workflow(workflow)?;
+        let pool = self.server_of(&rows)?;
+        let insert = workflow_insert(&checked, rows);
+        run_again_if_rolled_back(|| async {
+            let mut tx = store::begin(pool).await?;
+            let out = store::insert_workflow(&mut tx, &insert).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// [`enqueue_workflow`](Producer::enqueue_workflow) through the caller's connection,
+    /// usually `&mut *tx` of the caller's transaction (see [`Producer::enqueue_in`]).
+    pub async fn enqueue_workflow_in(
+        &self,
+        conn: &mut MySqlConnection,
+        workflow: Workflow,
+    ) -> Result<WorkflowEnqueued> {
+        let (checked, rows) = self.check_workflow(workflow)?;
+        self.server_of(&rows)?;
+        store::insert_workflow(conn, &workflow_insert(&checked, rows))
+            .await
+            .map_err(|e| match e {
+                Error::Database(e) => Error::from_database(e),
+                other => other,
+            })
+    }
+
+    /// Checks a workflow's graph and each of its jobs; a job of a workflow cannot be unique
+    /// on its own (the workflow can).
+    fn check_workflow(
+        &self,
+        workflow: Workflow,
+    ) -> Result<(crate::workflow::Checked, Vec<store::JobInsert>)> {
+        let mut checked = workflow.check()?;
+        let mut rows = Vec::with_capacity(checked.jobs.len());
+        for step in &mut checked.jobs {
+            let job = std::mem::replace(&mut step.job, NewJob::json("x", serde_json::Value::Null));
+            let row = job.check(&self.opts)?;
+            if row.unique_key.is_some() {
+                return Err(Error::Invalid {
+                    field: "workflow",
+                    message: format!(
+                        "job {:?} has a unique_key; jobs of a workflow cannot be unique on their \
+                         own: give the workflow a unique_key instead",
+                        step.name
+                    ),
+                });
+            }
+            rows.push(row);
+        }
+        Ok((checked, rows))
+    }
+
     /// Validates `jobs` against `opts` without writing anything: the checks every enqueue makes
     /// first (names, JSON, size, attempts, run-at).
     pub fn validate(jobs: &[NewJob], opts: &ProducerOptions) -> Result<()> {
@@ -487,6 +593,25 @@ impl Producer {
 
     fn check_all(&self, jobs: Vec<NewJob>) -> Result<Vec<store::JobInsert>> {
         jobs.into_iter().map(|j| j.check(&self.opts)).collect()
+    }
+}
+
+/// The rows of a checked workflow, for the store.
+fn workflow_insert(
+    checked: &crate::workflow::Checked,
+    rows: Vec<store::JobInsert>,
+) -> store::WorkflowInsert<'_> {
+    store::WorkflowInsert {
+        name: &checked.name,
+        unique_key: checked.unique_key.as_deref(),
+        fail_fast: checked.fail_fast,
+        batch: checked.batch,
+        jobs: checked
+            .jobs
+            .iter()
+            .zip(rows)
+            .map(|(s, r)| (s.name.clone(), r, s.parents.clone(), s.on_failure))
+            .collect(),
     }
 }
 

@@ -9,8 +9,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::deps::{self, OnParentFailure};
 use crate::error::{Error, Result};
-use crate::job::JobId;
+use crate::job::{JobId, JobState};
 use crate::producer::Enqueued;
 
 /// A validated row to insert.
@@ -31,6 +34,61 @@ pub(crate) struct JobInsert {
     pub(crate) replace: bool,
     /// Jobs with the same key in the queue share its concurrency and rate limits.
     pub(crate) concurrency_key: Option<String>,
+    /// Existing jobs this one runs after ([`crate::NewJob::after`]).
+    pub(crate) parents: Vec<JobId>,
+    /// What it does when one of them fails.
+    pub(crate) on_parent_failure: OnParentFailure,
+}
+
+/// How a row starts: its state and run-at, and what links it to other jobs.
+#[derive(Clone, Debug)]
+pub(crate) struct Begin {
+    pub(crate) state: &'static str,
+    pub(crate) run_at: DateTime<Utc>,
+    /// Parents still to end (`blocked` jobs).
+    pub(crate) pending: u32,
+    /// Jobs that depend on it (known at insert: a workflow's).
+    pub(crate) dependents: u32,
+    pub(crate) workflow: Option<u64>,
+    /// Why it starts `cancelled` (a parent already failed).
+    pub(crate) error: Option<String>,
+}
+
+impl Begin {
+    /// Whether the row needs the columns a plain job leaves at their defaults.
+    fn linked(&self) -> bool {
+        self.pending > 0 || self.dependents > 0 || self.workflow.is_some() || self.error.is_some()
+    }
+
+    /// How a job without parents starts: `scheduled` if not yet due, else `available`.
+    pub(crate) fn plain(r: &JobInsert, now: DateTime<Utc>) -> Begin {
+        let (run_at, state) = start_of(r, now);
+        Begin {
+            state,
+            run_at,
+            pending: 0,
+            dependents: 0,
+            workflow: None,
+            error: None,
+        }
+    }
+
+    /// How a job starts given what [`deps::start`] decided.
+    pub(crate) fn of(r: &JobInsert, start: &deps::Start, now: DateTime<Utc>) -> Begin {
+        let mut b = Begin::plain(r, now);
+        match start {
+            deps::Start::Ready => {}
+            deps::Start::Blocked { pending } => {
+                b.state = "blocked";
+                b.pending = *pending;
+            }
+            deps::Start::Cancelled(why) => {
+                b.state = "cancelled";
+                b.error = Some(why.clone());
+            }
+        }
+        b
+    }
 }
 
 /// Rows per INSERT: 9 placeholders a row stays far below the 65 535-parameter limit.
@@ -129,24 +187,34 @@ pub(crate) async fn insert_jobs(
     .fetch_one(&mut *conn)
     .await?;
     let running = (running.server == server).then_some(&running.ids);
+    // Parents named by id: locked and counted first, so each child starts by its parents'
+    // states as they are now, and a parent ending meanwhile finds the child's edge.
+    let parents = lock_parents(conn, rows).await?;
+    let begins: Vec<Begin> = rows
+        .iter()
+        .map(|r| {
+            if r.parents.is_empty() {
+                return Begin::plain(r, now);
+            }
+            let of: Vec<(u64, JobState, OnParentFailure)> = r
+                .parents
+                .iter()
+                .map(|p| (p.0, parents[&p.0], r.on_parent_failure))
+                .collect();
+            Begin::of(r, &deps::start(&of), now)
+        })
+        .collect();
     let mut out: Vec<Option<Enqueued>> = vec![None; rows.len()];
     // Plain jobs go in multi-row INSERTs; unique ones one by one, since each may turn out a
     // duplicate (and a multi-row INSERT's ids are only known when every row is inserted).
     let plain: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].unique_key.is_none())
         .collect();
-    let mut start = 0;
-    while start < plain.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < plain.len()
-            && end - start < CHUNK_ROWS
-            && (end == start || bytes + rows[plain[end]].payload.len() <= CHUNK_BYTES)
-        {
-            bytes += rows[plain[end]].payload.len();
-            end += 1;
-        }
-        let chunk: Vec<&JobInsert> = plain[start..end].iter().map(|&i| &rows[i]).collect();
+    for (start, end) in chunks(&plain, |i| rows[i].payload.len()) {
+        let chunk: Vec<(&JobInsert, &Begin)> = plain[start..end]
+            .iter()
+            .map(|&i| (&rows[i], &begins[i]))
+            .collect();
         let ids = insert_chunk(conn, &chunk, inc, now).await?;
         for (&i, id) in plain[start..end].iter().zip(ids) {
             out[i] = Some(Enqueued {
@@ -155,7 +223,6 @@ pub(crate) async fn insert_jobs(
                 replaced: false,
             });
         }
-        start = end;
     }
     for (i, r) in rows.iter().enumerate() {
         let Some(key) = &r.unique_key else { continue };
@@ -168,13 +235,156 @@ pub(crate) async fn insert_jobs(
                 duplicate: true,
                 replaced: false,
             },
-            None => insert_unique(conn, r, now).await?,
+            None => insert_unique(conn, r, &begins[i], now).await?,
         });
     }
-    Ok(out
+    let out: Vec<Enqueued> = out
         .into_iter()
         .map(|e| e.expect("every row inserted above"))
-        .collect())
+        .collect();
+    // The edges of the children inserted (a duplicate keeps the existing job's edges).
+    let mut edges = Vec::new();
+    for (r, e) in rows.iter().zip(&out) {
+        if e.duplicate {
+            continue;
+        }
+        for p in &r.parents {
+            let ended = Some(parents[&p.0]).filter(|s| s.is_final());
+            edges.push(Edge {
+                parent: p.0,
+                child: e.id.0,
+                on_failure: r.on_parent_failure,
+                ended,
+            });
+        }
+    }
+    insert_edges(conn, &edges, now).await?;
+    Ok(out)
+}
+
+/// `[start, end)` ranges of `items` for multi-row INSERTs: at most [`CHUNK_ROWS`] rows and
+/// [`CHUNK_BYTES`] of payload each (a single larger row goes alone).
+pub(crate) fn chunks(items: &[usize], bytes_of: impl Fn(usize) -> usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < items.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < items.len()
+            && end - start < CHUNK_ROWS
+            && (end == start || bytes + bytes_of(items[end]) <= CHUNK_BYTES)
+        {
+            bytes += bytes_of(items[end]);
+            end += 1;
+        }
+        out.push((start, end));
+        start = end;
+    }
+    out
+}
+
+/// The states of every parent `rows` name by id, after raising each one's `dependents`
+/// count (which locks it until the enqueue commits). A parent that does not exist is refused
+/// before anything is locked: a locking statement on a missing row would lock a gap of the
+/// table, blocking other producers, at the caller's REPEATABLE READ.
+async fn lock_parents(
+    conn: &mut MySqlConnection,
+    rows: &[JobInsert],
+) -> Result<BTreeMap<u64, JobState>> {
+    let mut count: BTreeMap<u64, u32> = BTreeMap::new();
+    for p in rows.iter().flat_map(|r| &r.parents) {
+        *count.entry(p.0).or_default() += 1;
+    }
+    if count.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let ids = count
+        .keys()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // language=MySQL
+    let found: BTreeSet<u64> =
+        sqlx::query_scalar(&format!("SELECT id FROM jobq_jobs WHERE id IN ({ids})"))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+    if let Some(&missing) = count.keys().find(|id| !found.contains(id)) {
+        return Err(Error::NoSuchParent(JobId(missing)));
+    }
+    let mut raise = String::from("CASE id");
+    for (id, n) in &count {
+        raise.push_str(&format!(" WHEN {id} THEN {n}"));
+    }
+    raise.push_str(" END");
+    // language=MySQL
+    // By primary key, rows known to exist: record locks only.
+    sqlx::query(&format!(
+        "UPDATE jobq_jobs SET dependents = dependents + {raise} WHERE id IN ({ids})"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    // language=MySQL
+    // A locking read sees the newest committed state, whatever the caller's isolation.
+    let states: Vec<(u64, String)> = sqlx::query_as(&format!(
+        "SELECT id, CAST(state AS CHAR) FROM jobq_jobs WHERE id IN ({ids}) FOR UPDATE"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = BTreeMap::new();
+    for (id, state) in states {
+        let state = state
+            .parse()
+            .map_err(|e: String| Error::Database(sqlx::Error::Decode(e.into())))?;
+        out.insert(id, state);
+    }
+    if let Some(&gone) = count.keys().find(|id| !out.contains_key(id)) {
+        // Pruned between the two reads.
+        return Err(Error::NoSuchParent(JobId(gone)));
+    }
+    Ok(out)
+}
+
+/// One edge to insert: `child` runs after `parent`; `ended` is the parent's final state if it
+/// had already ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Edge {
+    pub(crate) parent: u64,
+    pub(crate) child: u64,
+    pub(crate) on_failure: OnParentFailure,
+    pub(crate) ended: Option<JobState>,
+}
+
+/// Inserts `edges` in multi-row INSERTs.
+pub(crate) async fn insert_edges(
+    conn: &mut MySqlConnection,
+    edges: &[Edge],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for chunk in edges.chunks(CHUNK_ROWS) {
+        // language=MySQL
+        let mut sql = String::from(
+            "INSERT INTO jobq_deps (parent_id, child_id, on_failure, parent_state, resolved_at) VALUES ",
+        );
+        for (i, e) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "({}, {}, '{}', ?, ?)",
+                e.parent, e.child, e.on_failure
+            ));
+        }
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q
+                .bind(e.ended.map(JobState::as_str))
+                .bind(e.ended.map(|_| now));
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Inserts a unique job, or finds the unique job of the same kind and key that is waiting or
@@ -187,16 +397,18 @@ pub(crate) async fn insert_jobs(
 async fn insert_unique(
     conn: &mut MySqlConnection,
     r: &JobInsert,
+    b: &Begin,
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
-    let (run_at, state) = start_of(r, now);
+    let (run_at, state) = (b.run_at, b.state);
     let mut tries = 0;
     let id = loop {
         tries += 1;
         // language=MySQL
         let res = sqlx::query(
-            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, unique_key, unique_period_us, concurrency_key) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, unique_key, unique_period_us, concurrency_key, \
+                                    pending_parents, last_error, finalized_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, IF(? = 'cancelled', ?, NULL)) \
              ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), duplicates = duplicates + 1",
         )
         .bind(&r.queue)
@@ -210,6 +422,10 @@ async fn insert_unique(
         .bind(&r.unique_key)
         .bind(r.unique_period_us)
         .bind(&r.concurrency_key)
+        .bind(b.pending)
+        .bind(&b.error)
+        .bind(state)
+        .bind(now)
         .execute(&mut *conn)
         .await?;
         let id = JobId(res.last_insert_id());
@@ -350,39 +566,58 @@ fn start_of(r: &JobInsert, now: DateTime<Utc>) -> (DateTime<Utc>, &'static str) 
     )
 }
 
-async fn insert_chunk(
+/// Inserts `rows` in one multi-row INSERT, each as its [`Begin`] says, with their `enqueued`
+/// history rows; returns their ids in order.
+pub(crate) async fn insert_chunk(
     conn: &mut MySqlConnection,
-    rows: &[&JobInsert],
+    rows: &[(&JobInsert, &Begin)],
     inc: u64,
     now: DateTime<Utc>,
 ) -> Result<Vec<JobId>> {
     // language=MySQL
     // A job not yet due starts `scheduled`, out of the claim's way; maintenance makes it
-    // `available` when due.
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
-    let mut sql = String::with_capacity(160 + rows.len() * (ROW.len() + 1));
+    // `available` when due. The columns of dependencies and workflows are sent only when a
+    // row of the chunk has any (a plain job leaves them at their defaults).
+    let linked = rows.iter().any(|(_, b)| b.linked());
+    let row = if linked {
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    } else {
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+    let mut sql = String::with_capacity(220 + rows.len() * (row.len() + 1));
     sql.push_str(
-        "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, concurrency_key) VALUES ",
+        "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, concurrency_key",
     );
+    if linked {
+        sql.push_str(", pending_parents, dependents, workflow_id, last_error, finalized_at");
+    }
+    sql.push_str(") VALUES ");
     for i in 0..rows.len() {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str(ROW);
+        sql.push_str(row);
     }
-    let starts: Vec<(DateTime<Utc>, &str)> = rows.iter().map(|r| start_of(r, now)).collect();
     let mut q = sqlx::query(&sql);
-    for (r, (run_at, state)) in rows.iter().zip(&starts) {
+    for (r, b) in rows {
         q = q
             .bind(&r.queue)
             .bind(&r.kind)
             .bind(&r.payload)
-            .bind(*state)
+            .bind(b.state)
             .bind(r.priority)
-            .bind(*run_at)
+            .bind(b.run_at)
             .bind(r.max_attempts)
             .bind(now)
             .bind(&r.concurrency_key);
+        if linked {
+            q = q
+                .bind(b.pending)
+                .bind(b.dependents)
+                .bind(b.workflow)
+                .bind(&b.error)
+                .bind(b.error.as_ref().map(|_| now));
+        }
     }
     let res = q.execute(&mut *conn).await?;
     let n = res.rows_affected();
@@ -400,15 +635,15 @@ async fn insert_chunk(
     let ids: Vec<JobId> = (0..n).map(|i| JobId(first + i * inc)).collect();
     let history: Vec<(JobId, &str)> = ids
         .iter()
-        .zip(&starts)
-        .map(|(&id, (_, st))| (id, *st))
+        .zip(rows)
+        .map(|(&id, (_, b))| (id, b.state))
         .collect();
     insert_enqueued(conn, &history, now).await?;
     Ok(ids)
 }
 
 /// The `enqueued` history rows of newly inserted jobs: (id, the state each starts in).
-async fn insert_enqueued(
+pub(crate) async fn insert_enqueued(
     conn: &mut MySqlConnection,
     jobs: &[(JobId, &str)],
     now: DateTime<Utc>,
@@ -457,4 +692,134 @@ pub(crate) async fn job_end(
         result: result.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))),
         error,
     }))
+}
+
+/// A checked workflow's rows: the jobs in parent-first order, each with the indexes of its
+/// parents.
+pub(crate) struct WorkflowInsert<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) unique_key: Option<&'a str>,
+    pub(crate) fail_fast: bool,
+    pub(crate) batch: bool,
+    pub(crate) jobs: Vec<(String, JobInsert, Vec<usize>, OnParentFailure)>,
+}
+
+/// Inserts a workflow: its row, its jobs (those with parents `blocked`), their names and their
+/// edges. A running workflow with the same unique key makes it a duplicate: nothing is
+/// inserted and the running one's id and jobs are returned.
+pub(crate) async fn insert_workflow(
+    conn: &mut MySqlConnection,
+    wf: &WorkflowInsert<'_>,
+) -> Result<crate::workflow::WorkflowEnqueued> {
+    use crate::workflow::{WorkflowEnqueued, WorkflowId};
+    // language=MySQL
+    let (inc, now): (u64, DateTime<Utc>) =
+        sqlx::query_as("SELECT @@auto_increment_increment, UTC_TIMESTAMP(6)")
+            .fetch_one(&mut *conn)
+            .await?;
+    // language=MySQL
+    // The unique key is taken while the workflow runs (`unique_active`); a duplicate hands
+    // back the running workflow's id, and counting it makes the reply say "updated" (2 rows,
+    // not 1: sqlx asks for found rows, so an unchanged row would count as inserted).
+    let res = sqlx::query(
+        "INSERT INTO jobq_workflows (name, batch, unique_key, fail_fast, jobs, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), duplicates = duplicates + 1",
+    )
+    .bind(wf.name)
+    .bind(wf.batch)
+    .bind(wf.unique_key)
+    .bind(wf.fail_fast)
+    .bind(wf.jobs.len() as u32)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let id = res.last_insert_id();
+    if res.rows_affected() != 1 {
+        // language=MySQL
+        let jobs: Vec<(String, u64)> = sqlx::query_as(
+            "SELECT CAST(name AS CHAR), job_id FROM jobq_workflow_jobs WHERE workflow_id = ?",
+        )
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+        return Ok(WorkflowEnqueued {
+            id: WorkflowId(id),
+            duplicate: true,
+            jobs: jobs.into_iter().map(|(n, j)| (n, JobId(j))).collect(),
+        });
+    }
+    let mut dependents = vec![0u32; wf.jobs.len()];
+    for (_, _, parents, _) in &wf.jobs {
+        for &p in parents {
+            dependents[p] += 1;
+        }
+    }
+    let begins: Vec<Begin> = wf
+        .jobs
+        .iter()
+        .zip(&dependents)
+        .map(|((_, r, parents, _), &deps)| {
+            let mut b = Begin::plain(r, now);
+            if !parents.is_empty() {
+                b.state = "blocked";
+                b.pending = parents.len() as u32;
+            }
+            b.dependents = deps;
+            b.workflow = Some(id);
+            b
+        })
+        .collect();
+    let order: Vec<usize> = (0..wf.jobs.len()).collect();
+    let mut ids: Vec<u64> = Vec::with_capacity(wf.jobs.len());
+    for (start, end) in chunks(&order, |i| wf.jobs[i].1.payload.len()) {
+        let chunk: Vec<(&JobInsert, &Begin)> =
+            (start..end).map(|i| (&wf.jobs[i].1, &begins[i])).collect();
+        ids.extend(
+            insert_chunk(conn, &chunk, inc, now)
+                .await?
+                .into_iter()
+                .map(|j| j.0),
+        );
+    }
+    for chunk in order.chunks(CHUNK_ROWS) {
+        // language=MySQL
+        let mut sql =
+            String::from("INSERT INTO jobq_workflow_jobs (workflow_id, name, job_id) VALUES ");
+        for (n, &i) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("({id}, ?, {})", ids[i]));
+        }
+        let mut q = sqlx::query(&sql);
+        for &i in chunk {
+            q = q.bind(&wf.jobs[i].0);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let edges: Vec<Edge> = wf
+        .jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(c, (_, _, parents, policy))| {
+            let ids = &ids;
+            parents.iter().map(move |&p| Edge {
+                parent: ids[p],
+                child: ids[c],
+                on_failure: *policy,
+                ended: None,
+            })
+        })
+        .collect();
+    insert_edges(conn, &edges, now).await?;
+    Ok(WorkflowEnqueued {
+        id: WorkflowId(id),
+        duplicate: false,
+        jobs: wf
+            .jobs
+            .iter()
+            .zip(&ids)
+            .map(|((name, ..), &j)| (name.clone(), JobId(j)))
+            .collect(),
+    })
 }

@@ -38,7 +38,17 @@ async fn act_with(
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1000) {
         let raw: Vec<u64> = chunk.iter().map(|i| i.0).collect();
-        for (id, acted) in crate::store::apply_act(pool, act, &raw, &actor, error, rule).await? {
+        for (id, acted) in crate::store::apply_act(
+            pool,
+            act,
+            &raw,
+            &actor,
+            error,
+            rule,
+            jobq_producer::deps::child_move,
+        )
+        .await?
+        {
             out.push((JobId(id), acted));
         }
     }

@@ -2,8 +2,8 @@
 //! (`acts.rs` has the public API, `store/acts.rs` locks the jobs and writes what is decided
 //! here).
 //!
-//! - **cancel**: a job not yet running (`available`, `scheduled`, `retryable`, `waiting`) is
-//!   `cancelled` at once; a `running` one gets a cancel request, which its worker reads at its
+//! - **cancel**: a job not yet running (`available`, `scheduled`, `retryable`, `waiting`,
+//!   `blocked`) is `cancelled` at once (what depends on it follows its edges' policies); a `running` one gets a cancel request, which its worker reads at its
 //!   next heartbeat: the handler sees `ctx.cancelled()`, has `worker.cancel_grace` to stop, is
 //!   dropped, and the job ends `cancelled` with its `ctx.tx()` rolled back.
 //! - **retry**: a `discarded`, `cancelled`, `retryable` or `scheduled` job is `available` now,
@@ -24,7 +24,7 @@ pub(crate) fn decide(act: Act, state: JobState) -> Acted {
         state,
         why: why.to_owned(),
     };
-    let waiting = matches!(state, Available | Scheduled | Retryable | Waiting);
+    let waiting = matches!(state, Available | Scheduled | Retryable | Waiting | Blocked);
     match act {
         Act::Cancel if waiting => Acted::Done {
             from: state,
@@ -46,6 +46,7 @@ pub(crate) fn decide(act: Act, state: JobState) -> Acted {
         }
         Act::Retry if state == Completed => refuse("it completed; enqueue a new job instead"),
         Act::Retry if state == Running => refuse("it is running"),
+        Act::Retry if state == Blocked => refuse("it is waiting for its parents"),
         Act::Retry => refuse("it is already waiting to run"),
     }
 }
@@ -86,7 +87,7 @@ mod tests {
     fn every_act_in_every_state() {
         let done = |from, to| Acted::Done { from, to };
         for state in JobState::ALL {
-            let waiting = matches!(state, Available | Scheduled | Retryable | Waiting);
+            let waiting = matches!(state, Available | Scheduled | Retryable | Waiting | Blocked);
             let cancel = decide(Act::Cancel, state);
             let discard = decide(Act::Discard, state);
             let retry = decide(Act::Retry, state);

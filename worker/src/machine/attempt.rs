@@ -308,7 +308,11 @@ pub(crate) fn unstarted(why: &str) -> Decision {
 pub fn is_valid(from: Option<JobState>, to: JobState) -> bool {
     use JobState::*;
     match from {
-        None => matches!(to, Available | Scheduled),
+        // A job with parents starts `blocked`, or `cancelled` when a parent already failed.
+        None => matches!(to, Available | Scheduled | Blocked | Cancelled),
+        // Released by its last parent's ending, or cancelled by a failed one, an operator or
+        // fail_fast.
+        Some(Blocked) => matches!(to, Available | Scheduled | Cancelled | Discarded),
         // A waiting job that never started may be replaced by a duplicate (debounce), which
         // can move its run-at either way.
         // A claim may hold it back: `waiting` (key at its limit), `scheduled` (key rate).

@@ -290,6 +290,7 @@ mod tests {
             wait_us: 0,
             token: [0; 16],
             concurrency_key: key.map(str::to_owned),
+            linked: false,
         }
     }
 

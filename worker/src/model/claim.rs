@@ -23,6 +23,9 @@ pub(crate) struct ClaimedJob {
     pub(crate) token: Token,
     /// Its concurrency key, if it has one.
     pub(crate) concurrency_key: Option<String>,
+    /// Whether other jobs depend on it or it belongs to a workflow (as the claim read it): its
+    /// ending is then written in the path that settles dependents (`store/deps.rs`).
+    pub(crate) linked: bool,
 }
 
 impl ClaimedJob {

@@ -184,14 +184,19 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
         }
     }
     super::schedules::run_due(shared).await;
-    let rescued = store::rescue_expired(&shared.pool, BATCH, |j| {
-        attempt::rescue(
-            j.attempt,
-            j.max_attempts,
-            j.worker.as_deref(),
-            j.cancel_requested_by.as_deref(),
-        )
-    })
+    let rescued = store::rescue_expired(
+        &shared.pool,
+        BATCH,
+        |j| {
+            attempt::rescue(
+                j.attempt,
+                j.max_attempts,
+                j.worker.as_deref(),
+                j.cancel_requested_by.as_deref(),
+            )
+        },
+        jobq_producer::deps::child_move,
+    )
     .await?;
     for (job, to) in rescued {
         let outcome = to.as_str();

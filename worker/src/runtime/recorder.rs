@@ -72,11 +72,13 @@ pub(crate) const CARRIED_RESULT_BYTES: usize = 8 * 1024;
 pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemaphorePermit) {
     let decision = if a.outcome == Outcome::Success {
         // A large result is written on its own (bound, not spliced): batches carry only small
-        // ones, so a batch of them stays far below the server's packet limit.
-        let small = a
-            .result
-            .as_ref()
-            .is_none_or(|r| r.len() <= CARRIED_RESULT_BYTES);
+        // ones, so a batch of them stays far below the server's packet limit. A job that
+        // others depend on, or of a workflow, is written on its own too: its ending settles
+        // its dependents in the same transaction (`store/deps.rs`).
+        let small = !a.job.linked
+            && a.result
+                .as_ref()
+                .is_none_or(|r| r.len() <= CARRIED_RESULT_BYTES);
         match a.tx.take() {
             None if !small => decide(
                 &Outcome::Success,
@@ -153,6 +155,8 @@ async fn complete_in_tx(shared: &Shared, a: &Attempt, mut tx: OwnedTx) -> Option
         decision: &d,
         result: a.result.as_deref(),
         on_cancel: attempt::overridden_by_cancel,
+        linked: a.job.linked,
+        child_rule: jobq_producer::deps::child_move,
     };
     // The server may have ended the handler's transaction already (an implicit commit, a
     // deadlock's rollback); the handler's later writes then autocommitted. Completing now would
@@ -251,6 +255,8 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
         decision: d,
         result: a.result.as_deref(),
         on_cancel: attempt::overridden_by_cancel,
+        linked: a.job.linked,
+        child_rule: jobq_producer::deps::child_move,
     };
     let deadline = Instant::now() + shared.config.worker().lease_ttl;
     let mut retry = DbRetry::new();
@@ -344,6 +350,8 @@ pub(crate) async fn release_unstarted(
             decision: &d,
             result: None,
             on_cancel: attempt::overridden_by_cancel,
+            linked: job.linked,
+            child_rule: jobq_producer::deps::child_move,
         };
         let mut retry = DbRetry::new();
         loop {
@@ -437,7 +445,8 @@ async fn write_and_forget(shared: &Shared, mut batch: Vec<Completion>) {
 /// Counts completions written in one transaction (`done` of them still ours; the others had
 /// been taken back meanwhile and were left alone). Shared by the completer and by claims that
 /// carry completions. When some were left alone, which ones is asked afterwards (off the
-/// caller's path): those are counted as `lease_lost`, never as `completed`.
+/// caller's path): a job still ours got a dependent while it ran and is completed now, in the
+/// path that settles dependents; the others are counted as `lease_lost`, never as `completed`.
 pub(crate) fn count_written(shared: &Shared, batch: &[Completion], done: u64) {
     if done >= batch.len() as u64 {
         for c in batch {
@@ -447,19 +456,41 @@ pub(crate) fn count_written(shared: &Shared, batch: &[Completion], done: u64) {
     }
     warn!(
         stale = batch.len() as u64 - done,
-        "completions for jobs taken back meanwhile were not written"
+        "completions not written by the batch (jobs taken back meanwhile, or given a dependent)"
     );
     let pool = shared.pool.clone();
-    let batch: Vec<(Fence, QueueName, KindName, Duration)> = batch
+    let batch: Vec<(Fence, QueueName, KindName, Duration, Option<String>)> = batch
         .iter()
-        .map(|c| (c.fence, c.queue.clone(), c.kind.clone(), c.run))
+        .map(|c| {
+            (
+                c.fence,
+                c.queue.clone(),
+                c.kind.clone(),
+                c.run,
+                c.result.clone(),
+            )
+        })
         .collect();
     tokio::spawn(async move {
         let fences: Vec<Fence> = batch.iter().map(|b| b.0).collect();
         match store::completed_with_token(&pool, &fences).await {
             Ok(written) => {
-                for (fence, queue, kind, run) in &batch {
-                    let outcome = if written.contains(&fence.id) {
+                for (fence, queue, kind, run, result) in &batch {
+                    // Not written and still ours: a dependent was added while it ran, which
+                    // the batch leaves to the path that settles dependents.
+                    let done = written.contains(&fence.id)
+                        || store::complete_linked(
+                            &pool,
+                            *fence,
+                            result.as_deref(),
+                            jobq_producer::deps::child_move,
+                        )
+                        .await
+                        .unwrap_or_else(|e| {
+                            warn!(error = %e, job = fence.id, "could not complete a job that got a dependent while it ran; its lease will lapse and it is rescued");
+                            false
+                        });
+                    let outcome = if done {
                         "completed"
                     } else {
                         metrics::LEASE_LOST

@@ -2,6 +2,8 @@
 //! that locks the jobs it reads (`FOR UPDATE`, waiting at most the session's lock timeout for
 //! a claim or a completion in flight), decides per job from the state it found
 //! (the rule it is given, `machine/acts.rs`), and writes the change with its transition, the actor recorded.
+//! Jobs it ends are settled (`deps.rs`) in the same transaction: their dependents are
+//! released or cancelled, their workflows counted.
 
 use jobq_producer::JobState;
 use sqlx::{MySqlPool, Row};
@@ -27,6 +29,7 @@ pub(crate) async fn apply(
     actor: &str,
     error: Option<&str>,
     decide: ActRule<'_>,
+    child_rule: super::deps::ChildRule,
 ) -> Result<Vec<(u64, Acted)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -89,6 +92,17 @@ pub(crate) async fn apply(
             other => other,
         };
         out.push((id, written));
+    }
+    // Jobs this act ended: their dependents and workflows hear of it in this transaction.
+    let ended: Vec<(u64, JobState)> = out
+        .iter()
+        .filter_map(|(id, a)| match a {
+            Acted::Done { to, .. } if to.is_final() => Some((*id, *to)),
+            _ => None,
+        })
+        .collect();
+    if !ended.is_empty() {
+        super::deps::settle(&mut tx, &ended, Some(actor), child_rule).await?;
     }
     tx.commit().await?;
     Ok(out)

@@ -275,6 +275,7 @@ fn decode_job(r: &MySqlRow, token: Token) -> Result<ClaimedJob, sqlx::Error> {
         wait_us: r.try_get::<Option<i64>, _>("wait_us")?.unwrap_or(0),
         token,
         concurrency_key: opt_text(r, "concurrency_key")?,
+        linked: r.try_get::<i64, _>("linked")? != 0,
     })
 }
 
@@ -324,7 +325,8 @@ pub(super) fn claim_select(queue: &str, limit: &str, after: Option<&Cursor>) -> 
     format!(
         "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, concurrency_key, \
                 TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us, \
-                priority, TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', run_at) AS run_at_us \
+                priority, TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', run_at) AS run_at_us, \
+                (dependents > 0 OR workflow_id IS NOT NULL) AS linked \
          FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
          WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) {after}\
            AND (SELECT COUNT(*) FROM jobq_queues p WHERE p.name = {queue} AND p.paused_at IS NOT NULL) = 0 \

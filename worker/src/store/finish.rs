@@ -5,6 +5,7 @@
 use jobq_sqlkit::TxError;
 use sqlx::{MySqlConnection, MySqlPool};
 
+use super::deps::ChildRule;
 use super::sql::{hex, id_list, RawTx};
 use super::{micros, Fence};
 use crate::ids::WorkerId;
@@ -136,8 +137,14 @@ pub(super) const COMPLETION_UPDATE: usize = 1;
 
 /// The statements that complete `fences` inside an open transaction (no COMMIT), storing the
 /// `results` (job id, JSON text) of those that have one: shared by the completer's own
-/// transaction and a claim that carries completions (`claim.rs`).
+/// transaction and a claim that carries completions (`claim.rs`). These are jobs claimed
+/// without dependents or workflow: one that got a dependent while it ran (`dependents > 0`)
+/// is left alone like a job taken back, and [`complete_linked`] completes it.
 pub(super) fn completion_sql(fences: &[Fence], results: &[(u64, String)]) -> String {
+    completion_statements(fences, results, "AND dependents = 0")
+}
+
+fn completion_statements(fences: &[Fence], results: &[(u64, String)], guard: &str) -> String {
     let ids = id_list(fences.iter().map(|f| f.id));
     let pairs = fence_pairs(fences);
     // language=MySQL
@@ -161,12 +168,54 @@ pub(super) fn completion_sql(fences: &[Fence], results: &[(u64, String)]) -> Str
     format!(
         "SET @jobq_done_at := UTC_TIMESTAMP(6); \
          UPDATE jobq_jobs FORCE INDEX (PRIMARY) SET state = 'completed', finalized_at = @jobq_done_at, lease_expires_at = NULL{result} \
-         WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running'; \
+         WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) AND state = 'running' {guard}; \
          INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
          SELECT id, 'running', 'completed', 'completed', attempt, worker_id, finalized_at \
          FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({ids}) AND (id, claim_token) IN ({pairs}) \
            AND state = 'completed' AND finalized_at = @jobq_done_at"
     )
+}
+
+/// Completes one job that a batch left alone because it got a dependent while it ran, in a
+/// transaction that also settles its dependents. False when the job is no longer this
+/// claim's (taken back meanwhile): nothing written.
+pub(crate) async fn complete_linked(
+    pool: &MySqlPool,
+    fence: Fence,
+    result: Option<&str>,
+    rule: ChildRule,
+) -> Result<bool, TxError> {
+    let results: Vec<(u64, String)> = result
+        .map(|r| (fence.id, r.to_owned()))
+        .into_iter()
+        .collect();
+    let sql = completion_statements(&[fence], &results, "");
+    let mut tx = super::begin(pool).await?;
+    let done = async {
+        let (_, counts) = super::sql::batch(&mut tx, &sql).await?;
+        if counts.get(COMPLETION_UPDATE).copied().unwrap_or(0) != 1 {
+            return Ok(false);
+        }
+        super::deps::settle(
+            &mut tx,
+            &[(fence.id, jobq_producer::JobState::Completed)],
+            None,
+            rule,
+        )
+        .await?;
+        Ok::<_, sqlx::Error>(true)
+    }
+    .await;
+    match done {
+        Ok(done) => {
+            tx.commit().await?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e.into())
+        }
+    }
 }
 
 /// One attempt's outcome for one job, as decided by `machine/attempt.rs`.
@@ -181,6 +230,12 @@ pub(crate) struct FinishWrite<'a> {
     pub(crate) result: Option<&'a str>,
     /// What to write instead when an operator asked to cancel the job while it ran.
     pub(crate) on_cancel: CancelRule,
+    /// Whether the claim read the job as having dependents or a workflow: its ending is then
+    /// settled (`deps.rs`). One claimed without them is written only while it still has none;
+    /// a dependent added while it ran is found by that guard, and the ending settled too.
+    pub(crate) linked: bool,
+    /// What a child does when this job ends (`jobq_producer::deps::child_move`).
+    pub(crate) child_rule: ChildRule,
 }
 
 /// Applies a decision to one running job through `conn` (the handler's transaction for a
@@ -212,31 +267,14 @@ pub(crate) async fn finish(
             }
         }
     }
-    // language=MySQL
-    // run_at moves only for retryable/scheduled (a delay); max_attempts grows by one when the
-    // attempt is refunded (snooze, shutdown release) so it does not count against the job,
-    // saturating at the column's maximum (the sum is computed as BIGINT, so LEAST sees it).
-    let updated = sqlx::query(
-        "UPDATE jobq_jobs SET state = ?, \
-                run_at = IF(? IS NULL, run_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
-                max_attempts = LEAST(max_attempts + ?, 4294967295), \
-                last_error = COALESCE(?, last_error), \
-                finalized_at = IF(?, UTC_TIMESTAMP(6), NULL), \
-                lease_expires_at = NULL, result = COALESCE(?, result) \
-         WHERE id = ? AND claim_token = ? AND state = 'running'",
-    )
-    .bind(d.to.as_str())
-    .bind(d.delay.map(micros))
-    .bind(d.delay.map(micros).unwrap_or(0))
-    .bind(u32::from(d.refund_attempt))
-    .bind(d.error.as_deref())
-    .bind(d.to.is_final())
-    .bind(w.result)
-    .bind(w.fence.id)
-    .bind(&w.fence.token[..])
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let mut updated = write_decision(conn, &w, d, w.linked).await?;
+    let mut linked = w.linked;
+    if updated == 0 && !linked {
+        // A dependent added while the job ran: the guard left it alone; written now, settled
+        // below.
+        updated = write_decision(conn, &w, d, true).await?;
+        linked = true;
+    }
     if updated != 1 {
         return Ok(false);
     }
@@ -258,7 +296,47 @@ pub(crate) async fn finish(
     .bind(w.fence.id)
     .execute(&mut *conn)
     .await?;
+    if linked && d.to.is_final() {
+        super::deps::settle(conn, &[(w.fence.id, d.to)], None, w.child_rule).await?;
+    }
     Ok(true)
+}
+
+/// The UPDATE of [`finish`]: the decision, fenced; with `any_dependents` false, only if the
+/// job still has no dependents. Returns the rows changed (0 or 1).
+async fn write_decision(
+    conn: &mut MySqlConnection,
+    w: &FinishWrite<'_>,
+    d: &Decision,
+    any_dependents: bool,
+) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    // run_at moves only for retryable/scheduled (a delay); max_attempts grows by one when the
+    // attempt is refunded (snooze, shutdown release) so it does not count against the job,
+    // saturating at the column's maximum (the sum is computed as BIGINT, so LEAST sees it).
+    // A decision that does not end the job needs no guard: nothing settles then.
+    Ok(sqlx::query(
+        "UPDATE jobq_jobs SET state = ?, \
+                run_at = IF(? IS NULL, run_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
+                max_attempts = LEAST(max_attempts + ?, 4294967295), \
+                last_error = COALESCE(?, last_error), \
+                finalized_at = IF(?, UTC_TIMESTAMP(6), NULL), \
+                lease_expires_at = NULL, result = COALESCE(?, result) \
+         WHERE id = ? AND claim_token = ? AND state = 'running' AND (? OR dependents = 0)",
+    )
+    .bind(d.to.as_str())
+    .bind(d.delay.map(micros))
+    .bind(d.delay.map(micros).unwrap_or(0))
+    .bind(u32::from(d.refund_attempt))
+    .bind(d.error.as_deref())
+    .bind(d.to.is_final())
+    .bind(w.result)
+    .bind(w.fence.id)
+    .bind(&w.fence.token[..])
+    .bind(any_dependents || !d.to.is_final())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }
 
 /// [`finish`] in its own transaction. Cut off (its future dropped by the caller's deadline),

@@ -79,6 +79,7 @@ pub(crate) async fn rescue_expired(
     pool: &MySqlPool,
     limit: u32,
     decide: impl Fn(&Expired) -> Decision,
+    child_rule: super::deps::ChildRule,
 ) -> Result<Vec<(Expired, JobState)>, sqlx::Error> {
     let mut tx = super::begin(pool).await?;
     // language=MySQL
@@ -101,6 +102,7 @@ pub(crate) async fn rescue_expired(
         return Ok(Vec::new());
     }
     let mut out = Vec::with_capacity(rows.len());
+    let mut ended = Vec::new();
     for r in rows {
         let id: u64 = r.try_get("id")?;
         let job = Expired {
@@ -142,7 +144,15 @@ pub(crate) async fn rescue_expired(
         .bind(d.error.as_deref())
         .execute(&mut *tx)
         .await?;
+        if d.to.is_final() {
+            ended.push((id, d.to));
+        }
         out.push((job, d.to));
+    }
+    // Jobs that ended here (their last attempt, or a cancel requested): their dependents and
+    // workflows hear of it in this transaction.
+    if !ended.is_empty() {
+        super::deps::settle(&mut tx, &ended, None, child_rule).await?;
     }
     tx.commit().await?;
     Ok(out)

@@ -9,6 +9,7 @@
 //! - [`claim_write`]: the claim's final round trip, writing its plan, and its typed error;
 //! - [`named_lock`]: `GET_LOCK` and `RELEASE_LOCK` of `named-lock` claims;
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
+//! - [`deps`]: what jobs ending means for the jobs that depend on them and their workflows;
 //! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
 //! - [`kinds`]: which kinds workers handle on which queues (`jobq enqueue`'s warning);
 //! - [`lease`]: lease extension and the worker rows (heartbeat);
@@ -35,6 +36,7 @@ mod claim_write;
 #[cfg(feature = "console")]
 mod console;
 mod demo;
+mod deps;
 mod finish;
 mod inspect;
 mod keys;
@@ -63,8 +65,8 @@ pub(crate) use demo::{
     create_effects_table, create_runs_table, insert_effect, run_ended, run_started, runs_ended_for,
 };
 pub(crate) use finish::{
-    complete_batch, completed_with_token, finish, finish_tx, held_by_claim, mark_tx,
-    state_by_fence, tx_intact, FinishWrite,
+    complete_batch, complete_linked, completed_with_token, finish, finish_tx, held_by_claim,
+    mark_tx, state_by_fence, tx_intact, FinishWrite,
 };
 pub(crate) use inspect::{counts, history, job, queue_activity, workers};
 pub use inspect::{JobRecord, TransitionRecord, WorkerInfo};

@@ -66,6 +66,8 @@ async fn complete_single(pool: &MySqlPool, fence: Fence, attempt: u32) -> bool {
             decision: &d,
             result: None,
             on_cancel: crate::machine::attempt::overridden_by_cancel,
+            linked: false,
+            child_rule: jobq_producer::deps::child_move,
         },
     )
     .await
@@ -828,6 +830,8 @@ async fn a_claim_is_confirmed_or_failed_never_assumed(db: MySqlPool) {
                 decision: &d,
                 result: None,
                 on_cancel: crate::machine::attempt::overridden_by_cancel,
+                linked: false,
+                child_rule: jobq_producer::deps::child_move,
             };
             given_back += u32::from(finish_tx(&db, w).await.unwrap());
         }
@@ -912,4 +916,5 @@ async fn a_cursor_claim_reads_after_the_cursor_and_a_full_claim_from_the_head(db
     );
 }
 
+mod deps;
 mod reads;
