@@ -52,6 +52,15 @@ pub(crate) struct EnqueueArgs {
     /// once across all workers (queues.NAME.key_limit, kinds.NAME.key_limit; default 1).
     #[arg(long, value_name = "K")]
     pub(crate) concurrency_key: Option<String>,
+    /// Run after these jobs (ids, comma-separated): the job waits in state `blocked` until
+    /// every one of them has ended, and starts when the last completes.
+    #[arg(long, value_name = "ID[,ID…]", value_delimiter = ',')]
+    pub(crate) after: Vec<u64>,
+    /// With --after: what the job does when a parent ends without completing (discarded or
+    /// cancelled): `cancel` it (and what runs after it), `ignore` the failure, or `continue`
+    /// (start now).
+    #[arg(long, value_enum, default_value = "cancel", requires = "after")]
+    pub(crate) on_parent_failure: OnParentFailureArg,
     /// Wait for the job to finish: print its result (or `ID completed`), exit 0 if it
     /// completed, 1 if it was discarded or cancelled, 3 if --timeout passed first.
     #[arg(long)]
@@ -68,6 +77,27 @@ pub(crate) enum OnDuplicateArg {
     Keep,
     /// Replace a waiting, never-started job's payload, priority and run-at.
     Replace,
+}
+
+/// `--on-parent-failure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnParentFailureArg {
+    /// Cancel the job, and what runs after it.
+    Cancel,
+    /// Count the failed parent as done.
+    Ignore,
+    /// Start the job now.
+    Continue,
+}
+
+impl From<OnParentFailureArg> for jobq_worker::OnParentFailure {
+    fn from(a: OnParentFailureArg) -> Self {
+        match a {
+            OnParentFailureArg::Cancel => jobq_worker::OnParentFailure::Cancel,
+            OnParentFailureArg::Ignore => jobq_worker::OnParentFailure::Ignore,
+            OnParentFailureArg::Continue => jobq_worker::OnParentFailure::Continue,
+        }
+    }
 }
 
 /// After an enqueue: a warning on stderr (the exit status stays 0) when no live or recent worker
@@ -251,6 +281,10 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
     if let Some(k) = a.concurrency_key {
         job = job.concurrency_key(k);
     }
+    for &parent in &a.after {
+        job = job.after(jobq_worker::JobId(parent));
+    }
+    job = job.on_parent_failure(a.on_parent_failure.into());
     // Validate before connecting, so bad input never needs a database.
     jobq_worker::Producer::validate(
         std::slice::from_ref(&job),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobq_producer::{JobId, KindName, QueueName};
+use jobq_producer::{JobId, JobState, KindName, QueueName};
 use jobq_sqlkit::OwnedTx;
 use sqlx::MySqlPool;
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
@@ -154,6 +154,21 @@ impl Lingering {
     }
 }
 
+/// A job this one runs after, as [`JobContext::parents`] read it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parent {
+    /// The parent's id.
+    pub id: JobId,
+    /// Its name in the workflow, or its id as text.
+    pub name: String,
+    /// How it ended (`completed`, `discarded`, `cancelled`); `None` while it has not.
+    pub state: Option<JobState>,
+    /// What its handler stored with its success (`ctx.set_result`).
+    pub result: Option<serde_json::Value>,
+    /// Its last error, if any.
+    pub error: Option<String>,
+}
+
 /// Where a handler's result waits until the attempt's outcome is written.
 pub(crate) type ResultSlot = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
@@ -230,6 +245,53 @@ impl JobContext {
         Ok(OwnedMutexGuard::map(slot, |s| {
             s.as_mut().expect("transaction was just begun")
         }))
+    }
+
+    /// The jobs this job runs after ([`jobq_producer::NewJob::after`], or its parents in a
+    /// [`jobq_producer::Workflow`]), read now in one query: each one's name in the workflow
+    /// (the id as text for a parent named by id), how it ended, and its result or last error.
+    /// Under `on_parent_failure = ignore` this is how a job learns which parents failed. A
+    /// parent pruned by retention since keeps its state here, its result and error gone.
+    pub async fn parents(&self) -> Result<Vec<Parent>, sqlx::Error> {
+        let rows = crate::store::parents_of(&self.pool, self.id.0).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Parent {
+                id: JobId(r.id),
+                name: r.name.unwrap_or_else(|| r.id.to_string()),
+                state: r.state.and_then(|s| s.parse().ok()),
+                result: r
+                    .result
+                    .map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))),
+                error: r.error,
+            })
+            .collect())
+    }
+
+    /// The result of the parent named `name` (its workflow name, or its id as text), decoded
+    /// as `T`; `Ok(None)` when that parent stored none. An unknown name, or a result that does
+    /// not decode as `T`, fails the attempt with the reason (retried: a handler's bug is fixed
+    /// by a deploy).
+    pub async fn parent_result<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, JobError> {
+        let parents = self.parents().await.map_err(JobError::retry)?;
+        let Some(p) = parents.into_iter().find(|p| p.name == name) else {
+            return Err(JobError::retry(format!(
+                "job {} has no parent named {name:?}",
+                self.id
+            )));
+        };
+        p.result
+            .map(|v| {
+                serde_json::from_value(v).map_err(|e| {
+                    JobError::retry(format!(
+                        "the result of parent {name:?} does not decode: {e}"
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// This attempt's fencing token, as 32 hex digits: fresh for every claim, so a write

@@ -65,7 +65,7 @@ pub use acts::{act_on_filter, act_on_jobs, count_jobs, ActTally};
 pub use command::{register_commands, EXIT_DISCARD, EXIT_SNOOZE};
 pub use db::{check_migrated, check_server, check_server_limits, migrate};
 pub use error::{Error, Result};
-pub use handler::{BoxError, Handler, JobContext, JobError, JobTx, MAX_RESULT_BYTES};
+pub use handler::{BoxError, Handler, JobContext, JobError, JobTx, Parent, MAX_RESULT_BYTES};
 pub use health::{Health, Loop, Status};
 pub use ids::{hostname, WorkerId};
 pub use inspect::{
@@ -80,8 +80,8 @@ pub use jobq_lock as lock;
 pub use jobq_producer::Error as ProducerError;
 pub use jobq_producer::{
     migrations_sql, run_again_if_rolled_back, same_server, server_name, Enqueued, Job, JobEnd,
-    JobId, JobState, KindName, MigrateReport, NewJob, OnDuplicate, Producer, ProducerOptions,
-    QueueName,
+    JobId, JobState, KindName, MigrateReport, NewJob, OnDuplicate, OnParentFailure, Producer,
+    ProducerOptions, QueueName, Workflow, WorkflowEnqueued, WorkflowId,
 };
 pub use jobq_sqlkit::OwnedTx;
 pub use machine::attempt::is_valid;

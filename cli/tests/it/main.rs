@@ -26,4 +26,5 @@ mod results;
 mod schedules;
 mod unique;
 mod web;
+mod workflows;
 mod workspace;

@@ -28,3 +28,4 @@ mod servers;
 mod tls;
 mod wakeup;
 mod web;
+mod workflows;

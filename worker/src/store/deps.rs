@@ -334,3 +334,33 @@ async fn count_in_workflows(
 fn decode(e: String) -> sqlx::Error {
     sqlx::Error::Decode(e.into())
 }
+
+/// One parent of a job, as [`parents_of`] reads it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ParentRow {
+    pub(crate) id: u64,
+    pub(crate) name: Option<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+/// The parents of job `child`: their workflow names, how they ended, results and errors.
+pub(crate) async fn parents_of(
+    pool: &sqlx::MySqlPool,
+    child: u64,
+) -> Result<Vec<ParentRow>, sqlx::Error> {
+    // language=MySQL
+    // By jobq_deps_child; a parent pruned since is still an edge (its state kept there).
+    sqlx::query_as(
+        "SELECT d.parent_id AS id, CAST(w.name AS CHAR) AS name, CAST(d.parent_state AS CHAR) AS state, \
+                CAST(p.result AS CHAR) AS result, CAST(p.last_error AS CHAR) AS error \
+         FROM jobq_deps d FORCE INDEX (jobq_deps_child) \
+         LEFT JOIN jobq_workflow_jobs w ON w.job_id = d.parent_id \
+         LEFT JOIN jobq_jobs p ON p.id = d.parent_id \
+         WHERE d.child_id = ? ORDER BY d.parent_id",
+    )
+    .bind(child)
+    .fetch_all(pool)
+    .await
+}

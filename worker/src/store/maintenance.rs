@@ -256,8 +256,8 @@ pub(crate) async fn prune_workers(pool: &MySqlPool, age: Duration) -> Result<u64
     .rows_affected())
 }
 
-/// Jobs that `--drain` still waits for: available, running, retryable or waiting in `queues`, of a kind
-/// in `kinds`.
+/// Jobs that `--drain` still waits for: available, running, retryable, waiting or blocked (its
+/// parents will release it) in `queues`, of a kind in `kinds`.
 pub(crate) async fn pending(
     pool: &MySqlPool,
     queues: &[QueueName],
@@ -269,7 +269,7 @@ pub(crate) async fn pending(
     // language=MySQL
     // Served by jobq_jobs_claim's (queue, state) prefix.
     let sql = format!(
-        "SELECT COUNT(*) FROM jobq_jobs WHERE queue IN ({}) AND state IN ('available', 'running', 'retryable', 'waiting') \
+        "SELECT COUNT(*) FROM jobq_jobs WHERE queue IN ({}) AND state IN ('available', 'running', 'retryable', 'waiting', 'blocked') \
          AND kind IN ({})",
         marks(queues.len()),
         marks(kinds.len())

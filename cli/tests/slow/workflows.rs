@@ -1,0 +1,226 @@
+//! Dependencies across real worker processes: a diamond runs in order in both claim modes; a
+//! fan-out of 1,000 and a fan-in of 1,000 start their child exactly once; `kill -9` of a
+//! worker while parents complete loses no release and starts no child early. Order is proved
+//! from the history: every child's first `claimed` transition comes after each of its
+//! parents' `completed` one.
+
+use std::time::Duration;
+
+use jobq_worker::{NewJob, Producer, Workflow};
+use serde_json::json;
+use sqlx::MySqlPool;
+
+use crate::common::*;
+use crate::procs::WorkerProc;
+
+fn record(ms: u64) -> NewJob {
+    NewJob::json("record", json!({"ms": ms}))
+}
+
+/// Edges whose child was claimed before its parent completed (or whose parent never did).
+async fn early_starts(db: &MySqlPool) -> Vec<(u64, u64)> {
+    sqlx::query_as(
+        "SELECT d.parent_id, d.child_id FROM jobq_deps d \
+         WHERE (SELECT MIN(t.id) FROM jobq_transitions t WHERE t.job_id = d.child_id AND t.event = 'claimed') \
+             < COALESCE((SELECT MAX(t.id) FROM jobq_transitions t WHERE t.job_id = d.parent_id AND t.event = 'completed'), \
+                        18446744073709551615)",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+async fn completed(db: &MySqlPool) -> i64 {
+    count(
+        db,
+        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+    )
+    .await
+}
+
+/// Two worker processes of `jobq work` in `mode`.
+fn workers(url: &str, mode: &str, env: &[(&str, &str)]) -> Vec<WorkerProc> {
+    let args = ["--concurrency", "4", "--claim-mode", mode];
+    (0..2).map(|_| WorkerProc::spawn(url, &args, env)).collect()
+}
+
+async fn diamonds_run_in_order(db: MySqlPool, mode: &str) {
+    const DIAMONDS: usize = 25;
+    let url = url_of(&db).await;
+    jobq_worker::builtin::setup(&db).await.unwrap();
+    let producer = Producer::new(db.clone());
+    for i in 0..DIAMONDS {
+        let flow = Workflow::new(format!("diamond-{i}"))
+            .job("a", record(3))
+            .job_after("b", record(3), &["a"])
+            .job_after("c", record(3), &["a"])
+            .job_after("d", record(3), &["b", "c"]);
+        producer.enqueue_workflow(flow).await.unwrap();
+    }
+    let mut procs = workers(&url, mode, &[("JOBQ_WORKER__POLL_INTERVAL", "50ms")]);
+    let jobs = 4 * DIAMONDS as i64;
+    wait_for(Duration::from_secs(90), "every diamond done", || async {
+        completed(&db).await == jobs
+    })
+    .await;
+    for p in &mut procs {
+        p.stop_cleanly();
+    }
+    assert_eq!(
+        early_starts(&db).await,
+        [],
+        "children started before a parent"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'claimed'"
+        )
+        .await,
+        jobs,
+        "each job claimed once"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_workflows WHERE state = 'completed' AND completed = 4 \
+             AND finished_at IS NOT NULL"
+        )
+        .await,
+        DIAMONDS as i64
+    );
+    assert_effects_once(&db, jobs as usize).await;
+    assert_consistent(&db).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn diamonds_run_in_order_skip_locked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    diamonds_run_in_order(db, "skip-locked").await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn diamonds_run_in_order_named_lock(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    diamonds_run_in_order(db, "named-lock").await;
+}
+
+/// root → 1,000 children → one sink: the fan-out releases 1,000 jobs in one transaction, the
+/// fan-in counts 1,000 endings off one row; the sink runs once, after all of them.
+#[sqlx::test(migrations = false)]
+async fn a_fan_out_and_fan_in_of_a_thousand_start_the_sink_once(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let url = url_of(&db).await;
+    jobq_worker::builtin::setup(&db).await.unwrap();
+    let names: Vec<String> = (0..1000).map(|i| format!("part-{i}")).collect();
+    let mut flow = Workflow::new("fan").job("root", record(0));
+    for n in &names {
+        flow = flow.job_after(n.clone(), record(0), &["root"]);
+    }
+    let parts: Vec<&str> = names.iter().map(String::as_str).collect();
+    let flow = flow.job_after("sink", record(0), &parts);
+    let wf = Producer::new(db.clone())
+        .enqueue_workflow(flow)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'blocked'"
+        )
+        .await,
+        1001
+    );
+    let mut procs = workers(&url, "skip-locked", &[]);
+    wait_for(Duration::from_secs(120), "the whole fan done", || async {
+        completed(&db).await == 1002
+    })
+    .await;
+    for p in &mut procs {
+        p.stop_cleanly();
+    }
+    let sink = wf.jobs["sink"].0;
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM jobq_transitions WHERE job_id = {sink} AND event = 'claimed'"
+            )
+        )
+        .await,
+        1,
+        "the sink started once"
+    );
+    assert_eq!(
+        early_starts(&db).await,
+        [],
+        "children started before a parent"
+    );
+    assert_effects_once(&db, 1002).await;
+    assert_consistent(&db).await;
+}
+
+/// `kill -9` of a worker while the parents of a fan-in complete: its jobs are rescued and run
+/// again, no release is lost (nothing stays blocked), and no child starts before its parents.
+#[sqlx::test(migrations = false)]
+async fn a_kill_while_parents_complete_loses_no_release(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let url = url_of(&db).await;
+    jobq_worker::builtin::setup(&db).await.unwrap();
+    let producer = Producer::new(db.clone());
+    // Ten fan-ins of 30 parents, each with a follower: 310 jobs per round of releases.
+    for f in 0..10 {
+        let names: Vec<String> = (0..30).map(|i| format!("p{i}")).collect();
+        let mut flow = Workflow::new(format!("fan-in-{f}"));
+        for n in &names {
+            flow = flow.job(n.clone(), record(30));
+        }
+        let parts: Vec<&str> = names.iter().map(String::as_str).collect();
+        flow = flow
+            .job_after("join", record(5), &parts)
+            .job_after("after", record(5), &["join"]);
+        producer.enqueue_workflow(flow).await.unwrap();
+    }
+    let env = [
+        ("JOBQ_WORKER__POLL_INTERVAL", "50ms"),
+        ("JOBQ_WORKER__LEASE_TTL", "2s"),
+        ("JOBQ_WORKER__HEARTBEAT_INTERVAL", "500ms"),
+        ("JOBQ_MAINTENANCE__INTERVAL", "200ms"),
+    ];
+    let mut procs = workers(&url, "skip-locked", &env);
+    wait_for(
+        Duration::from_secs(60),
+        "a third of the parents done",
+        || async { completed(&db).await >= 100 },
+    )
+    .await;
+    procs[0].kill9();
+    procs.push(WorkerProc::spawn(
+        &url,
+        &["--concurrency", "4", "--claim-mode", "skip-locked"],
+        &env,
+    ));
+    wait_for(Duration::from_secs(120), "every job done", || async {
+        completed(&db).await == 320
+    })
+    .await;
+    for p in procs.iter_mut().skip(1) {
+        p.stop_cleanly();
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'blocked'"
+        )
+        .await,
+        0,
+        "a release was lost"
+    );
+    assert_eq!(
+        early_starts(&db).await,
+        [],
+        "children started before a parent"
+    );
+    assert_effects_once(&db, 320).await;
+    assert_consistent(&db).await;
+}
