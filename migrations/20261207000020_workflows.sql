@@ -96,3 +96,20 @@ CREATE TABLE jobq_workflow_jobs (
   PRIMARY KEY (workflow_id, name),
   UNIQUE KEY jobq_workflow_jobs_job (job_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- jobq_callbacks: the jobs a workflow or batch enqueues when it ends, one per event:
+-- `success` (every job completed), `failure` (some did not), `finish` (either). Inserted into
+-- jobq_jobs by the transaction that ends the workflow's last job, which sets job_id: each at
+-- most once, however many workers end its jobs at once.
+CREATE TABLE jobq_callbacks (
+  workflow_id     BIGINT UNSIGNED NOT NULL,
+  on_event        ENUM('success','failure','finish') NOT NULL,
+  queue           VARCHAR(64)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  kind            VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  payload         JSON NOT NULL,
+  priority        SMALLINT NOT NULL DEFAULT 0,
+  max_attempts    INT UNSIGNED NOT NULL,
+  concurrency_key VARBINARY(1020) NULL,
+  job_id          BIGINT UNSIGNED NULL,
+  PRIMARY KEY (workflow_id, on_event)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

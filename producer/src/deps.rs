@@ -94,13 +94,20 @@ pub enum ChildMove {
     Cancel(String),
 }
 
-/// What a child in `state` does when the edges `ends` resolved (`(parent id, parent's final
-/// state, how the edge resolved)`) and `pending` of its edges are still unresolved after them.
-/// Only a `blocked` child moves; a cancel wins over a release.
-pub fn child_move(state: JobState, pending: u32, ends: &[(u64, JobState, EdgeEnd)]) -> ChildMove {
+/// A parent's ending as one child sees it: the parent's id, its final state, and the policy of
+/// their edge.
+pub type Ended = (u64, JobState, OnParentFailure);
+
+/// What a child in `state` does when the parents `ended` ended and `pending` of its edges are
+/// still unresolved after them. Only a `blocked` child moves; a cancel wins over a release.
+pub fn child_move(state: JobState, pending: u32, ended: &[Ended]) -> ChildMove {
     if state != JobState::Blocked {
         return ChildMove::Stay;
     }
+    let ends: Vec<(u64, JobState, EdgeEnd)> = ended
+        .iter()
+        .map(|&(id, st, policy)| (id, st, edge_end(st, policy)))
+        .collect();
     if let Some((parent, ended, _)) = ends.iter().find(|e| e.2 == EdgeEnd::Cancel) {
         return ChildMove::Cancel(format!(
             "parent job {parent} ended {ended} (on_parent_failure = cancel)"
@@ -130,12 +137,8 @@ pub enum Start {
 }
 
 /// See [`Start`].
-pub fn start(parents: &[(u64, JobState, OnParentFailure)]) -> Start {
-    let ended: Vec<(u64, JobState, EdgeEnd)> = parents
-        .iter()
-        .filter(|p| p.1.is_final())
-        .map(|&(id, state, policy)| (id, state, edge_end(state, policy)))
-        .collect();
+pub fn start(parents: &[Ended]) -> Start {
+    let ended: Vec<Ended> = parents.iter().copied().filter(|p| p.1.is_final()).collect();
     let pending = (parents.len() - ended.len()) as u32;
     match child_move(JobState::Blocked, pending, &ended) {
         ChildMove::Cancel(why) => Start::Cancelled(why),
@@ -143,6 +146,153 @@ pub fn start(parents: &[(u64, JobState, OnParentFailure)]) -> Start {
         ChildMove::Stay => Start::Blocked { pending },
     }
 }
+
+/// A workflow's state (`jobq_workflows.state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowState {
+    /// Some of its jobs have not ended.
+    Running,
+    /// Every job completed.
+    Completed,
+    /// Every job ended, some without completing.
+    Failed,
+    /// Cancelled by an operator (`jobq workflows cancel`).
+    Cancelled,
+}
+
+impl FlowState {
+    /// The database and CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowState::Running => "running",
+            FlowState::Completed => "completed",
+            FlowState::Failed => "failed",
+            FlowState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Every state.
+    pub const ALL: [FlowState; 4] = [
+        FlowState::Running,
+        FlowState::Completed,
+        FlowState::Failed,
+        FlowState::Cancelled,
+    ];
+}
+
+impl fmt::Display for FlowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FlowState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FlowState::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown workflow state {s:?}"))
+    }
+}
+
+/// A workflow's counters and state, as its row holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCounts {
+    /// Jobs it has.
+    pub jobs: u32,
+    /// Jobs that ended completed, discarded, cancelled.
+    pub completed: u32,
+    /// See `completed`.
+    pub discarded: u32,
+    /// See `completed`.
+    pub cancelled: u32,
+    /// Its state.
+    pub state: FlowState,
+    /// Whether every job has ended (`finished_at` set).
+    pub finished: bool,
+}
+
+/// Which callbacks of a workflow or batch run when it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Callback {
+    /// Every job completed.
+    Success,
+    /// Some job ended without completing.
+    Failure,
+    /// Every job ended, however.
+    Finish,
+}
+
+impl Callback {
+    /// The database spelling (`jobq_callbacks.on_event`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Callback::Success => "success",
+            Callback::Failure => "failure",
+            Callback::Finish => "finish",
+        }
+    }
+}
+
+/// A workflow after some of its jobs ended: its new counters and state, and the callbacks to
+/// enqueue (only when this ending is the one that ends it: exactly once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowEnd {
+    /// Its counters and state now.
+    pub counts: FlowCounts,
+    /// The callbacks to enqueue now.
+    pub callbacks: Vec<Callback>,
+}
+
+/// `before`, after jobs ended `[completed, discarded, cancelled]` more. The workflow ends when
+/// every job has: `completed` if all completed, else `failed` (one an operator cancelled
+/// stays `cancelled`).
+pub fn flow_after(before: FlowCounts, ended: [u32; 3]) -> FlowEnd {
+    let mut c = before;
+    c.completed += ended[0];
+    c.discarded += ended[1];
+    c.cancelled += ended[2];
+    let mut callbacks = Vec::new();
+    if !c.finished && c.completed + c.discarded + c.cancelled >= c.jobs {
+        c.finished = true;
+        let all = c.completed >= c.jobs;
+        if c.state == FlowState::Running {
+            c.state = if all {
+                FlowState::Completed
+            } else {
+                FlowState::Failed
+            };
+        }
+        callbacks.push(if all {
+            Callback::Success
+        } else {
+            Callback::Failure
+        });
+        callbacks.push(Callback::Finish);
+    }
+    FlowEnd {
+        counts: c,
+        callbacks,
+    }
+}
+
+/// The rules the worker's store applies when jobs end (passed in, so the store decides
+/// nothing itself).
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// [`child_move`].
+    pub child: fn(JobState, u32, &[Ended]) -> ChildMove,
+    /// [`flow_after`].
+    pub flow: fn(FlowCounts, [u32; 3]) -> FlowEnd,
+}
+
+/// The rules jobq runs by.
+pub const RULES: Rules = Rules {
+    child: child_move,
+    flow: flow_after,
+};
 
 #[cfg(test)]
 mod tests {
@@ -170,8 +320,8 @@ mod tests {
 
     #[test]
     fn only_a_blocked_child_moves() {
-        let done = [(1, Completed, EdgeEnd::Satisfied)];
-        let failed = [(1, Discarded, EdgeEnd::Cancel)];
+        let done = [(1, Completed, Cancel)];
+        let failed = [(1, Discarded, Cancel)];
         for state in JobState::ALL {
             let moved = child_move(state, 0, &done);
             if state == Blocked {
@@ -185,9 +335,9 @@ mod tests {
 
     #[test]
     fn a_child_waits_for_its_last_parent_unless_released_or_cancelled() {
-        let sat = (7, Completed, EdgeEnd::Satisfied);
-        let rel = (8, Discarded, EdgeEnd::Release);
-        let can = (9, Cancelled, EdgeEnd::Cancel);
+        let sat = (7, Completed, Cancel);
+        let rel = (8, Discarded, Continue);
+        let can = (9, Cancelled, Cancel);
         assert_eq!(child_move(Blocked, 2, &[sat]), ChildMove::Stay);
         assert_eq!(child_move(Blocked, 0, &[sat]), ChildMove::Release);
         assert_eq!(child_move(Blocked, 3, &[sat, rel]), ChildMove::Release);
@@ -220,6 +370,45 @@ mod tests {
             start(&[(1, Cancelled, Cancel), (2, Running, Cancel)]),
             Start::Cancelled(_)
         ));
+    }
+
+    #[test]
+    fn a_workflow_ends_once_with_its_callbacks() {
+        let running = FlowCounts {
+            jobs: 3,
+            completed: 0,
+            discarded: 0,
+            cancelled: 0,
+            state: FlowState::Running,
+            finished: false,
+        };
+        let e = flow_after(running, [2, 0, 0]);
+        assert_eq!(
+            (e.counts.state, e.counts.finished),
+            (FlowState::Running, false)
+        );
+        assert!(e.callbacks.is_empty());
+        let e = flow_after(e.counts, [1, 0, 0]);
+        assert_eq!(
+            (e.counts.state, e.counts.finished),
+            (FlowState::Completed, true)
+        );
+        assert_eq!(e.callbacks, [Callback::Success, Callback::Finish]);
+        // Counted again after the end (it cannot, but a hand edit could): no second callback.
+        let again = flow_after(e.counts, [0, 1, 0]);
+        assert!(again.callbacks.is_empty());
+        assert_eq!(again.counts.state, FlowState::Completed);
+        let failed = flow_after(running, [1, 1, 1]);
+        assert_eq!(failed.counts.state, FlowState::Failed);
+        assert_eq!(failed.callbacks, [Callback::Failure, Callback::Finish]);
+        // Cancelled by an operator: stays so, and the failure callbacks run.
+        let cancelled = FlowCounts {
+            state: FlowState::Cancelled,
+            ..running
+        };
+        let e = flow_after(cancelled, [1, 0, 2]);
+        assert_eq!(e.counts.state, FlowState::Cancelled);
+        assert_eq!(e.callbacks, [Callback::Failure, Callback::Finish]);
     }
 
     #[test]

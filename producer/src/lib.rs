@@ -57,4 +57,4 @@ pub use producer::{
     UNIQUE_KEY_CHARS,
 };
 pub use store::CHUNK_BYTES;
-pub use workflow::{Workflow, WorkflowEnqueued, WorkflowId, WORKFLOW_NAME_CHARS};
+pub use workflow::{Batch, Workflow, WorkflowEnqueued, WorkflowId, WORKFLOW_NAME_CHARS};

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::job::{validate_kind, validate_queue, Job, JobId, DEFAULT_QUEUE};
 use crate::json::{self, PORTABLE_MAX_DEPTH};
 use crate::store;
-use crate::workflow::{Workflow, WorkflowEnqueued};
+use crate::workflow::{Batch, Workflow, WorkflowEnqueued};
 
 /// Limits and defaults of a [`Producer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -529,7 +529,7 @@ impl Producer {
     pub async fn enqueue_workflow(&self, workflow: Workflow) -> Result<WorkflowEnqueued> {
         let (checked, rows) = self.check_workflow(workflow)?;
         let pool = self.server_of(&rows)?;
-        let insert = workflow_insert(&checked, rows);
+        let insert = workflow_insert(&checked, rows, &self.opts);
         run_again_if_rolled_back(|| async {
             let mut tx = store::begin(pool).await?;
             let out = store::insert_workflow(&mut tx, &insert).await?;
@@ -548,7 +548,7 @@ impl Producer {
     ) -> Result<WorkflowEnqueued> {
         let (checked, rows) = self.check_workflow(workflow)?;
         self.server_of(&rows)?;
-        store::insert_workflow(conn, &workflow_insert(&checked, rows))
+        store::insert_workflow(conn, &workflow_insert(&checked, rows, &self.opts))
             .await
             .map_err(|e| match e {
                 Error::Database(e) => Error::from_database(e),
@@ -556,13 +556,36 @@ impl Producer {
             })
     }
 
+    /// Inserts a [`Batch`]: its jobs and callbacks, in one transaction (see
+    /// [`enqueue_workflow`](Producer::enqueue_workflow); a batch is a workflow without edges).
+    pub async fn enqueue_batch(&self, batch: Batch) -> Result<WorkflowEnqueued> {
+        self.enqueue_workflow(batch.into_workflow()).await
+    }
+
     /// Checks a workflow's graph and each of its jobs; a job of a workflow cannot be unique
-    /// on its own (the workflow can).
+    /// on its own (the workflow can). Callbacks take no parents, delay or unique key.
     fn check_workflow(
         &self,
         workflow: Workflow,
     ) -> Result<(crate::workflow::Checked, Vec<store::JobInsert>)> {
         let mut checked = workflow.check()?;
+        for (on, job) in &checked.callbacks {
+            let row = job.clone().check(&self.opts)?;
+            if row.unique_key.is_some()
+                || !row.parents.is_empty()
+                || row.run_at.is_some()
+                || row.delay_us != 0
+            {
+                return Err(Error::Invalid {
+                    field: "workflow",
+                    message: format!(
+                        "its on_{} callback has a unique key, parents or a delay; a callback \
+                         runs once, when the workflow ends: give it none of these",
+                        on.as_str()
+                    ),
+                });
+            }
+        }
         let mut rows = Vec::with_capacity(checked.jobs.len());
         for step in &mut checked.jobs {
             let job = std::mem::replace(&mut step.job, NewJob::json("x", serde_json::Value::Null));
@@ -597,10 +620,11 @@ impl Producer {
 }
 
 /// The rows of a checked workflow, for the store.
-fn workflow_insert(
-    checked: &crate::workflow::Checked,
+fn workflow_insert<'a>(
+    checked: &'a crate::workflow::Checked,
     rows: Vec<store::JobInsert>,
-) -> store::WorkflowInsert<'_> {
+    opts: &ProducerOptions,
+) -> store::WorkflowInsert<'a> {
     store::WorkflowInsert {
         name: &checked.name,
         unique_key: checked.unique_key.as_deref(),
@@ -611,6 +635,14 @@ fn workflow_insert(
             .iter()
             .zip(rows)
             .map(|(s, r)| (s.name.clone(), r, s.parents.clone(), s.on_failure))
+            .collect(),
+        callbacks: checked
+            .callbacks
+            .iter()
+            .map(|(on, job)| {
+                let row = job.clone().check(opts).expect("checked by check_workflow");
+                (*on, row)
+            })
             .collect(),
     }
 }

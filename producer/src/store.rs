@@ -702,6 +702,7 @@ pub(crate) struct WorkflowInsert<'a> {
     pub(crate) fail_fast: bool,
     pub(crate) batch: bool,
     pub(crate) jobs: Vec<(String, JobInsert, Vec<usize>, OnParentFailure)>,
+    pub(crate) callbacks: Vec<(deps::Callback, JobInsert)>,
 }
 
 /// Inserts a workflow: its row, its jobs (those with parents `blocked`), their names and their
@@ -812,6 +813,23 @@ pub(crate) async fn insert_workflow(
         })
         .collect();
     insert_edges(conn, &edges, now).await?;
+    for (on, r) in &wf.callbacks {
+        // language=MySQL
+        sqlx::query(
+            "INSERT INTO jobq_callbacks (workflow_id, on_event, queue, kind, payload, priority, max_attempts, concurrency_key) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(on.as_str())
+        .bind(&r.queue)
+        .bind(&r.kind)
+        .bind(&r.payload)
+        .bind(r.priority)
+        .bind(r.max_attempts)
+        .bind(&r.concurrency_key)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(WorkflowEnqueued {
         id: WorkflowId(id),
         duplicate: false,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::deps::OnParentFailure;
+use crate::deps::{Callback, OnParentFailure};
 use crate::error::{Error, Result};
 use crate::job::JobId;
 use crate::producer::NewJob;
@@ -52,6 +52,7 @@ pub struct Workflow {
     unique_key: Option<String>,
     fail_fast: bool,
     batch: bool,
+    callbacks: BTreeMap<Callback, NewJob>,
 }
 
 /// One job of a workflow.
@@ -82,6 +83,7 @@ impl Workflow {
             unique_key: None,
             fail_fast: false,
             batch: false,
+            callbacks: BTreeMap::new(),
         }
     }
 
@@ -111,6 +113,27 @@ impl Workflow {
     /// not started (`blocked`, `available`, `scheduled` or `waiting`, never attempted).
     pub fn fail_fast(mut self, yes: bool) -> Workflow {
         self.fail_fast = yes;
+        self
+    }
+
+    /// Enqueues `job` when every job of the workflow has completed: once, in the transaction
+    /// that ends the last of them. It takes no parents, delay or unique key of its own.
+    pub fn on_success(mut self, job: NewJob) -> Workflow {
+        self.callbacks.insert(Callback::Success, job);
+        self
+    }
+
+    /// Enqueues `job` when every job has ended and some did not complete (see
+    /// [`on_success`](Workflow::on_success)).
+    pub fn on_failure(mut self, job: NewJob) -> Workflow {
+        self.callbacks.insert(Callback::Failure, job);
+        self
+    }
+
+    /// Enqueues `job` when every job has ended, however (see
+    /// [`on_success`](Workflow::on_success)).
+    pub fn on_finish(mut self, job: NewJob) -> Workflow {
+        self.callbacks.insert(Callback::Finish, job);
         self
     }
 
@@ -195,7 +218,80 @@ impl Workflow {
             fail_fast: self.fail_fast,
             batch: self.batch,
             jobs,
+            callbacks: self.callbacks.into_iter().collect(),
         })
+    }
+}
+
+/// A group of independent jobs with callbacks: `on_success` once every job completed,
+/// `on_failure` once every job ended and some did not complete, `on_finish` once every job
+/// ended. Each callback is enqueued exactly once, in the transaction that ends the batch's
+/// last job, whichever worker ends it. Inserted by [`crate::Producer::enqueue_batch`]; its jobs
+/// are named `1`, `2`, … in the order added (`jobq workflows show` lists them).
+///
+/// ```no_run
+/// # async fn demo(producer: jobq_producer::Producer) -> Result<(), jobq_producer::Error> {
+/// use jobq_producer::{Batch, NewJob};
+/// use serde_json::json;
+///
+/// let mut batch = Batch::new("import-2026-12-07");
+/// for file in ["a.csv", "b.csv", "c.csv"] {
+///     batch = batch.job(NewJob::json("import", json!({ "file": file })));
+/// }
+/// let batch = batch
+///     .on_success(NewJob::json("notify", json!({"text": "import done"})))
+///     .on_failure(NewJob::json("notify", json!({"text": "import failed"})));
+/// let started = producer.enqueue_batch(batch).await?;
+/// println!("batch {}", started.id);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Batch {
+    flow: Workflow,
+}
+
+impl Batch {
+    /// An empty batch named `name`.
+    pub fn new(name: impl Into<String>) -> Batch {
+        let mut flow = Workflow::new(name);
+        flow.batch = true;
+        Batch { flow }
+    }
+
+    /// Adds a job.
+    pub fn job(mut self, job: NewJob) -> Batch {
+        let name = (self.flow.jobs.len() + 1).to_string();
+        self.flow = self.flow.job(name, job);
+        self
+    }
+
+    /// See [`Workflow::on_success`].
+    pub fn on_success(mut self, job: NewJob) -> Batch {
+        self.flow = self.flow.on_success(job);
+        self
+    }
+
+    /// See [`Workflow::on_failure`].
+    pub fn on_failure(mut self, job: NewJob) -> Batch {
+        self.flow = self.flow.on_failure(job);
+        self
+    }
+
+    /// See [`Workflow::on_finish`].
+    pub fn on_finish(mut self, job: NewJob) -> Batch {
+        self.flow = self.flow.on_finish(job);
+        self
+    }
+
+    /// See [`Workflow::unique_key`].
+    pub fn unique_key(mut self, key: impl Into<String>) -> Batch {
+        self.flow = self.flow.unique_key(key);
+        self
+    }
+
+    /// The workflow it is stored as.
+    pub(crate) fn into_workflow(self) -> Workflow {
+        self.flow
     }
 }
 
@@ -207,6 +303,7 @@ pub(crate) struct Checked {
     pub(crate) fail_fast: bool,
     pub(crate) batch: bool,
     pub(crate) jobs: Vec<CheckedStep>,
+    pub(crate) callbacks: Vec<(Callback, NewJob)>,
 }
 
 #[derive(Debug)]

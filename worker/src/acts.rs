@@ -45,7 +45,7 @@ async fn act_with(
             &actor,
             error,
             rule,
-            jobq_producer::deps::child_move,
+            jobq_producer::deps::RULES,
         )
         .await?
         {

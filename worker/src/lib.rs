@@ -79,9 +79,9 @@ pub use jobq_lock as lock;
 /// The producer's error (validation, enqueue, schema), as `jobq_producer::Error`.
 pub use jobq_producer::Error as ProducerError;
 pub use jobq_producer::{
-    migrations_sql, run_again_if_rolled_back, same_server, server_name, Enqueued, Job, JobEnd,
-    JobId, JobState, KindName, MigrateReport, NewJob, OnDuplicate, OnParentFailure, Producer,
-    ProducerOptions, QueueName, Workflow, WorkflowEnqueued, WorkflowId,
+    migrations_sql, run_again_if_rolled_back, same_server, server_name, Batch, Enqueued, Job,
+    JobEnd, JobId, JobState, KindName, MigrateReport, NewJob, OnDuplicate, OnParentFailure,
+    Producer, ProducerOptions, QueueName, Workflow, WorkflowEnqueued, WorkflowId,
 };
 pub use jobq_sqlkit::OwnedTx;
 pub use machine::attempt::is_valid;

@@ -224,3 +224,90 @@ async fn a_kill_while_parents_complete_loses_no_release(db: MySqlPool) {
     assert_effects_once(&db, 320).await;
     assert_consistent(&db).await;
 }
+
+/// Batches ended by two worker processes racing: each callback of the outcome is enqueued
+/// exactly once, the others never.
+#[sqlx::test(migrations = false)]
+async fn batch_callbacks_run_once_under_racing_completions(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let url = url_of(&db).await;
+    jobq_worker::builtin::setup(&db).await.unwrap();
+    let producer = Producer::new(db.clone());
+    let callbacks = |batch: jobq_worker::Batch, tag: &str| {
+        batch
+            .on_success(NewJob::json("echo", json!({"on": "success", "batch": tag})))
+            .on_failure(NewJob::json("echo", json!({"on": "failure", "batch": tag})))
+            .on_finish(NewJob::json("echo", json!({"on": "finish", "batch": tag})))
+    };
+    let mut good = jobq_worker::Batch::new("good");
+    for _ in 0..200 {
+        good = good.job(record(1));
+    }
+    let good = producer
+        .enqueue_batch(callbacks(good, "good"))
+        .await
+        .unwrap();
+    let mut bad = jobq_worker::Batch::new("bad");
+    for i in 0..100 {
+        bad = bad.job(if i == 50 {
+            NewJob::json("fail", json!({})).max_attempts(1)
+        } else {
+            record(1)
+        });
+    }
+    let bad = producer.enqueue_batch(callbacks(bad, "bad")).await.unwrap();
+    let mut procs = workers(
+        &url,
+        "skip-locked",
+        &[("JOBQ_WORKER__POLL_INTERVAL", "50ms")],
+    );
+    // 300 jobs, then two callbacks per batch.
+    wait_for(
+        Duration::from_secs(90),
+        "both batches and their callbacks",
+        || async {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM jobq_jobs WHERE state IN ('completed', 'discarded')",
+            )
+            .await
+                == 304
+        },
+    )
+    .await;
+    for p in &mut procs {
+        p.stop_cleanly();
+    }
+    let ran: Vec<(String, String)> = sqlx::query_as(
+        "SELECT CAST(JSON_UNQUOTE(JSON_EXTRACT(payload, '$.batch')) AS CHAR), \
+                CAST(JSON_UNQUOTE(JSON_EXTRACT(payload, '$.on')) AS CHAR) \
+         FROM jobq_jobs WHERE kind = 'echo' ORDER BY 1, 2",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        ran,
+        [
+            pair("bad", "failure"),
+            pair("bad", "finish"),
+            pair("good", "finish"),
+            pair("good", "success")
+        ]
+    );
+    let states: Vec<(u64, String, u32, u32)> = sqlx::query_as(
+        "SELECT id, CAST(state AS CHAR), completed, discarded FROM jobq_workflows ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        [
+            (good.id.0, "completed".into(), 200, 0),
+            (bad.id.0, "failed".into(), 99, 1)
+        ]
+    );
+    assert_consistent(&db).await;
+}

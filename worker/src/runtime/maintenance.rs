@@ -195,7 +195,7 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
                 j.cancel_requested_by.as_deref(),
             )
         },
-        jobq_producer::deps::child_move,
+        jobq_producer::deps::RULES,
     )
     .await?;
     for (job, to) in rescued {

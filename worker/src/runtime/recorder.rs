@@ -156,7 +156,7 @@ async fn complete_in_tx(shared: &Shared, a: &Attempt, mut tx: OwnedTx) -> Option
         result: a.result.as_deref(),
         on_cancel: attempt::overridden_by_cancel,
         linked: a.job.linked,
-        child_rule: jobq_producer::deps::child_move,
+        rules: jobq_producer::deps::RULES,
     };
     // The server may have ended the handler's transaction already (an implicit commit, a
     // deadlock's rollback); the handler's later writes then autocommitted. Completing now would
@@ -256,7 +256,7 @@ async fn write_outcome(shared: &Shared, a: &Attempt, d: &Decision) {
         result: a.result.as_deref(),
         on_cancel: attempt::overridden_by_cancel,
         linked: a.job.linked,
-        child_rule: jobq_producer::deps::child_move,
+        rules: jobq_producer::deps::RULES,
     };
     let deadline = Instant::now() + shared.config.worker().lease_ttl;
     let mut retry = DbRetry::new();
@@ -351,7 +351,7 @@ pub(crate) async fn release_unstarted(
             result: None,
             on_cancel: attempt::overridden_by_cancel,
             linked: job.linked,
-            child_rule: jobq_producer::deps::child_move,
+            rules: jobq_producer::deps::RULES,
         };
         let mut retry = DbRetry::new();
         loop {
@@ -483,7 +483,7 @@ pub(crate) fn count_written(shared: &Shared, batch: &[Completion], done: u64) {
                             &pool,
                             *fence,
                             result.as_deref(),
-                            jobq_producer::deps::child_move,
+                            jobq_producer::deps::RULES,
                         )
                         .await
                         .unwrap_or_else(|e| {

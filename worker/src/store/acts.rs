@@ -29,7 +29,7 @@ pub(crate) async fn apply(
     actor: &str,
     error: Option<&str>,
     decide: ActRule<'_>,
-    child_rule: super::deps::ChildRule,
+    rules: jobq_producer::deps::Rules,
 ) -> Result<Vec<(u64, Acted)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -102,7 +102,7 @@ pub(crate) async fn apply(
         })
         .collect();
     if !ended.is_empty() {
-        super::deps::settle(&mut tx, &ended, Some(actor), child_rule).await?;
+        super::deps::settle(&mut tx, &ended, Some(actor), rules).await?;
     }
     tx.commit().await?;
     Ok(out)

@@ -11,15 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use jobq_producer::deps::{edge_end, ChildMove, EdgeEnd};
+use jobq_producer::deps::{ChildMove, Ended, FlowCounts, Rules};
 use jobq_producer::{JobState, OnParentFailure};
 use sqlx::MySqlConnection;
 
 use super::sql::id_list;
-
-/// Decides what a child does (`jobq_producer::deps::child_move`): its state, its edges still
-/// unresolved, and the edges that just resolved.
-pub(crate) type ChildRule = fn(JobState, u32, &[(u64, JobState, EdgeEnd)]) -> ChildMove;
 
 /// What [`settle`] changed besides the jobs it was given.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,19 +35,19 @@ pub(crate) async fn settle(
     conn: &mut MySqlConnection,
     ended: &[(u64, JobState)],
     actor: Option<&str>,
-    rule: ChildRule,
+    rules: Rules,
 ) -> Result<Settled, sqlx::Error> {
     let mut out = Settled::default();
     let mut finals: Vec<(u64, JobState)> = Vec::new();
     let mut frontier: Vec<(u64, JobState)> = ended.to_vec();
     while !frontier.is_empty() {
         finals.extend(frontier.iter().copied());
-        let mut next = resolve(conn, &frontier, actor, rule, &mut out).await?;
+        let mut next = resolve(conn, &frontier, actor, rules, &mut out).await?;
         next.extend(fail_fast(conn, &frontier, actor).await?);
         out.cancelled.extend(next.iter().map(|(id, _)| *id));
         frontier = next;
     }
-    out.workflows_ended = count_in_workflows(conn, &finals).await?;
+    out.workflows_ended = count_in_workflows(conn, &finals, rules).await?;
     Ok(out)
 }
 
@@ -61,7 +57,7 @@ async fn resolve(
     conn: &mut MySqlConnection,
     parents: &[(u64, JobState)],
     actor: Option<&str>,
-    rule: ChildRule,
+    rules: Rules,
     out: &mut Settled,
 ) -> Result<Vec<(u64, JobState)>, sqlx::Error> {
     let ended: BTreeMap<u64, JobState> = parents.iter().copied().collect();
@@ -90,13 +86,12 @@ async fn resolve(
     ))
     .execute(&mut *conn)
     .await?;
-    let mut ends: BTreeMap<u64, Vec<(u64, JobState, EdgeEnd)>> = BTreeMap::new();
+    let mut ends: BTreeMap<u64, Vec<Ended>> = BTreeMap::new();
     for (parent, child, policy) in &edges {
         let policy: OnParentFailure = policy.parse().map_err(decode)?;
-        let state = ended[parent];
         ends.entry(*child)
             .or_default()
-            .push((*parent, state, edge_end(state, policy)));
+            .push((*parent, ended[parent], policy));
     }
     let children = id_list(ends.keys().copied());
     let mut count = String::from("CASE id");
@@ -125,7 +120,7 @@ async fn resolve(
     let mut cancel: Vec<(u64, String)> = Vec::new();
     for (id, state, pending) in rows {
         let state: JobState = state.parse().map_err(decode)?;
-        match rule(state, pending, &ends[&id]) {
+        match (rules.child)(state, pending, &ends[&id]) {
             ChildMove::Stay => {}
             ChildMove::Release => release.push(id),
             ChildMove::Cancel(why) => cancel.push((id, why)),
@@ -254,11 +249,12 @@ async fn fail_fast(
         .collect())
 }
 
-/// Counts `finals` off their workflows and ends the workflows whose every job has ended.
-/// Returns the workflows that ended, with their state.
+/// Counts `finals` off their workflows; a workflow whose last job this is ends, and its
+/// callbacks are enqueued. Returns the workflows that ended, with their state.
 async fn count_in_workflows(
     conn: &mut MySqlConnection,
     finals: &[(u64, JobState)],
+    rules: Rules,
 ) -> Result<Vec<(u64, String)>, sqlx::Error> {
     if finals.is_empty() {
         return Ok(Vec::new());
@@ -275,7 +271,7 @@ async fn count_in_workflows(
         return Ok(Vec::new());
     }
     let state: BTreeMap<u64, JobState> = finals.iter().copied().collect();
-    // workflow → (completed, discarded, cancelled)
+    // workflow → [completed, discarded, cancelled] ended now
     let mut counts: BTreeMap<u64, [u32; 3]> = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for (job, flow) in members {
@@ -290,45 +286,92 @@ async fn count_in_workflows(
         }
     }
     let mut ended = Vec::new();
-    for (flow, [completed, discarded, cancelled]) in counts {
+    for (flow, now) in counts {
         // language=MySQL
-        // The workflow's row is locked by this UPDATE until the commit: its members' endings
-        // count one after another. It ends when every job has: completed if all completed,
-        // else failed (a cancel by the workflow act has already set `cancelled`). State and
-        // end time come first in the SET list, computed from the old counters plus this
-        // ending's: the same on servers that assign left to right and on those that assign
-        // simultaneously (MariaDB's SIMULTANEOUS_ASSIGNMENT).
-        let all = completed + discarded + cancelled;
-        sqlx::query(
-            "UPDATE jobq_workflows \
-                SET state = IF(state = 'running' AND completed + discarded + cancelled + ? >= jobs, \
-                               IF(completed + ? >= jobs, 'completed', 'failed'), state), \
-                    finished_at = IF(finished_at IS NULL AND completed + discarded + cancelled + ? >= jobs, \
-                                     UTC_TIMESTAMP(6), finished_at), \
-                    completed = completed + ?, discarded = discarded + ?, cancelled = cancelled + ? \
-              WHERE id = ?",
-        )
-        .bind(all)
-        .bind(completed)
-        .bind(all)
-        .bind(completed)
-        .bind(discarded)
-        .bind(cancelled)
-        .bind(flow)
-        .execute(&mut *conn)
-        .await?;
-        // language=MySQL
-        let now: Option<(String, bool)> = sqlx::query_as(
-            "SELECT CAST(state AS CHAR), finished_at IS NOT NULL FROM jobq_workflows WHERE id = ?",
+        // Locked until the commit (ascending ids): its members' endings count one after
+        // another, so exactly one of them sees the last job end.
+        let row: Option<(u32, u32, u32, u32, String, bool)> = sqlx::query_as(
+            "SELECT jobs, completed, discarded, cancelled, CAST(state AS CHAR), finished_at IS NOT NULL \
+             FROM jobq_workflows WHERE id = ? FOR UPDATE",
         )
         .bind(flow)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some((state, true)) = now {
-            ended.push((flow, state));
+        let Some((jobs, completed, discarded, cancelled, st, finished)) = row else {
+            continue;
+        };
+        let before = FlowCounts {
+            jobs,
+            completed,
+            discarded,
+            cancelled,
+            state: st.parse().map_err(decode)?,
+            finished,
+        };
+        let after = (rules.flow)(before, now);
+        let c = after.counts;
+        // language=MySQL
+        sqlx::query(
+            "UPDATE jobq_workflows SET completed = ?, discarded = ?, cancelled = ?, state = ?, \
+                    finished_at = IF(?, COALESCE(finished_at, UTC_TIMESTAMP(6)), finished_at) \
+              WHERE id = ?",
+        )
+        .bind(c.completed)
+        .bind(c.discarded)
+        .bind(c.cancelled)
+        .bind(c.state.as_str())
+        .bind(c.finished)
+        .bind(flow)
+        .execute(&mut *conn)
+        .await?;
+        if !after.callbacks.is_empty() {
+            enqueue_callbacks(conn, flow, &after.callbacks).await?;
+            ended.push((flow, c.state.as_str().to_owned()));
         }
     }
     Ok(ended)
+}
+
+/// Inserts workflow `flow`'s callback jobs for `on` (each at most once: its `job_id` is set
+/// when it is), with their `enqueued` transitions.
+async fn enqueue_callbacks(
+    conn: &mut MySqlConnection,
+    flow: u64,
+    on: &[jobq_producer::deps::Callback],
+) -> Result<(), sqlx::Error> {
+    for cb in on {
+        // language=MySQL
+        // One by one, by LAST_INSERT_ID: at most three per workflow.
+        let inserted = sqlx::query(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, concurrency_key) \
+             SELECT queue, kind, payload, 'available', priority, UTC_TIMESTAMP(6), max_attempts, UTC_TIMESTAMP(6), concurrency_key \
+             FROM jobq_callbacks WHERE workflow_id = ? AND on_event = ? AND job_id IS NULL",
+        )
+        .bind(flow)
+        .bind(cb.as_str())
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() != 1 {
+            continue;
+        }
+        let id = inserted.last_insert_id();
+        // language=MySQL
+        sqlx::query("UPDATE jobq_callbacks SET job_id = ? WHERE workflow_id = ? AND on_event = ?")
+            .bind(id)
+            .bind(flow)
+            .bind(cb.as_str())
+            .execute(&mut *conn)
+            .await?;
+        // language=MySQL
+        sqlx::query(
+            "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
+             VALUES (?, NULL, 'available', 'enqueued', 0, UTC_TIMESTAMP(6))",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 fn decode(e: String) -> sqlx::Error {

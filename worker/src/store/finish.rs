@@ -5,7 +5,6 @@
 use jobq_sqlkit::TxError;
 use sqlx::{MySqlConnection, MySqlPool};
 
-use super::deps::ChildRule;
 use super::sql::{hex, id_list, RawTx};
 use super::{micros, Fence};
 use crate::ids::WorkerId;
@@ -183,7 +182,7 @@ pub(crate) async fn complete_linked(
     pool: &MySqlPool,
     fence: Fence,
     result: Option<&str>,
-    rule: ChildRule,
+    rules: jobq_producer::deps::Rules,
 ) -> Result<bool, TxError> {
     let results: Vec<(u64, String)> = result
         .map(|r| (fence.id, r.to_owned()))
@@ -200,7 +199,7 @@ pub(crate) async fn complete_linked(
             &mut tx,
             &[(fence.id, jobq_producer::JobState::Completed)],
             None,
-            rule,
+            rules,
         )
         .await?;
         Ok::<_, sqlx::Error>(true)
@@ -234,8 +233,8 @@ pub(crate) struct FinishWrite<'a> {
     /// settled (`deps.rs`). One claimed without them is written only while it still has none;
     /// a dependent added while it ran is found by that guard, and the ending settled too.
     pub(crate) linked: bool,
-    /// What a child does when this job ends (`jobq_producer::deps::child_move`).
-    pub(crate) child_rule: ChildRule,
+    /// What its dependents and workflow do when it ends (`jobq_producer::deps::RULES`).
+    pub(crate) rules: jobq_producer::deps::Rules,
 }
 
 /// Applies a decision to one running job through `conn` (the handler's transaction for a
@@ -297,7 +296,7 @@ pub(crate) async fn finish(
     .execute(&mut *conn)
     .await?;
     if linked && d.to.is_final() {
-        super::deps::settle(conn, &[(w.fence.id, d.to)], None, w.child_rule).await?;
+        super::deps::settle(conn, &[(w.fence.id, d.to)], None, w.rules).await?;
     }
     Ok(true)
 }

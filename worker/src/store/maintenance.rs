@@ -79,7 +79,7 @@ pub(crate) async fn rescue_expired(
     pool: &MySqlPool,
     limit: u32,
     decide: impl Fn(&Expired) -> Decision,
-    child_rule: super::deps::ChildRule,
+    rules: jobq_producer::deps::Rules,
 ) -> Result<Vec<(Expired, JobState)>, sqlx::Error> {
     let mut tx = super::begin(pool).await?;
     // language=MySQL
@@ -152,7 +152,7 @@ pub(crate) async fn rescue_expired(
     // Jobs that ended here (their last attempt, or a cancel requested): their dependents and
     // workflows hear of it in this transaction.
     if !ended.is_empty() {
-        super::deps::settle(&mut tx, &ended, None, child_rule).await?;
+        super::deps::settle(&mut tx, &ended, None, rules).await?;
     }
     tx.commit().await?;
     Ok(out)

@@ -67,7 +67,7 @@ async fn complete_single(pool: &MySqlPool, fence: Fence, attempt: u32) -> bool {
             result: None,
             on_cancel: crate::machine::attempt::overridden_by_cancel,
             linked: false,
-            child_rule: jobq_producer::deps::child_move,
+            rules: jobq_producer::deps::RULES,
         },
     )
     .await
@@ -831,7 +831,7 @@ async fn a_claim_is_confirmed_or_failed_never_assumed(db: MySqlPool) {
                 result: None,
                 on_cancel: crate::machine::attempt::overridden_by_cancel,
                 linked: false,
-                child_rule: jobq_producer::deps::child_move,
+                rules: jobq_producer::deps::RULES,
             };
             given_back += u32::from(finish_tx(&db, w).await.unwrap());
         }

@@ -47,7 +47,7 @@ async fn end(db: &MySqlPool, job: &ClaimedJob, outcome: Outcome) -> bool {
             result: None,
             on_cancel: crate::machine::attempt::overridden_by_cancel,
             linked: job.linked,
-            child_rule: jobq_producer::deps::child_move,
+            rules: jobq_producer::deps::RULES,
         },
     )
     .await
@@ -243,7 +243,7 @@ async fn a_child_added_while_its_parent_runs_is_released_by_the_completion(db: M
         &db,
         jobs[0].fence(),
         Some("{\"n\": 1}"),
-        jobq_producer::deps::child_move
+        jobq_producer::deps::RULES
     )
     .await
     .unwrap());
@@ -377,7 +377,7 @@ async fn cancelling_a_blocked_job_cancels_what_depends_on_it(db: MySqlPool) {
         "test",
         None,
         &|act, state, _| crate::machine::acts::decide(act, state),
-        jobq_producer::deps::child_move,
+        jobq_producer::deps::RULES,
     )
     .await
     .unwrap();
