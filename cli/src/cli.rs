@@ -80,6 +80,9 @@ enum Command {
     Prune(crate::admin::PruneArgs),
     /// Recurring jobs: list them (next and last slot, last outcome), pause, resume, run now.
     Schedules(crate::schedules::SchedulesArgs),
+    /// Workflows and batches: list them, show one (jobs, parents, graph), enqueue one from a
+    /// JSON document, cancel or retry one.
+    Workflows(crate::workflows::WorkflowsArgs),
     /// Serve the web console alone (on web.listen, default 127.0.0.1:9188) until SIGINT/SIGTERM.
     Web {
         /// Listen here instead of web.listen, e.g. 127.0.0.1:9188.
@@ -190,6 +193,7 @@ pub(crate) fn run() -> Result<ExitCode> {
             Command::Workers { json } => crate::admin::workers(&settings, json).await,
             Command::Prune(a) => crate::admin::prune(&settings, a).await,
             Command::Schedules(a) => crate::schedules::run(&settings, a).await,
+            Command::Workflows(a) => crate::workflows::run(&settings, a).await,
             Command::Web { listen } => crate::work::web(&settings, listen).await,
         }
     })

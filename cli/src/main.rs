@@ -22,6 +22,7 @@ mod show;
 mod table;
 mod throwaway;
 mod work;
+mod workflows;
 
 use std::process::ExitCode;
 

@@ -278,6 +278,61 @@ pub fn flow_after(before: FlowCounts, ended: [u32; 3]) -> FlowEnd {
     }
 }
 
+/// What retrying a workflow does: its jobs that did not complete run again, each `available`
+/// or, while a parent of it has not completed (it runs again too, or has not ended),
+/// `blocked` on those parents; the edges from the jobs that run again count as unresolved
+/// again, and a blocked child outside them waits for them once more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryPlan {
+    /// (job, `Available` or `Blocked`, parents to wait for), in id order.
+    pub rerun: Vec<(u64, JobState, u32)>,
+    /// Blocked jobs that do not run again but wait for `n` more parents now.
+    pub rewait: Vec<(u64, u32)>,
+}
+
+/// See [`RetryPlan`]: `jobs` are the workflow's jobs with their states, `edges` its
+/// (parent, child) pairs.
+pub fn retry_plan(jobs: &[(u64, JobState)], edges: &[(u64, u64)]) -> RetryPlan {
+    use std::collections::BTreeMap;
+    let state: BTreeMap<u64, JobState> = jobs.iter().copied().collect();
+    let again = |id: &u64| {
+        matches!(
+            state.get(id),
+            Some(JobState::Discarded | JobState::Cancelled)
+        )
+    };
+    let mut waits: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut rewait: BTreeMap<u64, u32> = BTreeMap::new();
+    for (parent, child) in edges {
+        let open = state.get(parent) != Some(&JobState::Completed);
+        if again(child) {
+            *waits.entry(*child).or_default() += u32::from(open);
+        } else if again(parent) && state.get(child) == Some(&JobState::Blocked) {
+            *rewait.entry(*child).or_default() += 1;
+        }
+    }
+    let rerun = state
+        .iter()
+        .filter(|(id, _)| again(id))
+        .map(|(&id, _)| {
+            let n = waits.get(&id).copied().unwrap_or(0);
+            let to = if n > 0 {
+                JobState::Blocked
+            } else {
+                JobState::Available
+            };
+            (id, to, n)
+        })
+        .collect();
+    RetryPlan {
+        rerun,
+        rewait: rewait.into_iter().collect(),
+    }
+}
+
+/// [`retry_plan`]'s signature: a workflow's jobs with their states, its (parent, child) edges.
+pub type RetryRule = fn(&[(u64, JobState)], &[(u64, u64)]) -> RetryPlan;
+
 /// The rules the worker's store applies when jobs end (passed in, so the store decides
 /// nothing itself).
 #[derive(Clone, Copy, Debug)]
@@ -286,12 +341,15 @@ pub struct Rules {
     pub child: fn(JobState, u32, &[Ended]) -> ChildMove,
     /// [`flow_after`].
     pub flow: fn(FlowCounts, [u32; 3]) -> FlowEnd,
+    /// [`retry_plan`].
+    pub retry: RetryRule,
 }
 
 /// The rules jobq runs by.
 pub const RULES: Rules = Rules {
     child: child_move,
     flow: flow_after,
+    retry: retry_plan,
 };
 
 #[cfg(test)]
@@ -409,6 +467,30 @@ mod tests {
         let e = flow_after(cancelled, [1, 0, 2]);
         assert_eq!(e.counts.state, FlowState::Cancelled);
         assert_eq!(e.callbacks, [Callback::Failure, Callback::Finish]);
+    }
+
+    #[test]
+    fn a_retry_reruns_what_did_not_complete_and_reblocks_its_dependents() {
+        // a → b → c, a → d (ignore); a failed, b and c were cancelled by it, d completed.
+        let jobs = [
+            (1, Discarded),
+            (2, Cancelled),
+            (3, Cancelled),
+            (4, Completed),
+            (5, Blocked),
+        ];
+        // 5 waits for 4 (completed) and 1 (failed, ignore: resolved) and 6 (outside, running).
+        let edges = [(1, 2), (2, 3), (1, 4), (4, 5), (1, 5)];
+        let plan = retry_plan(&jobs, &edges);
+        assert_eq!(
+            plan.rerun,
+            [(1, Available, 0), (2, Blocked, 1), (3, Blocked, 1)]
+        );
+        // 5 was still blocked: it waits for the rerun of 1 again. 4 completed: left alone.
+        assert_eq!(plan.rewait, [(5, 1)]);
+        // Nothing failed: nothing to do.
+        let done = [(1, Completed), (2, Completed)];
+        assert_eq!(retry_plan(&done, &[(1, 2)]), RetryPlan::default());
     }
 
     #[test]

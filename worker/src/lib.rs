@@ -60,6 +60,7 @@ mod store;
 #[cfg(feature = "console")]
 pub mod web;
 mod worker;
+mod workflows;
 
 pub use acts::{act_on_filter, act_on_jobs, count_jobs, ActTally};
 pub use command::{register_commands, EXIT_DISCARD, EXIT_SNOOZE};
@@ -76,6 +77,7 @@ pub use inspect::{
 pub use jobq_config::Config;
 /// Distributed locks (session, lease, semaphore, leader election): the `jobq-lock` crate.
 pub use jobq_lock as lock;
+pub use jobq_producer::deps::FlowState;
 /// The producer's error (validation, enqueue, schema), as `jobq_producer::Error`.
 pub use jobq_producer::Error as ProducerError;
 pub use jobq_producer::{
@@ -92,6 +94,10 @@ pub use runtime::prune_finished;
 pub use shutdown::{on_signals, Shutdown, ShutdownSignal, Stopped};
 pub use store::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, WorkerInfo};
 pub use worker::Worker;
+pub use workflows::{
+    cancel_workflow, list_workflows, retry_workflow, to_dot, to_mermaid, workflow, WorkflowActed,
+    WorkflowDetail, WorkflowJob, WorkflowSummary,
+};
 
 /// A pool for `config`: `database.max_connections` connections, or the process's total
 /// concurrency + 8 when 0. Every connection runs at READ COMMITTED with a UTC time zone, strict

@@ -95,3 +95,157 @@ async fn enqueue_after_waits_for_its_parents(db: MySqlPool) {
     let out = jobq_cli(&url, &["enqueue", "noop", "--on-parent-failure", "ignore"]).await;
     assert!(!out.status.success());
 }
+
+/// `jobq workflows enqueue FILE`, then list, show (table, dot, mermaid), retry and cancel.
+#[sqlx::test(migrations = false)]
+async fn workflows_from_the_command_line(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let url = url_of(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("flow.json");
+    // `a` fails its first attempt, its only one: b and c are cancelled; a retry runs all three.
+    std::fs::write(
+        &doc,
+        r#"{"name": "nightly",
+            "jobs": [{"name": "a", "kind": "fail", "payload": {"times": 1}, "max_attempts": 1},
+                     {"name": "b", "kind": "noop", "after": ["a"]},
+                     {"name": "c", "kind": "noop", "after": ["b"]}],
+            "on_finish": {"kind": "noop", "payload": {"done": true}}}"#,
+    )
+    .unwrap();
+    let out = jobq_ok(&url, &["workflows", "enqueue", doc.to_str().unwrap()], &[]).await;
+    let mut lines = out.lines();
+    let id: u64 = lines
+        .next()
+        .unwrap()
+        .strip_prefix("workflow ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let jobs: std::collections::BTreeMap<String, u64> = lines
+        .map(|l| {
+            let (n, j) = l.split_once(' ').unwrap();
+            (n.to_owned(), j.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(jobs.len(), 3, "{out}");
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let w = start(pool(&s).await, builtins(), &s);
+    wait_for(Duration::from_secs(20), "the workflow to fail", || async {
+        state_of(&db, jobs["c"]).await == "cancelled"
+    })
+    .await;
+    let listed = jobq_ok(&url, &["workflows"], &[]).await;
+    assert!(
+        listed.contains("nightly") && listed.contains("failed"),
+        "{listed}"
+    );
+    let json = jobq_ok(&url, &["workflows", "--json"], &[]).await;
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows[0]["state"], "failed");
+    assert_eq!(rows[0]["discarded"], 1);
+    assert_eq!(rows[0]["cancelled"], 2);
+    let show = jobq_ok(&url, &["workflows", "show", &id.to_string()], &[]).await;
+    assert!(
+        show.contains("discarded") && show.contains("on_finish: job"),
+        "{show}"
+    );
+    let dot = jobq_ok(
+        &url,
+        &["workflows", "show", &id.to_string(), "--format", "dot"],
+        &[],
+    )
+    .await;
+    assert!(
+        dot.contains("\"a\" -> \"b\"") && dot.contains("\"b\" -> \"c\""),
+        "{dot}"
+    );
+    let mermaid = jobq_ok(
+        &url,
+        &["workflows", "show", &id.to_string(), "--format", "mermaid"],
+        &[],
+    )
+    .await;
+    assert!(
+        mermaid.starts_with("flowchart LR") && mermaid.contains("j0 --> j1"),
+        "{mermaid}"
+    );
+    let retried = jobq_ok(&url, &["workflows", "retry", &id.to_string()], &[]).await;
+    assert!(
+        retried.contains("1 jobs available now, 2 waiting"),
+        "{retried}"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the retried workflow to complete",
+        || async {
+            count(
+                &db,
+                &format!(
+                    "SELECT COUNT(*) FROM jobq_workflows WHERE id = {id} AND state = 'completed'"
+                ),
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    // The finish callback ran for each end: the failure, then the success.
+    wait_for(Duration::from_secs(20), "both on_finish callbacks", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE kind = 'noop' AND JSON_EXTRACT(payload, '$.done') AND state = 'completed'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    // A completed workflow cannot be retried or cancelled: said so, exit 1.
+    for act in ["retry", "cancel"] {
+        let out = jobq_cli(&url, &["workflows", act, &id.to_string()]).await;
+        assert!(!out.status.success(), "{act}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("workflow {id}")), "{err}");
+    }
+    // Cancel: the running job is asked to stop, its child cancelled at once.
+    let sleepy = Workflow::new("sleepy")
+        .job("long", NewJob::json("sleep", json!({"ms": 60000})))
+        .job_after("next", NewJob::json("noop", json!({})), &["long"]);
+    let wf = Producer::new(db.clone())
+        .enqueue_workflow(sleepy)
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(20), "the long job running", || async {
+        state_of(&db, wf.jobs["long"].0).await == "running"
+    })
+    .await;
+    let cancelled = jobq_ok(&url, &["workflows", "cancel", &wf.id.to_string()], &[]).await;
+    assert!(
+        cancelled.contains("1 jobs cancelled now, 1 running asked to stop"),
+        "{cancelled}"
+    );
+    wait_for(Duration::from_secs(20), "the workflow cancelled", || async {
+        count(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM jobq_workflows WHERE id = {} AND state = 'cancelled' AND finished_at IS NOT NULL",
+                wf.id
+            ),
+        )
+        .await
+            == 1
+    })
+    .await;
+    w.stop().await;
+    assert_consistent(&db).await;
+    // A document with a typo: refused before connecting, nothing inserted.
+    std::fs::write(
+        &doc,
+        r#"{"name": "x", "jobs": [{"kind": "noop", "afterr": []}]}"#,
+    )
+    .unwrap();
+    let out = jobq_cli(&url, &["workflows", "enqueue", doc.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `afterr`"), "{err}");
+}

@@ -330,7 +330,9 @@ pub fn is_valid(from: Option<JobState>, to: JobState) -> bool {
             to,
             Completed | Retryable | Discarded | Cancelled | Scheduled | Available
         ),
-        Some(Discarded | Cancelled) => to == Available,
+        // Retried: by `jobq retry`, or with its workflow (blocked again on parents that run
+        // again).
+        Some(Discarded | Cancelled) => matches!(to, Available | Blocked),
         Some(Completed) => false,
     }
 }

@@ -19,6 +19,7 @@
 //! - [`listing`]: jobs listed by filter and paged, and counted by the same filter;
 //! - [`queues`]: queue state every worker obeys (pause/resume);
 //! - [`schedules`]: recurring jobs' rows (the leader's lock and mark, pause, listing);
+//! - [`workflows`]: workflows for operators: list, show, cancel, retry;
 //! - [`demo`]: the `record` built-in kind's effects table;
 //! - [`sql`]: the literal layer and the raw-transaction guard every file above uses.
 //!
@@ -50,6 +51,7 @@ mod schedules;
 mod sql;
 #[cfg(test)]
 mod tests;
+pub(crate) mod workflows;
 
 use std::time::Duration;
 
