@@ -530,13 +530,15 @@ impl Producer {
         let (checked, rows) = self.check_workflow(workflow)?;
         let pool = self.server_of(&rows)?;
         let insert = workflow_insert(&checked, rows, &self.opts);
-        run_again_if_rolled_back(|| async {
+        let out = run_again_if_rolled_back(|| async {
             let mut tx = store::begin(pool).await?;
             let out = store::insert_workflow(&mut tx, &insert).await?;
             tx.commit().await?;
             Ok(out)
         })
-        .await
+        .await?;
+        record_workflow(&out, checked.batch);
+        Ok(out)
     }
 
     /// [`enqueue_workflow`](Producer::enqueue_workflow) through the caller's connection,
@@ -548,12 +550,14 @@ impl Producer {
     ) -> Result<WorkflowEnqueued> {
         let (checked, rows) = self.check_workflow(workflow)?;
         self.server_of(&rows)?;
-        store::insert_workflow(conn, &workflow_insert(&checked, rows, &self.opts))
+        let out = store::insert_workflow(conn, &workflow_insert(&checked, rows, &self.opts))
             .await
             .map_err(|e| match e {
                 Error::Database(e) => Error::from_database(e),
                 other => other,
-            })
+            })?;
+        record_workflow(&out, checked.batch);
+        Ok(out)
     }
 
     /// Inserts a [`Batch`]: its jobs and callbacks, in one transaction (see
@@ -759,6 +763,14 @@ async fn wait_on(pool: &MySqlPool, id: JobId, timeout: Duration) -> Result<Optio
 
 fn ids(out: Vec<Enqueued>) -> Vec<JobId> {
     out.into_iter().map(|e| e.id).collect()
+}
+
+/// Counts a workflow or batch this process inserted (`jobq_workflows_started_total`).
+fn record_workflow(out: &WorkflowEnqueued, batch: bool) {
+    if !out.duplicate {
+        let kind = if batch { "batch" } else { "workflow" };
+        metrics::counter!("jobq_workflows_started_total", "kind" => kind).increment(1);
+    }
 }
 
 fn record_enqueued(rows: &[store::JobInsert], out: &[Enqueued]) {

@@ -154,6 +154,16 @@ pub const WORKERS_ALIVE: &str = "jobq_workers_alive";
 pub const INSERTED: &str = "jobq_jobs_inserted_total";
 /// Gauge: 1 in the process that currently runs maintenance, else 0.
 pub const LEADER: &str = "jobq_maintenance_leader";
+/// Gauge: age of the oldest `blocked` job (now − its run-at), sampled by the leader.
+pub const OLDEST_BLOCKED: &str = "jobq_blocked_oldest_age_seconds";
+/// Counter: workflows and batches inserted by this process's producer (`kind`: workflow,
+/// batch).
+pub const WORKFLOWS_STARTED: &str = "jobq_workflows_started_total";
+/// Counter: workflows and batches whose last job ended, by outcome (completed, failed,
+/// cancelled).
+pub const WORKFLOWS_FINISHED: &str = "jobq_workflows_finished_total";
+/// Counter: blocked jobs the leader's repair pass found with every parent ended and settled.
+pub const WORKFLOW_REPAIRS: &str = "jobq_workflow_repairs_total";
 
 /// Every `outcome` of [`FINISHED`]: the events that end an attempt, the lost lease and the
 /// abandoned write.
@@ -164,8 +174,16 @@ pub(crate) fn finished_outcomes() -> impl Iterator<Item = &'static str> + Clone 
         .chain([LEASE_LOST, ABANDONED])
 }
 
-/// States sampled as depth gauges (`waiting`: jobs held back by their concurrency key).
-pub const DEPTH_STATES: [&str; 5] = ["available", "scheduled", "running", "retryable", "waiting"];
+/// States sampled as depth gauges (`waiting`: jobs held back by their concurrency key;
+/// `blocked`: jobs waiting for their parents).
+pub const DEPTH_STATES: [&str; 6] = [
+    "available",
+    "scheduled",
+    "running",
+    "retryable",
+    "waiting",
+    "blocked",
+];
 
 /// The depth gauge name of `state`.
 pub fn depth_name(state: &str) -> String {
@@ -274,11 +292,47 @@ pub fn describe() {
         INSERTED,
         "Jobs ever inserted by any producer: the highest job id (leader)"
     );
+    describe_gauge!(
+        OLDEST_BLOCKED,
+        Unit::Seconds,
+        "Age of the oldest blocked job, by its run-at (leader)"
+    );
+    describe_counter!(
+        WORKFLOWS_STARTED,
+        "Workflows and batches inserted by this process (kind workflow or batch)"
+    );
+    describe_counter!(
+        WORKFLOWS_FINISHED,
+        "Workflows and batches whose last job ended here, by outcome (completed, failed, cancelled)"
+    );
+    describe_counter!(
+        WORKFLOW_REPAIRS,
+        "Blocked jobs found with every parent ended and settled by the repair pass (leader)"
+    );
+}
+
+/// Workflows that ended in a transaction of this process: `(id, state)`.
+pub(crate) fn workflows_finished(ended: &[(u64, String)]) {
+    for (_, outcome) in ended {
+        counter!(WORKFLOWS_FINISHED, "outcome" => outcome.clone()).increment(1);
+    }
+}
+
+/// Blocked jobs the repair pass settled.
+pub(crate) fn repaired(n: u64) {
+    counter!(WORKFLOW_REPAIRS).increment(n);
 }
 
 /// Registers the counters this process can produce at zero, so rates and alerts see a series
 /// from the start instead of "no data".
 pub(crate) fn init_series(queues: &[QueueName], named_lock: &[QueueName], kinds: &[KindName]) {
+    counter!(WORKFLOW_REPAIRS).increment(0);
+    for kind in ["workflow", "batch"] {
+        counter!(WORKFLOWS_STARTED, "kind" => kind).increment(0);
+    }
+    for outcome in ["completed", "failed", "cancelled"] {
+        counter!(WORKFLOWS_FINISHED, "outcome" => outcome).increment(0);
+    }
     for q in named_lock {
         counter!(LOCK_TIMEOUTS, "queue" => q.to_string()).increment(0);
     }
@@ -333,9 +387,11 @@ pub(crate) fn depth(
     known: &mut std::collections::BTreeSet<String>,
     workers: i64,
     max_id: u64,
+    oldest_blocked: f64,
 ) {
     let server = || server.to_owned();
     counter!(INSERTED, "server" => server()).absolute(max_id);
+    gauge!(OLDEST_BLOCKED, "server" => server()).set(oldest_blocked);
     for (q, _, _) in samples {
         known.insert(q.clone());
     }
@@ -372,4 +428,5 @@ pub(crate) fn clear_depth(server: &str, known: &std::collections::BTreeSet<Strin
         gauge!(PAUSED, "server" => server(), "queue" => q.clone()).set(0.0);
     }
     gauge!(WORKERS_ALIVE, "server" => server()).set(0.0);
+    gauge!(OLDEST_BLOCKED, "server" => server()).set(0.0);
 }

@@ -157,7 +157,7 @@ fn alert_queries() -> Vec<(String, String, Vec<String>)> {
             out.push((name.clone(), e.to_owned(), signals));
         }
     }
-    assert_eq!(out.len(), 4, "four alert rules");
+    assert_eq!(out.len(), 5, "five alert rules");
     out
 }
 

@@ -44,6 +44,9 @@ const PRUNE_BATCH: u32 = 500;
 /// next): a safety net for lost promotions, so a bounded cost per pass matters more than
 /// finding every such key at once.
 const KEYS_SWEPT: u32 = 1_000;
+/// Blocked jobs the repair pass looks at per pass (it goes on from there on the next): a
+/// safety net for lost releases, bounded per pass however many jobs are blocked.
+const REPAIR_WINDOW: u32 = 1_000;
 /// A `jobq_keys` row no live job uses is deleted after this long without a write (longer than
 /// the longest rate period).
 const KEY_IDLE: Duration = Duration::from_secs(2 * 86_400);
@@ -135,6 +138,7 @@ async fn lead(shared: Arc<Shared>, term: Term, passes: TaskTracker) {
                         known,
                         s.workers,
                         s.max_id,
+                        s.oldest_blocked,
                     )
                 }
                 Err(e) => debug!(error = %e, "depth sample failed"),
@@ -222,6 +226,30 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
             if n > 0 {
                 metrics::unblocked(&queue, n);
             }
+        }
+    }
+    // Blocked jobs whose parents have all ended (a release lost to a bug or a hand edit): a
+    // window of the blocked range per pass.
+    let mut cursor = *shared
+        .repair_cursor
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let repaired = store::repair(
+        &shared.pool,
+        &mut cursor,
+        REPAIR_WINDOW,
+        jobq_producer::deps::RULES,
+    )
+    .await;
+    *shared
+        .repair_cursor
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = cursor;
+    match repaired? {
+        0 => {}
+        n => {
+            warn!(jobs = n, "released blocked jobs whose parents had all ended (a release was lost: see jobq_workflow_repairs_total)");
+            metrics::repaired(n);
         }
     }
     let deadline = Instant::now() + shared.config.maintenance().interval / 2;

@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     /// final state (completed, discarded, cancelled) and the waiting-key sweep.
     pub(crate) prune_cursors: std::sync::Mutex<[crate::store::PruneCursor; 3]>,
     pub(crate) key_sweep: std::sync::Mutex<crate::store::KeyCursor>,
+    /// Where the repair pass of blocked jobs stands (`store::repair`).
+    pub(crate) repair_cursor: std::sync::Mutex<crate::store::RepairCursor>,
     /// Tests only: the answers of this many claims that took jobs are "lost" (the claim
     /// committed, the claimer sees a connection error).
     #[cfg(test)]
@@ -126,6 +128,7 @@ impl Shared {
             slots,
             prune_cursors: Default::default(),
             key_sweep: Default::default(),
+            repair_cursor: Default::default(),
             #[cfg(test)]
             lose_claim_answers: Default::default(),
             policies,

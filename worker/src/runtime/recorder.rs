@@ -195,8 +195,11 @@ async fn complete_in_tx(shared: &Shared, a: &Attempt, mut tx: OwnedTx) -> Option
         }
     }
     let written = match within(left(), store::finish(&mut tx, w)).await {
-        Ok(true) => tx.commit().await.map(|_| true),
-        Ok(false) => tx.rollback().await.map(|_| false),
+        Ok(Some(ended)) => tx.commit().await.map(|_| {
+            metrics::workflows_finished(&ended);
+            true
+        }),
+        Ok(None) => tx.rollback().await.map(|_| false),
         Err(e) => {
             drop(tx);
             Err(e)

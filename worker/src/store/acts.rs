@@ -101,10 +101,14 @@ pub(crate) async fn apply(
             _ => None,
         })
         .collect();
+    let mut flows = Vec::new();
     if !ended.is_empty() {
-        super::deps::settle(&mut tx, &ended, Some(actor), rules).await?;
+        flows = super::deps::settle(&mut tx, &ended, Some(actor), rules)
+            .await?
+            .workflows_ended;
     }
     tx.commit().await?;
+    crate::metrics::workflows_finished(&flows);
     Ok(out)
 }
 

@@ -193,7 +193,7 @@ pub(crate) async fn complete_linked(
     let done = async {
         let (_, counts) = super::sql::batch(&mut tx, &sql).await?;
         if counts.get(COMPLETION_UPDATE).copied().unwrap_or(0) != 1 {
-            return Ok(false);
+            return Ok(None);
         }
         super::deps::settle(
             &mut tx,
@@ -201,14 +201,17 @@ pub(crate) async fn complete_linked(
             None,
             rules,
         )
-        .await?;
-        Ok::<_, sqlx::Error>(true)
+        .await
+        .map(Some)
     }
     .await;
     match done {
         Ok(done) => {
             tx.commit().await?;
-            Ok(done)
+            if let Some(settled) = &done {
+                crate::metrics::workflows_finished(&settled.workflows_ended);
+            }
+            Ok(done.is_some())
         }
         Err(e) => {
             let _ = tx.rollback().await;
@@ -238,11 +241,13 @@ pub(crate) struct FinishWrite<'a> {
 }
 
 /// Applies a decision to one running job through `conn` (the handler's transaction for a
-/// completion, or a fresh one). Returns false, writing nothing, when the fence does not match.
+/// completion, or a fresh one). Returns `None`, writing nothing, when the fence does not
+/// match; else the workflows its ending ended (`(id, state)`, for the metrics once the caller
+/// has committed).
 pub(crate) async fn finish(
     conn: &mut MySqlConnection,
     w: FinishWrite<'_>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<Vec<(u64, String)>>, sqlx::Error> {
     // An operator asked to cancel this job while it ran: `on_cancel` says what to write instead.
     // Read under the row's lock, so a request cannot slip in between; not read for a decision
     // that finishes the job, which no request changes.
@@ -275,7 +280,7 @@ pub(crate) async fn finish(
         linked = true;
     }
     if updated != 1 {
-        return Ok(false);
+        return Ok(None);
     }
     // language=MySQL
     // The actor of a cancel is the operator who asked for it, if one did (`jobq cancel`).
@@ -296,9 +301,10 @@ pub(crate) async fn finish(
     .execute(&mut *conn)
     .await?;
     if linked && d.to.is_final() {
-        super::deps::settle(conn, &[(w.fence.id, d.to)], None, w.rules).await?;
+        let settled = super::deps::settle(conn, &[(w.fence.id, d.to)], None, w.rules).await?;
+        return Ok(Some(settled.workflows_ended));
     }
-    Ok(true)
+    Ok(Some(Vec::new()))
 }
 
 /// The UPDATE of [`finish`]: the decision, fenced; with `any_dependents` false, only if the
@@ -345,7 +351,10 @@ pub(crate) async fn finish_tx(pool: &MySqlPool, w: FinishWrite<'_>) -> Result<bo
     match finish(&mut tx, w).await {
         Ok(applied) => {
             tx.commit().await?;
-            Ok(applied)
+            if let Some(ended) = &applied {
+                crate::metrics::workflows_finished(ended);
+            }
+            Ok(applied.is_some())
         }
         Err(e) => {
             let _ = tx.rollback().await;

@@ -151,10 +151,14 @@ pub(crate) async fn rescue_expired(
     }
     // Jobs that ended here (their last attempt, or a cancel requested): their dependents and
     // workflows hear of it in this transaction.
+    let mut flows = Vec::new();
     if !ended.is_empty() {
-        super::deps::settle(&mut tx, &ended, None, rules).await?;
+        flows = super::deps::settle(&mut tx, &ended, None, rules)
+            .await?
+            .workflows_ended;
     }
     tx.commit().await?;
+    crate::metrics::workflows_finished(&flows);
     Ok(out)
 }
 
@@ -295,6 +299,8 @@ pub(crate) struct DepthSample {
     pub(crate) workers: i64,
     /// The highest job id (jobs ever inserted).
     pub(crate) max_id: u64,
+    /// Seconds since the oldest blocked job's run-at (0: none blocked).
+    pub(crate) oldest_blocked: f64,
 }
 
 /// The leader's sample for the depth gauges.
@@ -311,7 +317,7 @@ pub(crate) async fn sample_depth(
         // language=MySQL
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT CAST(state AS CHAR), COUNT(*) FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
-             WHERE queue = ? AND state IN ('available', 'scheduled', 'running', 'retryable', 'waiting') \
+             WHERE queue = ? AND state IN ('available', 'scheduled', 'running', 'retryable', 'waiting', 'blocked') \
              GROUP BY state",
         )
         .bind(&queue)
@@ -336,10 +342,19 @@ pub(crate) async fn sample_depth(
     let max_id: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM jobq_jobs")
         .fetch_one(pool)
         .await?;
+    // language=MySQL
+    // The start of jobq_jobs_due's `blocked` range: O(1).
+    let oldest_blocked: Option<i64> = sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(run_at), UTC_TIMESTAMP(6)) FROM jobq_jobs FORCE INDEX (jobq_jobs_due) \
+         WHERE state = 'blocked'",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(DepthSample {
         depth,
         oldest,
         workers,
         max_id: max_id.unwrap_or(0),
+        oldest_blocked: oldest_blocked.map_or(0.0, |us| us.max(0) as f64 / 1e6),
     })
 }

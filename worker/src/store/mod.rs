@@ -66,7 +66,7 @@ pub(crate) use console::{last_hour, recent_failures, Minute};
 pub(crate) use demo::{
     create_effects_table, create_runs_table, insert_effect, run_ended, run_started, runs_ended_for,
 };
-pub(crate) use deps::parents_of;
+pub(crate) use deps::{parents_of, repair, RepairCursor};
 pub(crate) use finish::{
     complete_batch, complete_linked, completed_with_token, finish, finish_tx, held_by_claim,
     mark_tx, state_by_fence, tx_intact, FinishWrite,

@@ -395,3 +395,54 @@ async fn cancelling_a_blocked_job_cancels_what_depends_on_it(db: MySqlPool) {
     .unwrap();
     assert_eq!(actor.as_deref(), Some("test"));
 }
+
+/// The repair pass finds blocked jobs whose parents all ended without releasing them (made by
+/// hand here) and settles them, a window at a time; a job still waiting for a running parent
+/// is left alone.
+#[sqlx::test(migrations = false)]
+async fn the_repair_pass_settles_what_a_lost_release_left_blocked(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let producer = Producer::new(db.clone());
+    let done = producer.enqueue(noop()).await.unwrap();
+    let gone = producer.enqueue(noop()).await.unwrap();
+    let running = producer.enqueue(noop()).await.unwrap();
+    let a = producer.enqueue(noop().after(done)).await.unwrap();
+    let b = producer.enqueue(noop().after(gone)).await.unwrap();
+    let c = producer.enqueue(noop().after(running)).await.unwrap();
+    // A job blocked by hand, with a counter and no edges.
+    let d = producer.enqueue(noop()).await.unwrap();
+    for sql in [
+        format!("UPDATE jobq_jobs SET state = 'completed', finalized_at = UTC_TIMESTAMP(6) WHERE id = {done}"),
+        format!("DELETE FROM jobq_jobs WHERE id = {gone}"),
+        format!("UPDATE jobq_jobs SET state = 'blocked', pending_parents = 3 WHERE id = {d}"),
+    ] {
+        sqlx::query(&sql).execute(&db).await.unwrap();
+    }
+    let jobs = claim_all(&db).await;
+    assert_eq!(jobs.len(), 1, "only `running` is available");
+    let mut cursor = RepairCursor::default();
+    let mut repaired = 0;
+    // Four blocked jobs, two a window: the third window finds the end of the range.
+    for _ in 0..3 {
+        repaired += repair(&db, &mut cursor, 2, jobq_producer::deps::RULES)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        cursor,
+        RepairCursor::default(),
+        "the range ended, back at the start"
+    );
+    assert_eq!(repaired, 3);
+    assert_eq!(
+        states(&db, &[a, b, c, d]).await,
+        ["available", "cancelled", "blocked", "available"]
+    );
+    // A second pass finds nothing.
+    assert_eq!(
+        repair(&db, &mut cursor, 100, jobq_producer::deps::RULES)
+            .await
+            .unwrap(),
+        0
+    );
+}
