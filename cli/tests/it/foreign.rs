@@ -292,3 +292,95 @@ async fn a_row_the_claim_cannot_read_is_discarded_and_its_queue_goes_on(db: MySq
         assert_effects_once(&db, 2).await;
     }
 }
+
+/// README's plain-SQL dependent job and workflow, statement by statement: they run in order.
+#[sqlx::test(migrations = false)]
+async fn dependent_jobs_and_workflows_inserted_with_plain_sql_run(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let pool = pool(&s).await;
+    // Parents 17 (still waiting: scheduled far ahead, run by hand below) and 18 (completed).
+    sqlx::query(
+        "INSERT INTO jobq_jobs (id, queue, kind, payload, state, run_at) VALUES \
+         (17, 'default', 'record', '{}', 'scheduled', UTC_TIMESTAMP(6) + INTERVAL 1 HOUR), \
+         (18, 'default', 'record', '{}', 'completed', UTC_TIMESTAMP(6))",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let readme = include_str!("../../../README.md");
+    let blocks: Vec<&str> = readme
+        .split("```sql\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .filter(|b| b.contains("jobq_deps"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "README shows the two dependency scripts");
+    let mut conn = db.acquire().await.unwrap();
+    for block in &blocks {
+        for statement in block.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+            // The parents' states are the script's to read; the counts below match them.
+            sqlx::raw_sql(statement)
+                .execute(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("README statement failed: {statement}: {e}"));
+        }
+    }
+    drop(conn);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'blocked'"
+        )
+        .await,
+        2
+    );
+    jobq_worker::builtin::setup(&db).await.unwrap();
+    // The README's kinds, as no-ops.
+    let mut registry = builtins();
+    for kind in ["merge", "fetch", "mail"] {
+        registry
+            .register_json(
+                kind,
+                |_: serde_json::Value, _: jobq_worker::JobContext| async { Ok(()) },
+            )
+            .unwrap();
+    }
+    let w = start(pool, registry, &s);
+    // Parent 17 becomes due: its completion releases the merge job.
+    sqlx::query("UPDATE jobq_jobs SET run_at = UTC_TIMESTAMP(6) WHERE id = 17")
+        .execute(&db)
+        .await
+        .unwrap();
+    let all_done = || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_jobs WHERE state <> 'completed'",
+        )
+        .await
+            == 0
+    };
+    let started = std::time::Instant::now();
+    while !all_done().await && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.stop().await;
+    assert!(all_done().await, "jobs left: {:?}", histories(&db).await);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_workflows WHERE state = 'completed' AND completed = 2"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'unblocked'"
+        )
+        .await,
+        2,
+        "each blocked job released by its parent's completion"
+    );
+}
