@@ -12,6 +12,8 @@
 //! - `locks`: the lock library's acquire/release latency and contended throughput (`locks.rs`);
 //! - `web`: the console's pages timed over HTTP with N jobs in a busy day's mix (`web.rs`);
 //! - `price`: the ceiling's variants, pricing each index and each history row (`price.rs`);
+//! - `fan-in`: a workflow of `--parents` parents and one child (release latency), and the
+//!   burn-down with `--blocked` blocked jobs in the queue against without (`flows.rs`);
 //! - `two-servers`: N jobs split over two queues on two servers (`--second-database-url`),
 //!   drained by P processes that each work both, against the same N on one server
 //!   (`servers.rs`).
@@ -35,6 +37,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::MySqlPool;
 
+mod flows;
 mod locks;
 mod price;
 mod report;
@@ -76,6 +79,9 @@ pub(crate) enum Scenario {
     /// The hot path priced: the ceiling on jobq's schema with and without history, without
     /// each secondary index in turn, and on a narrow table.
     Price,
+    /// A workflow of --parents parents and one child: the child's release latency; and the
+    /// burn-down of N jobs with --blocked blocked jobs in the queue against without them.
+    FanIn,
     /// One contending process of `locks` (started by it).
     #[value(hide = true)]
     LockContender,
@@ -93,6 +99,7 @@ impl Scenario {
             Scenario::Web => "web",
             Scenario::TwoServers => "two-servers",
             Scenario::Price => "price",
+            Scenario::FanIn => "fan-in",
             Scenario::LockContender => "lock-contender",
         }
     }
@@ -155,6 +162,12 @@ pub(crate) struct BenchArgs {
     /// ceiling, and report each burn-down against it too.
     #[arg(long)]
     floor: bool,
+    /// fan-in: the parents of the one child.
+    #[arg(long, default_value_t = 10_000)]
+    parents: u32,
+    /// fan-in: blocked jobs in the queue during the second burn-down of each pair.
+    #[arg(long, default_value_t = 100_000)]
+    blocked: u32,
     /// Print one JSON object per run instead of a table.
     #[arg(long)]
     json: bool,
@@ -292,6 +305,26 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
                 for r in price::run(&pool, jobs, a.ceiling_connections).await? {
                     emit(&a, &r);
                     reports.push(r);
+                }
+            }
+        }
+        Scenario::FanIn => {
+            for &jobs in &a.jobs {
+                for &mode in &modes {
+                    for &p in &a.processes {
+                        for &conc in &a.concurrency {
+                            let size = flows::FanIn {
+                                parents: a.parents,
+                                blocked: a.blocked,
+                                jobs,
+                            };
+                            let rows = flows::fan_in(&pool, &url, size, mode, p, conc).await?;
+                            for r in rows {
+                                emit(&a, &r);
+                                reports.push(r);
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -80,6 +80,15 @@ pub(super) fn print_table(rows: &[Report]) {
             r.rows_written_per_job,
         );
     }
+    // The fan-in scenario's findings are in its notes.
+    for r in rows
+        .iter()
+        .filter(|r| r.scenario.starts_with("fan-in") || r.scenario.ends_with("+blocked"))
+    {
+        if !r.note.is_empty() && !r.note.starts_with("history on") {
+            outln!("{}: {}", r.scenario, r.note);
+        }
+    }
 }
 
 /// The slots of a report: `PxC`, or `PxC+N` for the worker runs of a bench with prefetch.

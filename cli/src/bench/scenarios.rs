@@ -57,6 +57,18 @@ pub(super) async fn burn_down(
     concurrency: u32,
 ) -> Result<Report> {
     sql::bench_reset(pool).await?;
+    burn_down_on(pool, url, n, mode, processes, concurrency).await
+}
+
+/// [`burn_down`] on the table as it is (the caller reset it, or filled it on purpose).
+pub(super) async fn burn_down_on(
+    pool: &MySqlPool,
+    url: &str,
+    n: u32,
+    mode: ClaimMode,
+    processes: u32,
+    concurrency: u32,
+) -> Result<Report> {
     let enqueue = fill(pool, n).await?;
     let (q0, w0) = sql::server_counters(pool).await?;
     let mut workers = Workers::spawn(url, mode, processes, concurrency)?;

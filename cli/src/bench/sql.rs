@@ -17,6 +17,10 @@ pub(super) async fn bench_reset(pool: &MySqlPool) -> anyhow::Result<()> {
         "jobq_transitions",
         "jobq_workers",
         "jobq_demo_effects",
+        "jobq_deps",
+        "jobq_workflows",
+        "jobq_workflow_jobs",
+        "jobq_callbacks",
     ] {
         // language=MySQL
         sqlx::query(&format!("TRUNCATE TABLE {t}"))
@@ -68,6 +72,26 @@ pub(super) async fn run_span(pool: &MySqlPool, queue: &str) -> Result<(f64, i64)
     .fetch_one(pool)
     .await?;
     Ok((span.unwrap_or(0.0), claims))
+}
+
+/// Microseconds from the last completion among workflow `flow`'s jobs other than `child` to
+/// `child`'s claim (database clock).
+pub(super) async fn release_latency(
+    pool: &MySqlPool,
+    flow: u64,
+    child: u64,
+) -> Result<i64, sqlx::Error> {
+    // language=MySQL
+    sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, \
+                (SELECT MAX(finalized_at) FROM jobq_jobs WHERE workflow_id = ? AND id <> ?), \
+                (SELECT attempted_at FROM jobq_jobs WHERE id = ?))",
+    )
+    .bind(flow)
+    .bind(child)
+    .bind(child)
+    .fetch_one(pool)
+    .await
 }
 
 /// run_at → claim, in microseconds, of every job of `queue` (for pickup-latency percentiles).

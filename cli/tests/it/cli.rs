@@ -456,3 +456,51 @@ async fn bench_fails_when_its_workers_exit_early(db: MySqlPool) {
         .unwrap();
     drop(taken);
 }
+
+/// `jobq bench --scenario fan-in` at a small size: the fan-in row with the child's release
+/// latency, and the burn-downs with and without blocked jobs, with their ratio.
+#[sqlx::test(migrations = false)]
+async fn bench_fan_in_reports_release_latency_and_the_blocked_burden(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let test_url = url_of(&db).await;
+    let url = format!(
+        "{}/jq_fan_{}",
+        &test_url[..test_url.rfind('/').unwrap()],
+        rand_suffix()
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args([
+            "bench",
+            "--scenario",
+            "fan-in",
+            "--parents",
+            "40",
+            "--blocked",
+            "300",
+            "--jobs",
+            "200",
+        ])
+        .env("JOBQ_DATABASE_URL", &url)
+        .env("JOBQ_LOG__LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{out}", stderr(&o));
+    assert!(out.contains("| fan-in | skip-locked | 1x8 | 41 |"), "{out}");
+    assert_eq!(out.matches("| burn-down+blocked |").count(), 2, "{out}");
+    assert!(
+        out.contains("the child was claimed") && out.contains("ms after the last parent completed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("300 blocked jobs in the queue: ")
+            && out.contains("% of the rate without them"),
+        "{out}"
+    );
+    let bench_db = format!("{}_bench", url.rsplit('/').next().unwrap());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS `{bench_db}`"))
+        .execute(&db)
+        .await
+        .unwrap();
+}
