@@ -190,6 +190,66 @@ async fn keyed_jobs_never_overlap(db: &MySqlPool, workers: &mut [WorkerProc]) {
     eprintln!("galera: {KEYED} jobs of 3 keys (limit 1) on 3 nodes, no two of a key at once");
 }
 
+/// Diamonds (a → b, c → d) worked by workers on three nodes: every child starts after its
+/// parents completed, whichever nodes ran them, and none is left blocked. A release that
+/// conflicts with another node's write is retried like any certification failure. The jobs
+/// are removed after, so the exactly-once counts of the other phases stay as they were.
+async fn diamonds_run_in_order(db: &MySqlPool, workers: &mut [WorkerProc]) {
+    const DIAMONDS: i64 = 30;
+    let before = scalar(
+        db,
+        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+    )
+    .await;
+    let producer = Producer::new(db.clone());
+    let job = || NewJob::json("record", json!({"runs": true, "ms": 2})).queue("keyed");
+    for i in 0..DIAMONDS {
+        let flow = jobq_worker::Workflow::new(format!("diamond-{i}"))
+            .job("a", job())
+            .job_after("b", job(), &["a"])
+            .job_after("c", job(), &["a"])
+            .job_after("d", job(), &["b", "c"]);
+        producer.enqueue_workflow(flow).await.unwrap();
+    }
+    wait_completed(db, before + 4 * DIAMONDS, workers, Duration::from_secs(120)).await;
+    let early = scalar(
+        db,
+        "SELECT COUNT(*) FROM jobq_deps d \
+         WHERE (SELECT MIN(t.id) FROM jobq_transitions t WHERE t.job_id = d.child_id AND t.event = 'claimed') \
+             < (SELECT MAX(t.id) FROM jobq_transitions t WHERE t.job_id = d.parent_id AND t.event = 'completed')",
+    )
+    .await;
+    assert_eq!(early, 0, "a child started before its parent completed");
+    // Transition ids come from three nodes' auto-increment offsets: check the times too.
+    let early_by_time = scalar(
+        db,
+        "SELECT COUNT(*) FROM jobq_deps d JOIN jobq_jobs c ON c.id = d.child_id JOIN jobq_jobs p ON p.id = d.parent_id \
+         WHERE c.attempted_at < p.finalized_at",
+    )
+    .await;
+    assert_eq!(
+        early_by_time, 0,
+        "a child started before its parent completed"
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM jobq_workflows WHERE state = 'completed'"
+        )
+        .await,
+        DIAMONDS
+    );
+    for sql in [
+        "DELETE FROM jobq_demo_effects WHERE job_id IN (SELECT id FROM jobq_jobs WHERE queue = 'keyed')",
+        "DELETE FROM jobq_demo_runs WHERE job_id IN (SELECT id FROM jobq_jobs WHERE queue = 'keyed')",
+        "DELETE FROM jobq_transitions WHERE job_id IN (SELECT id FROM jobq_jobs WHERE queue = 'keyed')",
+        "DELETE FROM jobq_jobs WHERE queue = 'keyed'",
+    ] {
+        sqlx::query(sql).execute(db).await.unwrap();
+    }
+    eprintln!("galera: {DIAMONDS} diamonds on 3 nodes, every child after its parents");
+}
+
 async fn enqueue(db: &MySqlPool, n: i64) {
     let jobs = (0..n)
         .map(|_| NewJob::json("record", json!({"runs": true, "ms": 2})))
@@ -266,6 +326,7 @@ async fn three_workers_on_three_nodes_never_run_a_job_twice_at_once() {
     // by workers on three nodes, never run two of a key at once. A key's lock (its jobq_keys
     // row) is node-local; only the row's change is certified, so every claim changes it.
     keyed_jobs_never_overlap(&db, &mut workers).await;
+    diamonds_run_in_order(&db, &mut workers).await;
 
     // Named locks do not work on Galera: demo and bench refuse the mode before writing.
     let url = g.cluster_url(2, "jobq_refused");

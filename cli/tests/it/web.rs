@@ -693,3 +693,92 @@ async fn schedule_acts_go_to_the_schedules_server(db: MySqlPool) {
         .await
         .unwrap();
 }
+
+/// The workflows list and a workflow's page: counts from its counters, the graph drawn with
+/// one linked node per job coloured by state and one arrow per edge, names escaped; the
+/// retry and cancel buttons act (CSRF-checked) and come back with what happened.
+#[sqlx::test(migrations = false)]
+async fn workflow_pages_draw_the_graph_and_act(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let s = settings(&db, ClaimMode::SkipLocked).await;
+    let flow = jobq_worker::Workflow::new(EVIL)
+        .job(
+            "a",
+            NewJob::json("fail", json!({"times": 1})).max_attempts(1),
+        )
+        .job_after("b", NewJob::json("noop", json!({})), &["a"])
+        .job_after(EVIL, NewJob::json("noop", json!({})), &["a", "b"]);
+    let wf = Producer::new(db.clone())
+        .enqueue_workflow(flow)
+        .await
+        .unwrap();
+    let w = start(pool(&s).await, builtins(), &s);
+    wait_for(Duration::from_secs(20), "the workflow to fail", || async {
+        state_of(&db, wf.jobs[EVIL].0).await == "cancelled"
+    })
+    .await;
+    w.stop().await;
+    let router = console(&db, &s);
+    let list = get(&router, "/workflows", &[]).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(!list.body.contains(EVIL), "the name is escaped");
+    assert!(
+        list.body
+            .contains(&format!("href=\"/workflows/{}\"", wf.id))
+            && list.body.contains("failed"),
+        "{}",
+        list.body
+    );
+    let path = format!("/workflows/{}", wf.id);
+    let page = get(&router, &path, &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains(EVIL), "job names are escaped");
+    for job in wf.jobs.values() {
+        assert!(
+            page.body
+                .contains(&format!("<a href=\"/jobs/{job}\" class=\"node\"")),
+            "a linked node per job: {}",
+            page.body
+        );
+    }
+    assert_eq!(page.body.matches("<line ").count(), 3, "one arrow per edge");
+    assert!(page.body.contains("data-state=\"discarded\""));
+    assert!(page.body.contains("Retry failed jobs") && !page.body.contains("Cancel workflow"));
+    // Retry through the button.
+    let csrf = page.csrf_cookie().expect("a CSRF cookie");
+    let cookie = format!("jobq_csrf={csrf}");
+    let retry = send(
+        &router,
+        Method::POST,
+        &format!("{path}/retry"),
+        &[("cookie", cookie.as_str())],
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(retry.status, StatusCode::SEE_OTHER, "{}", retry.body);
+    assert_eq!(retry.location(), format!("{path}?did=retry"));
+    assert_eq!(state_of(&db, wf.jobs["a"].0).await, "available");
+    assert_eq!(state_of(&db, wf.jobs["b"].0).await, "blocked");
+    let shown = get(&router, retry.location(), &[]).await.body;
+    assert!(
+        shown.contains("runs again") && shown.contains("Cancel workflow"),
+        "{shown}"
+    );
+    // Cancel it now; a second cancel is refused with fixed words.
+    let cancel_path = format!("{path}/cancel");
+    let body = format!("csrf={csrf}");
+    let headers = [("cookie", cookie.as_str())];
+    let cancel = || send(&router, Method::POST, &cancel_path, &headers, &body);
+    assert_eq!(cancel().await.location(), format!("{path}?did=cancel"));
+    assert_eq!(state_of(&db, wf.jobs["b"].0).await, "cancelled");
+    let again = cancel().await;
+    assert_eq!(again.location(), format!("{path}?refused=cancel"));
+    assert!(get(&router, again.location(), &[])
+        .await
+        .body
+        .contains("was not cancelled: it has already ended"));
+    assert_eq!(
+        get(&router, "/workflows/999999", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+}

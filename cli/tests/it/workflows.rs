@@ -249,3 +249,25 @@ async fn workflows_from_the_command_line(db: MySqlPool) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `afterr`"), "{err}");
 }
+
+/// All jobs of a workflow live on one server: one whose queues are routed to two servers is
+/// refused with the reason before anything is written.
+#[sqlx::test(migrations = false)]
+async fn a_workflow_across_two_servers_is_refused(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    // The route is all that decides; a second pool on the same database stands for the
+    // other server.
+    let other = MySqlPool::connect(&url_of(&db).await).await.unwrap();
+    let p = Producer::new(db.clone()).route(["elsewhere"], other);
+    let flow = Workflow::new("split")
+        .job("a", NewJob::json("noop", json!({})))
+        .job_after(
+            "b",
+            NewJob::json("noop", json!({})).queue("elsewhere"),
+            &["a"],
+        );
+    let e = p.enqueue_workflow(flow).await.unwrap_err().to_string();
+    assert!(e.contains("different database servers"), "{e}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_workflows").await, 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM jobq_jobs").await, 0);
+}

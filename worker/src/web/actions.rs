@@ -105,6 +105,48 @@ pub(crate) async fn act_on_job(
     }
 }
 
+/// `POST /workflows/ID/cancel|retry`: the act on the whole workflow, then back to its page
+/// with what happened (a refusal says why in fixed words, never the request's).
+pub(crate) async fn act_on_workflow(
+    State(app): State<App>,
+    Extension(ctx): Extension<Ctx>,
+    Path((id, act)): Path<(String, String)>,
+    _checked: Posted,
+) -> Result<Response, Problem> {
+    let id: u64 = id.parse().map_err(|_| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("{id:?} is not a workflow id"),
+        )
+    })?;
+    let flow = jobq_producer::WorkflowId(id);
+    if crate::workflow(&app.pool, flow).await?.is_none() {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no workflow {id}"),
+        ));
+    }
+    let actor = ctx.who.actor();
+    let done = match act.as_str() {
+        "cancel" => crate::cancel_workflow(&app.pool, flow, &actor).await,
+        "retry" => crate::retry_workflow(&app.pool, flow, &actor).await,
+        other => {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("{other:?} is not an act on a workflow (cancel, retry)"),
+            ))
+        }
+    };
+    match done {
+        Ok(_) => {
+            tracing::info!(workflow = id, act, %actor, "web console: act on a workflow");
+            Ok(see(format!("/workflows/{id}?did={act}")))
+        }
+        Err(crate::Error::Invalid(_)) => Ok(see(format!("/workflows/{id}?refused={act}"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The confirmation form of an act on a selection.
 #[derive(Deserialize)]
 pub(crate) struct FilterActForm {

@@ -1,6 +1,6 @@
 //! The console's pages (GETs), one file per area: `overview.rs` (the overview and the workers),
 //! `jobs.rs` (the jobs list, a job, confirming a bulk act), `operations.rs` (queues, schedules,
-//! locks); here, the layout around every page, the login and error pages, and the formatting
+//! locks), `workflows.rs` (workflows and one workflow's graph); here, the layout around every page, the login and error pages, and the formatting
 //! they share. Each page reads through the crate's public views (`inspect.rs`, `acts.rs`,
 //! `jobq-lock`'s status) or `store/console.rs`, and hands the template plain, already
 //! formatted values; the templates escape every one of them.
@@ -8,10 +8,12 @@
 mod jobs;
 mod operations;
 mod overview;
+mod workflows;
 
 pub(crate) use jobs::*;
 pub(crate) use operations::*;
 pub(crate) use overview::*;
+pub(crate) use workflows::*;
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -80,6 +82,7 @@ impl Layout {
             ("/jobs", "Jobs", "jobs"),
             ("/queues", "Queues", "queues"),
             ("/schedules", "Schedules", "schedules"),
+            ("/workflows", "Workflows", "workflows"),
             ("/locks", "Locks", "locks"),
             ("/workers", "Workers", "workers"),
         ]
