@@ -207,10 +207,10 @@ fn show(w: &jobq_worker::WorkflowDetail) {
         ]);
     }
     t.print();
-    for (on, job) in &w.callbacks {
-        match job {
-            Some(id) => outln!("on_{on}: job {id}"),
-            None => outln!("on_{on}: not enqueued"),
+    for c in &w.callbacks {
+        match c.job {
+            Some(id) => outln!("on_{}: job {id}", c.on),
+            None => outln!("on_{}: not enqueued", c.on),
         }
     }
 }
@@ -329,6 +329,12 @@ fn document_to_workflow(doc: Document) -> Result<Workflow> {
         (&doc.on_finish, "on_finish"),
     ] {
         let Some(j) = slot else { continue };
+        if j.name.is_some() || !j.after.is_empty() || j.on_parent_failure.is_some() {
+            return Err(crate::Usage(format!(
+                "{on} takes no name, after or on_parent_failure: it runs once, when the workflow ends"
+            ))
+            .into());
+        }
         let job = j.job(on)?;
         flow = match on {
             "on_success" => flow.on_success(job),

@@ -257,7 +257,8 @@ pub fn flow_after(before: FlowCounts, ended: [u32; 3]) -> FlowEnd {
     let mut callbacks = Vec::new();
     if !c.finished && c.completed + c.discarded + c.cancelled >= c.jobs {
         c.finished = true;
-        let all = c.completed >= c.jobs;
+        // A workflow an operator cancelled did not succeed, whatever its jobs did.
+        let all = c.completed >= c.jobs && c.state != FlowState::Cancelled;
         if c.state == FlowState::Running {
             c.state = if all {
                 FlowState::Completed

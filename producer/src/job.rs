@@ -69,9 +69,9 @@ pub enum JobState {
 impl JobState {
     /// Every state, in display order.
     pub const ALL: [JobState; 9] = [
-        JobState::Blocked,
         JobState::Available,
         JobState::Waiting,
+        JobState::Blocked,
         JobState::Scheduled,
         JobState::Running,
         JobState::Retryable,

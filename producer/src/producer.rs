@@ -398,6 +398,17 @@ impl Producer {
         Ok(self.pool_of(first))
     }
 
+    /// The one server a workflow's jobs and callbacks all go to.
+    fn server_of_workflow(&self, w: &store::WorkflowInsert<'_>) -> Result<&MySqlPool> {
+        let all: Vec<store::JobInsert> = w
+            .jobs
+            .iter()
+            .map(|j| j.1.clone())
+            .chain(w.callbacks.iter().map(|c| c.1.clone()))
+            .collect();
+        self.server_of(&all)
+    }
+
     /// Waits until job `id` has finished (completed, discarded or cancelled) and returns how:
     /// its state, its result (`ctx.set_result`) or its last error. `Ok(None)` when `timeout`
     /// passed first (the job goes on). The job's row is read by primary key, first after
@@ -528,8 +539,8 @@ impl Producer {
     /// running is a duplicate: nothing is inserted and the running one is returned.
     pub async fn enqueue_workflow(&self, workflow: Workflow) -> Result<WorkflowEnqueued> {
         let (checked, rows) = self.check_workflow(workflow)?;
-        let pool = self.server_of(&rows)?;
         let insert = workflow_insert(&checked, rows, &self.opts);
+        let pool = self.server_of_workflow(&insert)?;
         let out = run_again_if_rolled_back(|| async {
             let mut tx = store::begin(pool).await?;
             let out = store::insert_workflow(&mut tx, &insert).await?;
@@ -549,8 +560,9 @@ impl Producer {
         workflow: Workflow,
     ) -> Result<WorkflowEnqueued> {
         let (checked, rows) = self.check_workflow(workflow)?;
-        self.server_of(&rows)?;
-        let out = store::insert_workflow(conn, &workflow_insert(&checked, rows, &self.opts))
+        let insert = workflow_insert(&checked, rows, &self.opts);
+        self.server_of_workflow(&insert)?;
+        let out = store::insert_workflow(conn, &insert)
             .await
             .map_err(|e| match e {
                 Error::Database(e) => Error::from_database(e),

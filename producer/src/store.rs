@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::deps::{self, OnParentFailure};
 use crate::error::{Error, Result};
@@ -284,9 +284,10 @@ pub(crate) fn chunks(items: &[usize], bytes_of: impl Fn(usize) -> usize) -> Vec<
 }
 
 /// The states of every parent `rows` name by id, after raising each one's `dependents`
-/// count (which locks it until the enqueue commits). A parent that does not exist is refused
-/// before anything is locked: a locking statement on a missing row would lock a gap of the
-/// table, blocking other producers, at the caller's REPEATABLE READ.
+/// count (which locks it until the enqueue commits: keep such a transaction short, as the
+/// parent's completion waits for it). Both statements are current reads, whatever the
+/// caller's isolation: a parent committed after the caller's snapshot is found. A parent that
+/// does not exist fails the enqueue ([`Error::NoSuchParent`]).
 async fn lock_parents(
     conn: &mut MySqlConnection,
     rows: &[JobInsert],
@@ -303,28 +304,24 @@ async fn lock_parents(
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    // language=MySQL
-    let found: BTreeSet<u64> =
-        sqlx::query_scalar(&format!("SELECT id FROM jobq_jobs WHERE id IN ({ids})"))
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
-    if let Some(&missing) = count.keys().find(|id| !found.contains(id)) {
-        return Err(Error::NoSuchParent(JobId(missing)));
-    }
-    let mut raise = String::from("CASE id");
+    // One statement per count, each by primary key.
+    let mut by_count: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (id, n) in &count {
-        raise.push_str(&format!(" WHEN {id} THEN {n}"));
+        by_count.entry(*n).or_default().push(*id);
     }
-    raise.push_str(" END");
-    // language=MySQL
-    // By primary key, rows known to exist: record locks only.
-    sqlx::query(&format!(
-        "UPDATE jobq_jobs SET dependents = dependents + {raise} WHERE id IN ({ids})"
-    ))
-    .execute(&mut *conn)
-    .await?;
+    for (n, group) in by_count {
+        let list = group
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        // language=MySQL
+        sqlx::query(&format!(
+            "UPDATE jobq_jobs SET dependents = dependents + {n} WHERE id IN ({list})"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
     // language=MySQL
     // A locking read sees the newest committed state, whatever the caller's isolation.
     let states: Vec<(u64, String)> = sqlx::query_as(&format!(
@@ -339,9 +336,8 @@ async fn lock_parents(
             .map_err(|e: String| Error::Database(sqlx::Error::Decode(e.into())))?;
         out.insert(id, state);
     }
-    if let Some(&gone) = count.keys().find(|id| !out.contains_key(id)) {
-        // Pruned between the two reads.
-        return Err(Error::NoSuchParent(JobId(gone)));
+    if let Some(&missing) = count.keys().find(|id| !out.contains_key(id)) {
+        return Err(Error::NoSuchParent(JobId(missing)));
     }
     Ok(out)
 }

@@ -20,7 +20,9 @@ pub async fn act_on_jobs(
     ids: &[JobId],
     actor: &str,
 ) -> Result<Vec<(JobId, Acted)>> {
-    let rule = |a: Act, s: JobState, _: bool| crate::machine::acts::decide(a, s);
+    let rule = |a: Act, s: JobState, _: bool, linked: bool| {
+        crate::machine::acts::with_dependencies(a, s, linked, crate::machine::acts::decide(a, s))
+    };
     act_with(pool, act, ids, actor, None, &rule).await
 }
 
@@ -66,8 +68,14 @@ async fn act_on_listed(
     ids: &[JobId],
     actor: &str,
 ) -> Result<Vec<(JobId, Acted)>> {
-    let rule =
-        move |a: Act, s: JobState, m: bool| crate::machine::acts::decide_listed(a, listed, s, m);
+    let rule = move |a: Act, s: JobState, m: bool, linked: bool| {
+        crate::machine::acts::with_dependencies(
+            a,
+            s,
+            linked,
+            crate::machine::acts::decide_listed(a, listed, s, m),
+        )
+    };
     act_with(pool, act, ids, actor, error, &rule).await
 }
 

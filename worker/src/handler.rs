@@ -159,7 +159,7 @@ impl Lingering {
 pub struct Parent {
     /// The parent's id.
     pub id: JobId,
-    /// Its name in the workflow, or its id as text.
+    /// Its name in its workflow, or its id as text when it belongs to none.
     pub name: String,
     /// How it ended (`completed`, `discarded`, `cancelled`); `None` while it has not.
     pub state: Option<JobState>,
@@ -248,8 +248,9 @@ impl JobContext {
     }
 
     /// The jobs this job runs after ([`jobq_producer::NewJob::after`], or its parents in a
-    /// [`jobq_producer::Workflow`]), read now in one query: each one's name in the workflow
-    /// (the id as text for a parent named by id), how it ended, and its result or last error.
+    /// [`jobq_producer::Workflow`]), read now in one query: each one's name in its workflow
+    /// (the id as text for a parent that belongs to none), how it ended, and its result or
+    /// last error.
     /// Under `on_parent_failure = ignore` this is how a job learns which parents failed. A
     /// parent pruned by retention since keeps its state here, its result and error gone.
     pub async fn parents(&self) -> Result<Vec<Parent>, sqlx::Error> {

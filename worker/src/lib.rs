@@ -96,7 +96,7 @@ pub use store::{JobFilter, JobOrder, JobRecord, JobSummary, TransitionRecord, Wo
 pub use worker::Worker;
 pub use workflows::{
     cancel_workflow, list_workflows, retry_workflow, to_dot, to_mermaid, workflow, WorkflowActed,
-    WorkflowDetail, WorkflowJob, WorkflowSummary,
+    WorkflowCallback, WorkflowDetail, WorkflowJob, WorkflowSummary,
 };
 
 /// A pool for `config`: `database.max_connections` connections, or the process's total

@@ -62,8 +62,17 @@ pub struct WorkflowDetail {
     pub summary: WorkflowSummary,
     /// Its jobs, parents first (in id order).
     pub job_list: Vec<WorkflowJob>,
-    /// Its callbacks (`success`, `failure`, `finish`) and the job each became, once enqueued.
-    pub callbacks: Vec<(String, Option<JobId>)>,
+    /// Its callbacks and the job each became, once enqueued.
+    pub callbacks: Vec<WorkflowCallback>,
+}
+
+/// A callback of a workflow or batch.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkflowCallback {
+    /// `success`, `failure` or `finish`.
+    pub on: String,
+    /// The job it became, once the workflow ended so.
+    pub job: Option<JobId>,
 }
 
 fn summary(r: store::FlowRow) -> Result<WorkflowSummary> {
@@ -102,15 +111,18 @@ pub async fn workflow(pool: &MySqlPool, id: WorkflowId) -> Result<Option<Workflo
     let (jobs, edges, callbacks) = store::graph(pool, id.0).await?;
     let names: std::collections::HashMap<u64, String> =
         jobs.iter().map(|j| (j.1, j.0.clone())).collect();
+    let mut parents: std::collections::HashMap<u64, Vec<String>> = std::collections::HashMap::new();
+    for (p, c) in &edges {
+        parents
+            .entry(*c)
+            .or_default()
+            .push(names.get(p).cloned().unwrap_or_else(|| p.to_string()));
+    }
     let job_list = jobs
         .into_iter()
         .map(|(name, jid, state, kind, attempt)| {
             Ok(WorkflowJob {
-                parents: edges
-                    .iter()
-                    .filter(|(_, c)| *c == jid)
-                    .map(|(p, _)| names.get(p).cloned().unwrap_or_else(|| p.to_string()))
-                    .collect(),
+                parents: parents.remove(&jid).unwrap_or_default(),
                 name,
                 id: JobId(jid),
                 state: state.parse().map_err(Error::Invalid)?,
@@ -124,7 +136,10 @@ pub async fn workflow(pool: &MySqlPool, id: WorkflowId) -> Result<Option<Workflo
         job_list,
         callbacks: callbacks
             .into_iter()
-            .map(|(on, job)| (on, job.map(JobId)))
+            .map(|(on, job)| WorkflowCallback {
+                on,
+                job: job.map(JobId),
+            })
             .collect(),
     }))
 }

@@ -377,7 +377,7 @@ async fn dependent_jobs_and_workflows_inserted_with_plain_sql_run(db: MySqlPool)
     assert_eq!(
         count(
             &db,
-            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'unblocked'"
+            "SELECT COUNT(*) FROM jobq_transitions WHERE event = 'unblocked' AND actor IS NULL"
         )
         .await,
         2,

@@ -78,10 +78,43 @@ pub(crate) fn decide_listed(
     }
 }
 
+/// `acted` for a job that runs after other jobs or belongs to a workflow (`linked`): a retry
+/// of one such job alone is refused, as it would run before its parents, or be counted twice
+/// by its workflow; the workflow's retry (`jobq workflows retry`) re-runs it in its place.
+pub(crate) fn with_dependencies(act: Act, state: JobState, linked: bool, acted: Acted) -> Acted {
+    match acted {
+        Acted::Done { .. } if linked && act == Act::Retry => Acted::Refused {
+            state,
+            why: "it runs after other jobs or belongs to a workflow: retry its workflow \
+                  (`jobq workflows retry`), or enqueue it again"
+                .to_owned(),
+        },
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use JobState::*;
+
+    #[test]
+    fn a_job_with_parents_or_a_workflow_is_not_retried_alone() {
+        for state in JobState::ALL {
+            for act in [Act::Cancel, Act::Discard, Act::Retry] {
+                let plain = decide(act, state);
+                assert_eq!(with_dependencies(act, state, false, plain.clone()), plain);
+                let linked = with_dependencies(act, state, true, plain.clone());
+                if act == Act::Retry && plain.ok() {
+                    assert!(
+                        matches!(linked, Acted::Refused { ref why, .. } if why.contains("jobq workflows retry"))
+                    );
+                } else {
+                    assert_eq!(linked, plain, "{act:?} {state}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_act_in_every_state() {

@@ -22,8 +22,9 @@ pub use event::Event;
 
 /// A rule the store applies to a row it read under lock, given by the runtime from `machine/`
 /// (the store decides nothing itself): what an act does to a job in a state, and whether the
-/// job still matches the error text an act by filter listed it by (true when there is none).
-pub(crate) type ActRule<'a> = &'a (dyn Fn(Act, JobState, bool) -> Acted + Send + Sync);
+/// job still matches the error text an act by filter listed it by (true when there is none),
+/// and whether it runs after other jobs or belongs to a workflow.
+pub(crate) type ActRule<'a> = &'a (dyn Fn(Act, JobState, bool, bool) -> Acted + Send + Sync);
 
 /// The cancel-override rule (`machine::attempt::overridden_by_cancel`): the decision to write
 /// instead, when an operator asked (the text: who) to cancel the running job.

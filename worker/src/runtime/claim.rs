@@ -217,6 +217,24 @@ pub(crate) async fn claim<S: Session>(
             }
         }
     };
+    if !plan.discard.is_empty() {
+        // Their dependents and workflows hear of it in a transaction of their own (the
+        // claim's statements cannot settle); bounded, and the repair pass is the backstop.
+        let ids: Vec<u64> = plan.discard.iter().map(|d| d.id).collect();
+        let settle = store::settle_discarded(&mut *session, &ids, jobq_producer::deps::RULES);
+        match tokio::time::timeout(store::ROUND_TRIP_BUDGET * 4, settle).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not settle the dependents of discarded rows; the repair pass will")
+            }
+            Err(_) => {
+                session.discard();
+                tracing::warn!(
+                    "settling the dependents of discarded rows took too long; the repair pass will"
+                );
+            }
+        }
+    }
     let throttled = plan.throttled();
     let moved = plan.promote.len() + plan.discard.len();
     let outcome = decide::outcome(req.limit, plan.start.len(), throttled, moved);

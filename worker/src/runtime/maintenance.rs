@@ -313,6 +313,11 @@ async fn retain(
             }
         }
     }
+    // Workflows that ended longer ago than jobs are kept (the longer of the two retentions).
+    let age = m.completed_retention.max(m.failed_retention);
+    if !age.is_zero() {
+        store::prune_workflows(pool, age, PRUNE_BATCH).await?;
+    }
     Ok(deleted)
 }
 

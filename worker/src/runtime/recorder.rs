@@ -482,17 +482,7 @@ pub(crate) fn count_written(shared: &Shared, batch: &[Completion], done: u64) {
                     // Not written and still ours: a dependent was added while it ran, which
                     // the batch leaves to the path that settles dependents.
                     let done = written.contains(&fence.id)
-                        || store::complete_linked(
-                            &pool,
-                            *fence,
-                            result.as_deref(),
-                            jobq_producer::deps::RULES,
-                        )
-                        .await
-                        .unwrap_or_else(|e| {
-                            warn!(error = %e, job = fence.id, "could not complete a job that got a dependent while it ran; its lease will lapse and it is rescued");
-                            false
-                        });
+                        || complete_given_a_dependent(&pool, *fence, result.as_deref()).await;
                     let outcome = if done {
                         "completed"
                     } else {
@@ -505,6 +495,32 @@ pub(crate) fn count_written(shared: &Shared, batch: &[Completion], done: u64) {
                             "could not tell which completions of a batch were written; not counted"),
         }
     });
+}
+
+/// Completes a job the batch left alone because it got a dependent while it ran, in the path
+/// that settles dependents, retrying transient errors (a deadlock with a sibling's ending, a
+/// certification conflict) for a few seconds. False when it is no longer this claim's, or
+/// could not be written: its lease lapses and it is rescued.
+async fn complete_given_a_dependent(
+    pool: &sqlx::MySqlPool,
+    fence: Fence,
+    result: Option<&str>,
+) -> bool {
+    let mut retry = DbRetry::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match store::complete_linked(pool, fence, result, jobq_producer::deps::RULES).await {
+            Ok(done) => return done,
+            Err(e) => {
+                let pause = retry.pause_tx(&e);
+                if !pause.transient || Instant::now() + pause.wait >= deadline {
+                    warn!(error = %e, job = fence.id, "could not complete a job that got a dependent while it ran; its lease will lapse and it is rescued");
+                    return false;
+                }
+                tokio::time::sleep(pause.wait).await;
+            }
+        }
+    }
 }
 
 /// Writes one batch of completions, within the write budget. Completions not written by then

@@ -18,6 +18,8 @@ struct Found {
     attempt: u32,
     /// Still matches the act by filter's error text (true without one).
     matches: bool,
+    /// Runs after other jobs or belongs to a workflow.
+    linked: bool,
 }
 
 /// Applies `act` to `ids` (at most a few thousand per call) on behalf of `actor`. Returns what
@@ -43,7 +45,8 @@ pub(crate) async fn apply(
         None => "1",
     };
     let sql = format!(
-        "SELECT id, CAST(state AS CHAR) AS state, attempt, CAST({matches} AS SIGNED) AS matches \
+        "SELECT id, CAST(state AS CHAR) AS state, attempt, CAST({matches} AS SIGNED) AS matches, \
+                CAST(workflow_id IS NOT NULL OR EXISTS (SELECT 1 FROM jobq_deps d WHERE d.child_id = jobq_jobs.id) AS SIGNED) AS linked \
          FROM jobq_jobs WHERE id IN ({}) FOR UPDATE",
         marks(ids.len())
     );
@@ -64,6 +67,7 @@ pub(crate) async fn apply(
                 .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             attempt: r.try_get("attempt")?,
             matches: r.try_get::<i64, _>("matches")? == 1,
+            linked: r.try_get::<i64, _>("linked")? == 1,
         };
         found.insert(f.id, f);
     }
@@ -73,7 +77,7 @@ pub(crate) async fn apply(
             out.push((id, Acted::NotFound));
             continue;
         };
-        let acted = decide(act, f.state, f.matches);
+        let acted = decide(act, f.state, f.matches, f.linked);
         let written = match acted {
             Acted::Done { from, to } => write_done(&mut tx, act, f, from, to, actor).await?,
             Acted::CancelRequested => {

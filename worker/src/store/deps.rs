@@ -90,18 +90,25 @@ async fn resolve(
     if edges.is_empty() {
         return Ok(Vec::new());
     }
-    let mut by_parent = String::from("CASE parent_id");
+    // Statements over id lists are grouped by the value they set and cut to CHUNK ids, so a
+    // fan-out of any width costs linear work (a CASE over N ids evaluated for N rows would
+    // not) and no statement's IN list grows past what the optimiser ranges over.
+    let mut by_state: BTreeMap<JobState, Vec<u64>> = BTreeMap::new();
     for (id, state) in &ended {
-        by_parent.push_str(&format!(" WHEN {id} THEN '{state}'"));
+        by_state.entry(*state).or_default().push(*id);
     }
-    by_parent.push_str(" END");
-    // language=MySQL
-    sqlx::query(&format!(
-        "UPDATE jobq_deps SET parent_state = {by_parent}, resolved_at = UTC_TIMESTAMP(6) \
-         WHERE parent_id IN ({ids}) AND resolved_at IS NULL"
-    ))
-    .execute(&mut *conn)
-    .await?;
+    for (state, ids) in &by_state {
+        for chunk in ids.chunks(CHUNK) {
+            // language=MySQL
+            sqlx::query(&format!(
+                "UPDATE jobq_deps SET parent_state = '{state}', resolved_at = UTC_TIMESTAMP(6) \
+                 WHERE parent_id IN ({}) AND resolved_at IS NULL",
+                id_list(chunk.iter().copied())
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
     let mut ends: BTreeMap<u64, Vec<Ended>> = BTreeMap::new();
     for (parent, child, policy) in &edges {
         let policy: OnParentFailure = policy.parse().map_err(decode)?;
@@ -109,40 +116,52 @@ async fn resolve(
             .or_default()
             .push((*parent, ended[parent], policy));
     }
-    let children = id_list(ends.keys().copied());
-    let mut count = String::from("CASE id");
-    for (child, e) in &ends {
-        count.push_str(&format!(" WHEN {child} THEN {}", e.len()));
-    }
-    count.push_str(" END");
-    // language=MySQL
-    // Each child counts its resolved edges off, under its row lock (ascending ids); never
-    // below zero, whatever a hand edit left.
-    sqlx::query(&format!(
-        "UPDATE jobq_jobs FORCE INDEX (PRIMARY) \
-            SET pending_parents = GREATEST(CAST(pending_parents AS SIGNED) - {count}, 0) \
-          WHERE id IN ({children}) ORDER BY id"
-    ))
-    .execute(&mut *conn)
-    .await?;
-    // language=MySQL
-    let rows: Vec<(u64, String, u32)> = sqlx::query_as(&format!(
-        "SELECT id, CAST(state AS CHAR), pending_parents FROM jobq_jobs FORCE INDEX (PRIMARY) \
-         WHERE id IN ({children}) FOR UPDATE"
-    ))
-    .fetch_all(&mut *conn)
-    .await?;
+    let children: Vec<u64> = ends.keys().copied().collect();
     let mut release = Vec::new();
     let mut cancel: Vec<(u64, String)> = Vec::new();
-    for (id, state, pending) in rows {
-        let state: JobState = state.parse().map_err(decode)?;
-        match (rules.child)(state, pending, &ends[&id]) {
-            ChildMove::Stay => {}
-            ChildMove::Release => release.push(id),
-            ChildMove::Cancel(why) => cancel.push((id, why)),
+    // Children in ascending ids, a chunk at a time: each counts its resolved edges off under
+    // its row lock, never below zero whatever a hand edit left, then is read back locked.
+    for chunk in children.chunks(CHUNK) {
+        let mut by_count: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for c in chunk {
+            by_count.entry(ends[c].len()).or_default().push(*c);
+        }
+        for (n, ids) in &by_count {
+            // language=MySQL
+            sqlx::query(&format!(
+                "UPDATE jobq_jobs FORCE INDEX (PRIMARY) \
+                    SET pending_parents = GREATEST(CAST(pending_parents AS SIGNED) - {n}, 0) \
+                  WHERE id IN ({}) ORDER BY id",
+                id_list(ids.iter().copied())
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+        // language=MySQL
+        // With each child, whether its workflow was cancelled (a plain read of that row: the
+        // workflow is locked only when counting, after the jobs).
+        let rows: Vec<(u64, String, u32, Option<u64>)> = sqlx::query_as(&format!(
+            "SELECT id, CAST(state AS CHAR), pending_parents, \
+                    (SELECT w.id FROM jobq_workflows w WHERE w.id = jobq_jobs.workflow_id AND w.state = 'cancelled') \
+             FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({}) FOR UPDATE",
+            id_list(chunk.iter().copied())
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        for (id, state, pending, cancelled_flow) in rows {
+            let state: JobState = state.parse().map_err(decode)?;
+            match ((rules.child)(state, pending, &ends[&id]), cancelled_flow) {
+                (ChildMove::Stay, _) => {}
+                // A cancelled workflow's job is never released: cancelled with it instead.
+                (ChildMove::Release, Some(flow)) => {
+                    cancel.push((id, format!("its workflow {flow} was cancelled")))
+                }
+                (ChildMove::Release, None) => release.push(id),
+                (ChildMove::Cancel(why), _) => cancel.push((id, why)),
+            }
         }
     }
-    unblock(conn, &release).await?;
+    unblock(conn, &release, actor).await?;
     out.released.extend(&release);
     cancel_blocked(conn, &cancel, actor).await?;
     Ok(cancel
@@ -151,31 +170,46 @@ async fn resolve(
         .collect())
 }
 
+/// Ids per statement of the settling writes.
+const CHUNK: usize = 1000;
+
 /// `blocked` → `available`, or `scheduled` when its run-at is later, with the `unblocked`
-/// transitions.
-async fn unblock(conn: &mut MySqlConnection, ids: &[u64]) -> Result<(), sqlx::Error> {
+/// transitions (`actor`: who released them, `None` for a parent's ending). The clock is read
+/// once, so a run-at passing between the statements cannot make history and row disagree.
+async fn unblock(
+    conn: &mut MySqlConnection,
+    ids: &[u64],
+    actor: Option<&str>,
+) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    let list = id_list(ids.iter().copied());
     // language=MySQL
-    // The transition rows first, while the rows still say `blocked`: from → to is read from
-    // the row itself, so history and row agree.
-    sqlx::query(&format!(
-        "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, at) \
-         SELECT id, 'blocked', IF(run_at > UTC_TIMESTAMP(6), 'scheduled', 'available'), 'unblocked', attempt, UTC_TIMESTAMP(6) \
-         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list}) AND state = 'blocked'"
-    ))
-    .execute(&mut *conn)
-    .await?;
-    // language=MySQL
-    sqlx::query(&format!(
-        "UPDATE jobq_jobs FORCE INDEX (PRIMARY) \
-            SET state = IF(run_at > UTC_TIMESTAMP(6), 'scheduled', 'available') \
-          WHERE id IN ({list}) AND state = 'blocked'"
-    ))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("SET @jobq_unblocked_at := UTC_TIMESTAMP(6)")
+        .execute(&mut *conn)
+        .await?;
+    for chunk in ids.chunks(CHUNK) {
+        let list = id_list(chunk.iter().copied());
+        // language=MySQL
+        // The transition rows first, while the rows still say `blocked`: from → to is read
+        // from the row itself, so history and row agree.
+        sqlx::query(&format!(
+            "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, actor, at) \
+             SELECT id, 'blocked', IF(run_at > @jobq_unblocked_at, 'scheduled', 'available'), 'unblocked', attempt, ?, @jobq_unblocked_at \
+             FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list}) AND state = 'blocked'"
+        ))
+        .bind(actor)
+        .execute(&mut *conn)
+        .await?;
+        // language=MySQL
+        sqlx::query(&format!(
+            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) \
+                SET state = IF(run_at > @jobq_unblocked_at, 'scheduled', 'available') \
+              WHERE id IN ({list}) AND state = 'blocked'"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -185,32 +219,34 @@ async fn cancel_blocked(
     jobs: &[(u64, String)],
     actor: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    for chunk in jobs.chunks(500) {
-        let list = id_list(chunk.iter().map(|(id, _)| *id));
-        let mut why = String::from("CASE id");
-        for (id, w) in chunk {
-            why.push_str(&format!(" WHEN {id} THEN {}", super::sql::text_lit(w)));
+    let mut by_reason: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (id, why) in jobs {
+        by_reason.entry(why.as_str()).or_default().push(*id);
+    }
+    for (why, ids) in by_reason {
+        let why = super::sql::text_lit(why);
+        for chunk in ids.chunks(CHUNK) {
+            let list = id_list(chunk.iter().copied());
+            // language=MySQL
+            sqlx::query(&format!(
+                "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, error, actor, at) \
+                 SELECT id, state, 'cancelled', 'cancelled', attempt, CONVERT({why} USING utf8mb4), ?, UTC_TIMESTAMP(6) \
+                 FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list}) \
+                   AND state IN ('blocked', 'available', 'scheduled', 'waiting')"
+            ))
+            .bind(actor)
+            .execute(&mut *conn)
+            .await?;
+            // language=MySQL
+            sqlx::query(&format!(
+                "UPDATE jobq_jobs FORCE INDEX (PRIMARY) \
+                    SET state = 'cancelled', finalized_at = UTC_TIMESTAMP(6), \
+                        last_error = CONVERT({why} USING utf8mb4) \
+                  WHERE id IN ({list}) AND state IN ('blocked', 'available', 'scheduled', 'waiting')"
+            ))
+            .execute(&mut *conn)
+            .await?;
         }
-        why.push_str(" END");
-        // language=MySQL
-        sqlx::query(&format!(
-            "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, error, actor, at) \
-             SELECT id, state, 'cancelled', 'cancelled', attempt, CONVERT({why} USING utf8mb4), ?, UTC_TIMESTAMP(6) \
-             FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({list}) \
-               AND state IN ('blocked', 'available', 'scheduled', 'waiting')"
-        ))
-        .bind(actor)
-        .execute(&mut *conn)
-        .await?;
-        // language=MySQL
-        sqlx::query(&format!(
-            "UPDATE jobq_jobs FORCE INDEX (PRIMARY) \
-                SET state = 'cancelled', finalized_at = UTC_TIMESTAMP(6), \
-                    last_error = CONVERT({why} USING utf8mb4) \
-              WHERE id IN ({list}) AND state IN ('blocked', 'available', 'scheduled', 'waiting')"
-        ))
-        .execute(&mut *conn)
-        .await?;
     }
     Ok(())
 }
@@ -247,10 +283,13 @@ async fn fail_fast(
     let mut cancel: Vec<(u64, String)> = Vec::new();
     for (flow, job) in why {
         // language=MySQL
+        // Locked, skipping rows another transaction holds (a claim taking the job, another
+        // ending): never waiting here, two endings of one workflow cannot deadlock. A job
+        // skipped so is starting, or is settled by that other transaction.
         let ids: Vec<u64> = sqlx::query_scalar(
             "SELECT j.id FROM jobq_workflow_jobs w JOIN jobq_jobs j FORCE INDEX (PRIMARY) ON j.id = w.job_id \
              WHERE w.workflow_id = ? AND j.state IN ('blocked', 'available', 'scheduled', 'waiting') \
-               AND j.attempt = 0 ORDER BY j.id FOR UPDATE",
+               AND j.attempt = 0 ORDER BY j.id FOR UPDATE SKIP LOCKED",
         )
         .bind(flow)
         .fetch_all(&mut *conn)
@@ -394,6 +433,27 @@ fn decode(e: String) -> sqlx::Error {
     sqlx::Error::Decode(e.into())
 }
 
+/// Settles jobs a claim discarded because it could not read their rows (`claim_write.rs`
+/// writes those in the claim's own statements, which cannot settle): in a transaction of
+/// their own on `conn`, right after the claim's commit. If this fails, the repair pass still
+/// settles their blocked children; only their workflows' counters miss them.
+pub(crate) async fn settle_discarded(
+    conn: &mut MySqlConnection,
+    ids: &[u64],
+    rules: Rules,
+) -> Result<Settled, sqlx::Error> {
+    use sqlx::Connection;
+    let ended: Vec<(u64, JobState)> = ids.iter().map(|&id| (id, JobState::Discarded)).collect();
+    let mut tx = conn.begin().await?;
+    let settled = settle(&mut tx, &ended, None, rules).await?;
+    tx.commit().await?;
+    crate::metrics::workflows_finished(&settled.workflows_ended);
+    Ok(settled)
+}
+
+/// The actor of the transitions the repair pass writes, so they tell from a parent's ending.
+pub(crate) const REPAIR_ACTOR: &str = "jobq:repair";
+
 /// Where the repair pass stands in the `blocked` range of `jobq_jobs_due`: the (run-at, id) of
 /// the last job it looked at, or the start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -490,7 +550,7 @@ pub(crate) async fn repair(
         .collect::<BTreeMap<_, _>>()
         .into_iter()
         .collect();
-    let settled = settle_with(&mut tx, &parents, None, rules, false).await?;
+    let settled = settle_with(&mut tx, &parents, Some(REPAIR_ACTOR), rules, false).await?;
     // Still blocked with every edge resolved: the counter was wrong. Released, as its last
     // parent's ending would have.
     let list = id_list(still.iter().copied());
@@ -513,7 +573,7 @@ pub(crate) async fn repair(
             .into_iter()
             .filter(|_| (rules.child)(JobState::Blocked, 0, &[]) == ChildMove::Release)
             .collect();
-        unblock(&mut tx, &release).await?;
+        unblock(&mut tx, &release, Some(REPAIR_ACTOR)).await?;
     }
     tx.commit().await?;
     crate::metrics::workflows_finished(&settled.workflows_ended);

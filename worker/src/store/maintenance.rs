@@ -162,6 +162,38 @@ pub(crate) async fn rescue_expired(
     Ok(out)
 }
 
+/// Deletes up to `limit` workflows that ended more than `age` ago, with their callbacks' rows
+/// (their jobs go by the jobs' own retention). Returns how many.
+pub(crate) async fn prune_workflows(
+    pool: &MySqlPool,
+    age: Duration,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = super::begin(pool).await?;
+    // language=MySQL
+    let ids: Vec<u64> = sqlx::query_scalar(
+        "SELECT id FROM jobq_workflows WHERE finished_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+         ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(micros(age))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if ids.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let list = super::sql::id_list(ids.iter().copied());
+    for sql in [
+        format!("DELETE FROM jobq_callbacks WHERE workflow_id IN ({list})"),
+        format!("DELETE FROM jobq_workflows WHERE id IN ({list})"),
+    ] {
+        sqlx::query(&sql).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(ids.len() as u64)
+}
+
 /// Where a retention scan of one final state stands: the (`run_at`, id) of the last job it
 /// read, or the start of the range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -233,8 +265,14 @@ pub(crate) async fn prune(
         return Ok((0, more));
     }
     let list = marks(ids.len());
+    // language=MySQL
+    // With a job go the edges into it (it has ended, so they are resolved; the edges out of
+    // it stay with their children, which read their parents' endings there) and its name in
+    // its workflow.
     for table_sql in [
         format!("DELETE FROM jobq_transitions WHERE job_id IN ({list})"),
+        format!("DELETE FROM jobq_deps WHERE child_id IN ({list})"),
+        format!("DELETE FROM jobq_workflow_jobs WHERE job_id IN ({list})"),
         // No index hint: MariaDB before 11.x refuses one on DELETE (error 1064).
         format!("DELETE FROM jobq_jobs WHERE id IN ({list})"),
     ] {
@@ -260,8 +298,10 @@ pub(crate) async fn prune_workers(pool: &MySqlPool, age: Duration) -> Result<u64
     .rows_affected())
 }
 
-/// Jobs that `--drain` still waits for: available, running, retryable, waiting or blocked (its
-/// parents will release it) in `queues`, of a kind in `kinds`.
+/// Jobs that `--drain` still waits for: available, running, retryable or waiting in `queues`, of
+/// a kind in `kinds`. Not blocked ones: a parent's completion releases its children in its own
+/// transaction, so a child whose parents run here is `available` before they stop counting,
+/// and one whose parents wait (scheduled, or in other queues) would hold the drain forever.
 pub(crate) async fn pending(
     pool: &MySqlPool,
     queues: &[QueueName],
@@ -273,7 +313,7 @@ pub(crate) async fn pending(
     // language=MySQL
     // Served by jobq_jobs_claim's (queue, state) prefix.
     let sql = format!(
-        "SELECT COUNT(*) FROM jobq_jobs WHERE queue IN ({}) AND state IN ('available', 'running', 'retryable', 'waiting', 'blocked') \
+        "SELECT COUNT(*) FROM jobq_jobs WHERE queue IN ({}) AND state IN ('available', 'running', 'retryable', 'waiting') \
          AND kind IN ({})",
         marks(queues.len()),
         marks(kinds.len())

@@ -66,7 +66,7 @@ pub(crate) use console::{last_hour, recent_failures, Minute};
 pub(crate) use demo::{
     create_effects_table, create_runs_table, insert_effect, run_ended, run_started, runs_ended_for,
 };
-pub(crate) use deps::{parents_of, repair, RepairCursor};
+pub(crate) use deps::{parents_of, repair, settle_discarded, RepairCursor};
 pub(crate) use finish::{
     complete_batch, complete_linked, completed_with_token, finish, finish_tx, held_by_claim,
     mark_tx, state_by_fence, tx_intact, FinishWrite,
@@ -83,7 +83,8 @@ pub(crate) use listing::newest_job;
 pub(crate) use listing::{count_jobs, list_jobs, list_page};
 pub use listing::{JobFilter, JobOrder, JobSummary};
 pub(crate) use maintenance::{
-    pending, promote_due, prune, prune_workers, rescue_expired, sample_depth, PruneCursor,
+    pending, promote_due, prune, prune_workers, prune_workflows, rescue_expired, sample_depth,
+    PruneCursor,
 };
 pub(crate) use named_lock::{get_lock, lock_name, release_lock};
 pub(crate) use queues::{pause, paused, resume};

@@ -96,33 +96,36 @@ pub(crate) async fn graph(
 }
 
 /// Marks workflow `id` cancelled and returns its jobs that have not ended (the caller cancels
-/// them with the jobs' act). `None` when there is no such workflow; `Some(Err(state))` when it
-/// has already ended.
+/// them with the jobs' act). `None` when there is no such workflow; `Some(Err(state))` when
+/// every job of it has already ended. A workflow already marked cancelled whose jobs have not
+/// all ended (a cancel cut short) is cancelled again.
 pub(crate) async fn mark_cancelled(
     pool: &MySqlPool,
     id: u64,
 ) -> Result<Option<Result<Vec<u64>, String>>, sqlx::Error> {
     let mut tx = super::begin(pool).await?;
     // language=MySQL
-    let state: Option<String> = sqlx::query_scalar(
-        "SELECT CAST(state AS CHAR) FROM jobq_workflows WHERE id = ? FOR UPDATE",
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT CAST(state AS CHAR), finished_at IS NOT NULL FROM jobq_workflows WHERE id = ? FOR UPDATE",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(state) = state else {
+    let Some((state, finished)) = row else {
         return Ok(None);
     };
-    if state != "running" {
+    if finished {
         tx.rollback().await?;
         return Ok(Some(Err(state)));
     }
     // language=MySQL
+    // From now on its jobs are never released, only cancelled (`deps.rs`).
     sqlx::query("UPDATE jobq_workflows SET state = 'cancelled' WHERE id = ?")
         .bind(id)
         .execute(&mut *tx)
         .await?;
     // language=MySQL
+    // In any order: none of them can be released any more.
     let open: Vec<u64> = sqlx::query_scalar(
         "SELECT j.id FROM jobq_workflow_jobs w JOIN jobq_jobs j ON j.id = w.job_id \
          WHERE w.workflow_id = ? AND j.state NOT IN ('completed', 'discarded', 'cancelled') ORDER BY j.id",
@@ -156,6 +159,16 @@ pub(crate) async fn retry(
 ) -> Result<Option<Result<Retried, String>>, sqlx::Error> {
     let mut tx = super::begin(pool).await?;
     // language=MySQL
+    // Every job of the workflow, locked in id order, then its row: the order the endings of
+    // its jobs lock them in (job, then workflow), so a retry and an ending never deadlock.
+    let rows = sqlx::query(
+        "SELECT j.id, CAST(j.state AS CHAR) AS state FROM jobq_workflow_jobs w \
+         JOIN jobq_jobs j ON j.id = w.job_id WHERE w.workflow_id = ? ORDER BY j.id FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    // language=MySQL
     let state: Option<String> = sqlx::query_scalar(
         "SELECT CAST(state AS CHAR) FROM jobq_workflows WHERE id = ? FOR UPDATE",
     )
@@ -165,15 +178,6 @@ pub(crate) async fn retry(
     let Some(state) = state else {
         return Ok(None);
     };
-    // language=MySQL
-    // Every job of the workflow, locked in id order.
-    let rows = sqlx::query(
-        "SELECT j.id, CAST(j.state AS CHAR) AS state FROM jobq_workflow_jobs w \
-         JOIN jobq_jobs j ON j.id = w.job_id WHERE w.workflow_id = ? ORDER BY j.id FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_all(&mut *tx)
-    .await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for r in rows {
         let st: String = r.try_get("state")?;
@@ -184,13 +188,22 @@ pub(crate) async fn retry(
         ));
     }
     // language=MySQL
-    let edges: Vec<(u64, u64)> = sqlx::query_as(
-        "SELECT d.parent_id, d.child_id FROM jobq_workflow_jobs w \
+    // The edges into its jobs, with how each parent ended: a parent pruned since counts as it
+    // ended (its state is kept on the edge).
+    let edge_rows: Vec<(u64, u64, Option<String>)> = sqlx::query_as(
+        "SELECT d.parent_id, d.child_id, CAST(d.parent_state AS CHAR) FROM jobq_workflow_jobs w \
          JOIN jobq_deps d FORCE INDEX (jobq_deps_child) ON d.child_id = w.job_id WHERE w.workflow_id = ?",
     )
     .bind(id)
     .fetch_all(&mut *tx)
     .await?;
+    let known: std::collections::BTreeSet<u64> = jobs.iter().map(|j| j.0).collect();
+    for (parent, _, ended) in &edge_rows {
+        if !known.contains(parent) && ended.as_deref() == Some("completed") {
+            jobs.push((*parent, JobState::Completed));
+        }
+    }
+    let edges: Vec<(u64, u64)> = edge_rows.iter().map(|(p, c, _)| (*p, *c)).collect();
     let plan = (rules.retry)(&jobs, &edges);
     if plan.rerun.is_empty() {
         tx.rollback().await?;
@@ -202,9 +215,13 @@ pub(crate) async fn retry(
     }
     let ids = id_list(plan.rerun.iter().map(|r| r.0));
     // language=MySQL
+    // Only the edges into this workflow's jobs count again: a job outside it that runs after
+    // one of them keeps what that job's ending did to it.
     sqlx::query(&format!(
-        "UPDATE jobq_deps SET resolved_at = NULL, parent_state = NULL WHERE parent_id IN ({ids})"
+        "UPDATE jobq_deps d JOIN jobq_workflow_jobs w ON w.job_id = d.child_id AND w.workflow_id = ? \
+            SET d.resolved_at = NULL, d.parent_state = NULL WHERE d.parent_id IN ({ids})"
     ))
+    .bind(id)
     .execute(&mut *tx)
     .await?;
     let mut to = String::from("CASE id");

@@ -120,7 +120,7 @@ pub(crate) async fn act_on_workflow(
         )
     })?;
     let flow = jobq_producer::WorkflowId(id);
-    if crate::workflow(&app.pool, flow).await?.is_none() {
+    if crate::store::workflows::one(&app.pool, id).await?.is_none() {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             format!("no workflow {id}"),

@@ -339,6 +339,14 @@ fn graph() {
     assert!(!is_valid(None, Waiting));
     assert!(!is_valid(Some(Running), Waiting));
     assert!(is_valid(Some(Retryable), Available));
+    // Dependencies: a child starts blocked (or cancelled), leaves blocked by a parent's ending.
+    assert!(is_valid(None, Blocked) && is_valid(None, Cancelled));
+    assert!(is_valid(Some(Blocked), Available) && is_valid(Some(Blocked), Scheduled));
+    assert!(is_valid(Some(Blocked), Cancelled));
+    assert!(
+        !is_valid(Some(Blocked), Running),
+        "never claimed from blocked"
+    );
     for to in JobState::ALL {
         assert!(!is_valid(Some(Completed), to));
     }
@@ -346,8 +354,8 @@ fn graph() {
         for to in JobState::ALL {
             assert_eq!(
                 is_valid(Some(fin), to),
-                to == Available,
-                "only a retry revives"
+                to == Available || to == Blocked,
+                "only a retry revives (a workflow's retry may block it on its parents)"
             );
         }
     }

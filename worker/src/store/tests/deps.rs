@@ -376,7 +376,7 @@ async fn cancelling_a_blocked_job_cancels_what_depends_on_it(db: MySqlPool) {
         &[b.0],
         "test",
         None,
-        &|act, state, _| crate::machine::acts::decide(act, state),
+        &|act, state, _, _| crate::machine::acts::decide(act, state),
         jobq_producer::deps::RULES,
     )
     .await
@@ -438,6 +438,14 @@ async fn the_repair_pass_settles_what_a_lost_release_left_blocked(db: MySqlPool)
         states(&db, &[a, b, c, d]).await,
         ["available", "cancelled", "blocked", "available"]
     );
+    // The repair's transitions say so.
+    let by_repair: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobq_transitions WHERE actor = 'jobq:repair' AND event IN ('unblocked', 'cancelled')",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(by_repair, 3);
     // A second pass finds nothing.
     assert_eq!(
         repair(&db, &mut cursor, 100, jobq_producer::deps::RULES)
@@ -445,4 +453,77 @@ async fn the_repair_pass_settles_what_a_lost_release_left_blocked(db: MySqlPool)
             .unwrap(),
         0
     );
+}
+
+/// A workflow's retry re-runs what did not complete and re-blocks its children, while a job
+/// outside it that runs after one of its jobs keeps what that job's ending did: it is not
+/// released early when the re-run completes. A retry of one workflow job alone is refused.
+#[sqlx::test(migrations = false)]
+async fn a_workflow_retry_leaves_outside_children_as_they_were(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let producer = Producer::new(db.clone());
+    let flow = Workflow::new("w")
+        .job("a", noop().max_attempts(1))
+        .job_after("b", noop(), &["a"]);
+    let wf = producer.enqueue_workflow(flow).await.unwrap();
+    let (a, b) = (wf.jobs["a"], wf.jobs["b"]);
+    let other = producer
+        .enqueue(noop().delay(std::time::Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let outside = producer
+        .enqueue(
+            noop()
+                .after(a)
+                .after(other)
+                .on_parent_failure(OnParentFailure::Ignore),
+        )
+        .await
+        .unwrap();
+    let jobs = claim_all(&db).await;
+    assert!(end(&db, claimed(&jobs, a), Outcome::Discard("no".into())).await);
+    assert_eq!(
+        states(&db, &[a, b, outside]).await,
+        ["discarded", "cancelled", "blocked"]
+    );
+    // One job of a workflow is not retried alone.
+    let refused = apply_act(
+        &db,
+        crate::model::Act::Retry,
+        &[a.0],
+        "test",
+        None,
+        &|act, state, _, linked| {
+            crate::machine::acts::with_dependencies(
+                act,
+                state,
+                linked,
+                crate::machine::acts::decide(act, state),
+            )
+        },
+        jobq_producer::deps::RULES,
+    )
+    .await
+    .unwrap();
+    assert!(!refused[0].1.ok(), "{:?}", refused[0].1);
+    assert_eq!(state(&db, a).await, "discarded");
+    let retried = crate::store::workflows::retry(&db, wf.id.0, "test", jobq_producer::deps::RULES)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((retried.available, retried.blocked), (1, 1));
+    assert_eq!(
+        states(&db, &[a, b, outside]).await,
+        ["available", "blocked", "blocked"]
+    );
+    let jobs = claim_all(&db).await;
+    assert!(end(&db, claimed(&jobs, a), Outcome::Success).await);
+    // b runs now; `outside` still waits for `other`, as before the retry.
+    assert_eq!(states(&db, &[b, outside]).await, ["available", "blocked"]);
+    let wf_state: String = sqlx::query_scalar("SELECT CAST(state AS CHAR) FROM jobq_workflows")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(wf_state, "running");
 }

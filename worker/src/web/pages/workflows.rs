@@ -301,7 +301,7 @@ pub(crate) async fn workflow(
         callbacks: w
             .callbacks
             .iter()
-            .map(|(on, j)| (on.clone(), j.map(|j| j.0)))
+            .map(|c| (c.on.clone(), c.job.map(|j| j.0)))
             .collect(),
         can_cancel: s.state == jobq_producer::deps::FlowState::Running,
         can_retry: failed,
