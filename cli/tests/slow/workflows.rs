@@ -311,3 +311,144 @@ async fn batch_callbacks_run_once_under_racing_completions(db: MySqlPool) {
     );
     assert_consistent(&db).await;
 }
+
+async fn flow_finished(db: &MySqlPool, id: u64) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT CAST(state AS CHAR) FROM jobq_workflows WHERE id = ? AND finished_at IS NOT NULL",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+    .unwrap()
+}
+
+/// Microseconds of `event` of job `id` on the database clock (its first such transition).
+async fn at(db: &MySqlPool, id: u64, event: &str) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, '2000-01-01', MIN(at)) FROM jobq_transitions WHERE job_id = ? AND event = ?",
+    )
+    .bind(id)
+    .bind(event)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// With real worker processes: each failure policy, fail_fast, a duplicate unique workflow,
+/// and a workflow's retry and cancel from the command line.
+#[sqlx::test(migrations = false)]
+async fn policies_fail_fast_retry_and_cancel_with_real_workers(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    let url = url_of(&db).await;
+    jobq_worker::builtin::setup(&db).await.unwrap();
+    let producer = Producer::new(db.clone());
+    let fail_once = || NewJob::json("fail", json!({"times": 1})).max_attempts(1);
+    let policy = |p: jobq_worker::OnParentFailure| record(1).on_parent_failure(p);
+    use jobq_worker::OnParentFailure::*;
+    // p fails while q still runs: `continue` starts at once, `ignore` after q, `cancel` never.
+    let policies = producer
+        .enqueue_workflow(
+            Workflow::new("policies")
+                .job("p", fail_once())
+                .job("q", record(1500))
+                .job_after("cancel", policy(Cancel), &["p", "q"])
+                .job_after("ignore", policy(Ignore), &["p", "q"])
+                .job_after("continue", policy(Continue), &["p", "q"]),
+        )
+        .await
+        .unwrap();
+    // fail_fast: a's failure cancels b (not started: due in an hour) and c.
+    let fast = producer
+        .enqueue_workflow(
+            Workflow::new("fast")
+                .job("a", fail_once())
+                .job("b", record(1).delay(Duration::from_secs(3600)))
+                .job_after("c", record(1), &["a"])
+                .fail_fast(true),
+        )
+        .await
+        .unwrap();
+    let unique = || {
+        Workflow::new("once")
+            .job("x", record(1))
+            .unique_key("once/2026-12-07")
+    };
+    let first = producer.enqueue_workflow(unique()).await.unwrap();
+    let again = producer.enqueue_workflow(unique()).await.unwrap();
+    assert!(again.duplicate && again.id == first.id && again.jobs == first.jobs);
+    let mut procs = workers(
+        &url,
+        "skip-locked",
+        &[("JOBQ_WORKER__POLL_INTERVAL", "50ms")],
+    );
+    wait_for(Duration::from_secs(60), "both workflows ended", || async {
+        flow_finished(&db, policies.id.0).await.is_some()
+            && flow_finished(&db, fast.id.0).await.is_some()
+    })
+    .await;
+    let j = |name: &str| policies.jobs[name].0;
+    assert_eq!(
+        (
+            state_of(&db, j("cancel")).await,
+            state_of(&db, j("ignore")).await,
+            state_of(&db, j("continue")).await
+        ),
+        ("cancelled".into(), "completed".into(), "completed".into())
+    );
+    let q_done = at(&db, j("q"), "completed").await.unwrap();
+    assert!(
+        at(&db, j("continue"), "claimed").await.unwrap() < q_done,
+        "continue ran before q ended"
+    );
+    assert!(
+        at(&db, j("ignore"), "claimed").await.unwrap() > q_done,
+        "ignore waited for q"
+    );
+    assert_eq!(
+        flow_finished(&db, policies.id.0).await.as_deref(),
+        Some("failed")
+    );
+    let f = |name: &str| fast.jobs[name].0;
+    for name in ["b", "c"] {
+        assert_eq!(state_of(&db, f(name)).await, "cancelled", "{name}");
+    }
+    // Retry from the command line: a runs again (its second attempt succeeds), b and c too.
+    let out = jobq_ok(&url, &["workflows", "retry", &fast.id.to_string()], &[]).await;
+    assert!(out.contains("2 jobs available now, 1 waiting"), "{out}");
+    wait_for(
+        Duration::from_secs(60),
+        "the retried workflow completed",
+        || async { flow_finished(&db, fast.id.0).await.as_deref() == Some("completed") },
+    )
+    .await;
+    assert!(at(&db, f("c"), "unblocked").await.is_some());
+    // Cancel from the command line: the running job stops, its child never runs.
+    let long = producer
+        .enqueue_workflow(Workflow::new("long").job("slow", record(60_000)).job_after(
+            "next",
+            record(1),
+            &["slow"],
+        ))
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the slow job running", || async {
+        state_of(&db, long.jobs["slow"].0).await == "running"
+    })
+    .await;
+    let out = jobq_ok(&url, &["workflows", "cancel", &long.id.to_string()], &[]).await;
+    assert!(
+        out.contains("1 jobs cancelled now, 1 running asked to stop"),
+        "{out}"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the cancelled workflow ended",
+        || async { flow_finished(&db, long.id.0).await.as_deref() == Some("cancelled") },
+    )
+    .await;
+    assert_eq!(at(&db, long.jobs["next"].0, "claimed").await, None);
+    for p in &mut procs {
+        p.stop_cleanly();
+    }
+    assert_consistent(&db).await;
+}
