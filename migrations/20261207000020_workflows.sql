@@ -84,7 +84,9 @@ CREATE TABLE jobq_workflows (
     AS (IF(state = 'running', unique_key, NULL)) VIRTUAL,
   PRIMARY KEY (id),
   UNIQUE KEY jobq_workflows_unique (unique_active),
-  KEY jobq_workflows_created (created_at, id)
+  KEY jobq_workflows_created (created_at, id),
+  -- Retention: workflows that ended long ago.
+  KEY jobq_workflows_finished (finished_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- jobq_workflow_jobs: the jobs of a workflow by the names the workflow gave them (a child reads

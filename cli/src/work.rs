@@ -25,7 +25,7 @@ pub(crate) struct WorkArgs {
     /// still win). See README "Prefetch".
     #[arg(long)]
     pub(crate) prefetch: Option<u32>,
-    /// Exit once no available, running or retryable job of a built-in kind is left.
+    /// Exit once no available, running, retryable or waiting job of a built-in kind is left.
     #[arg(long)]
     pub(crate) drain: bool,
 }

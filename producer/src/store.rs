@@ -304,7 +304,22 @@ async fn lock_parents(
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    // One statement per count, each by primary key.
+    // language=MySQL
+    // A locking read first, in ascending ids (the order every writer locks jobs in), and a
+    // current read whatever the caller's isolation. A missing parent fails the enqueue before
+    // anything is written.
+    let states: Vec<(u64, String)> = sqlx::query_as(&format!(
+        "SELECT id, CAST(state AS CHAR) FROM jobq_jobs WHERE id IN ({ids}) ORDER BY id FOR UPDATE"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    if let Some(&missing) = count
+        .keys()
+        .find(|id| !states.iter().any(|(s, _)| s == *id))
+    {
+        return Err(Error::NoSuchParent(JobId(missing)));
+    }
+    // Then one statement per count, on rows this transaction holds.
     let mut by_count: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (id, n) in &count {
         by_count.entry(*n).or_default().push(*id);
@@ -322,22 +337,12 @@ async fn lock_parents(
         .execute(&mut *conn)
         .await?;
     }
-    // language=MySQL
-    // A locking read sees the newest committed state, whatever the caller's isolation.
-    let states: Vec<(u64, String)> = sqlx::query_as(&format!(
-        "SELECT id, CAST(state AS CHAR) FROM jobq_jobs WHERE id IN ({ids}) FOR UPDATE"
-    ))
-    .fetch_all(&mut *conn)
-    .await?;
     let mut out = BTreeMap::new();
     for (id, state) in states {
         let state = state
             .parse()
             .map_err(|e: String| Error::Database(sqlx::Error::Decode(e.into())))?;
         out.insert(id, state);
-    }
-    if let Some(&missing) = count.keys().find(|id| !out.contains_key(id)) {
-        return Err(Error::NoSuchParent(JobId(missing)));
     }
     Ok(out)
 }

@@ -201,6 +201,7 @@ pub(crate) async fn claim<S: Session>(
         key_rate: req.flow.key_rate,
     });
     let committed = tx.commit(&plan).await?;
+    let mut discarded = false;
     let waited_for = if plan.waited_for.is_empty() {
         BTreeSet::new()
     } else {
@@ -213,11 +214,14 @@ pub(crate) async fn claim<S: Session>(
             // No answer: the session may still be inside that read; never reuse it.
             Err(_) => {
                 session.discard();
+                discarded = true;
                 all()
             }
         }
     };
-    if !plan.discard.is_empty() {
+    if !plan.discard.is_empty() && discarded {
+        tracing::warn!("the claim's session was given up: the repair pass settles the dependents of the rows it discarded");
+    } else if !plan.discard.is_empty() {
         // Their dependents and workflows hear of it in a transaction of their own (the
         // claim's statements cannot settle); bounded, and the repair pass is the backstop.
         let ids: Vec<u64> = plan.discard.iter().map(|d| d.id).collect();

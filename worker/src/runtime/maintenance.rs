@@ -313,9 +313,10 @@ async fn retain(
             }
         }
     }
-    // Workflows that ended longer ago than jobs are kept (the longer of the two retentions).
+    // Workflows that ended longer ago than jobs are kept (the longer of the two retentions;
+    // none while either keeps jobs forever) and have no job left.
     let age = m.completed_retention.max(m.failed_retention);
-    if !age.is_zero() {
+    if !m.completed_retention.is_zero() && !m.failed_retention.is_zero() {
         store::prune_workflows(pool, age, PRUNE_BATCH).await?;
     }
     Ok(deleted)

@@ -122,6 +122,15 @@ async fn resolve(
     // Children in ascending ids, a chunk at a time: each counts its resolved edges off under
     // its row lock, never below zero whatever a hand edit left, then is read back locked.
     for chunk in children.chunks(CHUNK) {
+        // language=MySQL
+        // Locked in ascending ids first: the grouped UPDATEs below then change rows this
+        // transaction holds, and two endings that share children lock them in one order.
+        sqlx::query(&format!(
+            "SELECT id FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            id_list(chunk.iter().copied())
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
         let mut by_count: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
         for c in chunk {
             by_count.entry(ends[c].len()).or_default().push(*c);
@@ -283,15 +292,28 @@ async fn fail_fast(
     let mut cancel: Vec<(u64, String)> = Vec::new();
     for (flow, job) in why {
         // language=MySQL
-        // Locked, skipping rows another transaction holds (a claim taking the job, another
-        // ending): never waiting here, two endings of one workflow cannot deadlock. A job
-        // skipped so is starting, or is settled by that other transaction.
-        let ids: Vec<u64> = sqlx::query_scalar(
+        // The candidates by a plain read, then locked in id order, waiting for a row another
+        // transaction holds (a sibling's ending that is releasing it): that job is then
+        // cancelled as released, unless a claim started it meanwhile. Two endings of one
+        // workflow can deadlock here; the server rolls one back and its writer retries it.
+        let candidates: Vec<u64> = sqlx::query_scalar(
             "SELECT j.id FROM jobq_workflow_jobs w JOIN jobq_jobs j FORCE INDEX (PRIMARY) ON j.id = w.job_id \
              WHERE w.workflow_id = ? AND j.state IN ('blocked', 'available', 'scheduled', 'waiting') \
-               AND j.attempt = 0 ORDER BY j.id FOR UPDATE SKIP LOCKED",
+               AND j.attempt = 0",
         )
         .bind(flow)
+        .fetch_all(&mut *conn)
+        .await?;
+        if candidates.is_empty() {
+            continue;
+        }
+        // language=MySQL
+        let ids: Vec<u64> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id IN ({}) \
+               AND state IN ('blocked', 'available', 'scheduled', 'waiting') AND attempt = 0 \
+             ORDER BY id FOR UPDATE",
+            id_list(candidates.iter().copied())
+        ))
         .fetch_all(&mut *conn)
         .await?;
         let reason = format!("job {job} of workflow {flow} failed (fail_fast)");

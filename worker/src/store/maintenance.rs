@@ -171,9 +171,13 @@ pub(crate) async fn prune_workflows(
 ) -> Result<u64, sqlx::Error> {
     let mut tx = super::begin(pool).await?;
     // language=MySQL
+    // By jobq_workflows_finished; only workflows none of whose jobs is left (a job kept
+    // longer, as failed jobs may be, keeps its workflow to be retried with).
     let ids: Vec<u64> = sqlx::query_scalar(
-        "SELECT id FROM jobq_workflows WHERE finished_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
-         ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+        "SELECT id FROM jobq_workflows FORCE INDEX (jobq_workflows_finished) \
+         WHERE finished_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+           AND NOT EXISTS (SELECT 1 FROM jobq_workflow_jobs wj WHERE wj.workflow_id = jobq_workflows.id) \
+         ORDER BY finished_at LIMIT ? FOR UPDATE SKIP LOCKED",
     )
     .bind(micros(age))
     .bind(limit)

@@ -159,15 +159,26 @@ pub(crate) async fn retry(
 ) -> Result<Option<Result<Retried, String>>, sqlx::Error> {
     let mut tx = super::begin(pool).await?;
     // language=MySQL
-    // Every job of the workflow, locked in id order, then its row: the order the endings of
-    // its jobs lock them in (job, then workflow), so a retry and an ending never deadlock.
-    let rows = sqlx::query(
-        "SELECT j.id, CAST(j.state AS CHAR) AS state FROM jobq_workflow_jobs w \
-         JOIN jobq_jobs j ON j.id = w.job_id WHERE w.workflow_id = ? ORDER BY j.id FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_all(&mut *tx)
-    .await?;
+    // Every job of the workflow (a plain read of its names), then locked by primary key in
+    // ascending ids, then its row: the order the endings of its jobs lock them in (jobs, then
+    // the workflow).
+    let ids: Vec<u64> =
+        sqlx::query_scalar("SELECT job_id FROM jobq_workflow_jobs WHERE workflow_id = ?")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    let rows = if ids.is_empty() {
+        Vec::new()
+    } else {
+        // language=MySQL
+        sqlx::query(&format!(
+            "SELECT id, CAST(state AS CHAR) AS state FROM jobq_jobs FORCE INDEX (PRIMARY) \
+             WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            id_list(ids.iter().copied())
+        ))
+        .fetch_all(&mut *tx)
+        .await?
+    };
     // language=MySQL
     let state: Option<String> = sqlx::query_scalar(
         "SELECT CAST(state AS CHAR) FROM jobq_workflows WHERE id = ? FOR UPDATE",
