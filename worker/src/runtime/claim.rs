@@ -229,6 +229,8 @@ pub(crate) async fn claim<S: Session>(
         match tokio::time::timeout(store::ROUND_TRIP_BUDGET * 4, settle).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
+                // Its transaction may be left open on the session: never reuse it.
+                session.discard();
                 tracing::warn!(error = %e, "could not settle the dependents of discarded rows; the repair pass will")
             }
             Err(_) => {
