@@ -387,12 +387,21 @@ impl Producer {
 
     /// The one server all of `rows` go to; an enqueue call is one transaction on one server.
     fn server_of(&self, rows: &[store::JobInsert]) -> Result<&MySqlPool> {
+        self.server_of_queues(rows.iter().map(|r| r.queue.as_str()))
+    }
+
+    /// The one server all of `queues` live on (one enqueue call is one transaction on one
+    /// server); the first queue decides, any other on another server is refused.
+    fn server_of_queues<'q>(
+        &self,
+        mut queues: impl Iterator<Item = &'q str>,
+    ) -> Result<&MySqlPool> {
         let server = |q: &str| self.routes.queues.get(q).copied();
-        let first = &rows[0].queue;
-        if let Some(other) = rows.iter().find(|r| server(&r.queue) != server(first)) {
+        let first = queues.next().expect("at least one job");
+        if let Some(other) = queues.find(|q| server(q) != server(first)) {
             return Err(Error::SeveralServers {
-                first: first.clone(),
-                other: other.queue.clone(),
+                first: first.to_owned(),
+                other: other.to_owned(),
             });
         }
         Ok(self.pool_of(first))
@@ -400,13 +409,8 @@ impl Producer {
 
     /// The one server a workflow's jobs and callbacks all go to.
     fn server_of_workflow(&self, w: &store::WorkflowInsert<'_>) -> Result<&MySqlPool> {
-        let all: Vec<store::JobInsert> = w
-            .jobs
-            .iter()
-            .map(|j| j.1.clone())
-            .chain(w.callbacks.iter().map(|c| c.1.clone()))
-            .collect();
-        self.server_of(&all)
+        let jobs = w.jobs.iter().map(|j| j.1.queue.as_str());
+        self.server_of_queues(jobs.chain(w.callbacks.iter().map(|c| c.1.queue.as_str())))
     }
 
     /// Waits until job `id` has finished (completed, discarded or cancelled) and returns how:
