@@ -10,6 +10,7 @@
 //! - [`named_lock`]: `GET_LOCK` and `RELEASE_LOCK` of `named-lock` claims;
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
 //! - [`deps`]: what jobs ending means for the jobs that depend on them and their workflows;
+//! - [`repair`]: the leader's pass over blocked jobs whose release was lost;
 //! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
 //! - [`kinds`]: which kinds workers handle on which queues (`jobq enqueue`'s warning);
 //! - [`lease`]: lease extension and the worker rows (heartbeat);
@@ -47,6 +48,7 @@ mod listing;
 mod maintenance;
 mod named_lock;
 mod queues;
+mod repair;
 mod schedules;
 mod sql;
 #[cfg(test)]
@@ -66,7 +68,7 @@ pub(crate) use console::{last_hour, recent_failures, Minute};
 pub(crate) use demo::{
     create_effects_table, create_runs_table, insert_effect, run_ended, run_started, runs_ended_for,
 };
-pub(crate) use deps::{parents_of, repair, settle_discarded, RepairCursor};
+pub(crate) use deps::{parents_of, settle_discarded};
 pub(crate) use finish::{
     complete_batch, complete_linked, completed_with_token, finish, finish_tx, held_by_claim,
     mark_tx, state_by_fence, tx_intact, FinishWrite,
@@ -88,6 +90,7 @@ pub(crate) use maintenance::{
 };
 pub(crate) use named_lock::{get_lock, lock_name, release_lock};
 pub(crate) use queues::{pause, paused, resume};
+pub(crate) use repair::{repair, RepairCursor};
 pub(crate) use schedules::{lock_schedule, mark_schedule, schedule_rows, set_schedule_paused};
 pub(crate) use sql::{begin, Dedicated, Session, ROUND_TRIP_BUDGET};
 
