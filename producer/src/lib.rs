@@ -29,6 +29,7 @@
 pub mod deps;
 mod error;
 mod failover;
+mod hook;
 mod job;
 mod json;
 mod migrate;
@@ -43,6 +44,7 @@ pub use failover::{
     connect_cluster, connect_direct, first_healthy_url, rotate_hosts, same_server, server_name,
     server_url, split_hosts, FAILS_TO_LEAVE, PROBE_EVERY, PROBE_TIMEOUT, SETTLE,
 };
+pub use hook::EnqueueHook;
 pub use job::{
     validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,
 };

@@ -10,6 +10,7 @@ use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::deps::OnParentFailure;
 use crate::error::{Error, Result};
+use crate::hook::EnqueueHook;
 use crate::job::{validate_kind, validate_queue, Job, JobId, DEFAULT_QUEUE};
 use crate::json::{self, PORTABLE_MAX_DEPTH};
 use crate::store;
@@ -328,6 +329,8 @@ pub struct Producer {
     opts: ProducerOptions,
     /// The other servers, each with the queues that live there.
     routes: Arc<Routes>,
+    /// Called after each enqueue of its own commits ([`Producer::with_hook`]).
+    hook: Option<Arc<dyn EnqueueHook>>,
 }
 
 /// Queues on other servers than the producer's own pool.
@@ -351,6 +354,24 @@ impl Producer {
             pool,
             opts,
             routes: Arc::default(),
+            hook: None,
+        }
+    }
+
+    /// Calls `hook` after every enqueue that commits in the producer's own transaction (see
+    /// [`EnqueueHook`]); the test kit's inline mode is one. A later call replaces it.
+    pub fn with_hook(mut self, hook: Arc<dyn EnqueueHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// Tells the hook, if any, of jobs inserted and committed on `pool`.
+    async fn committed(&self, pool: &MySqlPool, ids: impl Iterator<Item = JobId>) {
+        if let Some(hook) = &self.hook {
+            let ids: Vec<JobId> = ids.collect();
+            if !ids.is_empty() {
+                hook.enqueued(pool, &ids).await;
+            }
         }
     }
 
@@ -472,6 +493,8 @@ impl Producer {
         })
         .await?;
         record_enqueued(&rows, &out);
+        self.committed(pool, out.iter().filter(|e| !e.duplicate).map(|e| e.id))
+            .await;
         Ok(out)
     }
 
@@ -553,6 +576,9 @@ impl Producer {
         })
         .await?;
         record_workflow(&out, checked.batch);
+        if !out.duplicate {
+            self.committed(pool, out.jobs.values().copied()).await;
+        }
         Ok(out)
     }
 

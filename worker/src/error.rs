@@ -51,6 +51,17 @@ pub enum Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<jobq_sqlkit::TxError> for Error {
+    /// A failed statement stays a database error; a transaction cut off by its deadline says
+    /// so (its connection was closed, so it rolled back unless its COMMIT had been sent).
+    fn from(e: jobq_sqlkit::TxError) -> Self {
+        match e {
+            jobq_sqlkit::TxError::Sql(e) => Error::Database(e),
+            other => Error::Invalid(other.to_string()),
+        }
+    }
+}
+
 /// Whether `e` is the server's answer `number`.
 pub(crate) use jobq_sqlkit::is_number;
 /// Whether the failed transaction should simply be run again: deadlock (or Galera

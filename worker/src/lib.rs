@@ -57,6 +57,8 @@ mod registry;
 mod runtime;
 mod shutdown;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "console")]
 pub mod web;
 mod worker;

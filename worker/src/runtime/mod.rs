@@ -29,6 +29,8 @@ pub(crate) mod recorder;
 pub(crate) mod retry;
 pub(crate) mod schedules;
 
+#[cfg(feature = "testing")]
+pub(crate) use executor::{outcome_of, panic_message};
 pub use maintenance::prune_finished;
 pub(crate) use recorder::CARRIED_RESULT_BYTES;
 

@@ -22,6 +22,8 @@
 //! - [`schedules`]: recurring jobs' rows (the leader's lock and mark, pause, listing);
 //! - [`workflows`]: workflows for operators: list, show, cancel, retry;
 //! - [`demo`]: the `record` built-in kind's effects table;
+//! - `testing`: the test kit's reads and `Drain`'s clocked promotion and claim (feature
+//!   `testing`);
 //! - [`sql`]: the literal layer and the raw-transaction guard every file above uses.
 //!
 //! Rules every statement follows:
@@ -51,6 +53,8 @@ mod queues;
 mod repair;
 mod schedules;
 mod sql;
+#[cfg(feature = "testing")]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 pub(crate) mod workflows;
