@@ -243,3 +243,21 @@ fn the_example_configuration_names_every_key() {
         );
     }
 }
+
+/// README's "Testing your handlers" example is `worker/tests/testing_your_handlers.rs` (which
+/// the suite runs) word for word, after that file's first line.
+#[test]
+fn the_testing_example_is_the_file_the_suite_runs() {
+    let file = include_str!("../tests/testing_your_handlers.rs");
+    let example = file.split_once('\n').expect("a header line").1;
+    let section = README
+        .split("## Testing your handlers")
+        .nth(1)
+        .expect("README has a section \"Testing your handlers\"");
+    let block = section
+        .split("```rust,no_run\n")
+        .nth(1)
+        .and_then(|b| b.split("```\n").next())
+        .expect("the section has a rust block");
+    assert_eq!(block, example, "README's example and the file differ");
+}

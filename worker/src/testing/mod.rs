@@ -32,5 +32,12 @@ pub use expect::{
 pub use inline::{Inline, Mode};
 pub use perform::{perform_job, Outcome, Perform, Performed};
 
+/// Creates jobq's tables in a test's database (the migrations `jobq migrate` applies), next
+/// to the application's own: `jobq_worker::testing::migrate(&pool).await?` at the start of a
+/// `#[sqlx::test]`.
+pub async fn migrate(pool: &sqlx::MySqlPool) -> crate::Result<jobq_producer::MigrateReport> {
+    Ok(jobq_producer::migrate(pool).await?)
+}
+
 #[cfg(test)]
 mod tests;
