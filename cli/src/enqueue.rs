@@ -68,6 +68,10 @@ pub(crate) struct EnqueueArgs {
     /// With --wait: how long to wait.
     #[arg(long, value_parser = parse_duration, default_value = "30s", requires = "wait")]
     pub(crate) timeout: Duration,
+    /// With --wait: print the job's log lines and progress to stderr as they are stored
+    /// (stdout keeps the result).
+    #[arg(long, requires = "wait")]
+    pub(crate) follow: bool,
 }
 
 /// `--on-duplicate`.
@@ -304,7 +308,21 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
     warn_unhandled(&pool, &kind, &a.queue).await;
     if a.wait {
         let id = jobq_worker::JobId(done.first().expect("at least one job"));
-        return match producer.wait_for(id, a.timeout).await? {
+        let end = if a.follow {
+            producer
+                .follow(id, a.timeout, |seen| match seen {
+                    jobq_worker::Followed::Log(l) => {
+                        eprintln!("log  {}", crate::show::log_text(&l))
+                    }
+                    jobq_worker::Followed::Progress(p) => {
+                        eprintln!("progress  {}", crate::show::progress_text(&p))
+                    }
+                })
+                .await?
+        } else {
+            producer.wait_for(id, a.timeout).await?
+        };
+        return match end {
             Some(end) if end.state == jobq_worker::JobState::Completed => {
                 match end.result {
                     Some(r) => outln!("{r}"),

@@ -86,10 +86,14 @@ fn print_stats(s: &jobq_worker::Stats) {
 pub(crate) async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {
     let pool = connected(settings).await?;
     let (job, history) = jobq_worker::job_with_history(&pool, JobId(id)).await?;
+    let progress = jobq_worker::job_progress(&pool, JobId(id)).await?;
+    let logs = all_logs(&pool, JobId(id)).await?;
     if json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "job": job, "history": history }))?
+            serde_json::to_string_pretty(
+                &json!({ "job": job, "history": history, "progress": progress, "logs": logs })
+            )?
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -120,6 +124,9 @@ pub(crate) async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCo
     if let Some(r) = &job.result {
         outln!("  result       {r}");
     }
+    if let Some(p) = &progress {
+        outln!("  progress     {}", progress_text(p));
+    }
     outln!("history:");
     for t in history {
         outln!(
@@ -138,5 +145,50 @@ pub(crate) async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCo
                 .unwrap_or_default(),
         );
     }
+    if !logs.is_empty() {
+        outln!("log:");
+        for l in &logs {
+            outln!("  {}", log_text(l));
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every log line of a job, in order (an attempt stores at most 64 KiB of them).
+async fn all_logs(pool: &sqlx::MySqlPool, id: JobId) -> Result<Vec<jobq_worker::LogLine>> {
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |l: &jobq_worker::LogLine| l.id);
+        let page = jobq_worker::job_logs(pool, id, after, 1000).await?;
+        let done = page.len() < 1000;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
+/// `42.5%  attempt 1  copying files (at 2026-12-07 10:00:00)`.
+pub(crate) fn progress_text(p: &jobq_worker::Progress) -> String {
+    format!(
+        "{}%  attempt {}{}  (at {})",
+        p.percent,
+        p.attempt,
+        p.message
+            .as_deref()
+            .map(|m| format!("  {}", printable(m)))
+            .unwrap_or_default(),
+        p.at.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+/// `2026-12-07 10:00:00.123  attempt 1  the line`, a truncation mark flagged.
+pub(crate) fn log_text(l: &jobq_worker::LogLine) -> String {
+    format!(
+        "{}  attempt {}  {}{}",
+        l.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+        l.attempt,
+        if l.truncated { "TRUNCATED " } else { "" },
+        printable(&l.line)
+    )
 }

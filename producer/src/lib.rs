@@ -29,6 +29,7 @@
 pub mod deps;
 mod error;
 mod failover;
+mod follow;
 mod hook;
 mod job;
 mod json;
@@ -44,6 +45,7 @@ pub use failover::{
     connect_cluster, connect_direct, first_healthy_url, rotate_hosts, same_server, server_name,
     server_url, split_hosts, FAILS_TO_LEAVE, PROBE_EVERY, PROBE_TIMEOUT, SETTLE,
 };
+pub use follow::{job_logs, job_progress, Followed, LogLine, Progress, FOLLOW_INTERVAL};
 pub use hook::EnqueueHook;
 pub use job::{
     validate_kind, validate_queue, Job, JobId, JobState, KindName, QueueName, DEFAULT_QUEUE,

@@ -443,6 +443,20 @@ impl Producer {
         wait_on(&self.pool, id, timeout).await
     }
 
+    /// [`Producer::wait_for`], calling `seen` with each log line the job writes
+    /// (`ctx.log`) and each change of its progress (`ctx.progress`) as they are stored. The
+    /// job is read every [`crate::FOLLOW_INTERVAL`] (three reads by primary key or index
+    /// range) while it runs; lines and progress stored before it ended are all reported
+    /// before this returns.
+    pub async fn follow(
+        &self,
+        id: JobId,
+        timeout: Duration,
+        mut seen: impl FnMut(crate::Followed) + Send,
+    ) -> Result<Option<JobEnd>> {
+        crate::follow::follow(&self.pool, id, timeout, &mut seen).await
+    }
+
     /// [`Producer::wait_for`] for a job of `queue`, read on that queue's server (job ids are
     /// per server; see [`Producer::route`]).
     pub async fn wait_for_in(

@@ -128,6 +128,8 @@ pub struct JobContext {
     /// Work the attempt left behind that must end before its outcome is written (and so
     /// before the job can run again): a command handler's program still stopping.
     pub(crate) lingering: Lingering,
+    /// The attempt's log lines and progress.
+    pub(crate) journal: crate::journal::Journal,
 }
 
 /// See [`JobContext::lingering`]: the tasks still stopping what an attempt left, and a token
@@ -293,6 +295,28 @@ impl JobContext {
                 })
             })
             .transpose()
+    }
+
+    /// Adds a line to this job's log, stored with the attempt: shown by `jobq job ID`, on the
+    /// console's job page and by `jobq enqueue --wait --follow`, deleted with the job by
+    /// retention. Lines are written in the background (at most once per second) and before
+    /// the attempt's outcome; an attempt stores at most [`crate::MAX_LOG_BYTES`] (each line at
+    /// most [`crate::MAX_LOG_LINE_BYTES`], cut if longer), then a `truncated` mark, and drops
+    /// its later lines. Never fails and never waits: a line that cannot be stored is dropped
+    /// with a warning in the worker's log.
+    pub fn log(&self, line: impl fmt::Display) {
+        self.journal.log(line.to_string());
+    }
+
+    /// Says how far the job got: `percent` (0 to 100; outside is clamped) and what it is
+    /// doing. Stored on the job while this attempt holds its claim (a stale attempt's report
+    /// is ignored), at most once per second (the latest report wins; the last one is written
+    /// before the outcome), and kept after the job ends. Shown by `jobq job ID`, live on the
+    /// console and followed by `jobq enqueue --wait --follow` and `Producer::follow`.
+    pub fn progress(&self, percent: f64, message: impl Into<String>) {
+        let message = message.into();
+        self.journal
+            .progress(percent, (!message.is_empty()).then_some(message));
     }
 
     /// This attempt's fencing token, as 32 hex digits: fresh for every claim, so a write

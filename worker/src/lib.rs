@@ -44,6 +44,7 @@ mod handler;
 mod health;
 mod ids;
 mod inspect;
+mod journal;
 mod machine;
 pub mod metrics;
 mod model;
@@ -82,10 +83,11 @@ pub use jobq_lock as lock;
 pub use jobq_producer::deps::FlowState;
 /// The producer's error (validation, enqueue, schema), as `jobq_producer::Error`.
 pub use jobq_producer::Error as ProducerError;
+pub use journal::{MAX_LOG_BYTES, MAX_LOG_LINE_BYTES, MAX_PROGRESS_MESSAGE_CHARS};
 pub use jobq_producer::{
-    migrations_sql, run_again_if_rolled_back, same_server, server_name, Batch, Enqueued, Job,
-    JobEnd, JobId, JobState, KindName, MigrateReport, NewJob, OnDuplicate, OnParentFailure,
-    Producer, ProducerOptions, QueueName, Workflow, WorkflowEnqueued, WorkflowId,
+    job_logs, job_progress, migrations_sql, run_again_if_rolled_back, same_server, server_name, Batch, Enqueued, Job,
+    Followed, JobEnd, JobId, JobState, KindName, LogLine, MigrateReport, NewJob, OnDuplicate, OnParentFailure,
+    Producer, ProducerOptions, Progress, QueueName, Workflow, WorkflowEnqueued, WorkflowId,
 };
 pub use jobq_sqlkit::OwnedTx;
 pub use machine::attempt::is_valid;

@@ -301,7 +301,7 @@ async fn the_lock_table_is_the_same_either_way(db: MySqlPool) {
     // Made by the migration alone, the table is the same.
     for sql in [
         "DROP TABLE jobq_locks, jobq_kinds, jobq_schedules, jobq_keys, jobq_queues, jobq_deps, \
-         jobq_workflows, jobq_workflow_jobs, jobq_callbacks, \
+         jobq_workflows, jobq_workflow_jobs, jobq_callbacks, jobq_job_logs, jobq_job_progress, \
          jobq_workers, jobq_transitions, jobq_jobs",
         "DELETE FROM jobq_migrations",
     ] {

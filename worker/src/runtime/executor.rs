@@ -46,8 +46,10 @@ pub(crate) async fn run(
         result: Default::default(),
         token: job.token,
         lingering: Default::default(),
+        journal: crate::journal::Journal::new(shared.pool.clone(), fence, job.attempt),
     };
     let lingering = ctx.lingering.clone();
+    let journal = ctx.journal.clone();
     let slot = ctx.tx.clone();
     let tx_closed = ctx.tx_closed.clone();
     let result_slot = ctx.result.clone();
@@ -205,6 +207,9 @@ pub(crate) async fn run(
             (None, outcome)
         }
     };
+    // The attempt's last log lines and progress, before its outcome (nothing to do, and no
+    // wait, for a handler that wrote none).
+    journal.close().await;
     let Some(outcome) = outcome else {
         // The lease could not be extended: someone else may own the job now. Write nothing; the
         // handler's transaction closes its connection (the server rolls it back).

@@ -270,13 +270,15 @@ pub(crate) async fn prune(
     }
     let list = marks(ids.len());
     // language=MySQL
-    // With a job go the edges into it (it has ended, so they are resolved; the edges out of
-    // it stay with their children, which read their parents' endings there) and its name in
-    // its workflow.
+    // With a job go its history, its log lines and progress, the edges into it (it has ended,
+    // so they are resolved; the edges out of it stay with their children, which read their
+    // parents' endings there) and its name in its workflow.
     for table_sql in [
         format!("DELETE FROM jobq_transitions WHERE job_id IN ({list})"),
         format!("DELETE FROM jobq_deps WHERE child_id IN ({list})"),
         format!("DELETE FROM jobq_workflow_jobs WHERE job_id IN ({list})"),
+        format!("DELETE FROM jobq_job_logs WHERE job_id IN ({list})"),
+        format!("DELETE FROM jobq_job_progress WHERE job_id IN ({list})"),
         // No index hint: MariaDB before 11.x refuses one on DELETE (error 1064).
         format!("DELETE FROM jobq_jobs WHERE id IN ({list})"),
     ] {

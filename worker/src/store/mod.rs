@@ -9,6 +9,7 @@
 //! - [`claim_write`]: the claim's final round trip, writing its plan, and its typed error;
 //! - [`named_lock`]: `GET_LOCK` and `RELEASE_LOCK` of `named-lock` claims;
 //! - [`finish`]: writing an attempt's outcome, batched completions (hot path);
+//! - [`journal`]: an attempt's log lines and progress (`ctx.log`, `ctx.progress`);
 //! - [`deps`]: what jobs ending means for the jobs that depend on them and their workflows;
 //! - [`repair`]: the leader's pass over blocked jobs whose release was lost;
 //! - [`keys`]: concurrency keys: the claim's key locks and counts, promotion of waiting jobs;
@@ -43,6 +44,7 @@ mod demo;
 mod deps;
 mod finish;
 mod inspect;
+mod journal;
 mod keys;
 mod kinds;
 mod lease;
@@ -78,6 +80,7 @@ pub(crate) use finish::{
     mark_tx, state_by_fence, tx_intact, FinishWrite,
 };
 pub(crate) use inspect::{counts, history, job, queue_activity, workers};
+pub(crate) use journal::write_journal;
 pub use inspect::{JobRecord, TransitionRecord, WorkerInfo};
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys, running_now, KeyCursor};
 pub(crate) use kinds::{kind_queues, note_kinds};

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::handler::JobContext;
 use crate::ids::WorkerId;
 use crate::machine::attempt::{self, Backoff};
-use crate::model::{Decision, Token};
+use crate::model::{Decision, Fence, Token};
 use crate::registry::Registry;
 use crate::runtime::{outcome_of, panic_message};
 use crate::Config;
@@ -63,6 +63,11 @@ pub struct Performed {
     pub error: Option<String>,
     /// What `ctx.set_result` stored (a completion only).
     pub result: Option<Value>,
+    /// The lines the handler logged (`ctx.log`), capped as a worker caps them; a drain
+    /// stores them with the job instead (empty here).
+    pub logs: Vec<String>,
+    /// The handler's last `ctx.progress` (percent, message); a drain stores it instead.
+    pub progress: Option<(f64, Option<String>)>,
 }
 
 impl Performed {
@@ -211,6 +216,10 @@ pub(crate) struct Ran {
     pub(crate) tx: Option<OwnedTx>,
     /// `ctx.set_result`'s JSON text, for a success.
     pub(crate) result: Option<String>,
+    /// `ctx.log`'s lines (kept for `perform_job` only; a drain stores them).
+    pub(crate) logs: Vec<String>,
+    /// `ctx.progress`'s last report (kept for `perform_job` only).
+    pub(crate) progress: Option<(f64, Option<String>)>,
 }
 
 impl Ran {
@@ -254,6 +263,8 @@ impl Ran {
                 .result
                 .as_ref()
                 .map(|t| serde_json::from_str(t).unwrap_or(Value::String(t.clone()))),
+            logs: self.logs.clone(),
+            progress: self.progress.clone(),
         }
     }
 }
@@ -285,7 +296,13 @@ pub(crate) async fn run(
         result: Default::default(),
         token: job.token,
         lingering: Default::default(),
+        journal: if job.id == 0 {
+            crate::journal::Journal::in_memory()
+        } else {
+            crate::journal::Journal::new(pool.clone(), Fence { id: job.id, token: job.token }, job.attempt)
+        },
     };
+    let journal = ctx.journal.clone();
     let (slot, closed, result, lingering) = (
         ctx.tx.clone(),
         ctx.tx_closed.clone(),
@@ -326,6 +343,8 @@ pub(crate) async fn run(
         lingering.hurry.cancel();
     }
     futures::future::join_all(lingering.take()).await;
+    journal.close().await;
+    let (lines, progress) = journal.kept();
     let tx = {
         let mut slot = slot.lock().await;
         closed.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -339,5 +358,7 @@ pub(crate) async fn run(
         outcome,
         tx,
         result,
+        logs: lines.into_iter().map(|l| l.text).collect(),
+        progress: progress.map(|p| (p.percent, p.message)),
     }
 }

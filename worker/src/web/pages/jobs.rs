@@ -393,7 +393,16 @@ pub(crate) struct JobPage {
     result: Option<String>,
     last_error: Option<String>,
     history: Vec<HistoryRow>,
+    /// `(percent, "42.5%", message, at)` of the job's last `ctx.progress`.
+    progress: Option<(f64, String, String, String)>,
+    /// The job's log lines: (at, attempt, line, truncated mark).
+    log: Vec<(String, u32, String, bool)>,
+    /// The log has more lines than the page shows (the first ones are shown).
+    log_cut: bool,
 }
+
+/// The most log lines the job page shows (`jobq job ID` shows them all).
+const LOG_LINES_SHOWN: u32 = 2000;
 
 pub(crate) struct JobHead {
     pub(crate) id: u64,
@@ -477,8 +486,30 @@ pub(crate) async fn job(
         ("worker", job.worker_id.clone().unwrap_or_default()),
         ("lease expires", opt_time(job.lease_expires_at)),
     ];
+    let progress = crate::job_progress(&app.pool, JobId(id))
+        .await
+        .map_err(crate::Error::from)?
+        .map(|p| {
+            (
+                p.percent,
+                format!("{}%", p.percent),
+                p.message.unwrap_or_default(),
+                time(p.at),
+            )
+        });
+    let mut log = crate::job_logs(&app.pool, JobId(id), 0, LOG_LINES_SHOWN + 1)
+        .await
+        .map_err(crate::Error::from)?;
+    let log_cut = log.len() > LOG_LINES_SHOWN as usize;
+    log.truncate(LOG_LINES_SHOWN as usize);
     let page = JobPage {
         page: Layout::new(&app, &ctx, format!("Job {id}"), "jobs").flash(flash, good),
+        progress,
+        log: log
+            .into_iter()
+            .map(|l| (time(l.at), l.attempt, l.line, l.truncated))
+            .collect(),
+        log_cut,
         job: JobHead {
             id,
             state: job.state.as_str(),

@@ -1,0 +1,60 @@
+//! Writing an attempt's log lines and progress (`journal.rs` decides what and when).
+
+use sqlx::MySqlPool;
+
+use crate::journal::{Line, Report};
+use crate::model::Fence;
+
+/// Appends `lines` to job `fence.id`'s log as attempt `attempt`'s, and stores `progress` if
+/// the attempt still holds the job's claim. Outside a transaction: each statement commits on
+/// its own.
+pub(crate) async fn write_journal(
+    pool: &MySqlPool,
+    fence: Fence,
+    attempt: u32,
+    lines: &[Line],
+    progress: Option<&Report>,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    if !lines.is_empty() {
+        // language=MySQL
+        // One multi-row INSERT: an attempt stores at most 64 KiB of lines, far below any packet
+        // limit. Lines are not fenced: a stale attempt's lines are still its own.
+        let mut sql = String::from(
+            "INSERT INTO jobq_job_logs (job_id, attempt, at, line, truncated) VALUES ",
+        );
+        for i in 0..lines.len() {
+            sql.push_str(if i == 0 { "(?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?)" });
+        }
+        let mut q = sqlx::query(&sql);
+        for l in lines {
+            q = q
+                .bind(fence.id)
+                .bind(attempt)
+                .bind(l.at)
+                .bind(&l.text)
+                .bind(l.truncated);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    if let Some(p) = progress {
+        // language=MySQL
+        // Fenced: only while this attempt holds the claim. At READ COMMITTED (every worker
+        // session) the SELECT part is a consistent read and locks nothing in jobq_jobs.
+        sqlx::query(
+            "INSERT INTO jobq_job_progress (job_id, attempt, percent, message, updated_at) \
+             SELECT id, ?, ?, ?, UTC_TIMESTAMP(6) FROM jobq_jobs \
+             WHERE id = ? AND claim_token = ? AND state = 'running' \
+             ON DUPLICATE KEY UPDATE attempt = VALUES(attempt), percent = VALUES(percent), \
+                 message = VALUES(message), updated_at = VALUES(updated_at)",
+        )
+        .bind(attempt)
+        .bind(p.percent)
+        .bind(p.message.as_deref())
+        .bind(fence.id)
+        .bind(&fence.token[..])
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
