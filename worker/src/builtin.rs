@@ -27,11 +27,15 @@ impl Job for Echo {
     const KIND: &'static str = "echo";
 }
 
-/// `sleep {"ms": N}`: sleeps N milliseconds.
+/// `sleep {"ms": N, "steps": K?}`: sleeps N milliseconds; with `steps`, in K equal steps,
+/// logging `step i of K` and reporting its progress after each (`ctx.log`, `ctx.progress`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sleep {
     /// Milliseconds.
     pub ms: u64,
+    /// Steps to report, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
 }
 impl Job for Sleep {
     const KIND: &'static str = "sleep";
@@ -205,8 +209,16 @@ where
 pub fn register(r: &mut Registry) -> Result<()> {
     r.register::<Noop>(|_: Noop, _ctx: JobContext| async { Ok(()) })?;
     r.register::<Echo>(|job: Echo, ctx: JobContext| async move { ctx.set_result(&job.0) })?;
-    r.register::<Sleep>(|job: Sleep, _ctx: JobContext| async move {
-        tokio::time::sleep(Duration::from_millis(job.ms)).await;
+    r.register::<Sleep>(|job: Sleep, ctx: JobContext| async move {
+        let steps = job.steps.unwrap_or(0).max(1);
+        for step in 1..=steps {
+            tokio::time::sleep(Duration::from_millis(job.ms / u64::from(steps))).await;
+            if job.steps.is_some() {
+                ctx.log(format_args!("step {step} of {steps}"));
+                let done = f64::from(step) * 100.0 / f64::from(steps);
+                ctx.progress(done, format!("slept {step} of {steps} steps"));
+            }
+        }
         Ok(())
     })?;
     r.register::<Fail>(|job: Fail, ctx: JobContext| async move {

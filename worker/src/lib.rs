@@ -83,13 +83,14 @@ pub use jobq_lock as lock;
 pub use jobq_producer::deps::FlowState;
 /// The producer's error (validation, enqueue, schema), as `jobq_producer::Error`.
 pub use jobq_producer::Error as ProducerError;
-pub use journal::{MAX_LOG_BYTES, MAX_LOG_LINE_BYTES, MAX_PROGRESS_MESSAGE_CHARS};
 pub use jobq_producer::{
-    job_logs, job_progress, migrations_sql, run_again_if_rolled_back, same_server, server_name, Batch, Enqueued, Job,
-    Followed, JobEnd, JobId, JobState, KindName, LogLine, MigrateReport, NewJob, OnDuplicate, OnParentFailure,
-    Producer, ProducerOptions, Progress, QueueName, Workflow, WorkflowEnqueued, WorkflowId,
+    job_logs, job_progress, migrations_sql, run_again_if_rolled_back, same_server, server_name,
+    Batch, Enqueued, Followed, Job, JobEnd, JobId, JobState, KindName, LogLine, MigrateReport,
+    NewJob, OnDuplicate, OnParentFailure, Producer, ProducerOptions, Progress, QueueName, Workflow,
+    WorkflowEnqueued, WorkflowId,
 };
 pub use jobq_sqlkit::OwnedTx;
+pub use journal::{MAX_LOG_BYTES, MAX_LOG_LINE_BYTES, MAX_PROGRESS_MESSAGE_CHARS};
 pub use machine::attempt::is_valid;
 pub use model::{Act, Acted, Event};
 pub use panics::install_panic_hook;

@@ -17,6 +17,7 @@ mod commands;
 mod core;
 mod edges;
 mod foreign;
+mod journal;
 mod manners;
 mod migrations;
 mod outcomes;

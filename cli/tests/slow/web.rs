@@ -238,6 +238,49 @@ async fn console_in_headless_chromium(db: MySqlPool) {
     )
     .await;
 
+    // A job's progress and log lines, live on its page: the page's own refresh brings
+    // each step (no reload).
+    let stepped = p
+        .enqueue(NewJob::json("sleep", json!({"ms": 12_000, "steps": 4})))
+        .await
+        .unwrap()
+        .0;
+    wait_for(
+        Duration::from_secs(20),
+        "the stepped job's first step",
+        || async {
+            count(
+                &db,
+                &format!("SELECT COUNT(*) FROM jobq_job_logs WHERE job_id = {stepped}"),
+            )
+            .await
+                >= 1
+        },
+    )
+    .await;
+    c.goto(&format!("{base}/jobs/{stepped}")).await.unwrap();
+    assert_eq!(text(&c, "#job-state").await, "running");
+    let first = text(&c, "#progress-percent").await;
+    assert!(first == "25%" || first == "50%", "{first}");
+    assert!(text(&c, "#log").await.contains("step 1 of 4"));
+    wait_text(
+        &c,
+        "#progress-percent",
+        false,
+        Duration::from_secs(30),
+        |t| t == "75%",
+    )
+    .await;
+    assert_eq!(text(&c, "#progress-message").await, "slept 3 of 4 steps");
+    screenshot(&c, "06-job-progress").await;
+    wait_text(&c, "#job-state", false, Duration::from_secs(30), |t| {
+        t == "completed"
+    })
+    .await;
+    let log = text(&c, "#log").await;
+    assert!(log.contains("step 4 of 4"), "{log}");
+    assert_eq!(text(&c, "#progress-percent").await, "100%");
+
     // Cancel a running job from its page.
     let long = p
         .enqueue(NewJob::json("sleep", json!({"ms": 120_000})))
@@ -255,10 +298,10 @@ async fn console_in_headless_chromium(db: MySqlPool) {
         t == "cancelled"
     })
     .await;
-    screenshot(&c, "06-job-cancelled").await;
+    screenshot(&c, "07-job-cancelled").await;
 
     c.goto(&format!("{base}/")).await.unwrap();
-    screenshot(&c, "07-overview-after").await;
+    screenshot(&c, "08-overview-after").await;
     c.close().await.unwrap();
     eprintln!("screenshots in {}", screenshot_dir().display());
     worker.stop_cleanly();

@@ -40,20 +40,21 @@ pub(crate) async fn progress_of(
 ) -> Result<Option<crate::follow::Progress>> {
     // language=MySQL
     // By primary key.
-    let row: Option<(u32, String, Option<String>, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as(
-            "SELECT attempt, CAST(percent AS CHAR), CAST(message AS CHAR), updated_at \
+    let row: Option<(u32, String, Option<String>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT attempt, CAST(percent AS CHAR), CAST(message AS CHAR), updated_at \
              FROM jobq_job_progress WHERE job_id = ?",
-        )
-        .bind(id.0)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|(attempt, percent, message, at)| crate::follow::Progress {
-        attempt,
-        percent: percent.parse().unwrap_or(0.0),
-        message,
-        at,
-    }))
+    )
+    .bind(id.0)
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map(|(attempt, percent, message, at)| crate::follow::Progress {
+            attempt,
+            percent: percent.parse().unwrap_or(0.0),
+            message,
+            at,
+        }),
+    )
 }
 
 /// Up to `limit` log lines of job `id` after line `after` (0: from the first), in order.
@@ -76,12 +77,14 @@ pub(crate) async fn logs_after(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, attempt, at, line, truncated)| crate::follow::LogLine {
-            id,
-            attempt,
-            at,
-            line,
-            truncated,
-        })
+        .map(
+            |(id, attempt, at, line, truncated)| crate::follow::LogLine {
+                id,
+                attempt,
+                at,
+                line,
+                truncated,
+            },
+        )
         .collect())
 }

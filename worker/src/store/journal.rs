@@ -24,7 +24,11 @@ pub(crate) async fn write_journal(
             "INSERT INTO jobq_job_logs (job_id, attempt, at, line, truncated) VALUES ",
         );
         for i in 0..lines.len() {
-            sql.push_str(if i == 0 { "(?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?)" });
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?)"
+            });
         }
         let mut q = sqlx::query(&sql);
         for l in lines {

@@ -80,8 +80,8 @@ pub(crate) use finish::{
     mark_tx, state_by_fence, tx_intact, FinishWrite,
 };
 pub(crate) use inspect::{counts, history, job, queue_activity, workers};
-pub(crate) use journal::write_journal;
 pub use inspect::{JobRecord, TransitionRecord, WorkerInfo};
+pub(crate) use journal::write_journal;
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys, running_now, KeyCursor};
 pub(crate) use kinds::{kind_queues, note_kinds};
 pub(crate) use lease::{

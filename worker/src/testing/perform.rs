@@ -299,7 +299,14 @@ pub(crate) async fn run(
         journal: if job.id == 0 {
             crate::journal::Journal::in_memory()
         } else {
-            crate::journal::Journal::new(pool.clone(), Fence { id: job.id, token: job.token }, job.attempt)
+            crate::journal::Journal::new(
+                pool.clone(),
+                Fence {
+                    id: job.id,
+                    token: job.token,
+                },
+                job.attempt,
+            )
         },
     };
     let journal = ctx.journal.clone();

@@ -53,6 +53,11 @@ fn registry(producer: Producer) -> Registry {
         async move {
             match s.act.as_str() {
                 "ok" => Ok(()),
+                "log" => {
+                    ctx.log("hello");
+                    ctx.progress(50.0, "half");
+                    Ok(())
+                }
                 "fail" => Err(JobError::retry("upstream said 503")),
                 "retry_after" => Err(JobError::retry_after("later", Duration::from_secs(90))),
                 "snooze" => Err(JobError::snooze(Duration::from_secs(600))),
@@ -314,6 +319,10 @@ async fn perform_job_returns_each_outcome(db: MySqlPool) {
         (p.outcome, p.state),
         (Outcome::TimedOut, JobState::Retryable)
     );
+    // Log lines and progress come back with the outcome.
+    let p = s("log").run(&db, &registry).await.unwrap();
+    assert_eq!(p.logs, ["hello"]);
+    assert_eq!(p.progress, Some((50.0, Some("half".to_owned()))));
     // ctx.tx(): committed with a success, rolled back with a failure.
     assert!(s("write").run(&db, &registry).await.unwrap().is_completed());
     assert_eq!(effects(&db).await, 1);
@@ -327,7 +336,7 @@ async fn perform_job_returns_each_outcome(db: MySqlPool) {
 #[sqlx::test(migrations = false)]
 async fn drain_runs_jobs_and_moves_its_clock(db: MySqlPool) {
     let (producer, registry) = setup(&db).await;
-    for act in ["ok", "fail", "snooze", "discard", "chain"] {
+    for act in ["ok", "fail", "snooze", "discard", "chain", "log"] {
         producer
             .enqueue(NewJob::new(&step(act)).unwrap())
             .await
@@ -343,9 +352,18 @@ async fn drain_runs_jobs_and_moves_its_clock(db: MySqlPool) {
             d.discarded,
             d.cancelled
         ),
-        (2, 1, 1, 1, 0),
+        (3, 1, 1, 1, 0),
         "{d:?}"
     );
+    // The drain stored the "log" job's line and progress, as a worker does.
+    let logged = assert_enqueued(&db, Expect::job(&step("log")).state(JobState::Completed)).await;
+    let lines = crate::job_logs(&db, logged.id, 0, 10).await.unwrap();
+    assert_eq!(
+        lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+        ["hello"]
+    );
+    let progress = crate::job_progress(&db, logged.id).await.unwrap().unwrap();
+    assert_eq!(progress.percent, 50.0);
     // "chain" enqueued an invoice into `billing`, not drained; drained next.
     let invoice = assert_enqueued(&db, Expect::kind("invoice").queue("billing")).await;
     let d = drain.queue("billing").await.unwrap();
