@@ -72,6 +72,15 @@ pub(crate) struct EnqueueArgs {
     /// (stdout keeps the result).
     #[arg(long, requires = "wait")]
     pub(crate) follow: bool,
+    /// The W3C trace context the job's handler span continues (its parent), as in
+    /// 00-<trace id>-<span id>-<flags>; by default TRACEPARENT from the environment, as a
+    /// traced script passes it.
+    #[arg(long, env = "TRACEPARENT")]
+    pub(crate) traceparent: Option<String>,
+    /// With --traceparent: its `tracestate` (by default TRACESTATE from the environment;
+    /// ignored without a traceparent).
+    #[arg(long, env = "TRACESTATE")]
+    pub(crate) tracestate: Option<String>,
 }
 
 /// `--on-duplicate`.
@@ -289,6 +298,9 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
         job = job.after(jobq_worker::JobId(parent));
     }
     job = job.on_parent_failure(a.on_parent_failure.into());
+    if let Some(t) = &a.traceparent {
+        job = job.trace_context(jobq_worker::TraceContext::new(t, a.tracestate.as_deref())?);
+    }
     // Validate before connecting, so bad input never needs a database.
     jobq_worker::Producer::validate(
         std::slice::from_ref(&job),

@@ -37,6 +37,7 @@ mod migrate;
 mod notify;
 mod producer;
 mod store;
+mod trace;
 mod workflow;
 
 pub use deps::OnParentFailure;
@@ -61,4 +62,5 @@ pub use producer::{
     UNIQUE_KEY_CHARS,
 };
 pub use store::CHUNK_BYTES;
+pub use trace::{TraceContext, MAX_TRACESTATE_CHARS};
 pub use workflow::{Batch, Workflow, WorkflowEnqueued, WorkflowId, WORKFLOW_NAME_CHARS};

@@ -14,6 +14,7 @@ use crate::hook::EnqueueHook;
 use crate::job::{validate_kind, validate_queue, Job, JobId, DEFAULT_QUEUE};
 use crate::json::{self, PORTABLE_MAX_DEPTH};
 use crate::store;
+use crate::trace::TraceContext;
 use crate::workflow::{Batch, Workflow, WorkflowEnqueued};
 
 /// Limits and defaults of a [`Producer`].
@@ -65,6 +66,19 @@ pub struct NewJob {
     concurrency_key: Option<String>,
     after: Vec<JobId>,
     on_parent_failure: OnParentFailure,
+    trace: Trace,
+}
+
+/// Which trace context a job stores.
+#[derive(Clone, Debug, Default)]
+enum Trace {
+    /// The current span's, if any (feature `otel`), read when the job is enqueued.
+    #[default]
+    Current,
+    /// This one.
+    Given(TraceContext),
+    /// None.
+    Off,
 }
 
 /// What enqueueing a duplicate of a unique job does (see [`NewJob::unique_key`]).
@@ -126,6 +140,7 @@ impl NewJob {
             concurrency_key: None,
             after: Vec::new(),
             on_parent_failure: OnParentFailure::Cancel,
+            trace: Trace::Current,
         }
     }
 
@@ -209,6 +224,20 @@ impl NewJob {
     /// default [`OnParentFailure::Cancel`].
     pub fn on_parent_failure(mut self, policy: OnParentFailure) -> Self {
         self.on_parent_failure = policy;
+        self
+    }
+
+    /// Stores `context` with the job, so its handler's span continues that trace, instead of
+    /// the current span's (which the feature `otel` stores by default). For a context that
+    /// came from elsewhere: an incoming request's `traceparent` header, another process.
+    pub fn trace_context(mut self, context: TraceContext) -> Self {
+        self.trace = Trace::Given(context);
+        self
+    }
+
+    /// Stores no trace context with the job, not even the current span's.
+    pub fn without_trace(mut self) -> Self {
+        self.trace = Trace::Off;
         self
     }
 
@@ -315,6 +344,11 @@ impl NewJob {
             concurrency_key: self.concurrency_key,
             parents: self.after,
             on_parent_failure: self.on_parent_failure,
+            trace: match self.trace {
+                Trace::Current => TraceContext::current(),
+                Trace::Given(t) => Some(t),
+                Trace::Off => None,
+            },
         })
     }
 }

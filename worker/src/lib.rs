@@ -60,6 +60,7 @@ mod shutdown;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trace;
 #[cfg(feature = "console")]
 pub mod web;
 mod worker;
@@ -86,8 +87,8 @@ pub use jobq_producer::Error as ProducerError;
 pub use jobq_producer::{
     job_logs, job_progress, migrations_sql, run_again_if_rolled_back, same_server, server_name,
     Batch, Enqueued, Followed, Job, JobEnd, JobId, JobState, KindName, LogLine, MigrateReport,
-    NewJob, OnDuplicate, OnParentFailure, Producer, ProducerOptions, Progress, QueueName, Workflow,
-    WorkflowEnqueued, WorkflowId,
+    NewJob, OnDuplicate, OnParentFailure, Producer, ProducerOptions, Progress, QueueName,
+    TraceContext, Workflow, WorkflowEnqueued, WorkflowId,
 };
 pub use jobq_sqlkit::OwnedTx;
 pub use journal::{MAX_LOG_BYTES, MAX_LOG_LINE_BYTES, MAX_PROGRESS_MESSAGE_CHARS};

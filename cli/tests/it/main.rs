@@ -25,6 +25,7 @@ mod prefetch;
 mod readme;
 mod results;
 mod schedules;
+mod trace;
 mod unique;
 mod web;
 mod workflows;

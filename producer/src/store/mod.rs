@@ -39,6 +39,8 @@ pub(crate) struct JobInsert {
     pub(crate) parents: Vec<JobId>,
     /// What it does when one of them fails.
     pub(crate) on_parent_failure: OnParentFailure,
+    /// The trace context its handler's span continues.
+    pub(crate) trace: Option<crate::trace::TraceContext>,
 }
 
 /// How a row starts: its state and run-at, and what links it to other jobs.
@@ -414,8 +416,8 @@ async fn insert_unique(
         // language=MySQL
         let res = sqlx::query(
             "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, unique_key, unique_period_us, concurrency_key, \
-                                    pending_parents, last_error, finalized_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, IF(? = 'cancelled', ?, NULL)) \
+                                    pending_parents, last_error, finalized_at, traceparent, tracestate) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, IF(? = 'cancelled', ?, NULL), ?, ?) \
              ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), duplicates = duplicates + 1",
         )
         .bind(&r.queue)
@@ -433,6 +435,8 @@ async fn insert_unique(
         .bind(&b.error)
         .bind(state)
         .bind(now)
+        .bind(r.trace.as_ref().map(|t| t.traceparent()))
+        .bind(r.trace.as_ref().and_then(|t| t.tracestate()))
         .execute(&mut *conn)
         .await?;
         let id = JobId(res.last_insert_id());
@@ -585,18 +589,24 @@ pub(crate) async fn insert_chunk(
     // A job not yet due starts `scheduled`, out of the claim's way; maintenance makes it
     // `available` when due. The columns of dependencies and workflows are sent only when a
     // row of the chunk has any (a plain job leaves them at their defaults).
+    // Likewise the trace columns, only when a row has a trace context.
     let linked = rows.iter().any(|(_, b)| b.linked());
-    let row = if linked {
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    } else {
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    let traced = rows.iter().any(|(r, _)| r.trace.is_some());
+    let row = match (linked, traced) {
+        (true, true) => "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (true, false) => "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (false, true) => "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (false, false) => "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
     };
-    let mut sql = String::with_capacity(220 + rows.len() * (row.len() + 1));
+    let mut sql = String::with_capacity(260 + rows.len() * (row.len() + 1));
     sql.push_str(
         "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, concurrency_key",
     );
     if linked {
         sql.push_str(", pending_parents, dependents, workflow_id, last_error, finalized_at");
+    }
+    if traced {
+        sql.push_str(", traceparent, tracestate");
     }
     sql.push_str(") VALUES ");
     for i in 0..rows.len() {
@@ -624,6 +634,11 @@ pub(crate) async fn insert_chunk(
                 .bind(b.workflow)
                 .bind(&b.error)
                 .bind(b.error.as_ref().map(|_| now));
+        }
+        if traced {
+            q = q
+                .bind(r.trace.as_ref().map(|t| t.traceparent()))
+                .bind(r.trace.as_ref().and_then(|t| t.tracestate()));
         }
     }
     let res = q.execute(&mut *conn).await?;

@@ -291,6 +291,7 @@ mod tests {
             token: [0; 16],
             concurrency_key: key.map(str::to_owned),
             linked: false,
+            trace: None,
         }
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct ClaimedJob {
     /// Whether other jobs depend on it or it belongs to a workflow (as the claim read it): its
     /// ending is then written in the path that settles dependents (`store/deps.rs`).
     pub(crate) linked: bool,
+    /// The trace context it was enqueued with (`traceparent`, `tracestate`), as stored: the
+    /// handler's span continues it (`trace.rs`).
+    pub(crate) trace: Option<(String, Option<String>)>,
 }
 
 impl ClaimedJob {

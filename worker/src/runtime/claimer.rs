@@ -18,7 +18,7 @@ use jobq_producer::{KindName, QueueName};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use super::claim::{claim, ClaimRequest, Claimed, Flow};
 use super::lock::NamedLockClaims;
@@ -419,7 +419,14 @@ fn spawn_job(
         &job.kind,
         Duration::from_micros(job.wait_us.max(0) as u64),
     );
-    let span = info_span!("job", job_id = job.id, kind = %job.kind, queue = %queue, attempt = job.attempt, worker = %shared.id);
+    let span = crate::trace::job_span(
+        job.id,
+        &job.kind,
+        queue.as_str(),
+        job.attempt,
+        shared.id.as_str(),
+        job.trace.as_ref(),
+    );
     jobs.spawn(executor::run(shared.clone(), queue.clone(), job, permit, tokens).instrument(span));
 }
 

@@ -276,6 +276,9 @@ fn decode_job(r: &MySqlRow, token: Token) -> Result<ClaimedJob, sqlx::Error> {
         token,
         concurrency_key: opt_text(r, "concurrency_key")?,
         linked: r.try_get::<i64, _>("linked")? != 0,
+        trace: opt_text(r, "traceparent")?
+            .map(|p| Ok::<_, sqlx::Error>((p, opt_text(r, "tracestate")?)))
+            .transpose()?,
     })
 }
 
@@ -326,7 +329,7 @@ pub(super) fn claim_select(queue: &str, limit: &str, after: Option<&Cursor>) -> 
         "SELECT id, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, concurrency_key, \
                 TIMESTAMPDIFF(MICROSECOND, run_at, UTC_TIMESTAMP(6)) AS wait_us, \
                 priority, TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', run_at) AS run_at_us, \
-                (dependents > 0 OR workflow_id IS NOT NULL) AS linked \
+                (dependents > 0 OR workflow_id IS NOT NULL) AS linked, traceparent, tracestate \
          FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
          WHERE queue = {queue} AND state = 'available' AND run_at <= UTC_TIMESTAMP(6) {after}\
            AND (SELECT COUNT(*) FROM jobq_queues p WHERE p.name = {queue} AND p.paused_at IS NOT NULL) = 0 \

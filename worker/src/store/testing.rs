@@ -133,6 +133,8 @@ pub(crate) struct Claimed {
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
     pub(crate) linked: bool,
+    /// `traceparent` and `tracestate`, as stored.
+    pub(crate) trace: Option<(String, Option<String>)>,
 }
 
 /// Which job [`claim_one`] takes.
@@ -203,7 +205,7 @@ pub(crate) async fn claim_one(
     // language=MySQL
     let r = sqlx::query(
         "SELECT id, queue, kind, CAST(payload AS CHAR) AS payload, attempt, max_attempts, \
-                (dependents > 0 OR workflow_id IS NOT NULL) AS linked \
+                (dependents > 0 OR workflow_id IS NOT NULL) AS linked, traceparent, tracestate \
          FROM jobq_jobs WHERE id = ?",
     )
     .bind(id)
@@ -217,6 +219,10 @@ pub(crate) async fn claim_one(
         attempt: r.try_get("attempt")?,
         max_attempts: r.try_get("max_attempts")?,
         linked: r.try_get::<i64, _>("linked")? != 0,
+        trace: match opt_text(&r, "traceparent")? {
+            Some(p) => Some((p, opt_text(&r, "tracestate")?)),
+            None => None,
+        },
     };
     tx.commit().await?;
     Ok(Some(claimed))

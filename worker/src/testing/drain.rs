@@ -274,6 +274,7 @@ impl Runner {
             max_attempts: job.max_attempts,
             token,
             worker: self.worker.clone(),
+            trace: job.trace,
         };
         let mut ran = perform::run(&self.pool, &self.registry, &self.config, &attempt).await;
         let mut decision = ran.decide(&attempt, &self.config);

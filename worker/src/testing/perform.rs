@@ -160,6 +160,7 @@ impl Perform {
             max_attempts: self.max_attempts,
             token: rand::random(),
             worker: WorkerId::generate(),
+            trace: None,
         };
         let mut ran = run(pool, registry, &config, &job).await;
         let decision = ran.decide(&job, &config);
@@ -207,6 +208,8 @@ pub(crate) struct Attempt {
     pub(crate) max_attempts: u32,
     pub(crate) token: Token,
     pub(crate) worker: WorkerId,
+    /// The trace context stored with the job, which its span continues.
+    pub(crate) trace: Option<(String, Option<String>)>,
 }
 
 /// How an attempt ran.
@@ -329,7 +332,17 @@ pub(crate) async fn run(
         Some(handler) => match handler.start(&job.payload, ctx) {
             Err(e) => attempt::Outcome::Undecodable(e.to_string()),
             Ok(fut) => {
-                let caught = AssertUnwindSafe(fut).catch_unwind();
+                // The span a worker runs the attempt in, continuing the job's trace.
+                let span = crate::trace::job_span(
+                    job.id,
+                    &job.kind,
+                    job.queue.as_str(),
+                    job.attempt,
+                    job.worker.as_str(),
+                    job.trace.as_ref(),
+                );
+                let caught =
+                    AssertUnwindSafe(tracing::Instrument::instrument(fut, span)).catch_unwind();
                 let ran = match policy.job_timeout {
                     Some(t) => tokio::time::timeout(t, caught).await.ok(),
                     None => Some(caught.await),
