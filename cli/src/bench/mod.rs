@@ -141,6 +141,13 @@ pub(crate) struct BenchArgs {
     /// per-key limits.
     #[arg(long, value_name = "N")]
     concurrency_keys: Option<u32>,
+    /// Jobs log a line and report their progress (`sleep {"ms": 0, "steps": 1}` instead of
+    /// `noop`; burn-down, steady): the cost of per-job logs and progress.
+    #[arg(long)]
+    log_and_progress: bool,
+    /// Jobs carry a W3C trace context (burn-down, steady): the cost of storing and reading it.
+    #[arg(long)]
+    traced: bool,
     /// Workers' key_limit for the bench queue (with --concurrency-keys).
     #[arg(long, default_value_t = 1)]
     key_limit: u32,
@@ -183,6 +190,8 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
     }
     PRODUCERS.store(a.producers, std::sync::atomic::Ordering::Relaxed);
     UNIQUE_KEYS.store(a.unique_keys, std::sync::atomic::Ordering::Relaxed);
+    LOG_AND_PROGRESS.store(a.log_and_progress, std::sync::atomic::Ordering::Relaxed);
+    TRACED.store(a.traced, std::sync::atomic::Ordering::Relaxed);
     CONCURRENCY_KEYS.store(
         a.concurrency_keys.unwrap_or(0),
         std::sync::atomic::Ordering::Relaxed,
@@ -390,6 +399,12 @@ static PREFETCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::ne
 
 /// `--unique-keys`, shared with `fill`.
 static UNIQUE_KEYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--log-and-progress`, shared with `fill`.
+static LOG_AND_PROGRESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--traced`, shared with `fill`.
+static TRACED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `--producers`, shared with `fill`.
 static PRODUCERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);

@@ -23,9 +23,19 @@ pub(super) async fn fill_queue(pool: &MySqlPool, n: u32, queue: &'static str) ->
                 let k = left.min(10_000);
                 let unique = UNIQUE_KEYS.load(std::sync::atomic::Ordering::Relaxed);
                 let keys = CONCURRENCY_KEYS.load(std::sync::atomic::Ordering::Relaxed);
+                let journal = LOG_AND_PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
+                let traced = TRACED.load(std::sync::atomic::Ordering::Relaxed);
                 let jobs = (0..k)
                     .map(|i| {
-                        let mut job = NewJob::json("noop", json!({})).queue(queue);
+                        let mut job = if journal {
+                            NewJob::json("sleep", json!({"ms": 0, "steps": 1}))
+                        } else {
+                            NewJob::json("noop", json!({}))
+                        }
+                        .queue(queue);
+                        if traced {
+                            job = job.trace_context(bench_trace(p, left + i));
+                        }
                         if keys > 0 {
                             job = job.concurrency_key(format!("key-{}", (left + i) % keys));
                         }
@@ -46,6 +56,12 @@ pub(super) async fn fill_queue(pool: &MySqlPool, n: u32, queue: &'static str) ->
         t.await??;
     }
     Ok(f64::from(n) / started.elapsed().as_secs_f64())
+}
+
+/// A made-up trace context, distinct per job, as an instrumented producer would store.
+fn bench_trace(producer: u32, n: u32) -> jobq_worker::TraceContext {
+    let parent = format!("00-{:032x}-{:016x}-01", u128::from(producer) + 1, u64::from(n) + 1);
+    jobq_worker::TraceContext::new(&parent, None).expect("a valid traceparent")
 }
 
 pub(super) async fn burn_down(
