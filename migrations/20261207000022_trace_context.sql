@@ -9,3 +9,9 @@
 ALTER TABLE jobq_jobs
   ADD COLUMN traceparent VARCHAR(55) CHARACTER SET ascii COLLATE ascii_bin NULL,
   ADD COLUMN tracestate VARCHAR(512) CHARACTER SET ascii COLLATE ascii_bin NULL;
+
+-- A workflow's callbacks continue the span that enqueued the workflow: their context waits
+-- here until the runtime inserts them.
+ALTER TABLE jobq_callbacks
+  ADD COLUMN traceparent VARCHAR(55) CHARACTER SET ascii COLLATE ascii_bin NULL,
+  ADD COLUMN tracestate VARCHAR(512) CHARACTER SET ascii COLLATE ascii_bin NULL;

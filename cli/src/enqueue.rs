@@ -73,13 +73,13 @@ pub(crate) struct EnqueueArgs {
     #[arg(long, requires = "wait")]
     pub(crate) follow: bool,
     /// The W3C trace context the job's handler span continues (its parent), as in
-    /// 00-<trace id>-<span id>-<flags>; by default TRACEPARENT from the environment, as a
-    /// traced script passes it.
-    #[arg(long, env = "TRACEPARENT")]
+    /// 00-<trace id>-<span id>-<flags>. Without it, TRACEPARENT from the environment (as a
+    /// traced script passes it) is used when it parses, and ignored with a warning otherwise.
+    #[arg(long)]
     pub(crate) traceparent: Option<String>,
-    /// With --traceparent: its `tracestate` (by default TRACESTATE from the environment;
-    /// ignored without a traceparent).
-    #[arg(long, env = "TRACESTATE")]
+    /// With --traceparent: its `tracestate` (with TRACEPARENT: TRACESTATE from the
+    /// environment).
+    #[arg(long, requires = "traceparent")]
     pub(crate) tracestate: Option<String>,
 }
 
@@ -298,8 +298,8 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
         job = job.after(jobq_worker::JobId(parent));
     }
     job = job.on_parent_failure(a.on_parent_failure.into());
-    if let Some(t) = &a.traceparent {
-        job = job.trace_context(jobq_worker::TraceContext::new(t, a.tracestate.as_deref())?);
+    if let Some(t) = trace_context(a.traceparent.as_deref(), a.tracestate.as_deref())? {
+        job = job.trace_context(t);
     }
     // Validate before connecting, so bad input never needs a database.
     jobq_worker::Producer::validate(
@@ -361,6 +361,29 @@ pub(crate) async fn enqueue(settings: &Config, a: EnqueueArgs) -> Result<ExitCod
     }
     done.print();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--traceparent` (refused when malformed), else TRACEPARENT and TRACESTATE from the
+/// environment (ignored with a warning when malformed: a variable the user may not know of
+/// must not stop an enqueue).
+fn trace_context(
+    flag: Option<&str>,
+    state: Option<&str>,
+) -> Result<Option<jobq_worker::TraceContext>> {
+    if let Some(t) = flag {
+        return Ok(Some(jobq_worker::TraceContext::new(t, state)?));
+    }
+    let Ok(t) = std::env::var("TRACEPARENT") else {
+        return Ok(None);
+    };
+    let state = std::env::var("TRACESTATE").ok();
+    match jobq_worker::TraceContext::new(&t, state.as_deref()) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            eprintln!("jobq: warning: ignoring TRACEPARENT from the environment: {e}");
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

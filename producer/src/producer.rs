@@ -491,6 +491,17 @@ impl Producer {
         crate::follow::follow(&self.pool, id, timeout, &mut seen).await
     }
 
+    /// [`Producer::follow`] for a job of `queue`, read on that queue's server.
+    pub async fn follow_in(
+        &self,
+        queue: &str,
+        id: JobId,
+        timeout: Duration,
+        mut seen: impl FnMut(crate::Followed) + Send,
+    ) -> Result<Option<JobEnd>> {
+        crate::follow::follow(self.pool_of(queue), id, timeout, &mut seen).await
+    }
+
     /// [`Producer::wait_for`] for a job of `queue`, read on that queue's server (job ids are
     /// per server; see [`Producer::route`]).
     pub async fn wait_for_in(

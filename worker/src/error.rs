@@ -46,6 +46,11 @@ pub enum Error {
     /// An argument the call cannot act on.
     #[error("{0}")]
     Invalid(String),
+
+    /// A transaction was cut off by its deadline (its connection closed, so it rolled back
+    /// unless its COMMIT had been sent).
+    #[error("the database did not answer within {0:?}; the transaction was rolled back unless its COMMIT had been sent: check the server's load and connectivity, then try again")]
+    Deadline(std::time::Duration),
 }
 
 /// `Result` with this crate's [`Error`].
@@ -57,7 +62,7 @@ impl From<jobq_sqlkit::TxError> for Error {
     fn from(e: jobq_sqlkit::TxError) -> Self {
         match e {
             jobq_sqlkit::TxError::Sql(e) => Error::Database(e),
-            other => Error::Invalid(other.to_string()),
+            jobq_sqlkit::TxError::Deadline(d) => Error::Deadline(d),
         }
     }
 }

@@ -22,15 +22,20 @@ pub const MAX_LOG_BYTES: usize = 64 * 1024;
 /// The longest log line stored, in bytes (longer ones are cut, saying so).
 pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
 
+/// What each line costs against [`MAX_LOG_BYTES`] on top of its text: its row. So an attempt
+/// stores at most 1,024 lines, however short (an empty line included).
+pub const LOG_LINE_OVERHEAD_BYTES: usize = 64;
+
 /// The longest progress message stored, in characters (the column's size).
 pub const MAX_PROGRESS_MESSAGE_CHARS: usize = 255;
 
 /// How often an attempt's lines and progress are written while it runs, at most.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long the last write before the outcome may take; past it, what is left is dropped
-/// with a warning (the outcome is never held up by a log).
-const LAST_FLUSH_BOUND: Duration = Duration::from_secs(5);
+/// How long the last write before the outcome may take, at most; past it, what is left is
+/// dropped with a warning (the outcome is never held up long by a log). The runtime bounds it
+/// further by a quarter of a lease.
+pub(crate) const LAST_FLUSH_BOUND: Duration = Duration::from_secs(5);
 
 /// A line waiting to be written.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,14 +79,15 @@ impl Cap {
             return Admit::Drop;
         }
         let text = cut(text, MAX_LOG_LINE_BYTES);
-        if self.used + text.len() > MAX_LOG_BYTES {
+        let cost = text.len() + LOG_LINE_OVERHEAD_BYTES;
+        if self.used + cost > MAX_LOG_BYTES {
             self.full = true;
             return Admit::Mark(format!(
                 "[truncated: this attempt's log reached {} KiB; its later lines are not stored]",
                 MAX_LOG_BYTES / 1024
             ));
         }
-        self.used += text.len();
+        self.used += cost;
         Admit::Line(text)
     }
 }
@@ -262,19 +268,21 @@ impl Journal {
         }
     }
 
-    /// The last write, before the attempt's outcome: bounded, and nothing at all when the
-    /// handler wrote nothing.
-    pub(crate) async fn close(&self) {
-        {
+    /// The last write, before the attempt's outcome, within `bound`: it also waits for a
+    /// background write under way, so everything reported is stored before the outcome (and
+    /// the last progress while the attempt still holds the claim). Nothing at all, and no wait,
+    /// when the handler wrote nothing.
+    pub(crate) async fn close(&self, bound: Duration) {
+        let idle = {
             let s = self.state();
-            if s.lines.is_empty() && s.progress.is_none() && !s.scheduled {
-                return;
-            }
+            s.lines.is_empty() && s.progress.is_none() && !s.scheduled
+        };
+        // Nothing pending and no write holding the order lock: done. (A background write
+        // clears `scheduled` only once it holds the lock.)
+        if idle && self.writing.try_lock().is_ok() {
+            return;
         }
-        if tokio::time::timeout(LAST_FLUSH_BOUND, self.write())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(bound, self.write()).await.is_err() {
             warn!("the job's last log lines and progress were not stored in time; dropped");
         }
     }
@@ -303,7 +311,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // Fill up to the budget: 14 more lines of 4 KiB fit (16 in all, 64 KiB minus "hello").
+        // Fill up to the budget: each line costs its text and 64 bytes, so 14 more lines of
+        // 4 KiB fit (16 in all).
         let mut admitted = 0;
         loop {
             match cap.admit(line(MAX_LOG_LINE_BYTES)) {
@@ -318,6 +327,14 @@ mod tests {
         assert_eq!(admitted, 14);
         assert!(cap.used <= MAX_LOG_BYTES);
         assert_eq!(cap.admit("late".into()), Admit::Drop);
+        // Empty lines cost their row: at most 1,024 per attempt, then the mark.
+        let mut cap = Cap::default();
+        let kept = (0..5000)
+            .map(|_| cap.admit(String::new()))
+            .take_while(|a| matches!(a, Admit::Line(_)))
+            .count();
+        assert_eq!(kept, MAX_LOG_BYTES / LOG_LINE_OVERHEAD_BYTES);
+        assert!(matches!(cap.admit(String::new()), Admit::Drop));
     }
 
     #[test]

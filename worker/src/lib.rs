@@ -91,7 +91,9 @@ pub use jobq_producer::{
     TraceContext, Workflow, WorkflowEnqueued, WorkflowId,
 };
 pub use jobq_sqlkit::OwnedTx;
-pub use journal::{MAX_LOG_BYTES, MAX_LOG_LINE_BYTES, MAX_PROGRESS_MESSAGE_CHARS};
+pub use journal::{
+    LOG_LINE_OVERHEAD_BYTES, MAX_LOG_BYTES, MAX_LOG_LINE_BYTES, MAX_PROGRESS_MESSAGE_CHARS,
+};
 pub use machine::attempt::is_valid;
 pub use model::{Act, Acted, Event};
 pub use panics::install_panic_hook;

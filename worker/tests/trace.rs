@@ -2,7 +2,7 @@
 //! "Tracing"): a job's handler span is the child of the span that enqueued it on its first
 //! attempt and links to it on a retry; a job enqueued by a handler is the child of that
 //! handler's span; a workflow's jobs, parent and child, continue the span that enqueued the
-//! workflow; a job inserted with plain SQL and a `traceparent` continues that context.
+//! workflow, and so does its callback; a job inserted with plain SQL and a `traceparent` continues that context.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -145,7 +145,8 @@ async fn handler_spans_continue_the_enqueuing_trace(db: MySqlPool) {
         .enqueue_workflow(
             Workflow::new("traced")
                 .job("first", NewJob::json("step", json!({})))
-                .job_after("second", NewJob::json("step", json!({})), &["first"]),
+                .job_after("second", NewJob::json("step", json!({})), &["first"])
+                .on_finish(NewJob::json("leaf", json!({}))),
         )
         .instrument(flow_request.clone())
         .await
@@ -197,6 +198,22 @@ async fn handler_spans_continue_the_enqueuing_trace(db: MySqlPool) {
         ],
     )
     .await;
+    let callback: u64 = {
+        let mut id = None;
+        for _ in 0..600 {
+            id = sqlx::query_scalar("SELECT job_id FROM jobq_callbacks WHERE workflow_id = ?")
+                .bind(flow.id.0)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            if id.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        id.expect("the workflow's callback was enqueued")
+    };
+    wait_completed(&db, &[JobId(callback)]).await;
     shutdown.stop();
     worker.await.unwrap().unwrap();
     drop((request, flow_request));
@@ -231,6 +248,13 @@ async fn handler_spans_continue_the_enqueuing_trace(db: MySqlPool) {
             "{name}"
         );
     }
+    // Its callback too.
+    let s = job_span(&spans, JobId(callback), 1);
+    assert_eq!(
+        (s.span_context.trace_id(), s.parent_span_id),
+        (flow_trace, flow_request_id),
+        "callback"
+    );
     // Plain SQL with a traceparent.
     let s = job_span(&spans, JobId(foreign), 1);
     assert_eq!(s.span_context.trace_id().to_string(), remote_trace);

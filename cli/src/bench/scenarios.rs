@@ -60,7 +60,11 @@ pub(super) async fn fill_queue(pool: &MySqlPool, n: u32, queue: &'static str) ->
 
 /// A made-up trace context, distinct per job, as an instrumented producer would store.
 fn bench_trace(producer: u32, n: u32) -> jobq_worker::TraceContext {
-    let parent = format!("00-{:032x}-{:016x}-01", u128::from(producer) + 1, u64::from(n) + 1);
+    let parent = format!(
+        "00-{:032x}-{:016x}-01",
+        u128::from(producer) + 1,
+        u64::from(n) + 1
+    );
     jobq_worker::TraceContext::new(&parent, None).expect("a valid traceparent")
 }
 

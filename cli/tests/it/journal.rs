@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use jobq_config::ClaimMode;
 use jobq_worker::{
-    builtin, Followed, JobContext, JobError, JobState, NewJob, Producer, Registry, MAX_LOG_BYTES,
+    builtin, Followed, JobContext, JobError, JobState, NewJob, Producer, Registry,
+    LOG_LINE_OVERHEAD_BYTES, MAX_LOG_BYTES,
 };
 use serde_json::json;
 use sqlx::MySqlPool;
 
 use crate::common::*;
+
+/// The 1 KiB lines of `chatty` an attempt keeps.
+const KEPT: usize = MAX_LOG_BYTES / (1024 + LOG_LINE_OVERHEAD_BYTES);
 
 fn registry() -> Registry {
     let mut r = Registry::new();
@@ -146,7 +150,8 @@ async fn logs_and_progress_are_stored_shown_and_followed(db: MySqlPool) {
         "{stderr}"
     );
 
-    // The cap: 64 KiB of lines (64 of exactly 1 KiB), then the mark, nothing after it.
+    // The cap: 64 KiB, each line counting its 1 KiB and its row's 64 bytes (60 lines), then
+    // the mark, nothing after it.
     let chatty = p.enqueue(NewJob::json("chatty", json!({}))).await.unwrap();
     let twice = p.enqueue(NewJob::json("twice", json!({}))).await.unwrap();
     let late = p.enqueue(NewJob::json("late", json!({}))).await.unwrap();
@@ -163,7 +168,7 @@ async fn logs_and_progress_are_stored_shown_and_followed(db: MySqlPool) {
         "{mark:?}"
     );
     assert!(kept.iter().all(|l| !l.truncated));
-    assert_eq!(kept.len(), MAX_LOG_BYTES / 1024, "{} lines", kept.len());
+    assert_eq!(kept.len(), KEPT, "{} lines", kept.len());
     assert!(kept
         .iter()
         .enumerate()
@@ -196,7 +201,7 @@ async fn logs_and_progress_are_stored_shown_and_followed(db: MySqlPool) {
         serde_json::from_str(&jobq_ok(&url, &["job", &chatty.to_string(), "--json"], &[]).await)
             .unwrap();
     let logs = shown["logs"].as_array().unwrap();
-    assert_eq!(logs.len(), MAX_LOG_BYTES / 1024 + 1);
+    assert_eq!(logs.len(), KEPT + 1);
     assert_eq!(logs.last().unwrap()["truncated"], json!(true));
     assert_eq!(shown["progress"], json!(null));
     w.stop().await;

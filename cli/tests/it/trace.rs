@@ -52,4 +52,24 @@ async fn the_cli_stores_the_trace_context_it_is_given(db: MySqlPool) {
         "{err}"
     );
     assert_eq!(stored(&db).await.len(), 3, "nothing inserted");
+    // A malformed TRACEPARENT in the environment is not the user's input: a warning, and the
+    // job goes in without it.
+    let out = {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"));
+        cmd.args(["enqueue", "noop"])
+            .env("JOBQ_DATABASE_URL", &url)
+            .env("JOBQ_LOG__LEVEL", "warn")
+            .env("TRACEPARENT", "garbage");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: ignoring TRACEPARENT from the environment"),
+        "{err}"
+    );
+    assert_eq!(stored(&db).await.len(), 4);
+    assert_eq!(stored(&db).await[3], (None, None));
 }

@@ -270,7 +270,9 @@ pub(crate) async fn jobq_cli(url: &str, args: &[&str]) -> std::process::Output {
         .env("JOBQ_DATABASE_URL", url)
         .env("JOBQ_LOG__LEVEL", "warn")
         .env("USER", "ann")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env_remove("TRACEPARENT")
+        .env_remove("TRACESTATE");
     tokio::task::spawn_blocking(move || cmd.output().expect("run jobq"))
         .await
         .unwrap()
@@ -284,6 +286,8 @@ pub(crate) async fn jobq_ok(url: &str, args: &[&str], env: &[(&str, &str)]) -> S
         .env("JOBQ_DATABASE_URL", url)
         .env("JOBQ_LOG__LEVEL", "warn")
         .env_remove("RUST_LOG")
+        .env_remove("TRACEPARENT")
+        .env_remove("TRACESTATE")
         .envs(env.iter().copied());
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("run jobq"))
         .await

@@ -127,8 +127,9 @@ pub(crate) async fn insert_workflow(
     for (on, r) in &wf.callbacks {
         // language=MySQL
         sqlx::query(
-            "INSERT INTO jobq_callbacks (workflow_id, on_event, queue, kind, payload, priority, max_attempts, concurrency_key) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobq_callbacks (workflow_id, on_event, queue, kind, payload, priority, max_attempts, concurrency_key, \
+                                         traceparent, tracestate) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(on.as_str())
@@ -138,6 +139,8 @@ pub(crate) async fn insert_workflow(
         .bind(r.priority)
         .bind(r.max_attempts)
         .bind(&r.concurrency_key)
+        .bind(r.trace.as_ref().map(|t| t.traceparent()))
+        .bind(r.trace.as_ref().and_then(|t| t.tracestate()))
         .execute(&mut *conn)
         .await?;
     }

@@ -209,7 +209,9 @@ pub(crate) async fn run(
     };
     // The attempt's last log lines and progress, before its outcome (nothing to do, and no
     // wait, for a handler that wrote none).
-    journal.close().await;
+    journal
+        .close(crate::journal::LAST_FLUSH_BOUND.min(shared.config.worker().lease_ttl / 4))
+        .await;
     let Some(outcome) = outcome else {
         // The lease could not be extended: someone else may own the job now. Write nothing; the
         // handler's transaction closes its connection (the server rolls it back).

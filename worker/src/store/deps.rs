@@ -420,8 +420,10 @@ async fn enqueue_callbacks(
         // language=MySQL
         // One by one, by LAST_INSERT_ID: at most three per workflow.
         let inserted = sqlx::query(
-            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, concurrency_key) \
-             SELECT queue, kind, payload, 'available', priority, UTC_TIMESTAMP(6), max_attempts, UTC_TIMESTAMP(6), concurrency_key \
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, priority, run_at, max_attempts, created_at, concurrency_key, \
+                                    traceparent, tracestate) \
+             SELECT queue, kind, payload, 'available', priority, UTC_TIMESTAMP(6), max_attempts, UTC_TIMESTAMP(6), concurrency_key, \
+                    traceparent, tracestate \
              FROM jobq_callbacks WHERE workflow_id = ? AND on_event = ? AND job_id IS NULL",
         )
         .bind(flow)

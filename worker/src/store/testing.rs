@@ -256,3 +256,24 @@ pub(crate) async fn queues(conn: &mut MySqlConnection) -> Result<Vec<String>, sq
         .await?;
     rows.iter().map(|r| text(r, "queue")).collect()
 }
+
+/// The next `available` job of `queues` in claim order, read without a lock.
+pub(crate) async fn peek_next(
+    conn: &mut MySqlConnection,
+    queues: &[String],
+) -> Result<Option<(u64, String)>, sqlx::Error> {
+    // language=MySQL
+    let sql = format!(
+        "SELECT id, kind FROM jobq_jobs WHERE queue IN ({}) AND state = 'available' \
+         ORDER BY priority, run_at, id LIMIT 1",
+        super::sql::marks(queues.len())
+    );
+    let mut q = sqlx::query(&sql);
+    for name in queues {
+        q = q.bind(name);
+    }
+    q.fetch_optional(&mut *conn)
+        .await?
+        .map(|r| Ok((r.try_get("id")?, text(&r, "kind")?)))
+        .transpose()
+}

@@ -163,6 +163,26 @@ impl Drain {
                 return Ok(drained);
             }
             store::promote_by_clock(&mut conn, &names, self.ahead).await?;
+            if drained.total() >= self.limit {
+                // At the limit: fail if anything is still to run, before claiming it (a claim
+                // left behind would wedge the job in `running`).
+                let next = match store::peek_next(&mut conn, &names).await? {
+                    Some((id, kind)) => Some(format!("job {id} of kind {kind:?} is due")),
+                    None if self.with_scheduled => store::next_due(&mut conn, &names)
+                        .await?
+                        .map(|_| "jobs are still scheduled".to_owned()),
+                    None => None,
+                };
+                return match next {
+                    None => Ok(drained),
+                    Some(next) => Err(Error::Invalid(format!(
+                        "the drain ran {} attempts and {next}; a job that enqueues itself or \
+                         snoozes forever never drains: raise Drain::limit if that many are \
+                         expected",
+                        drained.total()
+                    ))),
+                };
+            }
             let token = rand::random();
             let claimed = store::claim_one(
                 &mut conn,
@@ -184,16 +204,6 @@ impl Drain {
                 return Ok(drained);
             };
             drop(conn);
-            if drained.total() >= self.limit {
-                return Err(Error::Invalid(format!(
-                    "the drain ran {} attempts and jobs are still due (job {} of kind {:?} is \
-                     next); a job that enqueues itself or snoozes forever never drains: raise \
-                     Drain::limit if that many are expected",
-                    drained.total(),
-                    job.id,
-                    job.kind
-                )));
-            }
             let run = self.runner.perform(job, token, self.ahead).await?;
             drained.count(run);
         }
@@ -285,8 +295,12 @@ impl Runner {
         if let Some(mut tx) = ran.tx.take() {
             if decision.to == JobState::Completed {
                 if jobs::tx_intact(&mut tx).await? {
-                    jobs::finish(&mut tx, write(&decision)).await?;
-                    tx.commit().await?;
+                    // Fenced off (the job was taken back meanwhile): the handler's writes go
+                    // with the outcome that was not written, as with a worker.
+                    match jobs::finish(&mut tx, write(&decision)).await? {
+                        Some(_) => tx.commit().await?,
+                        None => tx.rollback().await?,
+                    }
                     written = true;
                 } else {
                     tx.rollback().await?;

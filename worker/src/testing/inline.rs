@@ -28,12 +28,27 @@ pub enum Mode {
     Manual,
 }
 
+/// How deep inline runs may nest (a handler enqueueing a job that runs inline and enqueues
+/// another…) before the hook stops with a panic naming the jobs (inside the enqueuing
+/// handler, whose job then fails with it): a job that enqueues itself would otherwise recurse
+/// until the stack overflows.
+pub const MAX_INLINE_DEPTH: u32 = 16;
+
+tokio::task_local! {
+    /// How many inline runs enclose the current one, in this task.
+    static DEPTH: u32;
+}
+
 /// The test kit's producer hook; see [`Mode`]. Clones share what they recorded.
 ///
 /// Only enqueues that commit in the producer's own transaction reach it: jobs enqueued in
 /// the caller's transaction (`enqueue_in`) exist only once the caller commits, so run them
 /// with [`super::Drain`]. A database error while running a job inline panics (this is a test
-/// helper): the enqueue's caller would otherwise never learn of it.
+/// helper): the enqueue's caller would otherwise never learn of it; so does nesting deeper
+/// than [`MAX_INLINE_DEPTH`]. The job runs while the enqueuing code waits: rows that code
+/// holds locked in an open transaction of its own block the handler (until the server's lock
+/// wait timeout). A workflow's callbacks are inserted when it ends and not run inline: run them
+/// with [`super::Drain`].
 #[derive(Clone, Debug)]
 pub struct Inline {
     mode: Mode,
@@ -116,7 +131,15 @@ impl EnqueueHook for Inline {
             .extend_from_slice(ids);
         Box::pin(async move {
             if self.mode == Mode::Inline {
-                self.run(ids).await;
+                let depth = DEPTH.try_with(|d| *d).unwrap_or(0);
+                if depth >= MAX_INLINE_DEPTH {
+                    panic!(
+                        "the test kit's inline mode nested {depth} runs deep (jobs {ids:?} were \
+                         enqueued by a job that ran inline, itself enqueued by one…): a job that \
+                         enqueues itself never ends; use Mode::Manual and a Drain with a limit"
+                    );
+                }
+                DEPTH.scope(depth + 1, self.run(ids)).await;
             }
         })
     }

@@ -29,7 +29,7 @@ pub use expect::{
     all_enqueued, assert_enqueued, refute_enqueued, EnqueuedJob, Expect, ENQUEUED_STATES,
     MAX_JOBS_READ, SCHEDULED_AT_TOLERANCE,
 };
-pub use inline::{Inline, Mode};
+pub use inline::{Inline, Mode, MAX_INLINE_DEPTH};
 pub use perform::{perform_job, Outcome, Perform, Performed};
 
 /// Creates jobq's tables in a test's database (the migrations `jobq migrate` applies), next

@@ -363,7 +363,7 @@ pub(crate) async fn run(
         lingering.hurry.cancel();
     }
     futures::future::join_all(lingering.take()).await;
-    journal.close().await;
+    journal.close(crate::journal::LAST_FLUSH_BOUND).await;
     let (lines, progress) = journal.kept();
     let tx = {
         let mut slot = slot.lock().await;

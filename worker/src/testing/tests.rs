@@ -391,6 +391,27 @@ async fn drain_runs_jobs_and_moves_its_clock(db: MySqlPool) {
     let mut drain = drain.with_scheduled(true).limit(300);
     let e = drain.queue("default").await.unwrap_err();
     assert!(e.to_string().contains("the drain ran 300 attempts"), "{e}");
+    // The limit is checked before a claim: nothing is left `running`.
+    let running = all_enqueued(&db, Expect::any().state(JobState::Running))
+        .await
+        .unwrap();
+    assert!(running.is_empty(), "{running:?}");
+    // Two queues at once, in claim order across them.
+    let producer = Producer::new(db.clone());
+    producer
+        .enqueue(NewJob::new(&Invoice { order: 1 }).unwrap())
+        .await
+        .unwrap();
+    producer
+        .enqueue(NewJob::new(&step("ok")).unwrap().queue("other"))
+        .await
+        .unwrap();
+    let d = Drain::new(&db, &registry)
+        .unwrap()
+        .queues(&["billing", "other"])
+        .await
+        .unwrap();
+    assert_eq!((d.completed, d.total()), (2, 2), "{d:?}");
     let failing = assert_enqueued(&db, Expect::job(&step("fail")).state(JobState::Discarded)).await;
     assert_eq!(failing.attempt, 25);
     assert!(
@@ -488,8 +509,28 @@ async fn inline_and_manual_modes(db: MySqlPool) {
             }
         })
         .unwrap();
+    // `step` enqueues an invoice through the attached producer (set once it exists).
+    let attached: Arc<std::sync::OnceLock<Producer>> = Arc::default();
+    let inner = attached.clone();
+    registry
+        .register::<Step>(move |s: Step, _ctx: JobContext| {
+            let inner = inner.clone();
+            async move {
+                let p = inner.get().expect("attached");
+                let order = if s.act == "forever" { 0 } else { 5 };
+                let job = if s.act == "forever" {
+                    NewJob::new(&step("forever"))?
+                } else {
+                    NewJob::new(&Invoice { order })?
+                };
+                p.enqueue(job).await.map_err(JobError::retry)?;
+                Ok(())
+            }
+        })
+        .unwrap();
     let inline = Inline::new(&db, &registry, Mode::Inline).unwrap();
     let producer = inline.attach(Producer::new(db.clone()));
+    attached.set(producer.clone()).unwrap();
     let id = producer
         .enqueue(NewJob::new(&Invoice { order: 1 }).unwrap())
         .await
@@ -513,6 +554,31 @@ async fn inline_and_manual_modes(db: MySqlPool) {
         .await
         .unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A job whose handler enqueues another: both run before the first enqueue returns.
+    producer
+        .enqueue(NewJob::new(&step("chain")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the enqueued invoice ran too"
+    );
+    assert_eq!(inline.runs().len(), 3);
+    // A job that enqueues itself is stopped at the depth limit: the innermost enqueue panics
+    // in its handler, which fails that job with the reason.
+    producer
+        .enqueue(NewJob::new(&step("forever")).unwrap())
+        .await
+        .unwrap();
+    let stopped: Vec<_> = inline
+        .runs()
+        .into_iter()
+        .filter(|r| r.performed.outcome == Outcome::Panicked)
+        .collect();
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    let why = stopped[0].performed.error.clone().unwrap_or_default();
+    assert!(why.contains("nested 16 runs deep"), "{why}");
 
     let manual = Inline::new(&db, &registry, Mode::Manual).unwrap();
     let producer = manual.attach(Producer::new(db.clone()));
@@ -524,6 +590,6 @@ async fn inline_and_manual_modes(db: MySqlPool) {
         .await
         .unwrap();
     assert_eq!(manual.enqueued(), ids);
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "manual mode runs nothing");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "manual mode runs nothing");
     assert_enqueued(&db, Expect::job(&Invoice { order: 4 })).await;
 }
