@@ -299,8 +299,9 @@ impl JobContext {
 
     /// Adds a line to this job's log, stored with the attempt: shown by `jobq job ID`, on the
     /// console's job page and by `jobq enqueue --wait --follow`, deleted with the job by
-    /// retention. Lines are written in the background (at most once per second) and before
-    /// the attempt's outcome; an attempt stores at most [`crate::MAX_LOG_BYTES`] (each line at
+    /// retention. The worker process's writer stores them (with every attempt's, in
+    /// multi-row statements) at least once a second, and before the attempt's outcome; an
+    /// attempt stores at most [`crate::MAX_LOG_BYTES`] (each line at
     /// most [`crate::MAX_LOG_LINE_BYTES`], cut if longer), then a `truncated` mark, and drops
     /// its later lines. Never fails and never waits: a line that cannot be stored is dropped
     /// with a warning in the worker's log.
@@ -310,8 +311,8 @@ impl JobContext {
 
     /// Says how far the job got: `percent` (0 to 100; outside is clamped) and what it is
     /// doing. Stored on the job while this attempt holds its claim (a stale attempt's report
-    /// is ignored), at most once per second (the latest report wins; the last one is written
-    /// before the outcome), and kept after the job ends. Shown by `jobq job ID`, live on the
+    /// is ignored), at most once a second while it runs (the latest report wins; the last one
+    /// is written before the outcome), and kept after the job ends. Shown by `jobq job ID`, live on the
     /// console and followed by `jobq enqueue --wait --follow` and `Producer::follow`.
     pub fn progress(&self, percent: f64, message: impl Into<String>) {
         let message = message.into();

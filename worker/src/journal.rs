@@ -1,16 +1,22 @@
-//! An attempt's log lines and progress (`ctx.log`, `ctx.progress`): kept in memory by the
-//! [`Journal`] and written in the background at most once per [`FLUSH_INTERVAL`], then once
-//! more before the attempt's outcome is written. A handler that never calls them costs an
-//! allocation per attempt and nothing on the database.
+//! An attempt's log lines and progress (`ctx.log`, `ctx.progress`). Each attempt's
+//! [`Journal`] applies its caps and hands what it admits to the process's one [`Writer`],
+//! which writes the lines and progress of all its attempts together: at most once per
+//! [`FLUSH_INTERVAL`] while nothing waits, and at once (for everything pending) when an
+//! attempt ends and waits for its own reports to be stored before its outcome is written. So
+//! one connection writes for the whole process, in multi-row statements, and a job's
+//! progress is written at most once a second while it runs. A handler that never calls them
+//! costs an allocation per attempt and nothing on the database.
 //!
 //! The decisions are pure ([`Cap::admit`], [`clamp_percent`], [`cut`]) and table-tested; the
 //! writes are in `store/journal.rs`.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
+use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 use crate::model::Fence;
@@ -113,23 +119,160 @@ pub(crate) fn clamp_percent(p: f64) -> f64 {
     (p.clamp(0.0, 100.0) * 100.0).round() / 100.0
 }
 
-/// What a journal holds between writes.
-#[derive(Debug, Default)]
-struct State {
-    lines: Vec<Line>,
-    cap: Cap,
-    progress: Option<Report>,
-    /// A background write is scheduled or running.
-    scheduled: bool,
-    last_write: Option<Instant>,
+/// A line waiting to be written, with its job and attempt.
+pub(crate) struct PendingLine {
+    pub(crate) job: u64,
+    pub(crate) attempt: u32,
+    pub(crate) line: Line,
 }
 
-/// Where a journal's writes go.
+/// A progress report waiting to be written, fenced by its attempt's claim.
+pub(crate) struct PendingReport {
+    pub(crate) fence: Fence,
+    pub(crate) attempt: u32,
+    pub(crate) report: Report,
+}
+
+/// What the writer holds between writes.
+#[derive(Default)]
+struct Queue {
+    lines: Vec<PendingLine>,
+    /// The latest report of each running job (by id), written every [`FLUSH_INTERVAL`]: a
+    /// job's reports in between collapse into one.
+    progress: HashMap<u64, PendingReport>,
+    /// Reports of attempts that ended, written by the next write.
+    due: Vec<PendingReport>,
+    /// Sequence number of the last thing queued.
+    queued: u64,
+    /// An attempt waits: write now.
+    urgent: bool,
+}
+
+/// The process's writer of log lines and progress (see the module's header). Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    inner: Arc<WriterInner>,
+    wake: Arc<Notify>,
+}
+
+struct WriterInner {
+    pool: MySqlPool,
+    queue: Mutex<Queue>,
+    /// The sequence number up to which everything queued has been written (or given up),
+    /// deferred reports of running jobs aside.
+    written: watch::Sender<u64>,
+    started: std::sync::Once,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// A writer on `pool`; its task starts with the first report.
+    pub(crate) fn new(pool: MySqlPool) -> Writer {
+        Writer {
+            inner: Arc::new(WriterInner {
+                pool,
+                queue: Mutex::default(),
+                written: watch::channel(0).0,
+                started: std::sync::Once::new(),
+            }),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.inner.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues with `add`; returns the sequence number that covers it.
+    fn push(&self, add: impl FnOnce(&mut Queue)) -> u64 {
+        self.start();
+        let mut q = self.queue();
+        add(&mut q);
+        q.queued += 1;
+        q.queued
+    }
+
+    /// Starts the writing task, once, if there is a runtime to run it.
+    fn start(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.inner.started.call_once(|| {
+            rt.spawn(run(Arc::downgrade(&self.inner), self.wake.clone()));
+        });
+    }
+
+    /// Moves job `id`'s deferred report (if any) to the next write, and waits (at most
+    /// `bound`) until that write and everything queued before it are done.
+    async fn flush_for(&self, id: u64, bound: Duration) -> bool {
+        self.start();
+        let mut written = self.inner.written.subscribe();
+        let seq = {
+            let mut q = self.queue();
+            if let Some(r) = q.progress.remove(&id) {
+                q.due.push(r);
+            }
+            q.queued += 1;
+            q.urgent = true;
+            q.queued
+        };
+        self.wake.notify_one();
+        tokio::time::timeout(bound, written.wait_for(|w| *w >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// The writing task: until the last [`Writer`] is gone, writes what is queued: the lines and
+/// the ended attempts' reports as soon as an attempt waits, everything every
+/// [`FLUSH_INTERVAL`].
+async fn run(weak: Weak<WriterInner>, wake: Arc<Notify>) {
+    let mut full_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
+    loop {
+        let urgent = match weak.upgrade() {
+            None => return,
+            Some(inner) => inner.queue.lock().unwrap_or_else(|p| p.into_inner()).urgent,
+        };
+        if !urgent {
+            // A wake that came since the check is kept by the Notify (one permit).
+            let _ = tokio::time::timeout_at(full_at, wake.notified()).await;
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let full = tokio::time::Instant::now() >= full_at;
+        if full {
+            full_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
+        }
+        let (lines, progress, upto) = {
+            let mut q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.urgent = false;
+            let lines = std::mem::take(&mut q.lines);
+            let mut progress = std::mem::take(&mut q.due);
+            if full {
+                progress.extend(q.progress.drain().map(|(_, r)| r));
+            }
+            (lines, progress, q.queued)
+        };
+        if !lines.is_empty() || !progress.is_empty() {
+            if let Err(e) = crate::store::write_journal(&inner.pool, &lines, &progress).await {
+                warn!(error = %e, lines = lines.len(), reports = progress.len(),
+                      "could not store jobs' log lines or progress; they are lost");
+            }
+        }
+        inner.written.send_replace(upto);
+    }
+}
+
+/// Where an attempt's reports go.
 #[derive(Clone, Debug)]
 enum Sink {
-    /// The database, for the attempt `fence` holds.
+    /// The process's writer, for the attempt `fence` holds.
     Db {
-        pool: MySqlPool,
+        writer: Writer,
         fence: Fence,
         attempt: u32,
     },
@@ -138,22 +281,28 @@ enum Sink {
     Memory,
 }
 
+/// What an attempt has reported.
+#[derive(Debug, Default)]
+struct State {
+    cap: Cap,
+    /// The sequence number covering its last report (0: none).
+    last: u64,
+    /// Everything reported (memory sink only).
+    kept: (Vec<Line>, Option<Report>),
+}
+
 /// An attempt's log lines and progress (see the module's header). Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Journal {
     sink: Sink,
     state: Arc<Mutex<State>>,
-    /// Held while writing, so writes land in order.
-    writing: Arc<tokio::sync::Mutex<()>>,
-    /// Everything ever admitted (memory sink only).
-    kept: Arc<Mutex<(Vec<Line>, Option<Report>)>>,
 }
 
 impl Journal {
-    /// A journal writing to `pool` for the attempt `fence` holds.
-    pub(crate) fn new(pool: MySqlPool, fence: Fence, attempt: u32) -> Journal {
+    /// A journal writing through `writer` for the attempt `fence` holds.
+    pub(crate) fn new(writer: &Writer, fence: Fence, attempt: u32) -> Journal {
         Journal::with(Sink::Db {
-            pool,
+            writer: writer.clone(),
             fence,
             attempt,
         })
@@ -169,8 +318,6 @@ impl Journal {
         Journal {
             sink,
             state: Arc::default(),
-            writing: Arc::default(),
-            kept: Arc::default(),
         }
     }
 
@@ -194,109 +341,133 @@ impl Journal {
             },
             Admit::Drop => return,
         };
-        s.lines.push(line);
-        self.schedule(s);
+        match &self.sink {
+            Sink::Memory => s.kept.0.push(line),
+            Sink::Db {
+                writer,
+                fence,
+                attempt,
+            } => {
+                s.last = writer.push(|q| {
+                    q.lines.push(PendingLine {
+                        job: fence.id,
+                        attempt: *attempt,
+                        line,
+                    })
+                });
+            }
+        }
     }
 
     /// Sets the progress.
     pub(crate) fn progress(&self, percent: f64, message: Option<String>) {
-        let mut s = self.state();
-        s.progress = Some(Report {
+        let report = Report {
             percent: clamp_percent(percent),
             message: message.map(|m| m.chars().take(MAX_PROGRESS_MESSAGE_CHARS).collect()),
-        });
-        self.schedule(s);
-    }
-
-    /// Starts a background write within [`FLUSH_INTERVAL`] of the last, unless one is
-    /// scheduled already or there is no runtime to run it (then the last write takes it).
-    fn schedule(&self, mut s: std::sync::MutexGuard<'_, State>) {
-        if let Sink::Memory = self.sink {
-            let (lines, progress) = (std::mem::take(&mut s.lines), s.progress.take());
-            drop(s);
-            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-            kept.0.extend(lines);
-            if progress.is_some() {
-                kept.1 = progress;
+        };
+        let mut s = self.state();
+        match &self.sink {
+            Sink::Memory => s.kept.1 = Some(report),
+            Sink::Db {
+                writer,
+                fence,
+                attempt,
+            } => {
+                s.last = writer.push(|q| {
+                    q.progress.insert(
+                        fence.id,
+                        PendingReport {
+                            fence: *fence,
+                            attempt: *attempt,
+                            report,
+                        },
+                    );
+                });
             }
-            return;
-        }
-        if s.scheduled {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        s.scheduled = true;
-        let wait = s
-            .last_write
-            .map(|at| FLUSH_INTERVAL.saturating_sub(at.elapsed()))
-            .unwrap_or_default();
-        drop(s);
-        let journal = self.clone();
-        rt.spawn(async move {
-            tokio::time::sleep(wait).await;
-            journal.write().await;
-        });
-    }
-
-    /// Writes what is pending, in order with any other write.
-    async fn write(&self) {
-        let _order = self.writing.lock().await;
-        let (lines, progress) = {
-            let mut s = self.state();
-            s.scheduled = false;
-            s.last_write = Some(Instant::now());
-            (std::mem::take(&mut s.lines), s.progress.take())
-        };
-        let Sink::Db {
-            pool,
-            fence,
-            attempt,
-        } = &self.sink
-        else {
-            return;
-        };
-        if lines.is_empty() && progress.is_none() {
-            return;
-        }
-        if let Err(e) =
-            crate::store::write_journal(pool, *fence, *attempt, &lines, progress.as_ref()).await
-        {
-            warn!(job = fence.id, error = %e, lines = lines.len(),
-                  "could not store the job's log lines or progress; they are lost");
         }
     }
 
-    /// The last write, before the attempt's outcome, within `bound`: it also waits for a
-    /// background write under way, so everything reported is stored before the outcome (and
-    /// the last progress while the attempt still holds the claim). Nothing at all, and no wait,
-    /// when the handler wrote nothing.
+    /// Before the attempt's outcome: waits (at most `bound`) until everything it reported is
+    /// stored, its last progress while it still holds the claim. No wait at all when it
+    /// reported nothing.
     pub(crate) async fn close(&self, bound: Duration) {
-        let idle = {
-            let s = self.state();
-            s.lines.is_empty() && s.progress.is_none() && !s.scheduled
+        let Sink::Db { writer, fence, .. } = &self.sink else {
+            return;
         };
-        // Nothing pending and no write holding the order lock: done. (A background write
-        // clears `scheduled` only once it holds the lock.)
-        if idle && self.writing.try_lock().is_ok() {
+        if self.state().last == 0 {
             return;
         }
-        if tokio::time::timeout(bound, self.write()).await.is_err() {
-            warn!("the job's last log lines and progress were not stored in time; dropped");
+        if !writer.flush_for(fence.id, bound).await {
+            warn!(job = fence.id, ?bound,
+                  "the job's last log lines and progress were not stored in time; its outcome is written anyway");
         }
     }
 
     /// What an in-memory journal was given: the lines, and the last progress.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn kept(&self) -> (Vec<Line>, Option<Report>) {
-        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state().kept.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A running job, claimed with `token`.
+    async fn running_job(db: &MySqlPool, token: [u8; 16]) -> u64 {
+        jobq_producer::migrate(db).await.unwrap();
+        sqlx::query(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, max_attempts, created_at, attempt, claim_token, lease_expires_at) \
+             VALUES ('default', 'k', '{}', 'running', UTC_TIMESTAMP(6), 3, UTC_TIMESTAMP(6), 1, ?, UTC_TIMESTAMP(6) + INTERVAL 1 HOUR)",
+        )
+        .bind(&token[..])
+        .execute(db)
+        .await
+        .unwrap()
+        .last_insert_id()
+    }
+
+    async fn stored(db: &MySqlPool, id: u64) -> (Option<String>, i64) {
+        let p: Option<String> = sqlx::query_scalar(
+            "SELECT CAST(percent AS CHAR) FROM jobq_job_progress WHERE job_id = ?",
+        )
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobq_job_logs WHERE job_id = ?")
+            .bind(id)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        (p, n)
+    }
+
+    /// A running job's progress is written within the interval, at most once per interval (the
+    /// latest report wins); its lines with the next write; what an attempt reported is stored
+    /// when `close` returns; a stale attempt's report is not.
+    #[sqlx::test(migrations = false)]
+    async fn reports_are_written_by_interval_and_at_close(db: MySqlPool) {
+        let token = [7u8; 16];
+        let id = running_job(&db, token).await;
+        let writer = Writer::new(db.clone());
+        let j = Journal::new(&writer, Fence { id, token }, 1);
+        j.progress(10.0, Some("a".into()));
+        j.progress(20.0, Some("b".into()));
+        j.log("one".into());
+        tokio::time::sleep(FLUSH_INTERVAL + Duration::from_millis(500)).await;
+        assert_eq!(stored(&db, id).await, (Some("20.00".into()), 1));
+        j.progress(30.0, None);
+        j.log("two".into());
+        j.close(Duration::from_secs(5)).await;
+        assert_eq!(stored(&db, id).await, (Some("30.00".into()), 2));
+        // Another claim's attempt: fenced off.
+        let stale = Journal::new(&writer, Fence { id, token: [8; 16] }, 1);
+        stale.progress(99.0, None);
+        stale.close(Duration::from_secs(5)).await;
+        assert_eq!(stored(&db, id).await.0, Some("30.00".into()));
+    }
 
     #[test]
     fn the_log_budget_admits_cuts_marks_then_drops() {

@@ -46,7 +46,7 @@ pub(crate) async fn run(
         result: Default::default(),
         token: job.token,
         lingering: Default::default(),
-        journal: crate::journal::Journal::new(shared.pool.clone(), fence, job.attempt),
+        journal: crate::journal::Journal::new(&shared.journal, fence, job.attempt),
     };
     let lingering = ctx.lingering.clone();
     let journal = ctx.journal.clone();

@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) in_flight: in_flight::InFlight,
     /// Successes whose completion is not written yet.
     pub(crate) pending: pending::Pending,
+    /// Writes the log lines and progress of every attempt of this process.
+    pub(crate) journal: crate::journal::Writer,
     /// Fired when shutdown gives up waiting: running jobs are released.
     pub(crate) release: CancellationToken,
     /// Fired when the process stops claiming: prefetched jobs not yet started go back.
@@ -118,13 +120,14 @@ impl Shared {
             .collect();
         Shared {
             server: jobq_producer::server_name(config.database_url()),
-            pool,
             registry,
             config,
             id,
             kinds,
             in_flight: in_flight::InFlight::default(),
             pending: pending::Pending::new(slots.iter().map(|q| &q.name)),
+            journal: crate::journal::Writer::new(pool.clone()),
+            pool,
             release: CancellationToken::new(),
             stopping: CancellationToken::new(),
             slots,

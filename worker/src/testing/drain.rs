@@ -217,6 +217,8 @@ pub(crate) struct Runner {
     pub(crate) registry: Registry,
     pub(crate) config: Config,
     pub(crate) worker: WorkerId,
+    /// Writes the log lines and progress of the jobs it runs.
+    pub(crate) journal: crate::journal::Writer,
 }
 
 impl Runner {
@@ -227,6 +229,7 @@ impl Runner {
             registry: registry.clone(),
             config: perform::default_config()?,
             worker: WorkerId::generate(),
+            journal: crate::journal::Writer::new(pool.clone()),
         })
     }
 
@@ -286,7 +289,14 @@ impl Runner {
             worker: self.worker.clone(),
             trace: job.trace,
         };
-        let mut ran = perform::run(&self.pool, &self.registry, &self.config, &attempt).await;
+        let mut ran = perform::run(
+            &self.pool,
+            &self.registry,
+            &self.config,
+            &attempt,
+            Some(&self.journal),
+        )
+        .await;
         let mut decision = ran.decide(&attempt, &self.config);
         let result = ran.result.clone();
         let fence = Fence { id: job.id, token };

@@ -162,7 +162,7 @@ impl Perform {
             worker: WorkerId::generate(),
             trace: None,
         };
-        let mut ran = run(pool, registry, &config, &job).await;
+        let mut ran = run(pool, registry, &config, &job, None).await;
         let decision = ran.decide(&job, &config);
         if let Some(tx) = ran.tx.take() {
             if decision.to == JobState::Completed {
@@ -276,12 +276,14 @@ impl Ran {
 const NO_HANDLER: &str = "no handler registered for kind";
 
 /// Runs `job` through its handler: decoding, the handler, a panic or `job_timeout` turned
-/// into an outcome; what a command handler left running is stopped before this returns.
+/// into an outcome; what a command handler left running is stopped before this returns. Its
+/// log lines and progress go to `writer`, or are kept in memory ([`Ran::logs`]) without one.
 pub(crate) async fn run(
     pool: &MySqlPool,
     registry: &Registry,
     config: &Config,
     job: &Attempt,
+    writer: Option<&crate::journal::Writer>,
 ) -> Ran {
     let policy = config.run_policy(job.queue.as_str(), job.kind.as_str());
     let cancel = CancellationToken::new();
@@ -299,17 +301,16 @@ pub(crate) async fn run(
         result: Default::default(),
         token: job.token,
         lingering: Default::default(),
-        journal: if job.id == 0 {
-            crate::journal::Journal::in_memory()
-        } else {
-            crate::journal::Journal::new(
-                pool.clone(),
+        journal: match writer {
+            None => crate::journal::Journal::in_memory(),
+            Some(w) => crate::journal::Journal::new(
+                w,
                 Fence {
                     id: job.id,
                     token: job.token,
                 },
                 job.attempt,
-            )
+            ),
         },
     };
     let journal = ctx.journal.clone();
