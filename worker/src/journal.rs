@@ -233,6 +233,9 @@ impl Writer {
 /// [`FLUSH_INTERVAL`].
 async fn run(weak: Weak<WriterInner>, wake: Arc<Notify>) {
     let mut full_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
+    // Kept between writes while there is work (no acquire, no ping, per write); given back
+    // after an idle interval.
+    let mut conn: Option<sqlx::pool::PoolConnection<sqlx::MySql>> = None;
     loop {
         let urgent = match weak.upgrade() {
             None => return,
@@ -257,8 +260,22 @@ async fn run(weak: Weak<WriterInner>, wake: Arc<Notify>) {
             }
             (lines, progress, q.queued)
         };
-        if !lines.is_empty() || !progress.is_empty() {
-            if let Err(e) = crate::store::write_journal(&inner.pool, &lines, &progress).await {
+        if lines.is_empty() && progress.is_empty() {
+            // Idle for an interval: give the connection back to the pool.
+            if full {
+                conn = None;
+            }
+        } else {
+            let written = match conn.as_mut() {
+                Some(c) => crate::store::write_journal(c, &lines, &progress).await,
+                None => match inner.pool.acquire().await {
+                    Ok(c) => crate::store::write_journal(conn.insert(c), &lines, &progress).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = written {
+                // A connection that failed is not reused.
+                conn = None;
                 warn!(error = %e, lines = lines.len(), reports = progress.len(),
                       "could not store jobs' log lines or progress; they are lost");
             }

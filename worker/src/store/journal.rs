@@ -1,7 +1,7 @@
 //! Writing jobs' log lines and progress, many jobs at once (`journal.rs` decides what and
 //! when).
 
-use sqlx::MySqlPool;
+use sqlx::MySqlConnection;
 
 use crate::journal::{PendingLine, PendingReport};
 
@@ -12,13 +12,13 @@ const LINES_PER_INSERT: usize = 256;
 const REPORTS_PER_INSERT: usize = 100;
 
 /// Appends `lines` to their jobs' logs, and stores each of `reports` if its attempt still
-/// holds its job's claim. Outside a transaction: each statement commits on its own.
+/// holds its job's claim, through the writer's connection. Outside a transaction: each
+/// statement commits on its own.
 pub(crate) async fn write_journal(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     lines: &[PendingLine],
     reports: &[PendingReport],
 ) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
     for chunk in lines.chunks(LINES_PER_INSERT) {
         // language=MySQL
         // Multi-row INSERTs of at most 256 lines (4 KiB each at most: about a megabyte, below
