@@ -100,13 +100,8 @@ pub(crate) async fn follow(
         if end.state.is_final() {
             return Ok(Some(end));
         }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if !crate::notify::pause_until(deadline, FOLLOW_INTERVAL, &written).await {
             return Ok(None);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(FOLLOW_INTERVAL.min(deadline - now)) => {}
-            _ = written.notified() => {}
         }
     }
 }

@@ -74,3 +74,21 @@ pub fn job_written(id: u64) {
         }
     }
 }
+
+/// Waits `pause` (at most until `deadline`) or until `written` wakes: what a waiter for a job
+/// does between two reads. `false` when the deadline has passed (nothing waited).
+pub(crate) async fn pause_until(
+    deadline: tokio::time::Instant,
+    pause: std::time::Duration,
+    written: &tokio::sync::Notify,
+) -> bool {
+    let now = tokio::time::Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(pause.min(deadline - now)) => {}
+        _ = written.notified() => {}
+    }
+    true
+}

@@ -850,13 +850,8 @@ async fn wait_on(pool: &MySqlPool, id: JobId, timeout: Duration) -> Result<Optio
         if end.state.is_final() {
             return Ok(Some(end));
         }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if !crate::notify::pause_until(deadline, pause, &written).await {
             return Ok(None);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause.min(deadline - now)) => {}
-            _ = written.notified() => {}
         }
         pause = (pause * 2).min(Duration::from_millis(500));
     }

@@ -188,7 +188,42 @@ impl fmt::Debug for JobContext {
     }
 }
 
+/// Who runs an attempt, for [`JobContext::new`].
+pub(crate) struct Runs<'a> {
+    pub(crate) worker: &'a WorkerId,
+    pub(crate) pool: &'a MySqlPool,
+    pub(crate) cancel: &'a CancellationToken,
+    pub(crate) journal: crate::journal::Journal,
+}
+
 impl JobContext {
+    /// The context of attempt `attempt` of job `id`, claimed with `token`.
+    pub(crate) fn new(
+        id: JobId,
+        queue: &QueueName,
+        kind: &KindName,
+        (attempt, max_attempts): (u32, u32),
+        token: crate::model::Token,
+        runs: Runs<'_>,
+    ) -> JobContext {
+        JobContext {
+            id,
+            queue: queue.clone(),
+            kind: kind.clone(),
+            attempt,
+            max_attempts,
+            worker_id: runs.worker.clone(),
+            pool: runs.pool.clone(),
+            tx: Default::default(),
+            tx_closed: Default::default(),
+            cancel: runs.cancel.clone(),
+            result: Default::default(),
+            token,
+            lingering: Default::default(),
+            journal: runs.journal,
+        }
+    }
+
     /// The job's id.
     pub fn id(&self) -> JobId {
         self.id

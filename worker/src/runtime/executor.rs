@@ -32,22 +32,19 @@ pub(crate) async fn run(
     let Tokens { cancel, stop } = tokens;
     let fence = job.fence();
     let policy = shared.policy(&queue, &job.kind);
-    let ctx = JobContext {
-        id: JobId(job.id),
-        queue: queue.clone(),
-        kind: job.kind.clone(),
-        attempt: job.attempt,
-        max_attempts: job.max_attempts,
-        worker_id: shared.id.clone(),
-        pool: shared.pool.clone(),
-        tx: Default::default(),
-        tx_closed: Default::default(),
-        cancel: cancel.clone(),
-        result: Default::default(),
-        token: job.token,
-        lingering: Default::default(),
-        journal: crate::journal::Journal::new(&shared.journal, fence, job.attempt),
-    };
+    let ctx = JobContext::new(
+        JobId(job.id),
+        &queue,
+        &job.kind,
+        (job.attempt, job.max_attempts),
+        job.token,
+        crate::handler::Runs {
+            worker: &shared.id,
+            pool: &shared.pool,
+            cancel: &cancel,
+            journal: crate::journal::Journal::new(&shared.journal, fence, job.attempt),
+        },
+    );
     let lingering = ctx.lingering.clone();
     let journal = ctx.journal.clone();
     let slot = ctx.tx.clone();

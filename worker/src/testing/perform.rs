@@ -287,32 +287,30 @@ pub(crate) async fn run(
 ) -> Ran {
     let policy = config.run_policy(job.queue.as_str(), job.kind.as_str());
     let cancel = CancellationToken::new();
-    let ctx = JobContext {
-        id: JobId(job.id),
-        queue: job.queue.clone(),
-        kind: job.kind.clone(),
-        attempt: job.attempt,
-        max_attempts: job.max_attempts,
-        worker_id: job.worker.clone(),
-        pool: pool.clone(),
-        tx: Default::default(),
-        tx_closed: Default::default(),
-        cancel: cancel.clone(),
-        result: Default::default(),
-        token: job.token,
-        lingering: Default::default(),
-        journal: match writer {
-            None => crate::journal::Journal::in_memory(),
-            Some(w) => crate::journal::Journal::new(
-                w,
-                Fence {
-                    id: job.id,
-                    token: job.token,
-                },
-                job.attempt,
-            ),
-        },
+    let journal = match writer {
+        None => crate::journal::Journal::in_memory(),
+        Some(w) => crate::journal::Journal::new(
+            w,
+            Fence {
+                id: job.id,
+                token: job.token,
+            },
+            job.attempt,
+        ),
     };
+    let ctx = JobContext::new(
+        JobId(job.id),
+        &job.queue,
+        &job.kind,
+        (job.attempt, job.max_attempts),
+        job.token,
+        crate::handler::Runs {
+            worker: &job.worker,
+            pool,
+            cancel: &cancel,
+            journal,
+        },
+    );
     let journal = ctx.journal.clone();
     let (slot, closed, result, lingering) = (
         ctx.tx.clone(),
