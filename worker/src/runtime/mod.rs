@@ -126,7 +126,7 @@ impl Shared {
             kinds,
             in_flight: in_flight::InFlight::default(),
             pending: pending::Pending::new(slots.iter().map(|q| &q.name)),
-            journal: crate::journal::Writer::new(pool.clone()),
+            journal: crate::journal::Writer::new(pool.clone(), true),
             pool,
             release: CancellationToken::new(),
             stopping: CancellationToken::new(),

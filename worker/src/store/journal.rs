@@ -13,12 +13,19 @@ const REPORTS_PER_INSERT: usize = 100;
 
 /// Appends `lines` to their jobs' logs, and stores each of `reports` if its attempt still
 /// holds its job's claim, through the writer's connection. Outside a transaction: each
-/// statement commits on its own.
+/// statement commits on its own. The reports are written even if the lines fail; the first
+/// error is returned.
 pub(crate) async fn write_journal(
     conn: &mut MySqlConnection,
     lines: &[PendingLine],
     reports: &[PendingReport],
 ) -> Result<(), sqlx::Error> {
+    let logged = write_lines(conn, lines).await;
+    let reported = write_reports(conn, reports).await;
+    logged.and(reported)
+}
+
+async fn write_lines(conn: &mut MySqlConnection, lines: &[PendingLine]) -> Result<(), sqlx::Error> {
     for chunk in lines.chunks(LINES_PER_INSERT) {
         // language=MySQL
         // Multi-row INSERTs of at most 256 lines (4 KiB each at most: about a megabyte, below
@@ -45,6 +52,13 @@ pub(crate) async fn write_journal(
         }
         q.execute(&mut *conn).await?;
     }
+    Ok(())
+}
+
+async fn write_reports(
+    conn: &mut MySqlConnection,
+    reports: &[PendingReport],
+) -> Result<(), sqlx::Error> {
     for chunk in reports.chunks(REPORTS_PER_INSERT) {
         // language=MySQL
         // Fenced: a report is stored only while its attempt holds the claim (the join on the
@@ -57,13 +71,17 @@ pub(crate) async fn write_journal(
              SELECT j.id, r.attempt, r.percent, r.message, UTC_TIMESTAMP(6) \
              FROM (",
         );
+        // Every branch typed alike (a bare placeholder's type would otherwise come from
+        // combining the branches).
         for i in 0..chunk.len() {
-            sql.push_str(if i == 0 {
-                "SELECT ? AS id, ? AS token, ? AS attempt, CAST(? AS DECIMAL(5,2)) AS percent, \
-                 CAST(? AS CHAR(255)) AS message"
-            } else {
-                " UNION ALL SELECT ?, ?, ?, ?, ?"
-            });
+            if i > 0 {
+                sql.push_str(" UNION ALL ");
+            }
+            sql.push_str(
+                "SELECT CAST(? AS UNSIGNED) AS id, CAST(? AS BINARY(16)) AS token, \
+                 CAST(? AS UNSIGNED) AS attempt, CAST(? AS DECIMAL(5,2)) AS percent, \
+                 CAST(? AS CHAR(255)) AS message",
+            );
         }
         sql.push_str(
             ") r JOIN jobq_jobs j ON j.id = r.id AND j.claim_token = r.token AND j.state = 'running' \

@@ -229,7 +229,7 @@ impl Runner {
             registry: registry.clone(),
             config: perform::default_config()?,
             worker: WorkerId::generate(),
-            journal: crate::journal::Writer::new(pool.clone()),
+            journal: crate::journal::Writer::new(pool.clone(), false),
         })
     }
 
