@@ -84,12 +84,18 @@ impl PrivateMariaDb {
     async fn launch(&mut self) {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("error.log")).unwrap();
+        // A temporary directory of its own: servers sharing /tmp for their internal temporary
+        // tables were seen to fail a statement with "Error on delete of
+        // '/tmp/#sql-temptable-…'" while other private servers crashed and restarted.
+        let tmp = d.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let child = Command::new(find(&["mariadbd", "mysqld"]))
             .arg("--no-defaults")
             .arg("--user=root")
             .arg(format!("--datadir={}", d.join("data").display()))
             .arg(format!("--socket={}", d.join("mysqld.sock").display()))
             .arg(format!("--pid-file={}", d.join("mariadbd.pid").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--port={}", self.port))
             .args([
                 "--bind-address=127.0.0.1",
