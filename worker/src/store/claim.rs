@@ -276,9 +276,7 @@ fn decode_job(r: &MySqlRow, token: Token) -> Result<ClaimedJob, sqlx::Error> {
         token,
         concurrency_key: opt_text(r, "concurrency_key")?,
         linked: r.try_get::<i64, _>("linked")? != 0,
-        trace: opt_text(r, "traceparent")?
-            .map(|p| Ok::<_, sqlx::Error>((p, opt_text(r, "tracestate")?)))
-            .transpose()?,
+        trace: super::trace_of(r)?,
     })
 }
 

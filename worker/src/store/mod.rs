@@ -112,6 +112,14 @@ fn text(r: &MySqlRow, col: &str) -> Result<String, sqlx::Error> {
     })
 }
 
+/// A job's stored trace context (`traceparent`, `tracestate`), if it has one.
+fn trace_of(r: &MySqlRow) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    match opt_text(r, "traceparent")? {
+        Some(p) => Ok(Some((p, opt_text(r, "tracestate")?))),
+        None => Ok(None),
+    }
+}
+
 fn opt_text(r: &MySqlRow, col: &str) -> Result<Option<String>, sqlx::Error> {
     let bytes: Option<Vec<u8>> = r.try_get(col)?;
     bytes

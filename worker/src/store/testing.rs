@@ -219,10 +219,7 @@ pub(crate) async fn claim_one(
         attempt: r.try_get("attempt")?,
         max_attempts: r.try_get("max_attempts")?,
         linked: r.try_get::<i64, _>("linked")? != 0,
-        trace: match opt_text(&r, "traceparent")? {
-            Some(p) => Some((p, opt_text(&r, "tracestate")?)),
-            None => None,
-        },
+        trace: super::trace_of(&r)?,
     };
     tx.commit().await?;
     Ok(Some(claimed))

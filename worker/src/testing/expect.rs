@@ -62,11 +62,15 @@ pub struct EnqueuedJob {
 }
 
 impl EnqueuedJob {
-    fn from_row(r: store::JobRow) -> EnqueuedJob {
-        EnqueuedJob {
+    fn from_row(r: store::JobRow) -> Result<EnqueuedJob> {
+        let state = r
+            .state
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+        Ok(EnqueuedJob {
             id: JobId(r.id),
             payload: serde_json::from_str(&r.payload).unwrap_or(Value::String(r.payload)),
-            state: r.state.parse().unwrap_or(JobState::Available),
+            state,
             queue: r.queue,
             kind: r.kind,
             priority: r.priority,
@@ -84,7 +88,7 @@ impl EnqueuedJob {
                 .map(JobId)
                 .collect(),
             last_error: r.last_error,
-        }
+        })
     }
 }
 
@@ -390,7 +394,7 @@ where
 {
     let mut conn = conn.acquire().await?;
     let rows = store::jobs(&mut conn, &expect.states(), MAX_JOBS_READ).await?;
-    Ok(rows.into_iter().map(EnqueuedJob::from_row).collect())
+    rows.into_iter().map(EnqueuedJob::from_row).collect()
 }
 
 /// Asserts that a job matching `expect` is enqueued, and returns the first (oldest) one. On

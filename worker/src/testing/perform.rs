@@ -223,6 +223,8 @@ pub(crate) struct Ran {
     pub(crate) logs: Vec<String>,
     /// `ctx.progress`'s last report (kept for `perform_job` only).
     pub(crate) progress: Option<(f64, Option<String>)>,
+    /// The registry has no handler for the job's kind.
+    pub(crate) no_handler: bool,
 }
 
 impl Ran {
@@ -246,7 +248,7 @@ impl Ran {
         use attempt::Outcome as O;
         let outcome = match &self.outcome {
             O::Success => Outcome::Completed,
-            O::Error { message, .. } if message.starts_with(NO_HANDLER) => Outcome::NoHandler,
+            O::Error { .. } if self.no_handler => Outcome::NoHandler,
             O::Error { .. } => Outcome::Failed,
             O::Panic(_) => Outcome::Panicked,
             O::Timeout(_) => Outcome::TimedOut,
@@ -271,9 +273,6 @@ impl Ran {
         }
     }
 }
-
-/// How the message of a job whose kind has no handler starts.
-const NO_HANDLER: &str = "no handler registered for kind";
 
 /// Runs `job` through its handler: decoding, the handler, a panic or `job_timeout` turned
 /// into an outcome; what a command handler left running is stopped before this returns. Its
@@ -319,10 +318,12 @@ pub(crate) async fn run(
         ctx.lingering.clone(),
     );
     let started = Instant::now();
-    let outcome = match registry.get(&job.kind) {
+    let handler = registry.get(&job.kind);
+    let no_handler = handler.is_none();
+    let outcome = match handler {
         None => attempt::Outcome::Error {
             message: format!(
-                "{NO_HANDLER} {:?}; the registry has {}",
+                "no handler registered for kind {:?}; the registry has {}",
                 job.kind.as_str(),
                 registry.kinds().join(", ")
             ),
@@ -379,5 +380,6 @@ pub(crate) async fn run(
         result,
         logs: lines.into_iter().map(|l| l.text).collect(),
         progress: progress.map(|p| (p.percent, p.message)),
+        no_handler,
     }
 }
