@@ -21,10 +21,10 @@ pub(crate) struct WorkArgs {
     /// Claim mode (sets worker.claim_mode; `[queues.NAME]` values still win).
     #[arg(long, value_enum)]
     pub(crate) claim_mode: Option<ModeArg>,
-    /// Jobs claimed ahead of free slots per queue (sets worker.prefetch; `[queues.NAME]` values
-    /// still win). See README "Prefetch".
-    #[arg(long)]
-    pub(crate) prefetch: Option<u32>,
+    /// Jobs claimed ahead of free slots per queue: `auto` or a count, `0` turning it off (sets
+    /// worker.prefetch; `[queues.NAME]` values still win). See README "Prefetch".
+    #[arg(long, value_name = "auto|N")]
+    pub(crate) prefetch: Option<jobq_config::Prefetch>,
     /// Exit once no available, running, retryable or waiting job of a built-in kind is left.
     #[arg(long)]
     pub(crate) drain: bool,

@@ -27,7 +27,7 @@ pub use error::ConfigError;
 pub use load::{extract, figment, ignored_env_vars, load, DEFAULT_CONFIG_FILE};
 pub use settings::{
     ClaimMode, DatabaseSettings, KindOverrides, LogFormat, LogSettings, MaintenanceSettings,
-    MetricsSettings, MissedSlots, Overlap, ProducerSettings, QueueOverrides, Rate,
+    MetricsSettings, MissedSlots, Overlap, Prefetch, ProducerSettings, QueueOverrides, Rate,
     ScheduleSettings, Settings, WebSettings, WorkerSettings, DEFAULT_DATABASE_URL,
 };
 pub use validated::{parse_cron, Config, QueueSettings, RunPolicy, Schedule};

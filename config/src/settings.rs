@@ -151,11 +151,13 @@ pub struct WorkerSettings {
     /// Most jobs claimed in one round trip (bounded by free slots too). Default `100`.
     pub max_batch: u32,
     /// Jobs claimed ahead of free slots, held in the process until a slot frees (README
-    /// "Prefetch"). Default `0`: a claim takes only what free slots can start at once. A
+    /// "Prefetch"). Default `"auto"`: the worker takes jobs ahead only while that is safe (a
+    /// backlog of short jobs, no limit at its cap); a count fixes it, `0` turns it off. A
     /// prefetched job is `running` in the database from its claim (its lease beaten, its
     /// attempt counted); it starts when a slot frees and goes back, attempt refunded, if the
-    /// worker stops first. Not allowed with `rate_limit` or `key_rate_limit`.
-    pub prefetch: u32,
+    /// worker stops first. A fixed count above 0 is not allowed with `rate_limit` or
+    /// `key_rate_limit`; `auto` is off on such a queue.
+    pub prefetch: Prefetch,
     /// Named-lock mode: how long `GET_LOCK` waits before backing off. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -198,7 +200,7 @@ impl Default for WorkerSettings {
             claim_mode: ClaimMode::SkipLocked,
             poll_interval: Duration::from_millis(100),
             max_batch: 100,
-            prefetch: 0,
+            prefetch: Prefetch::Auto,
             lock_timeout: Duration::from_secs(1),
             job_timeout: Duration::from_secs(30 * 60),
             heartbeat_interval: Duration::from_secs(1),
@@ -230,7 +232,7 @@ pub struct QueueOverrides {
     /// See [`WorkerSettings::max_batch`].
     pub max_batch: Option<u32>,
     /// See [`WorkerSettings::prefetch`].
-    pub prefetch: Option<u32>,
+    pub prefetch: Option<Prefetch>,
     /// See [`WorkerSettings::job_timeout`].
     #[serde(with = "humantime_serde")]
     pub job_timeout: Option<Duration>,
@@ -381,6 +383,89 @@ impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How many jobs a claim may take ahead of a queue's free handler slots (README "Prefetch"):
+/// `"auto"` (the default) or a fixed count, `0` turning it off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prefetch {
+    /// The worker decides, claim by claim: jobs ahead only while the queue has a backlog, its
+    /// recent handlers were short, no key or rate limit is at its cap, and what waits in the
+    /// process stays within a few tens of milliseconds of work. Off on a queue with a rate
+    /// limit.
+    #[default]
+    Auto,
+    /// Exactly this many jobs ahead, whatever the jobs; `0`: a claim takes only what free
+    /// slots can start at once.
+    Fixed(u32),
+}
+
+impl Prefetch {
+    /// The fixed count, `None` for `auto`.
+    pub fn fixed(self) -> Option<u32> {
+        match self {
+            Prefetch::Auto => None,
+            Prefetch::Fixed(n) => Some(n),
+        }
+    }
+
+    /// Whether claims may ever take jobs ahead of free slots.
+    pub fn is_off(self) -> bool {
+        self == Prefetch::Fixed(0)
+    }
+}
+
+impl fmt::Display for Prefetch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Prefetch::Auto => f.write_str("auto"),
+            Prefetch::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl FromStr for Prefetch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Prefetch::Auto);
+        }
+        s.parse().map(Prefetch::Fixed).map_err(|_| {
+            format!("{s:?} is not a prefetch; write \"auto\", or a count of jobs (0 turns it off)")
+        })
+    }
+}
+
+impl Serialize for Prefetch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Prefetch::Auto => s.serialize_str("auto"),
+            Prefetch::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefetch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A count (TOML integer, or an environment value figment read as one) or text.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Negative(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => u32::try_from(n)
+                .map(Prefetch::Fixed)
+                .map_err(|_| serde::de::Error::custom(format!("{n} is too large a prefetch"))),
+            Raw::Negative(n) => Err(serde::de::Error::custom(format!(
+                "{n} is not a prefetch; write \"auto\", or a count of jobs (0 turns it off)"
+            ))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 

@@ -333,15 +333,64 @@ fn flow_limits_from_file_and_env() {
 }
 
 #[test]
+fn prefetch_is_auto_by_default_and_reads_a_count_or_auto_from_file_and_env() {
+    assert_eq!(Settings::default().worker.prefetch, Prefetch::Auto);
+    figment::Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file(
+            "config/jobq.toml",
+            "[worker]\nprefetch = 40\n[queues.mail]\nprefetch = \"auto\"\n\
+             [queues.slow]\nprefetch = 0\n[queues.metered]\nrate_limit = \"5/1s\"\n",
+        )?;
+        let s = load(None).unwrap();
+        let q = |n: &str| s.queue(&n.parse().unwrap()).prefetch;
+        assert_eq!(q("other"), Prefetch::Fixed(40));
+        assert_eq!(q("mail"), Prefetch::Auto);
+        assert_eq!(q("slow"), Prefetch::Fixed(0));
+        jail.set_env("JOBQ_WORKER__PREFETCH", "auto");
+        let s = load(None).unwrap();
+        let q = |n: &str| s.queue(&n.parse().unwrap()).prefetch;
+        assert_eq!(q("other"), Prefetch::Auto);
+        // `auto` takes nothing ahead on a rate-limited queue.
+        assert_eq!(q("metered"), Prefetch::Fixed(0));
+        jail.set_env("JOBQ_WORKER__PREFETCH", "12");
+        let s = load(None).unwrap();
+        assert_eq!(s.worker().prefetch, Prefetch::Fixed(12));
+        for bad in ["-1", "soon"] {
+            jail.set_env("JOBQ_WORKER__PREFETCH", bad);
+            let e = load(None).unwrap_err().to_string();
+            assert!(
+                e.contains("worker.prefetch") && e.contains("auto"),
+                "{bad}: {e}"
+            );
+        }
+        Ok(())
+    });
+    // The spellings a command line takes.
+    for (text, want) in [
+        ("auto", Ok(Prefetch::Auto)),
+        ("AUTO", Ok(Prefetch::Auto)),
+        ("0", Ok(Prefetch::Fixed(0))),
+        ("500", Ok(Prefetch::Fixed(500))),
+        ("-3", Err(())),
+        ("", Err(())),
+    ] {
+        assert_eq!(text.parse::<Prefetch>().map_err(|_| ()), want, "{text:?}");
+    }
+    assert_eq!(Prefetch::Auto.to_string(), "auto");
+    assert_eq!(Prefetch::Fixed(7).to_string(), "7");
+}
+
+#[test]
 fn prefetch_is_bounded_and_refused_with_rate_limits() {
     let mut s = Settings::default();
-    s.worker.prefetch = 10_001;
+    s.worker.prefetch = Prefetch::Fixed(10_001);
     let e = s.validate().unwrap_err().to_string();
     assert!(e.contains("worker.prefetch") && e.contains("10000"), "{e}");
 
     // A rate-limited queue worked here, with the worker-wide prefetch.
     let mut s = Settings::default();
-    s.worker.prefetch = 8;
+    s.worker.prefetch = Prefetch::Fixed(8);
     s.queues.insert(
         "default".into(),
         QueueOverrides {
@@ -358,19 +407,19 @@ fn prefetch_is_bounded_and_refused_with_rate_limits() {
     );
     // Its own prefetch = 0 lifts it; a key rate limit with its own prefetch is refused
     // under that key.
-    s.queues.get_mut("default").unwrap().prefetch = Some(0);
+    s.queues.get_mut("default").unwrap().prefetch = Some(Prefetch::Fixed(0));
     let c = s.validate().unwrap();
-    assert_eq!(c.worker_queues()[0].prefetch, 0);
+    assert_eq!(c.worker_queues()[0].prefetch, Prefetch::Fixed(0));
     let q = s.queues.get_mut("default").unwrap();
     q.rate_limit = None;
     q.key_rate_limit = Some("1/1s".parse().unwrap());
-    q.prefetch = Some(3);
+    q.prefetch = Some(Prefetch::Fixed(3));
     let e = s.validate().unwrap_err().to_string();
     assert!(e.contains("queues.default.prefetch"), "{e}");
     // Without rate limits it resolves per queue.
     s.queues.get_mut("default").unwrap().key_rate_limit = None;
     let c = s.validate().unwrap();
-    assert_eq!(c.worker_queues()[0].prefetch, 3);
+    assert_eq!(c.worker_queues()[0].prefetch, Prefetch::Fixed(3));
 }
 
 #[test]

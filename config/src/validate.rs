@@ -8,7 +8,7 @@ use std::time::Duration;
 use jobq_producer::{KindName, QueueName};
 
 use crate::error::{invalid, ConfigError};
-use crate::settings::{QueueOverrides, Settings};
+use crate::settings::{Prefetch, QueueOverrides, Settings};
 use crate::validated::{parse_cron, resolve_queue, Config, QueueSettings, Schedule};
 
 impl Settings {
@@ -47,7 +47,7 @@ impl Settings {
             if let Some(p) = o.poll_interval {
                 nonzero(&format!("{key}.poll_interval"), p)?;
             }
-            if let Some(p) = o.prefetch {
+            if let Some(Prefetch::Fixed(p)) = o.prefetch {
                 at_most(&format!("{key}.prefetch"), p, MAX_PREFETCH)?;
             }
             if let Some(b) = o.backoff_base {
@@ -92,7 +92,9 @@ impl Settings {
         }
         positive("worker.max_batch", w.max_batch)?;
         positive("worker.completion_batch", w.completion_batch)?;
-        at_most("worker.prefetch", w.prefetch, MAX_PREFETCH)?;
+        if let Prefetch::Fixed(p) = w.prefetch {
+            at_most("worker.prefetch", p, MAX_PREFETCH)?;
+        }
         nonzero("worker.poll_interval", w.poll_interval)?;
         nonzero("worker.heartbeat_interval", w.heartbeat_interval)?;
         nonzero("worker.backoff_base", w.backoff_base)?;
@@ -379,9 +381,11 @@ fn at_most(key: &str, v: u32, max: u32) -> Result<(), ConfigError> {
 }
 
 /// A rate limit counts a job's start when it is claimed: a prefetched job starting later would
-/// let two periods' starts fall into one, so the two do not mix.
+/// let two periods' starts fall into one, so the two do not mix (`auto` resolves to `0` on such
+/// a queue, in `resolve_queue`).
 fn check_prefetch(q: &QueueSettings, o: Option<&QueueOverrides>) -> Result<(), ConfigError> {
-    if q.prefetch == 0 || (q.rate_limit.is_none() && q.key_rate_limit.is_none()) {
+    let ahead = matches!(q.prefetch, Prefetch::Fixed(n) if n > 0);
+    if !ahead || (q.rate_limit.is_none() && q.key_rate_limit.is_none()) {
         return Ok(());
     }
     let key = match o.and_then(|o| o.prefetch) {

@@ -9,7 +9,7 @@ use jobq_producer::{same_server, KindName, QueueName};
 
 use crate::settings::{
     ClaimMode, DatabaseSettings, KindOverrides, LogSettings, MaintenanceSettings, MetricsSettings,
-    MissedSlots, Overlap, ProducerSettings, QueueOverrides, Rate, Settings, WebSettings,
+    MissedSlots, Overlap, Prefetch, ProducerSettings, QueueOverrides, Rate, Settings, WebSettings,
     WorkerSettings,
 };
 
@@ -26,8 +26,9 @@ pub struct QueueSettings {
     pub poll_interval: Duration,
     /// Most jobs per claim.
     pub max_batch: u32,
-    /// Jobs claimed ahead of free slots (`worker.prefetch`).
-    pub prefetch: u32,
+    /// Jobs claimed ahead of free slots (`worker.prefetch`); `auto` already turned to `0` on a
+    /// queue with a rate limit.
+    pub prefetch: Prefetch,
     /// Jobs with the same concurrency key running at once (kinds may override).
     pub key_limit: u32,
     /// Starts per period in the queue.
@@ -344,16 +345,24 @@ pub(crate) fn resolve_queue(
     o: Option<&QueueOverrides>,
 ) -> QueueSettings {
     let w = &s.worker;
+    let rate_limit = o.and_then(|o| o.rate_limit);
+    let key_rate_limit = o.and_then(|o| o.key_rate_limit);
+    // A rate limit counts a start at the claim, which a job waiting in the process would
+    // outlast: `auto` takes nothing ahead on such a queue (a fixed count is refused there).
+    let prefetch = match o.and_then(|o| o.prefetch).unwrap_or(w.prefetch) {
+        Prefetch::Auto if rate_limit.is_some() || key_rate_limit.is_some() => Prefetch::Fixed(0),
+        p => p,
+    };
     QueueSettings {
         name,
         concurrency: o.and_then(|o| o.concurrency).unwrap_or(w.concurrency),
         claim_mode: o.and_then(|o| o.claim_mode).unwrap_or(w.claim_mode),
         poll_interval: o.and_then(|o| o.poll_interval).unwrap_or(w.poll_interval),
         max_batch: o.and_then(|o| o.max_batch).unwrap_or(w.max_batch),
-        prefetch: o.and_then(|o| o.prefetch).unwrap_or(w.prefetch),
+        prefetch,
         key_limit: o.and_then(|o| o.key_limit).unwrap_or(1),
-        rate_limit: o.and_then(|o| o.rate_limit),
-        key_rate_limit: o.and_then(|o| o.key_rate_limit),
+        rate_limit,
+        key_rate_limit,
     }
 }
 

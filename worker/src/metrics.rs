@@ -57,6 +57,16 @@ pub const THROTTLED: &str = "jobq_jobs_throttled_total";
 pub const RATE_LIMITED: &str = "jobq_claims_rate_limited_total";
 /// Counter: `waiting` jobs made `available` again when a slot of their key freed.
 pub const UNBLOCKED: &str = "jobq_jobs_unblocked_total";
+/// Counter: jobs claimed ahead (`auto` prefetch) that waited too long for a handler slot
+/// behind longer jobs and went back to the queue unstarted.
+pub const GIVEN_BACK: &str = "jobq_prefetch_given_back_total";
+/// Gauge: jobs this process's next claim of the queue may take ahead of free slots (the fixed
+/// prefetch, or what `auto` allows now).
+pub const PREFETCH: &str = "jobq_prefetch_ahead";
+
+pub(crate) fn given_back(queue: &str) {
+    counter!(GIVEN_BACK, "queue" => queue.to_owned()).increment(1);
+}
 
 pub(crate) fn throttled(queue: &str, waiting: u32, deferred: u32) {
     if waiting > 0 {
@@ -135,9 +145,10 @@ pub(crate) fn db_failure(outcome: &'static str) {
     counter!(DB_ERRORS, "outcome" => outcome).increment(1);
 }
 
-pub(crate) fn slots(queue: &str, in_flight: usize, free: usize) {
+pub(crate) fn slots(queue: &str, in_flight: usize, free: usize, ahead: u32) {
     gauge!(IN_FLIGHT, "queue" => queue.to_owned()).set(in_flight as f64);
     gauge!(FREE_SLOTS, "queue" => queue.to_owned()).set(free as f64);
+    gauge!(PREFETCH, "queue" => queue.to_owned()).set(f64::from(ahead));
 }
 /// Gauge: jobs per queue in each non-final state, sampled by the maintenance leader
 /// (`jobq_queue_available_jobs`, `…_scheduled_jobs`, `…_running_jobs`, `…_retryable_jobs`,

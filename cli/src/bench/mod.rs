@@ -154,10 +154,11 @@ pub(crate) struct BenchArgs {
     /// Workers' rate_limit for the bench queue, e.g. 100000/1s: the cost of a rate limit.
     #[arg(long, value_name = "RATE")]
     rate_limit: Option<jobq_config::Rate>,
-    /// Workers' prefetch (jobs claimed ahead of free slots, README "Prefetch"); shown in the
-    /// table as `PxC+N`.
-    #[arg(long, default_value_t = 0)]
-    prefetch: u32,
+    /// Workers' prefetch (jobs claimed ahead of free slots, README "Prefetch"): `auto` (the
+    /// default, as for `jobq work`) or a count, `0` turning it off; shown in the table as
+    /// `PxC+auto` or `PxC+N`.
+    #[arg(long, default_value = "auto", value_name = "auto|N")]
+    prefetch: jobq_config::Prefetch,
     /// lock-contender: the kind of lock.
     #[arg(long, value_enum, hide = true)]
     lock_kind: Option<locks::LockKind>,
@@ -207,10 +208,8 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
             r.to_string(),
         ));
     }
-    if a.prefetch > 0 {
-        env.push(("JOBQ_WORKER__PREFETCH".into(), a.prefetch.to_string()));
-    }
-    PREFETCH.store(a.prefetch, std::sync::atomic::Ordering::Relaxed);
+    env.push(("JOBQ_WORKER__PREFETCH".into(), a.prefetch.to_string()));
+    let _ = PREFETCH.set(a.prefetch);
     let _ = WORKER_ENV.set(env);
     let url = bench_url(config.database_url());
     let modes: Vec<ClaimMode> = a.claim_mode.iter().map(|&m| m.into()).collect();
@@ -395,7 +394,7 @@ static CONCURRENCY_KEYS: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomi
 static WORKER_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
 
 /// `--prefetch`, for the tables.
-static PREFETCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static PREFETCH: std::sync::OnceLock<jobq_config::Prefetch> = std::sync::OnceLock::new();
 
 /// `--unique-keys`, shared with `fill`.
 static UNIQUE_KEYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -91,12 +91,13 @@ pub(super) fn print_table(rows: &[Report]) {
     }
 }
 
-/// The slots of a report: `PxC`, or `PxC+N` for the worker runs of a bench with prefetch.
+/// The slots of a report: `PxC`, or `PxC+N` (`PxC+auto`) for the worker runs of a bench with
+/// a fixed (adaptive) prefetch.
 pub(super) fn slots_text(r: &Report) -> String {
-    let n = PREFETCH.load(std::sync::atomic::Ordering::Relaxed);
+    let p = PREFETCH.get().copied().unwrap_or_default();
     // The ceiling and the floor are raw SQL: no worker, no prefetch.
-    if n > 0 && !matches!(r.scenario.as_str(), "ceiling" | "floor") {
-        format!("{}x{}+{n}", r.processes, r.concurrency)
+    if !p.is_off() && !matches!(r.scenario.as_str(), "ceiling" | "floor") {
+        format!("{}x{}+{p}", r.processes, r.concurrency)
     } else {
         format!("{}x{}", r.processes, r.concurrency)
     }

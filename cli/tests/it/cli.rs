@@ -487,7 +487,10 @@ async fn bench_fan_in_reports_release_latency_and_the_blocked_burden(db: MySqlPo
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}{out}", stderr(&o));
-    assert!(out.contains("| fan-in | skip-locked | 1x8 | 41 |"), "{out}");
+    assert!(
+        out.contains("| fan-in | skip-locked | 1x8+auto | 41 |"),
+        "{out}"
+    );
     assert_eq!(out.matches("| burn-down+blocked |").count(), 2, "{out}");
     assert!(
         out.contains("the child was claimed") && out.contains("ms after the last parent completed"),

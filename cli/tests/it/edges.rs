@@ -246,6 +246,9 @@ async fn running_rows_never_exceed_slots(db: MySqlPool) {
     const SLOTS: i64 = 4;
     let mut s = settings(&db, ClaimMode::SkipLocked).await;
     s.worker.concurrency = SLOTS as u32;
+    // Without prefetch the bound is the slots themselves (`it::prefetch` tests the bound with
+    // jobs claimed ahead).
+    s.worker.prefetch = jobq_config::Prefetch::Fixed(0);
     let pool = pool(&s).await;
     sqlx::raw_sql(
         "CREATE TRIGGER slow_completion BEFORE INSERT ON jobq_transitions FOR EACH ROW \

@@ -43,7 +43,7 @@ fn registry(seen: Arc<Seen>) -> Registry {
 async fn prefetch_settings(db: &MySqlPool, concurrency: u32, prefetch: u32) -> Settings {
     let mut s = settings(db, ClaimMode::SkipLocked).await;
     s.worker.concurrency = concurrency;
-    s.worker.prefetch = prefetch;
+    s.worker.prefetch = jobq_config::Prefetch::Fixed(prefetch);
     s
 }
 

@@ -21,6 +21,7 @@ mod failover;
 mod limits;
 mod locks;
 mod pause;
+mod prefetch;
 mod prom;
 mod restart;
 mod schedules;

@@ -36,8 +36,18 @@ pub(crate) enum Outcome {
     Cancel(String),
     /// The worker is shutting down and gave up waiting for the handler.
     Released,
-    /// The worker stopped before this prefetched job's handler started.
-    NotStarted,
+    /// A prefetched job given back before its handler started.
+    NotStarted(Unstarted),
+}
+
+/// Why a prefetched job was given back unstarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unstarted {
+    /// The worker stopped claiming.
+    Stopped,
+    /// It waited this long for a handler slot behind longer jobs (`auto` prefetch), while
+    /// another worker may have a free one.
+    Waited(Duration),
 }
 
 /// Backoff parameters of one (queue, kind).
@@ -187,14 +197,21 @@ fn decide_unbounded(
             error: Some("worker shut down before the job finished".to_owned()),
             refund_attempt: true,
         },
-        Outcome::NotStarted => Decision {
+        Outcome::NotStarted(why) => Decision {
             to: JobState::Available,
             event: Event::Released,
             delay: None,
-            error: Some(
-                "worker stopped before this prefetched job started; the attempt is not counted"
-                    .to_owned(),
-            ),
+            error: Some(match why {
+                Unstarted::Stopped => {
+                    "worker stopped before this prefetched job started; the attempt is not counted"
+                        .to_owned()
+                }
+                Unstarted::Waited(d) => format!(
+                    "prefetched, then waited {} ms for a handler slot behind longer jobs; given \
+                     back for any worker to start; the attempt is not counted",
+                    d.as_millis()
+                ),
+            }),
             refund_attempt: true,
         },
     }

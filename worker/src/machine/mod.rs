@@ -8,6 +8,7 @@
 //!   state changes are valid at all;
 //! - `claim.rs`: what a claim does with the jobs it read and the keys it locked;
 //! - `flow.rs`: concurrency keys and rate windows, which `claim.rs` and promotions apply;
+//! - `prefetch.rs`: how many jobs a claim may take ahead of free slots (`auto`);
 //! - `acts.rs`: operators' cancel, retry and discard;
 //! - `schedule.rs`: which slots of a recurring schedule to enqueue now.
 
@@ -15,6 +16,7 @@ pub(crate) mod acts;
 pub(crate) mod attempt;
 pub(crate) mod claim;
 pub(crate) mod flow;
+pub(crate) mod prefetch;
 pub(crate) mod schedule;
 
 #[cfg(test)]

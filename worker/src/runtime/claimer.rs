@@ -2,9 +2,11 @@
 //! transaction, and hands each claimed job to its own task. The queue's successes waiting to be
 //! written ride in the same transaction, and their slots are refilled by it (`pending.rs`).
 //!
-//! With `prefetch`, a claim may take more jobs than there are free handler slots: the extra
+//! With prefetch, a claim may take more jobs than there are free handler slots: the extra
 //! ones wait in the process for a slot (`executor.rs`), so a slot that frees starts its next
-//! job without a round trip, and one claim serves many jobs even with a single slot.
+//! job without a round trip, and one claim serves many jobs even with a single slot. How many
+//! is fixed (`worker.prefetch = N`) or decided before each claim (`auto`, the default:
+//! `machine::prefetch`, fed here with what each claim found).
 //!
 //! Polling adapts: after a full batch it claims again at once; after a claim that found jobs
 //! but fewer than asked for it polls again after 1 ms, doubling on every empty poll up to
@@ -26,6 +28,7 @@ use super::pending::Carried;
 use super::recorder;
 use super::retry::DbRetry;
 use super::{executor, Shared};
+use crate::machine::prefetch::ClaimSeen;
 use crate::metrics;
 use crate::model::{ClaimOutcome, ClaimedJob, Cursor};
 use crate::store::{ClaimError, ClaimLock};
@@ -147,27 +150,53 @@ pub(crate) async fn run(
         key_rate: q.key_rate_limit,
         key_limit: &key_limit,
     };
-    // Room for claimed jobs: `concurrency + prefetch` permits in all.
-    let room = (q.concurrency + q.prefetch).min(q.max_batch) as usize;
+    let slots = shared.queue_slots(&queue);
+    let total = slots.total as usize;
+    let concurrency = q.concurrency as usize;
+    // Jobs held now (claimed and not yet written back), not counting the `held` permits.
+    let busy = |held: &Vec<OwnedSemaphorePermit>| total - sem.available_permits() - held.len();
     'claims: loop {
-        // Wait for a free slot, or for a success whose slot this claim can fill. Only this task
-        // takes permits, so every permit seen free below stays free until taken here.
-        let mut held: Vec<OwnedSemaphorePermit> = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            p = sem.clone().acquire_owned() => vec![p.expect("semaphore never closed")],
-            _ = successes.notified() => Vec::new(),
+        // Jobs this claim may take ahead of free slots: fixed, or decided anew (`auto`).
+        let mut ahead = slots.ahead() as usize;
+        // Wait for room (fewer jobs held than `concurrency + ahead`), or for a success whose
+        // slot this claim can fill. Only this task takes permits, so every permit seen free
+        // stays free until taken here.
+        let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
+        loop {
+            let free = sem.available_permits();
+            if total - free < concurrency + ahead {
+                held.push(
+                    sem.clone()
+                        .try_acquire_owned()
+                        .expect("free permits only shrink when this claimer takes them"),
+                );
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break 'claims,
+                // A job's outcome written (its permit back): look again.
+                p = sem.acquire_many(free as u32 + 1) => drop(p.expect("semaphore never closed")),
+                _ = successes.notified() => break,
+            }
+            ahead = slots.ahead() as usize;
+        }
+        // Room left now, and with the queue's waiting successes (their slots pass to the jobs
+        // this claim takes once it carries them).
+        let room_left = |held: &Vec<OwnedSemaphorePermit>, ahead: usize| {
+            (concurrency + ahead).saturating_sub(busy(held))
         };
-        let free = |held: &Vec<OwnedSemaphorePermit>| {
-            held.len() + sem.available_permits() + shared.pending.len(&queue)
+        let free = |held: &Vec<OwnedSemaphorePermit>, ahead: usize| {
+            room_left(held, ahead) + shared.pending.len(&queue)
         };
-        if q.prefetch > 0 {
+        if ahead > 0 {
             // Jobs claimed ahead are waiting for handler slots: claim again when a handler
             // slot is idle (none waiting), or once half the room has freed, so one round trip
             // serves many. Every event that frees room wakes this wait: a success pushed, a
             // permit given back.
             loop {
-                let f = free(&held);
+                let room = (concurrency + ahead).min(q.max_batch as usize);
+                let f = free(&held, ahead);
                 if f > 0 && (run_slots.available_permits() > 0 || f >= room.div_ceil(2)) {
                     break;
                 }
@@ -177,22 +206,23 @@ pub(crate) async fn run(
                     p = sem.clone().acquire_owned() => held.push(p.expect("semaphore never closed")),
                     _ = successes.notified() => {}
                 }
+                ahead = slots.ahead() as usize;
             }
         } else if last_full {
             // After a full batch the slots come back one by one as jobs end; claiming at the
             // first free slot would make every claim tiny. Give the jobs just started a few
             // scheduler turns to finish and return their slots (cheap: no sleep), so one round
             // trip serves many.
-            let target = room.div_ceil(2);
+            let target = concurrency.min(q.max_batch as usize).div_ceil(2);
             for _ in 0..16 {
-                if free(&held) >= target {
+                if free(&held, 0) >= target {
                     break;
                 }
                 tokio::task::yield_now().await;
             }
         }
         // Slots free now; the queue's waiting successes add theirs once the claim carries them.
-        let base = held.len() + sem.available_permits();
+        let base = room_left(&held, ahead);
         if base == 0 && shared.pending.len(&queue) == 0 {
             continue;
         }
@@ -221,6 +251,14 @@ pub(crate) async fn run(
                     idle_wait = MIN_POLL;
                 }
                 let throttled = c.throttled;
+                slots.pace(|p| {
+                    p.claimed(ClaimSeen {
+                        full: matches!(c.outcome, ClaimOutcome::Full | ClaimOutcome::Throttled),
+                        capped: throttled.waiting > 0
+                            || throttled.deferred > 0
+                            || matches!(c.outcome, ClaimOutcome::RateLimited(_)),
+                    })
+                });
                 // A full batch, or one that sent jobs to wait, deferred them or made waiting
                 // jobs available: more may be claimable at once.
                 last_full = matches!(c.outcome, ClaimOutcome::Full | ClaimOutcome::Throttled);

@@ -16,7 +16,8 @@ use tracing::warn;
 use super::in_flight::Tokens;
 use super::{recorder, Shared};
 use crate::handler::{write_chain, JobContext, JobError};
-use crate::machine::attempt::{with_late_cancel, Backoff, Outcome};
+use crate::machine::attempt::{with_late_cancel, Backoff, Outcome, Unstarted};
+use crate::machine::prefetch::GIVE_BACK_AFTER;
 use crate::metrics;
 use crate::model::ClaimedJob;
 
@@ -138,6 +139,9 @@ pub(crate) async fn run(
         },
     };
     let run = started.elapsed();
+    shared
+        .queue_slots(&queue)
+        .pace(|p| p.ran(shared.uptime(), run));
     // The slot is free for the next job as soon as the handler is done; the claimed-job permit
     // stays held until the outcome is written.
     drop(handler_slot);
@@ -245,8 +249,9 @@ const LINGER_SLACK: Duration = Duration::from_secs(2);
 
 /// Waits for a free handler slot of `queue`. Whatever ends the job's claim meanwhile ends the
 /// wait instead: `Err(None)` when the lease is lost (nothing to write), `Err(Some(outcome))`
-/// when an operator cancelled the job or the worker is stopping (the job goes back, its
-/// attempt refunded). Without prefetch a slot is always free here.
+/// when an operator cancelled the job, the worker is stopping, or (`auto` prefetch) the job
+/// waited [`GIVE_BACK_AFTER`] behind longer jobs: it goes back, its attempt refunded, for any
+/// worker with a free slot. Without prefetch a slot is always free here.
 async fn handler_slot(
     shared: &Shared,
     queue: &QueueName,
@@ -254,21 +259,27 @@ async fn handler_slot(
     cancel: &tokio_util::sync::CancellationToken,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<OwnedSemaphorePermit, Option<Outcome>> {
-    let slots = shared.run_slots(queue);
-    if let Ok(p) = slots.clone().try_acquire_owned() {
+    let q = shared.queue_slots(queue);
+    if let Ok(p) = q.run.clone().try_acquire_owned() {
         return Ok(p);
     }
+    let adaptive = q.pace.is_some();
     tokio::select! {
         biased;
         _ = stop.cancelled() => Err(Some(cancelled(shared, fence, "before it started"))),
         // A stop first: an immediate stop also fires every job's `cancel`, and these jobs are
         // better given back (fenced, so harmless if the lease was lost meanwhile) than left to
         // the rescue, which counts the attempt.
-        _ = shared.stopping.cancelled() => Err(Some(Outcome::NotStarted)),
-        _ = shared.release.cancelled() => Err(Some(Outcome::NotStarted)),
+        _ = shared.stopping.cancelled() => Err(Some(Outcome::NotStarted(Unstarted::Stopped))),
+        _ = shared.release.cancelled() => Err(Some(Outcome::NotStarted(Unstarted::Stopped))),
         _ = cancel.cancelled() => Err(None),
         _ = shared.in_flight.expiry(fence) => Err(None),
-        p = slots.acquire_owned() => Ok(p.expect("semaphore never closed")),
+        p = q.run.clone().acquire_owned() => Ok(p.expect("semaphore never closed")),
+        _ = tokio::time::sleep(GIVE_BACK_AFTER), if adaptive => {
+            q.pace(|p| p.gave_back(GIVE_BACK_AFTER));
+            metrics::given_back(queue);
+            Err(Some(Outcome::NotStarted(Unstarted::Waited(GIVE_BACK_AFTER))))
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             // Jobs held (running, prefetched, or waiting for their completion to be written),
             // and handler slots free.
             let held = q.total as usize - q.sem.available_permits();
-            metrics::slots(&q.name, held, q.run.available_permits());
+            metrics::slots(&q.name, held, q.run.available_permits(), q.ahead());
         }
         let fences = shared.in_flight.fences();
         let sent = Instant::now();

@@ -37,28 +37,58 @@ pub(crate) use recorder::CARRIED_RESULT_BYTES;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use jobq_config::{Config, RunPolicy};
+use jobq_config::{Config, Prefetch, RunPolicy};
 use jobq_producer::{KindName, QueueName};
 use sqlx::MySqlPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::WorkerId;
+use crate::machine::prefetch::Pace;
 use crate::registry::Registry;
 
 /// A queue worked by this process: its name and its two semaphores.
 ///
 /// `sem` counts claimed jobs: one permit per job from its claim until its outcome is written,
-/// `concurrency + prefetch` in all, so the process never holds more `running` rows of the queue
-/// than that. `run` counts handlers running: `concurrency` permits, taken by a claimed job when
+/// `concurrency + cap` in all, so the process never holds more `running` rows of the queue
+/// than that (with `auto` the claimer keeps to `concurrency + ahead()`, below it). `run` counts handlers running: `concurrency` permits, taken by a claimed job when
 /// it starts and given back when its handler ends. Without prefetch every claimed job finds a
 /// `run` permit at once; with it, the jobs claimed ahead wait for one (`executor.rs`).
 pub(crate) struct QueueSlots {
     pub(crate) name: QueueName,
     pub(crate) sem: Arc<Semaphore>,
     pub(crate) run: Arc<Semaphore>,
-    /// `sem`'s permits: concurrency + prefetch.
+    /// `sem`'s permits: concurrency + the most jobs ever claimed ahead (`cap`).
     pub(crate) total: u32,
+    /// The most jobs claimed ahead: the fixed prefetch, or [`auto_cap`] for `auto`.
+    pub(crate) cap: u32,
+    /// `Some` for `worker.prefetch = "auto"`: what decides how many jobs the next claim may
+    /// take ahead (`machine::prefetch`), fed by the executor and the claimer.
+    pub(crate) pace: Option<std::sync::Mutex<Pace>>,
+}
+
+impl QueueSlots {
+    /// Jobs the next claim may take ahead of free slots.
+    pub(crate) fn ahead(&self) -> u32 {
+        match &self.pace {
+            None => self.cap,
+            Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).ahead(self.cap),
+        }
+    }
+
+    /// Feeds the queue's pace, if it has one.
+    pub(crate) fn pace(&self, f: impl FnOnce(&mut Pace)) {
+        if let Some(p) = &self.pace {
+            f(&mut p.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+}
+
+/// The most jobs `auto` claims ahead: two claims' worth, so one claim can be on its way while
+/// the jobs of the last one start, and never more than a thousand (the time bound of
+/// `machine::prefetch` is usually the tighter one).
+pub(crate) fn auto_cap(max_batch: u32) -> u32 {
+    max_batch.saturating_mul(2).min(1000)
 }
 
 /// Everything the tasks of one worker share.
@@ -80,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) release: CancellationToken,
     /// Fired when the process stops claiming: prefetched jobs not yet started go back.
     pub(crate) stopping: CancellationToken,
+    /// When this process started (see [`Shared::uptime`]).
+    started: std::time::Instant,
     pub(crate) slots: Vec<QueueSlots>,
     /// Maintenance's sweeps, resumed by each pass where the last one stopped: retention per
     /// final state (completed, discarded, cancelled) and the waiting-key sweep.
@@ -101,11 +133,19 @@ impl Shared {
         let slots: Vec<QueueSlots> = config
             .worker_queues()
             .iter()
-            .map(|q| QueueSlots {
-                name: q.name.clone(),
-                sem: Arc::new(Semaphore::new((q.concurrency + q.prefetch) as usize)),
-                run: Arc::new(Semaphore::new(q.concurrency as usize)),
-                total: q.concurrency + q.prefetch,
+            .map(|q| {
+                let (cap, pace) = match q.prefetch {
+                    Prefetch::Fixed(n) => (n, None),
+                    Prefetch::Auto => (auto_cap(q.max_batch), Some(Default::default())),
+                };
+                QueueSlots {
+                    name: q.name.clone(),
+                    sem: Arc::new(Semaphore::new((q.concurrency + cap) as usize)),
+                    run: Arc::new(Semaphore::new(q.concurrency as usize)),
+                    total: q.concurrency + cap,
+                    cap,
+                    pace,
+                }
             })
             .collect();
         let policies = slots
@@ -130,6 +170,7 @@ impl Shared {
             pool,
             release: CancellationToken::new(),
             stopping: CancellationToken::new(),
+            started: std::time::Instant::now(),
             slots,
             prune_cursors: Default::default(),
             key_sweep: Default::default(),
@@ -140,13 +181,17 @@ impl Shared {
         }
     }
 
-    /// The handler slots of `queue` (see [`QueueSlots`]).
-    pub(crate) fn run_slots(&self, queue: &QueueName) -> Arc<Semaphore> {
+    /// The slots of `queue` (see [`QueueSlots`]).
+    pub(crate) fn queue_slots(&self, queue: &QueueName) -> &QueueSlots {
         self.slots
             .iter()
             .find(|q| &q.name == queue)
-            .map(|q| q.run.clone())
             .expect("jobs only come from the queues this process works")
+    }
+
+    /// The time since this process started, the clock of the queues' paces.
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Timeout and backoff of a job of `kind` claimed from `queue`.

@@ -126,7 +126,7 @@ pub(crate) async fn record(shared: &Shared, mut a: Attempt, permit: OwnedSemapho
     match &a.outcome {
         Outcome::Success => {}
         Outcome::Released => info!("released at shutdown"),
-        Outcome::NotStarted => debug!("prefetched job given back at shutdown"),
+        Outcome::NotStarted(why) => debug!(?why, "prefetched job given back unstarted"),
         Outcome::Snooze(_) => debug!(state = %decision.to, "snoozed"),
         _ => {
             warn!(state = %decision.to, error = decision.error.as_deref().unwrap_or(""), "attempt failed")

@@ -257,7 +257,7 @@ impl Ran {
             O::Snooze(_) => Outcome::Snoozed,
             O::Cancel(_) => Outcome::Cancelled,
             // Not produced here: nothing shuts the kit's attempts down.
-            O::Released | O::NotStarted => Outcome::Failed,
+            O::Released | O::NotStarted(_) => Outcome::Failed,
         };
         Performed {
             outcome,

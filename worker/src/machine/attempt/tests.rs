@@ -17,7 +17,8 @@ fn a_cancel_request_overrides_every_outcome_short_of_finishing() {
         Outcome::Discard("bad".into()),
         Outcome::Snooze(Duration::from_secs(5)),
         Outcome::Released,
-        Outcome::NotStarted,
+        Outcome::NotStarted(Unstarted::Stopped),
+        Outcome::NotStarted(Unstarted::Waited(Duration::from_millis(100))),
     ];
     for o in outcomes {
         let d = decide(&o, 1, 3, b, 1.0);
@@ -196,7 +197,16 @@ fn decisions() {
             true,
         ),
         (
-            Outcome::NotStarted,
+            Outcome::NotStarted(Unstarted::Stopped),
+            25,
+            25,
+            Available,
+            Event::Released,
+            None,
+            true,
+        ),
+        (
+            Outcome::NotStarted(Unstarted::Waited(Duration::from_millis(100))),
             25,
             25,
             Available,
