@@ -148,7 +148,8 @@ pub struct WorkerSettings {
     /// Sleep between polls of an idle queue. Default `100ms`. A full batch re-polls at once.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Most jobs claimed in one round trip (bounded by free slots too). Default `100`.
+    /// Most jobs claimed in one round trip (bounded by free slots, and the jobs prefetch may
+    /// take ahead, too). Default `250`.
     pub max_batch: u32,
     /// Jobs claimed ahead of free slots, held in the process until a slot frees (README
     /// "Prefetch"). Default `"auto"`: the worker takes jobs ahead only while that is safe (a
@@ -199,7 +200,7 @@ impl Default for WorkerSettings {
             concurrency: 10,
             claim_mode: ClaimMode::SkipLocked,
             poll_interval: Duration::from_millis(100),
-            max_batch: 100,
+            max_batch: 250,
             prefetch: Prefetch::Auto,
             lock_timeout: Duration::from_secs(1),
             job_timeout: Duration::from_secs(30 * 60),

@@ -266,6 +266,14 @@ pub fn describe() {
     );
     describe_gauge!(IN_FLIGHT, "Jobs running in this process, per queue");
     describe_gauge!(FREE_SLOTS, "Free job slots in this process, per queue");
+    describe_gauge!(
+        PREFETCH,
+        "Jobs this process's next claim of the queue may take ahead of free slots (fixed, or what auto allows now)"
+    );
+    describe_counter!(
+        GIVEN_BACK,
+        "Jobs claimed ahead (auto prefetch) given back unstarted after waiting for a slot behind longer jobs"
+    );
     describe_counter!(HEARTBEATS, "Lease heartbeats written (outcome ok or error)");
     for s in DEPTH_STATES {
         describe_gauge!(
@@ -355,6 +363,7 @@ pub(crate) fn init_series(queues: &[QueueName], named_lock: &[QueueName], kinds:
         }
         counter!(RATE_LIMITED, "queue" => q.to_string()).increment(0);
         counter!(UNBLOCKED, "queue" => q.to_string()).increment(0);
+        counter!(GIVEN_BACK, "queue" => q.to_string()).increment(0);
         for k in kinds {
             let (q, k) = (q.to_string(), k.to_string());
             counter!(CLAIMED, "queue" => q.clone(), "kind" => k.clone()).increment(0);

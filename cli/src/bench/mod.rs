@@ -154,11 +154,12 @@ pub(crate) struct BenchArgs {
     /// Workers' rate_limit for the bench queue, e.g. 100000/1s: the cost of a rate limit.
     #[arg(long, value_name = "RATE")]
     rate_limit: Option<jobq_config::Rate>,
-    /// Workers' prefetch (jobs claimed ahead of free slots, README "Prefetch"): `auto` (the
-    /// default, as for `jobq work`) or a count, `0` turning it off; shown in the table as
-    /// `PxC+auto` or `PxC+N`.
-    #[arg(long, default_value = "auto", value_name = "auto|N")]
-    prefetch: jobq_config::Prefetch,
+    /// Workers' prefetch (jobs claimed ahead of free slots, README "Prefetch"): `auto` or a
+    /// count, `0` turning it off. Left out: the workers' own (`JOBQ_WORKER__PREFETCH` from the
+    /// environment, else `auto`, as for `jobq work`). Shown in the table as `PxC+auto` or
+    /// `PxC+N`.
+    #[arg(long, value_name = "auto|N")]
+    prefetch: Option<jobq_config::Prefetch>,
     /// lock-contender: the kind of lock.
     #[arg(long, value_enum, hide = true)]
     lock_kind: Option<locks::LockKind>,
@@ -208,8 +209,21 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
             r.to_string(),
         ));
     }
-    env.push(("JOBQ_WORKER__PREFETCH".into(), a.prefetch.to_string()));
-    let _ = PREFETCH.set(a.prefetch);
+    // The workers inherit the environment: without the flag, their prefetch is the one set
+    // there, or the default.
+    let prefetch = match a.prefetch {
+        Some(p) => {
+            env.push(("JOBQ_WORKER__PREFETCH".into(), p.to_string()));
+            p
+        }
+        None => match std::env::var("JOBQ_WORKER__PREFETCH") {
+            Ok(v) => v
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("JOBQ_WORKER__PREFETCH: {e}"))?,
+            Err(_) => jobq_config::Prefetch::default(),
+        },
+    };
+    let _ = PREFETCH.set(prefetch);
     let _ = WORKER_ENV.set(env);
     let url = bench_url(config.database_url());
     let modes: Vec<ClaimMode> = a.claim_mode.iter().map(|&m| m.into()).collect();

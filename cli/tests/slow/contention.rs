@@ -17,6 +17,9 @@ async fn contention(db: MySqlPool, mode: ClaimMode) {
     const JOBS: usize = 5000;
     let mut s = settings(&db, mode).await;
     s.worker.concurrency = 4;
+    // Exactly one attempt per job is asserted below: no job claimed ahead may be given back
+    // (`slow::prefetch` tests the default, auto, with several processes).
+    s.worker.prefetch = jobq_config::Prefetch::Fixed(0);
     s.database.max_connections = 24;
     let producer = Producer::new(db.clone());
     let jobs: Vec<NewJob> = (0..JOBS)

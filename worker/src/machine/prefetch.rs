@@ -9,15 +9,17 @@
 //!   with prefetch 0, so a burst spreads over the processes with free slots);
 //! - **no limit at its cap**: the last claim sent no job to `waiting` for its key and deferred
 //!   none for a rate (a queue with a rate limit never gets here: `auto` is `0` there);
-//! - **short handlers**: their recent mean run time is under [`WINDOW`];
+//! - **short handlers**: their recent mean run time is under [`WINDOW`], and one ended within
+//!   the last [`WINDOW`] (slots all held by long handlers that have not ended yet take
+//!   nothing ahead);
 //! - **bounded in time**: at most [`WINDOW`] of work waits ahead, measured as jobs ahead ×
 //!   the recent mean gap between two handler ends of the queue (so the handlers' own time and
 //!   the process's per-job overhead both count), and at most `cap` jobs.
 //!
-//! And a safety net for the job that turns out long: a job that waited [`GIVE_BACK_AFTER`]
-//! for a slot goes back to the queue unstarted (its attempt refunded), and that wait counts
-//! as a run of that length, so the queue takes nothing ahead until its handlers are short
-//! again. No job waits behind another in a process much longer than that while another
+//! And a safety net for the handler that turns out long: a job claimed ahead that has waited
+//! while no handler slot of its queue freed for [`GIVE_BACK_AFTER`] goes back to the queue
+//! unstarted (its attempt refunded), and that wait counts as a run of that length, so the
+//! queue takes nothing ahead until its handlers are short again. No job waits behind another in a process much longer than that while another
 //! process has a free slot.
 //!
 //! Pure: times come in as values.
@@ -100,10 +102,25 @@ impl Pace {
         self.capped = seen.capped;
     }
 
-    /// Jobs the next claim may take ahead of free slots, at most `cap`.
-    pub(crate) fn ahead(&self, cap: u32) -> u32 {
+    /// When the last handler of the queue ended (the caller's clock).
+    pub(crate) fn last_end(&self) -> Option<Duration> {
+        self.last_end
+    }
+
+    /// Jobs a claim at `now` may take ahead of free slots, at most `cap`. Nothing when no
+    /// handler ended within the window: the handlers running now are long ones (or the queue
+    /// was idle), whatever the recent means say.
+    pub(crate) fn ahead(&self, now: Duration, cap: u32) -> u32 {
         let window = micros(WINDOW);
-        if !self.backlog || self.capped || self.samples < MIN_SAMPLES || self.run_us >= window {
+        let recent_end = self
+            .last_end
+            .is_some_and(|end| now.saturating_sub(end) <= WINDOW);
+        if !self.backlog
+            || self.capped
+            || !recent_end
+            || self.samples < MIN_SAMPLES
+            || self.run_us >= window
+        {
             return 0;
         }
         let by_time = window / self.gap_us.max(1.0);
@@ -172,8 +189,9 @@ mod tests {
         ];
         for (n, run, gap, seen, cap, want) in table {
             let p = paced(n, run, gap, seen);
+            let now = p.last_end().unwrap_or_default();
             assert_eq!(
-                p.ahead(cap),
+                p.ahead(now, cap),
                 want,
                 "{n} ends, run {run:?}, gap {gap:?}, {seen:?}, cap {cap}"
             );
@@ -183,16 +201,20 @@ mod tests {
     #[test]
     fn a_give_back_stops_prefetch_until_handlers_are_short_again() {
         let mut p = paced(200, 20 * US, 50 * US, BACKLOG);
-        assert_eq!(p.ahead(200), 200);
+        let last = p.last_end().unwrap();
+        assert_eq!(p.ahead(last, 200), 200);
+        // Slots held by handlers that have not ended within the window: nothing ahead.
+        assert_eq!(p.ahead(last + WINDOW, 200), 200);
+        assert_eq!(p.ahead(last + WINDOW + US, 200), 0);
         p.gave_back(GIVE_BACK_AFTER);
-        assert_eq!(p.ahead(200), 0);
+        assert_eq!(p.ahead(last, 200), 0);
         // Short jobs bring it back: the mean run falls under the window within a few dozen.
         let mut t = Duration::from_secs(10);
         let mut back_after = None;
         for i in 1..=100 {
             t += 50 * US;
             p.ran(t, 20 * US);
-            if p.ahead(200) > 0 {
+            if p.ahead(t, 200) > 0 {
                 back_after = Some(i);
                 break;
             }
@@ -207,9 +229,9 @@ mod tests {
         // An hour without jobs, then a flood again.
         let mut t = Duration::from_secs(3600);
         p.ran(t, 20 * US);
-        assert!(p.ahead(200) < 200, "the gap counts: {}", p.ahead(200));
+        assert!(p.ahead(t, 200) < 200, "the gap counts: {}", p.ahead(t, 200));
         let mut n = 0;
-        while p.ahead(200) < 200 {
+        while p.ahead(t, 200) < 200 {
             t += 50 * US;
             p.ran(t, 20 * US);
             n += 1;

@@ -12,6 +12,7 @@
 //! but fewer than asked for it polls again after 1 ms, doubling on every empty poll up to
 //! `poll_interval`. A same-process enqueue into the queue wakes it at once.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,60 +154,46 @@ pub(crate) async fn run(
     let slots = shared.queue_slots(&queue);
     let total = slots.total as usize;
     let concurrency = q.concurrency as usize;
-    // Jobs held now (claimed and not yet written back), not counting the `held` permits.
-    let busy = |held: &Vec<OwnedSemaphorePermit>| total - sem.available_permits() - held.len();
+    let ahead_now = || slots.ahead(shared.uptime()) as usize;
+    // Jobs held now (claimed, outcome not yet written). Only this task takes permits, so every
+    // permit seen free stays free until a claim's job takes it.
+    let busy = || total - sem.available_permits();
+    // Room left for jobs, and with the queue's waiting successes (their slots pass to the
+    // jobs this claim takes once it carries them).
+    let room_left = |ahead: usize| (concurrency + ahead).saturating_sub(busy());
+    let free = |ahead: usize| room_left(ahead) + shared.pending.len(&queue);
     'claims: loop {
         // Jobs this claim may take ahead of free slots: fixed, or decided anew (`auto`).
-        let mut ahead = slots.ahead() as usize;
+        let mut ahead = ahead_now();
         // Wait for room (fewer jobs held than `concurrency + ahead`), or for a success whose
-        // slot this claim can fill. Only this task takes permits, so every permit seen free
-        // stays free until taken here.
-        let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
-        loop {
-            let free = sem.available_permits();
-            if total - free < concurrency + ahead {
-                held.push(
-                    sem.clone()
-                        .try_acquire_owned()
-                        .expect("free permits only shrink when this claimer takes them"),
-                );
-                break;
-            }
+        // slot this claim can fill.
+        while room_left(ahead) == 0 {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break 'claims,
-                // A job's outcome written (its permit back): look again.
-                p = sem.acquire_many(free as u32 + 1) => drop(p.expect("semaphore never closed")),
+                _ = a_release(&sem, &slots.waiting_holds) => {}
                 _ = successes.notified() => break,
             }
-            ahead = slots.ahead() as usize;
+            ahead = ahead_now();
         }
-        // Room left now, and with the queue's waiting successes (their slots pass to the jobs
-        // this claim takes once it carries them).
-        let room_left = |held: &Vec<OwnedSemaphorePermit>, ahead: usize| {
-            (concurrency + ahead).saturating_sub(busy(held))
-        };
-        let free = |held: &Vec<OwnedSemaphorePermit>, ahead: usize| {
-            room_left(held, ahead) + shared.pending.len(&queue)
-        };
         if ahead > 0 {
             // Jobs claimed ahead are waiting for handler slots: claim again when a handler
             // slot is idle (none waiting), or once half the room has freed, so one round trip
             // serves many. Every event that frees room wakes this wait: a success pushed, a
-            // permit given back.
+            // job's permit given back.
             loop {
                 let room = (concurrency + ahead).min(q.max_batch as usize);
-                let f = free(&held, ahead);
+                let f = free(ahead);
                 if f > 0 && (run_slots.available_permits() > 0 || f >= room.div_ceil(2)) {
                     break;
                 }
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => break 'claims,
-                    p = sem.clone().acquire_owned() => held.push(p.expect("semaphore never closed")),
+                    _ = a_release(&sem, &slots.waiting_holds) => {}
                     _ = successes.notified() => {}
                 }
-                ahead = slots.ahead() as usize;
+                ahead = ahead_now();
             }
         } else if last_full {
             // After a full batch the slots come back one by one as jobs end; claiming at the
@@ -215,14 +202,14 @@ pub(crate) async fn run(
             // trip serves many.
             let target = concurrency.min(q.max_batch as usize).div_ceil(2);
             for _ in 0..16 {
-                if free(&held, 0) >= target {
+                if free(0) >= target {
                     break;
                 }
                 tokio::task::yield_now().await;
             }
         }
         // Slots free now; the queue's waiting successes add theirs once the claim carries them.
-        let base = room_left(&held, ahead);
+        let base = room_left(ahead);
         if base == 0 && shared.pending.len(&queue) == 0 {
             continue;
         }
@@ -278,14 +265,13 @@ pub(crate) async fn run(
                 };
 
                 for job in c.jobs {
-                    let permit = held.pop().or_else(|| permits.pop()).unwrap_or_else(|| {
+                    let permit = permits.pop().unwrap_or_else(|| {
                         sem.clone()
                             .try_acquire_owned()
                             .expect("free slots only shrink when this claimer takes them")
                     });
                     spawn_job(&shared, &jobs, &queue, job, permit, started + lease);
                 }
-                drop(held);
                 drop(permits);
                 if let ClaimOutcome::RateLimited(wait) = c.outcome {
                     // The queue's rate limit is used up until a permit frees.
@@ -323,7 +309,7 @@ pub(crate) async fn run(
                     // The claim may have committed unseen: give those jobs back, attempt
                     // refunded (fenced by the claim's token: nothing happens if it did not).
                     // The free slots stay held until then, as those rows may be running.
-                    let mut held = std::mem::take(&mut held);
+                    let mut held = Vec::new();
                     while held.len() < maybe_claimed.len() {
                         match sem.clone().try_acquire_owned() {
                             Ok(p) => held.push(p),
@@ -339,7 +325,6 @@ pub(crate) async fn run(
                         held,
                     ));
                 }
-                drop(held);
                 if pause.transient {
                     debug!(queue = %queue, error = %reason, "claim hit a transient error; retrying");
                 } else {
@@ -354,6 +339,24 @@ pub(crate) async fn run(
     }
     named.close().await;
     debug!(queue = %queue, "claimer stopped");
+}
+
+/// Waits until a job's permit comes back to `sem` (its outcome written). Meanwhile the wait
+/// holds the permits free now (tokio's semaphore hands them to the waiter), published in
+/// `holds` for the in-flight gauge; dropping the wait gives them back.
+async fn a_release(sem: &Semaphore, holds: &AtomicUsize) {
+    struct Published<'a>(&'a AtomicUsize);
+    impl Drop for Published<'_> {
+        fn drop(&mut self) {
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+    let free = sem.available_permits();
+    holds.store(free, Ordering::Relaxed);
+    let _published = Published(holds);
+    // At most `total`: the caller waits only while some permits are out.
+    let n = u32::try_from(free + 1).expect("permits fit in u32");
+    drop(sem.acquire_many(n).await.expect("semaphore never closed"));
 }
 
 /// Tests only: turns a committed claim into the error a lost answer would give.

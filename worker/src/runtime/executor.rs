@@ -264,6 +264,7 @@ async fn handler_slot(
         return Ok(p);
     }
     let adaptive = q.pace.is_some();
+    let since = shared.uptime();
     tokio::select! {
         biased;
         _ = stop.cancelled() => Err(Some(cancelled(shared, fence, "before it started"))),
@@ -275,11 +276,27 @@ async fn handler_slot(
         _ = cancel.cancelled() => Err(None),
         _ = shared.in_flight.expiry(fence) => Err(None),
         p = q.run.clone().acquire_owned() => Ok(p.expect("semaphore never closed")),
-        _ = tokio::time::sleep(GIVE_BACK_AFTER), if adaptive => {
-            q.pace(|p| p.gave_back(GIVE_BACK_AFTER));
+        waited = no_slot_freed(shared, q, since), if adaptive => {
+            q.pace(|p| p.gave_back(waited));
             metrics::given_back(queue);
-            Err(Some(Outcome::NotStarted(Unstarted::Waited(GIVE_BACK_AFTER))))
+            Err(Some(Outcome::NotStarted(Unstarted::Waited(waited))))
         }
+    }
+}
+
+/// Ends once no handler of the queue has ended for [`GIVE_BACK_AFTER`] while this job
+/// waited (from `since`, the process's uptime): the slots are held by longer jobs. Returns how
+/// long the job waited. A handler that ends moves the deadline, so a process merely busy (or
+/// stalled as a whole) does not give its jobs back while its slots keep turning.
+async fn no_slot_freed(shared: &Shared, q: &super::QueueSlots, since: Duration) -> Duration {
+    loop {
+        let last = q.last_end().unwrap_or_default().max(since);
+        let now = shared.uptime();
+        let due = last + GIVE_BACK_AFTER;
+        if now >= due {
+            return now - since;
+        }
+        tokio::time::sleep(due - now).await;
     }
 }
 

@@ -42,8 +42,8 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         for q in &shared.slots {
             // Jobs held (running, prefetched, or waiting for their completion to be written),
             // and handler slots free.
-            let held = q.total as usize - q.sem.available_permits();
-            metrics::slots(&q.name, held, q.run.available_permits(), q.ahead());
+            let ahead = q.ahead(shared.uptime());
+            metrics::slots(&q.name, q.held(), q.run.available_permits(), ahead);
         }
         let fences = shared.in_flight.fences();
         let sent = Instant::now();

@@ -65,15 +65,38 @@ pub(crate) struct QueueSlots {
     /// `Some` for `worker.prefetch = "auto"`: what decides how many jobs the next claim may
     /// take ahead (`machine::prefetch`), fed by the executor and the claimer.
     pub(crate) pace: Option<std::sync::Mutex<Pace>>,
+    /// Permits the claimer's wait for a release holds while it waits (see [`Self::held`]).
+    pub(crate) waiting_holds: std::sync::atomic::AtomicUsize,
 }
 
 impl QueueSlots {
-    /// Jobs the next claim may take ahead of free slots.
-    pub(crate) fn ahead(&self) -> u32 {
+    /// Jobs a claim at `now` (the process's uptime) may take ahead of free slots.
+    pub(crate) fn ahead(&self, now: std::time::Duration) -> u32 {
         match &self.pace {
             None => self.cap,
-            Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).ahead(self.cap),
+            Some(p) => p
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ahead(now, self.cap),
         }
+    }
+
+    /// When a handler of the queue last ended (uptime), if the queue has a pace.
+    pub(crate) fn last_end(&self) -> Option<std::time::Duration> {
+        self.pace
+            .as_ref()
+            .and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).last_end())
+    }
+
+    /// Jobs held (claimed, outcome not yet written): the permits out of `sem`, less those the
+    /// claimer's wait for a release holds meanwhile.
+    pub(crate) fn held(&self) -> usize {
+        (self.total as usize)
+            .saturating_sub(self.sem.available_permits())
+            .saturating_sub(
+                self.waiting_holds
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
     }
 
     /// Feeds the queue's pace, if it has one.
@@ -145,6 +168,7 @@ impl Shared {
                     total: q.concurrency + cap,
                     cap,
                     pace,
+                    waiting_holds: Default::default(),
                 }
             })
             .collect();
