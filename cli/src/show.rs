@@ -63,7 +63,7 @@ fn print_stats(s: &jobq_worker::Stats) {
         cells.extend(
             states
                 .iter()
-                .map(|st| q.states.get(*st).copied().unwrap_or(0).to_string()),
+                .map(|st| count_text(q.states.get(*st).copied(), q.estimated.contains(*st))),
         );
         cells.push(q.completed_last_minute.to_string());
         cells.push(
@@ -77,10 +77,26 @@ fn print_stats(s: &jobq_worker::Stats) {
     total.extend(
         states
             .iter()
-            .map(|st| s.totals.get(*st).copied().unwrap_or(0).to_string()),
+            .map(|st| count_text(s.totals.get(*st).copied(), s.totals_estimated.contains(*st))),
     );
     t.row(total);
     t.print();
+    if !s.totals_estimated.is_empty() {
+        outln!(
+            "~ estimated: over 10,000 jobs in that state, the count is the server's estimate \
+             (counting exactly would read every job)"
+        );
+    }
+}
+
+/// A count as the table shows it: `~N` when it is an estimate.
+fn count_text(n: Option<i64>, estimated: bool) -> String {
+    let n = n.unwrap_or(0);
+    if estimated {
+        format!("~{n}")
+    } else {
+        n.to_string()
+    }
 }
 
 pub(crate) async fn job(settings: &Config, id: u64, json: bool) -> Result<ExitCode> {

@@ -501,6 +501,9 @@ pub struct ProducerSettings {
     /// Deepest nesting of a payload accepted. Default `31` (MariaDB refuses 32 and more);
     /// at most `100` (MySQL's limit). A worker refuses to start on MariaDB above 31.
     pub max_json_depth: u32,
+    /// Single enqueues from concurrent tasks sharing a producer go to the server together, one
+    /// transaction for many (README "Group commit"). Default `true`.
+    pub group_commit: bool,
 }
 
 impl Default for ProducerSettings {
@@ -509,6 +512,7 @@ impl Default for ProducerSettings {
             max_payload_bytes: 1 << 20,
             default_max_attempts: 25,
             max_json_depth: 31,
+            group_commit: true,
         }
     }
 }

@@ -94,6 +94,14 @@ pub enum Error {
     /// A job was to run after a job that does not exist on its queue's server.
     #[error("parent job {0} does not exist (never enqueued on this server, or pruned after it finished); nothing was enqueued")]
     NoSuchParent(crate::job::JobId),
+    /// The task writing this enqueue together with others ended without an answer (it
+    /// panicked, or the runtime is shutting down): whether the job was inserted is unknown.
+    #[error("the group write of this enqueue ended without an answer; whether the job was inserted is unknown: look it up, or enqueue it as a unique job to retry safely")]
+    GroupLost,
+    /// The transaction this enqueue shared with others (group commit) failed for a reason no
+    /// one job caused (the connection, the pool): nothing of it was kept.
+    #[error("the enqueue's shared transaction failed ({0}); nothing of it was kept: enqueue again once the database is back")]
+    GroupFailed(String),
     /// No job has this id (or it was pruned).
     #[error("job {0} does not exist (never enqueued, or pruned after it finished)")]
     NoSuchJob(crate::job::JobId),

@@ -30,6 +30,7 @@ pub mod deps;
 mod error;
 mod failover;
 mod follow;
+mod group;
 mod hook;
 mod job;
 mod json;

@@ -256,7 +256,7 @@ impl NewJob {
         &self.after
     }
 
-    fn check(self, opts: &ProducerOptions) -> Result<store::JobInsert> {
+    pub(crate) fn check(self, opts: &ProducerOptions) -> Result<store::JobInsert> {
         validate_kind(&self.kind)?;
         let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
         validate_queue(&queue)?;
@@ -365,6 +365,10 @@ pub struct Producer {
     routes: Arc<Routes>,
     /// Called after each enqueue of its own commits ([`Producer::with_hook`]).
     hook: Option<Arc<dyn EnqueueHook>>,
+    /// Whether single enqueues from concurrent tasks are written together (`group.rs`).
+    group_commit: bool,
+    /// The waiting single enqueues, shared by the producer's clones.
+    groups: Arc<crate::group::Groups>,
 }
 
 /// Queues on other servers than the producer's own pool.
@@ -389,6 +393,8 @@ impl Producer {
             opts,
             routes: Arc::default(),
             hook: None,
+            group_commit: true,
+            groups: Arc::default(),
         }
     }
 
@@ -527,31 +533,115 @@ impl Producer {
 
     /// Like [`enqueue`](Producer::enqueue), and says whether the job was a duplicate of a
     /// unique job already waiting or running (then nothing was inserted).
+    ///
+    /// Concurrent single enqueues through one producer (or its clones) share transactions
+    /// (README "Group commit"; [`Producer::group_commit`] turns it off).
     pub async fn insert(&self, job: NewJob) -> Result<Enqueued> {
-        Ok(self.insert_many(vec![job]).await?[0])
+        let row = job.check(&self.opts)?;
+        // Unique jobs, jobs with parents, and a producer with a hook: alone, as before.
+        if !self.group_commit
+            || self.hook.is_some()
+            || row.unique_key.is_some()
+            || !row.parents.is_empty()
+        {
+            return Ok(self.insert_rows(std::slice::from_ref(&row)).await?[0]);
+        }
+        let server = self.routes.queues.get(&row.queue).copied();
+        let group = self.groups.of(server);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if group.push(row, reply) {
+            // No write under way: one starts, in a task of its own (a caller that stops
+            // waiting must not cut the others' write short).
+            let producer = self.clone();
+            tokio::spawn(async move { producer.write_groups(&group).await });
+        }
+        answer.await.map_err(|_| Error::GroupLost)?
+    }
+
+    /// Whether concurrent single enqueues ([`Producer::enqueue`], [`Producer::insert`]) share
+    /// one transaction and one commit (on by default; `producer.group_commit`). Off, each is a
+    /// transaction of its own.
+    pub fn group_commit(mut self, on: bool) -> Self {
+        self.group_commit = on;
+        self
+    }
+
+    /// Writes the waiting single enqueues of `group`, a group at a time, until none waits.
+    async fn write_groups(&self, group: &crate::group::Group) {
+        let mut writer = group.writer();
+        loop {
+            let calls = writer.next();
+            if calls.is_empty() {
+                return;
+            }
+            let (rows, replies): (Vec<_>, Vec<_>) = calls.into_iter().unzip();
+            // A failed group is split in halves, each written again, down to the one job the
+            // server refuses: that call gets the error, every other its id, at the price of
+            // about two transactions per halving.
+            let mut parts = vec![(rows, replies)];
+            while let Some((rows, replies)) = parts.pop() {
+                match self.insert_rows(&rows).await {
+                    Ok(out) => {
+                        for (reply, e) in replies.into_iter().zip(out) {
+                            let _ = reply.send(Ok(e));
+                        }
+                    }
+                    Err(e) if rows.len() == 1 => {
+                        if let Some(reply) = replies.into_iter().next() {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                    // Not a refusal of the server (the connection, the pool): no job is to
+                    // blame, and splitting would only repeat it. Every call gets the error.
+                    Err(e) if !refused(&e) => {
+                        let text = e.to_string();
+                        let mut replies = replies.into_iter();
+                        if let Some(first) = replies.next() {
+                            let _ = first.send(Err(e));
+                        }
+                        for reply in replies {
+                            let _ = reply.send(Err(Error::GroupFailed(text.clone())));
+                        }
+                    }
+                    Err(_) => {
+                        let half = rows.len() / 2;
+                        let (mut rows, mut replies) = (rows, replies);
+                        let (rows2, replies2) = (rows.split_off(half), replies.split_off(half));
+                        // The first half next, then the second.
+                        parts.push((rows2, replies2));
+                        parts.push((rows, replies));
+                    }
+                }
+            }
+        }
     }
 
     /// Like [`enqueue_many`](Producer::enqueue_many), reporting duplicates per job; a
     /// duplicate does not fail the batch.
     pub async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let rows = self.check_all(jobs)?;
+        self.insert_rows(&self.check_all(jobs)?).await
+    }
+
+    /// Inserts checked rows in one transaction of their server (retried whole if the server
+    /// rolled it back), then records and reports them.
+    async fn insert_rows(&self, rows: &[store::JobInsert]) -> Result<Vec<Enqueued>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let pool = self.server_of(&rows)?;
+        let pool = self.server_of(rows)?;
         // Producers racing for one unique key can deadlock inside the server (each waits on
         // the others' shared lock on the duplicate key): the server rolls one transaction back
         // whole, so the whole transaction is retried.
         let out = run_again_if_rolled_back(|| async {
             // Before the transaction takes a connection of the pool.
-            let running = store::running_holders(pool, &rows, PEEK_WAIT).await;
+            let running = store::running_holders(pool, rows, PEEK_WAIT).await;
             let mut tx = store::begin(pool).await?;
-            let out = store::insert_jobs(&mut tx, &rows, &running).await?;
+            let out = store::insert_jobs(&mut tx, rows, &running).await?;
             tx.commit().await?;
             Ok(out)
         })
         .await?;
-        record_enqueued(&rows, &out);
+        record_enqueued(rows, &out);
         self.committed(pool, out.iter().filter(|e| !e.duplicate).map(|e| e.id))
             .await;
         Ok(out)
@@ -867,6 +957,15 @@ fn record_workflow(out: &WorkflowEnqueued, batch: bool) {
         let kind = if batch { "batch" } else { "workflow" };
         metrics::counter!("jobq_workflows_started_total", "kind" => kind).increment(1);
     }
+}
+
+/// Whether the server refused a statement (an error one job may cause), as opposed to a failed
+/// connection or pool.
+fn refused(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Database(sqlx::Error::Database(_)) | Error::RolledBack(_) | Error::NoSuchParent(_)
+    )
 }
 
 fn record_enqueued(rows: &[store::JobInsert], out: &[Enqueued]) {

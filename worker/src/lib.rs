@@ -117,6 +117,7 @@ pub async fn connect(config: &Config) -> Result<sqlx::MySqlPool> {
 /// A producer configured from `config.producer`.
 pub fn producer(pool: sqlx::MySqlPool, config: &Config) -> Producer {
     Producer::with_options(pool, producer_options(config))
+        .group_commit(config.producer().group_commit)
 }
 
 /// A producer for `config` over `pool` (the top-level `database_url`'s), with a pool of its

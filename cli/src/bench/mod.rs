@@ -37,6 +37,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::MySqlPool;
 
+mod enqueue;
 mod flows;
 mod locks;
 mod price;
@@ -83,6 +84,9 @@ pub(crate) enum Scenario {
     /// burn-down of N jobs with --blocked blocked jobs in the queue against without them.
     FanIn,
     /// One contending process of `locks` (started by it).
+    /// N jobs enqueued one call each by --concurrency tasks sharing one producer (a pool of
+    /// 10), with group commit off, then on.
+    SingleEnqueue,
     #[value(hide = true)]
     LockContender,
 }
@@ -100,6 +104,7 @@ impl Scenario {
             Scenario::TwoServers => "two-servers",
             Scenario::Price => "price",
             Scenario::FanIn => "fan-in",
+            Scenario::SingleEnqueue => "single-enqueue",
             Scenario::LockContender => "lock-contender",
         }
     }
@@ -346,6 +351,16 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
                                 reports.push(r);
                             }
                         }
+                    }
+                }
+            }
+        }
+        Scenario::SingleEnqueue => {
+            for &jobs in &a.jobs {
+                for &tasks in &a.concurrency {
+                    for r in enqueue::single(&bs, &pool, jobs, tasks).await? {
+                        emit(&a, &r);
+                        reports.push(r);
                     }
                 }
             }

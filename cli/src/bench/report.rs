@@ -95,8 +95,10 @@ pub(super) fn print_table(rows: &[Report]) {
 /// a fixed (adaptive) prefetch.
 pub(super) fn slots_text(r: &Report) -> String {
     let p = PREFETCH.get().copied().unwrap_or_default();
-    // The ceiling and the floor are raw SQL: no worker, no prefetch.
-    if !p.is_off() && !matches!(r.scenario.as_str(), "ceiling" | "floor") {
+    // The ceiling and the floor are raw SQL, and the enqueue scenarios run no worker.
+    let workers = !matches!(r.scenario.as_str(), "ceiling" | "floor")
+        && !r.scenario.starts_with("single-enqueue");
+    if !p.is_off() && workers {
         format!("{}x{}+{p}", r.processes, r.concurrency)
     } else {
         format!("{}x{}", r.processes, r.concurrency)

@@ -16,6 +16,7 @@ mod cli;
 mod commands;
 mod core;
 mod edges;
+mod enqueue;
 mod foreign;
 mod journal;
 mod manners;

@@ -21,18 +21,67 @@ pub(super) fn parsed<T: std::str::FromStr<Err = String>>(
         })
 }
 
-/// Count of jobs per (queue, state).
-pub(crate) async fn counts(pool: &MySqlPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+/// Counts above this are estimates: an exact count reads at most this many index entries.
+pub(crate) const EXACT_UP_TO: i64 = 10_000;
+
+/// Jobs of `queue` in `state`, and whether the number is an estimate. Exact up to
+/// `exact_up_to`, reading at most that many entries of `jobq_jobs_claim`'s (queue, state)
+/// range; beyond, the optimizer's estimate of the range's size (its index dives: a few page
+/// reads whatever the size), never below `exact_up_to + 1`. So a count costs the same with ten
+/// million finished jobs as with ten thousand.
+pub(crate) async fn count_in_state(
+    pool: &MySqlPool,
+    queue: &str,
+    state: JobState,
+    exact_up_to: i64,
+) -> Result<(i64, bool), sqlx::Error> {
     // language=MySQL
-    // An index-only scan of jobq_jobs_claim.
-    let rows = sqlx::query(
-        "SELECT queue, CAST(state AS CHAR) AS state, COUNT(*) AS n FROM jobq_jobs GROUP BY queue, state",
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
+         WHERE queue = ? AND state = ? LIMIT ?) c",
     )
+    .bind(queue)
+    .bind(state.as_str())
+    .bind(exact_up_to + 1)
+    .fetch_one(pool)
+    .await?;
+    if n <= exact_up_to {
+        return Ok((n, false));
+    }
+    // A queue name written by plain SQL that jobq's rules refuse cannot be spliced: its count
+    // stays at the bound, still marked as an estimate.
+    let Ok(q) = jobq_producer::QueueName::new(queue) else {
+        return Ok((n, true));
+    };
+    // language=MySQL
+    // EXPLAIN, not prepared (not every server prepares it): the names are validated and quoted.
+    let plan = sqlx::raw_sql(&format!(
+        "EXPLAIN SELECT 1 FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
+         WHERE queue = {} AND state = '{}'",
+        super::sql::lit(&q),
+        state.as_str()
+    ))
     .fetch_all(pool)
     .await?;
-    rows.into_iter()
-        .map(|r| Ok((text(&r, "queue")?, text(&r, "state")?, r.try_get("n")?)))
-        .collect()
+    // The `rows` column's type differs between servers: read it as whichever decodes.
+    let estimate = plan
+        .first()
+        .and_then(|r| {
+            let unsigned = || r.try_get::<Option<u64>, _>("rows").ok().flatten();
+            let signed = || r.try_get::<Option<i64>, _>("rows").ok().flatten();
+            let text = || {
+                r.try_get::<Option<String>, _>("rows")
+                    .ok()
+                    .flatten()
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+            };
+            unsigned()
+                .and_then(|v| i64::try_from(v).ok())
+                .or_else(signed)
+                .or_else(text)
+        })
+        .unwrap_or(n);
+    Ok((estimate.max(n), true))
 }
 
 /// The newest history rows read to estimate completions per minute.
@@ -98,14 +147,27 @@ pub(crate) async fn queue_activity(
         .collect())
 }
 
-/// The queues that have jobs: a loose index scan of `jobq_jobs_claim` (queue, …), one probe
-/// per queue, whatever the number of jobs.
+/// The queues that have jobs, in order: one index dive per queue into `jobq_jobs_claim`
+/// (queue, …), each reading the first entry after the last queue found, whatever the number of
+/// jobs. (A `SELECT DISTINCT queue` is planned as a loose index scan or as a scan of the whole
+/// index depending on the statistics of the moment: measured at 120,000 reads for one queue of
+/// 120,000 jobs. The dives cannot fall back to that.)
 pub(crate) async fn queues_with_jobs(pool: &MySqlPool) -> Result<Vec<String>, sqlx::Error> {
-    // language=MySQL
-    let rows = sqlx::query("SELECT DISTINCT queue FROM jobq_jobs FORCE INDEX (jobq_jobs_claim)")
-        .fetch_all(pool)
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        // language=MySQL
+        let next: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT queue FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
+             WHERE queue > ? ORDER BY queue LIMIT 1",
+        )
+        .bind(out.last().map_or("", |q| q.as_str()))
+        .fetch_optional(pool)
         .await?;
-    rows.iter().map(|r| text(r, "queue")).collect()
+        match next {
+            Some(q) => out.push(String::from_utf8_lossy(&q).into_owned()),
+            None => return Ok(out),
+        }
+    }
 }
 
 /// Seconds since the oldest available job of `queue` became due (`None`: none available).

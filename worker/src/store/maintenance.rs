@@ -354,23 +354,27 @@ pub(crate) async fn sample_depth(
     pool: &MySqlPool,
     alive: Duration,
 ) -> Result<DepthSample, sqlx::Error> {
-    // Per queue (a loose index scan finds them), the ranges of jobq_jobs_claim's
-    // (queue, state) for the live states only: the finished jobs, however many, are never
-    // read. Counting reads each live job's index entry once.
+    // Per queue (a loose index scan finds them) and live state, a bounded count of
+    // jobq_jobs_claim's (queue, state) range: exact up to EXACT_UP_TO, the server's estimate
+    // beyond. The finished jobs, however many, are never read, and a backlog of millions
+    // costs what ten thousand do.
     let mut depth = Vec::new();
     let mut oldest = Vec::new();
     for queue in super::inspect::queues_with_jobs(pool).await? {
-        // language=MySQL
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT CAST(state AS CHAR), COUNT(*) FROM jobq_jobs FORCE INDEX (jobq_jobs_claim) \
-             WHERE queue = ? AND state IN ('available', 'scheduled', 'running', 'retryable', 'waiting', 'blocked') \
-             GROUP BY state",
-        )
-        .bind(&queue)
-        .fetch_all(pool)
-        .await?;
-        let available = rows.iter().any(|(s, n)| s == "available" && *n > 0);
-        depth.extend(rows.into_iter().map(|(s, n)| (queue.clone(), s, n)));
+        let mut available = false;
+        for state in [
+            JobState::Available,
+            JobState::Scheduled,
+            JobState::Running,
+            JobState::Retryable,
+            JobState::Waiting,
+            JobState::Blocked,
+        ] {
+            let (n, _) =
+                super::inspect::count_in_state(pool, &queue, state, super::EXACT_UP_TO).await?;
+            available |= state == JobState::Available && n > 0;
+            depth.push((queue.clone(), state.as_str().to_owned(), n));
+        }
         if available {
             let age = super::inspect::oldest_available(pool, &queue).await?;
             oldest.push((queue, age.unwrap_or(0.0)));

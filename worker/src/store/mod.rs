@@ -79,7 +79,9 @@ pub(crate) use finish::{
     complete_batch, complete_linked, completed_with_token, finish, finish_tx, held_by_claim,
     mark_tx, state_by_fence, tx_intact, FinishWrite,
 };
-pub(crate) use inspect::{counts, history, job, queue_activity, workers};
+pub(crate) use inspect::{
+    count_in_state, history, job, queue_activity, queues_with_jobs, workers, EXACT_UP_TO,
+};
 pub use inspect::{JobRecord, TransitionRecord, WorkerInfo};
 pub(crate) use journal::write_journal;
 pub(crate) use keys::{keys_to_promote, promote_waiting, prune_keys, running_now, KeyCursor};

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use jobq_producer::JobState;
 use sqlx::MySqlPool;
 
 use super::*;
@@ -20,9 +21,9 @@ async fn rows_read(conn: &mut sqlx::MySqlConnection) -> i64 {
 }
 
 /// The periodic reads behind `jobq stats`, the console's overview and the leader's gauges read
-/// what they report, not the table: with 100,000 finished jobs and 20,000 available ones in
-/// three priorities, the depth sample reads the live jobs' index entries (it counts them) and
-/// never the finished ones, and the oldest available job costs a few reads per priority.
+/// a bounded window, not the table: with 100,000 finished jobs and 20,000 available ones in
+/// three priorities, each (queue, state) count reads at most 10,001 index entries (beyond, the
+/// server's estimate), and the oldest available job costs a few reads per priority.
 /// Reads are counted by the server's handler counters on a one-connection pool.
 #[sqlx::test(migrations = false)]
 async fn periodic_reads_cost_what_they_find(db: MySqlPool) {
@@ -58,15 +59,42 @@ async fn periodic_reads_cost_what_they_find(db: MySqlPool) {
     assert!(age > 19_000.0, "the oldest is 20,000 s old: {age}");
     let (sample, depth) = reads_of(&one, sample_depth(&one, Duration::from_secs(10))).await;
     let sample = sample.unwrap();
-    assert_eq!(
-        sample.depth,
-        vec![("default".into(), "available".into(), 20_000)]
+    // Over the exact bound (10,000), the available count is the server's estimate of the
+    // 20,000-entry range; the other live states are counted, and are empty.
+    let available = sample
+        .depth
+        .iter()
+        .find(|(_, s, _)| s == "available")
+        .map(|d| d.2)
+        .unwrap();
+    assert!(
+        (10_001..=200_000).contains(&available),
+        "estimated {available}"
+    );
+    assert!(
+        sample
+            .depth
+            .iter()
+            .all(|(q, s, n)| q == "default" && (s == "available" || *n == 0)),
+        "{:?}",
+        sample.depth
     );
     assert_eq!(sample.oldest.len(), 1);
     assert!(oldest < 100, "the oldest available job cost {oldest} reads");
+    // A bounded count reads at most 10,001 index entries, and the server counts its derived
+    // table's rows again: at most about 20,000 reads whatever the range's size.
     assert!(
-        depth < 20_000 + 1_000,
+        depth < 2 * 10_001 + 1_000,
         "the depth sample read {depth} rows for 20,000 live jobs among 120,000"
+    );
+    // `jobq stats` (and the console's overview) counts every state, finished ones included,
+    // reading at most the bound per state: two ranges over it here, whatever their size.
+    let (stats, read) = reads_of(&one, crate::stats(&one)).await;
+    let stats = stats.unwrap();
+    assert!(stats.totals_estimated.contains("completed"), "{stats:?}");
+    assert!(
+        read < 4 * 10_001 + 1_000,
+        "stats read {read} rows among 120,000"
     );
 }
 
@@ -226,4 +254,67 @@ fn numbers(n: u32) -> String {
         sum.join(" + "),
         joins.join(", ")
     )
+}
+
+/// Counts read at most their bound: exact below it, the server's estimate (marked) above it,
+/// never below the bound; `stats` marks the estimated states and their totals.
+#[sqlx::test(migrations = false)]
+async fn counts_are_exact_up_to_their_bound_and_estimated_beyond(db: MySqlPool) {
+    jobq_producer::migrate(&db).await.unwrap();
+    // 12,000 completed jobs in `mail` (over stats' bound of 10,000), 3 available.
+    // language=MySQL
+    sqlx::query(&format!(
+        "INSERT INTO jobq_jobs (queue, kind, payload, state) \
+         SELECT 'mail', 'noop', '{{}}', 'completed' FROM {}",
+        numbers(12_000)
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    Producer::new(db.clone())
+        .enqueue_many(
+            (0..3)
+                .map(|_| NewJob::json("noop", json!({})).queue("mail"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE TABLE jobq_jobs")
+        .execute(&db)
+        .await
+        .unwrap();
+    let completed = count(
+        &db,
+        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+    )
+    .await;
+    assert_eq!(completed, 12_000);
+    // (bound, state) → (exact count expected, or an estimate at least the bound)
+    for (bound, state, exact) in [
+        (100, JobState::Available, Some(3)),
+        (100, JobState::Completed, None),
+        (20_000, JobState::Completed, Some(12_000)),
+        (100, JobState::Running, Some(0)),
+    ] {
+        let (n, estimated) = count_in_state(&db, "mail", state, bound).await.unwrap();
+        match exact {
+            Some(want) => assert_eq!((n, estimated), (want, false), "{state:?} bound {bound}"),
+            None => {
+                assert!(estimated, "{state:?} bound {bound}");
+                // The optimizer's estimate of a 12,000-entry range: the right order.
+                assert!((bound + 1..=120_000).contains(&n), "{state:?}: {n}");
+            }
+        }
+    }
+    let s = crate::stats(&db).await.unwrap();
+    let mail = &s.queues["mail"];
+    assert_eq!(mail.states["available"], 3);
+    assert!(mail.estimated.contains("completed") && !mail.estimated.contains("available"));
+    assert!(
+        mail.states["completed"] > EXACT_UP_TO,
+        "{}",
+        mail.states["completed"]
+    );
+    assert!(s.totals_estimated.contains("completed"));
+    assert_eq!(s.totals["available"], 3);
 }

@@ -13,7 +13,8 @@ use super::*;
 
 pub(crate) struct QueueRow {
     pub(crate) name: String,
-    pub(crate) counts: Vec<(&'static str, i64)>,
+    /// (state, jobs, whether the number is an estimate).
+    pub(crate) counts: Vec<(&'static str, i64, bool)>,
     pub(crate) per_minute: i64,
     pub(crate) oldest: String,
     pub(crate) paused: bool,
@@ -92,7 +93,10 @@ pub(crate) async fn overview(
         .map(|(name, q)| QueueRow {
             counts: JobState::ALL
                 .iter()
-                .map(|s| (s.as_str(), q.states.get(s.as_str()).copied().unwrap_or(0)))
+                .map(|s| {
+                    let n = q.states.get(s.as_str()).copied().unwrap_or(0);
+                    (s.as_str(), n, q.estimated.contains(s.as_str()))
+                })
                 .collect(),
             per_minute: q.completed_last_minute,
             oldest: q.oldest_available_seconds.map(span).unwrap_or_default(),

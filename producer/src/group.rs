@@ -1,0 +1,170 @@
+//! Group commit: single enqueues ([`crate::Producer::enqueue`], `insert`) from concurrent tasks
+//! that share a producer (or its clones) go to the server together, one transaction and one
+//! commit (one fsync) for all of them, each call still getting its own id or its own error.
+//!
+//! No call waits for a timer: the first call to find no write under way starts one at once
+//! with whatever is waiting (itself), and the calls arriving while it runs wait for it, then
+//! go together in the next, up to [`MAX_GROUP`] jobs. A lone producer therefore sees the same
+//! latency as without grouping; many see one commit serve many calls.
+//!
+//! The writes run in a task of their own, so a caller that stops waiting (its future dropped)
+//! cannot cut the others' write short: its job is written all the same, as a job whose commit
+//! was sent is. If a group's transaction fails, each of its jobs is written again alone, so a
+//! job the server refuses fails only its own call.
+//!
+//! Grouped: plain jobs. Not grouped (written alone, as before): unique jobs (a duplicate inside
+//! one group would need the rules of two transactions), jobs with parents, and every enqueue of
+//! a producer with an [`crate::EnqueueHook`] (the hook runs in the enqueuing task).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::error::Result;
+use crate::producer::Enqueued;
+use crate::store::JobInsert;
+
+/// The most jobs one group writes: one multi-row statement's worth.
+pub(crate) const MAX_GROUP: usize = 500;
+
+/// Where a call's answer goes.
+pub(crate) type Reply = oneshot::Sender<Result<Enqueued>>;
+
+/// One group per server a producer writes to (`None`: its own pool; `Some(i)`: the `i`-th
+/// routed server).
+#[derive(Debug, Default)]
+pub(crate) struct Groups {
+    by_server: Mutex<HashMap<Option<usize>, Arc<Group>>>,
+}
+
+impl Groups {
+    /// The group of a server.
+    pub(crate) fn of(&self, server: Option<usize>) -> Arc<Group> {
+        let mut all = self.by_server.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(server).or_default().clone()
+    }
+}
+
+/// The calls waiting to be written to one server, and whether a write is under way.
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    writing: bool,
+    waiting: Vec<(JobInsert, Reply)>,
+}
+
+impl Group {
+    /// Adds a call. `true`: no write was under way, and the caller must start one
+    /// ([`Group::next`] until it returns nothing).
+    pub(crate) fn push(&self, row: JobInsert, reply: Reply) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.waiting.push((row, reply));
+        !std::mem::replace(&mut s.writing, true)
+    }
+
+    /// The next calls to write together, oldest first, at most [`MAX_GROUP`]; empty when none
+    /// is waiting, and then the write is over (the next call starts another).
+    pub(crate) fn next(&self) -> Vec<(JobInsert, Reply)> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = s.waiting.len().min(MAX_GROUP);
+        if n == 0 {
+            s.writing = false;
+        }
+        s.waiting.drain(..n).collect()
+    }
+
+    /// Held by the task writing the group, which takes the calls through it: if that task
+    /// ends before [`Writer::next`] said the write is over (a panic, a runtime shutting down),
+    /// the next call starts a new writer instead of waiting for one that is gone.
+    pub(crate) fn writer(&self) -> Writer<'_> {
+        Writer {
+            group: self,
+            done: false,
+        }
+    }
+}
+
+/// See [`Group::writer`].
+pub(crate) struct Writer<'a> {
+    group: &'a Group,
+    done: bool,
+}
+
+impl Writer<'_> {
+    /// [`Group::next`], noting when the write is over.
+    pub(crate) fn next(&mut self) -> Vec<(JobInsert, Reply)> {
+        let calls = self.group.next();
+        self.done = calls.is_empty();
+        calls
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // The calls still waiting get no writer: their answers are dropped, and they end
+            // with `Error::GroupLost` instead of waiting for ever.
+            let mut s = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.writing = false;
+            s.waiting.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: usize) -> JobInsert {
+        crate::NewJob::json("noop", serde_json::json!({ "i": i }))
+            .check(&crate::ProducerOptions::default())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_first_call_writes_and_the_rest_wait_for_the_next_group() {
+        let g = Group::default();
+        let (tx, _rx) = oneshot::channel();
+        assert!(g.push(row(0), tx), "the first call starts the write");
+        for i in 1..=MAX_GROUP + 2 {
+            let (tx, _rx) = oneshot::channel();
+            assert!(!g.push(row(i), tx), "a write is under way");
+        }
+        // Oldest first, at most MAX_GROUP at a time, then the rest, then the write ends.
+        let first = g.next();
+        assert_eq!(first.len(), MAX_GROUP);
+        assert!(first[0].0.payload.contains("\"i\":0"));
+        assert_eq!(g.next().len(), 3);
+        assert!(g.next().is_empty());
+        let (tx, _rx) = oneshot::channel();
+        assert!(g.push(row(9), tx), "the next call starts a new write");
+        // A writer that goes away mid-write (a panic, a cancelled task) answers the calls
+        // still waiting (their answers dropped) and lets the next call start another.
+        let (tx, _taken) = oneshot::channel();
+        assert!(!g.push(row(11), tx));
+        let mut waiting = {
+            let mut w = g.writer();
+            assert_eq!(w.next().len(), 2);
+            let (tx, rx) = oneshot::channel();
+            assert!(!g.push(row(12), tx));
+            rx
+        };
+        assert!(
+            matches!(
+                waiting.try_recv(),
+                Err(oneshot::error::TryRecvError::Closed)
+            ),
+            "the waiting call is answered (its answer dropped)"
+        );
+        let (tx, _rx) = oneshot::channel();
+        assert!(
+            g.push(row(10), tx),
+            "a writer gone mid-write leaves no one waiting"
+        );
+    }
+}
