@@ -102,6 +102,7 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
             "running": n("running"),
             "retryable": n("retryable"),
             "waiting": n("waiting"),
+            "estimated": s.estimated,
             "oldest_available_seconds": s.oldest_available_seconds,
             "claim_mode": effective.claim_mode.as_str(),
             "concurrency": effective.concurrency,

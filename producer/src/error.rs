@@ -99,8 +99,10 @@ pub enum Error {
     #[error("the group write of this enqueue ended without an answer; whether the job was inserted is unknown: look it up, or enqueue it as a unique job to retry safely")]
     GroupLost,
     /// The transaction this enqueue shared with others (group commit) failed for a reason no
-    /// one job caused (the connection, the pool): nothing of it was kept.
-    #[error("the enqueue's shared transaction failed ({0}); nothing of it was kept: enqueue again once the database is back")]
+    /// one job caused (the connection, the pool, a lost race); the first call of the group got
+    /// the error itself, this one its text. Nothing was kept, unless the failure came at the
+    /// commit (a lost connection), when the job may exist.
+    #[error("the enqueue's shared transaction failed ({0}); enqueue again (if the failure came at the commit, the job may exist: make it unique to retry safely)")]
     GroupFailed(String),
     /// No job has this id (or it was pruned).
     #[error("job {0} does not exist (never enqueued, or pruned after it finished)")]

@@ -9,8 +9,9 @@
 //!
 //! The writes run in a task of their own, so a caller that stops waiting (its future dropped)
 //! cannot cut the others' write short: its job is written all the same, as a job whose commit
-//! was sent is. If a group's transaction fails, each of its jobs is written again alone, so a
-//! job the server refuses fails only its own call.
+//! was sent is. If the server refuses a group's transaction, the group is split in halves and
+//! each written again, down to the job it refuses, which alone fails; a failure no job causes
+//! (the connection, a lost race) fails the whole group's calls.
 //!
 //! Grouped: plain jobs. Not grouped (written alone, as before): unique jobs (a duplicate inside
 //! one group would need the rules of two transactions), jobs with parents, and every enqueue of
@@ -27,6 +28,9 @@ use crate::store::JobInsert;
 
 /// The most jobs one group writes: one multi-row statement's worth.
 pub(crate) const MAX_GROUP: usize = 500;
+
+/// The most payload bytes one group writes (a group of large payloads is a large transaction).
+pub(crate) const MAX_GROUP_BYTES: usize = 4 << 20;
 
 /// Where a call's answer goes.
 pub(crate) type Reply = oneshot::Sender<Result<Enqueued>>;
@@ -71,7 +75,18 @@ impl Group {
     /// is waiting, and then the write is over (the next call starts another).
     pub(crate) fn next(&self) -> Vec<(JobInsert, Reply)> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let n = s.waiting.len().min(MAX_GROUP);
+        // At most MAX_GROUP jobs and MAX_GROUP_BYTES of payloads (at least one job).
+        let mut bytes = 0;
+        let n = s
+            .waiting
+            .iter()
+            .take(MAX_GROUP)
+            .take_while(|(r, _)| {
+                bytes += r.payload.len();
+                bytes <= MAX_GROUP_BYTES
+            })
+            .count()
+            .max(usize::from(!s.waiting.is_empty()));
         if n == 0 {
             s.writing = false;
         }
@@ -79,23 +94,21 @@ impl Group {
     }
 
     /// Held by the task writing the group, which takes the calls through it: if that task
-    /// ends before [`Writer::next`] said the write is over (a panic, a runtime shutting down),
-    /// the next call starts a new writer instead of waiting for one that is gone.
-    pub(crate) fn writer(&self) -> Writer<'_> {
-        Writer {
-            group: self,
-            done: false,
-        }
+    /// ends before [`Writer::next`] said the write is over (a panic, a runtime shutting down,
+    /// a task dropped before it ever ran), the next call starts a new writer instead of
+    /// waiting for one that is gone.
+    pub(crate) fn writer(group: Arc<Group>) -> Writer {
+        Writer { group, done: false }
     }
 }
 
 /// See [`Group::writer`].
-pub(crate) struct Writer<'a> {
-    group: &'a Group,
+pub(crate) struct Writer {
+    group: Arc<Group>,
     done: bool,
 }
 
-impl Writer<'_> {
+impl Writer {
     /// [`Group::next`], noting when the write is over.
     pub(crate) fn next(&mut self) -> Vec<(JobInsert, Reply)> {
         let calls = self.group.next();
@@ -104,7 +117,7 @@ impl Writer<'_> {
     }
 }
 
-impl Drop for Writer<'_> {
+impl Drop for Writer {
     fn drop(&mut self) {
         if !self.done {
             // The calls still waiting get no writer: their answers are dropped, and they end
@@ -128,7 +141,7 @@ mod tests {
 
     #[test]
     fn the_first_call_writes_and_the_rest_wait_for_the_next_group() {
-        let g = Group::default();
+        let g = Arc::new(Group::default());
         let (tx, _rx) = oneshot::channel();
         assert!(g.push(row(0), tx), "the first call starts the write");
         for i in 1..=MAX_GROUP + 2 {
@@ -148,7 +161,7 @@ mod tests {
         let (tx, _taken) = oneshot::channel();
         assert!(!g.push(row(11), tx));
         let mut waiting = {
-            let mut w = g.writer();
+            let mut w = Group::writer(g.clone());
             assert_eq!(w.next().len(), 2);
             let (tx, rx) = oneshot::channel();
             assert!(!g.push(row(12), tx));

@@ -424,6 +424,9 @@ impl Producer {
         queues: impl IntoIterator<Item = Q>,
         pool: MySqlPool,
     ) -> Self {
+        // Groups of waiting enqueues belong to one set of routes: a producer routed anew
+        // starts its own (a clone routed differently must not write the other's jobs).
+        self.groups = Arc::default();
         let routes = Arc::make_mut(&mut self.routes);
         routes.servers.push(pool);
         let at = routes.servers.len() - 1;
@@ -519,8 +522,9 @@ impl Producer {
         wait_on(self.pool_of(queue), id, timeout).await
     }
 
-    /// Inserts one job in its own transaction and returns its id (for a duplicate unique job,
-    /// the existing job's id).
+    /// Inserts one job and returns its id (for a duplicate unique job, the existing job's id).
+    /// Its transaction is its own, or shared with the single enqueues of other tasks through
+    /// this producer at the same moment (README "Group commit"; [`Producer::group_commit`]).
     pub async fn enqueue(&self, job: NewJob) -> Result<JobId> {
         Ok(self.insert(job).await?.id)
     }
@@ -551,9 +555,11 @@ impl Producer {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if group.push(row, reply) {
             // No write under way: one starts, in a task of its own (a caller that stops
-            // waiting must not cut the others' write short).
+            // waiting must not cut the others' write short). The writer is made before the
+            // task: a task that never runs still lets the next call start another.
+            let writer = crate::group::Group::writer(group);
             let producer = self.clone();
-            tokio::spawn(async move { producer.write_groups(&group).await });
+            tokio::spawn(async move { producer.write_groups(writer).await });
         }
         answer.await.map_err(|_| Error::GroupLost)?
     }
@@ -567,8 +573,7 @@ impl Producer {
     }
 
     /// Writes the waiting single enqueues of `group`, a group at a time, until none waits.
-    async fn write_groups(&self, group: &crate::group::Group) {
-        let mut writer = group.writer();
+    async fn write_groups(&self, mut writer: crate::group::Writer) {
         loop {
             let calls = writer.next();
             if calls.is_empty() {
@@ -959,13 +964,11 @@ fn record_workflow(out: &WorkflowEnqueued, batch: bool) {
     }
 }
 
-/// Whether the server refused a statement (an error one job may cause), as opposed to a failed
-/// connection or pool.
+/// Whether the server refused a statement (a constraint, a bad value: an error one job may
+/// cause), as opposed to a failed connection, a lost race or a server that cannot serve now,
+/// which no job causes and splitting the group would only repeat.
 fn refused(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Database(sqlx::Error::Database(_)) | Error::RolledBack(_) | Error::NoSuchParent(_)
-    )
+    matches!(e, Error::Database(e) if jobq_sqlkit::classify(e) == jobq_sqlkit::ErrorClass::Refused)
 }
 
 fn record_enqueued(rows: &[store::JobInsert], out: &[Enqueued]) {

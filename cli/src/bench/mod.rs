@@ -83,10 +83,10 @@ pub(crate) enum Scenario {
     /// A workflow of --parents parents and one child: the child's release latency; and the
     /// burn-down of N jobs with --blocked blocked jobs in the queue against without them.
     FanIn,
-    /// One contending process of `locks` (started by it).
     /// N jobs enqueued one call each by --concurrency tasks sharing one producer (a pool of
     /// 10), with group commit off, then on.
     SingleEnqueue,
+    /// One contending process of `locks` (started by it).
     #[value(hide = true)]
     LockContender,
 }
