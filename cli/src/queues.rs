@@ -154,7 +154,18 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
             "concurrency",
         ]
         .iter()
-        .map(|k| text(&r[*k]))
+        .map(|k| {
+            // An estimated count (over 10,000 jobs) is marked, as in `jobq stats`.
+            let estimated = r["estimated"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|s| s.as_str() == Some(*k)));
+            let cell = text(&r[*k]);
+            if estimated {
+                format!("~{cell}")
+            } else {
+                cell
+            }
+        })
         .collect();
         cells.push(limits);
         cells.push(text(&r["paused_since"]));

@@ -32,6 +32,11 @@ pub(crate) const MAX_GROUP: usize = 500;
 /// The most payload bytes one group writes (a group of large payloads is a large transaction).
 pub(crate) const MAX_GROUP_BYTES: usize = 4 << 20;
 
+/// The most calls waiting for a group: past it, a call writes alone (as with group commit
+/// off), so an overloaded server slows callers down through the pool as before instead of
+/// piling calls up in memory.
+pub(crate) const MAX_WAITING: usize = 10_000;
+
 /// Where a call's answer goes.
 pub(crate) type Reply = oneshot::Sender<Result<Enqueued>>;
 
@@ -50,6 +55,17 @@ impl Groups {
     }
 }
 
+/// What became of a call added to a group.
+#[derive(Debug)]
+pub(crate) enum Joined {
+    /// No write was under way: the caller starts one.
+    Start,
+    /// A write under way will take it.
+    Wait,
+    /// Too many calls wait: the call, given back, writes alone.
+    Full(Box<JobInsert>),
+}
+
 /// The calls waiting to be written to one server, and whether a write is under way.
 #[derive(Debug, Default)]
 pub(crate) struct Group {
@@ -63,12 +79,21 @@ struct State {
 }
 
 impl Group {
-    /// Adds a call. `true`: no write was under way, and the caller must start one
-    /// ([`Group::next`] until it returns nothing).
-    pub(crate) fn push(&self, row: JobInsert, reply: Reply) -> bool {
+    /// Adds a call: `Joined::Start` when no write was under way and the caller must start
+    /// one ([`Writer::next`] until it returns nothing), `Joined::Wait` when a write under way
+    /// will take it, `Joined::Full` (the call given back) when [`MAX_WAITING`] calls already
+    /// wait: it writes alone.
+    pub(crate) fn push(&self, row: JobInsert, reply: Reply) -> Joined {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.waiting.len() >= MAX_WAITING {
+            return Joined::Full(Box::new(row));
+        }
         s.waiting.push((row, reply));
-        !std::mem::replace(&mut s.writing, true)
+        if std::mem::replace(&mut s.writing, true) {
+            Joined::Wait
+        } else {
+            Joined::Start
+        }
     }
 
     /// The next calls to write together, oldest first, at most [`MAX_GROUP`]; empty when none
@@ -133,6 +158,26 @@ impl Drop for Writer {
 mod tests {
     use super::*;
 
+    #[test]
+    fn past_the_waiting_bound_a_call_is_given_back_to_write_alone() {
+        let g = Group::default();
+        let mut answers = Vec::new();
+        for i in 0..MAX_WAITING {
+            let (tx, rx) = oneshot::channel();
+            answers.push(rx);
+            assert!(!matches!(g.push(row(i), tx), Joined::Full(_)), "{i}");
+        }
+        let (tx, _rx) = oneshot::channel();
+        match g.push(row(MAX_WAITING), tx) {
+            Joined::Full(r) => assert!(r.payload.contains(&format!("{MAX_WAITING}"))),
+            other => panic!("{other:?}"),
+        }
+        // Once some are taken, calls join again.
+        assert_eq!(g.next().len(), MAX_GROUP);
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(g.push(row(0), tx), Joined::Wait));
+    }
+
     fn row(i: usize) -> JobInsert {
         crate::NewJob::json("noop", serde_json::json!({ "i": i }))
             .check(&crate::ProducerOptions::default())
@@ -143,10 +188,17 @@ mod tests {
     fn the_first_call_writes_and_the_rest_wait_for_the_next_group() {
         let g = Arc::new(Group::default());
         let (tx, _rx) = oneshot::channel();
-        assert!(g.push(row(0), tx), "the first call starts the write");
+        let started = |j: Joined| matches!(j, Joined::Start);
+        assert!(
+            started(g.push(row(0), tx)),
+            "the first call starts the write"
+        );
         for i in 1..=MAX_GROUP + 2 {
             let (tx, _rx) = oneshot::channel();
-            assert!(!g.push(row(i), tx), "a write is under way");
+            assert!(
+                matches!(g.push(row(i), tx), Joined::Wait),
+                "a write is under way"
+            );
         }
         // Oldest first, at most MAX_GROUP at a time, then the rest, then the write ends.
         let first = g.next();
@@ -155,16 +207,19 @@ mod tests {
         assert_eq!(g.next().len(), 3);
         assert!(g.next().is_empty());
         let (tx, _rx) = oneshot::channel();
-        assert!(g.push(row(9), tx), "the next call starts a new write");
+        assert!(
+            started(g.push(row(9), tx)),
+            "the next call starts a new write"
+        );
         // A writer that goes away mid-write (a panic, a cancelled task) answers the calls
         // still waiting (their answers dropped) and lets the next call start another.
         let (tx, _taken) = oneshot::channel();
-        assert!(!g.push(row(11), tx));
+        assert!(!started(g.push(row(11), tx)));
         let mut waiting = {
             let mut w = Group::writer(g.clone());
             assert_eq!(w.next().len(), 2);
             let (tx, rx) = oneshot::channel();
-            assert!(!g.push(row(12), tx));
+            assert!(!started(g.push(row(12), tx)));
             rx
         };
         assert!(
@@ -176,7 +231,7 @@ mod tests {
         );
         let (tx, _rx) = oneshot::channel();
         assert!(
-            g.push(row(10), tx),
+            started(g.push(row(10), tx)),
             "a writer gone mid-write leaves no one waiting"
         );
     }

@@ -553,13 +553,20 @@ impl Producer {
         let server = self.routes.queues.get(&row.queue).copied();
         let group = self.groups.of(server);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if group.push(row, reply) {
-            // No write under way: one starts, in a task of its own (a caller that stops
-            // waiting must not cut the others' write short). The writer is made before the
-            // task: a task that never runs still lets the next call start another.
-            let writer = crate::group::Group::writer(group);
-            let producer = self.clone();
-            tokio::spawn(async move { producer.write_groups(writer).await });
+        match group.push(row, reply) {
+            crate::group::Joined::Start => {
+                // No write under way: one starts, in a task of its own (a caller that stops
+                // waiting must not cut the others' write short). The writer is made before
+                // the task: a task that never runs still lets the next call start another.
+                let writer = crate::group::Group::writer(group);
+                let producer = self.clone();
+                tokio::spawn(async move { producer.write_groups(writer).await });
+            }
+            crate::group::Joined::Wait => {}
+            // Too many calls wait already: this one writes alone.
+            crate::group::Joined::Full(row) => {
+                return Ok(self.insert_rows(std::slice::from_ref(&row)).await?[0]);
+            }
         }
         answer.await.map_err(|_| Error::GroupLost)?
     }

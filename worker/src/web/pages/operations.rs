@@ -14,9 +14,10 @@ use super::*;
 
 pub(crate) struct QueueLine {
     pub(crate) name: String,
-    pub(crate) available: i64,
-    pub(crate) running: i64,
-    pub(crate) waiting: i64,
+    /// Counts as shown: `~N` when estimated (over 10,000 jobs).
+    pub(crate) available: String,
+    pub(crate) running: String,
+    pub(crate) waiting: String,
     pub(crate) claim_mode: String,
     pub(crate) concurrency: u32,
     pub(crate) key_limit: u32,
@@ -80,7 +81,14 @@ pub(crate) async fn queues(
         };
         let s = app.config.queue(&qn);
         let st = stats.queues.get(&name).cloned().unwrap_or_default();
-        let count = |state: &str| st.states.get(state).copied().unwrap_or(0);
+        let count = |state: &str| {
+            let n = st.states.get(state).copied().unwrap_or(0);
+            if st.estimated.contains(state) {
+                format!("~{n}")
+            } else {
+                n.to_string()
+            }
+        };
         let rate = |r: Option<jobq_config::Rate>| {
             r.map(|r| format!("{}/{}", r.max, humantime::format_duration(r.period)))
                 .unwrap_or_default()
