@@ -97,7 +97,7 @@ async fn a_job_claimed_ahead_never_waits_long_behind_a_slow_one(db: MySqlPool) {
         .collect();
     enqueue(&db, jobs).await;
     let mut procs = workers(&url, 2, 2);
-    let (mut most_per_key, mut most_per_worker) = (0, 0);
+    let mut most_per_key = 0;
     for _ in 0..6000 {
         let per_key: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(n) FROM (SELECT COUNT(*) n FROM jobq_jobs WHERE state = 'running' \
@@ -107,14 +107,6 @@ async fn a_job_claimed_ahead_never_waits_long_behind_a_slow_one(db: MySqlPool) {
         .await
         .unwrap();
         most_per_key = most_per_key.max(per_key.unwrap_or(0));
-        let per_worker: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(n) FROM (SELECT COUNT(*) n FROM jobq_jobs WHERE state = 'running' \
-             GROUP BY worker_id) w",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        most_per_worker = most_per_worker.max(per_worker.unwrap_or(0));
         if count(
             &db,
             "SELECT COUNT(*) FROM jobq_jobs WHERE state <> 'completed'",
@@ -131,11 +123,6 @@ async fn a_job_claimed_ahead_never_waits_long_behind_a_slow_one(db: MySqlPool) {
         p.stop_cleanly();
     }
     assert!(most_per_key <= 1, "{most_per_key} running rows of one key");
-    // Jobs were claimed ahead: a process held more running rows than its two slots.
-    assert!(
-        most_per_worker > 2,
-        "nothing claimed ahead: at most {most_per_worker} running rows"
-    );
     let waits = waits_in_process(&db).await;
     assert!(waits.len() >= 400, "{} claims of short jobs", waits.len());
     let worst = waits
@@ -152,8 +139,10 @@ async fn a_job_claimed_ahead_never_waits_long_behind_a_slow_one(db: MySqlPool) {
         worst.0,
         worst.1
     );
-    // The scenario did put jobs behind slow ones (else the bound proves nothing), and a job
-    // is not bounced from process to process.
+    // The scenario did claim jobs ahead and put them behind slow ones (only a job claimed
+    // ahead is given back: else the bound proves nothing), and a job is not bounced from
+    // process to process. (A sampled count of running rows per process is no proof: jobs
+    // claimed ahead of 2 ms handlers come and go between two samples.)
     let back = given_back(&db).await;
     assert!(back > 0, "no job claimed ahead was given back");
     let most_backs = count(
