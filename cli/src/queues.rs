@@ -155,15 +155,10 @@ async fn list(settings: &Config, pool: &sqlx::MySqlPool, json: bool) -> Result<E
         ]
         .iter()
         .map(|k| {
-            // An estimated count (over 10,000 jobs) is marked, as in `jobq stats`.
-            let estimated = r["estimated"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|s| s.as_str() == Some(*k)));
-            let cell = text(&r[*k]);
-            if estimated {
-                format!("~{cell}")
-            } else {
-                cell
+            // A count is shown as `jobq stats` shows it: `~N` when estimated.
+            match r["queue"].as_str().and_then(|q| stats.queues.get(q)) {
+                Some(s) if s.states.contains_key(*k) => s.count_text(k),
+                _ => text(&r[*k]),
             }
         })
         .collect();

@@ -60,11 +60,7 @@ fn print_stats(s: &jobq_worker::Stats) {
     let mut t = Table::new(&header);
     for (name, q) in &s.queues {
         let mut cells = vec![name.clone()];
-        cells.extend(
-            states
-                .iter()
-                .map(|st| count_text(q.states.get(*st).copied(), q.estimated.contains(*st))),
-        );
+        cells.extend(states.iter().map(|st| q.count_text(st)));
         cells.push(q.completed_last_minute.to_string());
         cells.push(
             q.oldest_available_seconds
@@ -74,11 +70,7 @@ fn print_stats(s: &jobq_worker::Stats) {
         t.row(cells);
     }
     let mut total = vec!["TOTAL".to_owned()];
-    total.extend(
-        states
-            .iter()
-            .map(|st| count_text(s.totals.get(*st).copied(), s.totals_estimated.contains(*st))),
-    );
+    total.extend(states.iter().map(|st| s.total_text(st)));
     t.row(total);
     t.print();
     if !s.totals_estimated.is_empty() {
@@ -86,16 +78,6 @@ fn print_stats(s: &jobq_worker::Stats) {
             "~ estimated: over 10,000 jobs in that state, the count is the server's estimate \
              (counting exactly would read every job)"
         );
-    }
-}
-
-/// A count as the table shows it: `~N` when it is an estimate.
-fn count_text(n: Option<i64>, estimated: bool) -> String {
-    let n = n.unwrap_or(0);
-    if estimated {
-        format!("~{n}")
-    } else {
-        n.to_string()
     }
 }
 

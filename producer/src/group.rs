@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::error::Result;
-use crate::producer::Enqueued;
+use crate::error::{Error, Result};
+use crate::producer::{Enqueued, Producer};
 use crate::store::JobInsert;
 
 /// The most jobs one group writes: one multi-row statement's worth.
@@ -152,6 +152,61 @@ impl Drop for Writer {
             s.waiting.clear();
         }
     }
+}
+
+/// Writes the waiting calls of `writer`'s group, a group at a time, until none waits.
+///
+/// A group the server refuses is split in halves, each written again, down to the one job it
+/// refuses: that call gets the error, every other its id, at the price of about two
+/// transactions per halving. A failure no job causes fails every call of the group at once.
+pub(crate) async fn write(producer: &Producer, mut writer: Writer) {
+    loop {
+        let calls = writer.next();
+        if calls.is_empty() {
+            return;
+        }
+        let mut parts = vec![calls.into_iter().unzip::<_, _, Vec<_>, Vec<_>>()];
+        while let Some((mut rows, mut replies)) = parts.pop() {
+            match producer.insert_rows(&rows).await {
+                Ok(out) => {
+                    for (reply, e) in replies.into_iter().zip(out) {
+                        let _ = reply.send(Ok(e));
+                    }
+                }
+                Err(e) if rows.len() == 1 => {
+                    if let Some(reply) = replies.pop() {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                // Not a refusal of the server (the connection, the pool): no job is to blame,
+                // and splitting would only repeat it. Every call gets the error.
+                Err(e) if !refused(&e) => {
+                    let text = e.to_string();
+                    let mut replies = replies.into_iter();
+                    if let Some(first) = replies.next() {
+                        let _ = first.send(Err(e));
+                    }
+                    for reply in replies {
+                        let _ = reply.send(Err(Error::GroupFailed(text.clone())));
+                    }
+                }
+                Err(_) => {
+                    let half = rows.len() / 2;
+                    let second = (rows.split_off(half), replies.split_off(half));
+                    // The first half next, then the second.
+                    parts.push(second);
+                    parts.push((rows, replies));
+                }
+            }
+        }
+    }
+}
+
+/// Whether the server refused a statement (a constraint, a bad value: an error one job may
+/// cause), as opposed to a failed connection, a lost race or a server that cannot serve now,
+/// which no job causes and splitting the group would only repeat.
+fn refused(e: &Error) -> bool {
+    matches!(e, Error::Database(e) if jobq_sqlkit::classify(e) == jobq_sqlkit::ErrorClass::Refused)
 }
 
 #[cfg(test)]

@@ -560,7 +560,7 @@ impl Producer {
                 // the task: a task that never runs still lets the next call start another.
                 let writer = crate::group::Group::writer(group);
                 let producer = self.clone();
-                tokio::spawn(async move { producer.write_groups(writer).await });
+                tokio::spawn(async move { crate::group::write(&producer, writer).await });
             }
             crate::group::Joined::Wait => {}
             // Too many calls wait already: this one writes alone.
@@ -579,55 +579,6 @@ impl Producer {
         self
     }
 
-    /// Writes the waiting single enqueues of `group`, a group at a time, until none waits.
-    async fn write_groups(&self, mut writer: crate::group::Writer) {
-        loop {
-            let calls = writer.next();
-            if calls.is_empty() {
-                return;
-            }
-            let (rows, replies): (Vec<_>, Vec<_>) = calls.into_iter().unzip();
-            // A failed group is split in halves, each written again, down to the one job the
-            // server refuses: that call gets the error, every other its id, at the price of
-            // about two transactions per halving.
-            let mut parts = vec![(rows, replies)];
-            while let Some((rows, replies)) = parts.pop() {
-                match self.insert_rows(&rows).await {
-                    Ok(out) => {
-                        for (reply, e) in replies.into_iter().zip(out) {
-                            let _ = reply.send(Ok(e));
-                        }
-                    }
-                    Err(e) if rows.len() == 1 => {
-                        if let Some(reply) = replies.into_iter().next() {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
-                    // Not a refusal of the server (the connection, the pool): no job is to
-                    // blame, and splitting would only repeat it. Every call gets the error.
-                    Err(e) if !refused(&e) => {
-                        let text = e.to_string();
-                        let mut replies = replies.into_iter();
-                        if let Some(first) = replies.next() {
-                            let _ = first.send(Err(e));
-                        }
-                        for reply in replies {
-                            let _ = reply.send(Err(Error::GroupFailed(text.clone())));
-                        }
-                    }
-                    Err(_) => {
-                        let half = rows.len() / 2;
-                        let (mut rows, mut replies) = (rows, replies);
-                        let (rows2, replies2) = (rows.split_off(half), replies.split_off(half));
-                        // The first half next, then the second.
-                        parts.push((rows2, replies2));
-                        parts.push((rows, replies));
-                    }
-                }
-            }
-        }
-    }
-
     /// Like [`enqueue_many`](Producer::enqueue_many), reporting duplicates per job; a
     /// duplicate does not fail the batch.
     pub async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
@@ -636,7 +587,7 @@ impl Producer {
 
     /// Inserts checked rows in one transaction of their server (retried whole if the server
     /// rolled it back), then records and reports them.
-    async fn insert_rows(&self, rows: &[store::JobInsert]) -> Result<Vec<Enqueued>> {
+    pub(crate) async fn insert_rows(&self, rows: &[store::JobInsert]) -> Result<Vec<Enqueued>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -969,13 +920,6 @@ fn record_workflow(out: &WorkflowEnqueued, batch: bool) {
         let kind = if batch { "batch" } else { "workflow" };
         metrics::counter!("jobq_workflows_started_total", "kind" => kind).increment(1);
     }
-}
-
-/// Whether the server refused a statement (a constraint, a bad value: an error one job may
-/// cause), as opposed to a failed connection, a lost race or a server that cannot serve now,
-/// which no job causes and splitting the group would only repeat.
-fn refused(e: &Error) -> bool {
-    matches!(e, Error::Database(e) if jobq_sqlkit::classify(e) == jobq_sqlkit::ErrorClass::Refused)
 }
 
 fn record_enqueued(rows: &[store::JobInsert], out: &[Enqueued]) {

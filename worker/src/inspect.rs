@@ -40,6 +40,34 @@ pub struct Stats {
     pub totals_estimated: BTreeSet<String>,
 }
 
+impl QueueStats {
+    /// The jobs in `state` as shown to people: `~N` when the number is an estimate.
+    pub fn count_text(&self, state: &str) -> String {
+        shown(self.states.get(state), self.estimated.contains(state))
+    }
+}
+
+impl Stats {
+    /// The jobs in `state` across queues as shown to people: `~N` when the number includes
+    /// an estimate.
+    pub fn total_text(&self, state: &str) -> String {
+        shown(
+            self.totals.get(state),
+            self.totals_estimated.contains(state),
+        )
+    }
+}
+
+/// A count as shown: `~N` when it is an estimate.
+fn shown(n: Option<&i64>, estimated: bool) -> String {
+    let n = n.copied().unwrap_or(0);
+    if estimated {
+        format!("~{n}")
+    } else {
+        n.to_string()
+    }
+}
+
 fn zeroes() -> BTreeMap<String, i64> {
     JobState::ALL
         .iter()
@@ -62,7 +90,7 @@ pub async fn stats(pool: &MySqlPool) -> Result<Stats> {
         totals: zeroes(),
         totals_estimated: BTreeSet::new(),
     };
-    // Per queue (a loose index scan finds them) and state, a bounded count: the cost is
+    // Per queue (an index dive finds each) and state, a bounded count: the cost is
     // O(queues), however many jobs the table keeps.
     for queue in store::queues_with_jobs(pool).await? {
         for state in JobState::ALL {

@@ -354,7 +354,7 @@ pub(crate) async fn sample_depth(
     pool: &MySqlPool,
     alive: Duration,
 ) -> Result<DepthSample, sqlx::Error> {
-    // Per queue (a loose index scan finds them) and live state, a bounded count of
+    // Per queue (an index dive finds each) and live state, a bounded count of
     // jobq_jobs_claim's (queue, state) range: exact up to EXACT_UP_TO, the server's estimate
     // beyond. The finished jobs, however many, are never read, and a backlog of millions
     // costs what ten thousand do.
@@ -362,14 +362,7 @@ pub(crate) async fn sample_depth(
     let mut oldest = Vec::new();
     for queue in super::inspect::queues_with_jobs(pool).await? {
         let mut available = false;
-        for state in [
-            JobState::Available,
-            JobState::Scheduled,
-            JobState::Running,
-            JobState::Retryable,
-            JobState::Waiting,
-            JobState::Blocked,
-        ] {
+        for state in JobState::ALL.into_iter().filter(|s| !s.is_final()) {
             let (n, _) =
                 super::inspect::count_in_state(pool, &queue, state, super::EXACT_UP_TO).await?;
             available |= state == JobState::Available && n > 0;

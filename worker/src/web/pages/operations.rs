@@ -81,14 +81,7 @@ pub(crate) async fn queues(
         };
         let s = app.config.queue(&qn);
         let st = stats.queues.get(&name).cloned().unwrap_or_default();
-        let count = |state: &str| {
-            let n = st.states.get(state).copied().unwrap_or(0);
-            if st.estimated.contains(state) {
-                format!("~{n}")
-            } else {
-                n.to_string()
-            }
-        };
+        let count = |state: &str| st.count_text(state);
         let rate = |r: Option<jobq_config::Rate>| {
             r.map(|r| format!("{}/{}", r.max, humantime::format_duration(r.period)))
                 .unwrap_or_default()
