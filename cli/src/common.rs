@@ -53,12 +53,40 @@ pub(crate) async fn migrate(settings: &Config) -> Result<ExitCode> {
         for m in &report.applied {
             eprintln!("jobq: applied {} {}", m.version, m.description);
         }
+        history_layout(settings, url).await?;
     }
     match servers.len() {
         1 => eprintln!("jobq: database migrated"),
         n => eprintln!("jobq: {n} databases migrated"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The history layout `maintenance.history_partition` asks for, on the server of `url`
+/// (after its migrations): converted, or partitions rolled; says what changed.
+async fn history_layout(settings: &Config, url: &str) -> Result<()> {
+    let on = jobq_worker::on_server(settings, url)?;
+    let pool = jobq_worker::connect(&on)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))?;
+    let r = jobq_worker::apply_history_layout(&pool, &on)
+        .await
+        .with_context(|| format!("applying maintenance.history_partition on {}", redact(url)));
+    pool.close().await;
+    let r = r?;
+    match (r.converted, r.partitioned) {
+        (true, true) => eprintln!(
+            "jobq: jobq_transitions partitioned by time: {} partitions",
+            r.partitions
+        ),
+        (true, false) => eprintln!("jobq: jobq_transitions is one table again (not partitioned)"),
+        (false, true) if r.added + r.dropped > 0 => eprintln!(
+            "jobq: history partitions rolled: {} created ahead, {} dropped past retention, {} now",
+            r.added, r.dropped, r.partitions
+        ),
+        _ => {}
+    }
+    Ok(())
 }
 
 pub(crate) async fn connected(settings: &Config) -> Result<sqlx::MySqlPool> {

@@ -532,6 +532,20 @@ pub struct MaintenanceSettings {
     /// Keep `discarded` and `cancelled` jobs this long. Default `7days`; `0s` keeps forever.
     #[serde(with = "humantime_serde")]
     pub failed_retention: Duration,
+    /// Partitioned history (README "History at scale"): the width of one partition of
+    /// `jobq_transitions` by time, in whole hours (`1h` to `31days`). `jobq migrate` applies
+    /// it (converting the table, with every worker stopped) and creates partitions ahead; the
+    /// leader keeps creating them ahead and drops whole partitions past `history_retention`,
+    /// instead of deleting each job's history with it. Default `0s`: not partitioned (a job's
+    /// history goes with the job).
+    #[serde(with = "humantime_serde")]
+    pub history_partition: Duration,
+    /// With partitioned history: how long history is kept, by the time of each transition; a
+    /// partition whose every row is older is dropped. Unset (the default): the longer of
+    /// `completed_retention` and `failed_retention`, or forever while either is `0s`; `0s`
+    /// keeps forever.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Option<Duration>,
     /// Whether this process campaigns for maintenance leadership. Default `true`; `false` for
     /// processes that should only work jobs, as long as another process leads (without a
     /// leader nothing is promoted, rescued, pruned or scheduled).
@@ -544,6 +558,8 @@ impl Default for MaintenanceSettings {
             interval: Duration::from_secs(1),
             completed_retention: Duration::from_secs(24 * 3600),
             failed_retention: Duration::from_secs(7 * 24 * 3600),
+            history_partition: Duration::ZERO,
+            history_retention: None,
             lead: true,
         }
     }

@@ -698,3 +698,59 @@ fn schedules_follow_their_queue_server() {
     assert_eq!(parts[1].schedules(), &[]);
     assert!(parts[1].settings().schedules.is_empty());
 }
+
+#[test]
+fn history_partitions_are_whole_hours_with_a_bounded_retention() {
+    let with = |width: u64, keep: Option<u64>| {
+        let mut s = Settings::default();
+        s.maintenance.history_partition = Duration::from_secs(width);
+        s.maintenance.history_retention = keep.map(Duration::from_secs);
+        s.validate()
+    };
+    const H: u64 = 3600;
+    // Off by default; whole hours up to a month.
+    let c = with(0, None).unwrap();
+    assert_eq!(c.history_partition(), None);
+    for ok in [H, 6 * H, 24 * H, 31 * 24 * H] {
+        assert_eq!(
+            with(ok, None).unwrap().history_partition(),
+            Some(Duration::from_secs(ok))
+        );
+    }
+    for bad in [60, H + 1800, 32 * 24 * H] {
+        let e = with(bad, None).unwrap_err().to_string();
+        assert!(
+            e.contains("maintenance.history_partition") && e.contains("whole hours"),
+            "{e}"
+        );
+    }
+    // The retention: its own, else the longer job retention (7 days), forever with 0s.
+    assert_eq!(
+        with(H, None).unwrap().history_retention(),
+        Some(Duration::from_secs(7 * 24 * H))
+    );
+    assert_eq!(
+        with(H, Some(2 * H)).unwrap().history_retention(),
+        Some(Duration::from_secs(2 * H))
+    );
+    assert_eq!(with(H, Some(0)).unwrap().history_retention(), None);
+    let mut s = Settings::default();
+    s.maintenance.completed_retention = Duration::ZERO;
+    assert_eq!(s.validate().unwrap().history_retention(), None);
+    // At most 900 partitions kept: 900 hourly ones, not 901.
+    with(H, Some(900 * H)).unwrap();
+    let e = with(H, Some(900 * H + 1)).unwrap_err().to_string();
+    assert!(
+        e.contains("maintenance.history_retention") && e.contains("901 partitions"),
+        "{e}"
+    );
+    // From a file and the environment.
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("jobq.toml", "[maintenance]\nhistory_partition = \"1day\"\n")?;
+        jail.set_env("JOBQ_MAINTENANCE__HISTORY_RETENTION", "3days");
+        let c = crate::load(Some(Path::new("jobq.toml"))).unwrap();
+        assert_eq!(c.history_partition(), Some(Duration::from_secs(24 * H)));
+        assert_eq!(c.history_retention(), Some(Duration::from_secs(72 * H)));
+        Ok(())
+    });
+}

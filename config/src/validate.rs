@@ -99,6 +99,7 @@ impl Settings {
         nonzero("worker.heartbeat_interval", w.heartbeat_interval)?;
         nonzero("worker.backoff_base", w.backoff_base)?;
         nonzero("maintenance.interval", self.maintenance.interval)?;
+        check_history(&self.maintenance)?;
         positive(
             "database.lock_wait_timeout_secs",
             self.database.lock_wait_timeout_secs,
@@ -371,6 +372,52 @@ fn name_error(key: &str, e: jobq_producer::Error) -> ConfigError {
 }
 
 /// The most jobs a queue may claim ahead of its slots.
+/// The widest history partition: a month.
+const MAX_PARTITION_HOURS: u64 = 31 * 24;
+/// The most history partitions retention may keep (MariaDB allows 8,192 in all; each is a file,
+/// and a read of one job's history dives into every one).
+const MAX_KEPT_PARTITIONS: u64 = 900;
+
+/// `maintenance.history_partition`: `0s` or whole hours up to a month; with it, a retention
+/// that keeps at most [`MAX_KEPT_PARTITIONS`].
+fn check_history(m: &crate::settings::MaintenanceSettings) -> Result<(), ConfigError> {
+    let width = m.history_partition;
+    if width.is_zero() {
+        return Ok(());
+    }
+    let secs = width.as_secs();
+    if width.subsec_nanos() != 0
+        || !secs.is_multiple_of(3600)
+        || !(1..=MAX_PARTITION_HOURS).contains(&(secs / 3600))
+    {
+        return Err(invalid(
+            "maintenance.history_partition",
+            format!(
+                "must be 0s (not partitioned) or whole hours from 1h to 31days, such as 1h, 6h or \
+                 1day; got {}",
+                humantime::format_duration(width)
+            ),
+        ));
+    }
+    let retention = crate::validated::history_retention(m);
+    if let Some(r) = retention {
+        let kept = r.as_secs().div_ceil(secs);
+        if kept > MAX_KEPT_PARTITIONS {
+            return Err(invalid(
+                "maintenance.history_retention",
+                format!(
+                    "keeps {} of history in partitions of {}: {kept} partitions, more than \
+                     {MAX_KEPT_PARTITIONS}; choose wider partitions (maintenance.history_partition) \
+                     or a shorter retention",
+                    humantime::format_duration(r),
+                    humantime::format_duration(width)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 const MAX_PREFETCH: u32 = 10_000;
 
 fn at_most(key: &str, v: u32, max: u32) -> Result<(), ConfigError> {

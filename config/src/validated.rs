@@ -159,6 +159,19 @@ impl Config {
         &self.settings.maintenance
     }
 
+    /// `maintenance.history_partition`, validated: `None` when history is not partitioned,
+    /// else whole hours from one to 744.
+    pub fn history_partition(&self) -> Option<Duration> {
+        let width = self.settings.maintenance.history_partition;
+        (!width.is_zero()).then_some(width)
+    }
+
+    /// How long partitioned history is kept (`maintenance.history_retention`, or the longer of
+    /// the jobs' retentions when unset); `None`: forever.
+    pub fn history_retention(&self) -> Option<Duration> {
+        history_retention(&self.settings.maintenance)
+    }
+
     /// `[metrics]`.
     pub fn metrics(&self) -> &MetricsSettings {
         &self.settings.metrics
@@ -375,4 +388,13 @@ pub(crate) fn distinct_servers<'a>(urls: impl Iterator<Item = &'a str>) -> Vec<&
         }
     }
     out
+}
+
+/// See [`Config::history_retention`].
+pub(crate) fn history_retention(m: &MaintenanceSettings) -> Option<Duration> {
+    match m.history_retention {
+        Some(d) => (!d.is_zero()).then_some(d),
+        None if m.completed_retention.is_zero() || m.failed_retention.is_zero() => None,
+        None => Some(m.completed_retention.max(m.failed_retention)),
+    }
 }

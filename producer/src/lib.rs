@@ -55,7 +55,7 @@ pub use job::{
 pub use json::{check as check_json, MYSQL_MAX_DEPTH, PORTABLE_MAX_DEPTH};
 pub use migrate::{
     check_migrated, latest_version, migrate, migrate_conn, migrations, migrations_sql,
-    MigrateReport, Migration,
+    refuse_while_workers_run, MigrateReport, Migration,
 };
 pub use notify::{job_written, subscribe, Subscription};
 pub use producer::{

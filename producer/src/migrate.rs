@@ -139,7 +139,14 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<MigrateReport> {
         .iter()
         .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version));
     if let Some(m) = pending.clone().find(|m| needs_a_stop(m)) {
-        refuse_while_workers_run(conn, m).await?;
+        refuse_while_workers_run(
+            conn,
+            &format!(
+                "migration {} ({}) alters jobq_jobs",
+                m.version, m.description
+            ),
+        )
+        .await?;
     }
     for m in MIGRATIONS.iter() {
         if let Some((_, checksum, _)) = applied.iter().find(|(v, _, _)| *v == m.version) {
@@ -216,12 +223,10 @@ fn needs_a_stop(m: &sqlx::migrate::Migration) -> bool {
 /// running; older rows are crashed workers' (maintenance prunes them).
 const LIVE_WORKER_SECS: u32 = 600;
 
-/// Refuses to apply `m` ([`needs_a_stop`]) while a worker is registered with a recent
-/// heartbeat, naming them.
-async fn refuse_while_workers_run(
-    conn: &mut MySqlConnection,
-    m: &sqlx::migrate::Migration,
-) -> Result<()> {
+/// Refuses `action` (a migration that [`needs_a_stop`], or a change of the history layout:
+/// what it does, e.g. "migration 13 (flow limits) alters jobq_jobs") while a worker is
+/// registered with a recent heartbeat, naming them.
+pub async fn refuse_while_workers_run(conn: &mut MySqlConnection, action: &str) -> Result<()> {
     // language=MySQL
     let live: std::result::Result<Vec<(String, String, u32)>, sqlx::Error> = sqlx::query_as(
         "SELECT CAST(id AS CHAR), CAST(host AS CHAR), pid FROM jobq_workers \
@@ -245,13 +250,11 @@ async fn refuse_while_workers_run(
         .collect();
     let ids: Vec<String> = live.iter().map(|(id, _, _)| format!("'{id}'")).collect();
     Err(Error::Migration(format!(
-        "migration {} ({}) alters jobq_jobs and is not safe while jobs are enqueued or worked, \
+        "{action} and is not safe while jobs are enqueued or worked, \
          and {} worker(s) are running (heartbeat within {} s): {}; stop every worker and \
          producer of this database, then run `jobq migrate` again (a crashed worker's row stops \
          counting {} s after its last heartbeat; if you know those workers are gone, remove \
          their rows now: DELETE FROM jobq_workers WHERE id IN ({}))",
-        m.version,
-        m.description,
         live.len(),
         LIVE_WORKER_SECS,
         names.join(", "),

@@ -200,7 +200,7 @@ pub async fn queues_handling(
 }
 
 /// Deletes jobs in final state `state` finalized more than `older_than` ago, with their
-/// history, in short batches. Returns how many were deleted.
+/// history (unless history is partitioned: it goes by whole partitions), in short batches. Returns how many were deleted.
 pub async fn prune_jobs(
     pool: &MySqlPool,
     state: JobState,
@@ -211,11 +211,16 @@ pub async fn prune_jobs(
             "only finished jobs are pruned (completed, discarded, cancelled), not {state}"
         )));
     }
-    // One pass over the range, window by window.
+    // One pass over the range, window by window. Partitioned history goes by partitions.
+    let with_history = !matches!(
+        store::history_layout(pool).await?,
+        store::HistoryLayout::ByTime(_)
+    );
     let mut total = 0;
     let mut cursor = store::PruneCursor::default();
     loop {
-        let (n, more) = store::prune(pool, state, older_than, 500, &mut cursor).await?;
+        let (n, more) =
+            store::prune(pool, state, older_than, 500, &mut cursor, with_history).await?;
         total += n;
         if !more {
             return Ok(total);

@@ -42,6 +42,7 @@ mod docs_tests;
 mod error;
 mod handler;
 mod health;
+mod history;
 mod ids;
 mod inspect;
 mod journal;
@@ -72,6 +73,7 @@ pub use db::{check_migrated, check_server, check_server_limits, migrate};
 pub use error::{Error, Result};
 pub use handler::{BoxError, Handler, JobContext, JobError, JobTx, Parent, MAX_RESULT_BYTES};
 pub use health::{Health, Loop, Status};
+pub use history::{apply_history_layout, HistoryReport};
 pub use ids::{hostname, WorkerId};
 pub use inspect::{
     job_with_history, list_jobs, list_jobs_page, list_schedules, pause_queue, pause_schedule,

@@ -18,6 +18,7 @@ mod crash;
 mod demo;
 mod endpoint;
 mod failover;
+mod history;
 mod limits;
 mod locks;
 mod pause;

@@ -30,14 +30,6 @@ async fn early_starts(db: &MySqlPool) -> Vec<(u64, u64)> {
     .unwrap()
 }
 
-async fn completed(db: &MySqlPool) -> i64 {
-    count(
-        db,
-        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
-    )
-    .await
-}
-
 /// Two worker processes of `jobq work` in `mode`.
 fn workers(url: &str, mode: &str, env: &[(&str, &str)]) -> Vec<WorkerProc> {
     let args = ["--concurrency", "4", "--claim-mode", mode];
@@ -60,7 +52,7 @@ async fn diamonds_run_in_order(db: MySqlPool, mode: &str) {
     let mut procs = workers(&url, mode, &[("JOBQ_WORKER__POLL_INTERVAL", "50ms")]);
     let jobs = 4 * DIAMONDS as i64;
     wait_for(Duration::from_secs(90), "every diamond done", || async {
-        completed(&db).await == jobs
+        completed_jobs(&db).await == jobs
     })
     .await;
     for p in &mut procs {
@@ -133,7 +125,7 @@ async fn a_fan_out_and_fan_in_of_a_thousand_start_the_sink_once(db: MySqlPool) {
     );
     let mut procs = workers(&url, "skip-locked", &[]);
     wait_for(Duration::from_secs(120), "the whole fan done", || async {
-        completed(&db).await == 1002
+        completed_jobs(&db).await == 1002
     })
     .await;
     for p in &mut procs {
@@ -191,7 +183,7 @@ async fn a_kill_while_parents_complete_loses_no_release(db: MySqlPool) {
     wait_for(
         Duration::from_secs(60),
         "a third of the parents done",
-        || async { completed(&db).await >= 100 },
+        || async { completed_jobs(&db).await >= 100 },
     )
     .await;
     procs[0].kill9();
@@ -201,7 +193,7 @@ async fn a_kill_while_parents_complete_loses_no_release(db: MySqlPool) {
         &env,
     ));
     wait_for(Duration::from_secs(120), "every job done", || async {
-        completed(&db).await == 320
+        completed_jobs(&db).await == 320
     })
     .await;
     for p in procs.iter_mut().skip(1) {

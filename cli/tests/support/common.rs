@@ -109,6 +109,15 @@ pub(crate) async fn count(pool: &MySqlPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+/// How many jobs are `completed`.
+pub(crate) async fn completed_jobs(pool: &MySqlPool) -> i64 {
+    count(
+        pool,
+        "SELECT COUNT(*) FROM jobq_jobs WHERE state = 'completed'",
+    )
+    .await
+}
+
 pub(crate) async fn state_of(pool: &MySqlPool, id: u64) -> String {
     sqlx::query_scalar("SELECT CAST(state AS CHAR) FROM jobq_jobs WHERE id = ?")
         .bind(id)

@@ -10,12 +10,14 @@
 //! - `flow.rs`: concurrency keys and rate windows, which `claim.rs` and promotions apply;
 //! - `prefetch.rs`: how many jobs a claim may take ahead of free slots (`auto`);
 //! - `acts.rs`: operators' cancel, retry and discard;
-//! - `schedule.rs`: which slots of a recurring schedule to enqueue now.
+//! - `schedule.rs`: which slots of a recurring schedule to enqueue now;
+//! - `partitions.rs`: which history partitions to create ahead and which to drop.
 
 pub(crate) mod acts;
 pub(crate) mod attempt;
 pub(crate) mod claim;
 pub(crate) mod flow;
+pub(crate) mod partitions;
 pub(crate) mod prefetch;
 pub(crate) mod schedule;
 

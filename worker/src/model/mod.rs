@@ -34,6 +34,14 @@ pub(crate) type CancelRule = fn(&Decision, &str) -> Option<Decision>;
 /// (`machine::flow::to_promote`).
 pub(crate) type PromoteRule = fn(u32, u32, u32) -> u32;
 
+/// One partition of the history table (`jobq_transitions`), as the server lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Partition {
+    pub(crate) name: String,
+    /// Its rows are older than this (UTC); `None`: `MAXVALUE`.
+    pub(crate) below: Option<chrono::NaiveDateTime>,
+}
+
 /// A fencing token: fresh random bytes per claim transaction.
 pub(crate) type Token = [u8; 16];
 

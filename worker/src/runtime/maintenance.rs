@@ -9,7 +9,8 @@
 //! history) in short primary-key batches for up to half an interval, so pruning keeps pace with
 //! thousands of completions a second; every few seconds it samples the depth gauges; about
 //! every 30 intervals it prunes stale worker rows and `jobq_keys` rows no live job has used for
-//! two days.
+//! two days; about every 60 intervals (and on its first) it rolls the history partitions, if
+//! history is partitioned (`crate::history`).
 //!
 //! When the lease is lost the leader's loop is dropped at its next await; a pass already
 //! started runs to its end in its own task (never cut off mid-transaction), and a stopping
@@ -37,6 +38,8 @@ use crate::metrics;
 use crate::store;
 
 const BATCH: u32 = 1000;
+/// History partitions are rolled every this many passes (a minute at the default interval).
+const ROLL_EVERY: u64 = 60;
 /// Jobs deleted per retention transaction: short, so a prune never holds many row locks.
 const PRUNE_BATCH: u32 = 500;
 
@@ -252,6 +255,40 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
             metrics::repaired(n);
         }
     }
+    // History partitions: created ahead, dropped past retention, about every 60 passes (and
+    // on the first: a new leader finds the layout). A failure (a long transaction holding the
+    // table's metadata lock, say) is logged and tried again at the next roll.
+    if ticks % ROLL_EVERY == 1 {
+        let began = Instant::now();
+        match crate::history::roll(&shared.pool, &shared.config).await {
+            Ok(rolled) => {
+                shared
+                    .history_by_time
+                    .store(rolled.by_time, std::sync::atomic::Ordering::Relaxed);
+                if !rolled.plan.is_empty() {
+                    info!(
+                        added = rolled.plan.add.len(),
+                        dropped = ?rolled.plan.drop,
+                        ms = began.elapsed().as_millis() as u64,
+                        "rolled the history partitions"
+                    );
+                }
+                if !rolled.by_time && ticks == 1 && shared.config.history_partition().is_some() {
+                    warn!(
+                        "maintenance.history_partition is set but jobq_transitions is not \
+                         partitioned: run `jobq migrate` with every worker stopped to convert it \
+                         (until then history is deleted with its jobs)"
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "rolling the history partitions failed; trying again later")
+            }
+        }
+    }
+    let with_history = !shared
+        .history_by_time
+        .load(std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + shared.config.maintenance().interval / 2;
     // Where the last pass's retention scans stopped: each pass goes on from there.
     let mut cursors = *shared
@@ -263,6 +300,7 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
         shared.config.maintenance(),
         deadline,
         &mut cursors,
+        with_history,
     )
     .await;
     *shared
@@ -287,6 +325,7 @@ async fn retain(
     m: &MaintenanceSettings,
     deadline: Instant,
     cursors: &mut [store::PruneCursor; 3],
+    with_history: bool,
 ) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
     for (i, (state, age)) in [
@@ -301,7 +340,8 @@ async fn retain(
             continue;
         }
         loop {
-            let (n, more) = store::prune(pool, state, age, PRUNE_BATCH, &mut cursors[i]).await?;
+            let (n, more) =
+                store::prune(pool, state, age, PRUNE_BATCH, &mut cursors[i], with_history).await?;
             deleted += n;
             // A window with nothing ripe ends this state's turn: the next pass goes on from
             // the cursor, so unripe jobs cost one window per pass, not the whole range.
@@ -334,11 +374,16 @@ pub async fn prune_finished(
     budget: Duration,
 ) -> crate::Result<u64> {
     let mut cursors = Default::default();
+    let with_history = !matches!(
+        store::history_layout(pool).await?,
+        store::HistoryLayout::ByTime(_)
+    );
     Ok(retain(
         pool,
         config.maintenance(),
         Instant::now() + budget,
         &mut cursors,
+        with_history,
     )
     .await?)
 }

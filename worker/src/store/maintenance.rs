@@ -207,7 +207,8 @@ pub(crate) struct PruneCursor(Option<(chrono::DateTime<chrono::Utc>, u64)>);
 /// whose `run_at` is older than now − `age` (a plain read of `jobq_jobs_due`, no locks),
 /// deletes those of them finalised before now − `age`, with their history, and moves the
 /// cursor past the window. Returns how many jobs it deleted and whether the range goes on
-/// (`false`: it ended, and the cursor is back at its start).
+/// (`false`: it ended, and the cursor is back at its start). `with_history`: delete their
+/// history rows too (`false` when history is partitioned: it goes by whole partitions).
 ///
 /// Why a window and a cursor: `run_at <= finalized_at`, so the range bounds the candidates,
 /// but a job can have an old `run_at` and a recent `finalized_at` (a backlog worked through
@@ -219,6 +220,7 @@ pub(crate) async fn prune(
     age: Duration,
     scan: u32,
     cursor: &mut PruneCursor,
+    with_history: bool,
 ) -> Result<(u64, bool), sqlx::Error> {
     // language=MySQL
     let after = match cursor.0 {
@@ -273,15 +275,16 @@ pub(crate) async fn prune(
     // With a job go its history, its log lines and progress, the edges into it (it has ended,
     // so they are resolved; the edges out of it stay with their children, which read their
     // parents' endings there) and its name in its workflow.
-    for table_sql in [
-        format!("DELETE FROM jobq_transitions WHERE job_id IN ({list})"),
+    let history =
+        with_history.then(|| format!("DELETE FROM jobq_transitions WHERE job_id IN ({list})"));
+    for table_sql in history.into_iter().chain([
         format!("DELETE FROM jobq_deps WHERE child_id IN ({list})"),
         format!("DELETE FROM jobq_workflow_jobs WHERE job_id IN ({list})"),
         format!("DELETE FROM jobq_job_logs WHERE job_id IN ({list})"),
         format!("DELETE FROM jobq_job_progress WHERE job_id IN ({list})"),
         // No index hint: MariaDB before 11.x refuses one on DELETE (error 1064).
         format!("DELETE FROM jobq_jobs WHERE id IN ({list})"),
-    ] {
+    ]) {
         let mut q = sqlx::query(&table_sql);
         for id in &ids {
             q = q.bind(id);

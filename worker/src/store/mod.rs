@@ -16,6 +16,7 @@
 //! - [`kinds`]: which kinds workers handle on which queues (`jobq enqueue`'s warning);
 //! - [`lease`]: lease extension and the worker rows (heartbeat);
 //! - [`maintenance`]: leader lease, promotion, rescue, retention (leader only);
+//! - [`partitions`]: the history table's partitions and their DDL (`jobq migrate`, leader);
 //! - [`inspect`]: read-only views for the CLI and operators: counts, a job, its history,
 //!   workers;
 //! - [`listing`]: jobs listed by filter and paged, and counted by the same filter;
@@ -51,6 +52,7 @@ mod lease;
 mod listing;
 mod maintenance;
 mod named_lock;
+mod partitions;
 mod queues;
 mod repair;
 mod schedules;
@@ -98,6 +100,10 @@ pub(crate) use maintenance::{
     PruneCursor,
 };
 pub(crate) use named_lock::{get_lock, lock_name, release_lock};
+pub(crate) use partitions::{
+    add_partitions, drop_partitions, history_layout, limit_ddl_wait, oldest_history,
+    partition_history, server_now, unpartition_history, HistoryLayout,
+};
 pub(crate) use queues::{pause, paused, resume};
 pub(crate) use repair::{repair, RepairCursor};
 pub(crate) use schedules::{lock_schedule, mark_schedule, schedule_rows, set_schedule_paused};

@@ -160,6 +160,7 @@ async fn retention_reads_a_window_per_call(db: MySqlPool) {
             hour,
             500,
             &mut cursor,
+            true,
         ),
     )
     .await;
@@ -176,6 +177,7 @@ async fn retention_reads_a_window_per_call(db: MySqlPool) {
             hour,
             500,
             &mut cursor,
+            true,
         )
         .await
         .unwrap();
