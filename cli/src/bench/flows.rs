@@ -87,7 +87,7 @@ async fn release(
     wait_completed(pool, parents + 1, &mut workers).await?;
     let (q1, w1) = sql::server_counters(pool).await?;
     workers.stop()?;
-    let (span, claims) = sql::run_span(pool, QUEUE).await?;
+    let (span, claims) = sql::run_span(pool, QUEUE, 0).await?;
     let latency_us = sql::release_latency(pool, wf.id.0, child).await?;
     let n = parents + 1;
     Ok(Report {

@@ -2,7 +2,8 @@
 //!
 //! Scenarios (all in a database of their own, `<db>_bench`, emptied before each run):
 //! - `burn-down`: insert N `noop` jobs (timing the enqueue), then start P `jobq work` processes
-//!   with C slots each and time first claim → last completion (database clock);
+//!   with C slots each and time first claim → last completion (database clock); with
+//!   `--finished M`, also with M finished jobs kept in the tables (`finished.rs`);
 //! - `steady`: P worker processes run while this process inserts at a fixed rate for a while;
 //!   reports pickup latency (run_at → claim) percentiles;
 //! - `ceiling`: the least SQL that can drain the same queue (claim 100, mark running, one UPDATE
@@ -38,6 +39,7 @@ use serde_json::json;
 use sqlx::MySqlPool;
 
 mod enqueue;
+mod finished;
 mod flows;
 mod locks;
 mod price;
@@ -176,6 +178,11 @@ pub(crate) struct BenchArgs {
     /// ceiling, and report each burn-down against it too.
     #[arg(long)]
     floor: bool,
+    /// burn-down: measure each burn-down also with N completed jobs of the queue (and their
+    /// history) kept in the tables: runs without, with, with, without (README "A backlog that
+    /// costs nothing"; 10,000,000 takes several minutes and a few GB to insert).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    finished: u64,
     /// fan-in: the parents of the one child.
     #[arg(long, default_value_t = 10_000)]
     parents: u32,
@@ -267,6 +274,16 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
                     };
                     for &p in &a.processes {
                         for &conc in &a.concurrency {
+                            if a.finished > 0 {
+                                let runs =
+                                    finished::burden(&pool, &url, jobs, a.finished, mode, p, conc)
+                                        .await?;
+                                for r in runs {
+                                    emit(&a, &r);
+                                    reports.push(r);
+                                }
+                                continue;
+                            }
                             let mut r = burn_down(&pool, &url, jobs, mode, p, conc).await?;
                             r.ceiling_jobs_per_s = Some(c);
                             r.percent_of_ceiling = Some(100.0 * r.jobs_per_s / c);

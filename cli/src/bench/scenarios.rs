@@ -89,13 +89,15 @@ pub(super) async fn burn_down_on(
     processes: u32,
     concurrency: u32,
 ) -> Result<Report> {
+    // Jobs already in the table (finished ones kept on purpose) are not the run's.
+    let after = sql::max_job_id(pool).await?;
     let enqueue = fill(pool, n).await?;
     let (q0, w0) = sql::server_counters(pool).await?;
     let mut workers = Workers::spawn(url, mode, processes, concurrency)?;
-    wait_completed(pool, n, &mut workers).await?;
+    wait_done(n, &mut workers, || sql::completed_after(pool, QUEUE, after)).await?;
     let (q1, w1) = sql::server_counters(pool).await?;
     workers.stop()?;
-    let (span, claims) = sql::run_span(pool, QUEUE).await?;
+    let (span, claims) = sql::run_span(pool, QUEUE, after).await?;
     // Round trips per claim: START+SELECT, UPDATE+INSERT+COMMIT; named-lock adds GET_LOCK
     // (RELEASE_LOCK rides in the last round trip).
     let claim_statements = match mode {
@@ -281,7 +283,7 @@ pub(super) async fn steady(
     workers.stop()?;
     let mut lat = sql::pickup_latencies(pool, QUEUE).await?;
     lat.sort_unstable();
-    let (span, claims) = sql::run_span(pool, QUEUE).await?;
+    let (span, claims) = sql::run_span(pool, QUEUE, 0).await?;
     Ok(Report {
         scenario: "steady".into(),
         claim_mode: mode.to_string(),

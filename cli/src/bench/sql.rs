@@ -53,25 +53,114 @@ pub(super) async fn server_counters(pool: &MySqlPool) -> Result<(u64, u64), sqlx
 
 /// Completed jobs in `queue`.
 pub(super) async fn completed_in(pool: &MySqlPool, queue: &str) -> Result<i64, sqlx::Error> {
-    // language=MySQL
-    sqlx::query_scalar("SELECT COUNT(*) FROM jobq_jobs WHERE queue = ? AND state = 'completed'")
+    completed_after(pool, queue, 0).await
+}
+
+/// Completed jobs of `queue` with ids above `after` (the run's jobs, in a table holding
+/// others): a range of the primary key then, not of the claim index, whose completed range
+/// holds every finished job of the queue.
+pub(super) async fn completed_after(
+    pool: &MySqlPool,
+    queue: &str,
+    after: u64,
+) -> Result<i64, sqlx::Error> {
+    if after == 0 {
+        // language=MySQL
+        return sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobq_jobs WHERE queue = ? AND state = 'completed'",
+        )
         .bind(queue)
         .fetch_one(pool)
-        .await
+        .await;
+    }
+    // language=MySQL
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobq_jobs FORCE INDEX (PRIMARY) \
+         WHERE id > ? AND queue = ? AND state = 'completed'",
+    )
+    .bind(after)
+    .bind(queue)
+    .fetch_one(pool)
+    .await
+}
+
+/// The highest job id (0: none).
+pub(super) async fn max_job_id(pool: &MySqlPool) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    let id: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM jobq_jobs")
+        .fetch_one(pool)
+        .await?;
+    Ok(id.unwrap_or(0))
 }
 
 /// Seconds from the first claim to the last completion, and the number of claim transactions
-/// (one token each).
-pub(super) async fn run_span(pool: &MySqlPool, queue: &str) -> Result<(f64, i64), sqlx::Error> {
+/// (one token each), of the jobs of `queue` with ids above `after`.
+pub(super) async fn run_span(
+    pool: &MySqlPool,
+    queue: &str,
+    after: u64,
+) -> Result<(f64, i64), sqlx::Error> {
     // language=MySQL
     let (span, claims): (Option<f64>, i64) = sqlx::query_as(
         "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(attempted_at), MAX(finalized_at)) / 1e6, COUNT(DISTINCT claim_token) \
-         FROM jobq_jobs WHERE queue = ?",
+         FROM jobq_jobs FORCE INDEX (PRIMARY) WHERE id > ? AND queue = ?",
     )
+    .bind(after)
     .bind(queue)
     .fetch_one(pool)
     .await?;
     Ok((span.unwrap_or(0.0), claims))
+}
+
+/// `n` jobs of `queue` completed an hour ago, each with its three history rows (enqueued,
+/// claimed, completed), written by the server in chunks of 100,000 (a cross join of digits:
+/// no client round trip per row). What a busy queue leaves behind for retention.
+pub(super) async fn fill_finished(
+    pool: &MySqlPool,
+    queue: &str,
+    n: u64,
+) -> Result<(), sqlx::Error> {
+    const CHUNK: u64 = 100_000;
+    let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
+                  SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL \
+                  SELECT 8 UNION ALL SELECT 9)";
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(CHUNK);
+        let from = max_job_id(pool).await?;
+        // language=MySQL
+        let sql = format!(
+            "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, attempt, max_attempts, \
+                                    claim_token, worker_id, created_at, attempted_at, finalized_at) \
+             SELECT ?, 'noop', '{{}}', 'completed', t, 1, 25, UNHEX(MD5(n)), 'bench', t, t, t \
+             FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d AS n, \
+                          UTC_TIMESTAMP(6) - INTERVAL 1 HOUR AS t \
+                   FROM {digits} a, {digits} b, {digits} c, {digits} e, {digits} f) g \
+             WHERE n < ? ORDER BY n"
+        );
+        sqlx::query(&sql).bind(queue).bind(k).execute(pool).await?;
+        for (from_state, to_state, event, attempt) in [
+            (None, "available", "enqueued", 0),
+            (Some("available"), "running", "claimed", 1),
+            (Some("running"), "completed", "completed", 1),
+        ] {
+            // language=MySQL
+            sqlx::query(
+                "INSERT INTO jobq_transitions (job_id, from_state, to_state, event, attempt, worker_id, at) \
+                 SELECT id, ?, ?, ?, ?, 'bench', finalized_at FROM jobq_jobs FORCE INDEX (PRIMARY) \
+                 WHERE id > ? ORDER BY id",
+            )
+            .bind(from_state)
+            .bind(to_state)
+            .bind(event)
+            .bind(attempt)
+            .bind(from)
+            .execute(pool)
+            .await?;
+        }
+        left -= k;
+    }
+    Ok(())
 }
 
 /// Microseconds from the last completion among workflow `flow`'s jobs other than `child` to
