@@ -30,7 +30,7 @@ pub use settings::{
     MetricsSettings, MissedSlots, Overlap, Prefetch, ProducerSettings, QueueOverrides, Rate,
     ScheduleSettings, Settings, WebSettings, WorkerSettings, DEFAULT_DATABASE_URL,
 };
-pub use validated::{parse_cron, Config, QueueSettings, RunPolicy, Schedule};
+pub use validated::{parse_cron, Config, HistoryPartitioning, QueueSettings, RunPolicy, Schedule};
 
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours

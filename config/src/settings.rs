@@ -533,13 +533,14 @@ pub struct MaintenanceSettings {
     #[serde(with = "humantime_serde")]
     pub failed_retention: Duration,
     /// Partitioned history (README "History at scale"): the width of one partition of
-    /// `jobq_transitions` by time, in whole hours (`1h` to `31days`). `jobq migrate` applies
-    /// it (converting the table, with every worker stopped) and creates partitions ahead; the
-    /// leader keeps creating them ahead and drops whole partitions past `history_retention`,
-    /// instead of deleting each job's history with it. Default `0s`: not partitioned (a job's
-    /// history goes with the job).
+    /// `jobq_transitions` by time, in whole hours (`1h` to `31days`; with a retention of
+    /// forever, at least `1day`). `jobq migrate` applies it (converting the table, with every
+    /// worker stopped) and creates partitions ahead; the leader keeps creating them ahead and
+    /// drops whole partitions past `history_retention`, instead of deleting each job's history
+    /// with it. `0s`: one table (`jobq migrate` converts a partitioned one back). Unset (the
+    /// default): the table stays as it is.
     #[serde(with = "humantime_serde")]
-    pub history_partition: Duration,
+    pub history_partition: Option<Duration>,
     /// With partitioned history: how long history is kept, by the time of each transition; a
     /// partition whose every row is older is dropped. Unset (the default): the longer of
     /// `completed_retention` and `failed_retention`, or forever while either is `0s`; `0s`
@@ -558,7 +559,7 @@ impl Default for MaintenanceSettings {
             interval: Duration::from_secs(1),
             completed_retention: Duration::from_secs(24 * 3600),
             failed_retention: Duration::from_secs(7 * 24 * 3600),
-            history_partition: Duration::ZERO,
+            history_partition: None,
             history_retention: None,
             lead: true,
         }

@@ -703,13 +703,17 @@ fn schedules_follow_their_queue_server() {
 fn history_partitions_are_whole_hours_with_a_bounded_retention() {
     let with = |width: u64, keep: Option<u64>| {
         let mut s = Settings::default();
-        s.maintenance.history_partition = Duration::from_secs(width);
+        s.maintenance.history_partition = Some(Duration::from_secs(width));
         s.maintenance.history_retention = keep.map(Duration::from_secs);
         s.validate()
     };
     const H: u64 = 3600;
-    // Off by default; whole hours up to a month.
+    // Unset by default (the table as it is), 0s for one table; whole hours up to a month.
+    let c = Settings::default().validate().unwrap();
+    assert_eq!(c.history_partitioning(), HistoryPartitioning::AsItIs);
+    assert_eq!(c.history_partition(), None);
     let c = with(0, None).unwrap();
+    assert_eq!(c.history_partitioning(), HistoryPartitioning::OneTable);
     assert_eq!(c.history_partition(), None);
     for ok in [H, 6 * H, 24 * H, 31 * 24 * H] {
         assert_eq!(
@@ -733,10 +737,16 @@ fn history_partitions_are_whole_hours_with_a_bounded_retention() {
         with(H, Some(2 * H)).unwrap().history_retention(),
         Some(Duration::from_secs(2 * H))
     );
-    assert_eq!(with(H, Some(0)).unwrap().history_retention(), None);
     let mut s = Settings::default();
     s.maintenance.completed_retention = Duration::ZERO;
     assert_eq!(s.validate().unwrap().history_retention(), None);
+    // Kept forever: partitions of a day or more (hourly ones would outgrow the server's limit).
+    assert_eq!(with(24 * H, Some(0)).unwrap().history_retention(), None);
+    let e = with(6 * H, Some(0)).unwrap_err().to_string();
+    assert!(
+        e.contains("maintenance.history_partition") && e.contains("1day"),
+        "{e}"
+    );
     // At most 900 partitions kept: 900 hourly ones, not 901.
     with(H, Some(900 * H)).unwrap();
     let e = with(H, Some(900 * H + 1)).unwrap_err().to_string();

@@ -371,7 +371,6 @@ fn name_error(key: &str, e: jobq_producer::Error) -> ConfigError {
     }
 }
 
-/// The most jobs a queue may claim ahead of its slots.
 /// The widest history partition: a month.
 const MAX_PARTITION_HOURS: u64 = 31 * 24;
 /// The most history partitions retention may keep (MariaDB allows 8,192 in all; each is a file,
@@ -379,12 +378,11 @@ const MAX_PARTITION_HOURS: u64 = 31 * 24;
 const MAX_KEPT_PARTITIONS: u64 = 900;
 
 /// `maintenance.history_partition`: `0s` or whole hours up to a month; with it, a retention
-/// that keeps at most [`MAX_KEPT_PARTITIONS`].
+/// that keeps at most [`MAX_KEPT_PARTITIONS`], or, kept forever, partitions of a day or more.
 fn check_history(m: &crate::settings::MaintenanceSettings) -> Result<(), ConfigError> {
-    let width = m.history_partition;
-    if width.is_zero() {
+    let Some(width) = m.history_partition.filter(|w| !w.is_zero()) else {
         return Ok(());
-    }
+    };
     let secs = width.as_secs();
     if width.subsec_nanos() != 0
         || !secs.is_multiple_of(3600)
@@ -393,31 +391,45 @@ fn check_history(m: &crate::settings::MaintenanceSettings) -> Result<(), ConfigE
         return Err(invalid(
             "maintenance.history_partition",
             format!(
-                "must be 0s (not partitioned) or whole hours from 1h to 31days, such as 1h, 6h or \
+                "must be 0s (one table) or whole hours from 1h to 31days, such as 1h, 6h or \
                  1day; got {}",
                 humantime::format_duration(width)
             ),
         ));
     }
-    let retention = crate::validated::history_retention(m);
-    if let Some(r) = retention {
-        let kept = r.as_secs().div_ceil(secs);
-        if kept > MAX_KEPT_PARTITIONS {
+    match crate::validated::history_retention(m) {
+        Some(r) => {
+            let kept = r.as_secs().div_ceil(secs);
+            if kept > MAX_KEPT_PARTITIONS {
+                return Err(invalid(
+                    "maintenance.history_retention",
+                    format!(
+                        "keeps {} of history in partitions of {}: {kept} partitions, more than \
+                         {MAX_KEPT_PARTITIONS}; choose wider partitions \
+                         (maintenance.history_partition) or a shorter retention",
+                        humantime::format_duration(r),
+                        humantime::format_duration(width)
+                    ),
+                ));
+            }
+        }
+        None if secs < 24 * 3600 => {
             return Err(invalid(
-                "maintenance.history_retention",
+                "maintenance.history_partition",
                 format!(
-                    "keeps {} of history in partitions of {}: {kept} partitions, more than \
-                     {MAX_KEPT_PARTITIONS}; choose wider partitions (maintenance.history_partition) \
-                     or a shorter retention",
-                    humantime::format_duration(r),
+                    "history kept forever (history_retention, or a job retention of 0s) in \
+                     partitions of {} would grow past the server's 8,192 partitions within a \
+                     year; use partitions of 1day or more, or set maintenance.history_retention",
                     humantime::format_duration(width)
                 ),
             ));
         }
+        None => {}
     }
     Ok(())
 }
 
+/// The most jobs a queue may claim ahead of its slots.
 const MAX_PREFETCH: u32 = 10_000;
 
 fn at_most(key: &str, v: u32, max: u32) -> Result<(), ConfigError> {

@@ -159,11 +159,21 @@ impl Config {
         &self.settings.maintenance
     }
 
-    /// `maintenance.history_partition`, validated: `None` when history is not partitioned,
-    /// else whole hours from one to 744.
+    /// What `maintenance.history_partition` asks of the history table's layout, validated.
+    pub fn history_partitioning(&self) -> HistoryPartitioning {
+        match self.settings.maintenance.history_partition {
+            None => HistoryPartitioning::AsItIs,
+            Some(w) if w.is_zero() => HistoryPartitioning::OneTable,
+            Some(w) => HistoryPartitioning::Every(w),
+        }
+    }
+
+    /// The partition width this configuration sets (`None`: unset or `0s`).
     pub fn history_partition(&self) -> Option<Duration> {
-        let width = self.settings.maintenance.history_partition;
-        (!width.is_zero()).then_some(width)
+        match self.history_partitioning() {
+            HistoryPartitioning::Every(w) => Some(w),
+            _ => None,
+        }
     }
 
     /// How long partitioned history is kept (`maintenance.history_retention`, or the longer of
@@ -397,4 +407,16 @@ pub(crate) fn history_retention(m: &MaintenanceSettings) -> Option<Duration> {
         None if m.completed_retention.is_zero() || m.failed_retention.is_zero() => None,
         None => Some(m.completed_retention.max(m.failed_retention)),
     }
+}
+
+/// What the configuration asks of `jobq_transitions`' layout (`maintenance.history_partition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryPartitioning {
+    /// Unset: the table stays as it is (`jobq migrate` converts nothing; a leader rolls a
+    /// partitioned table ahead but drops nothing, not knowing the retention meant for it).
+    AsItIs,
+    /// `0s`: one table (`jobq migrate` converts a partitioned one back).
+    OneTable,
+    /// Partitions this wide (whole hours, validated).
+    Every(Duration),
 }

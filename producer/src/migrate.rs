@@ -225,7 +225,9 @@ const LIVE_WORKER_SECS: u32 = 600;
 
 /// Refuses `action` (a migration that [`needs_a_stop`], or a change of the history layout:
 /// what it does, e.g. "migration 13 (flow limits) alters jobq_jobs") while a worker is
-/// registered with a recent heartbeat, naming them.
+/// registered with a recent heartbeat, naming them. (Public for the worker crate's history
+/// layout; not part of the producer's API.)
+#[doc(hidden)]
 pub async fn refuse_while_workers_run(conn: &mut MySqlConnection, action: &str) -> Result<()> {
     // language=MySQL
     let live: std::result::Result<Vec<(String, String, u32)>, sqlx::Error> = sqlx::query_as(

@@ -179,8 +179,9 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     floor: bool,
     /// burn-down: measure each burn-down also with N completed jobs of the queue (and their
-    /// history) kept in the tables: runs without, with, with, without (README "A backlog that
-    /// costs nothing"; 10,000,000 takes several minutes and a few GB to insert).
+    /// history) kept in the tables: runs without, with, with, without, the workers' retention
+    /// off (BENCHMARKS.md "Ten million finished jobs"; 10,000,000 takes about ten minutes and
+    /// several GB to insert).
     #[arg(long, value_name = "N", default_value_t = 0)]
     finished: u64,
     /// fan-in: the parents of the one child.
@@ -235,6 +236,11 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
             Err(_) => jobq_config::Prefetch::default(),
         },
     };
+    if a.finished > 0 {
+        // The finished jobs are kept through the runs: no retention may prune them meanwhile.
+        env.push(("JOBQ_MAINTENANCE__COMPLETED_RETENTION".into(), "0s".into()));
+        env.push(("JOBQ_MAINTENANCE__FAILED_RETENTION".into(), "0s".into()));
+    }
     let _ = PREFETCH.set(prefetch);
     let _ = WORKER_ENV.set(env);
     let url = bench_url(config.database_url());
@@ -278,7 +284,9 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
                                 let runs =
                                     finished::burden(&pool, &url, jobs, a.finished, mode, p, conc)
                                         .await?;
-                                for r in runs {
+                                for mut r in runs {
+                                    r.ceiling_jobs_per_s = Some(c);
+                                    r.percent_of_ceiling = Some(100.0 * r.jobs_per_s / c);
                                     emit(&a, &r);
                                     reports.push(r);
                                 }

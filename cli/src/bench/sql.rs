@@ -53,26 +53,21 @@ pub(super) async fn server_counters(pool: &MySqlPool) -> Result<(u64, u64), sqlx
 
 /// Completed jobs in `queue`.
 pub(super) async fn completed_in(pool: &MySqlPool, queue: &str) -> Result<i64, sqlx::Error> {
-    completed_after(pool, queue, 0).await
+    // language=MySQL
+    sqlx::query_scalar("SELECT COUNT(*) FROM jobq_jobs WHERE queue = ? AND state = 'completed'")
+        .bind(queue)
+        .fetch_one(pool)
+        .await
 }
 
-/// Completed jobs of `queue` with ids above `after` (the run's jobs, in a table holding
-/// others): a range of the primary key then, not of the claim index, whose completed range
-/// holds every finished job of the queue.
+/// Completed jobs of `queue` with ids above `after` (the run's jobs, in a table that may hold
+/// others): a range of the primary key, not of the claim index, whose completed range holds
+/// every finished job of the queue.
 pub(super) async fn completed_after(
     pool: &MySqlPool,
     queue: &str,
     after: u64,
 ) -> Result<i64, sqlx::Error> {
-    if after == 0 {
-        // language=MySQL
-        return sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobq_jobs WHERE queue = ? AND state = 'completed'",
-        )
-        .bind(queue)
-        .fetch_one(pool)
-        .await;
-    }
     // language=MySQL
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM jobq_jobs FORCE INDEX (PRIMARY) \
@@ -82,6 +77,16 @@ pub(super) async fn completed_after(
     .bind(queue)
     .fetch_one(pool)
     .await
+}
+
+/// The buffer pool's dirty pages, not yet written out (SHOW GLOBAL STATUS).
+pub(super) async fn dirty_pages(pool: &MySqlPool) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    let row: Option<(String, String)> =
+        sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'")
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.and_then(|(_, v)| v.parse().ok()).unwrap_or(0))
 }
 
 /// The highest job id (0: none).
@@ -112,9 +117,11 @@ pub(super) async fn run_span(
     Ok((span.unwrap_or(0.0), claims))
 }
 
-/// `n` jobs of `queue` completed an hour ago, each with its three history rows (enqueued,
-/// claimed, completed), written by the server in chunks of 100,000 (a cross join of digits:
-/// no client round trip per row). What a busy queue leaves behind for retention.
+/// `n` no-op jobs of `queue` (the runs' payload) completed over the last day, evenly in id
+/// order, each with its three history rows (enqueued, claimed, completed), written by the
+/// server in chunks of 100,000 (a cross join of digits: no client round trip per row). What a
+/// busy queue leaves behind for retention; unlike a real one's, their index entries were never
+/// moved by a claim, so no purge is pending for them.
 pub(super) async fn fill_finished(
     pool: &MySqlPool,
     queue: &str,
@@ -132,13 +139,23 @@ pub(super) async fn fill_finished(
         let sql = format!(
             "INSERT INTO jobq_jobs (queue, kind, payload, state, run_at, attempt, max_attempts, \
                                     claim_token, worker_id, created_at, attempted_at, finalized_at) \
-             SELECT ?, 'noop', '{{}}', 'completed', t, 1, 25, UNHEX(MD5(n)), 'bench', t, t, t \
+             SELECT ?, 'noop', '{{}}', 'completed', t, 1, 25, UNHEX(MD5(n + ?)), 'bench', t, t, t \
              FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d AS n, \
-                          UTC_TIMESTAMP(6) - INTERVAL 1 HOUR AS t \
+                          UTC_TIMESTAMP(6) - INTERVAL 1 DAY + INTERVAL ((? + a.d + 10 * b.d \
+                            + 100 * c.d + 1000 * e.d + 10000 * f.d) * ?) MICROSECOND AS t \
                    FROM {digits} a, {digits} b, {digits} c, {digits} e, {digits} f) g \
              WHERE n < ? ORDER BY n"
         );
-        sqlx::query(&sql).bind(queue).bind(k).execute(pool).await?;
+        let done = n - left;
+        let step_us = 86_400_000_000 / n.max(1);
+        sqlx::query(&sql)
+            .bind(queue)
+            .bind(done)
+            .bind(done)
+            .bind(step_us)
+            .bind(k)
+            .execute(pool)
+            .await?;
         for (from_state, to_state, event, attempt) in [
             (None, "available", "enqueued", 0),
             (Some("available"), "running", "claimed", 1),

@@ -12,10 +12,7 @@
 
 use chrono::{NaiveDateTime, TimeDelta};
 
-use crate::model::Partition;
-
-/// The last partition, catching rows past every bound.
-pub(crate) const MAX_PARTITION: &str = "pmax";
+use crate::model::{Partition, MAX_PARTITION};
 
 /// How far ahead of now partitions exist after a roll (at least [`MIN_AHEAD`] of them).
 const AHEAD: TimeDelta = TimeDelta::hours(48);
@@ -43,6 +40,16 @@ pub(crate) struct Plan {
 impl Plan {
     pub(crate) fn is_empty(&self) -> bool {
         self.add.is_empty() && self.drop.is_empty()
+    }
+}
+
+/// The width of a table's partitions, for a process whose configuration does not say: its two
+/// newest bounds apart.
+pub(crate) fn width_of(parts: &[Partition]) -> Option<TimeDelta> {
+    let bounds: Vec<NaiveDateTime> = parts.iter().filter_map(|p| p.below).collect();
+    match bounds.as_slice() {
+        [.., a, b] if b > a => Some(*b - *a),
+        _ => None,
     }
 }
 
@@ -281,6 +288,19 @@ mod tests {
         assert_eq!(p.add[0], t("2026-12-09 00:00:00"));
         assert_eq!(p.add.len(), 4);
         assert_eq!(p.drop, ["p2026110100", "p2026110200"].map(String::from));
+    }
+
+    #[test]
+    fn a_width_is_read_off_the_newest_bounds() {
+        let parts = vec![
+            part("2026-12-01 00:00:00"),
+            part("2026-12-01 06:00:00"),
+            part("2026-12-01 12:00:00"),
+            max(),
+        ];
+        assert_eq!(width_of(&parts), Some(H * 6));
+        assert_eq!(width_of(&[part("2026-12-01 00:00:00"), max()]), None);
+        assert_eq!(width_of(&[max()]), None);
     }
 
     #[test]

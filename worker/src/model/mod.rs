@@ -34,6 +34,9 @@ pub(crate) type CancelRule = fn(&Decision, &str) -> Option<Decision>;
 /// (`machine::flow::to_promote`).
 pub(crate) type PromoteRule = fn(u32, u32, u32) -> u32;
 
+/// The history table's last partition, catching rows past every bound.
+pub(crate) const MAX_PARTITION: &str = "pmax";
+
 /// One partition of the history table (`jobq_transitions`), as the server lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Partition {

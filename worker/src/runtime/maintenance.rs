@@ -273,7 +273,27 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
                         "rolled the history partitions"
                     );
                 }
-                if !rolled.by_time && ticks == 1 && shared.config.history_partition().is_some() {
+                if let Some(e) = rolled.error {
+                    warn!(error = %e, "rolling the history partitions failed; trying again later");
+                }
+                if let Some(n) = rolled.left_in_pmax {
+                    warn!(
+                        rows = n,
+                        "history rows were written past the last partition while no leader \
+                         rolled; moving them copies them with writes blocked, so the leader \
+                         leaves it: run `jobq migrate` (history goes to pmax meanwhile)"
+                    );
+                }
+                let first = ticks == 1;
+                if first && rolled.by_time && !rolled.configured {
+                    warn!(
+                        "jobq_transitions is partitioned but this process's configuration has \
+                         no maintenance.history_partition: partitions are created ahead, none \
+                         dropped; give the workers the same [maintenance] history keys as \
+                         `jobq migrate`"
+                    );
+                }
+                if first && !rolled.by_time && shared.config.history_partition().is_some() {
                     warn!(
                         "maintenance.history_partition is set but jobq_transitions is not \
                          partitioned: run `jobq migrate` with every worker stopped to convert it \
@@ -281,9 +301,7 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
                     );
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "rolling the history partitions failed; trying again later")
-            }
+            Err(e) => warn!(error = %e, "reading the history layout failed; trying again later"),
         }
     }
     let with_history = !shared

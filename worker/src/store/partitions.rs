@@ -11,11 +11,7 @@
 use chrono::NaiveDateTime;
 use sqlx::{Executor, MySqlConnection, MySqlPool};
 
-use crate::model::Partition;
-
-/// The last partition, catching rows past every bound (`machine::partitions` decides by the
-/// same name).
-const MAX_PARTITION: &str = "pmax";
+use crate::model::{Partition, MAX_PARTITION};
 
 /// How `jobq_transitions` is laid out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,14 +66,16 @@ pub(crate) async fn history_layout(pool: &MySqlPool) -> Result<HistoryLayout, sq
         let description = description.unwrap_or_default();
         let below = match description.as_str() {
             "MAXVALUE" => None,
-            d => match NaiveDateTime::parse_from_str(d.trim_matches('\''), "%Y-%m-%d %H:%M:%S") {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    return Ok(HistoryLayout::Other(format!(
-                        "partition {name} is bounded by {d}, not a time"
-                    )))
+            d => {
+                match NaiveDateTime::parse_from_str(d.trim_matches('\''), "%Y-%m-%d %H:%M:%S%.f") {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        return Ok(HistoryLayout::Other(format!(
+                            "partition {name} is bounded by {d}, not a time"
+                        )))
+                    }
                 }
-            },
+            }
         };
         parts.push(Partition { name, below });
     }
@@ -99,6 +97,19 @@ pub(crate) async fn oldest_history(pool: &MySqlPool) -> Result<Option<NaiveDateT
     sqlx::query_scalar("SELECT at FROM jobq_transitions ORDER BY id LIMIT 1")
         .fetch_optional(pool)
         .await
+}
+
+/// How many rows `pmax` holds, counting up to `limit` (rows there were written past every
+/// bound: a roll that splits it copies them, blocking writes meanwhile).
+pub(crate) async fn rows_past_bounds(pool: &MySqlPool, limit: u64) -> Result<u64, sqlx::Error> {
+    // language=MySQL
+    let n: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM jobq_transitions PARTITION (`{MAX_PARTITION}`) LIMIT ?) t"
+    ))
+    .bind(limit)
+    .fetch_one(pool)
+    .await?;
+    Ok(n.max(0) as u64)
 }
 
 /// Makes the ALTERs of `conn` wait at most `secs` for the table's metadata lock.
