@@ -74,6 +74,12 @@ async fn history_layout(settings: &Config, url: &str) -> Result<()> {
         .with_context(|| format!("applying maintenance.history_partition on {}", redact(url)));
     pool.close().await;
     let r = r?;
+    if let Some(why) = &r.roll_failed {
+        eprintln!(
+            "jobq: warning: rolling the history partitions failed ({why}); the maintenance leader \
+             rolls them again within a minute"
+        );
+    }
     match (r.converted, r.partitioned) {
         (true, true) => eprintln!(
             "jobq: jobq_transitions partitioned by time: {} partitions",

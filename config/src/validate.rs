@@ -418,8 +418,9 @@ fn check_history(m: &crate::settings::MaintenanceSettings) -> Result<(), ConfigE
                 "maintenance.history_partition",
                 format!(
                     "history kept forever (history_retention, or a job retention of 0s) in \
-                     partitions of {} would grow past the server's 8,192 partitions within a \
-                     year; use partitions of 1day or more, or set maintenance.history_retention",
+                     partitions of {} grows by many partitions a day toward the server's limit \
+                     of 8,192; use partitions of 1day or more, or set \
+                     maintenance.history_retention",
                     humantime::format_duration(width)
                 ),
             ));

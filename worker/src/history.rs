@@ -42,6 +42,9 @@ pub struct HistoryReport {
     pub dropped: usize,
     /// Partitions the table has now (0: not partitioned).
     pub partitions: usize,
+    /// Why the roll failed, when the configuration asked for no layout (the leader rolls
+    /// again later); with a width configured, a failed roll fails the call.
+    pub roll_failed: Option<String>,
 }
 
 /// Brings `jobq_transitions` to the layout `config` asks for
@@ -101,15 +104,21 @@ pub async fn apply_history_layout(pool: &MySqlPool, config: &Config) -> Result<H
             done?;
             report.converted = true;
         }
-        (HistoryLayout::ByTime(parts), _) => {
-            // `jobq migrate` moves rows out of pmax however many (it is the documented way
-            // to catch up after a long absence of leaders).
-            let rolled = roll_parts(pool, config, parts, u64::MAX).await?;
-            if let Some(e) = rolled.error {
-                return Err(e);
-            }
+        (HistoryLayout::ByTime(parts), asked) => {
+            // `jobq migrate` moves rows out of pmax however many, with the workers stopped
+            // when they are many (the way to catch up after a long absence of leaders).
+            let rolled = roll_parts(pool, config, parts, Roller::Migrate).await;
             report.added = rolled.plan.add.len();
             report.dropped = rolled.plan.drop.len();
+            if let Some(e) = rolled.error {
+                // Asked for nothing (the key unset), a roll that failed is the leader's to
+                // do again: a warning, not a failed migration.
+                if asked == HistoryPartitioning::AsItIs {
+                    report.roll_failed = Some(e.to_string());
+                } else {
+                    return Err(e);
+                }
+            }
         }
     }
     if let HistoryLayout::ByTime(parts) = store::history_layout(pool).await? {
@@ -121,7 +130,13 @@ pub async fn apply_history_layout(pool: &MySqlPool, config: &Config) -> Result<H
 
 /// A connection of its own for DDL, whose ALTERs wait at most `secs` for the metadata lock.
 async fn ddl_connection(pool: &MySqlPool, config: &Config, secs: u32) -> Result<MySqlConnection> {
-    let mut conn = crate::db::dedicated(pool, config.database().lock_wait_timeout_secs).await?;
+    let db = config.database();
+    let mut conn = tokio::time::timeout(
+        db.connect_timeout,
+        crate::db::dedicated(pool, db.lock_wait_timeout_secs),
+    )
+    .await
+    .map_err(|_| Error::Deadline(db.connect_timeout))??;
     store::limit_ddl_wait(&mut conn, secs).await?;
     Ok(conn)
 }
@@ -149,8 +164,8 @@ fn rolling(config: &Config, configured: Option<TimeDelta>) -> Rolling {
 }
 
 /// What a roll found and did: whether history is partitioned by time (so retention leaves
-/// history rows to the partitions, even when the DDL failed), the plan it applied, whether the
-/// configuration knew the layout, and the DDL's error, if any.
+/// history rows to the partitions, whatever happened after the layout was read), the plan it
+/// applied, whether the configuration knew the layout, and the error that stopped it, if any.
 #[derive(Debug, Default)]
 pub(crate) struct Rolled {
     pub(crate) by_time: bool,
@@ -162,64 +177,112 @@ pub(crate) struct Rolled {
     pub(crate) error: Option<Error>,
 }
 
+/// Who rolls: the leader (a short metadata-lock wait, at most [`LEADER_MOVES_AT_MOST`] rows
+/// moved out of `pmax`) or `jobq migrate` (moving more only with the workers stopped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Roller {
+    Leader,
+    Migrate,
+}
+
 /// The leader's roll: on a table partitioned by time, creates partitions ahead and drops those
 /// past retention (see [`rolling`]), each ALTER waiting at most [`ROLL_WAIT_SECS`] for the
-/// metadata lock. A plain table is left alone.
+/// metadata lock. A plain table is left alone. Fails only when the layout cannot be read.
 pub(crate) async fn roll(pool: &MySqlPool, config: &Config) -> Result<Rolled> {
     match store::history_layout(pool).await? {
-        HistoryLayout::ByTime(parts) => roll_parts(pool, config, parts, LEADER_MOVES_AT_MOST).await,
+        HistoryLayout::ByTime(parts) => Ok(roll_parts(pool, config, parts, Roller::Leader).await),
         _ => Ok(Rolled::default()),
     }
 }
 
-/// A roll of `parts`, moving at most `may_move` rows out of `pmax`. The adds and the drops are
-/// applied apart (a failed add does not hold retention up); on a failure (another process
-/// rolling at the same moment) the layout is read and planned again, once.
+/// Errors that mean another process changed the partitions meanwhile (so planning again from
+/// what is there now makes sense): a duplicate partition name, a partition missing from a
+/// drop list, an unknown partition, a range not strictly increasing, a reorganize that
+/// changes the ranges.
+fn rolled_meanwhile(e: &Error) -> bool {
+    const CODES: [u16; 5] = [1517, 1507, 1735, 1493, 1520];
+    matches!(e, Error::Database(d) if jobq_sqlkit::number(d).is_some_and(|n| CODES.contains(&n)))
+}
+
+/// A roll of `parts` by `who`. The adds and the drops are applied apart (a failed add does not
+/// hold retention up); when one fails because another process rolled at the same moment, the
+/// layout is read and planned again, once. Any other failure (a lock wait that ran out) ends
+/// the roll, to be tried again at the next.
 async fn roll_parts(
     pool: &MySqlPool,
     config: &Config,
     parts: Vec<Partition>,
-    may_move: u64,
-) -> Result<Rolled> {
+    who: Roller,
+) -> Rolled {
     let configured = config.history_partition().map(width_of);
-    let width = configured.or_else(|| decide::width_of(&parts));
-    let Some(width) = width else {
-        return Ok(Rolled {
-            by_time: true,
-            ..Rolled::default()
-        });
-    };
-    let rules = Rolling {
-        width,
-        ..rolling(config, configured)
-    };
     let mut rolled = Rolled {
         by_time: true,
         configured: configured.is_some(),
         ..Rolled::default()
     };
-    let mut parts = parts;
+    let Some(width) = configured.or_else(|| decide::width_of(&parts)) else {
+        return rolled;
+    };
+    let rules = Rolling {
+        width,
+        ..rolling(config, configured)
+    };
+    if let Err(e) = roll_with(pool, config, parts, who, &rules, &mut rolled).await {
+        rolled.error = Some(e);
+    }
+    rolled
+}
+
+async fn roll_with(
+    pool: &MySqlPool,
+    config: &Config,
+    mut parts: Vec<Partition>,
+    who: Roller,
+    rules: &Rolling,
+    rolled: &mut Rolled,
+) -> Result<()> {
     for attempt in 0..2 {
-        let mut plan = decide::plan(store::server_now(pool).await?, &parts, &rules)
+        let mut plan = decide::plan(store::server_now(pool).await?, &parts, rules)
             .map_err(|why| Error::Invalid(format!("jobq_transitions: {why}")))?;
+        let mut wait = ROLL_WAIT_SECS;
         if !plan.add.is_empty() {
-            let waiting = store::rows_past_bounds(pool, may_move.saturating_add(1)).await?;
-            if waiting > may_move {
-                rolled.left_in_pmax = Some(waiting);
-                plan.add.clear();
+            let waiting = store::rows_past_bounds(pool, LEADER_MOVES_AT_MOST + 1).await?;
+            if waiting > LEADER_MOVES_AT_MOST {
+                match who {
+                    Roller::Leader => {
+                        rolled.left_in_pmax = Some(waiting);
+                        plan.add.clear();
+                    }
+                    Roller::Migrate => {
+                        let mut conn = pool.acquire().await?;
+                        jobq_producer::refuse_while_workers_run(
+                            &mut conn,
+                            &format!(
+                                "moving the more than {LEADER_MOVES_AT_MOST} history rows written \
+                                 past the last partition (pmax) into partitions copies them"
+                            ),
+                        )
+                        .await?;
+                        wait = CONVERT_WAIT_SECS;
+                    }
+                }
             }
         }
         if plan.is_empty() {
-            rolled.plan = plan;
-            return Ok(rolled);
+            return Ok(());
         }
-        let mut conn = ddl_connection(pool, config, ROLL_WAIT_SECS).await?;
+        let mut conn = ddl_connection(pool, config, wait).await?;
         let mut error = None;
         if !plan.add.is_empty() {
             if let Err(e) = store::add_partitions(&mut conn, &plan.add, decide::name).await {
                 error = Some(Error::from(e));
                 plan.add.clear();
             }
+        }
+        // After a lock wait that ran out, the drop would wait as long again: not now.
+        let gave_up = error.as_ref().is_some_and(|e| !rolled_meanwhile(e));
+        if gave_up {
+            plan.drop.clear();
         }
         if !plan.drop.is_empty() {
             if let Err(e) = store::drop_partitions(&mut conn, &plan.drop).await {
@@ -231,13 +294,13 @@ async fn roll_parts(
         rolled.plan.add.extend(plan.add);
         rolled.plan.drop.extend(plan.drop);
         match error {
-            None => return Ok(rolled),
-            Some(e) if attempt == 1 => rolled.error = Some(e),
+            None => return Ok(()),
+            Some(e) if attempt == 1 || !rolled_meanwhile(&e) => return Err(e),
             Some(_) => match store::history_layout(pool).await? {
                 HistoryLayout::ByTime(now) => parts = now,
-                _ => return Ok(rolled),
+                _ => return Ok(()),
             },
         }
     }
-    Ok(rolled)
+    Ok(())
 }

@@ -237,9 +237,13 @@ pub(crate) async fn run(config: &Config, a: BenchArgs) -> Result<std::process::E
         },
     };
     if a.finished > 0 {
-        // The finished jobs are kept through the runs: no retention may prune them meanwhile.
-        env.push(("JOBQ_MAINTENANCE__COMPLETED_RETENTION".into(), "0s".into()));
-        env.push(("JOBQ_MAINTENANCE__FAILED_RETENTION".into(), "0s".into()));
+        // The finished jobs (at most a day old) are kept through the runs: no retention may
+        // prune them meanwhile.
+        env.push((
+            "JOBQ_MAINTENANCE__COMPLETED_RETENTION".into(),
+            "30days".into(),
+        ));
+        env.push(("JOBQ_MAINTENANCE__FAILED_RETENTION".into(), "30days".into()));
     }
     let _ = PREFETCH.set(prefetch);
     let _ = WORKER_ENV.set(env);

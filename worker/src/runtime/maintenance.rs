@@ -262,9 +262,10 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
         let began = Instant::now();
         match crate::history::roll(&shared.pool, &shared.config).await {
             Ok(rolled) => {
-                shared
+                *shared
                     .history_by_time
-                    .store(rolled.by_time, std::sync::atomic::Ordering::Relaxed);
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(rolled.by_time);
                 if !rolled.plan.is_empty() {
                     info!(
                         added = rolled.plan.add.len(),
@@ -279,21 +280,22 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
                 if let Some(n) = rolled.left_in_pmax {
                     warn!(
                         rows = n,
-                        "history rows were written past the last partition while no leader \
-                         rolled; moving them copies them with writes blocked, so the leader \
-                         leaves it: run `jobq migrate` (history goes to pmax meanwhile)"
+                        "history rows were written past the last partition (pmax) while no \
+                         leader rolled; moving them copies them with writes blocked, so the \
+                         leader leaves it: run `jobq migrate` with the workers stopped (until \
+                         then new history goes to pmax, which retention never drops)"
                     );
                 }
-                let first = ticks == 1;
-                if first && rolled.by_time && !rolled.configured {
+                // Every roll: the history grows without bound meanwhile.
+                if rolled.by_time && !rolled.configured {
                     warn!(
-                        "jobq_transitions is partitioned but this process's configuration has \
-                         no maintenance.history_partition: partitions are created ahead, none \
-                         dropped; give the workers the same [maintenance] history keys as \
-                         `jobq migrate`"
+                        "jobq_transitions is partitioned but this process's configuration sets \
+                         no maintenance.history_partition width (unset or 0s): partitions are \
+                         created ahead, none dropped, so history is kept forever; give the \
+                         workers the same [maintenance] history keys as `jobq migrate`"
                     );
                 }
-                if first && !rolled.by_time && shared.config.history_partition().is_some() {
+                if ticks == 1 && !rolled.by_time && shared.config.history_partition().is_some() {
                     warn!(
                         "maintenance.history_partition is set but jobq_transitions is not \
                          partitioned: run `jobq migrate` with every worker stopped to convert it \
@@ -304,9 +306,27 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
             Err(e) => warn!(error = %e, "reading the history layout failed; trying again later"),
         }
     }
-    let with_history = !shared
+    // Until the layout is known (the roll above failed to read it), retention reads it
+    // itself: deleting history of a partitioned table would undo its retention.
+    let known = *shared
         .history_by_time
-        .load(std::sync::atomic::Ordering::Relaxed);
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let by_time = match known {
+        Some(b) => b,
+        None => {
+            let b = matches!(
+                store::history_layout(&shared.pool).await?,
+                store::HistoryLayout::ByTime(_)
+            );
+            *shared
+                .history_by_time
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(b);
+            b
+        }
+    };
+    let with_history = !by_time;
     let deadline = Instant::now() + shared.config.maintenance().interval / 2;
     // Where the last pass's retention scans stopped: each pass goes on from there.
     let mut cursors = *shared

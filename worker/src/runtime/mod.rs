@@ -139,9 +139,9 @@ pub(crate) struct Shared {
     /// Maintenance's sweeps, resumed by each pass where the last one stopped: retention per
     /// final state (completed, discarded, cancelled) and the waiting-key sweep.
     pub(crate) prune_cursors: std::sync::Mutex<[crate::store::PruneCursor; 3]>,
-    /// Whether `jobq_transitions` is partitioned by time, as the leader's last roll found
-    /// (retention then leaves history rows to the partitions).
-    pub(crate) history_by_time: std::sync::atomic::AtomicBool,
+    /// Whether `jobq_transitions` is partitioned by time, as the leader last read it
+    /// (retention then leaves history rows to the partitions): `None` until it has.
+    pub(crate) history_by_time: std::sync::Mutex<Option<bool>>,
     pub(crate) key_sweep: std::sync::Mutex<crate::store::KeyCursor>,
     /// Where the repair pass of blocked jobs stands (`store::repair`).
     pub(crate) repair_cursor: std::sync::Mutex<crate::store::RepairCursor>,
