@@ -68,40 +68,18 @@ pub async fn apply_history_layout(pool: &MySqlPool, config: &Config) -> Result<H
             )))
         }
         (HistoryLayout::Plain, HistoryPartitioning::Every(width)) => {
-            let rolling = rolling(config, Some(width_of(width)));
+            let rolling = Rolling {
+                width: width_of(width),
+                retention: retention(config, true),
+            };
             let now = store::server_now(pool).await?;
             let oldest = store::oldest_history(pool).await?;
             let bounds = decide::initial(now, oldest, &rolling);
-            let mut conn = ddl_connection(pool, config, CONVERT_WAIT_SECS).await?;
-            let done = async {
-                jobq_producer::refuse_while_workers_run(
-                    &mut conn,
-                    "partitioning jobq_transitions (maintenance.history_partition) copies the table",
-                )
-                .await?;
-                store::partition_history(&mut conn, &bounds, decide::name).await?;
-                Ok::<(), Error>(())
-            }
-            .await;
-            let _ = sqlx::Connection::close(conn).await;
-            done?;
+            convert(pool, config, Conversion::ToPartitions(bounds)).await?;
             report.converted = true;
         }
         (HistoryLayout::ByTime(_), HistoryPartitioning::OneTable) => {
-            let mut conn = ddl_connection(pool, config, CONVERT_WAIT_SECS).await?;
-            let done = async {
-                jobq_producer::refuse_while_workers_run(
-                    &mut conn,
-                    "making jobq_transitions one table again (maintenance.history_partition = \
-                     \"0s\") copies the table",
-                )
-                .await?;
-                store::unpartition_history(&mut conn).await?;
-                Ok::<(), Error>(())
-            }
-            .await;
-            let _ = sqlx::Connection::close(conn).await;
-            done?;
+            convert(pool, config, Conversion::ToOneTable).await?;
             report.converted = true;
         }
         (HistoryLayout::ByTime(parts), asked) => {
@@ -128,6 +106,42 @@ pub async fn apply_history_layout(pool: &MySqlPool, config: &Config) -> Result<H
     Ok(report)
 }
 
+/// A change of layout, which copies the table.
+enum Conversion {
+    /// To partitions below these bounds (and `pmax`).
+    ToPartitions(Vec<chrono::NaiveDateTime>),
+    /// Back to one table.
+    ToOneTable,
+}
+
+/// Converts the table as `to` says, on a connection of its own waiting at most
+/// [`CONVERT_WAIT_SECS`] for the metadata lock, refusing while a worker runs.
+async fn convert(pool: &MySqlPool, config: &Config, to: Conversion) -> Result<()> {
+    let action = match to {
+        Conversion::ToPartitions(_) => {
+            "partitioning jobq_transitions (maintenance.history_partition) copies the table"
+        }
+        Conversion::ToOneTable => {
+            "making jobq_transitions one table again (maintenance.history_partition = \"0s\") \
+             copies the table"
+        }
+    };
+    let mut conn = ddl_connection(pool, config, CONVERT_WAIT_SECS).await?;
+    let done = async {
+        jobq_producer::refuse_while_workers_run(&mut conn, action).await?;
+        match &to {
+            Conversion::ToPartitions(bounds) => {
+                store::partition_history(&mut conn, bounds, decide::name).await?
+            }
+            Conversion::ToOneTable => store::unpartition_history(&mut conn).await?,
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    let _ = sqlx::Connection::close(conn).await;
+    done
+}
+
 /// A connection of its own for DDL, whose ALTERs wait at most `secs` for the metadata lock.
 async fn ddl_connection(pool: &MySqlPool, config: &Config, secs: u32) -> Result<MySqlConnection> {
     let db = config.database();
@@ -145,22 +159,16 @@ fn width_of(width: std::time::Duration) -> TimeDelta {
     TimeDelta::from_std(width).unwrap_or(TimeDelta::days(1))
 }
 
-/// The rolling rules for a width, and the configured retention when `width` came from the
-/// configuration: a process that was not told the layout drops nothing (it does not know the
-/// retention meant for it), it only keeps partitions ahead.
-fn rolling(config: &Config, configured: Option<TimeDelta>) -> Rolling {
-    match configured {
-        Some(width) => Rolling {
-            width,
-            retention: config
-                .history_retention()
-                .map(|r| TimeDelta::from_std(r).unwrap_or(TimeDelta::MAX)),
-        },
-        None => Rolling {
-            width: TimeDelta::days(1),
-            retention: None,
-        },
+/// How long history is kept by a roll: the configured retention when the width came from the
+/// configuration (`configured`); else forever, since a process that was not told the layout
+/// does not know the retention meant for it and only keeps partitions ahead.
+fn retention(config: &Config, configured: bool) -> Option<TimeDelta> {
+    if !configured {
+        return None;
     }
+    config
+        .history_retention()
+        .map(|r| TimeDelta::from_std(r).unwrap_or(TimeDelta::MAX))
 }
 
 /// What a roll found and did: whether history is partitioned by time (so retention leaves
@@ -225,7 +233,7 @@ async fn roll_parts(
     };
     let rules = Rolling {
         width,
-        ..rolling(config, configured)
+        retention: retention(config, configured.is_some()),
     };
     if let Err(e) = roll_with(pool, config, parts, who, &rules, &mut rolled).await {
         rolled.error = Some(e);

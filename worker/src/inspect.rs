@@ -212,10 +212,7 @@ pub async fn prune_jobs(
         )));
     }
     // One pass over the range, window by window. Partitioned history goes by partitions.
-    let with_history = !matches!(
-        store::history_layout(pool).await?,
-        store::HistoryLayout::ByTime(_)
-    );
+    let with_history = !store::history_by_time(pool).await?;
     let mut total = 0;
     let mut cursor = store::PruneCursor::default();
     loop {

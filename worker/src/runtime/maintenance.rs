@@ -315,10 +315,7 @@ async fn pass(shared: &Shared, ticks: u64) -> Result<(), sqlx::Error> {
     let by_time = match known {
         Some(b) => b,
         None => {
-            let b = matches!(
-                store::history_layout(&shared.pool).await?,
-                store::HistoryLayout::ByTime(_)
-            );
+            let b = store::history_by_time(&shared.pool).await?;
             *shared
                 .history_by_time
                 .lock()
@@ -412,10 +409,7 @@ pub async fn prune_finished(
     budget: Duration,
 ) -> crate::Result<u64> {
     let mut cursors = Default::default();
-    let with_history = !matches!(
-        store::history_layout(pool).await?,
-        store::HistoryLayout::ByTime(_)
-    );
+    let with_history = !store::history_by_time(pool).await?;
     Ok(retain(
         pool,
         config.maintenance(),

@@ -101,8 +101,9 @@ pub(crate) use maintenance::{
 };
 pub(crate) use named_lock::{get_lock, lock_name, release_lock};
 pub(crate) use partitions::{
-    add_partitions, drop_partitions, history_layout, limit_ddl_wait, oldest_history,
-    partition_history, rows_past_bounds, server_now, unpartition_history, HistoryLayout,
+    add_partitions, drop_partitions, history_by_time, history_layout, limit_ddl_wait,
+    oldest_history, partition_history, rows_past_bounds, server_now, unpartition_history,
+    HistoryLayout,
 };
 pub(crate) use queues::{pause, paused, resume};
 pub(crate) use repair::{repair, RepairCursor};

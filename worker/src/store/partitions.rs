@@ -82,6 +82,15 @@ pub(crate) async fn history_layout(pool: &MySqlPool) -> Result<HistoryLayout, sq
     Ok(HistoryLayout::ByTime(parts))
 }
 
+/// Whether `jobq_transitions` is partitioned by time as jobq makes it (history then goes by
+/// whole partitions, not with its jobs).
+pub(crate) async fn history_by_time(pool: &MySqlPool) -> Result<bool, sqlx::Error> {
+    Ok(matches!(
+        history_layout(pool).await?,
+        HistoryLayout::ByTime(_)
+    ))
+}
+
 /// The database's clock (UTC), which stamps `at`.
 pub(crate) async fn server_now(pool: &MySqlPool) -> Result<NaiveDateTime, sqlx::Error> {
     // language=MySQL
